@@ -1,0 +1,122 @@
+//! The command line: subcommands and flags (named as k3s names them where they overlap), each
+//! flag also settable from a `SHOAL_*` environment variable.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use shoal_common::{
+    Cidr, DEFAULT_CLUSTER_CIDR, DEFAULT_CLUSTER_DNS, DEFAULT_CLUSTER_DOMAIN, DEFAULT_CONFIG_FILE,
+    DEFAULT_DATA_DIR,
+};
+
+/// Shoal: a Kubernetes-compatible cluster with a built-in service mesh, in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version = shoal_common::VERSION, args_override_self = true)]
+pub struct Cli {
+    /// More log output: -v for debug, -vv for trace.
+    #[arg(short = 'v', action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, global = true, env = "SHOAL_LOG_LEVEL", default_value = "info",
+          value_parser = ["error", "warn", "info", "debug", "trace"])]
+    pub log_level: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a server: the store, the API, the control loops and (unless disabled) an agent.
+    Server(ServerArgs),
+    /// Run a node agent that joins a server.
+    Agent(AgentArgs),
+    /// Print the version.
+    Version,
+}
+
+/// Flags both servers and agents take.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// YAML file with flag values (keys are flag names without dashes in front).
+    #[arg(long, short = 'c', env = "SHOAL_CONFIG", default_value = DEFAULT_CONFIG_FILE)]
+    pub config: PathBuf,
+
+    /// Directory holding all state.
+    #[arg(long, env = "SHOAL_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+
+    /// This node's name (default: the host name).
+    #[arg(long, env = "SHOAL_NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Shared secret nodes use to join.
+    #[arg(long, short = 't', env = "SHOAL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// File holding the token.
+    #[arg(long, env = "SHOAL_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+
+    /// The server to connect to (https://HOST:6443).
+    #[arg(long, short = 's', env = "SHOAL_URL")]
+    pub server: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Start a new cluster (the first of several servers).
+    #[arg(long, env = "SHOAL_CLUSTER_INIT")]
+    pub cluster_init: bool,
+
+    /// The API server's HTTPS port.
+    #[arg(long, env = "SHOAL_HTTPS_LISTEN_PORT", default_value_t = shoal_common::DEFAULT_HTTPS_PORT,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub https_listen_port: u16,
+
+    /// Address the API server binds to.
+    #[arg(long, env = "SHOAL_BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+
+    /// Address other nodes reach this server at (default: the node's address).
+    #[arg(long, env = "SHOAL_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<IpAddr>,
+
+    /// The range pod IPs come from.
+    #[arg(long, env = "SHOAL_CLUSTER_CIDR", default_value = DEFAULT_CLUSTER_CIDR)]
+    pub cluster_cidr: Cidr,
+
+    /// The range Service cluster IPs come from.
+    #[arg(long, env = "SHOAL_SERVICE_CIDR", default_value = shoal_common::DEFAULT_SERVICE_CIDR)]
+    pub service_cidr: Cidr,
+
+    /// The cluster DNS Service's address (inside the service CIDR).
+    #[arg(long, env = "SHOAL_CLUSTER_DNS", default_value = DEFAULT_CLUSTER_DNS)]
+    pub cluster_dns: IpAddr,
+
+    /// The cluster's DNS domain.
+    #[arg(long, env = "SHOAL_CLUSTER_DOMAIN", default_value = DEFAULT_CLUSTER_DOMAIN)]
+    pub cluster_domain: String,
+
+    /// Run only the control plane, without a node agent.
+    #[arg(long, env = "SHOAL_DISABLE_AGENT")]
+    pub disable_agent: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// The node's IP address to advertise.
+    #[arg(long, env = "SHOAL_NODE_IP")]
+    pub node_ip: Option<IpAddr>,
+}
+
+/// Names of the subcommands that read a config file.
+pub const CONFIGURABLE_SUBCOMMANDS: [&str; 2] = ["server", "agent"];

@@ -1,0 +1,113 @@
+//! The `shoal` binary: parses the command line (with config file and environment), sets up
+//! logging, and starts the part asked for. Wiring only; the work lives in the library crates.
+
+mod cli;
+mod config;
+mod server;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command};
+
+/// Exit code for bad usage: a bad flag, config file or flag combination (sysexits' EX_USAGE).
+const EXIT_USAGE: u8 = 64;
+/// Exit code for a failure while running.
+const EXIT_FAILURE: u8 = 1;
+
+fn main() -> ExitCode {
+    let args = match config::with_config_file(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(err) => return usage_error(&format!("{err:#}")),
+    };
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => {
+            // --help and --version
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            let rendered = err.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            return usage_error(first.trim_start_matches("error: "));
+        }
+    };
+    init_logging(&cli);
+    match cli.command {
+        Command::Version => {
+            println!(
+                "shoal version v{} (kubernetes {})",
+                shoal_common::VERSION,
+                shoal_common::KUBERNETES_VERSION
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Server(args) => {
+            if let Err(err) = config::validate_server(&args) {
+                return usage_error(&format!("{err:#}"));
+            }
+            run(server::run(args))
+        }
+        Command::Agent(args) => {
+            if args.common.server.is_none() {
+                return usage_error("agent needs --server https://HOST:6443 (or SHOAL_URL)");
+            }
+            if let Err(err) = config::read_token(&args.common.token, &args.common.token_file)
+                .and_then(|t| {
+                    t.ok_or_else(|| anyhow::anyhow!("agent needs --token or --token-file"))
+                })
+            {
+                return usage_error(&format!("{err:#}"));
+            }
+            eprintln!("shoal: the node agent is not part of this build yet");
+            ExitCode::from(69)
+        }
+    }
+}
+
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("shoal: {message}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+fn init_logging(cli: &Cli) {
+    let level = match cli.verbose {
+        0 => cli.log_level.as_str(),
+        1 => "debug",
+        _ => "trace",
+    };
+    // Our own crates at the chosen level; dependencies one step quieter unless tracing.
+    let deps = if level == "trace" { "debug" } else { "warn" };
+    let filter = EnvFilter::try_new(format!(
+        "{deps},shoal={level},shoal_store={level},shoal_common={level},openraft=warn"
+    ))
+    .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(future: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("shoal: cannot start the async runtime: {err}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match runtime.block_on(future) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("shoal: {err:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! An IP network in CIDR notation (IPv4 or IPv6), as taken by `--cluster-cidr` and
+//! `--service-cidr`.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+/// A network address with a prefix length; host bits are zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+/// Why a string is not a CIDR.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CidrError {
+    input: String,
+    reason: &'static str,
+}
+
+impl fmt::Display for CidrError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid CIDR {:?}: {}", self.input, self.reason)
+    }
+}
+
+impl std::error::Error for CidrError {}
+
+fn bits(addr: IpAddr) -> (u128, u8) {
+    match addr {
+        IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
+        IpAddr::V6(v6) => (u128::from(v6), 128),
+    }
+}
+
+fn mask(prefix: u8, width: u8) -> u128 {
+    if prefix == 0 {
+        0
+    } else {
+        let all = if width == 32 {
+            u128::from(u32::MAX)
+        } else {
+            u128::MAX
+        };
+        all & !(all >> prefix)
+    }
+}
+
+impl Cidr {
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    pub fn is_ipv4(&self) -> bool {
+        self.addr.is_ipv4()
+    }
+
+    /// Whether `ip` lies inside this network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let (net, width) = bits(self.addr);
+        let (host, host_width) = bits(ip);
+        width == host_width && host & mask(self.prefix, width) == net
+    }
+
+    /// How many addresses the network holds, saturating at `u128::MAX`.
+    pub fn size(&self) -> u128 {
+        let (_, width) = bits(self.addr);
+        1u128
+            .checked_shl(u32::from(width - self.prefix))
+            .unwrap_or(u128::MAX)
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = CidrError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |reason| CidrError {
+            input: s.to_string(),
+            reason,
+        };
+        let (addr, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| err("expected ADDRESS/PREFIX"))?;
+        let addr: IpAddr = addr.parse().map_err(|_| err("not an IP address"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .map_err(|_| err("prefix length is not a number"))?;
+        let (value, width) = bits(addr);
+        if prefix > width {
+            return Err(err("prefix length is longer than the address"));
+        }
+        if value & !mask(prefix, width) != 0 {
+            return Err(err("host bits are set (use the network address)"));
+        }
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cidr(s: &str) -> Cidr {
+        s.parse().expect("valid cidr")
+    }
+
+    #[test]
+    fn parses_and_contains() {
+        let services = cidr(crate::DEFAULT_SERVICE_CIDR);
+        assert!(services.contains(crate::DEFAULT_CLUSTER_DNS.parse().expect("ip")));
+        assert!(!services.contains("10.42.0.1".parse().expect("ip")));
+        assert!(!services.contains("::1".parse().expect("ip")));
+        assert_eq!(services.size(), 65_536);
+        assert_eq!(services.to_string(), "10.43.0.0/16");
+        let v6 = cidr("fd00:42::/56");
+        assert!(v6.contains("fd00:42::1".parse().expect("ip")));
+        assert!(!v6.is_ipv4());
+        assert!(cidr("0.0.0.0/0").contains("8.8.8.8".parse().expect("ip")));
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        for bad in [
+            "10.42.0.0",
+            "10.42.0.0/33",
+            "10.42.0.1/16",
+            "ten/8",
+            "10.0.0.0/x",
+            "::1/129",
+        ] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Multi-node test clusters on one machine (one network namespace per node) and benchmark drivers. The cluster harness comes with the e2e issue.

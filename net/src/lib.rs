@@ -1,0 +1,1 @@
+//! Pod networking, VXLAN overlay, nftables Service proxy and cluster DNS (issue: networking). Not built yet.

@@ -1,0 +1,34 @@
+//! Shoal's store: the source of truth for all cluster state, in etcd's role.
+//!
+//! A revisioned key-value store with compare-and-swap writes, consistent paginated ranges and
+//! watch over a bounded history. [`Store`] is the interface and its rustdoc is the contract;
+//! [`RaftStore`] is the durable, Raft-replicated backend (openraft over sled) and [`MemStore`]
+//! the in-memory one for tests. Both run the same MVCC logic ([`mvcc`]) and pass the same
+//! conformance suite ([`conformance`]).
+//!
+//! This crate knows nothing of HTTP or Kubernetes objects: keys are strings, values bytes.
+
+mod api;
+pub mod conformance;
+mod error;
+mod mem;
+pub mod mvcc;
+mod raft;
+mod types;
+mod watch;
+
+pub use api::Store;
+pub use error::{Result, StoreError};
+pub use mem::{MemState, MemStore};
+pub use mvcc::Retention;
+pub use raft::{RaftStore, RaftStoreConfig, TypeConfig};
+pub use types::{
+    validate_key, validate_prefix, validate_value, ContinueToken, Event, EventKind, KeyValue,
+    RangeRequest, RangeResponse, Revision, MAX_KEY_BYTES, MAX_VALUE_BYTES,
+};
+pub use watch::WatchStream;
+
+/// Raft storage pieces, exposed so openraft's own storage test suite can run against them.
+pub mod raft_storage {
+    pub use crate::raft::{LogStore, StateMachine};
+}

@@ -1,0 +1,481 @@
+//! The replicated state machine on sled. All of it lives in one tree so that applying a batch
+//! of log entries is one atomic sled batch: `k<key>` holds current key-values, `h<revision>`
+//! the history events, `m<name>` the machine's own bookkeeping (revision, compaction point,
+//! last applied log id, membership). Readers share [`SmShared`] with the Raft-owned
+//! [`StateMachine`]; a read lock keeps multi-key reads consistent with concurrent applies.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+
+use super::TypeConfig;
+use crate::error::{Result, StoreError};
+use crate::mvcc::{self, KvState, Outcome, RangeSource, Retention};
+use crate::types::{Event, EventKind, KeyValue, Revision};
+use crate::watch::{HistorySource, WatchHub};
+
+type NodeId = u64;
+type StorageResult<T> = std::result::Result<T, StorageError<NodeId>>;
+type Membership = StoredMembership<NodeId, BasicNode>;
+
+const KV: u8 = b'k';
+const HISTORY: u8 = b'h';
+const META_REVISION: &[u8] = b"mrevision";
+const META_COMPACTED: &[u8] = b"mcompacted";
+const META_APPLIED: &[u8] = b"mapplied";
+const META_MEMBERSHIP: &[u8] = b"mmembership";
+
+fn kv_key(key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.push(KV);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn history_key(revision: Revision) -> [u8; 9] {
+    let mut k = [HISTORY; 9];
+    k[1..].copy_from_slice(&(revision as u64).to_be_bytes());
+    k
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    bincode::serialize(value).map_err(|e| StoreError::Io(format!("encoding: {e}")))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    bincode::deserialize(bytes).map_err(|e| StoreError::Corrupt(format!("decoding: {e}")))
+}
+
+fn any(err: impl std::fmt::Display) -> AnyError {
+    AnyError::error(err.to_string())
+}
+
+/// What readers and the state machine share.
+#[derive(Debug)]
+pub struct SmShared {
+    tree: sled::Tree,
+    revision: AtomicI64,
+    compacted: AtomicI64,
+    /// Held for writing while an applied batch lands, for reading while a range is scanned.
+    apply_lock: RwLock<()>,
+    /// Last applied log id and membership, changed together with the data under `apply_lock`.
+    applied: Mutex<(Option<LogId<NodeId>>, Membership)>,
+    pub(super) hub: Arc<WatchHub>,
+}
+
+impl SmShared {
+    pub fn revision(&self) -> Revision {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    pub fn compacted(&self) -> Revision {
+        self.compacted.load(Ordering::Acquire)
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        self.tree.get(kv_key(key))?.map(|b| decode(&b)).transpose()
+    }
+
+    /// Runs `read` with applies held off, so it sees one revision.
+    pub fn consistent<T>(&self, read: impl FnOnce(&dyn RangeSource) -> T) -> T {
+        let _guard = self.apply_lock.read().unwrap_or_else(|e| e.into_inner());
+        read(self)
+    }
+
+    fn applied(&self) -> (Option<LogId<NodeId>>, Membership) {
+        self.applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl RangeSource for SmShared {
+    fn revision(&self) -> Revision {
+        SmShared::revision(self)
+    }
+    fn compacted(&self) -> Revision {
+        SmShared::compacted(self)
+    }
+    fn scan_current(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        visit: &mut dyn FnMut(KeyValue) -> bool,
+    ) -> Result<()> {
+        let start = match after {
+            Some(key) => {
+                let mut k = kv_key(key);
+                k.push(0); // the smallest key strictly after `key`
+                k
+            }
+            None => kv_key(prefix),
+        };
+        let full_prefix = kv_key(prefix);
+        for item in self.tree.range(start..) {
+            let (key, bytes) = item?;
+            if !key.starts_with(&full_prefix) || !visit(decode(&bytes)?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+    fn events_after(&self, after: Revision) -> Result<Vec<Event>> {
+        HistorySource::events_after(self, after, usize::MAX)
+    }
+}
+
+impl HistorySource for SmShared {
+    fn events_after(&self, after: Revision, limit: usize) -> Result<Vec<Event>> {
+        let mut out = Vec::new();
+        for item in self
+            .tree
+            .range(history_key(after + 1)..history_key(Revision::MAX))
+        {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, bytes) = item?;
+            out.push(decode(&bytes)?);
+        }
+        // Checked after reading: a compaction racing with the read may have removed some.
+        let compacted = self.compacted();
+        if after < compacted {
+            return Err(StoreError::Compacted {
+                requested: after,
+                compacted,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// One apply batch: reads see the batch's own writes, writes go into one sled batch.
+struct Pending<'a> {
+    shared: &'a SmShared,
+    batch: sled::Batch,
+    overlay: HashMap<String, Option<KeyValue>>,
+    revision: Revision,
+    compacted: Revision,
+    events: Vec<Event>,
+}
+
+impl KvState for Pending<'_> {
+    fn current(&self, key: &str) -> Result<Option<KeyValue>> {
+        match self.overlay.get(key) {
+            Some(kv) => Ok(kv.clone()),
+            None => self.shared.get(key),
+        }
+    }
+    fn revision(&self) -> Revision {
+        self.revision
+    }
+    fn compacted(&self) -> Revision {
+        self.compacted
+    }
+    fn record(&mut self, event: Event) -> Result<()> {
+        let key = kv_key(&event.kv.key);
+        match event.kind {
+            EventKind::Put => {
+                self.batch.insert(key, encode(&event.kv)?);
+                self.overlay
+                    .insert(event.kv.key.clone(), Some(event.kv.clone()));
+            }
+            EventKind::Delete => {
+                self.batch.remove(key);
+                self.overlay.insert(event.kv.key.clone(), None);
+            }
+        }
+        self.revision = event.revision();
+        self.batch
+            .insert(&history_key(self.revision), encode(&event)?);
+        self.events.push(event);
+        Ok(())
+    }
+    fn drop_history_through(&mut self, revision: Revision) -> Result<()> {
+        // Every revision has exactly one history entry, so the range is known without a scan.
+        for r in (self.compacted + 1)..=revision {
+            self.batch.remove(&history_key(r));
+        }
+        self.compacted = self.compacted.max(revision);
+        Ok(())
+    }
+}
+
+/// The snapshot payload: current state only; history starts at the snapshot's revision.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotData {
+    revision: Revision,
+    kvs: Vec<KeyValue>,
+}
+
+/// A snapshot as kept on disk next to the database.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    data: Vec<u8>,
+}
+
+/// The state machine Raft drives.
+#[derive(Debug)]
+pub struct StateMachine {
+    shared: Arc<SmShared>,
+    retention: Retention,
+    snapshot_path: PathBuf,
+}
+
+impl StateMachine {
+    /// Loads the machine from `tree`; `dir` holds the current snapshot file.
+    pub fn open(tree: sled::Tree, dir: &Path, retention: Retention) -> Result<StateMachine> {
+        let read = |key: &[u8]| -> Result<Option<sled::IVec>> { Ok(tree.get(key)?) };
+        let revision: Revision = read(META_REVISION)?
+            .map(|b| decode(&b))
+            .transpose()?
+            .unwrap_or(0);
+        let compacted: Revision = read(META_COMPACTED)?
+            .map(|b| decode(&b))
+            .transpose()?
+            .unwrap_or(0);
+        let last_applied: Option<LogId<NodeId>> = read(META_APPLIED)?
+            .map(|b| decode(&b))
+            .transpose()?
+            .flatten();
+        let membership: Membership = read(META_MEMBERSHIP)?
+            .map(|b| decode(&b))
+            .transpose()?
+            .unwrap_or_default();
+        let shared = Arc::new(SmShared {
+            tree,
+            revision: AtomicI64::new(revision),
+            compacted: AtomicI64::new(compacted),
+            apply_lock: RwLock::new(()),
+            applied: Mutex::new((last_applied, membership)),
+            hub: Arc::new(WatchHub::new(revision)),
+        });
+        Ok(StateMachine {
+            shared,
+            retention,
+            snapshot_path: dir.join("snapshot.bin"),
+        })
+    }
+
+    pub fn shared(&self) -> Arc<SmShared> {
+        Arc::clone(&self.shared)
+    }
+
+    fn apply_entries(&mut self, entries: Vec<Entry<TypeConfig>>) -> Result<Vec<Outcome>> {
+        let shared = &*self.shared;
+        let (mut last_applied, mut membership) = shared.applied();
+        let mut pending = Pending {
+            shared,
+            batch: sled::Batch::default(),
+            overlay: HashMap::new(),
+            revision: shared.revision(),
+            compacted: shared.compacted(),
+            events: Vec::new(),
+        };
+        let mut outcomes = Vec::with_capacity(entries.len());
+        for entry in entries {
+            last_applied = Some(entry.log_id);
+            let outcome = match entry.payload {
+                EntryPayload::Blank => Outcome::Nothing,
+                EntryPayload::Normal(command) => {
+                    mvcc::execute(&mut pending, command, self.retention)?
+                }
+                EntryPayload::Membership(m) => {
+                    membership = StoredMembership::new(Some(entry.log_id), m);
+                    Outcome::Nothing
+                }
+            };
+            outcomes.push(outcome);
+        }
+        let Pending {
+            mut batch,
+            revision,
+            compacted,
+            events,
+            ..
+        } = pending;
+        batch.insert(META_REVISION, encode(&revision)?);
+        batch.insert(META_COMPACTED, encode(&compacted)?);
+        batch.insert(META_APPLIED, encode(&last_applied)?);
+        batch.insert(META_MEMBERSHIP, encode(&membership)?);
+        {
+            let _guard = shared.apply_lock.write().unwrap_or_else(|e| e.into_inner());
+            shared.tree.apply_batch(batch)?;
+            shared.revision.store(revision, Ordering::Release);
+            shared.compacted.store(compacted, Ordering::Release);
+            *shared.applied.lock().unwrap_or_else(|e| e.into_inner()) = (last_applied, membership);
+        }
+        shared.hub.publish(events);
+        Ok(outcomes)
+    }
+
+    fn install(&mut self, meta: &SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> Result<()> {
+        let snapshot: SnapshotData = decode(data)?;
+        let shared = &*self.shared;
+        let mut batch = sled::Batch::default();
+        for item in shared.tree.iter() {
+            batch.remove(item?.0);
+        }
+        for kv in &snapshot.kvs {
+            batch.insert(kv_key(&kv.key), encode(kv)?);
+        }
+        batch.insert(META_REVISION, encode(&snapshot.revision)?);
+        batch.insert(META_COMPACTED, encode(&snapshot.revision)?);
+        batch.insert(META_APPLIED, encode(&meta.last_log_id)?);
+        batch.insert(META_MEMBERSHIP, encode(&meta.last_membership)?);
+        {
+            let _guard = shared.apply_lock.write().unwrap_or_else(|e| e.into_inner());
+            shared.tree.apply_batch(batch)?;
+            shared.revision.store(snapshot.revision, Ordering::Release);
+            shared.compacted.store(snapshot.revision, Ordering::Release);
+            *shared.applied.lock().unwrap_or_else(|e| e.into_inner()) =
+                (meta.last_log_id, meta.last_membership.clone());
+        }
+        shared.tree.flush()?;
+        Ok(())
+    }
+}
+
+/// Writes the snapshot file atomically: temp file, fsync, rename, fsync of the directory.
+fn save_snapshot(path: &Path, snapshot: &StoredSnapshot) -> std::io::Result<()> {
+    use std::io::Write;
+    let bytes = bincode::serialize(snapshot).map_err(std::io::Error::other)?;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn load_snapshot(path: &Path) -> std::io::Result<Option<StoredSnapshot>> {
+    match std::fs::read(path) {
+        Ok(bytes) => bincode::deserialize(&bytes)
+            .map(Some)
+            .map_err(std::io::Error::other),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Builds snapshots from the shared state.
+#[derive(Debug)]
+pub struct SnapshotBuilder {
+    shared: Arc<SmShared>,
+    path: PathBuf,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let shared = &*self.shared;
+        let (data, last_applied, membership) = {
+            let _guard = shared.apply_lock.read().unwrap_or_else(|e| e.into_inner());
+            let mut kvs = Vec::new();
+            let mut failure = None;
+            RangeSource::scan_current(shared, "", None, &mut |kv| {
+                kvs.push(kv);
+                true
+            })
+            .unwrap_or_else(|e| failure = Some(e));
+            if let Some(e) = failure {
+                return Err(StorageIOError::read_state_machine(any(e)).into());
+            }
+            let data = SnapshotData {
+                revision: shared.revision(),
+                kvs,
+            };
+            let (applied, membership) = shared.applied();
+            (data, applied, membership)
+        };
+        let bytes = encode(&data).map_err(|e| StorageIOError::read_state_machine(any(e)))?;
+        let snapshot_id = match last_applied {
+            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, data.revision),
+            None => format!("0-0-{}", data.revision),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: bytes,
+        };
+        save_snapshot(&self.path, &stored)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), any(e)))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> StorageResult<(Option<LogId<NodeId>>, Membership)> {
+        Ok(self.shared.applied())
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Outcome>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        self.apply_entries(entries.into_iter().collect())
+            .map_err(|e| StorageIOError::write_state_machine(any(e)).into())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            shared: self.shared(),
+            path: self.snapshot_path.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let data = snapshot.into_inner();
+        self.install(meta, &data)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), any(e)))?;
+        save_snapshot(
+            &self.snapshot_path,
+            &StoredSnapshot {
+                meta: meta.clone(),
+                data,
+            },
+        )
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), any(e)))?;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        let stored = load_snapshot(&self.snapshot_path)
+            .map_err(|e| StorageIOError::read_snapshot(None, any(e)))?;
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
+    }
+}
