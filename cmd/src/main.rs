@@ -85,8 +85,11 @@ fn init_logging(cli: &Cli) {
         "{deps},shoal={level},shoal_store={level},shoal_common={level},openraft=warn"
     ))
     .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only for a person at a terminal, never in journald or files.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
 }

@@ -1,0 +1,314 @@
+//! The `shoal` binary as a user runs it: exit codes and one-line errors for bad input, the
+//! config file and environment, and a server that starts, stops on SIGTERM, survives kill -9
+//! and refuses a damaged data dir.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+fn shoal() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal"));
+    // Tests must not pick up the developer's own settings.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SHOAL_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().expect("run shoal")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Asserts a usage error: exit code 64 and exactly one line on stderr mentioning `needle`.
+fn assert_usage_error(output: Output, needle: &str) {
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(64), "stderr: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
+    assert!(err.starts_with("shoal: "), "{err:?}");
+    assert!(err.contains(needle), "{err:?} does not mention {needle:?}");
+}
+
+#[test]
+fn version_prints_and_succeeds() {
+    let output = run(shoal().arg("version"));
+    assert!(output.status.success());
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(out.starts_with("shoal version v"), "{out}");
+}
+
+#[test]
+fn bad_flags_are_usage_errors() {
+    assert_usage_error(
+        run(shoal().args(["server", "--no-such-flag"])),
+        "--no-such-flag",
+    );
+    assert_usage_error(
+        run(shoal().args(["server", "--cluster-cidr", "10.42.0.1/16"])),
+        "host bits",
+    );
+    assert_usage_error(
+        run(shoal().args(["server", "--https-listen-port", "0"])),
+        "0",
+    );
+    assert_usage_error(
+        run(shoal().args(["server", "--cluster-dns", "10.42.0.10"])),
+        "service-cidr",
+    );
+    assert_usage_error(
+        run(shoal().args(["server", "--server", "http://x:6443"])),
+        "https://",
+    );
+    assert_usage_error(
+        run(shoal().args(["server", "--cluster-domain", "bad..domain"])),
+        "domain",
+    );
+    assert_usage_error(run(shoal().args(["frobnicate"])), "frobnicate");
+    assert_usage_error(run(shoal().args(["agent"])), "--server");
+    assert_usage_error(
+        run(shoal().args([
+            "agent",
+            "--server",
+            "https://127.0.0.1:6443",
+            "--token-file",
+            "/nonexistent",
+        ])),
+        "/nonexistent",
+    );
+    assert_usage_error(
+        run(shoal().args(["server", "--token", "a", "--token-file", "/x"])),
+        "--token",
+    );
+}
+
+#[test]
+fn bad_config_files_are_usage_errors() {
+    let dir = TempDir::new().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write config");
+        path
+    };
+    let cases = [
+        (
+            write("unknown.yaml", "no-such-option: 1\n"),
+            "no-such-option",
+        ),
+        (write("broken.yaml", "data-dir: [\n"), "broken.yaml"),
+        (write("list.yaml", "- a\n- b\n"), "mapping"),
+        (write("switch.yaml", "cluster-init: maybe\n"), "switch"),
+        (
+            write("value.yaml", "cluster-cidr: not-a-cidr\n"),
+            "not-a-cidr",
+        ),
+    ];
+    for (path, needle) in cases {
+        assert_usage_error(
+            run(shoal().arg("server").arg("--config").arg(&path)),
+            needle,
+        );
+    }
+    assert_usage_error(
+        run(shoal().args(["server", "--config", "/nonexistent/config.yaml"])),
+        "/nonexistent/config.yaml",
+    );
+    // The env var names a config file as well as the flag does.
+    assert_usage_error(
+        run(shoal()
+            .arg("server")
+            .env("SHOAL_CONFIG", dir.path().join("unknown.yaml"))),
+        "no-such-option",
+    );
+}
+
+/// A running `shoal server` whose stderr is followed line by line.
+struct Server {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Server {
+    fn start(cmd: &mut Command) -> Server {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn server");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Server { child, lines }
+    }
+
+    /// Waits for a log line containing `needle` and returns it.
+    fn wait_for(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line with {needle:?} within 30 s"),
+            }
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    fn wait_exit(mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("server did not exit within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn server_starts_stops_on_sigterm_and_survives_kill_9() {
+    let dir = TempDir::new().expect("tempdir");
+    let mut cmd = shoal();
+    cmd.arg("server")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("SHOAL_CONFIG", dir.path().join("none.yaml"));
+    // An explicitly named config file must exist; point at one that does.
+    std::fs::write(dir.path().join("none.yaml"), "").expect("write empty config");
+
+    let server = Server::start(&mut cmd);
+    let ready = server.wait_for("shoal server ready");
+    assert!(ready.contains("revision=0"), "{ready}");
+    server.signal("-TERM");
+    server.wait_for("store flushed");
+    assert_eq!(server.wait_exit().code(), Some(0));
+
+    let server = Server::start(&mut cmd);
+    server.wait_for("shoal server ready");
+    server.signal("-KILL");
+    assert!(!server.wait_exit().success());
+
+    let server = Server::start(&mut cmd);
+    server.wait_for("shoal server ready");
+    server.signal("-INT");
+    assert_eq!(server.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn config_file_env_and_flags_take_precedence_in_that_order() {
+    let dir = TempDir::new().expect("tempdir");
+    let (from_file, from_env, from_flag) = (
+        dir.path().join("file"),
+        dir.path().join("env"),
+        dir.path().join("flag"),
+    );
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!("data-dir: {}\nlog-level: debug\n", from_file.display()),
+    )
+    .expect("write config");
+
+    let started_with = |cmd: &mut Command| {
+        let server = Server::start(cmd);
+        let line = server.wait_for("shoal server ready");
+        server.signal("-TERM");
+        assert_eq!(server.wait_exit().code(), Some(0));
+        line
+    };
+
+    let line = started_with(shoal().arg("server").arg("--config").arg(&config));
+    assert!(
+        line.contains(&format!("data_dir={}", from_file.display())),
+        "{line}"
+    );
+    assert!(from_file.join("server").exists());
+
+    let line = started_with(
+        shoal()
+            .arg("server")
+            .arg("--config")
+            .arg(&config)
+            .env("SHOAL_DATA_DIR", &from_env),
+    );
+    assert!(
+        line.contains(&format!("data_dir={}", from_env.display())),
+        "{line}"
+    );
+
+    let line = started_with(
+        shoal()
+            .arg("server")
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&from_flag)
+            .env("SHOAL_DATA_DIR", &from_env),
+    );
+    assert!(
+        line.contains(&format!("data_dir={}", from_flag.display())),
+        "{line}"
+    );
+}
+
+#[test]
+fn server_refuses_a_damaged_data_dir_and_keeps_it() {
+    let dir = TempDir::new().expect("tempdir");
+    let config = dir.path().join("empty.yaml");
+    std::fs::write(&config, "").expect("write config");
+    let mut cmd = shoal();
+    cmd.arg("server")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path());
+    let server = Server::start(&mut cmd);
+    server.wait_for("shoal server ready");
+    server.signal("-TERM");
+    assert_eq!(server.wait_exit().code(), Some(0));
+
+    let store = dir.path().join("server/store");
+    std::fs::rename(store.join("db"), store.join("db.saved")).expect("move db away");
+    let output = run(&mut cmd);
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert!(err.contains("refusing to start empty"), "{err}");
+    assert!(
+        !store.join("db").exists(),
+        "the server must not create a fresh database"
+    );
+    assert!(store.join("db.saved").exists());
+}
