@@ -525,9 +525,15 @@ where
 {
     let mut acked = Vec::new();
     for i in 0..50 {
+        // Some values large enough to take a backend's large-value path (sled's blob files).
+        let value = match i % 10 {
+            3 => vec![b'L'; MAX_VALUE_BYTES],
+            6 => vec![b'M'; 300 * 1024],
+            _ => bytes(&format!("v{i}")),
+        };
         acked.push(
             store
-                .put(&format!("/dur/{i:03}"), bytes(&format!("v{i}")))
+                .put(&format!("/dur/{i:03}"), value)
                 .await
                 .expect("put"),
         );
@@ -537,7 +543,10 @@ where
     let store = reopen(store).await;
     assert_eq!(store.current_revision().await.expect("revision"), before);
     for kv in &acked {
-        let got = store.get(&kv.key).await.expect("get");
+        let got = match store.get(&kv.key).await {
+            Ok(got) => got,
+            Err(err) => panic!("get {} after reopening: {err}", kv.key),
+        };
         if kv.key == gone.key {
             assert_eq!(got, None);
         } else {

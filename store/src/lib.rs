@@ -30,5 +30,5 @@ pub use watch::WatchStream;
 
 /// Raft storage pieces, exposed so openraft's own storage test suite can run against them.
 pub mod raft_storage {
-    pub use crate::raft::{LogStore, StateMachine};
+    pub use crate::raft::{DiskSync, LogStore, StateMachine};
 }

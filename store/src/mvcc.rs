@@ -35,6 +35,10 @@ pub enum Command {
     Compact {
         revision: Revision,
     },
+    /// Several independent commands from concurrent clients carried by one Raft entry, so that
+    /// one log append and one fsync serve them all. Each still gets its own revision and
+    /// outcome, in order, as if proposed one by one.
+    Batch(Vec<Command>),
 }
 
 /// What applying a [`Command`] did.
@@ -46,6 +50,8 @@ pub enum Outcome {
     Compacted,
     /// The command was refused; nothing changed.
     Rejected(Rejection),
+    /// The outcomes of a [`Command::Batch`], in order.
+    Batch(Vec<Outcome>),
     /// A log entry that carries no command (Raft's blank and membership entries).
     #[default]
     Nothing,
@@ -125,6 +131,13 @@ pub fn execute(
     command: Command,
     retention: Retention,
 ) -> Result<Outcome> {
+    if let Command::Batch(commands) = command {
+        return commands
+            .into_iter()
+            .map(|c| execute(state, c, retention))
+            .collect::<Result<Vec<_>>>()
+            .map(Outcome::Batch);
+    }
     let next = state.revision() + 1;
     let outcome = match command {
         Command::Create { key, value } => match state.current(&key)? {
@@ -173,6 +186,7 @@ pub fn execute(
                 Outcome::Written(event)
             }
         },
+        Command::Batch(_) => return Ok(Outcome::Nothing), // handled above
         Command::Compact { revision } => {
             if revision > state.revision() {
                 return Ok(Outcome::Rejected(Rejection::FutureRevision {
@@ -379,6 +393,48 @@ mod tests {
         assert_eq!(at(3), ["/a/1=uno", "/a/2=two"]);
         assert_eq!(at(4), ["/a/1=uno"]);
         assert_eq!(at(5), ["/a/1=uno", "/a/3=three"]);
+    }
+
+    #[test]
+    fn a_batch_applies_each_command_in_order_with_its_own_outcome() {
+        let mut state = MemState::default();
+        let batch = Command::Batch(vec![
+            Command::Create {
+                key: "/b/1".into(),
+                value: b"a".to_vec(),
+            },
+            Command::Create {
+                key: "/b/1".into(),
+                value: b"again".to_vec(),
+            },
+            Command::Update {
+                key: "/b/1".into(),
+                value: b"b".to_vec(),
+                expected: 1,
+            },
+            Command::Delete {
+                key: "/b/2".into(),
+                expected: None,
+            },
+        ]);
+        let Outcome::Batch(outcomes) =
+            execute(&mut state, batch, Retention::default()).expect("batch")
+        else {
+            panic!("not a batch outcome");
+        };
+        assert!(matches!(&outcomes[0], Outcome::Written(e) if e.revision() == 1));
+        assert!(matches!(
+            &outcomes[1],
+            Outcome::Rejected(Rejection::AlreadyExists { .. })
+        ));
+        assert!(
+            matches!(&outcomes[2], Outcome::Written(e) if e.revision() == 2 && e.kv.version == 2)
+        );
+        assert!(matches!(
+            &outcomes[3],
+            Outcome::Rejected(Rejection::NotFound)
+        ));
+        assert_eq!(KvState::revision(&state), 2);
     }
 
     #[test]

@@ -41,12 +41,15 @@ mod conformance_raft {
 async fn clean_restart_keeps_everything() {
     let dir = TempDir::new().expect("tempdir");
     let store = open(dir.path()).await;
+    // The closure borrows the path: the directory must outlive the reopened store.
+    let path = dir.path().to_path_buf();
     conformance::acknowledged_writes_survive_reopen(store, |store| async move {
         store.shutdown().await.expect("shutdown");
         drop(store);
-        open(dir.path()).await
+        open(&path).await
     })
     .await;
+    drop(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,7 +189,7 @@ async fn kill_9_loses_no_acknowledged_write() {
 mod openraft_suite {
     use openraft::testing::{StoreBuilder, Suite};
     use openraft::StorageError;
-    use shoal_store::raft_storage::{LogStore, StateMachine};
+    use shoal_store::raft_storage::{DiskSync, LogStore, StateMachine};
     use shoal_store::{Retention, TypeConfig};
     use tempfile::TempDir;
 
@@ -195,14 +198,13 @@ mod openraft_suite {
     impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
         async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<u64>> {
             let dir = TempDir::new().expect("tempdir");
-            let db = sled::open(dir.path().join("db")).expect("sled");
-            let log = LogStore::open(&db).expect("log store");
-            let sm = StateMachine::open(
-                db.open_tree("state").expect("tree"),
-                dir.path(),
-                Retention::default(),
-            )
-            .expect("state machine");
+            let path = dir.path().join("db");
+            let db = sled::open(&path).expect("sled");
+            let disk = DiskSync::open(&db, &path).expect("disk sync");
+            let log = LogStore::open(&db, disk.clone()).expect("log store");
+            let tree = db.open_tree("state").expect("tree");
+            let sm = StateMachine::open(tree, disk, dir.path(), Retention::default())
+                .expect("state machine");
             Ok((dir, log, sm))
         }
     }

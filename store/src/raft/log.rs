@@ -4,13 +4,14 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{
     AnyError, Entry, LogId, OptionalSend, RaftLogId, StorageError, StorageIOError, Vote,
 };
-use tokio::sync::mpsc;
 
+use super::disk::DiskSync;
 use super::TypeConfig;
 
 type NodeId = u64;
@@ -23,10 +24,10 @@ const COMMITTED: &[u8] = b"committed";
 /// The Raft log store. Cheap to clone: clones share the same trees and flusher.
 #[derive(Debug, Clone)]
 pub struct LogStore {
-    db: sled::Db,
+    disk: Arc<DiskSync>,
     entries: sled::Tree,
     meta: sled::Tree,
-    flusher: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+    flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
 }
 
 fn any(err: impl std::fmt::Display) -> AnyError {
@@ -43,13 +44,17 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, AnyError> {
 
 impl LogStore {
     /// Opens the log trees in `db` and starts the group-commit flusher.
-    pub fn open(db: &sled::Db) -> Result<LogStore, sled::Error> {
+    pub fn open(db: &sled::Db, disk: Arc<DiskSync>) -> Result<LogStore, sled::Error> {
         let entries = db.open_tree("raft_log")?;
         let meta = db.open_tree("raft_meta")?;
-        let (flusher, rx) = mpsc::unbounded_channel();
-        tokio::spawn(flush_loop(db.clone(), rx));
+        let (flusher, rx) = std::sync::mpsc::channel();
+        let disk_for_flusher = Arc::clone(&disk);
+        std::thread::Builder::new()
+            .name("store-log-sync".into())
+            .spawn(move || flush_loop(&disk_for_flusher, &rx))
+            .map_err(sled::Error::Io)?;
         Ok(LogStore {
-            db: db.clone(),
+            disk,
             entries,
             meta,
             flusher,
@@ -72,27 +77,28 @@ impl LogStore {
         self.meta
             .insert(key, bytes)
             .map_err(|e| StorageIOError::write(any(e)))?;
-        self.db
-            .flush_async()
+        self.disk
+            .sync()
             .await
             .map_err(|e| StorageIOError::write(any(e)))?;
         Ok(())
     }
 }
 
-/// Completes appends in order, one fsync for every append queued while the last one ran.
-async fn flush_loop(db: sled::Db, mut rx: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>) {
+/// Completes appends in order, one sync for every append queued while the last sync ran.
+/// A thread of its own rather than a task: the sync blocks, and a lone writer's latency is
+/// the sync plus the hand-offs around it, so the fewer hand-offs the better. Ends when every
+/// log store handle is dropped.
+fn flush_loop(disk: &DiskSync, rx: &std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
     let mut waiting = Vec::new();
-    while let Some(first) = rx.recv().await {
+    while let Ok(first) = rx.recv() {
         waiting.push(first);
-        while let Ok(more) = rx.try_recv() {
-            waiting.push(more);
-        }
-        let result = db.flush_async().await;
+        waiting.extend(rx.try_iter());
+        let result = disk.sync_blocking();
         for callback in waiting.drain(..) {
             let outcome = match &result {
-                Ok(_) => Ok(()),
-                Err(e) => Err(std::io::Error::other(e.to_string())),
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
             };
             callback.log_io_completed(outcome);
         }
@@ -205,8 +211,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.entries
             .apply_batch(batch)
             .map_err(|e| StorageIOError::write_logs(any(e)))?;
-        self.db
-            .flush_async()
+        self.disk
+            .sync()
             .await
             .map_err(|e| StorageIOError::write_logs(any(e)))?;
         Ok(())

@@ -6,8 +6,10 @@
 //! On disk, `<dir>/FORMAT` names the store's format and cluster id, `<dir>/db` is the sled
 //! database (Raft log, vote, state machine), `<dir>/snapshot.bin` the latest Raft snapshot.
 
+mod disk;
 mod log;
 mod network;
+mod proposer;
 mod sm;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -16,7 +18,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
 use tokio::sync::watch as tokio_watch;
 
@@ -29,6 +30,7 @@ use crate::types::{
 };
 use crate::watch::{check_start, HistorySource, WatchStream};
 
+pub use self::disk::DiskSync;
 pub use self::log::LogStore;
 pub use self::network::SingleNodeNetwork;
 pub use self::sm::StateMachine;
@@ -88,7 +90,8 @@ impl RaftStoreConfig {
 pub struct RaftStore {
     raft: Raft<TypeConfig>,
     shared: Arc<sm::SmShared>,
-    db: sled::Db,
+    proposer: proposer::Proposer,
+    disk: Arc<DiskSync>,
     node_id: u64,
     stop: Arc<tokio_watch::Sender<bool>>,
 }
@@ -146,19 +149,6 @@ fn write_format(dir: &Path) -> Result<()> {
         .map_err(io)
 }
 
-/// Maps Raft's write errors to the store's.
-fn raft_write_error(err: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> StoreError {
-    match err {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => StoreError::Unavailable(
-            format!("this server is not the leader (leader: {:?})", f.leader_id),
-        ),
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-            StoreError::Unavailable(e.to_string())
-        }
-        RaftError::Fatal(fatal) => StoreError::Unavailable(format!("raft stopped: {fatal}")),
-    }
-}
-
 impl RaftStore {
     /// Opens (or creates) the store in `config.dir` and waits until it can serve: this node is
     /// the leader of its one-member cluster, with everything committed applied.
@@ -185,9 +175,15 @@ impl RaftStore {
             write_format(&config.dir)?;
         }
 
-        let log_store = LogStore::open(&db)?;
-        let state_machine =
-            StateMachine::open(db.open_tree("state")?, &config.dir, config.retention)?;
+        let disk = DiskSync::open(&db, &config.dir.join(DB_DIR))
+            .map_err(|e| StoreError::Corrupt(format!("opening the database files: {e}")))?;
+        let log_store = LogStore::open(&db, Arc::clone(&disk))?;
+        let state_machine = StateMachine::open(
+            db.open_tree("state")?,
+            Arc::clone(&disk),
+            &config.dir,
+            config.retention,
+        )?;
         let shared = state_machine.shared();
 
         let raft_config = Config {
@@ -228,9 +224,10 @@ impl RaftStore {
 
         let (stop, stop_rx) = tokio_watch::channel(false);
         let store = RaftStore {
+            proposer: proposer::Proposer::start(raft.clone()),
             raft,
             shared,
-            db,
+            disk,
             node_id: config.node_id,
             stop: Arc::new(stop),
         };
@@ -255,12 +252,7 @@ impl RaftStore {
     }
 
     async fn propose(&self, command: Command) -> Result<Outcome> {
-        let response = self
-            .raft
-            .client_write(command)
-            .await
-            .map_err(raft_write_error)?;
-        Ok(response.data)
+        self.proposer.propose(command).await
     }
 
     /// Stops Raft and flushes everything to disk. Other clones stop working.
@@ -270,7 +262,10 @@ impl RaftStore {
             .shutdown()
             .await
             .map_err(|e| StoreError::Unavailable(format!("raft shutdown: {e}")))?;
-        self.db.flush_async().await?;
+        self.disk
+            .sync()
+            .await
+            .map_err(|e| StoreError::Io(format!("flushing the store: {e}")))?;
         Ok(())
     }
 

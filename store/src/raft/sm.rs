@@ -17,6 +17,7 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::disk::DiskSync;
 use super::TypeConfig;
 use crate::error::{Result, StoreError};
 use crate::mvcc::{self, KvState, Outcome, RangeSource, Retention};
@@ -229,13 +230,19 @@ struct StoredSnapshot {
 #[derive(Debug)]
 pub struct StateMachine {
     shared: Arc<SmShared>,
+    disk: Arc<DiskSync>,
     retention: Retention,
     snapshot_path: PathBuf,
 }
 
 impl StateMachine {
     /// Loads the machine from `tree`; `dir` holds the current snapshot file.
-    pub fn open(tree: sled::Tree, dir: &Path, retention: Retention) -> Result<StateMachine> {
+    pub fn open(
+        tree: sled::Tree,
+        disk: Arc<DiskSync>,
+        dir: &Path,
+        retention: Retention,
+    ) -> Result<StateMachine> {
         let read = |key: &[u8]| -> Result<Option<sled::IVec>> { Ok(tree.get(key)?) };
         let revision: Revision = read(META_REVISION)?
             .map(|b| decode(&b))
@@ -263,6 +270,7 @@ impl StateMachine {
         });
         Ok(StateMachine {
             shared,
+            disk,
             retention,
             snapshot_path: dir.join("snapshot.bin"),
         })
@@ -342,7 +350,6 @@ impl StateMachine {
             *shared.applied.lock().unwrap_or_else(|e| e.into_inner()) =
                 (meta.last_log_id, meta.last_membership.clone());
         }
-        shared.tree.flush()?;
         Ok(())
     }
 }
@@ -459,6 +466,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         self.install(meta, &data)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), any(e)))?;
+        // The installed state must be on disk before Raft purges the log it replaces.
+        self.disk
+            .sync()
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), any(e)))?;
         save_snapshot(
             &self.snapshot_path,
             &StoredSnapshot {
