@@ -1,1 +1,4 @@
 //! Multi-node test clusters on one machine (one network namespace per node) and benchmark drivers. The cluster harness comes with the e2e issue.
+
+pub mod etcd;
+pub mod latency;
