@@ -269,6 +269,12 @@ impl RaftStore {
         Ok(())
     }
 
+    /// The index of the last entry in the Raft log (writes are batched, so it grows slower
+    /// than the revision under concurrent load).
+    pub fn last_log_index(&self) -> u64 {
+        self.raft.metrics().borrow().last_log_index.unwrap_or(0)
+    }
+
     /// Whether this server currently leads the Raft cluster.
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.node_id)
