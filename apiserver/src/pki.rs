@@ -1,0 +1,499 @@
+//! The cluster's certificates and secrets, created on a server's first start and reused after:
+//! a CA (ECDSA P-256, 10 years), the API server's serving certificate (1 year, with the names
+//! and addresses clients use to reach it; reissued when they change or it nears expiry), the
+//! admin client certificate (`system:admin` in `system:masters`), the kubeconfig that uses it,
+//! and the node join token in k3s's `K10<sha256 of the CA>::server:<secret>` form so a joining
+//! node can check the CA it is shown.
+//!
+//! Files live in `<data-dir>/server/tls/` (keys mode 0600) and `<data-dir>/server/token`.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use ring::rand::SecureRandom as _;
+use time::{Duration, OffsetDateTime};
+
+const CA_CERT: &str = "server-ca.crt";
+const CA_KEY: &str = "server-ca.key";
+const SERVING_CERT: &str = "serving.crt";
+const SERVING_KEY: &str = "serving.key";
+const SERVING_META: &str = "serving.meta";
+const ADMIN_CERT: &str = "client-admin.crt";
+const ADMIN_KEY: &str = "client-admin.key";
+
+/// The user and group the admin client certificate names (Kubernetes' superuser group).
+pub const ADMIN_USER: &str = "system:admin";
+pub const ADMIN_GROUP: &str = "system:masters";
+
+/// Leaf certificates are reissued when less than this much validity is left.
+const RENEW_BEFORE: Duration = Duration::days(90);
+
+/// Why the PKI could not be loaded or created.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("generating certificates: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("the random number generator failed")]
+    Random,
+    #[error("invalid join token: {0}")]
+    BadToken(&'static str),
+}
+
+/// Who the serving certificate is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServingIdentity {
+    pub dns_names: Vec<String>,
+    pub ips: Vec<IpAddr>,
+}
+
+impl ServingIdentity {
+    /// The names Kubernetes' API server certificate carries, plus this node's own.
+    pub fn kubernetes(node_name: &str, cluster_domain: &str, ips: Vec<IpAddr>) -> Self {
+        let mut dns_names: Vec<String> = [
+            "kubernetes".to_string(),
+            "kubernetes.default".to_string(),
+            "kubernetes.default.svc".to_string(),
+            format!("kubernetes.default.svc.{cluster_domain}"),
+            "localhost".to_string(),
+            node_name.to_string(),
+        ]
+        .into_iter()
+        .collect();
+        dns_names.dedup();
+        let mut ips = ips;
+        ips.sort();
+        ips.dedup();
+        ServingIdentity { dns_names, ips }
+    }
+
+    fn describe(&self) -> String {
+        let mut out = String::new();
+        for name in &self.dns_names {
+            let _ = writeln!(out, "dns {name}");
+        }
+        for ip in &self.ips {
+            let _ = writeln!(out, "ip {ip}");
+        }
+        out
+    }
+}
+
+/// The loaded PKI, PEM-encoded.
+#[derive(Clone)]
+pub struct ClusterPki {
+    pub ca_cert_pem: String,
+    pub serving_cert_pem: String,
+    pub serving_key_pem: String,
+    pub admin_cert_pem: String,
+    pub admin_key_pem: String,
+    /// The secret half of the join token.
+    pub token_secret: String,
+}
+
+impl std::fmt::Debug for ClusterPki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterPki").finish_non_exhaustive()
+    }
+}
+
+fn read(path: &Path) -> Result<Option<String>, PkiError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(PkiError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Writes a file atomically (temp file, fsync, rename) with the given mode.
+fn write(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
+    use std::io::Write as _;
+    let io = |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io)?;
+    file.write_all(contents.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N], PkiError> {
+    let mut bytes = [0u8; N];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| PkiError::Random)?;
+    Ok(bytes)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn leaf_params(common_name: &str, validity: Duration) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::default();
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + validity;
+    params.serial_number = Some(SerialNumber::from_slice(&random_bytes::<16>()?));
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.use_authority_key_identifier_extension = true;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    Ok(params)
+}
+
+impl ClusterPki {
+    /// Loads the PKI under `server_dir` (`<data-dir>/server`), creating what is missing and
+    /// reissuing the serving certificate when `identity` changed or it nears expiry.
+    pub fn load_or_create(server_dir: &Path, identity: &ServingIdentity) -> Result<Self, PkiError> {
+        let tls = server_dir.join("tls");
+        std::fs::create_dir_all(&tls).map_err(|source| PkiError::Io {
+            path: tls.clone(),
+            source,
+        })?;
+
+        let (ca_cert_pem, ca_key) = load_or_create_ca(&tls)?;
+        let issuer = Issuer::from_ca_cert_pem(&ca_cert_pem, &ca_key)?;
+
+        let (serving_cert_pem, serving_key_pem) = {
+            let meta = read(&tls.join(SERVING_META))?;
+            let wanted = identity.describe();
+            let current = match (
+                read(&tls.join(SERVING_CERT))?,
+                read(&tls.join(SERVING_KEY))?,
+            ) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                _ => None,
+            };
+            match (current, meta) {
+                (Some(pair), Some(meta)) if still_valid(&meta, &wanted) => pair,
+                _ => {
+                    let key = KeyPair::generate()?;
+                    let mut params = leaf_params("kube-apiserver", Duration::days(365))?;
+                    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+                    for name in &identity.dns_names {
+                        params
+                            .subject_alt_names
+                            .push(SanType::DnsName(name.clone().try_into()?));
+                    }
+                    for ip in &identity.ips {
+                        params.subject_alt_names.push(SanType::IpAddress(*ip));
+                    }
+                    let cert = params.signed_by(&key, &issuer)?;
+                    let expires = params.not_after.unix_timestamp();
+                    write(&tls.join(SERVING_KEY), &key.serialize_pem(), 0o600)?;
+                    write(&tls.join(SERVING_CERT), &cert.pem(), 0o644)?;
+                    write(
+                        &tls.join(SERVING_META),
+                        &format!("{wanted}expires {expires}\n"),
+                        0o644,
+                    )?;
+                    tracing::info!("issued the API serving certificate");
+                    (cert.pem(), key.serialize_pem())
+                }
+            }
+        };
+
+        let (admin_cert_pem, admin_key_pem) =
+            match (read(&tls.join(ADMIN_CERT))?, read(&tls.join(ADMIN_KEY))?) {
+                (Some(cert), Some(key)) => (cert, key),
+                _ => {
+                    let key = KeyPair::generate()?;
+                    let mut params = leaf_params(ADMIN_USER, Duration::days(365))?;
+                    params
+                        .distinguished_name
+                        .push(DnType::OrganizationName, ADMIN_GROUP);
+                    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+                    let cert = params.signed_by(&key, &issuer)?;
+                    write(&tls.join(ADMIN_KEY), &key.serialize_pem(), 0o600)?;
+                    write(&tls.join(ADMIN_CERT), &cert.pem(), 0o644)?;
+                    (cert.pem(), key.serialize_pem())
+                }
+            };
+
+        let token_path = server_dir.join("token");
+        let token_secret = match read(&token_path)? {
+            Some(token) => parse_join_token(token.trim())?.secret,
+            None => {
+                let secret = hex(&random_bytes::<16>()?);
+                write(
+                    &token_path,
+                    &format!("{}\n", join_token(&ca_cert_pem, &secret)),
+                    0o600,
+                )?;
+                secret
+            }
+        };
+
+        Ok(ClusterPki {
+            ca_cert_pem,
+            serving_cert_pem,
+            serving_key_pem,
+            admin_cert_pem,
+            admin_key_pem,
+            token_secret,
+        })
+    }
+
+    /// The full join token agents are given.
+    pub fn join_token(&self) -> String {
+        join_token(&self.ca_cert_pem, &self.token_secret)
+    }
+
+    /// A kubeconfig for the admin user against `server_url` (`https://127.0.0.1:6443`).
+    pub fn admin_kubeconfig(&self, server_url: &str) -> String {
+        kubeconfig(
+            server_url,
+            &self.ca_cert_pem,
+            &self.admin_cert_pem,
+            &self.admin_key_pem,
+        )
+    }
+}
+
+fn still_valid(meta: &str, wanted: &str) -> bool {
+    let Some((sans, expiry)) = meta.rsplit_once("expires ") else {
+        return false;
+    };
+    let Ok(expires) = expiry.trim().parse::<i64>() else {
+        return false;
+    };
+    sans == wanted
+        && OffsetDateTime::now_utc() + RENEW_BEFORE
+            < OffsetDateTime::from_unix_timestamp(expires).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+fn load_or_create_ca(tls: &Path) -> Result<(String, KeyPair), PkiError> {
+    let cert_path = tls.join(CA_CERT);
+    let key_path = tls.join(CA_KEY);
+    match (read(&cert_path)?, read(&key_path)?) {
+        (Some(cert), Some(key)) => {
+            let key = KeyPair::from_pem(&key).map_err(|e| PkiError::Invalid {
+                path: key_path.clone(),
+                reason: e.to_string(),
+            })?;
+            Issuer::from_ca_cert_pem(&cert, &key).map_err(|e| PkiError::Invalid {
+                path: cert_path.clone(),
+                reason: e.to_string(),
+            })?;
+            Ok((cert, key))
+        }
+        (None, None) => {
+            let key = KeyPair::generate()?;
+            let mut params = CertificateParams::default();
+            let now = OffsetDateTime::now_utc();
+            params.not_before = now - Duration::hours(1);
+            params.not_after = now + Duration::days(3650);
+            params.serial_number = Some(SerialNumber::from_slice(&random_bytes::<16>()?));
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::CrlSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+            let mut dn = DistinguishedName::new();
+            dn.push(
+                DnType::CommonName,
+                format!("shoal-server-ca@{}", now.unix_timestamp()),
+            );
+            params.distinguished_name = dn;
+            let cert = params.self_signed(&key)?;
+            write(&key_path, &key.serialize_pem(), 0o600)?;
+            write(&cert_path, &cert.pem(), 0o644)?;
+            tracing::info!("created the cluster CA");
+            Ok((cert.pem(), key))
+        }
+        // Half a CA is never silently replaced: every issued certificate hangs off it.
+        (Some(_), None) => Err(PkiError::Invalid {
+            path: key_path,
+            reason: "the CA certificate exists but its key is missing".into(),
+        }),
+        (None, Some(_)) => Err(PkiError::Invalid {
+            path: cert_path,
+            reason: "the CA key exists but its certificate is missing".into(),
+        }),
+    }
+}
+
+/// `K10<sha256 hex of the CA bundle>::server:<secret>`, as k3s writes it.
+pub fn join_token(ca_cert_pem: &str, secret: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, ca_cert_pem.as_bytes());
+    format!("K10{}::server:{secret}", hex(digest.as_ref()))
+}
+
+/// A join token taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    /// The SHA-256 of the CA the node must see, when the token pins one.
+    pub ca_hash: Option<String>,
+    pub secret: String,
+}
+
+impl JoinToken {
+    /// Whether `ca_cert_pem` is the CA this token pins (true when it pins none).
+    pub fn trusts(&self, ca_cert_pem: &str) -> bool {
+        let digest = ring::digest::digest(&ring::digest::SHA256, ca_cert_pem.as_bytes());
+        self.ca_hash
+            .as_deref()
+            .is_none_or(|h| h == hex(digest.as_ref()))
+    }
+}
+
+/// Parses a full `K10…::user:secret` token or a bare secret (which pins no CA).
+pub fn parse_join_token(token: &str) -> Result<JoinToken, PkiError> {
+    if token.is_empty() {
+        return Err(PkiError::BadToken("empty"));
+    }
+    let Some(rest) = token.strip_prefix("K10") else {
+        return Ok(JoinToken {
+            ca_hash: None,
+            secret: token.to_string(),
+        });
+    };
+    let (hash, credentials) = rest.split_once("::").ok_or(PkiError::BadToken("no '::'"))?;
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(PkiError::BadToken("the CA hash is not 64 hex digits"));
+    }
+    let secret = match credentials.split_once(':') {
+        Some((_user, secret)) => secret,
+        None => credentials,
+    };
+    if secret.is_empty() {
+        return Err(PkiError::BadToken("no secret"));
+    }
+    Ok(JoinToken {
+        ca_hash: Some(hash.to_ascii_lowercase()),
+        secret: secret.to_string(),
+    })
+}
+
+/// A kubeconfig with one cluster, one client-certificate user and one context, all "default"
+/// (as k3s names them).
+pub fn kubeconfig(server_url: &str, ca_pem: &str, cert_pem: &str, key_pem: &str) -> String {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: {server_url}\n  name: default\ncontexts:\n- context:\n    cluster: default\n    user: default\n  name: default\ncurrent-context: default\npreferences: {{}}\nusers:\n- name: default\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
+        b64(ca_pem),
+        b64(cert_pem),
+        b64(key_pem),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(ip: &str) -> ServingIdentity {
+        ServingIdentity::kubernetes("node-1", "cluster.local", vec![ip.parse().expect("ip")])
+    }
+
+    #[test]
+    fn created_once_then_reused() {
+        let dir = tempfile::TempDir::new().expect("tempdir");
+        let first = ClusterPki::load_or_create(dir.path(), &identity("127.0.0.1")).expect("create");
+        let again = ClusterPki::load_or_create(dir.path(), &identity("127.0.0.1")).expect("load");
+        assert_eq!(first.ca_cert_pem, again.ca_cert_pem);
+        assert_eq!(first.serving_cert_pem, again.serving_cert_pem);
+        assert_eq!(first.admin_cert_pem, again.admin_cert_pem);
+        assert_eq!(first.join_token(), again.join_token());
+        let mode = |name: &str| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(dir.path().join("tls").join(name))
+                .expect("meta")
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode(CA_KEY), 0o600);
+        assert_eq!(mode(SERVING_KEY), 0o600);
+        assert_eq!(mode(ADMIN_KEY), 0o600);
+    }
+
+    #[test]
+    fn a_new_address_reissues_the_serving_certificate_under_the_same_ca() {
+        let dir = tempfile::TempDir::new().expect("tempdir");
+        let first = ClusterPki::load_or_create(dir.path(), &identity("127.0.0.1")).expect("create");
+        let moved = ClusterPki::load_or_create(dir.path(), &identity("10.0.0.5")).expect("reissue");
+        assert_eq!(first.ca_cert_pem, moved.ca_cert_pem);
+        assert_ne!(first.serving_cert_pem, moved.serving_cert_pem);
+        assert_eq!(first.admin_cert_pem, moved.admin_cert_pem);
+    }
+
+    #[test]
+    fn half_a_ca_is_refused() {
+        let dir = tempfile::TempDir::new().expect("tempdir");
+        ClusterPki::load_or_create(dir.path(), &identity("127.0.0.1")).expect("create");
+        std::fs::remove_file(dir.path().join("tls").join(CA_KEY)).expect("rm");
+        let err =
+            ClusterPki::load_or_create(dir.path(), &identity("127.0.0.1")).expect_err("refuse");
+        assert!(err.to_string().contains("key is missing"), "{err}");
+        std::fs::write(dir.path().join("tls").join(CA_KEY), "not a key").expect("write");
+        assert!(ClusterPki::load_or_create(dir.path(), &identity("127.0.0.1")).is_err());
+    }
+
+    #[test]
+    fn join_tokens_pin_the_ca() {
+        let dir = tempfile::TempDir::new().expect("tempdir");
+        let pki = ClusterPki::load_or_create(dir.path(), &identity("127.0.0.1")).expect("create");
+        let token = pki.join_token();
+        assert!(token.starts_with("K10") && token.contains("::server:"));
+        let written = std::fs::read_to_string(dir.path().join("token")).expect("token file");
+        assert_eq!(written.trim(), token);
+        let parsed = parse_join_token(&token).expect("parse");
+        assert_eq!(parsed.secret, pki.token_secret);
+        assert!(parsed.trusts(&pki.ca_cert_pem));
+        assert!(!parsed.trusts("another CA"));
+        let bare = parse_join_token("just-a-secret").expect("bare");
+        assert_eq!(
+            (bare.ca_hash, bare.secret.as_str()),
+            (None, "just-a-secret")
+        );
+        for bad in [
+            "",
+            "K10abc::server:x",
+            "K10",
+            &format!("K10{}::server:", "a".repeat(64)),
+        ] {
+            assert!(parse_join_token(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn kubeconfig_is_valid_yaml_with_the_admin_credentials() {
+        let yaml = kubeconfig("https://127.0.0.1:6443", "CA", "CERT", "KEY");
+        assert!(yaml.contains("server: https://127.0.0.1:6443"));
+        assert!(yaml.contains(&format!(
+            "client-key-data: {}",
+            base64::engine::general_purpose::STANDARD.encode("KEY")
+        )));
+        assert!(yaml.contains("current-context: default"));
+    }
+}
