@@ -1,6 +1,12 @@
 //! The Kubernetes-compatible REST API over the store. Only this crate knows the wire format.
 //!
 //! Built so far: the cluster's PKI ([`pki`]) — the CA the server generates on first start, its
-//! serving certificate, the admin client certificate, the kubeconfig and the node join token.
+//! serving certificate, the admin client certificate, the kubeconfig and the node join token —
+//! and the HTTPS listener ([`server`]) with client-certificate authentication ([`auth`]),
+//! `metav1.Status` errors ([`status`]), `/version` and the health endpoints ([`routes`]).
 
+pub mod auth;
 pub mod pki;
+pub mod routes;
+pub mod server;
+pub mod status;

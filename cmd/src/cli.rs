@@ -103,6 +103,14 @@ pub struct ServerArgs {
     #[arg(long, env = "SHOAL_CLUSTER_DOMAIN", default_value = DEFAULT_CLUSTER_DOMAIN)]
     pub cluster_domain: String,
 
+    /// Also write the admin kubeconfig here (it is always written to <data-dir>/kubeconfig.yaml).
+    #[arg(long, short = 'o', env = "SHOAL_KUBECONFIG_OUTPUT")]
+    pub write_kubeconfig: Option<PathBuf>,
+
+    /// File mode of the written kubeconfigs, in octal (k3s's --write-kubeconfig-mode).
+    #[arg(long, env = "SHOAL_KUBECONFIG_MODE", default_value = "600", value_parser = parse_mode)]
+    pub write_kubeconfig_mode: u32,
+
     /// Run only the control plane, without a node agent.
     #[arg(long, env = "SHOAL_DISABLE_AGENT")]
     pub disable_agent: bool,
@@ -116,6 +124,15 @@ pub struct AgentArgs {
     /// The node's IP address to advertise.
     #[arg(long, env = "SHOAL_NODE_IP")]
     pub node_ip: Option<IpAddr>,
+}
+
+fn parse_mode(text: &str) -> Result<u32, String> {
+    match u32::from_str_radix(text, 8) {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        _ => Err(format!(
+            "{text:?} is not an octal file mode such as 600 or 644"
+        )),
+    }
 }
 
 /// Names of the subcommands that read a config file.

@@ -1,8 +1,14 @@
-//! `shoal server`: opens the store and serves until SIGTERM/SIGINT, then shuts down cleanly,
-//! flushing the store. The API server, control loops and embedded agent join here as their
-//! issues land.
+//! `shoal server`: opens the store, loads (or creates) the cluster PKI, writes the admin
+//! kubeconfig, serves the API until SIGTERM/SIGINT, then shuts down cleanly, flushing the
+//! store. The control loops and the embedded agent join here as their issues land.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 
 use anyhow::{Context, Result};
+use shoal_apiserver::pki::{ClusterPki, ServingIdentity};
+use shoal_apiserver::{routes, server};
 use shoal_store::{RaftStore, RaftStoreConfig, Store};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -11,28 +17,108 @@ use crate::config;
 
 pub async fn run(args: ServerArgs) -> Result<()> {
     let _token = config::read_token(&args.common.token, &args.common.token_file)?;
-    let store_dir = args.common.data_dir.join("server").join("store");
+    let server_dir = args.common.data_dir.join("server");
+    let store_dir = server_dir.join("store");
     let mut store_config = RaftStoreConfig::new(&store_dir);
     let advertise = args.advertise_address.unwrap_or(args.bind_address);
     store_config.advertise = format!("{advertise}:{}", args.https_listen_port + 1);
+    let node_name = args.common.node_name.clone().unwrap_or_else(hostname);
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let store = RaftStore::open(store_config)
         .await
         .with_context(|| format!("opening the store in {}", store_dir.display()))?;
     let revision = store.current_revision().await?;
+
+    let identity =
+        ServingIdentity::kubernetes(&node_name, &args.cluster_domain, serving_ips(&args));
+    let pki = ClusterPki::load_or_create(&server_dir, &identity)
+        .context("loading the cluster certificates")?;
+    let local_url = format!(
+        "https://{}",
+        SocketAddr::new(client_ip(args.bind_address), args.https_listen_port)
+    );
+    let kubeconfig = pki.admin_kubeconfig(&local_url);
+    let mut kubeconfig_paths = vec![args.common.data_dir.join("kubeconfig.yaml")];
+    kubeconfig_paths.extend(args.write_kubeconfig.clone());
+    for path in &kubeconfig_paths {
+        write_file(path, &kubeconfig, args.write_kubeconfig_mode)
+            .with_context(|| format!("writing the kubeconfig {}", path.display()))?;
+    }
+
+    let listen = SocketAddr::new(args.bind_address, args.https_listen_port);
+    let listener = server::bind(listen).await?;
+    let tls = server::tls_config(&pki)?;
+    let (stop_api, stop_rx) = tokio::sync::watch::channel(false);
+    let api = tokio::spawn(server::serve(listener, tls, routes::router(), stop_rx));
+
     tracing::info!(
         data_dir = %args.common.data_dir.display(),
         revision,
+        api = %local_url,
+        kubeconfig = %kubeconfig_paths[0].display(),
         agent = !args.disable_agent,
-        "shoal server ready (store open; API server and agent come with later releases)"
+        "shoal server ready"
     );
 
     tokio::select! {
         _ = sigterm.recv() => tracing::info!("SIGTERM received, shutting down"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
     }
+    stop_api.send_replace(true);
+    let _ = api.await;
     store.shutdown().await.context("flushing the store")?;
     tracing::info!("store flushed; bye");
     Ok(())
+}
+
+/// The addresses the serving certificate must carry.
+fn serving_ips(args: &ServerArgs) -> Vec<IpAddr> {
+    let mut ips = vec![
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ];
+    ips.extend(args.service_cidr.nth(1)); // the `kubernetes` Service's ClusterIP
+    ips.extend(args.advertise_address);
+    if !args.bind_address.is_unspecified() {
+        ips.push(args.bind_address);
+    }
+    ips
+}
+
+/// Where a client on this machine reaches the API.
+fn client_ip(bind: IpAddr) -> IpAddr {
+    match bind {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        other => other,
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_lowercase())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Writes a file atomically with the given mode (also when it already existed with another).
+fn write_file(path: &Path, contents: &str, mode: u32) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
+    file.write_all(contents.as_bytes())?;
+    file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }

@@ -135,9 +135,19 @@ struct Server {
     lines: mpsc::Receiver<String>,
 }
 
+/// A loopback port nobody listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
 impl Server {
     fn start(cmd: &mut Command) -> Server {
         let mut child = cmd
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--https-listen-port={}", free_port()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -67,6 +67,18 @@ impl Cidr {
         width == host_width && host & mask(self.prefix, width) == net
     }
 
+    /// The `n`th address of the network (0 is the network address), if it lies inside.
+    pub fn nth(&self, n: u128) -> Option<IpAddr> {
+        if n >= self.size() {
+            return None;
+        }
+        let (net, _) = bits(self.addr);
+        Some(match self.addr {
+            IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::from(u32::try_from(net + n).ok()?)),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::from(net.checked_add(n)?)),
+        })
+    }
+
     /// How many addresses the network holds, saturating at `u128::MAX`.
     pub fn size(&self) -> u128 {
         let (_, width) = bits(self.addr);
@@ -128,6 +140,13 @@ mod tests {
         assert!(v6.contains("fd00:42::1".parse().expect("ip")));
         assert!(!v6.is_ipv4());
         assert!(cidr("0.0.0.0/0").contains("8.8.8.8".parse().expect("ip")));
+        assert_eq!(services.nth(1), Some("10.43.0.1".parse().expect("ip")));
+        assert_eq!(
+            services.nth(65_535),
+            Some("10.43.255.255".parse().expect("ip"))
+        );
+        assert_eq!(services.nth(65_536), None);
+        assert_eq!(v6.nth(10), Some("fd00:42::a".parse().expect("ip")));
     }
 
     #[test]
