@@ -6,7 +6,14 @@
 //! `metav1.Status` errors ([`status`]), `/version` and the health endpoints ([`routes`]).
 
 pub mod auth;
+pub mod discovery;
+pub mod objects;
+pub mod patch;
 pub mod pki;
+pub mod rest;
 pub mod routes;
+pub mod selectors;
 pub mod server;
 pub mod status;
+pub mod table;
+pub mod watch;

@@ -1,15 +1,18 @@
 //! The router: which handler serves which path. Endpoints not served yet answer with the
 //! `NotFound` status Kubernetes gives for unknown paths.
 
-use axum::extract::Request;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::header;
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::auth;
+use crate::rest::{self, Api};
 use crate::status::ApiError;
+use crate::{auth, discovery};
 
 /// What `/version` reports.
 pub fn version_info() -> serde_json::Value {
@@ -47,13 +50,43 @@ async fn not_found(request: Request) -> ApiError {
     ApiError::not_found_path(request.uri().path())
 }
 
-/// The API's router.
-pub fn router() -> Router {
+/// The API's router over `api`.
+pub fn router(api: Arc<Api>) -> Router {
     Router::new()
         .route("/version", get(|| async { Json(version_info()) }))
         .route("/healthz", get(health))
         .route("/livez", get(health))
         .route("/readyz", get(health))
+        .route(
+            "/api",
+            get(|State(api): State<Arc<Api>>| async move {
+                Json(discovery::api_versions(&api.server_address))
+            }),
+        )
+        .route("/apis", get(|| async { Json(discovery::api_groups()) }))
+        .route("/api/v1", get(|| async { group_version("", "v1") }))
+        .route(
+            "/apis/{group}/{version}",
+            get(
+                |Path((group, version)): Path<(String, String)>| async move {
+                    group_version(&group, &version)
+                },
+            ),
+        )
+        .route("/api/v1/{*rest}", any(rest::core))
+        .route("/apis/{group}/{version}/{*rest}", any(rest::grouped))
         .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(auth::require_user))
+        .with_state(api)
+}
+
+/// Request bodies larger than this are refused (Kubernetes' own limit is 3 MiB).
+const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+fn group_version(group: &str, version: &str) -> Response {
+    match discovery::resource_list(group, version) {
+        Some(list) => Json(list).into_response(),
+        None => ApiError::not_found_path(&format!("/apis/{group}/{version}")).into_response(),
+    }
 }

@@ -5,9 +5,11 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use shoal_apiserver::pki::{ClusterPki, ServingIdentity};
+use shoal_apiserver::rest::Api;
 use shoal_apiserver::{routes, server};
 use shoal_store::{RaftStore, RaftStoreConfig, Store};
 use tokio::signal::unix::{signal, SignalKind};
@@ -46,11 +48,19 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             .with_context(|| format!("writing the kubeconfig {}", path.display()))?;
     }
 
+    let api = Arc::new(Api {
+        store: Arc::new(store.clone()),
+        server_address: format!("{}:{}", client_ip(advertise), args.https_listen_port),
+    });
+    api.bootstrap()
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the system namespaces: {}", e.message))?;
+
     let listen = SocketAddr::new(args.bind_address, args.https_listen_port);
     let listener = server::bind(listen).await?;
     let tls = server::tls_config(&pki)?;
     let (stop_api, stop_rx) = tokio::sync::watch::channel(false);
-    let api = tokio::spawn(server::serve(listener, tls, routes::router(), stop_rx));
+    let api = tokio::spawn(server::serve(listener, tls, routes::router(api), stop_rx));
 
     tracing::info!(
         data_dir = %args.common.data_dir.display(),

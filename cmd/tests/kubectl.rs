@@ -193,3 +193,454 @@ fn anonymous_callers_get_only_health_and_version() {
         );
     }
 }
+
+const MANIFEST: &str = r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: demo
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: web
+  namespace: demo
+  labels: {app: web}
+data:
+  greeting: hello
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: demo
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: busybox
+"#;
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+#[test]
+fn kubectl_manages_resources() {
+    let kubectls = kubectls();
+    let cluster = Cluster::start();
+    let manifest = cluster._dir.path().join("manifest.yaml");
+    std::fs::write(&manifest, MANIFEST).expect("manifest");
+    let kc = cluster.kubeconfig.clone();
+    for kubectl in &kubectls {
+        let k = |args: &[&str]| cluster.kubectl(kubectl, &kc, args);
+        let m = manifest.to_str().expect("path");
+        let name = kubectl.display().to_string();
+
+        // The system namespaces exist from the start.
+        let namespaces = ok(k(&["get", "namespaces", "-o", "name"]), "get ns");
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            assert!(
+                namespaces.contains(&format!("namespace/{ns}")),
+                "{name}: {namespaces}"
+            );
+        }
+
+        // Watch the namespace's config maps while they change.
+        let mut watcher = Command::new(kubectl)
+            .arg("--kubeconfig")
+            .arg(&kc)
+            .args(["get", "configmaps", "-n", "demo", "-w", "-o", "name"])
+            .env("HOME", cluster._dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kubectl get -w");
+
+        let applied = ok(k(&["apply", "--validate=false", "-f", m]), "apply");
+        assert!(
+            applied.contains("configmap/web created")
+                && applied.contains("deployment.apps/web created"),
+            "{applied}"
+        );
+        let again = ok(k(&["apply", "--validate=false", "-f", m]), "apply again");
+        assert!(again.contains("configmap/web unchanged"), "{again}");
+
+        let table = ok(k(&["get", "configmaps", "-n", "demo"]), "get table");
+        assert!(
+            table.starts_with("NAME") && table.contains("AGE") && table.contains("web"),
+            "{table}"
+        );
+        let greeting = ok(
+            k(&[
+                "get",
+                "cm",
+                "web",
+                "-n",
+                "demo",
+                "-o",
+                "jsonpath={.data.greeting}",
+            ]),
+            "jsonpath",
+        );
+        assert_eq!(greeting, "hello");
+        let yaml = ok(k(&["get", "cm", "web", "-n", "demo", "-o", "yaml"]), "yaml");
+        assert!(
+            yaml.contains("resourceVersion:")
+                && yaml.contains("uid:")
+                && yaml.contains("creationTimestamp:"),
+            "{yaml}"
+        );
+
+        ok(
+            k(&["label", "cm", "web", "-n", "demo", "tier=front"]),
+            "label",
+        );
+        ok(
+            k(&["annotate", "cm", "web", "-n", "demo", "note=hi"]),
+            "annotate",
+        );
+        let selected = ok(
+            k(&[
+                "get",
+                "cm",
+                "-n",
+                "demo",
+                "-l",
+                "app=web,tier in (front)",
+                "-o",
+                "name",
+            ]),
+            "selector",
+        );
+        assert_eq!(selected.trim(), "configmap/web");
+        let none = ok(
+            k(&["get", "cm", "-n", "demo", "-l", "tier=back", "-o", "name"]),
+            "selector",
+        );
+        assert!(none.trim().is_empty(), "{none}");
+
+        ok(
+            k(&["scale", "deployment", "web", "-n", "demo", "--replicas=3"]),
+            "scale",
+        );
+        let replicas = ok(
+            k(&[
+                "get",
+                "deploy",
+                "web",
+                "-n",
+                "demo",
+                "-o",
+                "jsonpath={.spec.replicas}",
+            ]),
+            "replicas",
+        );
+        assert_eq!(replicas, "3");
+        let generation = ok(
+            k(&[
+                "get",
+                "deploy",
+                "web",
+                "-n",
+                "demo",
+                "-o",
+                "jsonpath={.metadata.generation}",
+            ]),
+            "generation",
+        );
+        assert_eq!(generation, "2", "scaling changes the spec");
+
+        let all = ok(k(&["get", "all", "-n", "demo", "-o", "name"]), "get all");
+        assert!(all.contains("deployment.apps/web"), "{all}");
+        let resources = ok(k(&["api-resources", "-o", "name"]), "api-resources");
+        for r in [
+            "pods",
+            "deployments.apps",
+            "leases.coordination.k8s.io",
+            "customresourcedefinitions.apiextensions.k8s.io",
+        ] {
+            assert!(resources.lines().any(|l| l == r), "{name}: {r} missing");
+        }
+
+        // Errors come back as Kubernetes statuses.
+        let dup = k(&["create", "-f", m, "--validate=false"]);
+        assert!(
+            !dup.status.success() && text(&dup.stderr).contains("AlreadyExists"),
+            "{}",
+            text(&dup.stderr)
+        );
+        let missing = k(&["get", "cm", "nope", "-n", "demo"]);
+        assert!(
+            text(&missing.stderr).contains("configmaps \"nope\" not found"),
+            "{}",
+            text(&missing.stderr)
+        );
+        let bad_name = k(&["create", "namespace", "Bad_Name"]);
+        assert!(!bad_name.status.success());
+
+        ok(k(&["delete", "cm", "web", "-n", "demo"]), "delete");
+        // Deleting the namespace deletes what is in it.
+        ok(k(&["delete", "namespace", "demo"]), "delete ns");
+        let gone = k(&["get", "deploy", "web", "-n", "demo"]);
+        assert!(!gone.status.success());
+        let forbidden = k(&["delete", "namespace", "default"]);
+        assert!(
+            text(&forbidden.stderr).contains("Forbidden"),
+            "{}",
+            text(&forbidden.stderr)
+        );
+
+        let _ = watcher.kill();
+        let watched = watcher.wait_with_output().expect("watch output");
+        let watched = text(&watched.stdout);
+        assert!(
+            watched.lines().filter(|l| *l == "configmap/web").count() >= 3,
+            "{name} get -w saw: {watched:?}"
+        );
+    }
+}
+
+/// Raw requests (curl with the admin certificate) for what kubectl hides: status codes and
+/// bodies of errors, stale updates, watch from a resourceVersion.
+#[test]
+fn api_errors_are_kubernetes_statuses() {
+    let cluster = Cluster::start();
+    let tls = cluster._dir.path().join("server/tls");
+    let base = format!("https://127.0.0.1:{}", cluster.port);
+    let curl =
+        |method: &str, path: &str, content_type: &str, body: &str| -> (u16, serde_json::Value) {
+            let out = Command::new("curl")
+                .args(["-s", "-w", "\n%{http_code}", "-X", method, "--cacert"])
+                .arg(tls.join("server-ca.crt"))
+                .arg("--cert")
+                .arg(tls.join("client-admin.crt"))
+                .arg("--key")
+                .arg(tls.join("client-admin.key"))
+                .args([
+                    "-H",
+                    &format!("Content-Type: {content_type}"),
+                    "--data-binary",
+                    body,
+                ])
+                .arg(format!("{base}{path}"))
+                .output()
+                .expect("curl");
+            let all = text(&out.stdout);
+            let (body, code) = all.rsplit_once('\n').expect("code");
+            (
+                code.parse().expect("code"),
+                serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+            )
+        };
+    let json = "application/json";
+    let cms = "/api/v1/namespaces/default/configmaps";
+
+    let (code, created) = curl(
+        "POST",
+        cms,
+        json,
+        r#"{"metadata":{"name":"a"},"data":{"k":"v"}}"#,
+    );
+    assert_eq!(code, 201, "{created}");
+    let rv = created["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .to_string();
+
+    let cases: Vec<(&str, String, &str, String, u16, &str)> = vec![
+        (
+            "POST",
+            cms.into(),
+            json,
+            "{not json".into(),
+            400,
+            "BadRequest",
+        ),
+        (
+            "POST",
+            cms.into(),
+            json,
+            r#"{"metadata":{"name":"Not_Valid"}}"#.into(),
+            422,
+            "Invalid",
+        ),
+        (
+            "POST",
+            cms.into(),
+            json,
+            r#"{"kind":"Secret","metadata":{"name":"x"}}"#.into(),
+            422,
+            "Invalid",
+        ),
+        (
+            "POST",
+            cms.into(),
+            json,
+            r#"{"metadata":{"name":"a"}}"#.into(),
+            409,
+            "AlreadyExists",
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/nosuch/configmaps".into(),
+            json,
+            r#"{"metadata":{"name":"x"}}"#.into(),
+            404,
+            "NotFound",
+        ),
+        (
+            "POST",
+            cms.into(),
+            "application/vnd.kubernetes.protobuf",
+            "k8s".into(),
+            415,
+            "UnsupportedMediaType",
+        ),
+        (
+            "GET",
+            format!("{cms}/nosuch"),
+            json,
+            String::new(),
+            404,
+            "NotFound",
+        ),
+        (
+            "GET",
+            format!("{cms}?labelSelector=a%20in%20b"),
+            json,
+            String::new(),
+            400,
+            "BadRequest",
+        ),
+        (
+            "GET",
+            format!("{cms}?fieldSelector=spec.nodeName=x"),
+            json,
+            String::new(),
+            400,
+            "BadRequest",
+        ),
+        (
+            "GET",
+            "/api/v1/namespaces/default/nosuchthings".into(),
+            json,
+            String::new(),
+            404,
+            "NotFound",
+        ),
+        (
+            "PATCH",
+            format!("{cms}/a"),
+            "text/plain",
+            "{}".into(),
+            415,
+            "UnsupportedMediaType",
+        ),
+        (
+            "PATCH",
+            format!("{cms}/a"),
+            "application/json-patch+json",
+            r#"[{"op":"remove","path":"/nope"}]"#.into(),
+            422,
+            "Invalid",
+        ),
+        (
+            "DELETE",
+            "/api/v1/namespaces/kube-system".into(),
+            json,
+            String::new(),
+            403,
+            "Forbidden",
+        ),
+    ];
+    for (method, path, content_type, body, want_code, want_reason) in cases {
+        let (code, status) = curl(method, &path, content_type, &body);
+        assert_eq!(
+            (code, status["reason"].as_str()),
+            (want_code, Some(want_reason)),
+            "{method} {path}: {status}"
+        );
+        assert_eq!(status["kind"], "Status");
+        assert_eq!(status["code"], want_code);
+    }
+
+    // An update carrying a stale resourceVersion conflicts; the stored object is unchanged.
+    let (code, _) = curl(
+        "PUT",
+        &format!("{cms}/a"),
+        json,
+        &format!(r#"{{"metadata":{{"name":"a","resourceVersion":"{rv}"}},"data":{{"k":"v2"}}}}"#),
+    );
+    assert_eq!(code, 200);
+    let (code, status) = curl(
+        "PUT",
+        &format!("{cms}/a"),
+        json,
+        &format!(r#"{{"metadata":{{"name":"a","resourceVersion":"{rv}"}},"data":{{"k":"v3"}}}}"#),
+    );
+    assert_eq!(
+        (code, status["reason"].as_str()),
+        (409, Some("Conflict")),
+        "{status}"
+    );
+    let (_, current) = curl("GET", &format!("{cms}/a"), json, "");
+    assert_eq!(current["data"]["k"], "v2");
+
+    // A list page carries a continue token; the next page continues at the same revision.
+    for i in 0..5 {
+        curl(
+            "POST",
+            cms,
+            json,
+            &format!(r#"{{"metadata":{{"name":"p{i}"}}}}"#),
+        );
+    }
+    let (_, page) = curl("GET", &format!("{cms}?limit=2"), json, "");
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(2));
+    let token = page["metadata"]["continue"]
+        .as_str()
+        .expect("continue")
+        .to_string();
+    let (_, next) = curl("GET", &format!("{cms}?limit=10&continue={token}"), json, "");
+    assert_eq!(next["items"].as_array().map(Vec::len), Some(4));
+    assert_eq!(
+        next["metadata"]["resourceVersion"],
+        page["metadata"]["resourceVersion"]
+    );
+    assert_eq!(page["kind"], "ConfigMapList");
+
+    // Watch from a resourceVersion: exactly the later changes; a bookmark ends the stream.
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "5", "--cacert"])
+        .arg(tls.join("server-ca.crt"))
+        .arg("--cert")
+        .arg(tls.join("client-admin.crt"))
+        .arg("--key")
+        .arg(tls.join("client-admin.key"))
+        .arg(format!(
+            "{base}{cms}?watch=true&resourceVersion={rv}&timeoutSeconds=1"
+        ))
+        .output()
+        .expect("curl watch");
+    let events: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("event line"))
+        .collect();
+    let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(
+        types,
+        ["MODIFIED", "ADDED", "ADDED", "ADDED", "ADDED", "ADDED"],
+        "{events:?}"
+    );
+    assert_eq!(events[0]["object"]["data"]["k"], "v2");
+}

@@ -1,8 +1,10 @@
 //! What several Shoal crates share and that needs no I/O: the cluster's default addresses,
 //! ports and paths (Kubernetes' and k3s's own), and the small types that carry them.
 
+pub mod catalog;
 mod cidr;
 
+pub use catalog::ResourceDef;
 pub use cidr::{Cidr, CidrError};
 
 /// Where a server or agent keeps its state.

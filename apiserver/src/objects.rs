@@ -1,0 +1,471 @@
+//! What the API server does to an object's metadata on the way into the store: validation of
+//! names, labels and annotations, and the fields the server owns (uid, creationTimestamp,
+//! generation, resourceVersion). Pure: the caller supplies the clock and the randomness.
+
+use serde_json::{json, Map, Value};
+use shoal_common::ResourceDef;
+
+/// Why an object was refused (422 Invalid, with the field at fault).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub field: String,
+    pub message: String,
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> Invalid {
+    Invalid {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Kinds whose names must be DNS-1123 labels rather than subdomains.
+fn label_named(kind: &str) -> bool {
+    matches!(kind, "Namespace" | "Service")
+}
+
+/// Checks a name as Kubernetes does for `kind`.
+pub fn validate_name(kind: &str, name: &str) -> Result<(), String> {
+    let max = if label_named(kind) { 63 } else { 253 };
+    let ok_char = |c: char| {
+        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (c == '.' && !label_named(kind))
+    };
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    if name.is_empty() {
+        return Err("name or generateName is required".into());
+    }
+    if name.len() > max {
+        return Err(format!("must be no more than {max} characters"));
+    }
+    if !name.chars().all(ok_char) || !name.starts_with(alnum) || !name.ends_with(alnum) {
+        let what = if label_named(kind) {
+            "a lowercase RFC 1123 label"
+        } else {
+            "a lowercase RFC 1123 subdomain"
+        };
+        return Err(format!(
+            "a {what} must consist of lower case alphanumeric characters, '-'{} and must start and end with an alphanumeric character",
+            if label_named(kind) { "" } else { " or '.'" }
+        ));
+    }
+    Ok(())
+}
+
+fn validate_string_map(
+    meta: &Map<String, Value>,
+    field: &str,
+    values_are_labels: bool,
+) -> Result<(), Invalid> {
+    let Some(map) = meta.get(field) else {
+        return Ok(());
+    };
+    let Some(map) = map.as_object() else {
+        return Err(invalid(
+            &format!("metadata.{field}"),
+            "must be a map of strings",
+        ));
+    };
+    let mut total = 0;
+    for (key, value) in map {
+        let path = format!("metadata.{field}");
+        let Some(value) = value.as_str() else {
+            return Err(invalid(&path, format!("value of {key:?} must be a string")));
+        };
+        if crate::selectors::LabelSelector::parse(key).map(|s| s.0.len()) != Ok(1)
+            || key.contains(['=', '!', ' ', ','])
+        {
+            return Err(invalid(&path, format!("{key:?}: name part must consist of alphanumeric characters, '-', '_' or '.', with an optional DNS subdomain prefix and '/'")));
+        }
+        if values_are_labels
+            && !(value.is_empty()
+                || (value.len() <= 63
+                    && value
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                    && value.starts_with(|c: char| c.is_ascii_alphanumeric())
+                    && value.ends_with(|c: char| c.is_ascii_alphanumeric())))
+        {
+            return Err(invalid(&path, format!("{value:?}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (max 63)")));
+        }
+        total += key.len() + value.len();
+    }
+    if !values_are_labels && total > 256 * 1024 {
+        return Err(invalid(
+            "metadata.annotations",
+            "Too long: must have at most 262144 bytes",
+        ));
+    }
+    Ok(())
+}
+
+/// Five characters from Kubernetes' generateName alphabet, from random bytes.
+pub fn name_suffix(random: [u8; 5]) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    random
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// Turns a request body into the object to create: checks kind and apiVersion, name (or
+/// generateName), namespace, labels and annotations; sets uid, creationTimestamp and
+/// generation; drops what clients may not set.
+pub fn prepare_create(
+    def: &ResourceDef,
+    namespace: Option<&str>,
+    mut object: Value,
+    now: &str,
+    uid: &str,
+    suffix: &str,
+) -> Result<Value, Invalid> {
+    check_type(def, &mut object)?;
+    let meta = metadata_mut(&mut object)?;
+    if meta
+        .get("name")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        match meta.get("generateName").and_then(Value::as_str) {
+            Some(prefix) if !prefix.is_empty() => {
+                let name = format!("{prefix}{suffix}");
+                meta.insert("name".into(), json!(name));
+            }
+            _ => return Err(invalid("metadata.name", "name or generateName is required")),
+        }
+    }
+    let name = meta
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    validate_name(def.kind, &name).map_err(|m| invalid("metadata.name", m))?;
+    check_namespace(def, namespace, meta)?;
+    validate_string_map(meta, "labels", true)?;
+    validate_string_map(meta, "annotations", false)?;
+    for owned in [
+        "resourceVersion",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "selfLink",
+        "managedFields",
+    ] {
+        meta.remove(owned);
+    }
+    meta.insert("uid".into(), json!(uid));
+    meta.insert("creationTimestamp".into(), json!(now));
+    meta.insert("generation".into(), json!(1));
+    Ok(object)
+}
+
+/// Turns an update body into the object to store in place of `existing`: name and namespace
+/// must not change; uid, creationTimestamp and the deletion fields are the server's; status is
+/// left as it was for kinds with a status subresource; generation moves when anything but
+/// metadata and status changed.
+pub fn prepare_update(
+    def: &ResourceDef,
+    existing: &Value,
+    mut object: Value,
+) -> Result<Value, Invalid> {
+    check_type(def, &mut object)?;
+    let old_meta = existing
+        .get("metadata")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let meta = metadata_mut(&mut object)?;
+    for immutable in ["name", "namespace"] {
+        let old = old_meta.get(immutable);
+        match meta.get(immutable) {
+            None | Some(Value::Null) => {
+                if let Some(old) = old {
+                    meta.insert(immutable.into(), old.clone());
+                }
+            }
+            Some(new) if Some(new) != old => {
+                return Err(invalid(
+                    &format!("metadata.{immutable}"),
+                    "field is immutable",
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    validate_string_map(meta, "labels", true)?;
+    validate_string_map(meta, "annotations", false)?;
+    for owned in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+    ] {
+        match old_meta.get(owned) {
+            Some(v) => meta.insert(owned.into(), v.clone()),
+            None => meta.remove(owned),
+        };
+    }
+    meta.remove("resourceVersion");
+    if def.status {
+        match existing.get("status") {
+            Some(status) => object["status"] = status.clone(),
+            None => {
+                if let Some(o) = object.as_object_mut() {
+                    o.remove("status");
+                }
+            }
+        }
+    }
+    let spec_changed = {
+        let strip = |v: &Value| {
+            let mut v = v.clone();
+            if let Some(o) = v.as_object_mut() {
+                o.remove("metadata");
+                o.remove("status");
+            }
+            v
+        };
+        strip(existing) != strip(&object)
+    };
+    let generation = old_meta
+        .get("generation")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    object["metadata"]["generation"] = json!(if spec_changed {
+        generation + 1
+    } else {
+        generation
+    });
+    Ok(object)
+}
+
+/// A status-subresource update: only `status` is taken from the body.
+pub fn prepare_status_update(existing: &Value, object: &Value) -> Value {
+    let mut updated = existing.clone();
+    match object.get("status") {
+        Some(status) => updated["status"] = status.clone(),
+        None => {
+            if let Some(o) = updated.as_object_mut() {
+                o.remove("status");
+            }
+        }
+    }
+    if let Some(meta) = updated.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+    }
+    updated
+}
+
+fn check_type(def: &ResourceDef, object: &mut Value) -> Result<(), Invalid> {
+    let Some(map) = object.as_object_mut() else {
+        return Err(invalid("", "the body must be a JSON object"));
+    };
+    let api_version = def.api_version();
+    match map.get("kind").and_then(Value::as_str) {
+        None | Some("") => {
+            map.insert("kind".into(), json!(def.kind));
+        }
+        Some(kind) if kind == def.kind => {}
+        Some(kind) => {
+            return Err(invalid(
+                "kind",
+                format!("{kind} is not {} (the kind this URL serves)", def.kind),
+            ))
+        }
+    }
+    match map.get("apiVersion").and_then(Value::as_str) {
+        None | Some("") => {
+            map.insert("apiVersion".into(), json!(api_version));
+        }
+        Some(v) if v == api_version => {}
+        Some(v) => return Err(invalid("apiVersion", format!("{v} is not {api_version}"))),
+    }
+    Ok(())
+}
+
+fn metadata_mut(object: &mut Value) -> Result<&mut Map<String, Value>, Invalid> {
+    let map = object
+        .as_object_mut()
+        .ok_or_else(|| invalid("", "the body must be a JSON object"))?;
+    let meta = map.entry("metadata").or_insert_with(|| json!({}));
+    meta.as_object_mut()
+        .ok_or_else(|| invalid("metadata", "must be an object"))
+}
+
+fn check_namespace(
+    def: &ResourceDef,
+    namespace: Option<&str>,
+    meta: &mut Map<String, Value>,
+) -> Result<(), Invalid> {
+    match (def.namespaced, namespace) {
+        (true, Some(ns)) => match meta.get("namespace").and_then(Value::as_str) {
+            None | Some("") => {
+                meta.insert("namespace".into(), json!(ns));
+                Ok(())
+            }
+            Some(given) if given == ns => Ok(()),
+            Some(_) => Err(invalid(
+                "metadata.namespace",
+                "the namespace of the provided object does not match the namespace sent on the request",
+            )),
+        },
+        (true, None) => Err(invalid("metadata.namespace", "a namespaced resource must be created in a namespace")),
+        (false, _) => {
+            meta.remove("namespace");
+            Ok(())
+        }
+    }
+}
+
+/// The object as clients see it: with `metadata.resourceVersion`.
+pub fn with_resource_version(mut object: Value, revision: i64) -> Value {
+    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("resourceVersion".into(), json!(revision.to_string()));
+    }
+    object
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_common::catalog::find;
+
+    fn cm() -> &'static ResourceDef {
+        find("", "v1", "configmaps").expect("configmaps")
+    }
+
+    #[test]
+    fn create_fills_server_fields_and_checks_names() {
+        let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web", "resourceVersion": "9"}, "data": {"a": "b"}});
+        let obj = prepare_create(
+            cm(),
+            Some("ns"),
+            body,
+            "2026-01-01T00:00:00Z",
+            "u-1",
+            "abcde",
+        )
+        .expect("valid");
+        assert_eq!(obj["metadata"]["namespace"], "ns");
+        assert_eq!(obj["metadata"]["uid"], "u-1");
+        assert_eq!(obj["metadata"]["generation"], 1);
+        assert!(obj["metadata"].get("resourceVersion").is_none());
+
+        let generated = prepare_create(
+            cm(),
+            Some("ns"),
+            json!({"metadata": {"generateName": "web-"}}),
+            "t",
+            "u",
+            "x2b4z",
+        )
+        .expect("valid");
+        assert_eq!(generated["metadata"]["name"], "web-x2b4z");
+        assert_eq!(generated["kind"], "ConfigMap");
+
+        for bad in ["", "Web", "-web", "web_1", "a..b."] {
+            let err = prepare_create(
+                cm(),
+                Some("ns"),
+                json!({"metadata": {"name": bad}}),
+                "t",
+                "u",
+                "s",
+            );
+            assert_eq!(
+                err.map_err(|e| e.field),
+                Err("metadata.name".to_string()),
+                "{bad:?}"
+            );
+        }
+        let ns = find("", "v1", "namespaces").expect("ns");
+        assert!(prepare_create(
+            ns,
+            None,
+            json!({"metadata": {"name": "a.b"}}),
+            "t",
+            "u",
+            "s"
+        )
+        .is_err());
+        let wrong_ns = prepare_create(
+            cm(),
+            Some("ns"),
+            json!({"metadata": {"name": "x", "namespace": "other"}}),
+            "t",
+            "u",
+            "s",
+        );
+        assert_eq!(
+            wrong_ns.map_err(|e| e.field),
+            Err("metadata.namespace".to_string())
+        );
+        let wrong_kind = prepare_create(
+            cm(),
+            Some("ns"),
+            json!({"kind": "Secret", "metadata": {"name": "x"}}),
+            "t",
+            "u",
+            "s",
+        );
+        assert_eq!(wrong_kind.map_err(|e| e.field), Err("kind".to_string()));
+        let bad_label = prepare_create(
+            cm(),
+            Some("ns"),
+            json!({"metadata": {"name": "x", "labels": {"a": "not valid!"}}}),
+            "t",
+            "u",
+            "s",
+        );
+        assert_eq!(
+            bad_label.map_err(|e| e.field),
+            Err("metadata.labels".to_string())
+        );
+    }
+
+    #[test]
+    fn update_keeps_server_fields_and_bumps_generation_on_spec_change() {
+        let deploy = find("apps", "v1", "deployments").expect("deployments");
+        let existing = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "d", "namespace": "ns", "uid": "u", "creationTimestamp": "t", "generation": 3},
+            "spec": {"replicas": 1}, "status": {"replicas": 1}});
+        let same_spec = json!({"metadata": {"name": "d", "namespace": "ns", "labels": {"a": "b"}, "uid": "forged"}, "spec": {"replicas": 1}, "status": {"replicas": 99}});
+        let updated = prepare_update(deploy, &existing, same_spec).expect("valid");
+        assert_eq!(updated["metadata"]["uid"], "u");
+        assert_eq!(updated["metadata"]["generation"], 3);
+        assert_eq!(
+            updated["status"]["replicas"], 1,
+            "status is the status subresource's"
+        );
+        let scaled = prepare_update(
+            deploy,
+            &existing,
+            json!({"metadata": {"name": "d"}, "spec": {"replicas": 2}}),
+        )
+        .expect("valid");
+        assert_eq!(scaled["metadata"]["generation"], 4);
+        assert_eq!(scaled["metadata"]["namespace"], "ns");
+        let renamed = prepare_update(deploy, &existing, json!({"metadata": {"name": "other"}}));
+        assert_eq!(
+            renamed.map_err(|e| e.field),
+            Err("metadata.name".to_string())
+        );
+        let status = prepare_status_update(
+            &existing,
+            &json!({"status": {"replicas": 5}, "spec": {"replicas": 9}}),
+        );
+        assert_eq!(
+            (
+                status["status"]["replicas"].as_i64(),
+                status["spec"]["replicas"].as_i64()
+            ),
+            (Some(5), Some(1))
+        );
+    }
+
+    #[test]
+    fn generate_name_suffixes_use_the_kubernetes_alphabet() {
+        let s = name_suffix([0, 26, 27, 200, 255]);
+        assert_eq!(s.len(), 5);
+        assert!(s.chars().all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c)));
+    }
+}

@@ -1,0 +1,1011 @@
+//! The resource endpoints: get, list, create, update (and `status`), delete and
+//! deletecollection for every kind in the catalogue, over the store. Objects are stored as JSON
+//! under `/registry/<group>/<plural>/[<namespace>/]<name>`; an object's resourceVersion is its
+//! key's `mod_revision`, so compare-and-swap in the store is what turns a stale update into 409.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ring::rand::SecureRandom as _;
+use serde_json::{json, Value};
+use shoal_common::catalog::{self, ResourceDef, SYSTEM_NAMESPACES};
+use shoal_store::{ContinueToken, KeyValue, RangeRequest, Store, StoreError};
+use time::OffsetDateTime;
+
+use crate::objects::{self, Invalid};
+use crate::patch::{self, PatchKind};
+use crate::selectors::{FieldSelector, LabelSelector};
+use crate::status::ApiError;
+use crate::table;
+
+/// The API's shared state.
+pub struct Api {
+    pub store: Arc<dyn Store>,
+    /// `host:port` clients reach this server at (for `/api`).
+    pub server_address: String,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("server_address", &self.server_address)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a resource URL names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub def: &'static ResourceDef,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub subresource: Option<String>,
+}
+
+impl Target {
+    fn key(&self) -> String {
+        let name = self.name.as_deref().unwrap_or_default();
+        match &self.namespace {
+            Some(ns) if self.def.namespaced => format!("{}{ns}/{name}", self.def.key_prefix()),
+            _ => format!("{}{name}", self.def.key_prefix()),
+        }
+    }
+
+    fn collection_prefix(&self) -> String {
+        match &self.namespace {
+            Some(ns) if self.def.namespaced => format!("{}{ns}/", self.def.key_prefix()),
+            _ => self.def.key_prefix(),
+        }
+    }
+
+    /// How messages name the resource: `pods`, `deployments.apps`.
+    fn display(&self) -> String {
+        if self.def.group.is_empty() {
+            self.def.plural.to_string()
+        } else {
+            format!("{}.{}", self.def.plural, self.def.group)
+        }
+    }
+}
+
+/// The subresources a kind has.
+fn has_subresource(def: &ResourceDef, sub: &str) -> bool {
+    match sub {
+        "status" => def.status,
+        "scale" => def.scale,
+        "finalize" => def.kind == "Namespace",
+        "binding" | "eviction" | "log" | "exec" | "attach" | "portforward" => def.kind == "Pod",
+        "proxy" => matches!(def.kind, "Pod" | "Service" | "Node"),
+        _ => false,
+    }
+}
+
+/// Parses the part of a resource URL after `/api/v1/` or `/apis/<group>/<version>/`.
+pub fn parse_target(group: &str, version: &str, rest: &str) -> Option<Target> {
+    let segs: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+    if segs.iter().any(|s| s.is_empty()) {
+        return None;
+    }
+    let find = |plural: &str| catalog::find(group, version, plural);
+    let owned = |s: &str| Some(s.to_string());
+    let target = match segs.as_slice() {
+        ["namespaces", ns, plural, rest @ ..] if find(plural).is_some_and(|d| d.namespaced) => {
+            let def = find(plural)?;
+            match rest {
+                [] => Target {
+                    def,
+                    namespace: owned(ns),
+                    name: None,
+                    subresource: None,
+                },
+                [name] => Target {
+                    def,
+                    namespace: owned(ns),
+                    name: owned(name),
+                    subresource: None,
+                },
+                [name, sub] => Target {
+                    def,
+                    namespace: owned(ns),
+                    name: owned(name),
+                    subresource: owned(sub),
+                },
+                _ => return None,
+            }
+        }
+        [plural, rest @ ..] => {
+            let def = find(plural)?;
+            match rest {
+                [] => Target {
+                    def,
+                    namespace: None,
+                    name: None,
+                    subresource: None,
+                },
+                [name] if !def.namespaced => Target {
+                    def,
+                    namespace: None,
+                    name: owned(name),
+                    subresource: None,
+                },
+                [name, sub] if !def.namespaced => Target {
+                    def,
+                    namespace: None,
+                    name: owned(name),
+                    subresource: owned(sub),
+                },
+                _ => return None,
+            }
+        }
+        [] => return None,
+    };
+    if target
+        .subresource
+        .as_deref()
+        .is_some_and(|sub| !has_subresource(target.def, sub))
+    {
+        return None;
+    }
+    Some(target)
+}
+
+fn now() -> String {
+    let now = OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    // The system RNG failing is not something a request can recover from; fall back to the
+    // clock so names stay unique enough to retry.
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+        let nanos = OffsetDateTime::now_utc()
+            .unix_timestamp_nanos()
+            .to_le_bytes();
+        for (b, n) in bytes.iter_mut().zip(nanos.iter().cycle()) {
+            *b = *n;
+        }
+    }
+    bytes
+}
+
+fn new_uid() -> String {
+    let mut b: [u8; 16] = random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", message)
+}
+
+fn not_found(target: &Target, name: &str) -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        format!("{} \"{name}\" not found", target.display()),
+    );
+    e.details = Some(json!({"name": name, "group": target.def.group, "kind": target.def.plural}));
+    e
+}
+
+fn invalid(target: &Target, name: &str, err: Invalid) -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "Invalid",
+        format!(
+            "{} \"{name}\" is invalid: {}: {}",
+            target.def.kind, err.field, err.message
+        ),
+    );
+    e.details = Some(json!({
+        "name": name, "group": target.def.group, "kind": target.def.kind,
+        "causes": [{"reason": "FieldValueInvalid", "message": err.message, "field": err.field}],
+    }));
+    e
+}
+
+fn store_error(target: &Target, name: &str, err: StoreError) -> ApiError {
+    let details = Some(json!({"name": name, "group": target.def.group, "kind": target.def.plural}));
+    let mut e = match err {
+        StoreError::AlreadyExists { .. } => ApiError::new(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", target.display()),
+        ),
+        StoreError::Conflict { .. } => ApiError::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                target.display()
+            ),
+        ),
+        StoreError::NotFound { .. } => return not_found(target, name),
+        StoreError::Compacted { requested, compacted } => ApiError::new(
+            StatusCode::GONE,
+            "Expired",
+            format!("too old resource version: {requested} ({compacted})"),
+        ),
+        StoreError::ValueTooLarge { .. } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            "Request entity too large: the object is larger than 1.5 MiB",
+        ),
+        StoreError::InvalidContinue(m) => bad_request(format!("invalid continue token: {m}")),
+        StoreError::FutureRevision { requested, .. } => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "Timeout",
+            format!("Too large resource version: {requested}"),
+        ),
+        StoreError::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", m),
+        other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", other.to_string()),
+    };
+    e.details = details;
+    e
+}
+
+fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
+    serde_json::from_slice::<Value>(&kv.value)
+        .map(|o| objects::with_resource_version(o, kv.mod_revision))
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                format!("stored object {}: {e}", kv.key),
+            )
+        })
+}
+
+fn encode(object: &Value) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(object).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            e.to_string(),
+        )
+    })
+}
+
+fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+    if body.is_empty() {
+        return Err(bad_request("the request body is empty"));
+    }
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        bad_request(format!(
+            "the body of the request was in an unknown format: {e}"
+        ))
+    })?;
+    if !value.is_object() {
+        return Err(bad_request("the body must be a JSON object"));
+    }
+    Ok(value)
+}
+
+fn dry_run(query: &HashMap<String, String>) -> Result<bool, ApiError> {
+    match query.get("dryRun").map(String::as_str) {
+        None | Some("") => Ok(false),
+        Some("All") => Ok(true),
+        Some(other) => Err(bad_request(format!(
+            "unsupported dryRun value {other:?} (only All)"
+        ))),
+    }
+}
+
+impl Api {
+    /// Creates what every cluster starts with: the system namespaces.
+    pub async fn bootstrap(&self) -> Result<(), ApiError> {
+        let def =
+            catalog::find("", "v1", "namespaces").ok_or_else(|| bad_request("no namespaces"))?;
+        for ns in SYSTEM_NAMESPACES {
+            let target = Target {
+                def,
+                namespace: None,
+                name: Some(ns.into()),
+                subresource: None,
+            };
+            let object = namespace_object(json!({"metadata": {"name": ns}}));
+            let object = objects::prepare_create(def, None, object, &now(), &new_uid(), "")
+                .map_err(|e| invalid(&target, ns, e))?;
+            match self.store.create(&target.key(), encode(&object)?).await {
+                Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(store_error(&target, ns, e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn namespace_exists(&self, ns: &str) -> Result<bool, ApiError> {
+        let key = format!("/registry/core/namespaces/{ns}");
+        let target_def =
+            catalog::find("", "v1", "namespaces").ok_or_else(|| bad_request("no namespaces"))?;
+        let target = Target {
+            def: target_def,
+            namespace: None,
+            name: Some(ns.into()),
+            subresource: None,
+        };
+        Ok(self
+            .store
+            .get(&key)
+            .await
+            .map_err(|e| store_error(&target, ns, e))?
+            .is_some())
+    }
+
+    async fn get(&self, target: &Target, name: &str) -> Result<Response, ApiError> {
+        let kv = self
+            .store
+            .get(&target.key())
+            .await
+            .map_err(|e| store_error(target, name, e))?;
+        let object = decode(&kv.ok_or_else(|| not_found(target, name))?)?;
+        match target.subresource.as_deref() {
+            None | Some("status") => Ok(Json(object).into_response()),
+            Some("scale") if target.def.scale => Ok(Json(scale_of(&object)).into_response()),
+            Some(other) => Err(ApiError::not_found_path(other)),
+        }
+    }
+
+    async fn list(
+        &self,
+        target: &Target,
+        query: &HashMap<String, String>,
+        accept: &str,
+    ) -> Result<Response, ApiError> {
+        let labels = LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))
+            .map_err(|m| bad_request(format!("unable to parse requirement: {m}")))?;
+        let fields = FieldSelector::parse(
+            query.get("fieldSelector").map_or("", String::as_str),
+            target.def.kind,
+        )
+        .map_err(bad_request)?;
+        let limit: usize = match query.get("limit").map(String::as_str) {
+            None | Some("") | Some("0") => 0,
+            Some(n) => n
+                .parse()
+                .map_err(|_| bad_request(format!("invalid limit {n:?}")))?,
+        };
+        let mut continue_from = match query.get("continue").map(String::as_str) {
+            None | Some("") => None,
+            Some(token) => {
+                Some(ContinueToken::decode(token).map_err(|e| bad_request(e.to_string()))?)
+            }
+        };
+        let prefix = target.collection_prefix();
+        let page_size = if limit == 0 { 0 } else { limit.max(100) };
+        let mut items = Vec::new();
+        let mut revision;
+        let mut next_token = None;
+        'pages: loop {
+            let page = self
+                .store
+                .range(RangeRequest {
+                    prefix: prefix.clone(),
+                    limit: page_size,
+                    revision: None,
+                    continue_from: continue_from.take(),
+                })
+                .await
+                .map_err(|e| store_error(target, "", e))?;
+            revision = page.revision;
+            let count = page.kvs.len();
+            for (i, kv) in page.kvs.iter().enumerate() {
+                let object = decode(kv)?;
+                if labels.matches(&object) && fields.matches(&object) {
+                    items.push(object);
+                    if limit > 0 && items.len() == limit {
+                        if i + 1 < count || page.next.is_some() {
+                            next_token = Some(ContinueToken {
+                                revision: page.revision,
+                                after_key: kv.key.clone(),
+                            });
+                        }
+                        break 'pages;
+                    }
+                }
+            }
+            match page.next {
+                Some(token) => continue_from = Some(token),
+                None => break,
+            }
+        }
+        let rv = revision.to_string();
+        let token = next_token.map(|t| t.encode());
+        if table::wants_table(accept) {
+            return Ok(Json(table::table(&items, &rv, token.as_deref())).into_response());
+        }
+        let mut metadata = json!({"resourceVersion": rv});
+        if let Some(token) = token {
+            metadata["continue"] = json!(token);
+        }
+        Ok(Json(json!({
+            "kind": format!("{}List", target.def.kind),
+            "apiVersion": target.def.api_version(),
+            "metadata": metadata,
+            "items": items,
+        }))
+        .into_response())
+    }
+
+    async fn create(
+        &self,
+        target: &Target,
+        query: &HashMap<String, String>,
+        body: &Bytes,
+    ) -> Result<Response, ApiError> {
+        let mut object = parse_body(body)?;
+        if target.def.kind == "Namespace" {
+            object = namespace_object(object);
+        }
+        let suffix = objects::name_suffix(random());
+        let name_hint = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let object = objects::prepare_create(
+            target.def,
+            target.namespace.as_deref(),
+            object,
+            &now(),
+            &new_uid(),
+            &suffix,
+        )
+        .map_err(|e| invalid(target, &name_hint, e))?;
+        let name = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        if let Some(ns) = target
+            .namespace
+            .as_deref()
+            .filter(|_| target.def.namespaced)
+        {
+            if !self.namespace_exists(ns).await? {
+                let ns_def = catalog::find("", "v1", "namespaces")
+                    .ok_or_else(|| bad_request("no namespaces"))?;
+                let ns_target = Target {
+                    def: ns_def,
+                    namespace: None,
+                    name: Some(ns.into()),
+                    subresource: None,
+                };
+                return Err(not_found(&ns_target, ns));
+            }
+        }
+        let stored = Target {
+            name: Some(name.clone()),
+            ..target.clone()
+        };
+        if dry_run(query)? {
+            return Ok((StatusCode::CREATED, Json(object)).into_response());
+        }
+        let kv = self
+            .store
+            .create(&stored.key(), encode(&object)?)
+            .await
+            .map_err(|e| store_error(target, &name, e))?;
+        Ok((
+            StatusCode::CREATED,
+            Json(objects::with_resource_version(object, kv.mod_revision)),
+        )
+            .into_response())
+    }
+
+    async fn update(
+        &self,
+        target: &Target,
+        name: &str,
+        query: &HashMap<String, String>,
+        body: &Bytes,
+    ) -> Result<Response, ApiError> {
+        let object = parse_body(body)?;
+        if let Some(given) = object.pointer("/metadata/name").and_then(Value::as_str) {
+            if given != name {
+                return Err(bad_request(format!(
+                    "the name of the object ({given}) does not match the name on the URL ({name})"
+                )));
+            }
+        }
+        let current = self
+            .store
+            .get(&target.key())
+            .await
+            .map_err(|e| store_error(target, name, e))?;
+        let current = current.ok_or_else(|| not_found(target, name))?;
+        let stored: Value = serde_json::from_slice(&current.value).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                e.to_string(),
+            )
+        })?;
+        if let Some(rv) = object
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
+            let rv: i64 = rv
+                .parse()
+                .map_err(|_| bad_request(format!("invalid resourceVersion {rv:?}")))?;
+            if rv != current.mod_revision {
+                return Err(store_error(
+                    target,
+                    name,
+                    StoreError::Conflict {
+                        key: String::new(),
+                        expected: rv,
+                        current: None,
+                    },
+                ));
+            }
+        }
+        let updated = match target.subresource.as_deref() {
+            None => objects::prepare_update(target.def, &stored, object)
+                .map_err(|e| invalid(target, name, e))?,
+            Some("status") if target.def.status => objects::prepare_status_update(&stored, &object),
+            Some("scale") if target.def.scale => with_replicas(target, name, &stored, &object)?,
+            Some(other) => return Err(ApiError::not_found_path(other)),
+        };
+        if dry_run(query)? {
+            return Ok(Json(objects::with_resource_version(
+                updated,
+                current.mod_revision,
+            ))
+            .into_response());
+        }
+        let kv = self
+            .store
+            .update(&target.key(), encode(&updated)?, current.mod_revision)
+            .await
+            .map_err(|e| store_error(target, name, e))?;
+        Ok(respond(
+            target,
+            objects::with_resource_version(updated, kv.mod_revision),
+        ))
+    }
+
+    /// PATCH: applies the patch to the current object and stores the result with
+    /// compare-and-swap, retrying on a concurrent write unless the patch itself pinned a
+    /// resourceVersion (as Kubernetes does).
+    async fn patch(
+        &self,
+        target: &Target,
+        name: &str,
+        query: &HashMap<String, String>,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> Result<Response, ApiError> {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let kind = PatchKind::from_content_type(content_type).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {content_type:?})"),
+            )
+        })?;
+        if kind == PatchKind::Apply {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                "server-side apply (application/apply-patch+yaml) is not supported yet; use client-side apply",
+            ));
+        }
+        for _attempt in 0..5 {
+            let current = self
+                .store
+                .get(&target.key())
+                .await
+                .map_err(|e| store_error(target, name, e))?;
+            let current = current.ok_or_else(|| not_found(target, name))?;
+            let stored = decode(&current)?;
+            let mut patched = match target.subresource.as_deref() {
+                Some("scale") => scale_of(&stored),
+                _ => stored.clone(),
+            };
+            let rv_before = patched.pointer("/metadata/resourceVersion").cloned();
+            patch::apply(kind, &mut patched, body).map_err(|m| match kind {
+                PatchKind::Json => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", m),
+                _ => bad_request(m),
+            })?;
+            let pinned = patched.pointer("/metadata/resourceVersion").cloned();
+            if pinned.is_some() && pinned != rv_before {
+                return Err(store_error(
+                    target,
+                    name,
+                    StoreError::Conflict {
+                        key: String::new(),
+                        expected: 0,
+                        current: None,
+                    },
+                ));
+            }
+            let updated = match target.subresource.as_deref() {
+                None => objects::prepare_update(target.def, &stored, patched)
+                    .map_err(|e| invalid(target, name, e))?,
+                Some("status") => objects::prepare_status_update(&stored, &patched),
+                Some("scale") => with_replicas(target, name, &stored, &patched)?,
+                Some(other) => return Err(ApiError::not_found_path(other)),
+            };
+            if dry_run(query)? {
+                return Ok(respond(
+                    target,
+                    objects::with_resource_version(updated, current.mod_revision),
+                ));
+            }
+            match self
+                .store
+                .update(&target.key(), encode(&updated)?, current.mod_revision)
+                .await
+            {
+                Ok(kv) => {
+                    return Ok(respond(
+                        target,
+                        objects::with_resource_version(updated, kv.mod_revision),
+                    ))
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(store_error(target, name, e)),
+            }
+        }
+        Err(store_error(
+            target,
+            name,
+            StoreError::Conflict {
+                key: String::new(),
+                expected: 0,
+                current: None,
+            },
+        ))
+    }
+
+    async fn delete(
+        &self,
+        target: &Target,
+        name: &str,
+        query: &HashMap<String, String>,
+        body: &Bytes,
+    ) -> Result<Response, ApiError> {
+        if target.def.kind == "Namespace"
+            && ["default", "kube-system", "kube-public"].contains(&name)
+        {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"),
+            ));
+        }
+        let current = self
+            .store
+            .get(&target.key())
+            .await
+            .map_err(|e| store_error(target, name, e))?;
+        let current = current.ok_or_else(|| not_found(target, name))?;
+        let object = decode(&current)?;
+        if !body.is_empty() {
+            let options: Value = serde_json::from_slice(body)
+                .map_err(|e| bad_request(format!("DeleteOptions: {e}")))?;
+            if let Some(uid) = options
+                .pointer("/preconditions/uid")
+                .and_then(Value::as_str)
+            {
+                if object.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "Conflict",
+                        format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        object.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default()
+                    ),
+                    ));
+                }
+            }
+            if let Some(rv) = options
+                .pointer("/preconditions/resourceVersion")
+                .and_then(Value::as_str)
+            {
+                if rv != current.mod_revision.to_string() {
+                    return Err(ApiError::new(StatusCode::CONFLICT, "Conflict", format!(
+                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                        current.mod_revision
+                    )));
+                }
+            }
+        }
+        if dry_run(query)? {
+            return Ok(Json(object).into_response());
+        }
+        if target.def.kind == "Namespace" {
+            self.delete_namespace_contents(name).await?;
+        }
+        self.store
+            .delete(&target.key(), Some(current.mod_revision))
+            .await
+            .map_err(|e| store_error(target, name, e))?;
+        Ok(Json(object).into_response())
+    }
+
+    /// Deleting a namespace deletes everything in it first.
+    async fn delete_namespace_contents(&self, ns: &str) -> Result<(), ApiError> {
+        for def in catalog::BUILTIN.iter().filter(|d| d.namespaced) {
+            let target = Target {
+                def,
+                namespace: Some(ns.into()),
+                name: None,
+                subresource: None,
+            };
+            let page = self
+                .store
+                .range(RangeRequest::prefix(target.collection_prefix()))
+                .await
+                .map_err(|e| store_error(&target, "", e))?;
+            for kv in page.kvs {
+                match self.store.delete(&kv.key, None).await {
+                    Ok(_) | Err(StoreError::NotFound { .. }) => {}
+                    Err(e) => return Err(store_error(&target, &kv.key, e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_collection(
+        &self,
+        target: &Target,
+        query: &HashMap<String, String>,
+    ) -> Result<Response, ApiError> {
+        let labels = LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))
+            .map_err(|m| bad_request(format!("unable to parse requirement: {m}")))?;
+        let fields = FieldSelector::parse(
+            query.get("fieldSelector").map_or("", String::as_str),
+            target.def.kind,
+        )
+        .map_err(bad_request)?;
+        let page = self
+            .store
+            .range(RangeRequest::prefix(target.collection_prefix()))
+            .await
+            .map_err(|e| store_error(target, "", e))?;
+        let mut deleted = Vec::new();
+        for kv in &page.kvs {
+            let object = decode(kv)?;
+            if !(labels.matches(&object) && fields.matches(&object)) {
+                continue;
+            }
+            if !dry_run(query)? {
+                match self.store.delete(&kv.key, Some(kv.mod_revision)).await {
+                    Ok(_) | Err(StoreError::NotFound { .. }) => {}
+                    Err(e) => return Err(store_error(target, &kv.key, e)),
+                }
+            }
+            deleted.push(object);
+        }
+        Ok(Json(json!({
+            "kind": format!("{}List", target.def.kind),
+            "apiVersion": target.def.api_version(),
+            "metadata": {"resourceVersion": page.revision.to_string()},
+            "items": deleted,
+        }))
+        .into_response())
+    }
+}
+
+/// Kubernetes' defaults for a new namespace.
+fn namespace_object(mut object: Value) -> Value {
+    if object.pointer("/spec/finalizers").is_none() {
+        object["spec"] = json!({"finalizers": ["kubernetes"]});
+    }
+    object["status"] = json!({"phase": "Active"});
+    object
+}
+
+/// The response body for a write: the Scale for the scale subresource, else the object.
+fn respond(target: &Target, object: Value) -> Response {
+    match target.subresource.as_deref() {
+        Some("scale") => Json(scale_of(&object)).into_response(),
+        _ => Json(object).into_response(),
+    }
+}
+
+/// The stored object with `spec.replicas` taken from a Scale.
+fn with_replicas(
+    target: &Target,
+    name: &str,
+    stored: &Value,
+    scale: &Value,
+) -> Result<Value, ApiError> {
+    let replicas = scale
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .filter(|r| *r >= 0)
+        .ok_or_else(|| {
+            invalid(
+                target,
+                name,
+                Invalid {
+                    field: "spec.replicas".into(),
+                    message: "must be a non-negative integer".into(),
+                },
+            )
+        })?;
+    let mut object = stored.clone();
+    object["spec"]["replicas"] = json!(replicas);
+    objects::prepare_update(target.def, stored, object).map_err(|e| invalid(target, name, e))
+}
+
+/// The `autoscaling/v1` Scale of an object with `spec.replicas`.
+fn scale_of(object: &Value) -> Value {
+    let meta = object.get("metadata").cloned().unwrap_or_default();
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"), "creationTimestamp": meta.get("creationTimestamp"),
+        },
+        "spec": {"replicas": object.pointer("/spec/replicas").cloned().unwrap_or(json!(1))},
+        "status": {
+            "replicas": object.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
+            "selector": object.pointer("/status/selector").cloned().unwrap_or(json!("")),
+        },
+    })
+}
+
+/// Dispatches one resource request.
+pub async fn handle(
+    api: &Api,
+    method: &Method,
+    target: Target,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if matches!(*method, Method::POST | Method::PUT) && content_type.contains("protobuf") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            "the server does not accept protobuf request bodies yet; send JSON (for example kubectl create -f FILE)",
+        ));
+    }
+    let name = target.name.clone();
+    match (method, name.as_deref()) {
+        (&Method::GET, Some(name)) => api.get(&target, name).await,
+        (&Method::GET, None)
+            if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) =>
+        {
+            let request = crate::watch::WatchRequest::parse(query, target.def.kind, accept)
+                .map_err(bad_request)?;
+            crate::watch::watch(Arc::clone(&api.store), target, request).await
+        }
+        (&Method::GET, None) => api.list(&target, query, accept).await,
+        (&Method::POST, None) => api.create(&target, query, body).await,
+        (&Method::PUT, Some(name)) => api.update(&target, name, query, body).await,
+        (&Method::PATCH, Some(name)) => api.patch(&target, name, query, headers, body).await,
+        (&Method::DELETE, Some(name)) => api.delete(&target, name, query, body).await,
+        (&Method::DELETE, None) => api.delete_collection(&target, query).await,
+        _ => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("the server does not allow this method on the requested resource ({method})"),
+        )),
+    }
+}
+
+/// Axum handler for `/api/v1/{*rest}`.
+pub async fn core(
+    State(api): State<Arc<Api>>,
+    method: Method,
+    Path(rest): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(target) = parse_target("", "v1", &rest) else {
+        return ApiError::not_found_path(&format!("/api/v1/{rest}")).into_response();
+    };
+    handle(&api, &method, target, &query, &headers, &body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Axum handler for `/apis/{group}/{version}/{*rest}`.
+pub async fn grouped(
+    State(api): State<Arc<Api>>,
+    method: Method,
+    Path((group, version, rest)): Path<(String, String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(target) = parse_target(&group, &version, &rest) else {
+        return ApiError::not_found_path(&format!("/apis/{group}/{version}/{rest}"))
+            .into_response();
+    };
+    handle(&api, &method, target, &query, &headers, &body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_their_targets() {
+        let t = parse_target("", "v1", "namespaces/ns/pods/web/status").expect("pod status");
+        assert_eq!(
+            (
+                t.def.kind,
+                t.namespace.as_deref(),
+                t.name.as_deref(),
+                t.subresource.as_deref()
+            ),
+            ("Pod", Some("ns"), Some("web"), Some("status"))
+        );
+        assert_eq!(t.key(), "/registry/core/pods/ns/web");
+        let t = parse_target("", "v1", "namespaces/ns").expect("namespace");
+        assert_eq!(
+            (t.def.kind, t.name.as_deref(), t.namespace.as_deref()),
+            ("Namespace", Some("ns"), None)
+        );
+        assert_eq!(t.key(), "/registry/core/namespaces/ns");
+        let t = parse_target("", "v1", "pods").expect("all pods");
+        assert_eq!(
+            (t.namespace.as_deref(), t.collection_prefix()),
+            (None, "/registry/core/pods/".to_string())
+        );
+        let t = parse_target("apps", "v1", "namespaces/ns/deployments").expect("deployments");
+        assert_eq!(t.collection_prefix(), "/registry/apps/deployments/ns/");
+        assert_eq!(t.display(), "deployments.apps");
+        let t = parse_target("", "v1", "nodes/n1").expect("node");
+        assert_eq!(t.key(), "/registry/core/nodes/n1");
+        for bad in [
+            "",
+            "pods/web",
+            "nosuch",
+            "namespaces/ns/nosuch",
+            "namespaces/ns/pods/a/b/c",
+            "pods//x",
+        ] {
+            assert!(parse_target("", "v1", bad).is_none(), "{bad}");
+        }
+        assert!(parse_target("apps", "v1", "pods").is_none());
+    }
+
+    #[test]
+    fn uids_look_like_uuids() {
+        let uid = new_uid();
+        assert_eq!(uid.len(), 36);
+        assert_eq!(uid.as_bytes()[14], b'4');
+    }
+}

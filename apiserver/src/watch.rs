@@ -1,0 +1,303 @@
+//! Watch over HTTP: a chunked `application/json;stream=watch` response with one
+//! `{"type": ..., "object": ...}` line per change, flushed per event.
+//!
+//! Semantics follow the Kubernetes API: without a resourceVersion (or with "0", or with
+//! `sendInitialEvents=true`) the current objects come first as ADDED events; changes then
+//! follow in revision order. Selectors are applied to both the old and the new state, so an
+//! object that stops matching is seen as DELETED and one that starts matching as ADDED.
+//! A resourceVersion older than the store's history gets an in-band ERROR event with a
+//! `410 Expired` Status. Bookmarks carry the latest revision when asked for.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+use shoal_store::{EventKind, RangeRequest, Store, StoreError};
+use tokio::sync::mpsc;
+
+use crate::objects;
+use crate::rest::Target;
+use crate::selectors::{FieldSelector, LabelSelector};
+use crate::status::ApiError;
+use crate::table;
+
+/// Longest a watch stays open when the client gives no `timeoutSeconds` (Kubernetes picks
+/// 30–60 minutes).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
+/// How often a bookmark is sent to clients that allow them.
+const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
+
+/// What one watch request asked for.
+#[derive(Debug)]
+pub struct WatchRequest {
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+    pub resource_version: Option<i64>,
+    pub send_initial: bool,
+    pub bookmarks: bool,
+    pub timeout: Duration,
+    pub as_table: bool,
+}
+
+impl WatchRequest {
+    pub fn parse(
+        query: &HashMap<String, String>,
+        kind: &str,
+        accept: &str,
+    ) -> Result<Self, String> {
+        let labels = LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))
+            .map_err(|m| format!("unable to parse requirement: {m}"))?;
+        let fields =
+            FieldSelector::parse(query.get("fieldSelector").map_or("", String::as_str), kind)?;
+        let resource_version = match query.get("resourceVersion").map(String::as_str) {
+            None | Some("") | Some("0") => None,
+            Some(rv) => Some(
+                rv.parse::<i64>()
+                    .map_err(|_| format!("invalid resourceVersion {rv:?}"))?,
+            ),
+        };
+        let flag = |name: &str| matches!(query.get(name).map(String::as_str), Some("true" | "1"));
+        let timeout = match query.get("timeoutSeconds").map(String::as_str) {
+            None | Some("") => DEFAULT_TIMEOUT,
+            Some(s) => Duration::from_secs(
+                s.parse::<u64>()
+                    .map_err(|_| format!("invalid timeoutSeconds {s:?}"))?,
+            ),
+        };
+        Ok(WatchRequest {
+            labels,
+            fields,
+            send_initial: resource_version.is_none() || flag("sendInitialEvents"),
+            resource_version,
+            bookmarks: flag("allowWatchBookmarks"),
+            timeout: timeout.min(DEFAULT_TIMEOUT),
+            as_table: table::wants_table(accept),
+        })
+    }
+
+    fn selects(&self, object: &Value) -> bool {
+        self.labels.matches(object) && self.fields.matches(object)
+    }
+}
+
+/// The body stream: lines from the watch task.
+struct Lines(mpsc::Receiver<Bytes>);
+
+impl futures_core::Stream for Lines {
+    type Item = Result<Bytes, std::convert::Infallible>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|line| line.map(Ok))
+    }
+}
+
+fn line(event_type: &str, object: Value) -> Bytes {
+    let mut text = json!({"type": event_type, "object": object}).to_string();
+    text.push('\n');
+    Bytes::from(text)
+}
+
+fn present(request: &WatchRequest, object: Value) -> Value {
+    if request.as_table {
+        table::table(&[object], "", None)
+    } else {
+        object
+    }
+}
+
+fn decode(value: &[u8], revision: i64) -> Option<Value> {
+    serde_json::from_slice::<Value>(value)
+        .ok()
+        .map(|o| objects::with_resource_version(o, revision))
+}
+
+/// Starts a watch and returns the streaming response.
+pub async fn watch(
+    store: Arc<dyn Store>,
+    target: Target,
+    request: WatchRequest,
+) -> Result<Response, ApiError> {
+    // A watch on one named object (`/namespaces/ns/pods?watch=1&fieldSelector=metadata.name=x`)
+    // is a collection watch narrowed by its selector.
+    let def = target.def;
+    let prefix = match &target.namespace {
+        Some(ns) if def.namespaced => format!("{}{ns}/", def.key_prefix()),
+        _ => def.key_prefix(),
+    };
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let kind = target.def.kind;
+    let api_version = target.def.api_version();
+
+    // The starting point, and the initial ADDED events when asked for.
+    let mut initial = Vec::new();
+    let start = if request.send_initial {
+        let mut continue_from = None;
+        let mut revision;
+        loop {
+            let page = store
+                .range(RangeRequest {
+                    prefix: prefix.clone(),
+                    limit: 500,
+                    revision: request.resource_version,
+                    continue_from,
+                })
+                .await
+                .map_err(|e| expired_or_internal(&e))?;
+            revision = page.revision;
+            for kv in &page.kvs {
+                if let Some(object) = decode(&kv.value, kv.mod_revision) {
+                    if request.selects(&object) {
+                        initial.push(object);
+                    }
+                }
+            }
+            match page.next {
+                Some(token) => continue_from = Some(token),
+                None => break,
+            }
+        }
+        revision
+    } else {
+        request.resource_version.unwrap_or_default()
+    };
+
+    let mut events = match store.watch(&prefix, Some(start)).await {
+        Ok(events) => events,
+        Err(err @ StoreError::Compacted { .. }) => {
+            // Kubernetes answers 200 and reports the expiry as the stream's only event.
+            let (status_line, _) = expired_event(&err);
+            return Ok(stream_response(futures_once(status_line)));
+        }
+        Err(err) => return Err(expired_or_internal(&err)),
+    };
+
+    tokio::spawn(async move {
+        for object in initial {
+            if tx
+                .send(line("ADDED", present(&request, object)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let bookmark = |revision: i64, initial_end: bool| {
+            let mut metadata = json!({"resourceVersion": revision.to_string()});
+            if initial_end {
+                metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+            }
+            line(
+                "BOOKMARK",
+                json!({"kind": kind, "apiVersion": api_version, "metadata": metadata}),
+            )
+        };
+        let mut last = start;
+        // Streaming lists (sendInitialEvents) end their initial events with this bookmark.
+        if request.bookmarks && request.send_initial && tx.send(bookmark(last, true)).await.is_err()
+        {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + request.timeout;
+        let mut ticker = tokio::time::interval(BOOKMARK_EVERY);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                event = events.next() => {
+                    let event = match event {
+                        Some(Ok(event)) => event,
+                        Some(Err(err)) => {
+                            let (status_line, _) = expired_event(&err);
+                            let _ = tx.send(status_line).await;
+                            return;
+                        }
+                        None => return,
+                    };
+                    last = event.revision();
+                    let old = event.prev.as_ref().and_then(|p| decode(&p.value, p.mod_revision));
+                    let old_selected = old.as_ref().is_some_and(|o| request.selects(o));
+                    let (event_type, object) = match event.kind {
+                        EventKind::Put => {
+                            let Some(new) = decode(&event.kv.value, event.kv.mod_revision) else { continue };
+                            match (old_selected, request.selects(&new)) {
+                                (true, true) => ("MODIFIED", new),
+                                (false, true) => ("ADDED", new),
+                                (true, false) => ("DELETED", new),
+                                (false, false) => continue,
+                            }
+                        }
+                        EventKind::Delete => match old {
+                            Some(old) if old_selected => ("DELETED", objects::with_resource_version(old, event.revision())),
+                            _ => continue,
+                        },
+                    };
+                    if tx.send(line(event_type, present(&request, object))).await.is_err() {
+                        return;
+                    }
+                }
+                _ = ticker.tick(), if request.bookmarks => {
+                    if tx.send(bookmark(last, false)).await.is_err() {
+                        return;
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => return,
+                () = tx.closed() => return,
+            }
+        }
+    });
+    Ok(stream_response(Lines(rx)))
+}
+
+fn stream_response<S>(stream: S) -> Response
+where
+    S: futures_core::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static,
+{
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/json;stream=watch"),
+            (header::CACHE_CONTROL, "no-cache, private"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// A one-line stream.
+fn futures_once(line: Bytes) -> Lines {
+    let (tx, rx) = mpsc::channel(1);
+    let _ = tx.try_send(line);
+    Lines(rx)
+}
+
+fn expired_event(err: &StoreError) -> (Bytes, ApiError) {
+    let error = expired_or_internal(err);
+    (line("ERROR", error.to_status()), error)
+}
+
+fn expired_or_internal(err: &StoreError) -> ApiError {
+    match err {
+        StoreError::Compacted {
+            requested,
+            compacted,
+        } => ApiError::new(
+            StatusCode::GONE,
+            "Expired",
+            format!("too old resource version: {requested} ({compacted})"),
+        ),
+        StoreError::FutureRevision { requested, .. } => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "Timeout",
+            format!("Too large resource version: {requested}"),
+        ),
+        other => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            other.to_string(),
+        ),
+    }
+}
