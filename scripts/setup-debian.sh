@@ -5,7 +5,7 @@ set -eu
 
 # Debian packages: a C toolchain for crates that build C, and the peers the benchmarks and
 # integration tests drive (etcd for the store comparison).
-PACKAGES="ca-certificates curl gcc libc6-dev pkg-config procps etcd-server etcd-client"
+PACKAGES="ca-certificates curl gcc libc6-dev pkg-config procps python3 python3-pip etcd-server etcd-client"
 
 missing=""
 for pkg in $PACKAGES; do
@@ -23,6 +23,13 @@ if [ -n "$missing" ]; then
     apt-get update -qq
     # shellcheck disable=SC2086 # word splitting of the package list is intended
     apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+# The official Python Kubernetes client, which the integration tests drive the API with.
+if ! python3 -c "import kubernetes" >/dev/null 2>&1; then
+    echo "setup-debian.sh: installing the Python kubernetes client" >&2
+    python3 -m pip install -q kubernetes >&2 ||
+        python3 -m pip install -q --break-system-packages kubernetes >&2
 fi
 
 # A Rust toolchain: Debian's own cargo is too old for the workspace, so use rustup's.

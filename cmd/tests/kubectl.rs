@@ -644,3 +644,23 @@ fn api_errors_are_kubernetes_statuses() {
     );
     assert_eq!(events[0]["object"]["data"]["k"], "v2");
 }
+
+/// The official Python client (installed by scripts/setup-debian.sh) runs its checks against a
+/// live server: list, create, watch from a resourceVersion, patch, conflict, delete, scale.
+#[test]
+fn python_client_works_unchanged() {
+    let cluster = Cluster::start();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/client_test.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(&cluster.kubeconfig)
+        .output()
+        .expect("python3 (with the kubernetes package, from scripts/setup-debian.sh)");
+    assert!(
+        out.status.success(),
+        "python client failed:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(text(&out.stdout).contains("python client: ok"));
+}
