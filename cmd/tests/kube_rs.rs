@@ -1,0 +1,226 @@
+//! kube-rs, the client Shoal's own controllers use, against a live server: typed CRUD, and a
+//! watcher → reflector that keeps its cache right across a server restart, in both of its
+//! initial-list modes (paginated list + watch, and streaming lists with sendInitialEvents).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::{Client, Config};
+
+struct Server {
+    child: Child,
+}
+
+impl Server {
+    fn start(data_dir: &Path, port: u16) -> Server {
+        let config = data_dir.join("empty.yaml");
+        std::fs::write(&config, "").expect("config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args([
+                "server",
+                "--bind-address",
+                "127.0.0.1",
+                "--https-listen-port",
+            ])
+            .arg(port.to_string())
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn shoal server");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.contains("shoal server ready") => return Server { child },
+                Ok(_) => {}
+                Err(_) => panic!("shoal server did not become ready"),
+            }
+        }
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn client(kubeconfig: &PathBuf) -> Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config");
+    Client::try_from(config).expect("client")
+}
+
+fn config_map(name: &str, value: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        data: Some([("v".to_string(), value.to_string())].into()),
+        ..Default::default()
+    }
+}
+
+/// Waits until the reflector's cache holds exactly `want` (name → value).
+async fn converge(store: &reflector::Store<ConfigMap>, want: &[(&str, &str)]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut have: Vec<(String, String)> = store
+            .state()
+            .iter()
+            .map(|cm| {
+                let value = cm
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("v"))
+                    .cloned()
+                    .unwrap_or_default();
+                (cm.metadata.name.clone().unwrap_or_default(), value)
+            })
+            .collect();
+        have.sort();
+        let want_owned: Vec<(String, String)> = want
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        if have == want_owned {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reflector holds {have:?}, want {want_owned:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn reflector_survives_restart(streaming: bool) {
+    let dir = tempfile::TempDir::new().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let server = Server::start(dir.path(), port);
+    let kubeconfig = dir.path().join("kubeconfig.yaml");
+    let client = client(&kubeconfig).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+
+    cms.create(&PostParams::default(), &config_map("a", "1"))
+        .await
+        .expect("create a");
+    let (reader, writer) = reflector::store();
+    let config = if streaming {
+        watcher::Config::default().streaming_lists()
+    } else {
+        watcher::Config::default()
+    };
+    let stream = reflector(writer, watcher(cms.clone(), config))
+        .default_backoff()
+        .applied_objects();
+    let task = tokio::spawn(stream.for_each(|_| async {}));
+
+    converge(&reader, &[("a", "1")]).await;
+    cms.create(&PostParams::default(), &config_map("b", "2"))
+        .await
+        .expect("create b");
+    cms.patch(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"data": {"v": "1b"}})),
+    )
+    .await
+    .expect("patch a");
+    converge(&reader, &[("a", "1b"), ("b", "2")]).await;
+
+    // Restart the server on the same data dir and port; the watcher reconnects by itself.
+    server.stop();
+    let server = Server::start(dir.path(), port);
+    cms.delete("b", &DeleteParams::default())
+        .await
+        .expect("delete b");
+    cms.create(&PostParams::default(), &config_map("c", "3"))
+        .await
+        .expect("create c");
+    converge(&reader, &[("a", "1b"), ("c", "3")]).await;
+
+    task.abort();
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_reflector_survives_server_restart() {
+    reflector_survives_restart(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_streaming_list_reflector_survives_server_restart() {
+    reflector_survives_restart(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_typed_errors() {
+    let dir = tempfile::TempDir::new().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let _server = Server::start(dir.path(), port);
+    let client = client(&dir.path().join("kubeconfig.yaml")).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    cms.create(&PostParams::default(), &config_map("x", "1"))
+        .await
+        .expect("create");
+    match cms
+        .create(&PostParams::default(), &config_map("x", "1"))
+        .await
+    {
+        Err(kube::Error::Api(status)) => assert_eq!(
+            (status.code, status.reason.as_str()),
+            (409, "AlreadyExists")
+        ),
+        other => panic!("expected AlreadyExists, got {other:?}"),
+    }
+    match cms.get("missing").await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 404),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    let mut stale = cms.get("x").await.expect("get");
+    cms.replace("x", &PostParams::default(), &stale)
+        .await
+        .expect("replace with current rv");
+    stale.data = Some([("v".to_string(), "2".to_string())].into());
+    match cms.replace("x", &PostParams::default(), &stale).await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"))
+        }
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+}
