@@ -469,3 +469,259 @@ mod tests {
         assert!(s.chars().all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c)));
     }
 }
+
+/// What a DELETE asked for (from `DeleteOptions` in the body or the query).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeleteOptions {
+    pub grace_period_seconds: Option<i64>,
+    /// `Foreground`, `Background` or `Orphan`.
+    pub propagation_policy: Option<String>,
+}
+
+/// What to do with a DELETE.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeleteAction {
+    /// Remove the object from the store now.
+    Remove,
+    /// Keep it, marked as being deleted (finalizers pending, or a pod's grace period running).
+    Mark(Value),
+    /// It is already being deleted and nothing changes.
+    Unchanged,
+}
+
+fn finalizers(object: &Value) -> Vec<String> {
+    object
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Decides a DELETE as Kubernetes does. `now` is the current time as seconds since the epoch.
+///
+/// - `propagationPolicy: Foreground` adds the `foregroundDeletion` finalizer, `Orphan` the
+///   `orphan` finalizer (the garbage collector removes them once dependents are handled).
+/// - A pod bound to a node is deleted gracefully: marked with a deletion timestamp its grace
+///   period ahead (the node agent stops it, then deletes it with grace 0).
+/// - An object with finalizers is only marked; it goes once the last finalizer is removed.
+pub fn plan_delete(
+    def: &ResourceDef,
+    object: &Value,
+    options: &DeleteOptions,
+    now: i64,
+) -> Result<DeleteAction, String> {
+    let mut finalizers = finalizers(object);
+    match options.propagation_policy.as_deref() {
+        None | Some("Background") => {}
+        Some("Foreground") => finalizers.push("foregroundDeletion".into()),
+        Some("Orphan") => finalizers.push("orphan".into()),
+        Some(other) => {
+            return Err(format!(
+                "invalid propagationPolicy {other:?}: must be Foreground, Background or Orphan"
+            ))
+        }
+    }
+    finalizers.dedup();
+    if options.grace_period_seconds.is_some_and(|g| g < 0) {
+        return Err("gracePeriodSeconds must be 0 or more".into());
+    }
+    let bound_pod = def.kind == "Pod"
+        && object
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty());
+    let grace = if bound_pod {
+        options
+            .grace_period_seconds
+            .or_else(|| {
+                object
+                    .pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+            })
+            .unwrap_or(30)
+    } else {
+        0
+    };
+    let already = object
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|t| !t.is_null());
+    if already {
+        let current_grace = object
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        if finalizers.is_empty() && grace == 0 {
+            return Ok(DeleteAction::Remove);
+        }
+        if grace < current_grace {
+            let mut marked = object.clone();
+            marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+            marked["metadata"]["deletionTimestamp"] = json!(rfc3339(now + grace));
+            return Ok(DeleteAction::Mark(marked));
+        }
+        return Ok(DeleteAction::Unchanged);
+    }
+    if finalizers.is_empty() && grace == 0 {
+        return Ok(DeleteAction::Remove);
+    }
+    let mut marked = object.clone();
+    marked["metadata"]["deletionTimestamp"] = json!(rfc3339(now + grace));
+    marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+    if !finalizers.is_empty() {
+        marked["metadata"]["finalizers"] = json!(finalizers);
+    }
+    Ok(DeleteAction::Mark(marked))
+}
+
+/// Whether an object being deleted has nothing left holding it (no finalizers, no grace).
+pub fn deletion_complete(object: &Value) -> bool {
+    object
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|t| !t.is_null())
+        && finalizers(object).is_empty()
+        && object
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            == 0
+}
+
+/// Refuses new finalizers on an object that is already being deleted (as Kubernetes does).
+pub fn check_finalizers_on_update(existing: &Value, updated: &Value) -> Result<(), Invalid> {
+    if existing
+        .pointer("/metadata/deletionTimestamp")
+        .is_none_or(Value::is_null)
+    {
+        return Ok(());
+    }
+    let before = finalizers(existing);
+    if let Some(added) = finalizers(updated)
+        .into_iter()
+        .find(|f| !before.contains(f))
+    {
+        return Err(invalid("metadata.finalizers", format!("no new finalizers can be added if the object is being deleted, found new finalizers [{added}]")));
+    }
+    Ok(())
+}
+
+/// RFC 3339 UTC time at whole seconds.
+pub fn rfc3339(unix_seconds: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix_seconds)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod deletion_tests {
+    use super::*;
+    use shoal_common::catalog::find;
+
+    const NOW: i64 = 1_800_000_000;
+
+    #[test]
+    fn plain_objects_go_at_once_unless_finalized() {
+        let cm = find("", "v1", "configmaps").expect("cm");
+        let plain = json!({"metadata": {"name": "a"}});
+        assert_eq!(
+            plan_delete(cm, &plain, &DeleteOptions::default(), NOW),
+            Ok(DeleteAction::Remove)
+        );
+        let finalized = json!({"metadata": {"name": "a", "finalizers": ["example.com/hold"]}});
+        let Ok(DeleteAction::Mark(marked)) =
+            plan_delete(cm, &finalized, &DeleteOptions::default(), NOW)
+        else {
+            panic!("not marked")
+        };
+        assert_eq!(marked["metadata"]["deletionTimestamp"], rfc3339(NOW));
+        assert_eq!(marked["metadata"]["deletionGracePeriodSeconds"], 0);
+        assert!(!deletion_complete(&marked));
+        let mut released = marked.clone();
+        released["metadata"]["finalizers"] = json!([]);
+        assert!(deletion_complete(&released));
+        assert_eq!(
+            plan_delete(cm, &marked, &DeleteOptions::default(), NOW),
+            Ok(DeleteAction::Unchanged)
+        );
+        assert!(check_finalizers_on_update(
+            &marked,
+            &json!({"metadata": {"finalizers": ["example.com/hold", "new"]}})
+        )
+        .is_err());
+        assert!(check_finalizers_on_update(&marked, &released).is_ok());
+    }
+
+    #[test]
+    fn propagation_policies_add_their_finalizers() {
+        let deploy = find("apps", "v1", "deployments").expect("deploy");
+        let obj = json!({"metadata": {"name": "d"}});
+        for (policy, finalizer) in [("Foreground", "foregroundDeletion"), ("Orphan", "orphan")] {
+            let options = DeleteOptions {
+                propagation_policy: Some(policy.into()),
+                ..Default::default()
+            };
+            let Ok(DeleteAction::Mark(marked)) = plan_delete(deploy, &obj, &options, NOW) else {
+                panic!("{policy}")
+            };
+            assert_eq!(marked["metadata"]["finalizers"], json!([finalizer]));
+        }
+        let background = DeleteOptions {
+            propagation_policy: Some("Background".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            plan_delete(deploy, &obj, &background, NOW),
+            Ok(DeleteAction::Remove)
+        );
+        let bad = DeleteOptions {
+            propagation_policy: Some("Sideways".into()),
+            ..Default::default()
+        };
+        assert!(plan_delete(deploy, &obj, &bad, NOW).is_err());
+    }
+
+    #[test]
+    fn bound_pods_are_deleted_gracefully() {
+        let pod = find("", "v1", "pods").expect("pods");
+        let unbound = json!({"metadata": {"name": "p"}, "spec": {}});
+        assert_eq!(
+            plan_delete(pod, &unbound, &DeleteOptions::default(), NOW),
+            Ok(DeleteAction::Remove)
+        );
+        let bound = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1", "terminationGracePeriodSeconds": 10}});
+        let Ok(DeleteAction::Mark(marked)) =
+            plan_delete(pod, &bound, &DeleteOptions::default(), NOW)
+        else {
+            panic!("not graceful")
+        };
+        assert_eq!(marked["metadata"]["deletionTimestamp"], rfc3339(NOW + 10));
+        assert_eq!(marked["metadata"]["deletionGracePeriodSeconds"], 10);
+        // The node agent's final delete with grace 0 removes it; a shorter grace shortens it.
+        let now = DeleteOptions {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(
+            plan_delete(pod, &marked, &now, NOW + 3),
+            Ok(DeleteAction::Remove)
+        );
+        let shorter = DeleteOptions {
+            grace_period_seconds: Some(2),
+            ..Default::default()
+        };
+        let Ok(DeleteAction::Mark(again)) = plan_delete(pod, &marked, &shorter, NOW) else {
+            panic!("not shortened")
+        };
+        assert_eq!(again["metadata"]["deletionGracePeriodSeconds"], 2);
+        let forced = plan_delete(pod, &bound, &now, NOW);
+        assert_eq!(forced, Ok(DeleteAction::Remove));
+    }
+}

@@ -573,15 +573,9 @@ impl Api {
             ))
             .into_response());
         }
-        let kv = self
-            .store
-            .update(&target.key(), encode(&updated)?, current.mod_revision)
+        self.store_update(target, name, &stored, updated, current.mod_revision)
             .await
-            .map_err(|e| store_error(target, name, e))?;
-        Ok(respond(
-            target,
-            objects::with_resource_version(updated, kv.mod_revision),
-        ))
+            .map_err(|e| e.into_api(target, name))
     }
 
     /// PATCH: applies the patch to the current object and stores the result with
@@ -656,18 +650,12 @@ impl Api {
                 ));
             }
             match self
-                .store
-                .update(&target.key(), encode(&updated)?, current.mod_revision)
+                .store_update(target, name, &stored, updated, current.mod_revision)
                 .await
             {
-                Ok(kv) => {
-                    return Ok(respond(
-                        target,
-                        objects::with_resource_version(updated, kv.mod_revision),
-                    ))
-                }
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(store_error(target, name, e)),
+                Ok(response) => return Ok(response),
+                Err(UpdateError::Store(StoreError::Conflict { .. })) => continue,
+                Err(e) => return Err(e.into_api(target, name)),
             }
         }
         Err(store_error(
@@ -704,9 +692,21 @@ impl Api {
             .map_err(|e| store_error(target, name, e))?;
         let current = current.ok_or_else(|| not_found(target, name))?;
         let object = decode(&current)?;
+        let mut delete_options = objects::DeleteOptions {
+            grace_period_seconds: query.get("gracePeriodSeconds").and_then(|g| g.parse().ok()),
+            propagation_policy: query.get("propagationPolicy").cloned(),
+        };
         if !body.is_empty() {
             let options: Value = serde_json::from_slice(body)
                 .map_err(|e| bad_request(format!("DeleteOptions: {e}")))?;
+            if let Some(grace) = options.get("gracePeriodSeconds").and_then(Value::as_i64) {
+                delete_options.grace_period_seconds = Some(grace);
+            }
+            if let Some(policy) = options.get("propagationPolicy").and_then(Value::as_str) {
+                delete_options.propagation_policy = Some(policy.to_string());
+            } else if options.get("orphanDependents").and_then(Value::as_bool) == Some(true) {
+                delete_options.propagation_policy = Some("Orphan".into());
+            }
             if let Some(uid) = options
                 .pointer("/preconditions/uid")
                 .and_then(Value::as_str)
@@ -734,17 +734,82 @@ impl Api {
                 }
             }
         }
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let action = if target.def.kind == "Namespace" {
+            objects::DeleteAction::Remove
+        } else {
+            objects::plan_delete(target.def, &object, &delete_options, now).map_err(bad_request)?
+        };
         if dry_run(query)? {
             return Ok(Json(object).into_response());
         }
-        if target.def.kind == "Namespace" {
-            self.delete_namespace_contents(name).await?;
+        match action {
+            objects::DeleteAction::Remove => {
+                if target.def.kind == "Namespace" {
+                    self.delete_namespace_contents(name).await?;
+                }
+                self.store
+                    .delete(&target.key(), Some(current.mod_revision))
+                    .await
+                    .map_err(|e| store_error(target, name, e))?;
+                Ok(Json(object).into_response())
+            }
+            objects::DeleteAction::Mark(mut marked) => {
+                if let Some(meta) = marked.get_mut("metadata").and_then(Value::as_object_mut) {
+                    meta.remove("resourceVersion");
+                }
+                let kv = self
+                    .store
+                    .update(&target.key(), encode(&marked)?, current.mod_revision)
+                    .await
+                    .map_err(|e| store_error(target, name, e))?;
+                Ok((
+                    StatusCode::ACCEPTED,
+                    Json(objects::with_resource_version(marked, kv.mod_revision)),
+                )
+                    .into_response())
+            }
+            objects::DeleteAction::Unchanged => {
+                Ok((StatusCode::ACCEPTED, Json(object)).into_response())
+            }
         }
-        self.store
-            .delete(&target.key(), Some(current.mod_revision))
+    }
+
+    /// Stores an updated object with compare-and-swap on `revision`; an object whose deletion
+    /// nothing holds any more (its last finalizer removed) is then removed.
+    async fn store_update(
+        &self,
+        target: &Target,
+        name: &str,
+        stored: &Value,
+        updated: Value,
+        revision: i64,
+    ) -> Result<Response, UpdateError> {
+        objects::check_finalizers_on_update(stored, &updated)
+            .map_err(|e| UpdateError::Api(invalid(target, name, e)))?;
+        let kv = self
+            .store
+            .update(
+                &target.key(),
+                encode(&updated).map_err(UpdateError::Api)?,
+                revision,
+            )
             .await
-            .map_err(|e| store_error(target, name, e))?;
-        Ok(Json(object).into_response())
+            .map_err(UpdateError::Store)?;
+        if objects::deletion_complete(&updated) {
+            match self
+                .store
+                .delete(&target.key(), Some(kv.mod_revision))
+                .await
+            {
+                Ok(_) | Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(UpdateError::Store(e)),
+            }
+        }
+        Ok(respond(
+            target,
+            objects::with_resource_version(updated, kv.mod_revision),
+        ))
     }
 
     /// Deleting a namespace deletes everything in it first.
@@ -819,6 +884,22 @@ fn namespace_object(mut object: Value) -> Value {
     }
     object["status"] = json!({"phase": "Active"});
     object
+}
+
+/// Why a store update failed: a refusal already phrased for the client, or a store error
+/// (kept apart so PATCH can retry on a conflict).
+enum UpdateError {
+    Api(ApiError),
+    Store(StoreError),
+}
+
+impl UpdateError {
+    fn into_api(self, target: &Target, name: &str) -> ApiError {
+        match self {
+            UpdateError::Api(e) => e,
+            UpdateError::Store(e) => store_error(target, name, e),
+        }
+    }
 }
 
 /// The response body for a write: the Scale for the scale subresource, else the object.

@@ -410,6 +410,39 @@ fn kubectl_manages_resources() {
     }
 }
 
+/// One request with curl and the admin certificate: the status code and the JSON body.
+fn api(
+    cluster: &Cluster,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let tls = cluster._dir.path().join("server/tls");
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "-X", method, "--cacert"])
+        .arg(tls.join("server-ca.crt"))
+        .arg("--cert")
+        .arg(tls.join("client-admin.crt"))
+        .arg("--key")
+        .arg(tls.join("client-admin.key"))
+        .args([
+            "-H",
+            &format!("Content-Type: {content_type}"),
+            "--data-binary",
+            body,
+        ])
+        .arg(format!("https://127.0.0.1:{}{path}", cluster.port))
+        .output()
+        .expect("curl");
+    let all = text(&out.stdout);
+    let (body, code) = all.rsplit_once('\n').expect("code");
+    (
+        code.parse().expect("code"),
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
 /// Raw requests (curl with the admin certificate) for what kubectl hides: status codes and
 /// bodies of errors, stale updates, watch from a resourceVersion.
 #[test]
@@ -417,31 +450,9 @@ fn api_errors_are_kubernetes_statuses() {
     let cluster = Cluster::start();
     let tls = cluster._dir.path().join("server/tls");
     let base = format!("https://127.0.0.1:{}", cluster.port);
-    let curl =
-        |method: &str, path: &str, content_type: &str, body: &str| -> (u16, serde_json::Value) {
-            let out = Command::new("curl")
-                .args(["-s", "-w", "\n%{http_code}", "-X", method, "--cacert"])
-                .arg(tls.join("server-ca.crt"))
-                .arg("--cert")
-                .arg(tls.join("client-admin.crt"))
-                .arg("--key")
-                .arg(tls.join("client-admin.key"))
-                .args([
-                    "-H",
-                    &format!("Content-Type: {content_type}"),
-                    "--data-binary",
-                    body,
-                ])
-                .arg(format!("{base}{path}"))
-                .output()
-                .expect("curl");
-            let all = text(&out.stdout);
-            let (body, code) = all.rsplit_once('\n').expect("code");
-            (
-                code.parse().expect("code"),
-                serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
-            )
-        };
+    let curl = |method: &str, path: &str, content_type: &str, body: &str| {
+        api(&cluster, method, path, content_type, body)
+    };
     let json = "application/json";
     let cms = "/api/v1/namespaces/default/configmaps";
 
@@ -663,4 +674,130 @@ fn python_client_works_unchanged() {
         text(&out.stderr)
     );
     assert!(text(&out.stdout).contains("python client: ok"));
+}
+
+#[test]
+fn deletion_honours_finalizers_propagation_and_grace() {
+    let cluster = Cluster::start();
+    let json = "application/json";
+    let merge = "application/merge-patch+json";
+    let cms = "/api/v1/namespaces/default/configmaps";
+
+    // A finalizer holds the object, marked, until it is removed.
+    let (code, _) = api(
+        &cluster,
+        "POST",
+        cms,
+        json,
+        r#"{"metadata":{"name":"held","finalizers":["example.com/hold"]}}"#,
+    );
+    assert_eq!(code, 201);
+    let (code, marked) = api(&cluster, "DELETE", &format!("{cms}/held"), json, "");
+    assert_eq!(code, 202, "{marked}");
+    assert!(
+        marked["metadata"]["deletionTimestamp"].is_string(),
+        "{marked}"
+    );
+    let (code, still) = api(&cluster, "GET", &format!("{cms}/held"), json, "");
+    assert_eq!(code, 200);
+    assert_eq!(
+        still["metadata"]["deletionTimestamp"],
+        marked["metadata"]["deletionTimestamp"]
+    );
+    let (code, refused) = api(
+        &cluster,
+        "PATCH",
+        &format!("{cms}/held"),
+        merge,
+        r#"{"metadata":{"finalizers":["example.com/hold","example.com/more"]}}"#,
+    );
+    assert_eq!(
+        (code, refused["reason"].as_str()),
+        (422, Some("Invalid")),
+        "{refused}"
+    );
+    let (code, _) = api(
+        &cluster,
+        "PATCH",
+        &format!("{cms}/held"),
+        merge,
+        r#"{"metadata":{"finalizers":null}}"#,
+    );
+    assert_eq!(code, 200);
+    let (code, _) = api(&cluster, "GET", &format!("{cms}/held"), json, "");
+    assert_eq!(
+        code, 404,
+        "the last finalizer's removal completes the deletion"
+    );
+
+    // Foreground and Orphan propagation leave their finalizers for the garbage collector.
+    let deployments = "/apis/apps/v1/namespaces/default/deployments";
+    for (name, policy, finalizer) in [
+        ("fg", "Foreground", "foregroundDeletion"),
+        ("or", "Orphan", "orphan"),
+    ] {
+        let (code, _) = api(
+            &cluster,
+            "POST",
+            deployments,
+            json,
+            &format!(r#"{{"metadata":{{"name":"{name}"}},"spec":{{"replicas":1}}}}"#),
+        );
+        assert_eq!(code, 201);
+        let (code, marked) = api(
+            &cluster,
+            "DELETE",
+            &format!("{deployments}/{name}"),
+            json,
+            &format!(r#"{{"propagationPolicy":"{policy}"}}"#),
+        );
+        assert_eq!(code, 202, "{marked}");
+        assert_eq!(
+            marked["metadata"]["finalizers"],
+            serde_json::json!([finalizer])
+        );
+    }
+    let (code, status) = api(
+        &cluster,
+        "DELETE",
+        &format!("{deployments}/fg"),
+        json,
+        r#"{"propagationPolicy":"Sideways"}"#,
+    );
+    assert_eq!((code, status["reason"].as_str()), (400, Some("BadRequest")));
+
+    // A pod bound to a node gets its grace period; the node's delete with grace 0 removes it.
+    let pods = "/api/v1/namespaces/default/pods";
+    let (code, _) = api(
+        &cluster,
+        "POST",
+        pods,
+        json,
+        r#"{"metadata":{"name":"p"},"spec":{"nodeName":"n1","terminationGracePeriodSeconds":20,"containers":[{"name":"c","image":"busybox"}]}}"#,
+    );
+    assert_eq!(code, 201);
+    let (code, terminating) = api(&cluster, "DELETE", &format!("{pods}/p"), json, "");
+    assert_eq!(code, 202);
+    assert_eq!(terminating["metadata"]["deletionGracePeriodSeconds"], 20);
+    let (code, _) = api(
+        &cluster,
+        "DELETE",
+        &format!("{pods}/p"),
+        json,
+        r#"{"gracePeriodSeconds":0}"#,
+    );
+    assert_eq!(code, 200);
+    let (code, _) = api(&cluster, "GET", &format!("{pods}/p"), json, "");
+    assert_eq!(code, 404);
+    // An unbound pod goes at once.
+    let (code, _) = api(
+        &cluster,
+        "POST",
+        pods,
+        json,
+        r#"{"metadata":{"name":"q"},"spec":{"containers":[{"name":"c","image":"busybox"}]}}"#,
+    );
+    assert_eq!(code, 201);
+    let (code, _) = api(&cluster, "DELETE", &format!("{pods}/q"), json, "");
+    assert_eq!(code, 200);
 }
