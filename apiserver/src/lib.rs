@@ -6,6 +6,7 @@
 //! `metav1.Status` errors ([`status`]), `/version` and the health endpoints ([`routes`]).
 
 pub mod auth;
+pub mod defaults;
 pub mod discovery;
 pub mod objects;
 pub mod patch;

@@ -154,6 +154,7 @@ pub fn prepare_create(
     meta.insert("uid".into(), json!(uid));
     meta.insert("creationTimestamp".into(), json!(now));
     meta.insert("generation".into(), json!(1));
+    crate::defaults::apply(def.kind, &mut object, true);
     Ok(object)
 }
 
@@ -215,6 +216,7 @@ pub fn prepare_update(
             }
         }
     }
+    crate::defaults::apply(def.kind, &mut object, false);
     let spec_changed = {
         let strip = |v: &Value| {
             let mut v = v.clone();

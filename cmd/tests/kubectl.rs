@@ -801,3 +801,50 @@ fn deletion_honours_finalizers_propagation_and_grace() {
     let (code, _) = api(&cluster, "DELETE", &format!("{pods}/q"), json, "");
     assert_eq!(code, 200);
 }
+
+#[test]
+fn created_objects_carry_kubernetes_defaults() {
+    let cluster = Cluster::start();
+    let json = "application/json";
+    let (code, deploy) = api(
+        &cluster,
+        "POST",
+        "/apis/apps/v1/namespaces/default/deployments",
+        json,
+        r#"{"metadata":{"name":"d"},"spec":{"selector":{"matchLabels":{"a":"b"}},"template":{"metadata":{"labels":{"a":"b"}},"spec":{"containers":[{"name":"c","image":"busybox"}]}}}}"#,
+    );
+    assert_eq!(code, 201, "{deploy}");
+    assert_eq!(deploy["spec"]["replicas"], 1);
+    assert_eq!(
+        deploy["spec"]["strategy"]["rollingUpdate"]["maxSurge"],
+        "25%"
+    );
+    assert_eq!(
+        deploy["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
+        "Always"
+    );
+    let (code, svc) = api(
+        &cluster,
+        "POST",
+        "/api/v1/namespaces/default/services",
+        json,
+        r#"{"metadata":{"name":"s"},"spec":{"selector":{"a":"b"},"ports":[{"port":80}]}}"#,
+    );
+    assert_eq!(code, 201, "{svc}");
+    assert_eq!(svc["spec"]["type"], "ClusterIP");
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 80);
+    let (code, pod) = api(
+        &cluster,
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        json,
+        r#"{"metadata":{"name":"p"},"spec":{"containers":[{"name":"c","image":"busybox:1.36"}]}}"#,
+    );
+    assert_eq!(code, 201, "{pod}");
+    assert_eq!(pod["status"]["phase"], "Pending");
+    assert_eq!(pod["spec"]["schedulerName"], "default-scheduler");
+    assert_eq!(
+        pod["spec"]["containers"][0]["imagePullPolicy"],
+        "IfNotPresent"
+    );
+}
