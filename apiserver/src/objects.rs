@@ -727,3 +727,86 @@ mod deletion_tests {
         assert_eq!(forced, Ok(DeleteAction::Remove));
     }
 }
+
+/// Applies a `Binding` to a pod: sets `spec.nodeName` and the `PodScheduled` condition.
+/// Refuses (with the message Kubernetes gives) a pod that is already bound or being deleted.
+pub fn bind_pod(pod: &Value, binding: &Value, now: &str) -> Result<Value, String> {
+    let name = pod
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let node = binding
+        .pointer("/target/name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| "a binding needs target.name (the node)".to_string())?;
+    if let Some(kind) = binding.pointer("/target/kind").and_then(Value::as_str) {
+        if !kind.is_empty() && kind != "Node" {
+            return Err(format!("a pod can only be bound to a Node, not a {kind}"));
+        }
+    }
+    if let Some(current) = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+    {
+        return Err(format!(
+            "pod {name} is already assigned to node \"{current}\""
+        ));
+    }
+    if pod
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|t| !t.is_null())
+    {
+        return Err(format!(
+            "pod {name} is being deleted, cannot be assigned to a host"
+        ));
+    }
+    let mut bound = pod.clone();
+    bound["spec"]["nodeName"] = json!(node);
+    let condition = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now});
+    let status = bound
+        .as_object_mut()
+        .map(|o| o.entry("status").or_insert_with(|| json!({})));
+    if let Some(Value::Object(status)) = status {
+        let conditions = status.entry("conditions").or_insert_with(|| json!([]));
+        if let Some(list) = conditions.as_array_mut() {
+            list.retain(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"));
+            list.push(condition);
+        }
+    }
+    if let Some(meta) = bound.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+    }
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod binding_tests {
+    use super::*;
+
+    #[test]
+    fn binding_sets_the_node_once() {
+        let pod = json!({"metadata": {"name": "p", "resourceVersion": "5"}, "spec": {}, "status": {"phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]}});
+        let bound = bind_pod(
+            &pod,
+            &json!({"target": {"kind": "Node", "name": "n1"}}),
+            "t",
+        )
+        .expect("bind");
+        assert_eq!(bound["spec"]["nodeName"], "n1");
+        assert_eq!(
+            bound["status"]["conditions"],
+            json!([{"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": "t"}])
+        );
+        assert!(bound["metadata"].get("resourceVersion").is_none());
+        let again = bind_pod(&bound, &json!({"target": {"name": "n2"}}), "t");
+        assert_eq!(
+            again,
+            Err("pod p is already assigned to node \"n1\"".to_string())
+        );
+        assert!(bind_pod(&pod, &json!({"target": {}}), "t").is_err());
+        assert!(bind_pod(&pod, &json!({"target": {"kind": "Pod", "name": "x"}}), "t").is_err());
+    }
+}

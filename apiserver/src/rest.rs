@@ -812,6 +812,34 @@ impl Api {
         ))
     }
 
+    /// `POST pods/<name>/binding`: assigns a pending pod to a node (what the scheduler does).
+    async fn bind(&self, target: &Target, name: &str, body: &Bytes) -> Result<Response, ApiError> {
+        let binding = parse_body(body)?;
+        let pod_target = Target {
+            subresource: None,
+            ..target.clone()
+        };
+        let current = self
+            .store
+            .get(&pod_target.key())
+            .await
+            .map_err(|e| store_error(target, name, e))?;
+        let current = current.ok_or_else(|| not_found(&pod_target, name))?;
+        let pod = decode(&current)?;
+        let bound = objects::bind_pod(&pod, &binding, &now()).map_err(|m| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!("Operation cannot be fulfilled on pods/binding \"{name}\": {m}"),
+            )
+        })?;
+        self.store
+            .update(&pod_target.key(), encode(&bound)?, current.mod_revision)
+            .await
+            .map_err(|e| store_error(&pod_target, name, e))?;
+        Ok((StatusCode::CREATED, Json(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}))).into_response())
+    }
+
     /// Deleting a namespace deletes everything in it first.
     async fn delete_namespace_contents(&self, ns: &str) -> Result<(), ApiError> {
         for def in catalog::BUILTIN.iter().filter(|d| d.namespaced) {
@@ -990,6 +1018,9 @@ pub async fn handle(
         }
         (&Method::GET, None) => api.list(&target, query, accept).await,
         (&Method::POST, None) => api.create(&target, query, body).await,
+        (&Method::POST, Some(name)) if target.subresource.as_deref() == Some("binding") => {
+            api.bind(&target, name, body).await
+        }
         (&Method::PUT, Some(name)) => api.update(&target, name, query, body).await,
         (&Method::PATCH, Some(name)) => api.patch(&target, name, query, headers, body).await,
         (&Method::DELETE, Some(name)) => api.delete(&target, name, query, body).await,

@@ -848,3 +848,59 @@ fn created_objects_carry_kubernetes_defaults() {
         "IfNotPresent"
     );
 }
+
+#[test]
+fn pods_are_bound_through_the_binding_subresource() {
+    let cluster = Cluster::start();
+    let json = "application/json";
+    let pods = "/api/v1/namespaces/default/pods";
+    let (code, _) = api(
+        &cluster,
+        "POST",
+        pods,
+        json,
+        r#"{"metadata":{"name":"p"},"spec":{"containers":[{"name":"c","image":"busybox"}]}}"#,
+    );
+    assert_eq!(code, 201);
+    let binding = r#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"p"},"target":{"apiVersion":"v1","kind":"Node","name":"node-1"}}"#;
+    let (code, status) = api(
+        &cluster,
+        "POST",
+        &format!("{pods}/p/binding"),
+        json,
+        binding,
+    );
+    assert_eq!(code, 201, "{status}");
+    let (_, pod) = api(&cluster, "GET", &format!("{pods}/p"), json, "");
+    assert_eq!(pod["spec"]["nodeName"], "node-1");
+    assert_eq!(pod["status"]["conditions"][0]["type"], "PodScheduled");
+    let (code, status) = api(
+        &cluster,
+        "POST",
+        &format!("{pods}/p/binding"),
+        json,
+        binding,
+    );
+    assert_eq!(
+        (code, status["reason"].as_str()),
+        (409, Some("Conflict")),
+        "{status}"
+    );
+    let (code, _) = api(
+        &cluster,
+        "POST",
+        &format!("{pods}/nope/binding"),
+        json,
+        binding,
+    );
+    assert_eq!(code, 404);
+    // Pods scheduled to a node are found by field selector, as agents list them.
+    let (_, list) = api(
+        &cluster,
+        "GET",
+        &format!("{pods}?fieldSelector=spec.nodeName%3Dnode-1"),
+        json,
+        "",
+    );
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1));
+}
