@@ -430,7 +430,9 @@ impl Api {
         let rv = revision.to_string();
         let token = next_token.map(|t| t.encode());
         if table::wants_table(accept) {
-            return Ok(Json(table::table(&items, &rv, token.as_deref())).into_response());
+            return Ok(
+                Json(table::table(target.def.kind, &items, &rv, token.as_deref())).into_response(),
+            );
         }
         let mut metadata = json!({"resourceVersion": rv});
         if let Some(token) = token {

@@ -63,14 +63,320 @@ fn age(object: &Value, now: OffsetDateTime) -> String {
         )
 }
 
-/// A Table of `objects` (already carrying their resourceVersions).
-pub fn table(objects: &[Value], resource_version: &str, continue_token: Option<&str>) -> Value {
+fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
+    object
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+fn int_at(object: &Value, pointer: &str) -> i64 {
+    object.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn or_none(text: String) -> String {
+    if text.is_empty() {
+        "<none>".into()
+    } else {
+        text
+    }
+}
+
+fn array<'a>(object: &'a Value, pointer: &str) -> &'a [Value] {
+    object
+        .pointer(pointer)
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+fn label_selector(object: &Value, pointer: &str) -> String {
+    let Some(map) = object.pointer(pointer).and_then(Value::as_object) else {
+        return String::new();
+    };
+    map.iter()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn containers_and_images(object: &Value, pointer: &str) -> (String, String) {
+    let containers = array(object, pointer);
+    let names = containers
+        .iter()
+        .map(|c| str_at(c, "/name"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let images = containers
+        .iter()
+        .map(|c| str_at(c, "/image"))
+        .collect::<Vec<_>>()
+        .join(",");
+    (names, images)
+}
+
+/// A column: name, type, and whether it shows only with `-o wide`.
+type Column = (&'static str, &'static str, bool);
+
+fn columns(kind: &str) -> Vec<Column> {
+    let base: &[Column] = match kind {
+        "Pod" => &[
+            ("Ready", "string", false),
+            ("Status", "string", false),
+            ("Restarts", "string", false),
+            ("Age", "string", false),
+            ("IP", "string", true),
+            ("Node", "string", true),
+            ("Nominated Node", "string", true),
+            ("Readiness Gates", "string", true),
+        ],
+        "Deployment" => &[
+            ("Ready", "string", false),
+            ("Up-to-date", "integer", false),
+            ("Available", "integer", false),
+            ("Age", "string", false),
+            ("Containers", "string", true),
+            ("Images", "string", true),
+            ("Selector", "string", true),
+        ],
+        "ReplicaSet" => &[
+            ("Desired", "integer", false),
+            ("Current", "integer", false),
+            ("Ready", "integer", false),
+            ("Age", "string", false),
+            ("Containers", "string", true),
+            ("Images", "string", true),
+            ("Selector", "string", true),
+        ],
+        "Service" => &[
+            ("Type", "string", false),
+            ("Cluster-IP", "string", false),
+            ("External-IP", "string", false),
+            ("Port(s)", "string", false),
+            ("Age", "string", false),
+            ("Selector", "string", true),
+        ],
+        "Node" => &[
+            ("Status", "string", false),
+            ("Roles", "string", false),
+            ("Age", "string", false),
+            ("Version", "string", false),
+            ("Internal-IP", "string", true),
+            ("External-IP", "string", true),
+            ("OS-Image", "string", true),
+            ("Kernel-Version", "string", true),
+            ("Container-Runtime", "string", true),
+        ],
+        "Namespace" => &[("Status", "string", false), ("Age", "string", false)],
+        "ConfigMap" => &[("Data", "integer", false), ("Age", "string", false)],
+        "Secret" => &[
+            ("Type", "string", false),
+            ("Data", "integer", false),
+            ("Age", "string", false),
+        ],
+        _ => &[("Age", "string", false)],
+    };
+    let mut all = vec![("Name", "string", false)];
+    all.extend_from_slice(base);
+    all
+}
+
+fn pod_cells(o: &Value) -> Vec<Value> {
+    let statuses = array(o, "/status/containerStatuses");
+    let total = array(o, "/spec/containers").len();
+    let ready = statuses
+        .iter()
+        .filter(|s| s.get("ready").and_then(Value::as_bool) == Some(true))
+        .count();
+    let restarts: i64 = statuses.iter().map(|s| int_at(s, "/restartCount")).sum();
+    let mut status = str_at(o, "/status/phase").to_string();
+    if let Some(reason) = o.pointer("/status/reason").and_then(Value::as_str) {
+        status = reason.to_string();
+    }
+    for s in statuses {
+        let waiting = str_at(s, "/state/waiting/reason");
+        let terminated = str_at(s, "/state/terminated/reason");
+        if !waiting.is_empty() {
+            status = waiting.to_string();
+        } else if !terminated.is_empty() && status != "Succeeded" {
+            status = terminated.to_string();
+        }
+    }
+    if o.pointer("/metadata/deletionTimestamp")
+        .is_some_and(|t| !t.is_null())
+    {
+        status = "Terminating".into();
+    }
+    vec![
+        json!(format!("{ready}/{total}")),
+        json!(status),
+        json!(restarts.to_string()),
+        Value::Null,
+        json!(or_none(str_at(o, "/status/podIP").to_string())),
+        json!(or_none(str_at(o, "/spec/nodeName").to_string())),
+        json!(or_none(str_at(o, "/status/nominatedNodeName").to_string())),
+        json!("<none>"),
+    ]
+}
+
+fn service_cells(o: &Value) -> Vec<Value> {
+    let service_type = str_at(o, "/spec/type");
+    let external: Vec<String> = if service_type == "ExternalName" {
+        vec![str_at(o, "/spec/externalName").to_string()]
+    } else {
+        let mut ips: Vec<String> = array(o, "/spec/externalIPs")
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect();
+        ips.extend(array(o, "/status/loadBalancer/ingress").iter().map(|i| {
+            let ip = str_at(i, "/ip");
+            if ip.is_empty() {
+                str_at(i, "/hostname").to_string()
+            } else {
+                ip.to_string()
+            }
+        }));
+        if ips.is_empty() && service_type == "LoadBalancer" {
+            ips.push("<pending>".into());
+        }
+        ips
+    };
+    let ports = array(o, "/spec/ports")
+        .iter()
+        .map(|p| {
+            let protocol = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+            match p.get("nodePort").and_then(Value::as_i64) {
+                Some(node_port) => format!("{}:{node_port}/{protocol}", int_at(p, "/port")),
+                None => format!("{}/{protocol}", int_at(p, "/port")),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    vec![
+        json!(service_type),
+        json!(or_none(str_at(o, "/spec/clusterIP").to_string())),
+        json!(or_none(external.join(","))),
+        json!(or_none(ports)),
+        Value::Null,
+        json!(or_none(label_selector(o, "/spec/selector"))),
+    ]
+}
+
+fn node_cells(o: &Value) -> Vec<Value> {
+    let ready = array(o, "/status/conditions")
+        .iter()
+        .find(|c| str_at(c, "/type") == "Ready")
+        .map(|c| str_at(c, "/status"));
+    let mut status = match ready {
+        Some("True") => "Ready".to_string(),
+        Some("False") => "NotReady".to_string(),
+        _ => "Unknown".to_string(),
+    };
+    if o.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
+        status.push_str(",SchedulingDisabled");
+    }
+    let roles: Vec<&str> = o
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .map(|labels| {
+            labels
+                .keys()
+                .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let address = |kind: &str| {
+        array(o, "/status/addresses")
+            .iter()
+            .find(|a| str_at(a, "/type") == kind)
+            .map(|a| str_at(a, "/address").to_string())
+            .unwrap_or_default()
+    };
+    vec![
+        json!(status),
+        json!(or_none(roles.join(","))),
+        Value::Null,
+        json!(str_at(o, "/status/nodeInfo/kubeletVersion")),
+        json!(or_none(address("InternalIP"))),
+        json!(or_none(address("ExternalIP"))),
+        json!(str_at(o, "/status/nodeInfo/osImage")),
+        json!(str_at(o, "/status/nodeInfo/kernelVersion")),
+        json!(str_at(o, "/status/nodeInfo/containerRuntimeVersion")),
+    ]
+}
+
+/// The cells of one row; `Value::Null` marks where the age goes.
+fn kind_cells(kind: &str, o: &Value) -> Vec<Value> {
+    let count = |pointer: &str| {
+        o.pointer(pointer)
+            .and_then(Value::as_object)
+            .map_or(0, |m| m.len())
+    };
+    match kind {
+        "Pod" => pod_cells(o),
+        "Deployment" => {
+            let (containers, images) = containers_and_images(o, "/spec/template/spec/containers");
+            vec![
+                json!(format!(
+                    "{}/{}",
+                    int_at(o, "/status/readyReplicas"),
+                    int_at(o, "/spec/replicas")
+                )),
+                json!(int_at(o, "/status/updatedReplicas")),
+                json!(int_at(o, "/status/availableReplicas")),
+                Value::Null,
+                json!(containers),
+                json!(images),
+                json!(label_selector(o, "/spec/selector/matchLabels")),
+            ]
+        }
+        "ReplicaSet" => {
+            let (containers, images) = containers_and_images(o, "/spec/template/spec/containers");
+            vec![
+                json!(int_at(o, "/spec/replicas")),
+                json!(int_at(o, "/status/replicas")),
+                json!(int_at(o, "/status/readyReplicas")),
+                Value::Null,
+                json!(containers),
+                json!(images),
+                json!(label_selector(o, "/spec/selector/matchLabels")),
+            ]
+        }
+        "Service" => service_cells(o),
+        "Node" => node_cells(o),
+        "Namespace" => vec![json!(str_at(o, "/status/phase")), Value::Null],
+        "ConfigMap" => vec![json!(count("/data") + count("/binaryData")), Value::Null],
+        "Secret" => vec![
+            json!(str_at(o, "/type")),
+            json!(count("/data")),
+            Value::Null,
+        ],
+        _ => vec![Value::Null],
+    }
+}
+
+/// A Table of `objects` of `kind` (already carrying their resourceVersions), with kubectl's
+/// default columns for the kind (and its `-o wide` ones at priority 1).
+pub fn table(
+    kind: &str,
+    objects: &[Value],
+    resource_version: &str,
+    continue_token: Option<&str>,
+) -> Value {
     let now = OffsetDateTime::now_utc();
     let rows: Vec<Value> = objects
         .iter()
         .map(|o| {
+            let mut cells = vec![o.pointer("/metadata/name").cloned().unwrap_or(Value::Null)];
+            cells.extend(kind_cells(kind, o).into_iter().map(|c| {
+                if c.is_null() {
+                    json!(age(o, now))
+                } else {
+                    c
+                }
+            }));
             json!({
-                "cells": [o.pointer("/metadata/name").cloned().unwrap_or(Value::Null), age(o, now)],
+                "cells": cells,
                 "object": {
                     "kind": "PartialObjectMetadata",
                     "apiVersion": "meta.k8s.io/v1",
@@ -83,14 +389,18 @@ pub fn table(objects: &[Value], resource_version: &str, continue_token: Option<&
     if let Some(token) = continue_token {
         metadata["continue"] = json!(token);
     }
+    let column_definitions: Vec<Value> = columns(kind)
+        .into_iter()
+        .map(|(name, kind, wide)| {
+            json!({"name": name, "type": kind, "format": if name == "Name" { "name" } else { "" },
+                   "description": "", "priority": i32::from(wide)})
+        })
+        .collect();
     json!({
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
         "metadata": metadata,
-        "columnDefinitions": [
-            {"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0},
-            {"name": "Age", "type": "string", "format": "", "description": "CreationTimestamp is a timestamp representing the server time when this object was created.", "priority": 0},
-        ],
+        "columnDefinitions": column_definitions,
         "rows": rows,
     })
 }
@@ -117,6 +427,54 @@ mod tests {
         for (seconds, want) in cases {
             assert_eq!(human_duration(seconds), want, "{seconds}");
         }
+    }
+
+    #[test]
+    fn rows_have_one_cell_per_column() {
+        let pod = json!({"metadata": {"name": "p", "creationTimestamp": "2020-01-01T00:00:00Z"},
+            "spec": {"nodeName": "n1", "containers": [{"name": "a"}, {"name": "b"}]},
+            "status": {"phase": "Running", "podIP": "10.42.0.5", "containerStatuses": [
+                {"name": "a", "ready": true, "restartCount": 2, "state": {"running": {}}},
+                {"name": "b", "ready": false, "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}});
+        let svc = json!({"metadata": {"name": "s"}, "spec": {"type": "NodePort", "clusterIP": "10.43.0.9",
+            "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}], "selector": {"app": "web"}}});
+        for (kind, object) in [
+            ("Pod", &pod),
+            ("Service", &svc),
+            ("Node", &json!({})),
+            ("Deployment", &json!({})),
+            ("ReplicaSet", &json!({})),
+            ("Namespace", &json!({})),
+            ("ConfigMap", &json!({})),
+            ("Secret", &json!({})),
+            ("Lease", &json!({})),
+        ] {
+            let t = table(kind, std::slice::from_ref(object), "1", None);
+            assert_eq!(
+                t["rows"][0]["cells"].as_array().map(Vec::len),
+                t["columnDefinitions"].as_array().map(Vec::len),
+                "{kind}"
+            );
+        }
+        let pod_table = table("Pod", &[pod], "1", None);
+        let cells = pod_table["rows"][0]["cells"].as_array().expect("cells");
+        assert_eq!(
+            cells[1..4],
+            [json!("1/2"), json!("CrashLoopBackOff"), json!("3")]
+        );
+        assert_eq!(cells[5..7], [json!("10.42.0.5"), json!("n1")]);
+        let svc_table = table("Service", &[svc], "1", None);
+        let cells = svc_table["rows"][0]["cells"].as_array().expect("cells");
+        assert_eq!(
+            cells[1..5],
+            [
+                json!("NodePort"),
+                json!("10.43.0.9"),
+                json!("<none>"),
+                json!("80:30080/TCP,53/UDP")
+            ]
+        );
+        assert_eq!(cells[6], json!("app=web"));
     }
 
     #[test]

@@ -102,9 +102,9 @@ fn line(event_type: &str, object: Value) -> Bytes {
     Bytes::from(text)
 }
 
-fn present(request: &WatchRequest, object: Value) -> Value {
+fn present(request: &WatchRequest, kind: &str, object: Value) -> Value {
     if request.as_table {
-        table::table(&[object], "", None)
+        table::table(kind, &[object], "", None)
     } else {
         object
     }
@@ -179,7 +179,7 @@ pub async fn watch(
     tokio::spawn(async move {
         for object in initial {
             if tx
-                .send(line("ADDED", present(&request, object)))
+                .send(line("ADDED", present(&request, kind, object)))
                 .await
                 .is_err()
             {
@@ -235,7 +235,7 @@ pub async fn watch(
                             _ => continue,
                         },
                     };
-                    if tx.send(line(event_type, present(&request, object))).await.is_err() {
+                    if tx.send(line(event_type, present(&request, kind, object))).await.is_err() {
                         return;
                     }
                 }
