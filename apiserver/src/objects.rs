@@ -226,7 +226,12 @@ pub fn prepare_update(
             }
             v
         };
-        strip(existing) != strip(&object)
+        {
+            // Compare like with like: the stored object as it would be defaulted today.
+            let mut before = existing.clone();
+            crate::defaults::apply(def.kind, &mut before, false);
+            strip(&before) != strip(&object)
+        }
     };
     let generation = old_meta
         .get("generation")
