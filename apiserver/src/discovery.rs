@@ -25,9 +25,15 @@ pub fn api_versions(server_address: &str) -> Value {
     })
 }
 
-/// `/apis`.
-pub fn api_groups() -> Value {
-    let groups: Vec<Value> = catalog::groups()
+/// `/apis`, with the groups of the served custom resources after the built-in ones.
+pub fn api_groups(custom: &[&'static ResourceDef]) -> Value {
+    let mut group_versions = catalog::groups();
+    for def in custom {
+        if !group_versions.contains(&(def.group, def.version)) {
+            group_versions.push((def.group, def.version));
+        }
+    }
+    let groups: Vec<Value> = group_versions
         .into_iter()
         .map(|(group, version)| {
             let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
@@ -55,9 +61,10 @@ fn entry(def: &ResourceDef) -> Value {
 }
 
 /// `/api/v1` or `/apis/<group>/<version>`, or `None` if nothing is served there.
-pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+pub fn resource_list(group: &str, version: &str, custom: &[&'static ResourceDef]) -> Option<Value> {
     let defs: Vec<&ResourceDef> = catalog::BUILTIN
         .iter()
+        .chain(custom.iter().copied())
         .filter(|d| d.group == group && d.version == version)
         .collect();
     if defs.is_empty() {

@@ -6,6 +6,7 @@
 //! `metav1.Status` errors ([`status`]), `/version` and the health endpoints ([`routes`]).
 
 pub mod auth;
+pub mod crd;
 pub mod defaults;
 pub mod discovery;
 pub mod objects;
@@ -13,6 +14,7 @@ pub mod patch;
 pub mod pki;
 pub mod rest;
 pub mod routes;
+pub mod schema;
 pub mod selectors;
 pub mod server;
 pub mod status;

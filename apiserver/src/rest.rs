@@ -26,6 +26,8 @@ use crate::table;
 /// The API's shared state.
 pub struct Api {
     pub store: Arc<dyn Store>,
+    /// The custom resources CRDs define.
+    pub crds: Arc<crate::crd::CrdRegistry>,
     /// `host:port` clients reach this server at (for `/api`).
     pub server_address: String,
 }
@@ -85,13 +87,21 @@ fn has_subresource(def: &ResourceDef, sub: &str) -> bool {
     }
 }
 
-/// Parses the part of a resource URL after `/api/v1/` or `/apis/<group>/<version>/`.
+/// Parses the part of a resource URL after `/api/v1/` or `/apis/<group>/<version>/` for the
+/// built-in kinds.
 pub fn parse_target(group: &str, version: &str, rest: &str) -> Option<Target> {
+    parse_target_with(&|plural| catalog::find(group, version, plural), rest)
+}
+
+/// Parses a resource URL with `find` naming the resources of its group-version.
+pub fn parse_target_with(
+    find: &dyn Fn(&str) -> Option<&'static ResourceDef>,
+    rest: &str,
+) -> Option<Target> {
     let segs: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
     if segs.iter().any(|s| s.is_empty()) {
         return None;
     }
-    let find = |plural: &str| catalog::find(group, version, plural);
     let owned = |s: &str| Some(s.to_string());
     let target = match segs.as_slice() {
         ["namespaces", ns, plural, rest @ ..] if find(plural).is_some_and(|d| d.namespaced) => {
@@ -477,6 +487,8 @@ impl Api {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
+        let mut object = object;
+        self.validate_custom(target, &name, &mut object)?;
         if let Some(ns) = target
             .namespace
             .as_deref()
@@ -568,6 +580,8 @@ impl Api {
             Some("scale") if target.def.scale => with_replicas(target, name, &stored, &object)?,
             Some(other) => return Err(ApiError::not_found_path(other)),
         };
+        let mut updated = updated;
+        self.validate_custom(target, name, &mut updated)?;
         if dry_run(query)? {
             return Ok(Json(objects::with_resource_version(
                 updated,
@@ -645,6 +659,8 @@ impl Api {
                 Some("scale") => with_replicas(target, name, &stored, &patched)?,
                 Some(other) => return Err(ApiError::not_found_path(other)),
             };
+            let mut updated = updated;
+            self.validate_custom(target, name, &mut updated)?;
             if dry_run(query)? {
                 return Ok(respond(
                     target,
@@ -750,6 +766,9 @@ impl Api {
                 if target.def.kind == "Namespace" {
                     self.delete_namespace_contents(name).await?;
                 }
+                if target.def.kind == "CustomResourceDefinition" {
+                    self.delete_custom_objects(&object).await?;
+                }
                 self.store
                     .delete(&target.key(), Some(current.mod_revision))
                     .await
@@ -842,9 +861,81 @@ impl Api {
         Ok((StatusCode::CREATED, Json(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}))).into_response())
     }
 
+    /// Checks a custom object against its CRD's schema, pruning unknown fields.
+    fn validate_custom(
+        &self,
+        target: &Target,
+        name: &str,
+        object: &mut Value,
+    ) -> Result<(), ApiError> {
+        let def = target.def;
+        let Some(schema) = self
+            .crds
+            .find(def.group, def.version, def.plural)
+            .and_then(|s| s.schema)
+        else {
+            return Ok(());
+        };
+        let violations = crate::schema::validate(&schema, object);
+        if violations.is_empty() {
+            return Ok(());
+        }
+        let message = violations
+            .iter()
+            .map(|v| format!("{}: {}", v.field, v.message))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut e = ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            format!(
+                "{}.{} \"{name}\" is invalid: {message}",
+                def.plural, def.group
+            ),
+        );
+        e.details = Some(json!({
+            "name": name, "group": def.group, "kind": def.kind,
+            "causes": violations.iter().map(|v| json!({"reason": "FieldValueInvalid", "message": v.message, "field": v.field})).collect::<Vec<_>>(),
+        }));
+        Err(e)
+    }
+
+    /// Deleting a CRD deletes the objects it defined.
+    async fn delete_custom_objects(&self, crd: &Value) -> Result<(), ApiError> {
+        let Ok(served) = crate::crd::served_versions(crd) else {
+            return Ok(());
+        };
+        let Some(first) = served.first() else {
+            return Ok(());
+        };
+        let target = Target {
+            def: first.def,
+            namespace: None,
+            name: None,
+            subresource: None,
+        };
+        let page = self
+            .store
+            .range(RangeRequest::prefix(first.def.key_prefix()))
+            .await
+            .map_err(|e| store_error(&target, "", e))?;
+        for kv in page.kvs {
+            match self.store.delete(&kv.key, None).await {
+                Ok(_) | Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(store_error(&target, &kv.key, e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Deleting a namespace deletes everything in it first.
     async fn delete_namespace_contents(&self, ns: &str) -> Result<(), ApiError> {
-        for def in catalog::BUILTIN.iter().filter(|d| d.namespaced) {
+        let custom = self.crds.all();
+        for def in catalog::BUILTIN
+            .iter()
+            .chain(custom)
+            .filter(|d| d.namespaced)
+        {
             let target = Target {
                 def,
                 namespace: Some(ns.into()),
@@ -984,8 +1075,28 @@ fn scale_of(object: &Value) -> Value {
     })
 }
 
-/// Dispatches one resource request.
+/// Dispatches one resource request; a successful write to a CRD reloads the served custom
+/// resources at once.
 pub async fn handle(
+    api: &Api,
+    method: &Method,
+    target: Target,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let is_crd =
+        target.def.kind == "CustomResourceDefinition" && target.def.group == "apiextensions.k8s.io";
+    let response = dispatch(api, method, target, query, headers, body).await?;
+    if is_crd && *method != Method::GET {
+        if let Err(err) = api.crds.reload(api.store.as_ref()).await {
+            tracing::warn!(%err, "reloading CustomResourceDefinitions failed");
+        }
+    }
+    Ok(response)
+}
+
+async fn dispatch(
     api: &Api,
     method: &Method,
     target: Target,
@@ -1061,7 +1172,11 @@ pub async fn grouped(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(target) = parse_target(&group, &version, &rest) else {
+    let find = |plural: &str| {
+        catalog::find(&group, &version, plural)
+            .or_else(|| api.crds.find(&group, &version, plural).map(|s| s.def))
+    };
+    let Some(target) = parse_target_with(&find, &rest) else {
         return ApiError::not_found_path(&format!("/apis/{group}/{version}/{rest}"))
             .into_response();
     };

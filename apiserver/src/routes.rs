@@ -63,15 +63,19 @@ pub fn router(api: Arc<Api>) -> Router {
                 Json(discovery::api_versions(&api.server_address))
             }),
         )
-        .route("/apis", get(|| async { Json(discovery::api_groups()) }))
-        .route("/api/v1", get(|| async { group_version("", "v1") }))
+        .route(
+            "/apis",
+            get(|State(api): State<Arc<Api>>| async move { Json(discovery::api_groups(&api.crds.all())) }),
+        )
+        .route(
+            "/api/v1",
+            get(|State(api): State<Arc<Api>>| async move { group_version(&api, "", "v1") }),
+        )
         .route(
             "/apis/{group}/{version}",
-            get(
-                |Path((group, version)): Path<(String, String)>| async move {
-                    group_version(&group, &version)
-                },
-            ),
+            get(|State(api): State<Arc<Api>>, Path((group, version)): Path<(String, String)>| async move {
+                group_version(&api, &group, &version)
+            }),
         )
         .route("/api/v1/{*rest}", any(rest::core))
         .route("/apis/{group}/{version}/{*rest}", any(rest::grouped))
@@ -84,8 +88,8 @@ pub fn router(api: Arc<Api>) -> Router {
 /// Request bodies larger than this are refused (Kubernetes' own limit is 3 MiB).
 const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
-fn group_version(group: &str, version: &str) -> Response {
-    match discovery::resource_list(group, version) {
+fn group_version(api: &Api, group: &str, version: &str) -> Response {
+    match discovery::resource_list(group, version, &api.crds.all()) {
         Some(list) => Json(list).into_response(),
         None => ApiError::not_found_path(&format!("/apis/{group}/{version}")).into_response(),
     }

@@ -48,8 +48,15 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             .with_context(|| format!("writing the kubeconfig {}", path.display()))?;
     }
 
+    let store_handle: Arc<dyn Store> = Arc::new(store.clone());
+    let crds = Arc::new(shoal_apiserver::crd::CrdRegistry::default());
+    crds.reload(store_handle.as_ref())
+        .await
+        .context("loading CustomResourceDefinitions")?;
+    tokio::spawn(Arc::clone(&crds).follow(Arc::clone(&store_handle)));
     let api = Arc::new(Api {
-        store: Arc::new(store.clone()),
+        crds,
+        store: store_handle,
         server_address: format!("{}:{}", client_ip(advertise), args.https_listen_port),
     });
     api.bootstrap()

@@ -904,3 +904,142 @@ fn pods_are_bound_through_the_binding_subresource() {
     );
     assert_eq!(list["items"].as_array().map(Vec::len), Some(1));
 }
+
+const CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {kind: Widget, plural: widgets, singular: widget, shortNames: [wg]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            required: [size]
+            properties:
+              size: {type: integer, minimum: 1}
+          status:
+            type: object
+            properties:
+              ready: {type: boolean}
+"#;
+
+#[test]
+fn custom_resources_are_served_from_their_definitions() {
+    let kubectls = kubectls();
+    let cluster = Cluster::start();
+    let dir = cluster._dir.path();
+    std::fs::write(dir.join("crd.yaml"), CRD).expect("crd");
+    std::fs::write(dir.join("good.yaml"), "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w1}\nspec: {size: 3, unknown: x}\n").expect("good");
+    std::fs::write(
+        dir.join("bad.yaml"),
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w2}\nspec: {size: 0}\n",
+    )
+    .expect("bad");
+    let path = |f: &str| dir.join(f).to_str().expect("path").to_string();
+    for kubectl in &kubectls {
+        let k = |args: &[&str]| cluster.kubectl(kubectl, &cluster.kubeconfig, args);
+        ok(
+            k(&["apply", "--validate=false", "-f", &path("crd.yaml")]),
+            "apply crd",
+        );
+        ok(
+            k(&[
+                "wait",
+                "--for",
+                "condition=established",
+                "crd/widgets.example.com",
+                "--timeout=20s",
+            ]),
+            "wait established",
+        );
+        ok(
+            k(&["apply", "--validate=false", "-f", &path("good.yaml")]),
+            "apply widget",
+        );
+        let spec = ok(
+            k(&["get", "wg", "w1", "-o", "jsonpath={.spec}"]),
+            "get by short name",
+        );
+        assert_eq!(spec, r#"{"size":3}"#, "unknown fields are pruned");
+        let bad = k(&["apply", "--validate=false", "-f", &path("bad.yaml")]);
+        assert!(!bad.status.success());
+        assert!(
+            text(&bad.stderr).contains("spec.size"),
+            "{}",
+            text(&bad.stderr)
+        );
+        let resources = ok(
+            k(&["api-resources", "--api-group=example.com", "-o", "name"]),
+            "api-resources",
+        );
+        assert_eq!(resources.trim(), "widgets.example.com");
+
+        // The status subresource is separate from the main resource.
+        let (code, _) = api(
+            &cluster,
+            "PATCH",
+            "/apis/example.com/v1/namespaces/default/widgets/w1/status",
+            "application/merge-patch+json",
+            r#"{"status":{"ready":true},"spec":{"size":9}}"#,
+        );
+        assert_eq!(code, 200);
+        let (_, widget) = api(
+            &cluster,
+            "GET",
+            "/apis/example.com/v1/namespaces/default/widgets/w1",
+            "application/json",
+            "",
+        );
+        assert_eq!(
+            (
+                widget["status"]["ready"].as_bool(),
+                widget["spec"]["size"].as_i64()
+            ),
+            (Some(true), Some(3))
+        );
+
+        // Deleting the definition stops serving the kind and deletes its objects.
+        ok(k(&["delete", "crd", "widgets.example.com"]), "delete crd");
+        let (code, _) = api(
+            &cluster,
+            "GET",
+            "/apis/example.com/v1/namespaces/default/widgets",
+            "application/json",
+            "",
+        );
+        assert_eq!(code, 404);
+        ok(
+            k(&["apply", "--validate=false", "-f", &path("crd.yaml")]),
+            "re-create crd",
+        );
+        ok(
+            k(&[
+                "wait",
+                "--for",
+                "condition=established",
+                "crd/widgets.example.com",
+                "--timeout=20s",
+            ]),
+            "wait established",
+        );
+        let (_, list) = api(
+            &cluster,
+            "GET",
+            "/apis/example.com/v1/namespaces/default/widgets",
+            "application/json",
+            "",
+        );
+        assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "{list}");
+        ok(k(&["delete", "crd", "widgets.example.com"]), "clean up");
+    }
+}
