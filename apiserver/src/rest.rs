@@ -489,6 +489,7 @@ impl Api {
             .to_string();
         let mut object = object;
         self.validate_custom(target, &name, &mut object)?;
+        let (object, warnings) = self.validate_fields(target, query, object)?;
         if let Some(ns) = target
             .namespace
             .as_deref()
@@ -511,18 +512,22 @@ impl Api {
             ..target.clone()
         };
         if dry_run(query)? {
-            return Ok((StatusCode::CREATED, Json(object)).into_response());
+            return Ok(warn(
+                (StatusCode::CREATED, Json(object)).into_response(),
+                &warnings,
+            ));
         }
         let kv = self
             .store
             .create(&stored.key(), encode(&object)?)
             .await
             .map_err(|e| store_error(target, &name, e))?;
-        Ok((
+        let response = (
             StatusCode::CREATED,
             Json(objects::with_resource_version(object, kv.mod_revision)),
         )
-            .into_response())
+            .into_response();
+        Ok(warn(response, &warnings))
     }
 
     async fn update(
@@ -582,15 +587,18 @@ impl Api {
         };
         let mut updated = updated;
         self.validate_custom(target, name, &mut updated)?;
+        let (updated, warnings) = self.validate_fields(target, query, updated)?;
         if dry_run(query)? {
-            return Ok(Json(objects::with_resource_version(
+            let response = Json(objects::with_resource_version(
                 updated,
                 current.mod_revision,
             ))
-            .into_response());
+            .into_response();
+            return Ok(warn(response, &warnings));
         }
         self.store_update(target, name, &stored, updated, current.mod_revision)
             .await
+            .map(|response| warn(response, &warnings))
             .map_err(|e| e.into_api(target, name))
     }
 
@@ -661,17 +669,19 @@ impl Api {
             };
             let mut updated = updated;
             self.validate_custom(target, name, &mut updated)?;
+            let (updated, warnings) = self.validate_fields(target, query, updated)?;
             if dry_run(query)? {
-                return Ok(respond(
+                let response = respond(
                     target,
                     objects::with_resource_version(updated, current.mod_revision),
-                ));
+                );
+                return Ok(warn(response, &warnings));
             }
             match self
                 .store_update(target, name, &stored, updated, current.mod_revision)
                 .await
             {
-                Ok(response) => return Ok(response),
+                Ok(response) => return Ok(warn(response, &warnings)),
                 Err(UpdateError::Store(StoreError::Conflict { .. })) => continue,
                 Err(e) => return Err(e.into_api(target, name)),
             }
@@ -861,6 +871,42 @@ impl Api {
         Ok((StatusCode::CREATED, Json(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}))).into_response())
     }
 
+    /// Server-side field validation of a built-in kind (see [`crate::typed`]): returns the
+    /// object to store and the warnings to send.
+    fn validate_fields(
+        &self,
+        target: &Target,
+        query: &HashMap<String, String>,
+        object: Value,
+    ) -> Result<(Value, Vec<String>), ApiError> {
+        let mode =
+            crate::typed::FieldValidation::parse(query.get("fieldValidation").map(String::as_str))
+                .map_err(bad_request)?;
+        let def = target.def;
+        let checked = match crate::typed::check(def, &object) {
+            None => return Ok((object, Vec::new())),
+            Some(Err(e)) => {
+                return Err(bad_request(format!(
+                    "{} in version \"{}\" cannot be handled as a {}: {e}",
+                    def.kind, def.version, def.kind
+                )))
+            }
+            Some(Ok(checked)) => checked,
+        };
+        let problems: Vec<String> = checked
+            .unknown
+            .iter()
+            .map(|f| format!("unknown field \"{f}\""))
+            .collect();
+        match mode {
+            crate::typed::FieldValidation::Strict if !problems.is_empty() => Err(bad_request(
+                format!("strict decoding error: {}", problems.join(", ")),
+            )),
+            crate::typed::FieldValidation::Warn => Ok((checked.object, problems)),
+            _ => Ok((checked.object, Vec::new())),
+        }
+    }
+
     /// Checks a custom object against its CRD's schema, pruning unknown fields.
     fn validate_custom(
         &self,
@@ -1021,6 +1067,17 @@ impl UpdateError {
             UpdateError::Store(e) => store_error(target, name, e),
         }
     }
+}
+
+/// Adds `Warning: 299 - "..."` headers, as Kubernetes sends them (kubectl prints them).
+fn warn(mut response: Response, warnings: &[String]) -> Response {
+    for warning in warnings {
+        let text = format!("299 - \"{}\"", warning.replace('"', "\\\""));
+        if let Ok(value) = axum::http::HeaderValue::from_str(&text) {
+            response.headers_mut().append(header::WARNING, value);
+        }
+    }
+    response
 }
 
 /// The response body for a write: the Scale for the scale subresource, else the object.

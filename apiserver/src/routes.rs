@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::rest::{self, Api};
 use crate::status::ApiError;
-use crate::{auth, discovery};
+use crate::{auth, discovery, openapi};
 
 /// What `/version` reports.
 pub fn version_info() -> serde_json::Value {
@@ -77,6 +77,23 @@ pub fn router(api: Arc<Api>) -> Router {
                 group_version(&api, &group, &version)
             }),
         )
+        .route("/openapi/v2", get(openapi_v2))
+        .route(
+            "/openapi/v3",
+            get(|State(api): State<Arc<Api>>| async move { Json(openapi::root(&api.crds.all())) }),
+        )
+        .route(
+            "/openapi/v3/api/{version}",
+            get(|State(api): State<Arc<Api>>, Path(version): Path<String>| async move {
+                openapi_document(&api, "", &version)
+            }),
+        )
+        .route(
+            "/openapi/v3/apis/{group}/{version}",
+            get(|State(api): State<Arc<Api>>, Path((group, version)): Path<(String, String)>| async move {
+                openapi_document(&api, &group, &version)
+            }),
+        )
         .route("/api/v1/{*rest}", any(rest::core))
         .route("/apis/{group}/{version}/{*rest}", any(rest::grouped))
         .fallback(not_found)
@@ -87,6 +104,29 @@ pub fn router(api: Arc<Api>) -> Router {
 
 /// Request bodies larger than this are refused (Kubernetes' own limit is 3 MiB).
 const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+async fn openapi_v2(headers: axum::http::HeaderMap) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if accept.contains("protobuf") {
+        (
+            [(header::CONTENT_TYPE, openapi::V2_PROTOBUF)],
+            openapi::v2_protobuf(),
+        )
+            .into_response()
+    } else {
+        Json(openapi::v2_json()).into_response()
+    }
+}
+
+fn openapi_document(api: &Api, group: &str, version: &str) -> Response {
+    match openapi::group_version(group, version, &api.crds.all()) {
+        Some(doc) => Json(doc).into_response(),
+        None => ApiError::not_found_path(&format!("/openapi/v3/{group}/{version}")).into_response(),
+    }
+}
 
 fn group_version(api: &Api, group: &str, version: &str) -> Response {
     match discovery::resource_list(group, version, &api.crds.all()) {

@@ -266,13 +266,13 @@ fn kubectl_manages_resources() {
             .spawn()
             .expect("kubectl get -w");
 
-        let applied = ok(k(&["apply", "--validate=false", "-f", m]), "apply");
+        let applied = ok(k(&["apply", "-f", m]), "apply");
         assert!(
             applied.contains("configmap/web created")
                 && applied.contains("deployment.apps/web created"),
             "{applied}"
         );
-        let again = ok(k(&["apply", "--validate=false", "-f", m]), "apply again");
+        let again = ok(k(&["apply", "-f", m]), "apply again");
         assert!(again.contains("configmap/web unchanged"), "{again}");
 
         let table = ok(k(&["get", "configmaps", "-n", "demo"]), "get table");
@@ -373,12 +373,40 @@ fn kubectl_manages_resources() {
         }
 
         // Errors come back as Kubernetes statuses.
-        let dup = k(&["create", "-f", m, "--validate=false"]);
+        let dup = k(&["create", "-f", m]);
         assert!(
             !dup.status.success() && text(&dup.stderr).contains("AlreadyExists"),
             "{}",
             text(&dup.stderr)
         );
+        // Default validation is left to the server: unknown fields are refused (Strict),
+        // warned about (Warn), or dropped (Ignore).
+        let typo = cluster._dir.path().join("typo.yaml");
+        std::fs::write(&typo, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: typo, namespace: demo}\ndataa: {a: b}\n").expect("typo");
+        let typo = typo.to_str().expect("path");
+        let strict = k(&["apply", "-f", typo]);
+        assert!(
+            !strict.status.success() && text(&strict.stderr).contains(r#"unknown field "dataa""#),
+            "{name}: {}",
+            text(&strict.stderr)
+        );
+        let warned = k(&["apply", "--validate=warn", "-f", typo]);
+        assert!(
+            warned.status.success() && text(&warned.stderr).contains(r#"unknown field "dataa""#),
+            "{name}: {}",
+            text(&warned.stderr)
+        );
+        let stored = ok(
+            k(&["get", "cm", "typo", "-n", "demo", "-o", "json"]),
+            "typo stored",
+        );
+        let stored: serde_json::Value = serde_json::from_str(&stored).expect("json");
+        assert!(
+            stored.get("dataa").is_none(),
+            "unknown fields are never stored: {stored}"
+        );
+        ok(k(&["delete", "cm", "typo", "-n", "demo"]), "delete typo");
+
         let missing = k(&["get", "cm", "nope", "-n", "demo"]);
         assert!(
             text(&missing.stderr).contains("configmaps \"nope\" not found"),
@@ -948,10 +976,7 @@ fn custom_resources_are_served_from_their_definitions() {
     let path = |f: &str| dir.join(f).to_str().expect("path").to_string();
     for kubectl in &kubectls {
         let k = |args: &[&str]| cluster.kubectl(kubectl, &cluster.kubeconfig, args);
-        ok(
-            k(&["apply", "--validate=false", "-f", &path("crd.yaml")]),
-            "apply crd",
-        );
+        ok(k(&["apply", "-f", &path("crd.yaml")]), "apply crd");
         ok(
             k(&[
                 "wait",
@@ -962,16 +987,13 @@ fn custom_resources_are_served_from_their_definitions() {
             ]),
             "wait established",
         );
-        ok(
-            k(&["apply", "--validate=false", "-f", &path("good.yaml")]),
-            "apply widget",
-        );
+        ok(k(&["apply", "-f", &path("good.yaml")]), "apply widget");
         let spec = ok(
             k(&["get", "wg", "w1", "-o", "jsonpath={.spec}"]),
             "get by short name",
         );
         assert_eq!(spec, r#"{"size":3}"#, "unknown fields are pruned");
-        let bad = k(&["apply", "--validate=false", "-f", &path("bad.yaml")]);
+        let bad = k(&["apply", "-f", &path("bad.yaml")]);
         assert!(!bad.status.success());
         assert!(
             text(&bad.stderr).contains("spec.size"),
@@ -1018,10 +1040,7 @@ fn custom_resources_are_served_from_their_definitions() {
             "",
         );
         assert_eq!(code, 404);
-        ok(
-            k(&["apply", "--validate=false", "-f", &path("crd.yaml")]),
-            "re-create crd",
-        );
+        ok(k(&["apply", "-f", &path("crd.yaml")]), "re-create crd");
         ok(
             k(&[
                 "wait",
