@@ -1,4 +1,5 @@
 //! Multi-node test clusters on one machine (one network namespace per node) and benchmark drivers. The cluster harness comes with the e2e issue.
 
+pub mod api_bench;
 pub mod etcd;
 pub mod latency;

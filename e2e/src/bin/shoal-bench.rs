@@ -55,6 +55,8 @@ struct Cli {
 enum Command {
     /// Shoal's store (embedded RaftStore) against etcd (child process, gRPC v3 over loopback).
     Store(StoreArgs),
+    /// The API server (`shoal server` on loopback) driven with kube-rs.
+    Api(shoal_e2e::api_bench::ApiArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -158,6 +160,11 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Store(args) => bench_store(args).await,
+        Command::Api(args) => {
+            let report = shoal_e2e::api_bench::run(args).await?;
+            println!("{report}");
+            Ok(())
+        }
     }
 }
 
