@@ -28,6 +28,8 @@ pub struct Api {
     pub store: Arc<dyn Store>,
     /// The custom resources CRDs define.
     pub crds: Arc<crate::crd::CrdRegistry>,
+    /// Decoded watch events shared by all watches.
+    pub events: Arc<crate::watch::EventCache>,
     /// `host:port` clients reach this server at (for `/api`).
     pub server_address: String,
 }
@@ -1184,7 +1186,13 @@ async fn dispatch(
         {
             let request = crate::watch::WatchRequest::parse(query, target.def.kind, accept)
                 .map_err(bad_request)?;
-            crate::watch::watch(Arc::clone(&api.store), target, request).await
+            crate::watch::watch(
+                Arc::clone(&api.store),
+                Arc::clone(&api.events),
+                target,
+                request,
+            )
+            .await
         }
         (&Method::GET, None) => api.list(&target, query, accept).await,
         (&Method::POST, None) => api.create(&target, query, body).await,

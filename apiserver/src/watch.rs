@@ -86,6 +86,94 @@ impl WatchRequest {
     }
 }
 
+/// Recently seen revisions the cache keeps.
+const CACHE_REVISIONS: usize = 2048;
+
+/// An event's objects, decoded once.
+#[derive(Debug)]
+struct Decoded {
+    /// The new state of a put, with its resourceVersion.
+    new: Option<Value>,
+    /// The state before the change; for a delete, stamped with the deletion's revision.
+    old: Option<Value>,
+}
+
+/// Decoded events and encoded event lines shared by every watch, by revision: with a thousand
+/// watchers on one resource, each change is parsed once and each distinct line encoded once,
+/// instead of once per watcher.
+#[derive(Debug, Default)]
+pub struct EventCache {
+    inner: std::sync::Mutex<CacheInner>,
+}
+
+#[derive(Debug, Default)]
+struct CacheInner {
+    decoded: HashMap<i64, Arc<Decoded>>,
+    lines: HashMap<(i64, &'static str, bool), Bytes>,
+    order: std::collections::VecDeque<i64>,
+}
+
+impl CacheInner {
+    fn remember(&mut self, revision: i64) {
+        if self.decoded.contains_key(&revision) {
+            return;
+        }
+        self.order.push_back(revision);
+        while self.order.len() > CACHE_REVISIONS {
+            if let Some(old) = self.order.pop_front() {
+                self.decoded.remove(&old);
+                self.lines.retain(|(r, _, _), _| *r != old);
+            }
+        }
+    }
+}
+
+impl EventCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn decoded(&self, event: &shoal_store::Event) -> Arc<Decoded> {
+        let revision = event.revision();
+        if let Some(hit) = self.lock().decoded.get(&revision) {
+            return Arc::clone(hit);
+        }
+        let decoded = Arc::new(Decoded {
+            new: match event.kind {
+                EventKind::Put => decode(&event.kv.value, event.kv.mod_revision),
+                EventKind::Delete => None,
+            },
+            old: event.prev.as_ref().and_then(|p| match event.kind {
+                EventKind::Put => decode(&p.value, p.mod_revision),
+                EventKind::Delete => decode(&p.value, revision),
+            }),
+        });
+        let mut inner = self.lock();
+        inner.remember(revision);
+        Arc::clone(inner.decoded.entry(revision).or_insert(decoded))
+    }
+
+    fn line(
+        &self,
+        revision: i64,
+        event_type: &'static str,
+        table: bool,
+        encode: impl FnOnce() -> Bytes,
+    ) -> Bytes {
+        if let Some(hit) = self.lock().lines.get(&(revision, event_type, table)) {
+            return hit.clone();
+        }
+        let line = encode();
+        let mut inner = self.lock();
+        inner.remember(revision);
+        inner
+            .lines
+            .entry((revision, event_type, table))
+            .or_insert(line)
+            .clone()
+    }
+}
+
 /// The body stream: lines from the watch task.
 struct Lines(mpsc::Receiver<Bytes>);
 
@@ -119,6 +207,7 @@ fn decode(value: &[u8], revision: i64) -> Option<Value> {
 /// Starts a watch and returns the streaming response.
 pub async fn watch(
     store: Arc<dyn Store>,
+    cache: Arc<EventCache>,
     target: Target,
     request: WatchRequest,
 ) -> Result<Response, ApiError> {
@@ -217,25 +306,26 @@ pub async fn watch(
                         }
                         None => return,
                     };
-                    last = event.revision();
-                    let old = event.prev.as_ref().and_then(|p| decode(&p.value, p.mod_revision));
-                    let old_selected = old.as_ref().is_some_and(|o| request.selects(o));
-                    let (event_type, object) = match event.kind {
-                        EventKind::Put => {
-                            let Some(new) = decode(&event.kv.value, event.kv.mod_revision) else { continue };
-                            match (old_selected, request.selects(&new)) {
-                                (true, true) => ("MODIFIED", new),
-                                (false, true) => ("ADDED", new),
-                                (true, false) => ("DELETED", new),
-                                (false, false) => continue,
-                            }
-                        }
-                        EventKind::Delete => match old {
-                            Some(old) if old_selected => ("DELETED", objects::with_resource_version(old, event.revision())),
+                                        last = event.revision();
+                    let decoded = cache.decoded(&event);
+                    let old_selected = decoded.old.as_ref().is_some_and(|o| request.selects(o));
+                    let (event_type, object) = match (event.kind, &decoded.new) {
+                        (EventKind::Put, Some(new)) => match (old_selected, request.selects(new)) {
+                            (true, true) => ("MODIFIED", new),
+                            (false, true) => ("ADDED", new),
+                            (true, false) => ("DELETED", new),
+                            (false, false) => continue,
+                        },
+                        (EventKind::Delete, _) => match &decoded.old {
+                            Some(old) if old_selected => ("DELETED", old),
                             _ => continue,
                         },
+                        (EventKind::Put, None) => continue,
                     };
-                    if tx.send(line(event_type, present(&request, kind, object))).await.is_err() {
+                    let encoded = cache.line(last, event_type, request.as_table, || {
+                        line(event_type, present(&request, kind, object.clone()))
+                    });
+                    if tx.send(encoded).await.is_err() {
                         return;
                     }
                 }
@@ -299,5 +389,55 @@ fn expired_or_internal(err: &StoreError) -> ApiError {
             "InternalError",
             other.to_string(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_store::{Event, KeyValue};
+
+    fn put(revision: i64) -> Event {
+        Event {
+            kind: EventKind::Put,
+            kv: KeyValue {
+                key: format!("/registry/core/configmaps/ns/c{revision}"),
+                value: br#"{"metadata":{"name":"c"}}"#.to_vec(),
+                create_revision: revision,
+                mod_revision: revision,
+                version: 1,
+            },
+            prev: None,
+        }
+    }
+
+    #[test]
+    fn events_are_decoded_and_encoded_once_and_evicted_in_order() {
+        let cache = EventCache::default();
+        let first = cache.decoded(&put(1));
+        assert!(Arc::ptr_eq(&first, &cache.decoded(&put(1))));
+        assert_eq!(
+            first
+                .new
+                .as_ref()
+                .map(|o| o["metadata"]["resourceVersion"].clone()),
+            Some(json!("1"))
+        );
+        let mut encodes = 0;
+        for _ in 0..3 {
+            cache.line(1, "ADDED", false, || {
+                encodes += 1;
+                line("ADDED", json!({}))
+            });
+        }
+        assert_eq!(encodes, 1);
+        for revision in 2..(CACHE_REVISIONS as i64 + 2) {
+            cache.decoded(&put(revision));
+        }
+        assert!(
+            !Arc::ptr_eq(&first, &cache.decoded(&put(1))),
+            "the oldest revision was evicted"
+        );
+        assert!(cache.lock().order.len() <= CACHE_REVISIONS);
     }
 }

@@ -56,6 +56,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     tokio::spawn(Arc::clone(&crds).follow(Arc::clone(&store_handle)));
     let api = Arc::new(Api {
         crds,
+        events: Arc::default(),
         store: store_handle,
         server_address: format!("{}:{}", client_ip(advertise), args.https_listen_port),
     });
