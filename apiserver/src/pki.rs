@@ -121,24 +121,32 @@ fn read(path: &Path) -> Result<Option<String>, PkiError> {
     }
 }
 
-/// Writes a file atomically (temp file, fsync, rename) with the given mode.
-fn write(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
+/// Writes a file atomically (temp file, fsync, rename) with the given mode, also when it
+/// already existed with another one. For keys, kubeconfigs and tokens.
+pub fn write_file_atomic(path: &Path, contents: &str, mode: u32) -> std::io::Result<()> {
     use std::io::Write as _;
-    let io = |source| PkiError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(mode)
-        .open(&tmp)
-        .map_err(io)?;
-    file.write_all(contents.as_bytes()).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+        .open(&tmp)?;
+    file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+fn write(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
+    write_file_atomic(path, contents, mode).map_err(|source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N], PkiError> {

@@ -962,15 +962,20 @@ impl Api {
             name: None,
             subresource: None,
         };
+        self.delete_all(&target).await
+    }
+
+    /// Deletes every object of `target`'s collection (a prefix of the store).
+    async fn delete_all(&self, target: &Target) -> Result<(), ApiError> {
         let page = self
             .store
-            .range(RangeRequest::prefix(first.def.key_prefix()))
+            .range(RangeRequest::prefix(target.collection_prefix()))
             .await
-            .map_err(|e| store_error(&target, "", e))?;
+            .map_err(|e| store_error(target, "", e))?;
         for kv in page.kvs {
             match self.store.delete(&kv.key, None).await {
                 Ok(_) | Err(StoreError::NotFound { .. }) => {}
-                Err(e) => return Err(store_error(&target, &kv.key, e)),
+                Err(e) => return Err(store_error(target, &kv.key, e)),
             }
         }
         Ok(())
@@ -990,17 +995,7 @@ impl Api {
                 name: None,
                 subresource: None,
             };
-            let page = self
-                .store
-                .range(RangeRequest::prefix(target.collection_prefix()))
-                .await
-                .map_err(|e| store_error(&target, "", e))?;
-            for kv in page.kvs {
-                match self.store.delete(&kv.key, None).await {
-                    Ok(_) | Err(StoreError::NotFound { .. }) => {}
-                    Err(e) => return Err(store_error(&target, &kv.key, e)),
-                }
-            }
+            self.delete_all(&target).await?;
         }
         Ok(())
     }

@@ -3,8 +3,6 @@
 //! store. The control loops and the embedded agent join here as their issues land.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -26,7 +24,10 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     store_config.advertise = format!("{advertise}:{}", args.https_listen_port + 1);
     let node_name = args.common.node_name.clone().unwrap_or_else(hostname);
 
+    // Both handlers exist before anything is opened: a signal that arrives at any point after
+    // this is a clean shutdown, never the default (immediate) death.
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let store = RaftStore::open(store_config)
         .await
         .with_context(|| format!("opening the store in {}", store_dir.display()))?;
@@ -44,7 +45,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let mut kubeconfig_paths = vec![args.common.data_dir.join("kubeconfig.yaml")];
     kubeconfig_paths.extend(args.write_kubeconfig.clone());
     for path in &kubeconfig_paths {
-        write_file(path, &kubeconfig, args.write_kubeconfig_mode)
+        shoal_apiserver::pki::write_file_atomic(path, &kubeconfig, args.write_kubeconfig_mode)
             .with_context(|| format!("writing the kubeconfig {}", path.display()))?;
     }
 
@@ -81,7 +82,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
 
     tokio::select! {
         _ = sigterm.recv() => tracing::info!("SIGTERM received, shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+        _ = sigint.recv() => tracing::info!("SIGINT received, shutting down"),
     }
     stop_api.send_replace(true);
     let _ = api.await;
@@ -119,24 +120,4 @@ fn hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into())
-}
-
-/// Writes a file atomically with the given mode (also when it already existed with another).
-fn write_file(path: &Path, contents: &str, mode: u32) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::PermissionsExt as _;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)?;
-    file.write_all(contents.as_bytes())?;
-    file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
 }

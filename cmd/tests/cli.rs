@@ -2,10 +2,10 @@
 //! config file and environment, and a server that starts, stops on SIGTERM, survives kill -9
 //! and refuses a damaged data dir.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
+
+use shoal_e2e::server::{free_port, ShoalServer};
 
 use tempfile::TempDir;
 
@@ -129,84 +129,16 @@ fn bad_config_files_are_usage_errors() {
     );
 }
 
-/// A running `shoal server` whose stderr is followed line by line.
-struct Server {
-    child: Child,
-    lines: mpsc::Receiver<String>,
+/// Starts the server `cmd` describes on a free loopback port, following its log.
+fn start(cmd: &mut Command) -> ShoalServer {
+    cmd.arg("--bind-address=127.0.0.1").arg(format!(
+        "--https-listen-port={}",
+        free_port().expect("free port")
+    ));
+    ShoalServer::spawn(cmd).expect("spawn shoal server")
 }
 
-/// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-impl Server {
-    fn start(cmd: &mut Command) -> Server {
-        let mut child = cmd
-            .arg("--bind-address=127.0.0.1")
-            .arg(format!("--https-listen-port={}", free_port()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn server");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Server { child, lines }
-    }
-
-    /// Waits for a log line containing `needle` and returns it.
-    fn wait_for(&self, needle: &str) -> String {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("no log line with {needle:?} within 30 s"),
-            }
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-
-    fn wait_exit(mut self) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("server did not exit within 20 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+const WAIT: Duration = Duration::from_secs(30);
 
 #[test]
 fn server_starts_stops_on_sigterm_and_survives_kill_9() {
@@ -219,22 +151,28 @@ fn server_starts_stops_on_sigterm_and_survives_kill_9() {
     // An explicitly named config file must exist; point at one that does.
     std::fs::write(dir.path().join("none.yaml"), "").expect("write empty config");
 
-    let server = Server::start(&mut cmd);
-    let ready = server.wait_for("shoal server ready");
+    let server = start(&mut cmd);
+    let ready = server
+        .wait_for("shoal server ready", WAIT)
+        .expect("log line");
     assert!(ready.contains("revision=0"), "{ready}");
-    server.signal("-TERM");
-    server.wait_for("store flushed");
-    assert_eq!(server.wait_exit().code(), Some(0));
+    server.signal("-TERM").expect("signal");
+    server.wait_for("store flushed", WAIT).expect("log line");
+    assert_eq!(server.wait_exit(WAIT).expect("exit").code(), Some(0));
 
-    let server = Server::start(&mut cmd);
-    server.wait_for("shoal server ready");
-    server.signal("-KILL");
-    assert!(!server.wait_exit().success());
+    let server = start(&mut cmd);
+    server
+        .wait_for("shoal server ready", WAIT)
+        .expect("log line");
+    server.signal("-KILL").expect("signal");
+    assert!(!server.wait_exit(WAIT).expect("exit").success());
 
-    let server = Server::start(&mut cmd);
-    server.wait_for("shoal server ready");
-    server.signal("-INT");
-    assert_eq!(server.wait_exit().code(), Some(0));
+    let server = start(&mut cmd);
+    server
+        .wait_for("shoal server ready", WAIT)
+        .expect("log line");
+    server.signal("-INT").expect("signal");
+    assert_eq!(server.wait_exit(WAIT).expect("exit").code(), Some(0));
 }
 
 #[test]
@@ -253,10 +191,12 @@ fn config_file_env_and_flags_take_precedence_in_that_order() {
     .expect("write config");
 
     let started_with = |cmd: &mut Command| {
-        let server = Server::start(cmd);
-        let line = server.wait_for("shoal server ready");
-        server.signal("-TERM");
-        assert_eq!(server.wait_exit().code(), Some(0));
+        let server = start(cmd);
+        let line = server
+            .wait_for("shoal server ready", WAIT)
+            .expect("log line");
+        server.signal("-TERM").expect("signal");
+        assert_eq!(server.wait_exit(WAIT).expect("exit").code(), Some(0));
         line
     };
 
@@ -305,10 +245,12 @@ fn server_refuses_a_damaged_data_dir_and_keeps_it() {
         .arg(&config)
         .arg("--data-dir")
         .arg(dir.path());
-    let server = Server::start(&mut cmd);
-    server.wait_for("shoal server ready");
-    server.signal("-TERM");
-    assert_eq!(server.wait_exit().code(), Some(0));
+    let server = start(&mut cmd);
+    server
+        .wait_for("shoal server ready", WAIT)
+        .expect("log line");
+    server.signal("-TERM").expect("signal");
+    assert_eq!(server.wait_exit(WAIT).expect("exit").code(), Some(0));
 
     let store = dir.path().join("server/store");
     std::fs::rename(store.join("db"), store.join("db.saved")).expect("move db away");

@@ -2,9 +2,7 @@
 //! watcher → reflector that keeps its cache right across a server restart, in both of its
 //! initial-list modes (paginated list + watch, and streaming lists with sendInitialEvents).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -12,62 +10,11 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Client, Config};
+use shoal_e2e::server::{free_port, ShoalServer};
 
-struct Server {
-    child: Child,
-}
-
-impl Server {
-    fn start(data_dir: &Path, port: u16) -> Server {
-        let config = data_dir.join("empty.yaml");
-        std::fs::write(&config, "").expect("config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args([
-                "server",
-                "--bind-address",
-                "127.0.0.1",
-                "--https-listen-port",
-            ])
-            .arg(port.to_string())
-            .arg("--config")
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn shoal server");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) if line.contains("shoal server ready") => return Server { child },
-                Ok(_) => {}
-                Err(_) => panic!("shoal server did not become ready"),
-            }
-        }
-    }
-
-    fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start(data_dir: &Path, port: u16) -> ShoalServer {
+    ShoalServer::start(Path::new(env!("CARGO_BIN_EXE_shoal")), data_dir, port, &[])
+        .expect("shoal server starts")
 }
 
 async fn client(kubeconfig: &PathBuf) -> Client {
@@ -124,11 +71,8 @@ async fn converge(store: &reflector::Store<ConfigMap>, want: &[(&str, &str)]) {
 
 async fn reflector_survives_restart(streaming: bool) {
     let dir = tempfile::TempDir::new().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
-    let server = Server::start(dir.path(), port);
+    let port = free_port().expect("port");
+    let server = start(dir.path(), port);
     let kubeconfig = dir.path().join("kubeconfig.yaml");
     let client = client(&kubeconfig).await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
@@ -161,8 +105,8 @@ async fn reflector_survives_restart(streaming: bool) {
     converge(&reader, &[("a", "1b"), ("b", "2")]).await;
 
     // Restart the server on the same data dir and port; the watcher reconnects by itself.
-    server.stop();
-    let server = Server::start(dir.path(), port);
+    server.stop().expect("clean stop");
+    let server = start(dir.path(), port);
     cms.delete("b", &DeleteParams::default())
         .await
         .expect("delete b");
@@ -188,11 +132,8 @@ async fn kube_rs_streaming_list_reflector_survives_server_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_rs_typed_errors() {
     let dir = tempfile::TempDir::new().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
-    let _server = Server::start(dir.path(), port);
+    let port = free_port().expect("port");
+    let _server = start(dir.path(), port);
     let client = client(&dir.path().join("kubeconfig.yaml")).await;
     let cms: Api<ConfigMap> = Api::namespaced(client, "default");
     cms.create(&PostParams::default(), &config_map("x", "1"))

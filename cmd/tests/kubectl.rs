@@ -2,11 +2,10 @@
 //! the kubeconfig `shoal server` writes works as is, health and version answer, anonymous
 //! callers are refused, unknown paths get Kubernetes' NotFound status.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
+use shoal_e2e::server::{free_port, ShoalServer};
 use tempfile::TempDir;
 
 /// The kubectl binaries to test with; a missing one fails the test (never a silent skip).
@@ -29,8 +28,10 @@ fn kubectls() -> Vec<PathBuf> {
         .collect()
 }
 
+/// A server with its data in a temporary directory (declared after the server, so the server
+/// is killed before the directory is removed).
 struct Cluster {
-    child: Child,
+    _server: ShoalServer,
     _dir: TempDir,
     kubeconfig: PathBuf,
     port: u16,
@@ -39,47 +40,17 @@ struct Cluster {
 impl Cluster {
     fn start() -> Cluster {
         let dir = TempDir::new().expect("tempdir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let config = dir.path().join("config.yaml");
-        std::fs::write(&config, "").expect("config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args([
-                "server",
-                "--bind-address",
-                "127.0.0.1",
-                "--https-listen-port",
-            ])
-            .arg(port.to_string())
-            .arg("--config")
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn shoal server");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) if line.contains("shoal server ready") => break,
-                Ok(_) => {}
-                Err(_) => panic!("shoal server did not become ready"),
-            }
-        }
-        let kubeconfig = dir.path().join("kubeconfig.yaml");
+        let port = free_port().expect("free port");
+        let server = ShoalServer::start(
+            Path::new(env!("CARGO_BIN_EXE_shoal")),
+            dir.path(),
+            port,
+            &[],
+        )
+        .expect("shoal server starts");
+        let kubeconfig = server.kubeconfig();
         Cluster {
-            child,
+            _server: server,
             _dir: dir,
             kubeconfig,
             port,
@@ -95,13 +66,6 @@ impl Cluster {
             .stdin(Stdio::null())
             .output()
             .expect("run kubectl")
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

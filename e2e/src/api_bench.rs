@@ -3,19 +3,18 @@
 //! There is no Kubernetes API server on this machine to run beside it, so the figures stand
 //! against the targets and Kubernetes' published SLOs instead.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, bail, Result};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
 use kube::{Client, Config};
 
 use crate::latency::{millis, Latencies, Summary};
+use crate::server::{free_port, ShoalServer};
 
 /// What to run.
 #[derive(Debug, Clone, clap::Args)]
@@ -49,18 +48,11 @@ pub struct ApiArgs {
     pub dir: PathBuf,
 }
 
-/// A `shoal server` started for the benchmark; killed and its data removed on drop.
+/// A `shoal server` started for the benchmark, with its data in a temporary directory that is
+/// removed (after the server is killed) on drop.
 struct Server {
-    child: Child,
-    dir: tempfile::TempDir,
-    pid: u32,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    process: ShoalServer,
+    _dir: tempfile::TempDir,
 }
 
 impl Server {
@@ -68,57 +60,18 @@ impl Server {
         let dir = tempfile::Builder::new()
             .prefix("shoal-bench-api-")
             .tempdir_in(parent)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let config = dir.path().join("config.yaml");
-        std::fs::write(&config, "")?;
-        let mut child = Command::new(binary)
-            .args([
-                "server",
-                "--disable-agent",
-                "--bind-address",
-                "127.0.0.1",
-                "--https-listen-port",
-            ])
-            .arg(port.to_string())
-            .arg("--config")
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) if line.contains("shoal server ready") => break,
-                Ok(_) => {}
-                Err(_) => bail!("shoal server did not become ready within 30 s"),
-            }
-        }
-        let pid = child.id();
-        Ok(Server { child, dir, pid })
+        let process = ShoalServer::start(binary, dir.path(), free_port()?, &["--disable-agent"])?;
+        Ok(Server { process, _dir: dir })
     }
 
     async fn client(&self) -> Result<Client> {
-        let kubeconfig =
-            kube::config::Kubeconfig::read_from(self.dir.path().join("kubeconfig.yaml"))?;
+        let kubeconfig = kube::config::Kubeconfig::read_from(self.process.kubeconfig())?;
         let config = Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
         Ok(Client::try_from(config)?)
     }
 
     fn rss_mib(&self) -> Result<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.pid()))?;
         let kib: f64 = status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))

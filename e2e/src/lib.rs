@@ -3,3 +3,4 @@
 pub mod api_bench;
 pub mod etcd;
 pub mod latency;
+pub mod server;
