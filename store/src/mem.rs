@@ -9,7 +9,9 @@ use async_trait::async_trait;
 
 use crate::api::Store;
 use crate::error::{Result, StoreError};
-use crate::mvcc::{self, Command, KvState, Outcome, RangeSource, Retention};
+use crate::mvcc::{
+    self, compacted, deleted, written, Command, KvState, Outcome, RangeSource, Retention,
+};
 use crate::types::{
     validate_key, validate_prefix, validate_value, Event, EventKind, KeyValue, RangeRequest,
     RangeResponse, Revision,
@@ -236,42 +238,5 @@ impl Store for MemStore {
 
     async fn compact(&self, revision: Revision) -> Result<()> {
         compacted(self.apply(Command::Compact { revision })?, revision)
-    }
-}
-
-/// Turns the outcome of a create/update/put into the caller's result.
-pub(crate) fn written(outcome: Outcome, key: &str) -> Result<KeyValue> {
-    match outcome {
-        Outcome::Written(event) => Ok(event.kv),
-        Outcome::Rejected(rejection) => Err(rejection.into_error(key, 0)),
-        other => Err(StoreError::Unavailable(format!(
-            "unexpected outcome {other:?}"
-        ))),
-    }
-}
-
-/// Turns the outcome of a delete into the caller's result.
-pub(crate) fn deleted(outcome: Outcome, key: &str) -> Result<(KeyValue, Revision)> {
-    match outcome {
-        Outcome::Written(Event {
-            prev: Some(prev),
-            kv,
-            ..
-        }) => Ok((prev, kv.mod_revision)),
-        Outcome::Rejected(rejection) => Err(rejection.into_error(key, 0)),
-        other => Err(StoreError::Unavailable(format!(
-            "unexpected outcome {other:?}"
-        ))),
-    }
-}
-
-/// Turns the outcome of a compaction into the caller's result.
-pub(crate) fn compacted(outcome: Outcome, revision: Revision) -> Result<()> {
-    match outcome {
-        Outcome::Compacted => Ok(()),
-        Outcome::Rejected(rejection) => Err(rejection.into_error("", revision)),
-        other => Err(StoreError::Unavailable(format!(
-            "unexpected outcome {other:?}"
-        ))),
     }
 }

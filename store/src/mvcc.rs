@@ -342,6 +342,43 @@ pub fn read_range(source: &dyn RangeSource, request: &RangeRequest) -> Result<Ra
     })
 }
 
+/// Turns the outcome of a create/update/put into the caller's result.
+pub(crate) fn written(outcome: Outcome, key: &str) -> Result<KeyValue> {
+    match outcome {
+        Outcome::Written(event) => Ok(event.kv),
+        Outcome::Rejected(rejection) => Err(rejection.into_error(key, 0)),
+        other => Err(StoreError::Unavailable(format!(
+            "unexpected outcome {other:?}"
+        ))),
+    }
+}
+
+/// Turns the outcome of a delete into the caller's result.
+pub(crate) fn deleted(outcome: Outcome, key: &str) -> Result<(KeyValue, Revision)> {
+    match outcome {
+        Outcome::Written(Event {
+            prev: Some(prev),
+            kv,
+            ..
+        }) => Ok((prev, kv.mod_revision)),
+        Outcome::Rejected(rejection) => Err(rejection.into_error(key, 0)),
+        other => Err(StoreError::Unavailable(format!(
+            "unexpected outcome {other:?}"
+        ))),
+    }
+}
+
+/// Turns the outcome of a compaction into the caller's result.
+pub(crate) fn compacted(outcome: Outcome, revision: Revision) -> Result<()> {
+    match outcome {
+        Outcome::Compacted => Ok(()),
+        Outcome::Rejected(rejection) => Err(rejection.into_error("", revision)),
+        other => Err(StoreError::Unavailable(format!(
+            "unexpected outcome {other:?}"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,8 +23,7 @@ use tokio::sync::watch as tokio_watch;
 
 use crate::api::Store;
 use crate::error::{Result, StoreError};
-use crate::mem::{compacted, deleted, written};
-use crate::mvcc::{self, Command, Outcome, Retention};
+use crate::mvcc::{self, compacted, deleted, written, Command, Outcome, Retention};
 use crate::types::{
     validate_key, validate_prefix, validate_value, KeyValue, RangeRequest, RangeResponse, Revision,
 };
