@@ -65,6 +65,8 @@ fn intern_def(def: ResourceDef) -> &'static ResourceDef {
 pub struct Served {
     pub def: &'static ResourceDef,
     pub schema: Option<Arc<Value>>,
+    /// `additionalPrinterColumns` of this version.
+    pub columns: Arc<Vec<crate::table::PrinterColumn>>,
 }
 
 fn strings(value: Option<&Value>) -> Vec<String> {
@@ -157,9 +159,19 @@ pub fn served_versions(crd: &Value) -> Result<Vec<Served>, String> {
             .pointer("/schema/openAPIV3Schema")
             .cloned()
             .map(Arc::new);
+        let columns = version
+            .get("additionalPrinterColumns")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(crate::table::PrinterColumn::from_crd)
+                    .collect()
+            })
+            .unwrap_or_default();
         served.push(Served {
             def: intern_def(def),
             schema,
+            columns: Arc::new(columns),
         });
     }
     Ok(served)

@@ -442,9 +442,20 @@ impl Api {
         let rv = revision.to_string();
         let token = next_token.map(|t| t.encode());
         if table::wants_table(accept) {
-            return Ok(
-                Json(table::table(target.def.kind, &items, &rv, token.as_deref())).into_response(),
-            );
+            return Ok({
+                let columns = self
+                    .crds
+                    .find(target.def.group, target.def.version, target.def.plural)
+                    .map(|s| s.columns);
+                Json(table::table(
+                    target.def.kind,
+                    columns.as_deref().map(Vec::as_slice),
+                    &items,
+                    &rv,
+                    token.as_deref(),
+                ))
+                .into_response()
+            });
         }
         let mut metadata = json!({"resourceVersion": rv});
         if let Some(token) = token {
@@ -1181,12 +1192,19 @@ async fn dispatch(
         {
             let request = crate::watch::WatchRequest::parse(query, target.def.kind, accept)
                 .map_err(bad_request)?;
-            crate::watch::watch(
-                Arc::clone(&api.store),
-                Arc::clone(&api.events),
-                target,
-                request,
-            )
+            {
+                let columns = api
+                    .crds
+                    .find(target.def.group, target.def.version, target.def.plural)
+                    .map(|s| s.columns);
+                crate::watch::watch(
+                    Arc::clone(&api.store),
+                    Arc::clone(&api.events),
+                    target,
+                    request,
+                    columns,
+                )
+            }
             .await
         }
         (&Method::GET, None) => api.list(&target, query, accept).await,

@@ -355,26 +355,105 @@ fn kind_cells(kind: &str, o: &Value) -> Vec<Value> {
     }
 }
 
+/// A CRD's `additionalPrinterColumns` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrinterColumn {
+    pub name: String,
+    /// `string`, `integer`, `number`, `boolean` or `date` (shown as an age).
+    pub kind: String,
+    /// A simple JSONPath: `.spec.replicas`, `.status.items[0].name`.
+    pub json_path: String,
+    pub priority: i64,
+    pub description: String,
+}
+
+impl PrinterColumn {
+    /// Reads one entry of a CRD version's `additionalPrinterColumns`.
+    pub fn from_crd(entry: &Value) -> Option<PrinterColumn> {
+        Some(PrinterColumn {
+            name: entry.get("name")?.as_str()?.to_string(),
+            kind: entry
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("string")
+                .to_string(),
+            json_path: entry.get("jsonPath")?.as_str()?.to_string(),
+            priority: entry.get("priority").and_then(Value::as_i64).unwrap_or(0),
+            description: entry
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+        })
+    }
+}
+
+/// Follows a simple JSONPath (dotted fields and `[n]` indexes) into `object`.
+pub fn json_path<'a>(object: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut current = object;
+    for part in path
+        .trim_start_matches('.')
+        .split('.')
+        .filter(|p| !p.is_empty())
+    {
+        let (field, indexes) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        if !field.is_empty() {
+            current = current.get(field)?;
+        }
+        for index in indexes.split('[').filter(|s| !s.is_empty()) {
+            let n: usize = index.trim_end_matches(']').parse().ok()?;
+            current = current.get(n)?;
+        }
+    }
+    Some(current)
+}
+
+fn custom_cells(columns: &[PrinterColumn], o: &Value, now: OffsetDateTime) -> Vec<Value> {
+    columns
+        .iter()
+        .map(|c| match (json_path(o, &c.json_path), c.kind.as_str()) {
+            (Some(Value::String(t)), "date") => {
+                let parsed =
+                    OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339);
+                parsed.map_or(Value::Null, |at| {
+                    json!(human_duration((now - at).whole_seconds()))
+                })
+            }
+            (Some(v), _) => v.clone(),
+            (None, _) => Value::Null,
+        })
+        .collect()
+}
+
 /// A Table of `objects` of `kind` (already carrying their resourceVersions), with kubectl's
-/// default columns for the kind (and its `-o wide` ones at priority 1).
+/// default columns for the kind (and its `-o wide` ones at priority 1), or a custom resource's
+/// printer columns when it declares any.
 pub fn table(
     kind: &str,
+    custom: Option<&[PrinterColumn]>,
     objects: &[Value],
     resource_version: &str,
     continue_token: Option<&str>,
 ) -> Value {
     let now = OffsetDateTime::now_utc();
+    let custom = custom.filter(|c| !c.is_empty());
     let rows: Vec<Value> = objects
         .iter()
         .map(|o| {
             let mut cells = vec![o.pointer("/metadata/name").cloned().unwrap_or(Value::Null)];
-            cells.extend(kind_cells(kind, o).into_iter().map(|c| {
-                if c.is_null() {
-                    json!(age(o, now))
-                } else {
-                    c
-                }
-            }));
+            match custom {
+                Some(columns) => cells.extend(custom_cells(columns, o, now)),
+                None => cells.extend(kind_cells(kind, o).into_iter().map(|c| {
+                    if c.is_null() {
+                        json!(age(o, now))
+                    } else {
+                        c
+                    }
+                })),
+            }
             json!({
                 "cells": cells,
                 "object": {
@@ -389,13 +468,22 @@ pub fn table(
     if let Some(token) = continue_token {
         metadata["continue"] = json!(token);
     }
-    let column_definitions: Vec<Value> = columns(kind)
-        .into_iter()
-        .map(|(name, kind, wide)| {
-            json!({"name": name, "type": kind, "format": if name == "Name" { "name" } else { "" },
-                   "description": "", "priority": i32::from(wide)})
-        })
-        .collect();
+    let name_column = json!({"name": "Name", "type": "string", "format": "name", "description": "", "priority": 0});
+    let column_definitions: Vec<Value> = match custom {
+        Some(columns) => std::iter::once(name_column)
+            .chain(columns.iter().map(|c| {
+                let kind = if c.kind == "date" { "string" } else { c.kind.as_str() };
+                json!({"name": c.name, "type": kind, "format": "", "description": c.description, "priority": c.priority})
+            }))
+            .collect(),
+        None => columns(kind)
+            .into_iter()
+            .map(|(name, kind, wide)| {
+                json!({"name": name, "type": kind, "format": if name == "Name" { "name" } else { "" },
+                       "description": "", "priority": i32::from(wide)})
+            })
+            .collect(),
+    };
     json!({
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
@@ -449,21 +537,21 @@ mod tests {
             ("Secret", &json!({})),
             ("Lease", &json!({})),
         ] {
-            let t = table(kind, std::slice::from_ref(object), "1", None);
+            let t = table(kind, None, std::slice::from_ref(object), "1", None);
             assert_eq!(
                 t["rows"][0]["cells"].as_array().map(Vec::len),
                 t["columnDefinitions"].as_array().map(Vec::len),
                 "{kind}"
             );
         }
-        let pod_table = table("Pod", &[pod], "1", None);
+        let pod_table = table("Pod", None, &[pod], "1", None);
         let cells = pod_table["rows"][0]["cells"].as_array().expect("cells");
         assert_eq!(
             cells[1..4],
             [json!("1/2"), json!("CrashLoopBackOff"), json!("3")]
         );
         assert_eq!(cells[5..7], [json!("10.42.0.5"), json!("n1")]);
-        let svc_table = table("Service", &[svc], "1", None);
+        let svc_table = table("Service", None, &[svc], "1", None);
         let cells = svc_table["rows"][0]["cells"].as_array().expect("cells");
         assert_eq!(
             cells[1..5],
@@ -475,6 +563,42 @@ mod tests {
             ]
         );
         assert_eq!(cells[6], json!("app=web"));
+    }
+
+    #[test]
+    fn custom_resources_use_their_printer_columns() {
+        let columns: Vec<PrinterColumn> = [
+            json!({"name": "Size", "type": "integer", "jsonPath": ".spec.size"}),
+            json!({"name": "First", "type": "string", "jsonPath": ".spec.items[0].name", "priority": 1}),
+            json!({"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}),
+        ]
+        .iter()
+        .filter_map(PrinterColumn::from_crd)
+        .collect();
+        let widget = json!({"metadata": {"name": "w", "creationTimestamp": "2020-01-01T00:00:00Z"},
+                            "spec": {"size": 3, "items": [{"name": "a"}]}});
+        let t = table("Widget", Some(&columns), &[widget], "1", None);
+        let names: Vec<&str> = t["columnDefinitions"]
+            .as_array()
+            .expect("cols")
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(names, ["Name", "Size", "First", "Age"]);
+        assert_eq!(t["columnDefinitions"][2]["priority"], 1);
+        let cells = t["rows"][0]["cells"].as_array().expect("cells");
+        assert_eq!(cells[..3], [json!("w"), json!(3), json!("a")]);
+        assert!(
+            cells[3]
+                .as_str()
+                .is_some_and(|age| age.ends_with('y') || age.contains('y')),
+            "{cells:?}"
+        );
+        assert_eq!(
+            json_path(&json!({"a": [1, {"b": 2}]}), ".a[1].b"),
+            Some(&json!(2))
+        );
+        assert_eq!(json_path(&json!({}), ".missing"), None);
     }
 
     #[test]

@@ -190,9 +190,14 @@ fn line(event_type: &str, object: Value) -> Bytes {
     Bytes::from(text)
 }
 
-fn present(request: &WatchRequest, kind: &str, object: Value) -> Value {
+fn present(
+    request: &WatchRequest,
+    kind: &str,
+    columns: Option<&[table::PrinterColumn]>,
+    object: Value,
+) -> Value {
     if request.as_table {
-        table::table(kind, &[object], "", None)
+        table::table(kind, columns, &[object], "", None)
     } else {
         object
     }
@@ -210,6 +215,7 @@ pub async fn watch(
     cache: Arc<EventCache>,
     target: Target,
     request: WatchRequest,
+    columns: Option<Arc<Vec<table::PrinterColumn>>>,
 ) -> Result<Response, ApiError> {
     // A watch on one named object (`/namespaces/ns/pods?watch=1&fieldSelector=metadata.name=x`)
     // is a collection watch narrowed by its selector.
@@ -268,7 +274,15 @@ pub async fn watch(
     tokio::spawn(async move {
         for object in initial {
             if tx
-                .send(line("ADDED", present(&request, kind, object)))
+                .send(line(
+                    "ADDED",
+                    present(
+                        &request,
+                        kind,
+                        columns.as_deref().map(Vec::as_slice),
+                        object,
+                    ),
+                ))
                 .await
                 .is_err()
             {
@@ -323,7 +337,7 @@ pub async fn watch(
                         (EventKind::Put, None) => continue,
                     };
                     let encoded = cache.line(last, event_type, request.as_table, || {
-                        line(event_type, present(&request, kind, object.clone()))
+                        line(event_type, present(&request, kind, columns.as_deref().map(Vec::as_slice), object.clone()))
                     });
                     if tx.send(encoded).await.is_err() {
                         return;

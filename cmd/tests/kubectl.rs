@@ -910,6 +910,9 @@ spec:
     served: true
     storage: true
     subresources: {status: {}}
+    additionalPrinterColumns:
+    - {name: Size, type: integer, jsonPath: .spec.size}
+    - {name: Age, type: date, jsonPath: .metadata.creationTimestamp}
     schema:
       openAPIV3Schema:
         type: object
@@ -952,6 +955,21 @@ fn custom_resources_are_served_from_their_definitions() {
             "wait established",
         );
         ok(k(&["apply", "-f", &path("good.yaml")]), "apply widget");
+        let table = ok(k(&["get", "widgets"]), "get table");
+        let header: Vec<&str> = table
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        assert_eq!(header, ["NAME", "SIZE", "AGE"], "{table}");
+        assert!(
+            table
+                .lines()
+                .nth(1)
+                .is_some_and(|row| row.starts_with("w1") && row.contains(" 3 ")),
+            "{table}"
+        );
         let spec = ok(
             k(&["get", "wg", "w1", "-o", "jsonpath={.spec}"]),
             "get by short name",
