@@ -59,13 +59,15 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/readyz", get(health))
         .route(
             "/api",
-            get(|State(api): State<Arc<Api>>| async move {
-                Json(discovery::api_versions(&api.server_address))
+            get(|State(api): State<Arc<Api>>, headers: axum::http::HeaderMap| async move {
+                discovery_root(&api, &headers, true)
             }),
         )
         .route(
             "/apis",
-            get(|State(api): State<Arc<Api>>| async move { Json(discovery::api_groups(&api.crds.all())) }),
+            get(|State(api): State<Arc<Api>>, headers: axum::http::HeaderMap| async move {
+                discovery_root(&api, &headers, false)
+            }),
         )
         .route(
             "/api/v1",
@@ -125,6 +127,26 @@ fn openapi_document(api: &Api, group: &str, version: &str) -> Response {
     match openapi::group_version(group, version, &api.crds.all()) {
         Some(doc) => Json(doc).into_response(),
         None => ApiError::not_found_path(&format!("/openapi/v3/{group}/{version}")).into_response(),
+    }
+}
+
+/// `/api` or `/apis`: aggregated discovery when the client asks for it, else the legacy lists.
+fn discovery_root(api: &Api, headers: &axum::http::HeaderMap, core: bool) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    match discovery::aggregated_version(accept) {
+        Some(version) => (
+            [(
+                header::CONTENT_TYPE,
+                discovery::aggregated_content_type(version),
+            )],
+            Json(discovery::aggregated(core, version, &api.crds.all())),
+        )
+            .into_response(),
+        None if core => Json(discovery::api_versions(&api.server_address)).into_response(),
+        None => Json(discovery::api_groups(&api.crds.all())).into_response(),
     }
 }
 

@@ -165,3 +165,34 @@ async fn kube_rs_typed_errors() {
         other => panic!("expected Conflict, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_discovers_resources_both_ways() {
+    let dir = tempfile::TempDir::new().expect("tempdir");
+    let _server = start(dir.path(), free_port().expect("port"));
+    let client = client(&dir.path().join("kubeconfig.yaml")).await;
+    let aggregated = kube::discovery::Discovery::new(client.clone())
+        .run_aggregated()
+        .await
+        .expect("aggregated discovery");
+    let legacy = kube::discovery::Discovery::new(client)
+        .run()
+        .await
+        .expect("legacy discovery");
+    for discovery in [&aggregated, &legacy] {
+        let apps = discovery.get("apps").expect("apps group");
+        let kinds: Vec<String> = apps
+            .recommended_resources()
+            .into_iter()
+            .map(|(r, _)| r.kind)
+            .collect();
+        assert!(kinds.contains(&"Deployment".to_string()), "{kinds:?}");
+        assert!(discovery.has_group("apiextensions.k8s.io"));
+        let core = discovery.get("").expect("core group");
+        let (pod, caps) = core.recommended_kind("Pod").expect("pods");
+        assert_eq!(
+            (pod.plural.as_str(), caps.scope.clone()),
+            ("pods", kube::discovery::Scope::Namespaced)
+        );
+    }
+}
