@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 
 use crate::objects::{self, Invalid};
 use crate::patch::{self, PatchKind};
-use crate::selectors::{FieldSelector, LabelSelector};
+use crate::selectors::Selection;
 use crate::status::ApiError;
 use crate::table;
 
@@ -382,13 +382,7 @@ impl Api {
         query: &HashMap<String, String>,
         accept: &str,
     ) -> Result<Response, ApiError> {
-        let labels = LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))
-            .map_err(|m| bad_request(format!("unable to parse requirement: {m}")))?;
-        let fields = FieldSelector::parse(
-            query.get("fieldSelector").map_or("", String::as_str),
-            target.def.kind,
-        )
-        .map_err(bad_request)?;
+        let selection = Selection::from_query(query, target.def.kind).map_err(bad_request)?;
         let limit: usize = match query.get("limit").map(String::as_str) {
             None | Some("") | Some("0") => 0,
             Some(n) => n
@@ -421,7 +415,7 @@ impl Api {
             let count = page.kvs.len();
             for (i, kv) in page.kvs.iter().enumerate() {
                 let object = decode(kv)?;
-                if labels.matches(&object) && fields.matches(&object) {
+                if selection.matches(&object) {
                     items.push(object);
                     if limit > 0 && items.len() == limit {
                         if i + 1 < count || page.next.is_some() {
@@ -1016,13 +1010,7 @@ impl Api {
         target: &Target,
         query: &HashMap<String, String>,
     ) -> Result<Response, ApiError> {
-        let labels = LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))
-            .map_err(|m| bad_request(format!("unable to parse requirement: {m}")))?;
-        let fields = FieldSelector::parse(
-            query.get("fieldSelector").map_or("", String::as_str),
-            target.def.kind,
-        )
-        .map_err(bad_request)?;
+        let selection = Selection::from_query(query, target.def.kind).map_err(bad_request)?;
         let page = self
             .store
             .range(RangeRequest::prefix(target.collection_prefix()))
@@ -1031,7 +1019,7 @@ impl Api {
         let mut deleted = Vec::new();
         for kv in &page.kvs {
             let object = decode(kv)?;
-            if !(labels.matches(&object) && fields.matches(&object)) {
+            if !(selection.matches(&object)) {
                 continue;
             }
             if !dry_run(query)? {

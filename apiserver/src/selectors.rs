@@ -235,6 +235,31 @@ impl FieldSelector {
     }
 }
 
+/// A request's `labelSelector` and `fieldSelector` together.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+}
+
+impl Selection {
+    /// Parses the selectors of a list, watch or deletecollection on `kind` from its query.
+    pub fn from_query(
+        query: &std::collections::HashMap<String, String>,
+        kind: &str,
+    ) -> Result<Selection, String> {
+        let labels = LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))
+            .map_err(|m| format!("unable to parse requirement: {m}"))?;
+        let fields =
+            FieldSelector::parse(query.get("fieldSelector").map_or("", String::as_str), kind)?;
+        Ok(Selection { labels, fields })
+    }
+
+    pub fn matches(&self, object: &Value) -> bool {
+        self.labels.matches(object) && self.fields.matches(object)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

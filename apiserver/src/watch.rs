@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::objects;
 use crate::rest::Target;
-use crate::selectors::{FieldSelector, LabelSelector};
+use crate::selectors::Selection;
 use crate::status::ApiError;
 use crate::table;
 
@@ -36,8 +36,7 @@ const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
 /// What one watch request asked for.
 #[derive(Debug)]
 pub struct WatchRequest {
-    pub labels: LabelSelector,
-    pub fields: FieldSelector,
+    pub selection: Selection,
     pub resource_version: Option<i64>,
     pub send_initial: bool,
     pub bookmarks: bool,
@@ -51,10 +50,7 @@ impl WatchRequest {
         kind: &str,
         accept: &str,
     ) -> Result<Self, String> {
-        let labels = LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))
-            .map_err(|m| format!("unable to parse requirement: {m}"))?;
-        let fields =
-            FieldSelector::parse(query.get("fieldSelector").map_or("", String::as_str), kind)?;
+        let selection = Selection::from_query(query, kind)?;
         let resource_version = match query.get("resourceVersion").map(String::as_str) {
             None | Some("") | Some("0") => None,
             Some(rv) => Some(
@@ -71,8 +67,7 @@ impl WatchRequest {
             ),
         };
         Ok(WatchRequest {
-            labels,
-            fields,
+            selection,
             send_initial: resource_version.is_none() || flag("sendInitialEvents"),
             resource_version,
             bookmarks: flag("allowWatchBookmarks"),
@@ -82,7 +77,7 @@ impl WatchRequest {
     }
 
     fn selects(&self, object: &Value) -> bool {
-        self.labels.matches(object) && self.fields.matches(object)
+        self.selection.matches(object)
     }
 }
 
