@@ -617,13 +617,9 @@ impl Api {
         target: &Target,
         name: &str,
         query: &HashMap<String, String>,
-        headers: &HeaderMap,
+        content_type: &str,
         body: &Bytes,
     ) -> Result<Response, ApiError> {
-        let content_type = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
         let kind = PatchKind::from_content_type(content_type).ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -1149,6 +1145,14 @@ pub async fn handle(
     Ok(response)
 }
 
+/// A request header as text (`""` when absent or not text).
+pub fn header_str(headers: &HeaderMap, name: header::HeaderName) -> &str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
 async fn dispatch(
     api: &Api,
     method: &Method,
@@ -1157,14 +1161,8 @@ async fn dispatch(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Response, ApiError> {
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let accept = header_str(headers, header::ACCEPT);
+    let content_type = header_str(headers, header::CONTENT_TYPE);
     if matches!(*method, Method::POST | Method::PUT) && content_type.contains("protobuf") {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -1201,7 +1199,7 @@ async fn dispatch(
             api.bind(&target, name, body).await
         }
         (&Method::PUT, Some(name)) => api.update(&target, name, query, body).await,
-        (&Method::PATCH, Some(name)) => api.patch(&target, name, query, headers, body).await,
+        (&Method::PATCH, Some(name)) => api.patch(&target, name, query, content_type, body).await,
         (&Method::DELETE, Some(name)) => api.delete(&target, name, query, body).await,
         (&Method::DELETE, None) => api.delete_collection(&target, query).await,
         _ => Err(ApiError::new(

@@ -108,10 +108,7 @@ pub fn router(api: Arc<Api>) -> Router {
 const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
 async fn openapi_v2(headers: axum::http::HeaderMap) -> Response {
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let accept = rest::header_str(&headers, header::ACCEPT);
     if accept.contains("protobuf") {
         (
             [(header::CONTENT_TYPE, openapi::V2_PROTOBUF)],
@@ -132,10 +129,7 @@ fn openapi_document(api: &Api, group: &str, version: &str) -> Response {
 
 /// `/api` or `/apis`: aggregated discovery when the client asks for it, else the legacy lists.
 fn discovery_root(api: &Api, headers: &axum::http::HeaderMap, core: bool) -> Response {
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let accept = rest::header_str(headers, header::ACCEPT);
     match discovery::aggregated_version(accept) {
         Some(version) => (
             [(

@@ -218,6 +218,30 @@ impl EtcdClient {
         })
     }
 
+    /// One unary gRPC call on `path`.
+    async fn unary<Req, Resp>(
+        &mut self,
+        path: &'static str,
+        request: Req,
+        what: &'static str,
+    ) -> Result<Resp>
+    where
+        Req: prost::Message + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
+        self.grpc.ready().await.context("etcd channel not ready")?;
+        let response = self
+            .grpc
+            .unary(
+                tonic::Request::new(request),
+                PathAndQuery::from_static(path),
+                ProstCodec::<Req, Resp>::default(),
+            )
+            .await
+            .context(what)?;
+        Ok(response.into_inner())
+    }
+
     /// `KV/Put` of `value` at `key`.
     pub async fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<pb::PutResponse> {
         let request = pb::PutRequest {
@@ -225,17 +249,8 @@ impl EtcdClient {
             value,
             ..Default::default()
         };
-        self.grpc.ready().await.context("etcd channel not ready")?;
-        let response = self
-            .grpc
-            .unary(
-                tonic::Request::new(request),
-                PathAndQuery::from_static("/etcdserverpb.KV/Put"),
-                ProstCodec::<pb::PutRequest, pb::PutResponse>::default(),
-            )
+        self.unary("/etcdserverpb.KV/Put", request, "etcd Put")
             .await
-            .context("etcd Put")?;
-        Ok(response.into_inner())
     }
 
     /// `KV/Range` over one key (linearizable): used to wait until the server serves.
@@ -244,17 +259,8 @@ impl EtcdClient {
             key,
             ..Default::default()
         };
-        self.grpc.ready().await.context("etcd channel not ready")?;
-        let response = self
-            .grpc
-            .unary(
-                tonic::Request::new(request),
-                PathAndQuery::from_static("/etcdserverpb.KV/Range"),
-                ProstCodec::<pb::RangeRequest, pb::RangeResponse>::default(),
-            )
+        self.unary("/etcdserverpb.KV/Range", request, "etcd Range")
             .await
-            .context("etcd Range")?;
-        Ok(response.into_inner())
     }
 
     /// Opens a `Watch/Watch` bidirectional stream fed by `requests`.
