@@ -192,6 +192,14 @@ impl CrdRegistry {
             .cloned()
     }
 
+    /// Every served custom resource version, with its schema.
+    pub fn served(&self) -> Vec<Served> {
+        self.served
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Every served custom resource.
     pub fn all(&self) -> Vec<&'static ResourceDef> {
         self.served

@@ -362,7 +362,7 @@ impl Api {
             .is_some())
     }
 
-    async fn get(&self, target: &Target, name: &str) -> Result<Response, ApiError> {
+    async fn get(&self, target: &Target, name: &str, accept: &str) -> Result<Response, ApiError> {
         let kv = self
             .store
             .get(&target.key())
@@ -370,10 +370,39 @@ impl Api {
             .map_err(|e| store_error(target, name, e))?;
         let object = decode(&kv.ok_or_else(|| not_found(target, name))?)?;
         match target.subresource.as_deref() {
+            None if table::wants_table(accept) => {
+                let rv = object
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                Ok(Json(self.table(target, &[object], &rv, None)).into_response())
+            }
             None | Some("status") => Ok(Json(object).into_response()),
             Some("scale") if target.def.scale => Ok(Json(scale_of(&object)).into_response()),
             Some(other) => Err(ApiError::not_found_path(other)),
         }
+    }
+
+    /// `objects` as a Table with the kind's columns (a CRD's printer columns when it has any).
+    fn table(
+        &self,
+        target: &Target,
+        objects: &[Value],
+        resource_version: &str,
+        continue_token: Option<&str>,
+    ) -> Value {
+        let columns = self
+            .crds
+            .find(target.def.group, target.def.version, target.def.plural)
+            .map(|s| s.columns);
+        table::table(
+            target.def.kind,
+            columns.as_deref().map(Vec::as_slice),
+            objects,
+            resource_version,
+            continue_token,
+        )
     }
 
     async fn list(
@@ -436,20 +465,7 @@ impl Api {
         let rv = revision.to_string();
         let token = next_token.map(|t| t.encode());
         if table::wants_table(accept) {
-            return Ok({
-                let columns = self
-                    .crds
-                    .find(target.def.group, target.def.version, target.def.plural)
-                    .map(|s| s.columns);
-                Json(table::table(
-                    target.def.kind,
-                    columns.as_deref().map(Vec::as_slice),
-                    &items,
-                    &rv,
-                    token.as_deref(),
-                ))
-                .into_response()
-            });
+            return Ok(Json(self.table(target, &items, &rv, token.as_deref())).into_response());
         }
         let mut metadata = json!({"resourceVersion": rv});
         if let Some(token) = token {
@@ -1172,7 +1188,7 @@ async fn dispatch(
     }
     let name = target.name.clone();
     match (method, name.as_deref()) {
-        (&Method::GET, Some(name)) => api.get(&target, name).await,
+        (&Method::GET, Some(name)) => api.get(&target, name, accept).await,
         (&Method::GET, None)
             if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) =>
         {

@@ -82,7 +82,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/openapi/v2", get(openapi_v2))
         .route(
             "/openapi/v3",
-            get(|State(api): State<Arc<Api>>| async move { Json(openapi::root(&api.crds.all())) }),
+            get(|State(api): State<Arc<Api>>| async move { Json(openapi::root(&api.crds.served())) }),
         )
         .route(
             "/openapi/v3/api/{version}",
@@ -121,8 +121,8 @@ async fn openapi_v2(headers: axum::http::HeaderMap) -> Response {
 }
 
 fn openapi_document(api: &Api, group: &str, version: &str) -> Response {
-    match openapi::group_version(group, version, &api.crds.all()) {
-        Some(doc) => Json(doc).into_response(),
+    match openapi::group_version(group, version, &api.crds.served()) {
+        Some(doc) => Json(&*doc).into_response(),
         None => ApiError::not_found_path(&format!("/openapi/v3/{group}/{version}")).into_response(),
     }
 }

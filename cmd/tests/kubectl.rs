@@ -1044,3 +1044,229 @@ fn custom_resources_are_served_from_their_definitions() {
         ok(k(&["delete", "crd", "widgets.example.com"]), "clean up");
     }
 }
+
+const SERVICE: &str = r#"apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: demo
+spec:
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+"#;
+
+const GADGET_CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: gadgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {kind: Gadget, plural: gadgets, singular: gadget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        description: A gadget of some size.
+        properties:
+          spec:
+            type: object
+            properties:
+              size: {type: integer, description: How big the gadget is.}
+"#;
+
+const GADGET: &str = r#"apiVersion: example.com/v1
+kind: Gadget
+metadata: {name: g1, namespace: demo}
+spec: {size: 2}
+"#;
+
+/// The rest of kubectl's everyday commands: one manifest with every kind of document,
+/// `explain`, `describe`, `edit`, `diff` and `-o wide`.
+#[test]
+fn kubectl_applies_explains_describes_edits_and_diffs() {
+    for kubectl in &kubectls() {
+        let cluster = Cluster::start();
+        let dir = cluster._dir.path();
+        let k = |args: &[&str]| cluster.kubectl(kubectl, &cluster.kubeconfig, args);
+        let name = kubectl.display().to_string();
+        let all = dir.join("all.yaml");
+        std::fs::write(
+            &all,
+            format!("{MANIFEST}---\n{SERVICE}---\n{GADGET_CRD}---\n{GADGET}"),
+        )
+        .expect("manifest");
+        let all = all.to_str().expect("path");
+
+        // kubectl maps every document before applying any, so the Gadget cannot be mapped
+        // until its CRD exists: the first pass fails on it (as it does against Kubernetes),
+        // the second applies it.
+        let first = k(&["apply", "-f", all]);
+        assert!(
+            text(&first.stdout).contains(
+                "customresourcedefinition.apiextensions.k8s.io/gadgets.example.com created"
+            ),
+            "{name}: {}{}",
+            text(&first.stdout),
+            text(&first.stderr)
+        );
+        ok(
+            k(&[
+                "wait",
+                "--for=condition=established",
+                "crd/gadgets.example.com",
+                "--timeout=20s",
+            ]),
+            "wait established",
+        );
+        let second = ok(k(&["apply", "-f", all]), "apply again");
+        assert!(
+            second.contains("gadget.example.com/g1 created")
+                && second.contains("service/web unchanged")
+                && second.contains("deployment.apps/web unchanged"),
+            "{name}: {second}"
+        );
+
+        // Wide tables add kubectl's extra columns.
+        let wide = ok(
+            k(&["get", "svc", "web", "-n", "demo", "-o", "wide"]),
+            "wide",
+        );
+        let header: Vec<&str> = wide
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            header,
+            [
+                "NAME",
+                "TYPE",
+                "CLUSTER-IP",
+                "EXTERNAL-IP",
+                "PORT(S)",
+                "AGE",
+                "SELECTOR"
+            ],
+            "{name}: {wide}"
+        );
+        assert!(wide.contains("app=web"), "{name}: {wide}");
+
+        // explain reads the published schemas: built-in kinds and CRDs.
+        let explained = ok(k(&["explain", "deployment.spec.replicas"]), "explain");
+        assert!(
+            explained.contains("replicas") && explained.contains("Number of desired pods"),
+            "{name}: {explained}"
+        );
+        let explained = ok(k(&["explain", "gadgets.spec.size"]), "explain crd");
+        assert!(
+            explained.contains("<integer>") && explained.contains("How big the gadget is."),
+            "{name}: {explained}"
+        );
+        let explained = ok(k(&["explain", "gadgets"]), "explain crd kind");
+        assert!(
+            explained.contains("A gadget of some size."),
+            "{name}: {explained}"
+        );
+
+        // describe shows an object and what refers to it.
+        let described = ok(
+            k(&["describe", "deployment", "web", "-n", "demo"]),
+            "describe deploy",
+        );
+        for line in [
+            "Name:",
+            "Namespace:",
+            "Selector:",
+            "Replicas:",
+            "StrategyType:",
+        ] {
+            assert!(
+                described.contains(line),
+                "{name}: {line} missing in {described}"
+            );
+        }
+        let described = ok(k(&["describe", "svc", "web", "-n", "demo"]), "describe svc");
+        assert!(
+            described.contains("Selector:") && described.contains("app=web"),
+            "{name}: {described}"
+        );
+        let described = ok(k(&["describe", "cm", "web", "-n", "demo"]), "describe cm");
+        assert!(described.contains("greeting"), "{name}: {described}");
+
+        // diff against the live objects: exit 1 with a unified diff when they differ, 0 when not.
+        let unchanged = k(&["diff", "-f", all]);
+        assert_eq!(
+            unchanged.status.code(),
+            Some(0),
+            "{name}: {}{}",
+            text(&unchanged.stdout),
+            text(&unchanged.stderr)
+        );
+        let changed_file = dir.join("changed.yaml");
+        std::fs::write(
+            &changed_file,
+            MANIFEST.replace("greeting: hello", "greeting: bye"),
+        )
+        .expect("changed");
+        let changed = k(&["diff", "-f", changed_file.to_str().expect("path")]);
+        assert_eq!(
+            changed.status.code(),
+            Some(1),
+            "{name}: {}",
+            text(&changed.stderr)
+        );
+        let diff = text(&changed.stdout);
+        assert!(
+            diff.contains("-  greeting: hello") && diff.contains("+  greeting: bye"),
+            "{name}: {diff}"
+        );
+        let live = ok(
+            k(&[
+                "get",
+                "cm",
+                "web",
+                "-n",
+                "demo",
+                "-o",
+                "jsonpath={.data.greeting}",
+            ]),
+            "get",
+        );
+        assert_eq!(live, "hello", "diff must not change anything");
+
+        // edit: kubectl runs the editor on the object and patches in what changed.
+        let edited = Command::new(kubectl)
+            .arg("--kubeconfig")
+            .arg(&cluster.kubeconfig)
+            .args(["edit", "cm", "web", "-n", "demo"])
+            .env("HOME", dir)
+            .env(
+                "KUBE_EDITOR",
+                "sed -i s/greeting:.hello/greeting:\\ edited/",
+            )
+            .stdin(Stdio::null())
+            .output()
+            .expect("kubectl edit");
+        let edited = ok(edited, "edit");
+        assert!(edited.contains("configmap/web edited"), "{name}: {edited}");
+        let live = ok(
+            k(&[
+                "get",
+                "cm",
+                "web",
+                "-n",
+                "demo",
+                "-o",
+                "jsonpath={.data.greeting}",
+            ]),
+            "get",
+        );
+        assert_eq!(live, "edited", "{name}");
+    }
+}
