@@ -354,6 +354,10 @@ def main():
     messages = parse_k8s_pb(pb_root)
     types, kinds = parse_k8s_openapi(oa_root)
     go = go_field_info(args.kubectl)
+    # If the descriptor layout ever changes, fail loudly rather than fall back everywhere.
+    if (go.get(f"{META}.ObjectMeta", {}).get(2) != ("generateName", True, False)
+            or go.get("k8s.io.api.apps.v1.DeploymentSpec", {}).get(1) != ("replicas", True, True)):
+        raise SystemExit(f"could not read Go struct tags from {args.kubectl}")
     # k8s-pb re-cases some message names (AWSElasticBlockStoreVolumeSource ->
     # AwsElasticBlockStoreVolumeSource); the others spell them as Kubernetes does. Match
     # case-insensitively and keep the Kubernetes spelling for messages.

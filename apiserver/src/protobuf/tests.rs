@@ -82,6 +82,61 @@ fn kubectl_create_token() {
     );
 }
 
+#[test]
+fn schema_table_is_well_formed() {
+    // Field lookup is a binary search by tag, and inline fields must be messages.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut stack: Vec<&'static Message> = schema::KINDS.iter().map(|(_, _, m)| *m).collect();
+    stack.extend(schema::META_KINDS.iter().map(|(_, m)| *m));
+    while let Some(m) = stack.pop() {
+        if !seen.insert(m.name) {
+            continue;
+        }
+        assert!(
+            m.fields.windows(2).all(|w| w[0].tag < w[1].tag),
+            "{}: fields not sorted by tag",
+            m.name
+        );
+        for f in m.fields {
+            assert_eq!(
+                f.json.is_empty(),
+                f.flags & INLINE != 0,
+                "{}.{}",
+                m.name,
+                f.tag
+            );
+            match f.kind {
+                Kind::Msg(child) | Kind::MapMsg(child) => stack.push(child),
+                _ => assert_eq!(f.flags & INLINE, 0, "{}.{}", m.name, f.tag),
+            }
+        }
+    }
+    assert!(seen.len() > 700, "{} messages reachable", seen.len());
+    for (av, kind) in [
+        ("v1", "Namespace"),
+        ("apps/v1", "Deployment"),
+        ("batch/v1", "CronJob"),
+        ("autoscaling/v1", "HorizontalPodAutoscaler"),
+        ("autoscaling/v2", "HorizontalPodAutoscaler"),
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),
+        ("networking.k8s.io/v1", "Ingress"),
+        ("policy/v1", "PodDisruptionBudget"),
+        ("policy/v1", "Eviction"),
+        ("scheduling.k8s.io/v1", "PriorityClass"),
+        ("coordination.k8s.io/v1", "Lease"),
+        ("discovery.k8s.io/v1", "EndpointSlice"),
+        ("events.k8s.io/v1", "Event"),
+        ("storage.k8s.io/v1", "StorageClass"),
+        ("authentication.k8s.io/v1", "TokenRequest"),
+        ("apiextensions.k8s.io/v1", "CustomResourceDefinition"),
+        ("apiregistration.k8s.io/v1", "APIService"),
+        ("v1", "ConfigMapList"),
+        ("apps/v1", "DeleteOptions"),
+    ] {
+        assert!(lookup(av, kind).is_ok(), "{av} {kind}");
+    }
+}
+
 // ---------------------------------------------------------------- hand-built messages
 
 /// Protobuf encoding helpers for hand-built bodies.
