@@ -14,6 +14,7 @@ pub mod objects;
 pub mod openapi;
 pub mod patch;
 pub mod pki;
+pub mod protobuf;
 pub mod rest;
 pub mod routes;
 pub mod schema;
