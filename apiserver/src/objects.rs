@@ -19,17 +19,29 @@ fn invalid(field: &str, message: impl Into<String>) -> Invalid {
     }
 }
 
-/// Kinds whose names must be DNS-1123 labels rather than subdomains.
-fn label_named(kind: &str) -> bool {
-    matches!(kind, "Namespace" | "Service")
+/// The rule a kind's names follow, as Kubernetes validates them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NameRule {
+    /// DNS-1123 subdomain: most kinds.
+    Subdomain,
+    /// DNS-1123 label: namespaces.
+    Label,
+    /// DNS-1035 label (must start with a letter): services.
+    Label1035,
 }
 
-/// Checks a name as Kubernetes does for `kind`.
+fn name_rule(kind: &str) -> NameRule {
+    match kind {
+        "Namespace" => NameRule::Label,
+        "Service" => NameRule::Label1035,
+        _ => NameRule::Subdomain,
+    }
+}
+
+/// Checks a name as Kubernetes does for `kind`; the error is Kubernetes' own detail text.
 pub fn validate_name(kind: &str, name: &str) -> Result<(), String> {
-    let max = if label_named(kind) { 63 } else { 253 };
-    let ok_char = |c: char| {
-        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (c == '.' && !label_named(kind))
-    };
+    let rule = name_rule(kind);
+    let max = if rule == NameRule::Subdomain { 253 } else { 63 };
     let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
     if name.is_empty() {
         return Err("name or generateName is required".into());
@@ -37,18 +49,33 @@ pub fn validate_name(kind: &str, name: &str) -> Result<(), String> {
     if name.len() > max {
         return Err(format!("must be no more than {max} characters"));
     }
-    if !name.chars().all(ok_char) || !name.starts_with(alnum) || !name.ends_with(alnum) {
-        let what = if label_named(kind) {
-            "a lowercase RFC 1123 label"
-        } else {
-            "a lowercase RFC 1123 subdomain"
-        };
-        return Err(format!(
-            "a {what} must consist of lower case alphanumeric characters, '-'{} and must start and end with an alphanumeric character",
-            if label_named(kind) { "" } else { " or '.'" }
-        ));
+    let valid = match rule {
+        NameRule::Subdomain => name.split('.').all(|part| {
+            !part.is_empty()
+                && part.chars().all(|c| alnum(c) || c == '-')
+                && part.starts_with(alnum)
+                && part.ends_with(alnum)
+        }),
+        NameRule::Label => {
+            name.chars().all(|c| alnum(c) || c == '-')
+                && name.starts_with(alnum)
+                && name.ends_with(alnum)
+        }
+        NameRule::Label1035 => {
+            name.chars().all(|c| alnum(c) || c == '-')
+                && name.starts_with(|c: char| c.is_ascii_lowercase())
+                && name.ends_with(alnum)
+        }
+    };
+    if valid {
+        return Ok(());
     }
-    Ok(())
+    Err(match rule {
+        NameRule::Subdomain => "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
+        NameRule::Label => "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')",
+        NameRule::Label1035 => "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')",
+    }
+    .to_string())
 }
 
 fn validate_string_map(
@@ -130,7 +157,12 @@ pub fn prepare_create(
                 let name = format!("{prefix}{suffix}");
                 meta.insert("name".into(), json!(name));
             }
-            _ => return Err(invalid("metadata.name", "name or generateName is required")),
+            _ => {
+                return Err(invalid(
+                    "metadata.name",
+                    "Required value: name or generateName is required",
+                ))
+            }
         }
     }
     let name = meta
@@ -138,7 +170,8 @@ pub fn prepare_create(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    validate_name(def.kind, &name).map_err(|m| invalid("metadata.name", m))?;
+    validate_name(def.kind, &name)
+        .map_err(|m| invalid("metadata.name", format!("Invalid value: {name:?}: {m}")))?;
     check_namespace(def, namespace, meta)?;
     validate_string_map(meta, "labels", true)?;
     validate_string_map(meta, "annotations", false)?;

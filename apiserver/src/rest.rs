@@ -19,6 +19,7 @@ use time::OffsetDateTime;
 
 use crate::objects::{self, Invalid};
 use crate::patch::{self, PatchKind};
+use crate::protobuf::{self, ProtobufError};
 use crate::selectors::Selection;
 use crate::status::ApiError;
 use crate::table;
@@ -1169,6 +1170,61 @@ pub fn header_str(headers: &HeaderMap, name: header::HeaderName) -> &str {
         .unwrap_or("")
 }
 
+/// How a request body is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyFormat {
+    Json,
+    Yaml,
+    Protobuf,
+    /// A PATCH body, or a request without one.
+    Other,
+}
+
+/// The body's encoding from `Content-Type`, refusing what Kubernetes refuses with 415.
+fn body_format(method: &Method, content_type: &str) -> Result<BodyFormat, ApiError> {
+    if !matches!(*method, Method::POST | Method::PUT) {
+        return Ok(BodyFormat::Other);
+    }
+    let media_type = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match media_type.as_str() {
+        // No Content-Type: clients that send bare JSON (Kubernetes assumes JSON too).
+        "" | "application/json" | "*/*" => Ok(BodyFormat::Json),
+        "application/yaml" => Ok(BodyFormat::Yaml),
+        protobuf::CONTENT_TYPE => Ok(BodyFormat::Protobuf),
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {other:?})"),
+        )),
+    }
+}
+
+fn yaml_to_json(body: &[u8]) -> Result<Vec<u8>, ApiError> {
+    let value: Value = serde_yaml::from_slice(body).map_err(|e| {
+        bad_request(format!(
+            "the body of the request was in an unknown format: {e}"
+        ))
+    })?;
+    encode(&value)
+}
+
+fn protobuf_to_json(body: &[u8]) -> Result<Vec<u8>, ApiError> {
+    let object = protobuf::decode(body).map_err(|e| match e {
+        ProtobufError::UnknownApiVersion(_) | ProtobufError::UnknownKind { .. } => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            e.to_string(),
+        ),
+        _ => bad_request(e.to_string()),
+    })?;
+    encode(&object)
+}
+
 async fn dispatch(
     api: &Api,
     method: &Method,
@@ -1179,13 +1235,20 @@ async fn dispatch(
 ) -> Result<Response, ApiError> {
     let accept = header_str(headers, header::ACCEPT);
     let content_type = header_str(headers, header::CONTENT_TYPE);
-    if matches!(*method, Method::POST | Method::PUT) && content_type.contains("protobuf") {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UnsupportedMediaType",
-            "the server does not accept protobuf request bodies yet; send JSON (for example kubectl create -f FILE)",
-        ));
-    }
+    // Protobuf and YAML bodies become the JSON object they stand for, and everything after
+    // this works on JSON alone. (PATCH bodies are patches: their types are checked there.)
+    let json_body;
+    let body = match body_format(method, content_type)? {
+        BodyFormat::Protobuf if !body.is_empty() => {
+            json_body = Bytes::from(protobuf_to_json(body)?);
+            &json_body
+        }
+        BodyFormat::Yaml if !body.is_empty() => {
+            json_body = Bytes::from(yaml_to_json(body)?);
+            &json_body
+        }
+        _ => body,
+    };
     let name = target.name.clone();
     match (method, name.as_deref()) {
         (&Method::GET, Some(name)) => api.get(&target, name, accept).await,
