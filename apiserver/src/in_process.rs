@@ -41,12 +41,10 @@ mod tests {
     #[tokio::test]
     async fn kube_client_reads_writes_and_watches_in_process(
     ) -> Result<(), Box<dyn std::error::Error>> {
-        let api = Api {
-            store: Arc::new(MemStore::new(Default::default())),
-            crds: Arc::default(),
-            events: Arc::default(),
-            server_address: "127.0.0.1:6443".into(),
-        };
+        let api = Api::new(
+            Arc::new(MemStore::new(Default::default())),
+            "127.0.0.1:6443".into(),
+        );
         api.bootstrap().await.map_err(|e| e.message)?;
         let client = super::client(Arc::new(api), "system:kube-controller-manager", &[]);
         let namespaces: KubeApi<Namespace> = KubeApi::all(client.clone());

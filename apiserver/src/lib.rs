@@ -5,6 +5,7 @@
 //! and the HTTPS listener ([`server`]) with client-certificate authentication ([`auth`]),
 //! `metav1.Status` errors ([`status`]), `/version` and the health endpoints ([`routes`]).
 
+pub mod allocator;
 pub mod auth;
 pub mod crd;
 pub mod defaults;

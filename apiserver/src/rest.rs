@@ -17,6 +17,7 @@ use shoal_common::catalog::{self, ResourceDef, SYSTEM_NAMESPACES};
 use shoal_store::{ContinueToken, KeyValue, RangeRequest, Store, StoreError};
 use time::OffsetDateTime;
 
+use crate::allocator::{self, Allocation, ServiceRanges, Want};
 use crate::objects::{self, Invalid};
 use crate::patch::{self, PatchKind};
 use crate::protobuf::{self, ProtobufError};
@@ -33,6 +34,21 @@ pub struct Api {
     pub events: Arc<crate::watch::EventCache>,
     /// `host:port` clients reach this server at (for `/api`).
     pub server_address: String,
+    /// Where Service ClusterIPs and NodePorts come from.
+    pub service_ranges: ServiceRanges,
+}
+
+impl Api {
+    /// An API over `store` with no CRDs loaded yet and the default Service ranges.
+    pub fn new(store: Arc<dyn Store>, server_address: String) -> Api {
+        Api {
+            store,
+            crds: Arc::default(),
+            events: Arc::default(),
+            server_address,
+            service_ranges: ServiceRanges::default(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Api {
@@ -342,6 +358,87 @@ impl Api {
                 Err(e) => return Err(store_error(&target, ns, e)),
             }
         }
+        self.publish_kubernetes_service().await
+    }
+
+    /// The `default/kubernetes` Service (the first address of the service range, port 443)
+    /// and its Endpoints and EndpointSlice pointing at this server, as kube-apiserver keeps them.
+    async fn publish_kubernetes_service(&self) -> Result<(), ApiError> {
+        let server: std::net::SocketAddr = self.server_address.parse().map_err(|_| {
+            bad_request(format!(
+                "server address {:?} is not IP:PORT",
+                self.server_address
+            ))
+        })?;
+        let cluster_ip = self
+            .service_ranges
+            .cluster_ips
+            .nth(1)
+            .map(|ip| ip.to_string())
+            .unwrap_or_default();
+        let ports = json!([{"name": "https", "port": server.port(), "protocol": "TCP"}]);
+        let family = if server.is_ipv4() { "IPv4" } else { "IPv6" };
+        let labels = json!({"component": "apiserver", "provider": "kubernetes"});
+        let objects = [
+            (
+                "",
+                "services",
+                json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "kubernetes", "labels": labels},
+                "spec": {"type": "ClusterIP", "clusterIP": cluster_ip,
+                         "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": server.port()}]}}),
+            ),
+            (
+                "",
+                "endpoints",
+                json!({"apiVersion": "v1", "kind": "Endpoints",
+                "metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+                "subsets": [{"addresses": [{"ip": server.ip().to_string()}], "ports": ports}]}),
+            ),
+            (
+                "discovery.k8s.io",
+                "endpointslices",
+                json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "kubernetes", "labels": {"kubernetes.io/service-name": "kubernetes",
+                                                            "endpointslice.kubernetes.io/managed-by": "shoal-apiserver"}},
+                "addressType": family,
+                "endpoints": [{"addresses": [server.ip().to_string()], "conditions": {"ready": true}}],
+                "ports": ports}),
+            ),
+        ];
+        for (group, plural, object) in objects {
+            let def = catalog::find(group, "v1", plural)
+                .ok_or_else(|| bad_request(format!("no {plural}")))?;
+            let target = Target {
+                def,
+                namespace: Some("default".into()),
+                name: None,
+                subresource: None,
+            };
+            let no_query = HashMap::new();
+            let named = Target {
+                name: Some("kubernetes".into()),
+                ..target.clone()
+            };
+            let exists = self
+                .store
+                .get(&named.key())
+                .await
+                .map_err(|e| store_error(&named, "kubernetes", e))?
+                .is_some();
+            let body = Bytes::from(encode(&object)?);
+            match (exists, plural) {
+                (false, _) => {
+                    self.create(&target, &no_query, &body).await?;
+                }
+                // The Service keeps its address; the endpoints follow this server's address,
+                // which may have changed since the last start.
+                (true, "services") => {}
+                (true, _) => {
+                    self.update(&named, "kubernetes", &no_query, &body).await?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -535,17 +632,25 @@ impl Api {
             name: Some(name.clone()),
             ..target.clone()
         };
+        let mut object = object;
+        let service_plan = self.service_plan(target, &name, None, &mut object)?;
         if dry_run(query)? {
             return Ok(warn(
                 (StatusCode::CREATED, Json(object)).into_response(),
                 &warnings,
             ));
         }
-        let kv = self
-            .store
-            .create(&stored.key(), encode(&object)?)
-            .await
-            .map_err(|e| store_error(target, &name, e))?;
+        let reserved = match &service_plan {
+            Some(plan) => self.reserve(target, &name, plan, &mut object).await?,
+            None => Vec::new(),
+        };
+        let kv = match self.store.create(&stored.key(), encode(&object)?).await {
+            Ok(kv) => kv,
+            Err(e) => {
+                self.release(&reserved).await;
+                return Err(store_error(target, &name, e));
+            }
+        };
         let response = (
             StatusCode::CREATED,
             Json(objects::with_resource_version(object, kv.mod_revision)),
@@ -803,6 +908,7 @@ impl Api {
                     .delete(&target.key(), Some(current.mod_revision))
                     .await
                     .map_err(|e| store_error(target, name, e))?;
+                self.released(target, &object).await;
                 Ok(Json(object).into_response())
             }
             objects::DeleteAction::Mark(mut marked) => {
@@ -826,6 +932,218 @@ impl Api {
         }
     }
 
+    /// What writing a Service needs from the allocator (None for other kinds and for
+    /// subresources, which cannot change the spec).
+    fn service_plan(
+        &self,
+        target: &Target,
+        name: &str,
+        old: Option<&Value>,
+        new: &mut Value,
+    ) -> Result<Option<allocator::Plan>, ApiError> {
+        if target.def.kind != "Service"
+            || !target.def.group.is_empty()
+            || target.subresource.is_some()
+        {
+            return Ok(None);
+        }
+        allocator::plan(old, new, &self.service_ranges)
+            .map(Some)
+            .map_err(|e| invalid(target, name, e))
+    }
+
+    /// Reserves what `plan` asks for and writes it into the Service; on failure nothing stays
+    /// reserved.
+    async fn reserve(
+        &self,
+        target: &Target,
+        name: &str,
+        plan: &allocator::Plan,
+        service: &mut Value,
+    ) -> Result<Vec<Allocation>, ApiError> {
+        let mut reserved = Vec::new();
+        let owner = json!({"service": format!("{}/{name}", target.namespace.as_deref().unwrap_or_default()),
+                           "time": OffsetDateTime::now_utc().unix_timestamp()});
+        let owner = encode(&owner)?;
+        let result = async {
+            let mut ip = None;
+            if let Some(want) = plan.cluster_ip {
+                let allocation = match want {
+                    Want::Exactly(ip) => {
+                        let allocation = Allocation::ClusterIp(ip);
+                        if !self.try_reserve(&allocation, &owner).await? {
+                            return Err(invalid(target, name, Invalid {
+                                field: "spec.clusterIPs".into(),
+                                message: format!("Invalid value: []string{{\"{ip}\"}}: failed to allocate IP {ip}: provided IP is already allocated"),
+                            }));
+                        }
+                        allocation
+                    }
+                    Want::Any => {
+                        let cidr = &self.service_ranges.cluster_ips;
+                        let seed = u64::from_le_bytes(random());
+                        let mut found = None;
+                        for offset in allocator::ip_candidates(cidr, seed) {
+                            let Some(candidate) = cidr.nth(offset) else { continue };
+                            let allocation = Allocation::ClusterIp(candidate);
+                            if self.try_reserve(&allocation, &owner).await? {
+                                found = Some(allocation);
+                                break;
+                            }
+                        }
+                        found.ok_or_else(|| ApiError::new(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "InternalError",
+                            format!("failed to allocate a serviceIP: range is full ({cidr})"),
+                        ))?
+                    }
+                };
+                if let Allocation::ClusterIp(chosen) = allocation {
+                    ip = Some(chosen);
+                }
+                reserved.push(allocation);
+            }
+            let mut node_ports = Vec::new();
+            for (index, want) in &plan.node_ports {
+                let port = match *want {
+                    Want::Exactly(port) => {
+                        if !self.try_reserve(&Allocation::NodePort(port), &owner).await? {
+                            return Err(invalid(target, name, Invalid {
+                                field: format!("spec.ports[{index}].nodePort"),
+                                message: format!("Invalid value: {port}: provided port is already allocated"),
+                            }));
+                        }
+                        port
+                    }
+                    Want::Any => {
+                        let seed = u64::from_le_bytes(random());
+                        let mut found = None;
+                        for port in allocator::node_port_candidates(&self.service_ranges.node_ports, seed) {
+                            if self.try_reserve(&Allocation::NodePort(port), &owner).await? {
+                                found = Some(port);
+                                break;
+                            }
+                        }
+                        found.ok_or_else(|| ApiError::new(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "InternalError",
+                            "failed to allocate a nodePort: range is full",
+                        ))?
+                    }
+                };
+                reserved.push(Allocation::NodePort(port));
+                node_ports.push((*index, port));
+            }
+            allocator::record(service, plan, ip, &node_ports);
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => Ok(reserved),
+            Err(e) => {
+                self.release(&reserved).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Creates the allocation key unless somebody holds it; false if taken.
+    async fn try_reserve(&self, allocation: &Allocation, owner: &[u8]) -> Result<bool, ApiError> {
+        match self.store.create(&allocation.key(), owner.to_vec()).await {
+            Ok(_) => Ok(true),
+            Err(StoreError::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                format!("reserving {}: {e}", allocation.key()),
+            )),
+        }
+    }
+
+    /// Frees allocations (already-free ones are fine; the repair pass catches failures).
+    async fn release(&self, allocations: &[Allocation]) {
+        for allocation in allocations {
+            if let Err(e) = self.store.delete(&allocation.key(), None).await {
+                if !matches!(e, StoreError::NotFound { .. }) {
+                    tracing::warn!(key = %allocation.key(), error = %e, "freeing a service allocation");
+                }
+            }
+        }
+    }
+
+    /// An object was removed from the store: free what it held.
+    async fn released(&self, target: &Target, object: &Value) {
+        if target.def.kind == "Service" && target.def.group.is_empty() {
+            self.release(&allocator::held(object)).await;
+        }
+    }
+
+    /// Frees allocations no stored Service holds (older than `min_age`, so a create between
+    /// reserving and storing is not robbed) and re-reserves addresses stored Services hold
+    /// without a key. Returns how many were freed and re-reserved.
+    pub async fn repair_service_allocations(
+        &self,
+        min_age: std::time::Duration,
+    ) -> Result<(usize, usize), StoreError> {
+        let services = self
+            .store
+            .range(RangeRequest::prefix("/registry/core/services/"))
+            .await?;
+        let mut held: HashMap<String, Vec<u8>> = HashMap::new();
+        for kv in &services.kvs {
+            let Ok(service) = serde_json::from_slice::<Value>(&kv.value) else {
+                continue;
+            };
+            let owner = format!(
+                "{}/{}",
+                service
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default(),
+                service
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+            );
+            for allocation in allocator::held(&service) {
+                let value =
+                    serde_json::to_vec(&json!({"service": owner, "time": 0})).unwrap_or_default();
+                held.insert(allocation.key(), value);
+            }
+        }
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let min_age = i64::try_from(min_age.as_secs()).unwrap_or(i64::MAX);
+        let mut freed = 0;
+        for prefix in [allocator::IP_PREFIX, allocator::NODE_PORT_PREFIX] {
+            let keys = self.store.range(RangeRequest::prefix(prefix)).await?;
+            for kv in keys.kvs {
+                if held.remove(&kv.key).is_some() {
+                    continue;
+                }
+                let time = serde_json::from_slice::<Value>(&kv.value)
+                    .ok()
+                    .and_then(|v| v.get("time").and_then(Value::as_i64))
+                    .unwrap_or(0);
+                if now.saturating_sub(time) >= min_age {
+                    match self.store.delete(&kv.key, Some(kv.mod_revision)).await {
+                        Ok(_) => freed += 1,
+                        Err(StoreError::NotFound { .. } | StoreError::Conflict { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        let mut restored = 0;
+        for (key, value) in held {
+            match self.store.create(&key, value).await {
+                Ok(_) => restored += 1,
+                Err(StoreError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((freed, restored))
+    }
+
     /// Stores an updated object with compare-and-swap on `revision`; an object whose deletion
     /// nothing holds any more (its last finalizer removed) is then removed.
     async fn store_update(
@@ -838,16 +1156,36 @@ impl Api {
     ) -> Result<Response, UpdateError> {
         objects::check_finalizers_on_update(stored, &updated)
             .map_err(|e| UpdateError::Api(invalid(target, name, e)))?;
-        let kv = self
-            .store
-            .update(
-                &target.key(),
-                encode(&updated).map_err(UpdateError::Api)?,
-                revision,
-            )
-            .await
-            .map_err(UpdateError::Store)?;
+        let mut updated = updated;
+        let service_plan = self
+            .service_plan(target, name, Some(stored), &mut updated)
+            .map_err(UpdateError::Api)?;
+        let reserved = match &service_plan {
+            Some(plan) => self
+                .reserve(target, name, plan, &mut updated)
+                .await
+                .map_err(UpdateError::Api)?,
+            None => Vec::new(),
+        };
+        let written = match encode(&updated) {
+            Ok(bytes) => self.store.update(&target.key(), bytes, revision).await,
+            Err(e) => {
+                self.release(&reserved).await;
+                return Err(UpdateError::Api(e));
+            }
+        };
+        let kv = match written {
+            Ok(kv) => kv,
+            Err(e) => {
+                self.release(&reserved).await;
+                return Err(UpdateError::Store(e));
+            }
+        };
+        if let Some(plan) = &service_plan {
+            self.release(&plan.release).await;
+        }
         if objects::deletion_complete(&updated) {
+            self.released(target, &updated).await;
             match self
                 .store
                 .delete(&target.key(), Some(kv.mod_revision))
@@ -995,6 +1333,9 @@ impl Api {
                 Ok(_) | Err(StoreError::NotFound { .. }) => {}
                 Err(e) => return Err(store_error(target, &kv.key, e)),
             }
+            if let Ok(object) = serde_json::from_slice::<Value>(&kv.value) {
+                self.released(target, &object).await;
+            }
         }
         Ok(())
     }
@@ -1040,6 +1381,7 @@ impl Api {
                     Ok(_) | Err(StoreError::NotFound { .. }) => {}
                     Err(e) => return Err(store_error(target, &kv.key, e)),
                 }
+                self.released(target, &object).await;
             }
             deleted.push(object);
         }

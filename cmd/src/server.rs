@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use shoal_apiserver::allocator::ServiceRanges;
 use shoal_apiserver::pki::{ClusterPki, ServingIdentity};
 use shoal_apiserver::rest::Api;
 use shoal_apiserver::{routes, server};
@@ -60,10 +61,15 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         events: Arc::default(),
         store: store_handle,
         server_address: format!("{}:{}", client_ip(advertise), args.https_listen_port),
+        service_ranges: ServiceRanges {
+            cluster_ips: args.service_cidr,
+            node_ports: ServiceRanges::default().node_ports,
+        },
     });
     api.bootstrap()
         .await
         .map_err(|e| anyhow::anyhow!("creating the system namespaces: {}", e.message))?;
+    tokio::spawn(repair_service_allocations(Arc::clone(&api)));
 
     let listen = SocketAddr::new(args.bind_address, args.https_listen_port);
     let listener = server::bind(listen).await?;
@@ -120,4 +126,23 @@ fn hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into())
+}
+
+/// Frees Service addresses nothing holds any more (after a crash between reserving and
+/// storing), at start and then every few minutes.
+async fn repair_service_allocations(api: Arc<Api>) {
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(180));
+    loop {
+        ticker.tick().await;
+        match api
+            .repair_service_allocations(std::time::Duration::from_secs(60))
+            .await
+        {
+            Ok((0, 0)) => {}
+            Ok((freed, restored)) => {
+                tracing::info!(freed, restored, "repaired service address allocations")
+            }
+            Err(e) => tracing::warn!(error = %e, "repairing service address allocations"),
+        }
+    }
 }

@@ -57,6 +57,23 @@ impl Cluster {
         }
     }
 
+    /// Stops the server (SIGTERM) and starts it again on the same data and port.
+    fn restart(&mut self) {
+        let data = self._dir.path().to_path_buf();
+        let stopped = std::mem::replace(
+            &mut self._server,
+            ShoalServer::spawn(&mut Command::new("true")).expect("placeholder"),
+        );
+        stopped.stop().expect("server stops");
+        self._server = ShoalServer::start(
+            Path::new(env!("CARGO_BIN_EXE_shoal")),
+            &data,
+            self.port,
+            &[],
+        )
+        .expect("shoal server restarts");
+    }
+
     fn kubectl(&self, kubectl: &Path, kubeconfig: &Path, args: &[&str]) -> Output {
         Command::new(kubectl)
             .arg("--kubeconfig")
@@ -410,7 +427,26 @@ fn api(
     content_type: &str,
     body: &str,
 ) -> (u16, serde_json::Value) {
-    let tls = cluster._dir.path().join("server/tls");
+    api_at(
+        cluster._dir.path(),
+        cluster.port,
+        method,
+        path,
+        content_type,
+        body,
+    )
+}
+
+/// [`api`] for a server with data in `dir` listening on `port`.
+fn api_at(
+    dir: &Path,
+    port: u16,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let tls = dir.join("server/tls");
     let out = Command::new("curl")
         .args(["-s", "-w", "\n%{http_code}", "-X", method, "--cacert"])
         .arg(tls.join("server-ca.crt"))
@@ -424,7 +460,7 @@ fn api(
             "--data-binary",
             body,
         ])
-        .arg(format!("https://127.0.0.1:{}{path}", cluster.port))
+        .arg(format!("https://127.0.0.1:{port}{path}"))
         .output()
         .expect("curl");
     let all = text(&out.stdout);
@@ -1393,4 +1429,198 @@ fn typed_create_commands_work_in_protobuf_and_json() {
             text(&bad.stderr)
         );
     }
+}
+
+/// Services get their ClusterIP and NodePorts when they are created: distinct under concurrent
+/// creates, chosen ones honoured once, freed on deletion, kept across restarts; and the
+/// `default/kubernetes` Service points at the server.
+#[test]
+fn services_get_addresses_that_are_never_shared() {
+    let mut cluster = Cluster::start();
+    let get = |cluster: &Cluster, path: &str| api(cluster, "GET", path, "application/json", "").1;
+    let kubernetes = get(&cluster, "/api/v1/namespaces/default/services/kubernetes");
+    assert_eq!(kubernetes["spec"]["clusterIP"], "10.43.0.1", "{kubernetes}");
+    assert_eq!(kubernetes["spec"]["ports"][0]["port"], 443);
+    let endpoints = get(&cluster, "/api/v1/namespaces/default/endpoints/kubernetes");
+    assert_eq!(
+        endpoints["subsets"][0]["addresses"][0]["ip"], "127.0.0.1",
+        "{endpoints}"
+    );
+    assert_eq!(endpoints["subsets"][0]["ports"][0]["port"], cluster.port);
+
+    let service = |name: &str, spec: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"{name}"}},"spec":{spec}}}"#
+        )
+    };
+    let create = |cluster: &Cluster, name: &str, spec: &str| {
+        api(
+            cluster,
+            "POST",
+            "/api/v1/namespaces/default/services",
+            "application/json",
+            &service(name, spec),
+        )
+    };
+    // Concurrent creates never share an address.
+    let ips: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..16)
+            .map(|i| {
+                let (dir, port) = (cluster._dir.path().to_path_buf(), cluster.port);
+                let body = service(
+                    &format!("s{i}"),
+                    r#"{"type":"NodePort","ports":[{"port":80}]}"#,
+                );
+                scope.spawn(move || {
+                    let (code, svc) = api_at(
+                        &dir,
+                        port,
+                        "POST",
+                        "/api/v1/namespaces/default/services",
+                        "application/json",
+                        &body,
+                    );
+                    assert_eq!(code, 201, "{svc}");
+                    (
+                        svc["spec"]["clusterIP"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                        svc["spec"]["ports"][0]["nodePort"]
+                            .as_u64()
+                            .unwrap_or_default(),
+                    )
+                })
+            })
+            .collect();
+        let results: Vec<(String, u64)> = handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect();
+        let mut ports: Vec<u64> = results.iter().map(|r| r.1).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 16, "distinct node ports");
+        assert!(
+            ports.iter().all(|p| (30000..=32767).contains(p)),
+            "{ports:?}"
+        );
+        results.into_iter().map(|r| r.0).collect()
+    });
+    let mut distinct = ips.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 16, "{ips:?}");
+    assert!(
+        ips.iter()
+            .all(|ip| ip.starts_with("10.43.") && ip != "10.43.0.1"),
+        "{ips:?}"
+    );
+
+    // A chosen address is honoured once.
+    let (code, dns) = create(
+        &cluster,
+        "dns",
+        r#"{"clusterIP":"10.43.0.10","ports":[{"port":53,"protocol":"UDP"}]}"#,
+    );
+    assert_eq!(
+        (code, dns["spec"]["clusterIP"].as_str()),
+        (201, Some("10.43.0.10")),
+        "{dns}"
+    );
+    let (code, status) = create(
+        &cluster,
+        "dns2",
+        r#"{"clusterIP":"10.43.0.10","ports":[{"port":53}]}"#,
+    );
+    assert_eq!(code, 422, "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("provided IP is already allocated"),
+        "{status}"
+    );
+    let (code, status) = create(
+        &cluster,
+        "np",
+        r#"{"type":"NodePort","ports":[{"port":80,"nodePort":30080}]}"#,
+    );
+    assert_eq!(code, 201, "{status}");
+    let (code, status) = create(
+        &cluster,
+        "np2",
+        r#"{"type":"NodePort","ports":[{"port":80,"nodePort":30080}]}"#,
+    );
+    assert_eq!(code, 422, "{status}");
+    let (code, status) = create(
+        &cluster,
+        "outside",
+        r#"{"clusterIP":"10.99.0.1","ports":[{"port":80}]}"#,
+    );
+    assert_eq!(code, 422, "{status}");
+    // An update may omit the allocated values (they are kept) but not change them.
+    let (code, updated) = api(
+        &cluster,
+        "PUT",
+        "/api/v1/namespaces/default/services/dns",
+        "application/json",
+        &service(
+            "dns",
+            r#"{"ports":[{"port":53,"protocol":"UDP"}],"selector":{"k8s-app":"dns"}}"#,
+        ),
+    );
+    assert_eq!(
+        (code, updated["spec"]["clusterIP"].as_str()),
+        (200, Some("10.43.0.10")),
+        "{updated}"
+    );
+    let (code, _) = api(
+        &cluster,
+        "PUT",
+        "/api/v1/namespaces/default/services/dns",
+        "application/json",
+        &service(
+            "dns",
+            r#"{"clusterIP":"10.43.0.11","ports":[{"port":53,"protocol":"UDP"}]}"#,
+        ),
+    );
+    assert_eq!(code, 422);
+
+    // Addresses survive a restart; deleting the Service frees them.
+    cluster.restart();
+    let (code, _) = create(
+        &cluster,
+        "dns3",
+        r#"{"clusterIP":"10.43.0.10","ports":[{"port":53}]}"#,
+    );
+    assert_eq!(code, 422, "still allocated after a restart");
+    let (code, _) = api(
+        &cluster,
+        "DELETE",
+        "/api/v1/namespaces/default/services/dns",
+        "application/json",
+        "",
+    );
+    assert_eq!(code, 200);
+    let (code, again) = create(
+        &cluster,
+        "dns3",
+        r#"{"clusterIP":"10.43.0.10","ports":[{"port":53}]}"#,
+    );
+    assert_eq!(code, 201, "freed by the deletion: {again}");
+    let (code, _) = api(
+        &cluster,
+        "DELETE",
+        "/api/v1/namespaces/default/services/np",
+        "application/json",
+        "",
+    );
+    assert_eq!(code, 200);
+    let (code, status) = create(
+        &cluster,
+        "np3",
+        r#"{"type":"NodePort","ports":[{"port":80,"nodePort":30080}]}"#,
+    );
+    assert_eq!(code, 201, "{status}");
 }

@@ -79,6 +79,16 @@ impl Cidr {
         })
     }
 
+    /// Where `ip` lies in the network (0 is the network address), if inside.
+    pub fn offset(&self, ip: IpAddr) -> Option<u128> {
+        if !self.contains(ip) {
+            return None;
+        }
+        let (net, _) = bits(self.addr);
+        let (host, _) = bits(ip);
+        Some(host - net)
+    }
+
     /// How many addresses the network holds, saturating at `u128::MAX`.
     pub fn size(&self) -> u128 {
         let (_, width) = bits(self.addr);
@@ -147,6 +157,8 @@ mod tests {
         );
         assert_eq!(services.nth(65_536), None);
         assert_eq!(v6.nth(10), Some("fd00:42::a".parse().expect("ip")));
+        assert_eq!(services.offset("10.43.1.2".parse().expect("ip")), Some(258));
+        assert_eq!(services.offset("10.44.0.0".parse().expect("ip")), None);
     }
 
     #[test]

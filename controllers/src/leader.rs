@@ -360,12 +360,10 @@ mod election_tests {
     #[tokio::test]
     async fn one_leader_at_a_time_and_a_handover_on_release(
     ) -> Result<(), Box<dyn std::error::Error>> {
-        let server = Arc::new(Server {
-            store: Arc::new(MemStore::new(Default::default())),
-            crds: Arc::default(),
-            events: Arc::default(),
-            server_address: "127.0.0.1:6443".into(),
-        });
+        let server = Arc::new(Server::new(
+            Arc::new(MemStore::new(Default::default())),
+            "127.0.0.1:6443".into(),
+        ));
         server.bootstrap().await.map_err(|e| e.message)?;
         let client = shoal_apiserver::in_process::client(server, "test", &[]);
         let working = Arc::new(AtomicUsize::new(0));
