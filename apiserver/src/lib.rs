@@ -9,6 +9,7 @@ pub mod auth;
 pub mod crd;
 pub mod defaults;
 pub mod discovery;
+pub mod managed_fields;
 pub mod objects;
 pub mod openapi;
 pub mod patch;
