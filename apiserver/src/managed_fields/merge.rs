@@ -296,6 +296,8 @@ mod tests {
         assert_eq!(merged(&["a", "b"], &["c", "a"]), ["c", "a", "b"]);
         assert_eq!(merged(&["b", "a"], &["a", "b"]), ["a", "b"]);
         assert_eq!(merged(&["a", "b", "c"], &["c", "b", "a"]), ["c", "b", "a"]);
+        // Items the configuration reorders move behind the live-only ones between them.
+        assert_eq!(merged(&["a", "x", "b"], &["b", "a"]), ["x", "b", "a"]);
     }
 
     #[test]
