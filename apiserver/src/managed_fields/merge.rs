@@ -9,18 +9,17 @@ use super::path::{FieldSet, PathElement};
 use super::schema::{ListKind, ObjectKind};
 use super::walk::{index_list, item_element, IndexedList, Walker};
 
-/// A copy of `value` without null object fields: a null in an applied configuration unsets
-/// the field, as decoding it into a typed object would.
-fn without_nulls(value: &Value) -> Value {
+/// Drops null object fields. A null in an applied configuration sets the field to null while
+/// ownership and conflicts are worked out (so nulling another manager's field conflicts), then
+/// unsets it, as decoding into a typed object would.
+pub(crate) fn drop_null_fields(value: &mut Value) {
     match value {
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k.clone(), without_nulls(v)))
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.iter().map(without_nulls).collect()),
-        other => other.clone(),
+        Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(drop_null_fields);
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_null_fields),
+        _ => {}
     }
 }
 
@@ -47,10 +46,10 @@ impl Walker<'_> {
             (Some(Value::Array(live_items)), Value::Array(config_items)) => {
                 match self.merge_lists(live_items, config_items, schema_path) {
                     Some(items) => Value::Array(items),
-                    None => without_nulls(config),
+                    None => config.clone(),
                 }
             }
-            _ => without_nulls(config),
+            _ => config.clone(),
         }
     }
 
@@ -66,7 +65,6 @@ impl Walker<'_> {
                 None => {
                     out.insert(name.clone(), live_value.clone());
                 }
-                Some(Value::Null) => {}
                 Some(config_value) => {
                     schema_path.push(name);
                     let merged = self.merge_value(Some(live_value), config_value, schema_path);
@@ -76,8 +74,8 @@ impl Walker<'_> {
             }
         }
         for (name, config_value) in config {
-            if !live.contains_key(name) && !config_value.is_null() {
-                out.insert(name.clone(), without_nulls(config_value));
+            if !live.contains_key(name) {
+                out.insert(name.clone(), config_value.clone());
             }
         }
         out
@@ -312,7 +310,9 @@ mod tests {
             "metadata": {"labels": {"b": "2"}, "finalizers": ["z", "x"]},
             "spec": {"containers": [{"name": "c", "image": "new", "args": ["3"], "tty": null}]}
         });
-        let merged = walker.merge(Some(&live), &config);
+        let mut merged = walker.merge(Some(&live), &config);
+        assert_eq!(merged["spec"]["containers"][0]["tty"], Value::Null);
+        drop_null_fields(&mut merged);
         assert_eq!(
             merged,
             json!({

@@ -38,10 +38,14 @@ use entries::{
     store_entries, take_managed_fields, without_managed_fields, Identity,
 };
 use last_applied::{last_applied_fields, refresh_annotation, KUBECTL_APPLY_MANAGER};
+use merge::drop_null_fields;
 use walk::Walker;
 
 /// The longest field manager name Kubernetes accepts, in bytes.
 pub const FIELD_MANAGER_MAX_LENGTH: usize = 128;
+
+/// The updater that owns the fields an object had before its first apply.
+pub const BEFORE_FIRST_APPLY_MANAGER: &str = "before-first-apply";
 
 /// Fields nobody owns: the object's identity and what the server sets. As in Kubernetes these
 /// exact paths are dropped from every set, after merging (so an apply still keeps them).
@@ -140,6 +144,13 @@ impl<S: Schema> FieldManager<S> {
         let applied = self.without_ignored(walker.field_set(config).map_err(ApplyError::Invalid)?);
         let live_object = live.map(without_managed_fields);
         let mut entries = live.map(recorded_entries).unwrap_or_default();
+        if entries.is_empty() {
+            entries.extend(
+                live_object
+                    .as_ref()
+                    .and_then(|l| self.before_first_apply(l, options.now)),
+            );
+        }
         let api_version = text_field(config, "apiVersion");
         let applier = Identity::new(
             options.manager,
@@ -165,6 +176,7 @@ impl<S: Schema> FieldManager<S> {
                 return Err(ApplyError::Conflicts(unresolved));
             }
         }
+        drop_null_fields(&mut merged);
         // Forced (or allowed) conflicts move to the applier; removed fields leave every set.
         for entry in &mut entries {
             entry.fields = entry
@@ -189,6 +201,22 @@ impl<S: Schema> FieldManager<S> {
             keep_old_timestamps_if_unchanged(live, &mut merged);
         }
         Ok(merged)
+    }
+
+    /// Kubernetes gives the fields of an object without managed fields (written before they
+    /// were tracked, or reset since) to `before-first-apply`, so that a first apply cannot
+    /// silently change them.
+    fn before_first_apply(&self, live: &Value, now: &str) -> Option<ManagedFieldsEntry> {
+        let existing = self.walker().compare(None, Some(live)).changed();
+        let existing = self.without_ignored(never_tracked_removed(existing));
+        (!existing.is_empty()).then(|| ManagedFieldsEntry {
+            manager: BEFORE_FIRST_APPLY_MANAGER.into(),
+            operation: Operation::Update,
+            api_version: text_field(live, "apiVersion").into(),
+            time: Some(now.into()),
+            subresource: None,
+            fields: existing,
+        })
     }
 
     /// Records a create (`old` is `None`), update or non-apply patch in `new`'s

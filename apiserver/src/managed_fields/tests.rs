@@ -625,3 +625,38 @@ fn field_manager_names_are_validated() {
         .contains("U+0007"));
     assert!(validate_field_manager("kube-controller-manager", true).is_ok());
 }
+
+#[test]
+fn an_object_written_before_tracking_is_owned_by_before_first_apply() {
+    let untracked = as_stored(deployment(3, "nginx:1.25"));
+    let conflicts = conflicts_of(apply(
+        Some(&untracked),
+        &deployment(5, "nginx:1.25"),
+        "ci",
+        false,
+        T1,
+    ));
+    assert_eq!(
+        ApplyError::Conflicts(conflicts).to_string(),
+        "Apply failed with 1 conflict: conflict with \"before-first-apply\" using apps/v1: .spec.replicas"
+    );
+    // Agreeing with the existing values shares them.
+    let shared = apply_as(Some(&untracked), &deployment(3, "nginx:1.25"), "ci", T1);
+    assert!(owned(&shared, BEFORE_FIRST_APPLY_MANAGER, "Update")
+        .contains(&".spec.replicas".to_string()));
+    assert!(owned(&shared, "ci", "Apply").contains(&".spec.replicas".to_string()));
+}
+
+#[test]
+fn nulling_another_managers_field_conflicts_and_unsets_it_when_forced() {
+    let live = as_stored(apply_as(None, &deployment(3, "nginx:1.25"), "ci", T0));
+    let nulled = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "nginx"}, "spec": {"replicas": null}
+    });
+    let conflicts = conflicts_of(apply(Some(&live), &nulled, "other", false, T1));
+    assert_eq!(conflicts[0].path.to_string(), ".spec.replicas");
+    let forced = apply(Some(&live), &nulled, "other", true, T1).unwrap();
+    assert!(forced["spec"].get("replicas").is_none());
+    assert!(!owned(&forced, "ci", "Apply").contains(&".spec.replicas".to_string()));
+}
