@@ -143,14 +143,7 @@ impl<S: Schema> FieldManager<S> {
         let walker = self.walker();
         let applied = self.without_ignored(walker.field_set(config).map_err(ApplyError::Invalid)?);
         let live_object = live.map(without_managed_fields);
-        let mut entries = live.map(recorded_entries).unwrap_or_default();
-        if entries.is_empty() {
-            entries.extend(
-                live_object
-                    .as_ref()
-                    .and_then(|l| self.before_first_apply(l, options.now)),
-            );
-        }
+        let mut entries = self.entries_before_apply(live, live_object.as_ref(), options.now);
         let api_version = text_field(config, "apiVersion");
         let applier = Identity::new(
             options.manager,
@@ -166,24 +159,14 @@ impl<S: Schema> FieldManager<S> {
             entries.iter().for_each(|e| owned.union_with(&e.fields));
             walker.prune(&mut merged, &previous.fields, &owned);
         }
-
         let comparison = walker.compare(live_object.as_ref(), Some(&merged));
         let changed = comparison.changed();
-        let conflicts = conflicts_with(&entries, &changed);
-        if !conflicts.is_empty() && !options.force {
-            let unresolved = unresolved_conflicts(live, options.manager, conflicts, &walker);
-            if !unresolved.is_empty() {
-                return Err(ApplyError::Conflicts(unresolved));
-            }
+        if !options.force {
+            refuse_conflicts(&entries, &changed, live, options.manager, &walker)?;
         }
         drop_null_fields(&mut merged);
-        // Forced (or allowed) conflicts move to the applier; removed fields leave every set.
-        for entry in &mut entries {
-            entry.fields = entry
-                .fields
-                .difference(&changed)
-                .difference(&comparison.removed);
-        }
+        // Forced (or allowed) conflicts move to the applier.
+        disown(&mut entries, &changed, &comparison.removed);
         entries.push(ManagedFieldsEntry {
             manager: options.manager.into(),
             operation: Operation::Apply,
@@ -201,6 +184,23 @@ impl<S: Schema> FieldManager<S> {
             keep_old_timestamps_if_unchanged(live, &mut merged);
         }
         Ok(merged)
+    }
+
+    /// The live object's entries; for an object without any, one owning all its fields.
+    fn entries_before_apply(
+        &self,
+        live: Option<&Value>,
+        live_object: Option<&Value>,
+        now: &str,
+    ) -> Vec<ManagedFieldsEntry> {
+        let entries = live.map(recorded_entries).unwrap_or_default();
+        if !entries.is_empty() {
+            return entries;
+        }
+        live_object
+            .and_then(|l| self.before_first_apply(l, now))
+            .into_iter()
+            .collect()
     }
 
     /// Kubernetes gives the fields of an object without managed fields (written before they
@@ -232,12 +232,7 @@ impl<S: Schema> FieldManager<S> {
         let old_object = old.map(without_managed_fields);
         let comparison = self.walker().compare(old_object.as_ref(), Some(new));
         let changed = comparison.changed();
-        for entry in &mut entries {
-            entry.fields = entry
-                .fields
-                .difference(&changed)
-                .difference(&comparison.removed);
-        }
+        disown(&mut entries, &changed, &comparison.removed);
         let written = self.without_ignored(never_tracked_removed(changed));
         if !written.is_empty() {
             let api_version = text_field(new, "apiVersion").to_string();
@@ -379,6 +374,35 @@ fn starting_entries(
             _ => recorded(),
         },
         None => recorded(),
+    }
+}
+
+/// Takes what a write changed (`changed`, now the writer's) or removed (`removed`, now
+/// nobody's) out of every entry in `entries`.
+fn disown(entries: &mut [ManagedFieldsEntry], changed: &FieldSet, removed: &FieldSet) {
+    for entry in entries {
+        entry.fields = entry.fields.difference(changed).difference(removed);
+    }
+}
+
+/// Fails with the conflicts an unforced apply has with `entries` over `changed`, except those
+/// `kubectl` may take over from client-side apply.
+fn refuse_conflicts(
+    entries: &[ManagedFieldsEntry],
+    changed: &FieldSet,
+    live: Option<&Value>,
+    manager: &str,
+    walker: &Walker<'_>,
+) -> Result<(), ApplyError> {
+    let conflicts = conflicts_with(entries, changed);
+    if conflicts.is_empty() {
+        return Ok(());
+    }
+    let unresolved = unresolved_conflicts(live, manager, conflicts, walker);
+    if unresolved.is_empty() {
+        Ok(())
+    } else {
+        Err(ApplyError::Conflicts(unresolved))
     }
 }
 
