@@ -263,7 +263,12 @@ impl FieldSet {
                 self.members.insert(element.clone());
             }
             if !child.is_empty() {
-                self.children.entry(element).or_default().union_with(&child);
+                match self.children.get_mut(&element) {
+                    Some(existing) => existing.union_with(&child),
+                    None => {
+                        self.children.insert(element, child);
+                    }
+                }
             }
         }
         Ok(())

@@ -660,3 +660,45 @@ fn nulling_another_managers_field_conflicts_and_unsets_it_when_forced() {
     assert!(forced["spec"].get("replicas").is_none());
     assert!(!owned(&forced, "ci", "Apply").contains(&".spec.replicas".to_string()));
 }
+
+/// Applies, edits, conflicts and prunes on a container with `count` env items; returns how
+/// long that took.
+fn env_workout(count: usize) -> std::time::Duration {
+    let with_env = |count: usize, value: &str| {
+        let mut config = deployment(1, "app:1");
+        let env: Vec<Value> = (0..count)
+            .map(|i| json!({"name": format!("VAR_{i}"), "value": value}))
+            .collect();
+        config["spec"]["template"]["spec"]["containers"][0]["env"] = json!(env);
+        config
+    };
+    let started = std::time::Instant::now();
+    let live = as_stored(apply_as(None, &with_env(count, "a"), "ci", T0));
+    let mut edited = live.clone();
+    edited["spec"]["template"]["spec"]["containers"][0]["env"][7]["value"] = json!("edited");
+    track_update(Some(&live), &mut edited, "kubectl-edit", None, T1);
+    let conflicts = conflicts_of(apply(
+        Some(&edited),
+        &with_env(count, "b"),
+        "other",
+        false,
+        T2,
+    ));
+    assert_eq!(conflicts.len(), count);
+    let shrunk = apply(Some(&edited), &with_env(count / 2, "a"), "ci", true, T3).unwrap();
+    let env = &shrunk["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert_eq!(env.as_array().unwrap().len(), count / 2);
+    assert!(entry(&shrunk, "kubectl-edit", "Update").is_none());
+    started.elapsed()
+}
+
+#[test]
+fn long_lists_are_handled_in_linear_time() {
+    let small = env_workout(4_000);
+    let large = env_workout(16_000);
+    // Four times the items: about four times the work; quadratic work would be sixteen.
+    assert!(
+        large < small * 10,
+        "4 000 items: {small:?}, 16 000 items: {large:?}"
+    );
+}
