@@ -11,6 +11,12 @@
 //! Lists and maps follow the schema ([`Schema`]): associative lists merge and are owned item by
 //! item, set lists value by value, string maps entry by entry, anything atomic as a whole.
 //! [`BuiltinSchema`] tables the built-in kinds; custom resources get atomic lists.
+//!
+//! Where this differs from Kubernetes, for want of its typed schemas: no version conversion
+//! (an apply must use the stored apiVersion); whether an updated struct node gets `".": {}`
+//! follows a table of Go value fields ([`Schema::always_present`]) rather than Go's zero
+//! values; the built-in list and map table covers the common types, not every annotation;
+//! unions and per-field defaults other than list keys are not modelled.
 
 mod conflict;
 mod entries;
