@@ -11,6 +11,7 @@ pub mod crd;
 pub mod defaults;
 pub mod discovery;
 pub mod in_process;
+pub mod managed_fields;
 pub mod objects;
 pub mod openapi;
 pub mod patch;
