@@ -38,6 +38,16 @@ pub struct Unschedulable {
     pub failed_filters: BTreeSet<FilterKind>,
     /// Per node, the reasons it was rejected for.
     pub node_reasons: BTreeMap<String, Vec<String>>,
+    /// Problems met while reading the pod (e.g. an unparsable request, counted as 0).
+    pub notes: Vec<String>,
+}
+
+/// Nodes ruled out before the filters ran, all for one reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ExcludedNodes<'a> {
+    pub names: Vec<String>,
+    pub filter: FilterKind,
+    pub reason: &'a str,
 }
 
 impl Unschedulable {
@@ -49,6 +59,7 @@ impl Unschedulable {
             reasons: Vec::new(),
             failed_filters: BTreeSet::new(),
             node_reasons: BTreeMap::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -60,15 +71,15 @@ impl Unschedulable {
             reasons: vec![(reason.to_string(), node_count)],
             failed_filters: BTreeSet::from([filter]),
             node_reasons: BTreeMap::new(),
+            notes: Vec::new(),
         }
     }
 
-    /// Aggregates the per-node failures; `excluded` are nodes ruled out before filtering,
-    /// with their reason.
+    /// Aggregates the per-node failures and the nodes excluded before filtering.
     pub(crate) fn from_failures(
         node_count: usize,
         failures: Vec<(String, FilterFailure)>,
-        excluded: Option<(usize, FilterKind, &str)>,
+        excluded: Option<ExcludedNodes<'_>>,
     ) -> Self {
         let mut histogram: HashMap<String, usize> = HashMap::new();
         let mut failed_filters = BTreeSet::new();
@@ -81,10 +92,11 @@ impl Unschedulable {
             }
             node_reasons.insert(node, reasons);
         }
-        if let Some((count, filter, reason)) = excluded {
-            if count > 0 {
-                failed_filters.insert(filter);
-                *histogram.entry(reason.to_string()).or_default() += count;
+        if let Some(excluded) = excluded.filter(|e| !e.names.is_empty()) {
+            failed_filters.insert(excluded.filter);
+            *histogram.entry(excluded.reason.to_string()).or_default() += excluded.names.len();
+            for name in excluded.names {
+                node_reasons.insert(name, vec![excluded.reason.to_string()]);
             }
         }
         let mut counted: Vec<(String, (String, usize))> = histogram
@@ -108,6 +120,7 @@ impl Unschedulable {
             reasons: counted.into_iter().map(|(_, pair)| pair).collect(),
             failed_filters,
             node_reasons,
+            notes: Vec::new(),
         }
     }
 
@@ -217,15 +230,20 @@ mod tests {
         let result = Unschedulable::from_failures(
             3,
             failures(&[("n1", FilterFailure::NodeUnschedulable)]),
-            Some((
-                2,
-                FilterKind::NodeAffinity,
-                "node(s) didn't satisfy plugin(s) [NodeAffinity]",
-            )),
+            Some(ExcludedNodes {
+                names: vec!["n2".into(), "n3".into()],
+                filter: FilterKind::NodeAffinity,
+                reason: "node(s) didn't satisfy plugin(s) [NodeAffinity]",
+            }),
         );
         assert_eq!(
             result.message,
             "0/3 nodes are available: 1 node(s) were unschedulable, 2 node(s) didn't satisfy plugin(s) [NodeAffinity]."
+        );
+        assert_eq!(result.node_reasons.len(), 3);
+        assert_eq!(
+            result.node_reasons["n3"],
+            vec!["node(s) didn't satisfy plugin(s) [NodeAffinity]"]
         );
     }
 

@@ -5,7 +5,7 @@
 
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::explain::Unschedulable;
+use crate::explain::{ExcludedNodes, Unschedulable};
 use crate::filters::node_affinity::{REASON_CONFLICT, REASON_NOT_SELECTED};
 use crate::filters::{FilterKind, Filters};
 use crate::node_selector::NodeNameRestriction;
@@ -75,11 +75,13 @@ impl Scheduler {
         let restricted: Option<Vec<NodeId>> = match pod.required_node_affinity.name_restriction() {
             NodeNameRestriction::AnyNode => None,
             NodeNameRestriction::Only(names) if names.is_empty() => {
-                return Err(Unschedulable::before_filtering(
+                let mut error = Unschedulable::before_filtering(
                     all_nodes.len(),
                     FilterKind::NodeAffinity,
                     REASON_CONFLICT,
-                ));
+                );
+                error.notes = notes;
+                return Err(error);
             }
             NodeNameRestriction::Only(names) => Some(
                 all_nodes
@@ -120,12 +122,19 @@ impl Scheduler {
                 .into_iter()
                 .map(|(id, failure)| (node_name(snapshot, id), failure))
                 .collect();
-            let excluded = all_nodes.len() - nodes.len();
-            return Err(Unschedulable::from_failures(
-                all_nodes.len(),
-                named,
-                Some((excluded, FilterKind::NodeAffinity, REASON_NOT_SELECTED)),
-            ));
+            // Only a name restriction leaves nodes unvisited; it names few nodes.
+            let excluded = restricted.as_ref().map(|kept| ExcludedNodes {
+                names: all_nodes
+                    .iter()
+                    .filter(|id| !kept.contains(id))
+                    .map(|&id| node_name(snapshot, id))
+                    .collect(),
+                filter: FilterKind::NodeAffinity,
+                reason: REASON_NOT_SELECTED,
+            });
+            let mut error = Unschedulable::from_failures(all_nodes.len(), named, excluded);
+            error.notes = notes;
+            return Err(error);
         }
 
         let (chosen, score) = if let [only] = feasible.as_slice() {
