@@ -7,6 +7,7 @@
 //! controller per node (default spreading), and the inter-pod affinity terms of existing pods
 //! grouped by identical term with counts per node (so replicas sharing a term cost one check).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
@@ -491,15 +492,16 @@ impl Snapshot {
         &self,
         namespace: &str,
         selector: &SpreadSelector,
-    ) -> HashMap<NodeId, i64> {
+    ) -> Cow<'_, HashMap<NodeId, i64>> {
         match selector {
-            SpreadSelector::SameController(uid) => {
-                self.controller_pods.get(uid).cloned().unwrap_or_default()
-            }
+            SpreadSelector::SameController(uid) => match self.controller_pods.get(uid) {
+                Some(counts) => Cow::Borrowed(counts),
+                None => Cow::Owned(HashMap::new()),
+            },
             SpreadSelector::Labels(selector) => {
                 let mut counts = HashMap::new();
                 if selector.is_everything() {
-                    return counts;
+                    return Cow::Owned(counts);
                 }
                 let mut candidates = Vec::new();
                 self.label_index
@@ -510,7 +512,7 @@ impl Snapshot {
                         *counts.entry(entry.node).or_default() += 1;
                     }
                 }
-                counts
+                Cow::Owned(counts)
             }
         }
     }

@@ -80,7 +80,7 @@ impl SpreadFilterState {
         let mut constraints = Vec::with_capacity(width);
         for (i, (constraint, mut domains)) in hard.iter().zip(per_domain).enumerate() {
             let counts = snapshot.spread_matches_per_node(&pod.namespace, &constraint.selector);
-            for (node_id, count) in counts {
+            for (&node_id, &count) in counts.iter() {
                 if !eligible.get(node_id * width + i).copied().unwrap_or(false) {
                     continue;
                 }

@@ -6,6 +6,7 @@
 //! Raw score per node: Σ over constraints of `count × ln(domains + 2) + maxSkew − 1`, then
 //! normalized as `100 × (max + min − score) / max`.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use super::MAX_NODE_SCORE;
@@ -71,7 +72,7 @@ pub(crate) fn scores(snapshot: &Snapshot, pod: &PodInfo, feasible: &[NodeId]) ->
         .collect();
 
     // Matching pods per node, shared by constraints with the same selector.
-    let mut per_node_cache: Vec<(&SpreadSelector, HashMap<NodeId, i64>)> = Vec::new();
+    let mut per_node_cache: Vec<(&SpreadSelector, Cow<'_, HashMap<NodeId, i64>>)> = Vec::new();
     let mut per_node_index = Vec::with_capacity(constraints.len());
     for constraint in constraints {
         let position = per_node_cache
@@ -90,7 +91,7 @@ pub(crate) fn scores(snapshot: &Snapshot, pod: &PodInfo, feasible: &[NodeId]) ->
         if constraint.topology_key == LABEL_HOSTNAME {
             continue;
         }
-        for (&id, &count) in &per_node_cache[per_node_index[i]].1 {
+        for (&id, &count) in per_node_cache[per_node_index[i]].1.iter() {
             let Some(node) = snapshot.node(id) else {
                 continue;
             };
