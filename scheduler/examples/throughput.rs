@@ -50,10 +50,12 @@ fn main() {
     let nodes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
     let pods: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
 
+    let building = Instant::now();
     let mut snapshot = Snapshot::new();
     for i in 0..nodes {
         snapshot.upsert_node(&node(i));
     }
+    println!("{nodes} nodes added one by one in {:?}", building.elapsed());
     let pending: Vec<Pod> = (0..pods).map(pod).collect();
     let mut scheduler = Scheduler::new(SchedulerConfig::default());
     let started = Instant::now();
