@@ -1,0 +1,157 @@
+//! The filters — kube-scheduler's Filter plugins — run in the default plugin order. The first
+//! filter that rejects a node is the only one reported for it, as kube-scheduler stops at the
+//! first failing plugin; one filter may give several reasons (e.g. "Insufficient cpu" and
+//! "Insufficient memory").
+//!
+//! Volume plugins (VolumeRestrictions, NodeVolumeLimits, VolumeBinding, VolumeZone) and
+//! DynamicResources are not implemented.
+
+pub(crate) mod inter_pod_affinity;
+pub(crate) mod node_affinity;
+pub(crate) mod node_name;
+pub(crate) mod node_ports;
+pub(crate) mod node_resources_fit;
+pub(crate) mod node_unschedulable;
+pub(crate) mod pod_topology_spread;
+pub(crate) mod taint_toleration;
+
+use crate::pod_info::PodInfo;
+use crate::snapshot::{NodeId, Snapshot};
+
+use inter_pod_affinity::InterPodAffinityState;
+use pod_topology_spread::SpreadFilterState;
+
+/// A filter, named as the kube-scheduler plugin it mirrors. Listed in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FilterKind {
+    NodeUnschedulable,
+    NodeName,
+    TaintToleration,
+    NodeAffinity,
+    NodePorts,
+    NodeResourcesFit,
+    PodTopologySpread,
+    InterPodAffinity,
+}
+
+impl FilterKind {
+    /// The kube-scheduler plugin name.
+    pub fn plugin_name(self) -> &'static str {
+        match self {
+            FilterKind::NodeUnschedulable => "NodeUnschedulable",
+            FilterKind::NodeName => "NodeName",
+            FilterKind::TaintToleration => "TaintToleration",
+            FilterKind::NodeAffinity => "NodeAffinity",
+            FilterKind::NodePorts => "NodePorts",
+            FilterKind::NodeResourcesFit => "NodeResourcesFit",
+            FilterKind::PodTopologySpread => "PodTopologySpread",
+            FilterKind::InterPodAffinity => "InterPodAffinity",
+        }
+    }
+}
+
+/// Why a filter rejected a node; rendered into kube-scheduler's reason strings only when the
+/// pod turns out unschedulable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FilterFailure {
+    NodeUnschedulable,
+    NodeName,
+    UntoleratedTaint {
+        key: String,
+        value: String,
+    },
+    NodeAffinity,
+    NodePorts,
+    /// "Too many pods", "Insufficient cpu", … one per short resource.
+    InsufficientResources(Vec<String>),
+    SpreadMissingLabel,
+    SpreadSkew,
+    PodAffinity,
+    PodAntiAffinity,
+    ExistingPodsAntiAffinity,
+}
+
+impl FilterFailure {
+    pub fn filter(&self) -> FilterKind {
+        match self {
+            FilterFailure::NodeUnschedulable => FilterKind::NodeUnschedulable,
+            FilterFailure::NodeName => FilterKind::NodeName,
+            FilterFailure::UntoleratedTaint { .. } => FilterKind::TaintToleration,
+            FilterFailure::NodeAffinity => FilterKind::NodeAffinity,
+            FilterFailure::NodePorts => FilterKind::NodePorts,
+            FilterFailure::InsufficientResources(_) => FilterKind::NodeResourcesFit,
+            FilterFailure::SpreadMissingLabel | FilterFailure::SpreadSkew => {
+                FilterKind::PodTopologySpread
+            }
+            FilterFailure::PodAffinity
+            | FilterFailure::PodAntiAffinity
+            | FilterFailure::ExistingPodsAntiAffinity => FilterKind::InterPodAffinity,
+        }
+    }
+
+    /// kube-scheduler's reason strings, verbatim.
+    pub fn reasons(&self) -> Vec<String> {
+        let single = |reason: &str| vec![reason.to_string()];
+        match self {
+            FilterFailure::NodeUnschedulable => single(node_unschedulable::REASON),
+            FilterFailure::NodeName => single(node_name::REASON),
+            FilterFailure::UntoleratedTaint { key, value } => {
+                vec![taint_toleration::reason(key, value)]
+            }
+            FilterFailure::NodeAffinity => single(node_affinity::REASON),
+            FilterFailure::NodePorts => single(node_ports::REASON),
+            FilterFailure::InsufficientResources(reasons) => reasons.clone(),
+            FilterFailure::SpreadMissingLabel => single(pod_topology_spread::REASON_MISSING_LABEL),
+            FilterFailure::SpreadSkew => single(pod_topology_spread::REASON_SKEW),
+            FilterFailure::PodAffinity => single(inter_pod_affinity::REASON_AFFINITY),
+            FilterFailure::PodAntiAffinity => single(inter_pod_affinity::REASON_ANTI_AFFINITY),
+            FilterFailure::ExistingPodsAntiAffinity => {
+                single(inter_pod_affinity::REASON_EXISTING_ANTI_AFFINITY)
+            }
+        }
+    }
+}
+
+/// What the filters precompute once per pod (kube-scheduler's PreFilter state).
+#[derive(Debug)]
+pub(crate) struct Filters<'a> {
+    snapshot: &'a Snapshot,
+    pod: &'a PodInfo,
+    spread: Option<SpreadFilterState>,
+    inter_pod_affinity: Option<InterPodAffinityState>,
+}
+
+impl<'a> Filters<'a> {
+    pub fn prepare(snapshot: &'a Snapshot, pod: &'a PodInfo) -> Self {
+        Filters {
+            snapshot,
+            pod,
+            spread: SpreadFilterState::prepare(snapshot, pod),
+            inter_pod_affinity: InterPodAffinityState::prepare(snapshot, pod),
+        }
+    }
+
+    /// Runs every filter on node `id` in order; the first failure wins.
+    pub fn check(&self, id: NodeId) -> Result<(), FilterFailure> {
+        let Some(slot) = self.snapshot.slot(id) else {
+            return Err(FilterFailure::NodeName);
+        };
+        let Some(node) = slot.info.as_ref() else {
+            return Err(FilterFailure::NodeName);
+        };
+        let pod = self.pod;
+        node_unschedulable::check(pod, node)?;
+        node_name::check(pod, node)?;
+        taint_toleration::check(pod, node)?;
+        node_affinity::check(pod, node)?;
+        node_ports::check(pod, &slot.usage)?;
+        node_resources_fit::check(pod, node, &slot.usage)?;
+        if let Some(spread) = &self.spread {
+            spread.check(pod, node)?;
+        }
+        if let Some(inter_pod_affinity) = &self.inter_pod_affinity {
+            inter_pod_affinity.check(pod, node)?;
+        }
+        Ok(())
+    }
+}
