@@ -18,6 +18,7 @@ use shoal_store::{ContinueToken, KeyValue, RangeRequest, Store, StoreError};
 use time::OffsetDateTime;
 
 use crate::allocator::{self, Allocation, ServiceRanges, Want};
+use crate::managed_fields::{self, ApplyError, ApplyOptions, FieldManager, UpdateOptions};
 use crate::objects::{self, Invalid};
 use crate::patch::{self, PatchKind};
 use crate::protobuf::{self, ProtobufError};
@@ -182,6 +183,9 @@ pub fn parse_target_with(
     }
     Some(target)
 }
+
+/// The manager the server's own writes are recorded under.
+const SERVER_MANAGER: &str = "shoal-apiserver";
 
 fn now() -> String {
     let now = OffsetDateTime::now_utc()
@@ -429,13 +433,15 @@ impl Api {
             let body = Bytes::from(encode(&object)?);
             match (exists, plural) {
                 (false, _) => {
-                    self.create(&target, &no_query, &body).await?;
+                    self.create(&target, &no_query, SERVER_MANAGER, &body)
+                        .await?;
                 }
                 // The Service keeps its address; the endpoints follow this server's address,
                 // which may have changed since the last start.
                 (true, "services") => {}
                 (true, _) => {
-                    self.update(&named, "kubernetes", &no_query, &body).await?;
+                    self.update(&named, "kubernetes", &no_query, SERVER_MANAGER, &body)
+                        .await?;
                 }
             }
         }
@@ -582,12 +588,31 @@ impl Api {
         &self,
         target: &Target,
         query: &HashMap<String, String>,
+        manager: &str,
         body: &Bytes,
     ) -> Result<Response, ApiError> {
-        let mut object = parse_body(body)?;
+        let object = parse_body(body)?;
+        self.create_object(target, query, Some(manager), object)
+            .await
+    }
+
+    /// Creates `object`; `manager` records the write in `managedFields` (None when an apply
+    /// already did).
+    async fn create_object(
+        &self,
+        target: &Target,
+        query: &HashMap<String, String>,
+        manager: Option<&str>,
+        mut object: Value,
+    ) -> Result<Response, ApiError> {
         if target.def.kind == "Namespace" {
             object = namespace_object(object);
         }
+        // An apply recorded its fields already; creation would otherwise drop them.
+        let applied_fields = match manager {
+            None => object.pointer("/metadata/managedFields").cloned(),
+            Some(_) => None,
+        };
         let suffix = objects::name_suffix(random());
         let name_hint = object
             .pointer("/metadata/name")
@@ -633,6 +658,15 @@ impl Api {
             ..target.clone()
         };
         let mut object = object;
+        match (manager, applied_fields) {
+            (Some(manager), _) => self.track(target, None, &mut object, manager),
+            (None, Some(fields)) => {
+                if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+                    meta.insert("managedFields".into(), fields);
+                }
+            }
+            (None, None) => {}
+        }
         let service_plan = self.service_plan(target, &name, None, &mut object)?;
         if dry_run(query)? {
             return Ok(warn(
@@ -664,6 +698,7 @@ impl Api {
         target: &Target,
         name: &str,
         query: &HashMap<String, String>,
+        manager: &str,
         body: &Bytes,
     ) -> Result<Response, ApiError> {
         let object = parse_body(body)?;
@@ -716,7 +751,8 @@ impl Api {
         };
         let mut updated = updated;
         self.validate_custom(target, name, &mut updated)?;
-        let (updated, warnings) = self.validate_fields(target, query, updated)?;
+        let (mut updated, warnings) = self.validate_fields(target, query, updated)?;
+        self.track(target, Some(&stored), &mut updated, manager);
         if dry_run(query)? {
             let response = Json(objects::with_resource_version(
                 updated,
@@ -739,6 +775,7 @@ impl Api {
         target: &Target,
         name: &str,
         query: &HashMap<String, String>,
+        manager: &str,
         content_type: &str,
         body: &Bytes,
     ) -> Result<Response, ApiError> {
@@ -750,11 +787,7 @@ impl Api {
             )
         })?;
         if kind == PatchKind::Apply {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "UnsupportedMediaType",
-                "server-side apply (application/apply-patch+yaml) is not supported yet; use client-side apply",
-            ));
+            return self.apply(target, name, query, body).await;
         }
         for _attempt in 0..5 {
             let current = self
@@ -794,7 +827,8 @@ impl Api {
             };
             let mut updated = updated;
             self.validate_custom(target, name, &mut updated)?;
-            let (updated, warnings) = self.validate_fields(target, query, updated)?;
+            let (mut updated, warnings) = self.validate_fields(target, query, updated)?;
+            self.track(target, Some(&stored), &mut updated, manager);
             if dry_run(query)? {
                 let response = respond(
                     target,
@@ -930,6 +964,179 @@ impl Api {
                 Ok((StatusCode::ACCEPTED, Json(object)).into_response())
             }
         }
+    }
+
+    /// The field manager for writes to `target`: on the main resource of a kind with a status
+    /// subresource, `status` is nobody's (it is written through `/status`).
+    fn field_manager(target: &Target) -> FieldManager {
+        let manager = FieldManager::for_kind(target.def.kind);
+        match target.subresource.as_deref() {
+            None if target.def.status => manager.ignoring(&["status"]),
+            _ => manager,
+        }
+    }
+
+    /// Records a create, update or patch in `new`'s `managedFields`.
+    fn track(&self, target: &Target, old: Option<&Value>, new: &mut Value, manager: &str) {
+        let now = now();
+        Self::field_manager(target).track_update(
+            old,
+            new,
+            &UpdateOptions {
+                manager,
+                subresource: target.subresource.as_deref(),
+                now: &now,
+            },
+        );
+    }
+
+    /// Server-side apply (`PATCH` with `application/apply-patch+yaml`): merges the applied
+    /// configuration into the live object (creating it if absent) with field ownership and
+    /// conflict detection, then stores it like any other write.
+    async fn apply(
+        &self,
+        target: &Target,
+        name: &str,
+        query: &HashMap<String, String>,
+        body: &Bytes,
+    ) -> Result<Response, ApiError> {
+        let manager = query
+            .get("fieldManager")
+            .map(String::as_str)
+            .unwrap_or_default();
+        managed_fields::validate_field_manager(manager, true).map_err(|m| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                format!("PatchOptions.meta.k8s.io \"\" is invalid: {m}"),
+            )
+        })?;
+        let force = match query.get("force").map(String::as_str) {
+            None | Some("" | "false") => false,
+            Some("true") => true,
+            Some(other) => return Err(bad_request(format!("invalid force value {other:?}"))),
+        };
+        let config: Value = serde_yaml::from_slice(body)
+            .map_err(|e| bad_request(format!("error decoding YAML: {e}")))?;
+        if !config.is_object() {
+            return Err(bad_request("the applied configuration must be an object"));
+        }
+        let text = |pointer: &str| {
+            config
+                .pointer(pointer)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        };
+        if text("/apiVersion") != target.def.api_version() || text("/kind") != target.def.kind {
+            return Err(bad_request(format!(
+                "the applied configuration is {} {}, but the request is for {} {}",
+                text("/apiVersion"),
+                text("/kind"),
+                target.def.api_version(),
+                target.def.kind
+            )));
+        }
+        if !text("/metadata/name").is_empty() && text("/metadata/name") != name {
+            return Err(bad_request(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                text("/metadata/name")
+            )));
+        }
+        let mut config = config;
+        if let Some(meta) = config.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert("name".into(), json!(name));
+        } else if let Some(object) = config.as_object_mut() {
+            object.insert("metadata".into(), json!({"name": name}));
+        }
+        let field_manager = Self::field_manager(target);
+        let now = now();
+        let options = ApplyOptions {
+            manager,
+            force,
+            subresource: target.subresource.as_deref(),
+            now: &now,
+        };
+        let apply_error = |e: ApplyError| {
+            let mut error = ApiError::new(
+                StatusCode::from_u16(e.code()).unwrap_or(StatusCode::CONFLICT),
+                e.reason(),
+                e.to_string(),
+            );
+            error.details = e.status().get("details").cloned();
+            error
+        };
+        for _attempt in 0..5 {
+            let current = self
+                .store
+                .get(&target.key())
+                .await
+                .map_err(|e| store_error(target, name, e))?;
+            let Some(current) = current else {
+                if target.subresource.is_some() {
+                    return Err(not_found(target, name));
+                }
+                let created = field_manager
+                    .apply(None, &config, &options)
+                    .map_err(apply_error)?;
+                let collection = Target {
+                    name: None,
+                    ..target.clone()
+                };
+                match self.create_object(&collection, query, None, created).await {
+                    Err(e) if e.reason == "AlreadyExists" => continue,
+                    other => return other,
+                }
+            };
+            let stored = decode(&current)?;
+            let merged = field_manager
+                .apply(Some(&stored), &config, &options)
+                .map_err(apply_error)?;
+            if merged == stored {
+                return Ok(respond(target, stored));
+            }
+            let updated = match target.subresource.as_deref() {
+                None => objects::prepare_update(target.def, &stored, merged)
+                    .map_err(|e| invalid(target, name, e))?,
+                Some("status") if target.def.status => {
+                    let mut updated = objects::prepare_status_update(&stored, &merged);
+                    if let (Some(meta), Some(fields)) = (
+                        updated.get_mut("metadata").and_then(Value::as_object_mut),
+                        merged.pointer("/metadata/managedFields"),
+                    ) {
+                        meta.insert("managedFields".into(), fields.clone());
+                    }
+                    updated
+                }
+                Some(other) => return Err(ApiError::not_found_path(other)),
+            };
+            let mut updated = updated;
+            self.validate_custom(target, name, &mut updated)?;
+            let (updated, warnings) = self.validate_fields(target, query, updated)?;
+            if dry_run(query)? {
+                let response = respond(
+                    target,
+                    objects::with_resource_version(updated, current.mod_revision),
+                );
+                return Ok(warn(response, &warnings));
+            }
+            match self
+                .store_update(target, name, &stored, updated, current.mod_revision)
+                .await
+            {
+                Ok(response) => return Ok(warn(response, &warnings)),
+                Err(UpdateError::Store(StoreError::Conflict { .. })) => continue,
+                Err(e) => return Err(e.into_api(target, name)),
+            }
+        }
+        Err(store_error(
+            target,
+            name,
+            StoreError::Conflict {
+                key: String::new(),
+                expected: 0,
+                current: None,
+            },
+        ))
     }
 
     /// What writing a Service needs from the allocator (None for other kinds and for
@@ -1591,6 +1798,19 @@ async fn dispatch(
         }
         _ => body,
     };
+    let manager = match query.get("fieldManager").filter(|m| !m.is_empty()) {
+        Some(manager) => {
+            managed_fields::validate_field_manager(manager, false).map_err(|m| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    format!("PatchOptions.meta.k8s.io \"\" is invalid: {m}"),
+                )
+            })?;
+            manager.clone()
+        }
+        None => managed_fields::default_manager(header_str(headers, header::USER_AGENT)),
+    };
     let name = target.name.clone();
     match (method, name.as_deref()) {
         (&Method::GET, Some(name)) => api.get(&target, name, accept).await,
@@ -1615,12 +1835,15 @@ async fn dispatch(
             .await
         }
         (&Method::GET, None) => api.list(&target, query, accept).await,
-        (&Method::POST, None) => api.create(&target, query, body).await,
+        (&Method::POST, None) => api.create(&target, query, &manager, body).await,
         (&Method::POST, Some(name)) if target.subresource.as_deref() == Some("binding") => {
             api.bind(&target, name, body).await
         }
-        (&Method::PUT, Some(name)) => api.update(&target, name, query, body).await,
-        (&Method::PATCH, Some(name)) => api.patch(&target, name, query, content_type, body).await,
+        (&Method::PUT, Some(name)) => api.update(&target, name, query, &manager, body).await,
+        (&Method::PATCH, Some(name)) => {
+            api.patch(&target, name, query, &manager, content_type, body)
+                .await
+        }
         (&Method::DELETE, Some(name)) => api.delete(&target, name, query, body).await,
         (&Method::DELETE, None) => api.delete_collection(&target, query).await,
         _ => Err(ApiError::new(

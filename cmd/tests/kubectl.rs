@@ -588,6 +588,22 @@ fn api_errors_are_kubernetes_statuses() {
         (
             "PATCH",
             format!("{cms}/a"),
+            "application/apply-patch+yaml",
+            "{}".into(),
+            422,
+            "Invalid",
+        ),
+        (
+            "PATCH",
+            format!("{cms}/a?fieldManager=test"),
+            "application/apply-patch+yaml",
+            r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"a"}}"#.into(),
+            400,
+            "BadRequest",
+        ),
+        (
+            "PATCH",
+            format!("{cms}/a"),
             "text/plain",
             "{}".into(),
             415,
@@ -1623,4 +1639,109 @@ fn services_get_addresses_that_are_never_shared() {
         r#"{"type":"NodePort","ports":[{"port":80,"nodePort":30080}]}"#,
     );
     assert_eq!(code, 201, "{status}");
+}
+
+const APPLIED: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: api
+  labels: {app: api, tier: backend}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata: {labels: {app: api}}
+    spec:
+      containers:
+      - name: api
+        image: busybox
+"#;
+
+/// `kubectl apply --server-side`: creation, field ownership in managedFields, conflicts with
+/// another writer (kubectl scale), --force-conflicts, and removal of fields the applier drops.
+#[test]
+fn server_side_apply_tracks_owners_and_conflicts() {
+    for kubectl in &kubectls() {
+        let cluster = Cluster::start();
+        let k = |args: &[&str]| cluster.kubectl(kubectl, &cluster.kubeconfig, args);
+        let name = kubectl.display().to_string();
+        let manifest = cluster._dir.path().join("applied.yaml");
+        let m = manifest.to_str().expect("path");
+        std::fs::write(&manifest, APPLIED).expect("manifest");
+        let out = ok(k(&["apply", "--server-side", "-f", m]), "apply");
+        assert!(
+            out.contains("deployment.apps/api serverside-applied"),
+            "{name}: {out}"
+        );
+        let fields = ok(
+            k(&[
+                "get",
+                "deploy",
+                "api",
+                "-o",
+                "json",
+                "--show-managed-fields",
+            ]),
+            "get",
+        );
+        let fields: serde_json::Value = serde_json::from_str(&fields).expect("json");
+        let entries = fields["metadata"]["managedFields"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            entries.iter().any(|e| e["manager"] == "kubectl"
+                && e["operation"] == "Apply"
+                && e["fieldsV1"]["f:spec"]["f:replicas"].is_object()),
+            "{name}: {entries:?}"
+        );
+
+        // Another writer takes .spec.replicas; applying a different value conflicts.
+        ok(k(&["scale", "deploy", "api", "--replicas=5"]), "scale");
+        std::fs::write(&manifest, APPLIED.replace("replicas: 2", "replicas: 3")).expect("manifest");
+        let conflict = k(&["apply", "--server-side", "-f", m]);
+        let err = text(&conflict.stderr);
+        assert!(
+            !conflict.status.success()
+                && err.contains("conflict")
+                && err.contains(".spec.replicas"),
+            "{name}: {err}"
+        );
+        let replicas = ok(
+            k(&["get", "deploy", "api", "-o", "jsonpath={.spec.replicas}"]),
+            "get",
+        );
+        assert_eq!(replicas, "5", "{name}: a conflicting apply changes nothing");
+        ok(
+            k(&["apply", "--server-side", "--force-conflicts", "-f", m]),
+            "force",
+        );
+        let replicas = ok(
+            k(&["get", "deploy", "api", "-o", "jsonpath={.spec.replicas}"]),
+            "get",
+        );
+        assert_eq!(replicas, "3", "{name}");
+
+        // A field the applier stops applying is removed.
+        std::fs::write(
+            &manifest,
+            APPLIED
+                .replace("replicas: 2", "replicas: 3")
+                .replace(", tier: backend", ""),
+        )
+        .expect("manifest");
+        ok(
+            k(&["apply", "--server-side", "-f", m]),
+            "apply without the label",
+        );
+        let labels = ok(
+            k(&["get", "deploy", "api", "-o", "jsonpath={.metadata.labels}"]),
+            "labels",
+        );
+        assert_eq!(labels, r#"{"app":"api"}"#, "{name}");
+
+        // A server-side dry run goes through the same path and stores nothing.
+        let dry = k(&["apply", "--server-side", "--dry-run=server", "-f", m]);
+        assert!(dry.status.success(), "{name}: {}", text(&dry.stderr));
+    }
 }
