@@ -1,1 +1,24 @@
-//! The control loops (Deployment, ReplicaSet, Endpoints, Node lifecycle, GC, …) over the kube-rs client (issue: scheduler and controllers). Not built yet.
+//! The decision logic of Shoal's workload controllers, after kube-controller-manager's
+//! `pkg/controller/replicaset` and `pkg/controller/deployment`.
+//!
+//! Every decision here is pure: a function takes the observed objects and `now` and
+//! returns a typed plan (objects to create, scale, patch or delete; status to write;
+//! when to sync again). No clock, no IO, no client: the loops that watch the API, call
+//! these planners and execute their plans live elsewhere and stay thin.
+//!
+//! Modules:
+//! - [`selector`]: label selector matching.
+//! - [`owner`]: ownerReferences and the adopt/release decision.
+//! - [`pod_state`]: pod active/ready/available and the scale-down order.
+//! - [`replicaset`]: the ReplicaSet controller's plan.
+//! - [`deployment`]: the Deployment controller's plan.
+
+pub mod deployment;
+pub mod owner;
+pub mod pod_state;
+pub mod replicaset;
+pub mod selector;
+mod time;
+
+#[cfg(test)]
+mod testing;
