@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
-use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 
 use crate::owner::{self, Claim, OwnerRefChange};
@@ -173,11 +173,7 @@ pub fn pod_from_template(rs: &ReplicaSet) -> Pod {
             owner_references: Some(vec![controller_ref_for(rs)]),
             ..ObjectMeta::default()
         },
-        spec: Some(
-            template
-                .and_then(|t| t.spec.clone())
-                .unwrap_or_else(PodSpec::default),
-        ),
+        spec: Some(template.and_then(|t| t.spec.clone()).unwrap_or_default()),
         status: None,
     }
 }
