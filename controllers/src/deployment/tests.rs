@@ -104,8 +104,9 @@ struct Cluster {
     bounds: Option<Bounds>,
     peak_pods: i32,
     lowest_available: i32,
-    /// Each step's (old active pods, new active pods), for ordering checks.
-    trace: Vec<(usize, usize)>,
+    /// Each step's (old active pods, new active pods, old terminating pods), for
+    /// ordering checks.
+    trace: Vec<(usize, usize, usize)>,
     last_plan: Option<DeploymentPlan>,
 }
 
@@ -335,11 +336,17 @@ impl Cluster {
         let new_image = self.new_image();
         let min_ready = self.params().min_ready_seconds;
         let now = self.time();
-        let (mut old, mut new, mut available) = (0, 0, 0);
-        for pod in self.pods.iter().filter(|p| pod_state::is_active(p)) {
+        let (mut old, mut new, mut available, mut old_terminating) = (0, 0, 0, 0);
+        for pod in &self.pods {
             let Some(rs) = self.owned_by_deployment(pod) else {
                 continue;
             };
+            if !pod_state::is_active(pod) {
+                if image_of(rs) != new_image && !pod_state::is_terminal(pod) {
+                    old_terminating += 1;
+                }
+                continue;
+            }
             if image_of(rs) == new_image {
                 new += 1;
             } else {
@@ -349,7 +356,7 @@ impl Cluster {
                 available += 1;
             }
         }
-        self.trace.push((old, new));
+        self.trace.push((old, new, old_terminating));
         let total = (old + new) as i32;
         self.peak_pods = self.peak_pods.max(total);
         self.lowest_available = self.lowest_available.min(available);
@@ -785,12 +792,13 @@ fn recreate_removes_old_pods_before_creating_new_ones() {
     );
 
     cluster.roll_out(5, 20);
-    // Never did old and new pods run at once.
+    // No new pod existed while any old pod was still there, even terminating.
+    assert!(cluster.trace.iter().any(|(_, new, _)| *new > 0));
     assert!(
         cluster
             .trace
             .iter()
-            .all(|(old, new)| *old == 0 || *new == 0),
+            .all(|(old, new, terminating)| *new == 0 || old + terminating == 0),
         "{:?}",
         cluster.trace
     );
