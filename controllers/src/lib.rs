@@ -1,4 +1,27 @@
-//! The control loops (Deployment, ReplicaSet, Endpoints, Node lifecycle, GC, …) over the kube-rs
-//! client, and the leader election that makes only one server run them.
+//! Shoal's controllers, after kube-controller-manager's: the decision logic of each one, the
+//! loops that run it over the kube-rs client, and the leader election that makes only one
+//! server run them.
+//!
+//! Every decision is pure: a function takes the observed objects and `now` and returns a
+//! typed plan (objects to create, scale, patch or delete; status to write; when to sync
+//! again). No clock, no IO, no client: the loops that watch the API, call these planners and
+//! execute their plans stay thin.
+//!
+//! Modules:
+//! - [`selector`]: label selector matching.
+//! - [`owner`]: ownerReferences and the adopt/release decision.
+//! - [`pod_state`]: pod active/ready/available and the scale-down order.
+//! - [`replicaset`]: the ReplicaSet controller's plan.
+//! - [`deployment`]: the Deployment controller's plan.
+//! - [`leader`]: leader election over a coordination.k8s.io Lease.
 
+pub mod deployment;
 pub mod leader;
+pub mod owner;
+pub mod pod_state;
+pub mod replicaset;
+pub mod selector;
+mod time;
+
+#[cfg(test)]
+mod testing;

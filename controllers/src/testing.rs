@@ -1,0 +1,30 @@
+//! Fixture helpers shared by the unit tests: objects from `serde_json::json!` and
+//! instants as whole seconds since the epoch.
+#![allow(clippy::unwrap_used)]
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+/// RFC 3339 text for `second` seconds after the epoch, for JSON fixtures.
+pub fn at(second: i64) -> String {
+    Timestamp::from_second(second).unwrap().to_string()
+}
+
+/// The instant `second` seconds after the epoch.
+pub fn time(second: i64) -> Time {
+    Time(Timestamp::from_second(second).unwrap())
+}
+
+pub fn pod(json: serde_json::Value) -> Pod {
+    serde_json::from_value(json).unwrap()
+}
+
+pub fn replica_set(json: serde_json::Value) -> ReplicaSet {
+    serde_json::from_value(json).unwrap()
+}
+
+pub fn deployment(json: serde_json::Value) -> Deployment {
+    serde_json::from_value(json).unwrap()
+}
