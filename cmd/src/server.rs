@@ -10,6 +10,7 @@ use shoal_apiserver::allocator::ServiceRanges;
 use shoal_apiserver::pki::{ClusterPki, ServingIdentity};
 use shoal_apiserver::rest::Api;
 use shoal_apiserver::{routes, server};
+use shoal_controllers::leader::{LeaderElector, Timings};
 use shoal_store::{RaftStore, RaftStoreConfig, Store};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -75,6 +76,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let listener = server::bind(listen).await?;
     let tls = server::tls_config(&pki)?;
     let (stop_api, stop_rx) = tokio::sync::watch::channel(false);
+    let control_plane = start_control_plane(&api, &node_name, stop_rx.clone());
     let api = tokio::spawn(server::serve(listener, tls, routes::router(api), stop_rx));
 
     tracing::info!(
@@ -91,6 +93,9 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         _ = sigint.recv() => tracing::info!("SIGINT received, shutting down"),
     }
     stop_api.send_replace(true);
+    for task in control_plane {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+    }
     let _ = api.await;
     store.shutdown().await.context("flushing the store")?;
     tracing::info!("store flushed; bye");
@@ -145,4 +150,40 @@ async fn repair_service_allocations(api: Arc<Api>) {
             Err(e) => tracing::warn!(error = %e, "repairing service address allocations"),
         }
     }
+}
+
+/// The scheduler and the controllers, each behind its own leader election (the Leases
+/// `kube-system/kube-scheduler` and `kube-system/kube-controller-manager`, as Kubernetes names
+/// them), talking to the API through the in-process client.
+fn start_control_plane(
+    api: &Arc<Api>,
+    node_name: &str,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let identity = format!("{node_name}_{}", std::process::id());
+    let controllers_client =
+        shoal_apiserver::in_process::client(Arc::clone(api), "system:kube-controller-manager", &[]);
+    let scheduler_client =
+        shoal_apiserver::in_process::client(Arc::clone(api), "system:kube-scheduler", &[]);
+    let controllers = LeaderElector::new(
+        controllers_client.clone(),
+        "kube-system",
+        "kube-controller-manager",
+        &identity,
+        Timings::default(),
+    )
+    .run(stop.clone(), move |drain| {
+        shoal_controllers::run::run(controllers_client.clone(), drain)
+    });
+    let scheduler = LeaderElector::new(
+        scheduler_client.clone(),
+        "kube-system",
+        "kube-scheduler",
+        &identity,
+        Timings::default(),
+    )
+    .run(stop, move |drain| {
+        shoal_scheduler::runner::run(scheduler_client.clone(), drain)
+    });
+    vec![tokio::spawn(controllers), tokio::spawn(scheduler)]
 }

@@ -14,12 +14,17 @@
 //! - [`replicaset`]: the ReplicaSet controller's plan.
 //! - [`deployment`]: the Deployment controller's plan.
 //! - [`leader`]: leader election over a coordination.k8s.io Lease.
+//! - [`events`]: recording core/v1 Events.
+//! - [`run`]: the loops — shared watch caches, one kube-runtime Controller per kind, plan
+//!   execution.
 
 pub mod deployment;
+pub mod events;
 pub mod leader;
 pub mod owner;
 pub mod pod_state;
 pub mod replicaset;
+pub mod run;
 pub mod selector;
 mod time;
 

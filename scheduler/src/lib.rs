@@ -1,8 +1,8 @@
 //! Shoal's scheduler: the pure decision logic of kube-scheduler's default profile — a
 //! [`Snapshot`] of nodes and their pods, the filters, the scores and the explanation for pods
-//! that fit nowhere. No I/O and no async: the loop around it (watch nodes, pods and
-//! namespaces; bind through the `binding` subresource) feeds the snapshot and acts on the
-//! decisions.
+//! that fit nowhere. The decision modules do no I/O and are not async; [`runner`] is the loop
+//! around them (watch nodes, pods and namespaces; bind through the `binding` subresource),
+//! which feeds the snapshot and acts on the decisions.
 //!
 //! How a loop uses it:
 //!
@@ -68,6 +68,7 @@ mod pod_index;
 mod pod_info;
 pub mod quantity;
 mod resources;
+pub mod runner;
 mod scheduler;
 mod scores;
 mod selector;

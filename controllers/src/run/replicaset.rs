@@ -1,0 +1,161 @@
+//! Executes the ReplicaSet planner's decisions: ownership patches, pod creates in slow-start
+//! batches, pod deletes with UID preconditions, and the status.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+
+use super::{in_namespace, is_stale, Context, LoopError};
+use crate::events::EventType;
+use crate::replicaset::{self, slow_start_batches};
+
+pub(super) async fn reconcile(
+    rs: Arc<ReplicaSet>,
+    context: Arc<Context>,
+) -> Result<Action, LoopError> {
+    let namespace = rs.namespace().unwrap_or_default();
+    let owner = rs.uid().unwrap_or_default();
+    let pods = in_namespace(&context.pods, &namespace);
+    let waiting = !context.expectations.satisfied(
+        &owner,
+        |key| {
+            let (ns, name) = key.split_once('/').unwrap_or(("", key));
+            context
+                .pods
+                .get(&ObjectRef::<Pod>::new(name).within(ns))
+                .is_some()
+        },
+        |uid| pods.iter().any(|p| p.metadata.uid.as_deref() == Some(uid)),
+    );
+    if waiting {
+        return Ok(Action::requeue(std::time::Duration::from_millis(200)));
+    }
+    let now = Time(Timestamp::now());
+    let plan = replicaset::plan(&rs, &pods, &now).map_err(|e| LoopError::Plan(e.to_string()))?;
+    if plan.is_noop() {
+        return Ok(requeue(plan.requeue_after));
+    }
+    let pod_api: Api<Pod> = Api::namespaced(context.client.clone(), &namespace);
+    for change in plan.adopt.iter().chain(&plan.release) {
+        match pod_api
+            .patch(
+                &change.name,
+                &PatchParams::default(),
+                &Patch::Merge(change.merge_patch()),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_stale(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let regarding = rs.object_ref(&());
+    let mut failure = None;
+    if let (true, Some(template)) = (plan.create > 0, plan.pod_to_create.as_ref()) {
+        let params = PostParams::default();
+        'batches: for batch in slow_start_batches(plan.create) {
+            let creates = (0..batch).map(|_| pod_api.create(&params, template));
+            for result in futures::future::join_all(creates).await {
+                match result {
+                    Ok(pod) => {
+                        let name = pod.name_any();
+                        context
+                            .expectations
+                            .created(&owner, format!("{namespace}/{name}"));
+                        context.replica_set_events.record(
+                            regarding.clone(),
+                            EventType::Normal,
+                            "SuccessfulCreate",
+                            &format!("Created pod: {name}"),
+                        );
+                    }
+                    Err(e) => failure = Some(e),
+                }
+            }
+            if failure.is_some() {
+                break 'batches;
+            }
+        }
+    }
+    for doomed in &plan.delete {
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(doomed.uid.clone()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match pod_api.delete(&doomed.name, &params).await {
+            Ok(_) => {
+                context.expectations.deleted(&owner, doomed.uid.clone());
+                context.replica_set_events.record(
+                    regarding.clone(),
+                    EventType::Normal,
+                    "SuccessfulDelete",
+                    &format!("Deleted pod: {}", doomed.name),
+                );
+            }
+            Err(e) if is_stale(&e) => {}
+            Err(e) => failure = Some(e),
+        }
+    }
+    let status = match &failure {
+        Some(e) => {
+            let message = e.to_string();
+            context.replica_set_events.record(
+                regarding,
+                EventType::Warning,
+                if plan.create > 0 {
+                    "FailedCreate"
+                } else {
+                    "FailedDelete"
+                },
+                &message,
+            );
+            Some(plan.status_after_failure(&message, &now))
+        }
+        None => plan.status_changed.then(|| plan.status.clone()),
+    };
+    if let Some(status) = status {
+        let rs_api: Api<ReplicaSet> = Api::namespaced(context.client.clone(), &namespace);
+        let mut status =
+            serde_json::to_value(&status).map_err(|e| LoopError::Plan(e.to_string()))?;
+        if let Some(object) = status.as_object_mut() {
+            // A merge patch keeps what it does not mention: clear conditions explicitly.
+            object
+                .entry("conditions")
+                .or_insert(serde_json::Value::Null);
+        }
+        match rs_api
+            .patch_status(
+                &rs.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({ "status": status })),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_stale(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match failure {
+        Some(e) => Err(e.into()),
+        None => Ok(requeue(plan.requeue_after)),
+    }
+}
+
+fn requeue(after: Option<std::time::Duration>) -> Action {
+    match after {
+        Some(after) => Action::requeue(after),
+        None => Action::await_change(),
+    }
+}

@@ -1,0 +1,467 @@
+//! The scheduling loop around the pure [`Scheduler`]: watches nodes, pods and namespaces
+//! into a [`Snapshot`], schedules pending pods one at a time (each decision sees the previous
+//! ones through [`Snapshot::assume`]), binds them through the `binding` subresource with many
+//! binds in flight, and explains the pods that fit nowhere with a `PodScheduled=False`
+//! condition and a `FailedScheduling` event. Unschedulable pods are retried with backoff when
+//! the cluster changes, as kube-scheduler's queue does.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Binding, Namespace, Node, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Resource, ResourceExt};
+use shoal_controllers::events::{EventType, Recorder};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::{needs_scheduling, Scheduler, SchedulerConfig, Snapshot, DEFAULT_SCHEDULER_NAME};
+
+/// Binds in flight at once: binding is an API round trip, deciding is microseconds.
+const MAX_BINDS_IN_FLIGHT: usize = 256;
+/// kube-scheduler's pod backoff: 1 s doubling to 10 s.
+const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Unschedulable pods are retried at least this often even if nothing seems to change.
+const UNSCHEDULABLE_FLUSH: Duration = Duration::from_secs(60);
+
+type PodKey = (String, String);
+
+fn key_of(pod: &Pod) -> PodKey {
+    (pod.namespace().unwrap_or_default(), pod.name_any())
+}
+
+/// The outcome of one bind, reported back to the loop.
+#[derive(Debug)]
+struct Bound {
+    key: PodKey,
+    node: String,
+    result: Result<(), kube::Error>,
+}
+
+/// One pod's retry state.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    attempts: u32,
+    not_before: Instant,
+}
+
+fn backoff(attempts: u32) -> Duration {
+    INITIAL_BACKOFF
+        .saturating_mul(1u32.checked_shl(attempts.min(10)).unwrap_or(u32::MAX))
+        .min(MAX_BACKOFF)
+}
+
+/// Everything the loop knows.
+struct State {
+    scheduler: Scheduler,
+    snapshot: Snapshot,
+    nodes: HashMap<String, Node>,
+    /// Every pod, as last seen (bound or not): needed to rebuild the snapshot after a re-list.
+    pods: HashMap<PodKey, Pod>,
+    queue: VecDeque<PodKey>,
+    queued: HashSet<PodKey>,
+    binding: HashSet<PodKey>,
+    /// Pods that fit nowhere, waiting for a change in the cluster.
+    unschedulable: HashMap<PodKey, Retry>,
+    /// Pods waiting out a backoff before their next attempt.
+    backing_off: BTreeMap<PodKey, Retry>,
+    /// The message last written to each unschedulable pod (to avoid rewriting it).
+    explained: HashMap<PodKey, String>,
+    pod_init: Option<Vec<Pod>>,
+    node_init: Option<Vec<Node>>,
+    last_flush: Instant,
+}
+
+impl State {
+    fn new() -> Self {
+        State {
+            scheduler: Scheduler::new(SchedulerConfig {
+                percentage_of_nodes_to_score: None,
+                tie_break_seed: u64::from(std::process::id()),
+            }),
+            snapshot: Snapshot::new(),
+            nodes: HashMap::new(),
+            pods: HashMap::new(),
+            queue: VecDeque::new(),
+            queued: HashSet::new(),
+            binding: HashSet::new(),
+            unschedulable: HashMap::new(),
+            backing_off: BTreeMap::new(),
+            explained: HashMap::new(),
+            pod_init: None,
+            node_init: None,
+            last_flush: Instant::now(),
+        }
+    }
+
+    fn enqueue(&mut self, key: PodKey) {
+        if self.binding.contains(&key) || self.backing_off.contains_key(&key) {
+            return;
+        }
+        if self.queued.insert(key.clone()) {
+            self.queue.push_back(key);
+        }
+    }
+
+    /// The cluster changed in a way that may let unschedulable pods fit: retry them once
+    /// their backoff has passed.
+    fn cluster_changed(&mut self) {
+        let now = Instant::now();
+        for (key, retry) in std::mem::take(&mut self.unschedulable) {
+            if retry.not_before <= now {
+                self.enqueue(key);
+            } else {
+                self.backing_off.insert(key, retry);
+            }
+        }
+    }
+
+    fn rebuild(&mut self) {
+        let bound: Vec<Pod> = self
+            .pods
+            .values()
+            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some())
+            .cloned()
+            .collect();
+        let nodes: Vec<Node> = self.nodes.values().cloned().collect();
+        self.snapshot = Snapshot::from_objects(&nodes, &bound);
+        let pending: Vec<PodKey> = self
+            .pods
+            .values()
+            .filter(|p| needs_scheduling(p, DEFAULT_SCHEDULER_NAME))
+            .map(key_of)
+            .collect();
+        for key in pending {
+            self.enqueue(key);
+        }
+    }
+
+    fn on_pod(&mut self, pod: Pod) {
+        let key = key_of(&pod);
+        let bound = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_ref())
+            .is_some();
+        if bound {
+            self.snapshot.upsert_pod(&pod);
+            self.unschedulable.remove(&key);
+            self.backing_off.remove(&key);
+            self.explained.remove(&key);
+        } else if needs_scheduling(&pod, DEFAULT_SCHEDULER_NAME)
+            && !self.unschedulable.contains_key(&key)
+        {
+            self.enqueue(key.clone());
+        }
+        self.pods.insert(key, pod);
+    }
+
+    fn on_pod_deleted(&mut self, pod: &Pod) {
+        let key = key_of(pod);
+        self.pods.remove(&key);
+        self.unschedulable.remove(&key);
+        self.backing_off.remove(&key);
+        self.explained.remove(&key);
+        if self.snapshot.remove_pod(&key.0, &key.1) {
+            self.cluster_changed();
+        }
+    }
+
+    fn on_pod_event(&mut self, event: watcher::Event<Pod>) {
+        match event {
+            watcher::Event::Apply(pod) => self.on_pod(pod),
+            watcher::Event::Delete(pod) => self.on_pod_deleted(&pod),
+            watcher::Event::Init => self.pod_init = Some(Vec::new()),
+            watcher::Event::InitApply(pod) => self.pod_init.get_or_insert_with(Vec::new).push(pod),
+            watcher::Event::InitDone => {
+                let pods = self.pod_init.take().unwrap_or_default();
+                self.pods = pods.into_iter().map(|p| (key_of(&p), p)).collect();
+                self.rebuild();
+            }
+        }
+    }
+
+    fn on_node_event(&mut self, event: watcher::Event<Node>) {
+        match event {
+            watcher::Event::Apply(node) => {
+                self.snapshot.upsert_node(&node);
+                self.nodes.insert(node.name_any(), node);
+                self.cluster_changed();
+            }
+            watcher::Event::Delete(node) => {
+                self.snapshot.remove_node(&node.name_any());
+                self.nodes.remove(&node.name_any());
+            }
+            watcher::Event::Init => self.node_init = Some(Vec::new()),
+            watcher::Event::InitApply(node) => {
+                self.node_init.get_or_insert_with(Vec::new).push(node)
+            }
+            watcher::Event::InitDone => {
+                let nodes = self.node_init.take().unwrap_or_default();
+                self.nodes = nodes.into_iter().map(|n| (n.name_any(), n)).collect();
+                self.rebuild();
+                self.cluster_changed();
+            }
+        }
+    }
+
+    fn on_namespace_event(&mut self, event: watcher::Event<Namespace>) {
+        match event {
+            watcher::Event::Apply(ns) | watcher::Event::InitApply(ns) => {
+                self.snapshot.upsert_namespace(&ns)
+            }
+            watcher::Event::Delete(ns) => self.snapshot.remove_namespace(&ns.name_any()),
+            watcher::Event::Init | watcher::Event::InitDone => {}
+        }
+    }
+
+    /// Moves pods whose backoff is over back into the queue; flushes unschedulable pods
+    /// periodically.
+    fn requeue_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<PodKey> = self
+            .backing_off
+            .iter()
+            .filter(|(_, r)| r.not_before <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            self.backing_off.remove(&key);
+            self.enqueue(key);
+        }
+        if self.last_flush.elapsed() >= UNSCHEDULABLE_FLUSH {
+            self.last_flush = now;
+            self.cluster_changed();
+        }
+    }
+
+    fn next_wakeup(&self) -> Instant {
+        let flush = self.last_flush + UNSCHEDULABLE_FLUSH;
+        self.backing_off
+            .values()
+            .map(|r| r.not_before)
+            .min()
+            .map_or(flush, |t| t.min(flush))
+    }
+
+    fn retry_later(&mut self, key: PodKey, unschedulable: bool) {
+        let attempts = self
+            .unschedulable
+            .get(&key)
+            .or_else(|| self.backing_off.get(&key))
+            .map_or(0, |r| r.attempts)
+            + 1;
+        let retry = Retry {
+            attempts,
+            not_before: Instant::now() + backoff(attempts),
+        };
+        if unschedulable {
+            self.unschedulable.insert(key, retry);
+        } else {
+            self.backing_off.insert(key, retry);
+        }
+    }
+}
+
+fn pod_reference(pod: &Pod) -> ObjectReference {
+    pod.object_ref(&())
+}
+
+/// Runs the scheduler until `drain` turns true.
+pub async fn run(client: kube::Client, mut drain: watch::Receiver<bool>) {
+    let recorder = Recorder::new(client.clone(), "default-scheduler");
+    let mut pod_events = watch_all::<Pod>(&client);
+    let mut node_events = watch_all::<Node>(&client);
+    let mut namespace_events = watch_all::<Namespace>(&client);
+    let (bound_tx, mut bound_rx) = mpsc::unbounded_channel::<Bound>();
+    let mut state = State::new();
+    loop {
+        schedule_queued(&mut state, &client, &recorder, &bound_tx);
+        let wakeup = state.next_wakeup();
+        tokio::select! {
+            _ = drain.wait_for(|d| *d) => break,
+            Some(event) = pod_events.next() => state.on_pod_event(event),
+            Some(event) = node_events.next() => state.on_node_event(event),
+            Some(event) = namespace_events.next() => state.on_namespace_event(event),
+            Some(bound) = bound_rx.recv() => on_bound(&mut state, bound),
+            _ = tokio::time::sleep_until(wakeup) => state.requeue_due(),
+        }
+    }
+}
+
+fn watch_all<K>(client: &kube::Client) -> impl Stream<Item = watcher::Event<K>> + Unpin
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    let api: Api<K> = Api::all(client.clone());
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .filter_map(|event| async move {
+            match event {
+                Ok(event) => Some(event),
+                Err(e) => {
+                    tracing::warn!(error = %e, "scheduler watch");
+                    None
+                }
+            }
+        })
+        .boxed()
+}
+
+/// Decides for queued pods while binds may be started.
+fn schedule_queued(
+    state: &mut State,
+    client: &kube::Client,
+    recorder: &Recorder,
+    bound_tx: &mpsc::UnboundedSender<Bound>,
+) {
+    while state.binding.len() < MAX_BINDS_IN_FLIGHT {
+        let Some(key) = state.queue.pop_front() else {
+            return;
+        };
+        state.queued.remove(&key);
+        let Some(pod) = state.pods.get(&key).cloned() else {
+            continue;
+        };
+        if !needs_scheduling(&pod, DEFAULT_SCHEDULER_NAME) {
+            continue;
+        }
+        match state.scheduler.schedule(&state.snapshot, &pod) {
+            Ok(placement) => {
+                state.snapshot.assume(&pod, &placement.node_name);
+                state.binding.insert(key.clone());
+                tokio::spawn(bind(
+                    client.clone(),
+                    recorder.clone(),
+                    pod,
+                    placement.node_name,
+                    bound_tx.clone(),
+                ));
+            }
+            Err(unschedulable) => {
+                let message = unschedulable.message.clone();
+                if state.explained.get(&key) != Some(&message) {
+                    recorder.record(
+                        pod_reference(&pod),
+                        EventType::Warning,
+                        "FailedScheduling",
+                        &message,
+                    );
+                    tokio::spawn(explain(
+                        client.clone(),
+                        pod,
+                        unschedulable.pod_scheduled_condition(),
+                    ));
+                    state.explained.insert(key.clone(), message);
+                }
+                state.retry_later(key, true);
+            }
+        }
+    }
+}
+
+async fn bind(
+    client: kube::Client,
+    recorder: Recorder,
+    pod: Pod,
+    node: String,
+    report: mpsc::UnboundedSender<Bound>,
+) {
+    let key = key_of(&pod);
+    let pods: Api<Pod> = Api::namespaced(client, &key.0);
+    let binding = Binding {
+        metadata: ObjectMeta {
+            name: Some(key.1.clone()),
+            namespace: Some(key.0.clone()),
+            uid: pod.metadata.uid.clone(),
+            ..ObjectMeta::default()
+        },
+        target: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(node.clone()),
+            ..ObjectReference::default()
+        },
+    };
+    let result = pods
+        .create_subresource::<Binding, serde_json::Value>(
+            "binding",
+            &key.1,
+            &PostParams::default(),
+            &binding,
+        )
+        .await
+        .map(|_| ());
+    if result.is_ok() {
+        recorder.record(
+            pod_reference(&pod),
+            EventType::Normal,
+            "Scheduled",
+            &format!("Successfully assigned {}/{} to {node}", key.0, key.1),
+        );
+    }
+    let _ = report.send(Bound { key, node, result });
+}
+
+fn on_bound(state: &mut State, bound: Bound) {
+    state.binding.remove(&bound.key);
+    match bound.result {
+        Ok(()) => {
+            state.explained.remove(&bound.key);
+            state.unschedulable.remove(&bound.key);
+        }
+        Err(e) => {
+            // The assumption did not hold: forget it and try again later (unless the pod is
+            // gone or somebody else bound it, which the watch will show).
+            state.snapshot.remove_pod(&bound.key.0, &bound.key.1);
+            tracing::debug!(pod = ?bound.key, node = %bound.node, error = %e, "binding failed");
+            let gone = matches!(&e, kube::Error::Api(s) if s.code == 404 || s.code == 409);
+            if !gone {
+                state.retry_later(bound.key, false);
+            }
+        }
+    }
+}
+
+/// Writes `PodScheduled=False` with kube-scheduler's reason and message.
+async fn explain(
+    client: kube::Client,
+    pod: Pod,
+    condition: k8s_openapi::api::core::v1::PodCondition,
+) {
+    let (namespace, name) = key_of(&pod);
+    let pods: Api<Pod> = Api::namespaced(client, &namespace);
+    let mut condition = condition;
+    condition.last_transition_time = Some(Time(Timestamp::now()));
+    let patch = serde_json::json!({"status": {"conditions": [condition]}});
+    if let Err(e) = pods
+        .patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
+        .await
+    {
+        tracing::debug!(pod = %name, error = %e, "writing PodScheduled");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap() {
+        assert_eq!(backoff(0), Duration::from_secs(1));
+        assert_eq!(backoff(1), Duration::from_secs(2));
+        assert_eq!(backoff(3), Duration::from_secs(8));
+        assert_eq!(backoff(4), MAX_BACKOFF);
+        assert_eq!(backoff(40), MAX_BACKOFF);
+    }
+}
