@@ -13,13 +13,17 @@
 //! - [`pod_state`]: pod active/ready/available and the scale-down order.
 //! - [`replicaset`]: the ReplicaSet controller's plan.
 //! - [`deployment`]: the Deployment controller's plan.
+//! - [`revision`]: ControllerRevision helpers shared by DaemonSets and StatefulSets.
+//! - [`daemonset`]: the DaemonSet controller's plan.
 //! - [`leader`]: leader election over a coordination.k8s.io Lease.
 
+pub mod daemonset;
 pub mod deployment;
 pub mod leader;
 pub mod owner;
 pub mod pod_state;
 pub mod replicaset;
+pub mod revision;
 pub mod selector;
 mod time;
 
