@@ -15,6 +15,7 @@
 //! - [`deployment`]: the Deployment controller's plan.
 //! - [`revision`]: ControllerRevision helpers shared by DaemonSets and StatefulSets.
 //! - [`daemonset`]: the DaemonSet controller's plan.
+//! - [`statefulset`]: the StatefulSet controller's plan.
 //! - [`leader`]: leader election over a coordination.k8s.io Lease.
 
 pub mod daemonset;
@@ -25,6 +26,7 @@ pub mod pod_state;
 pub mod replicaset;
 pub mod revision;
 pub mod selector;
+pub mod statefulset;
 mod time;
 
 #[cfg(test)]

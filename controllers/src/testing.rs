@@ -2,8 +2,8 @@
 //! instants as whole seconds since the epoch.
 #![allow(clippy::unwrap_used)]
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
@@ -34,5 +34,13 @@ pub fn node(json: serde_json::Value) -> Node {
 }
 
 pub fn daemon_set(json: serde_json::Value) -> DaemonSet {
+    serde_json::from_value(json).unwrap()
+}
+
+pub fn stateful_set(json: serde_json::Value) -> StatefulSet {
+    serde_json::from_value(json).unwrap()
+}
+
+pub fn claim(json: serde_json::Value) -> PersistentVolumeClaim {
     serde_json::from_value(json).unwrap()
 }
