@@ -13,19 +13,25 @@
 //! - [`pod_state`]: pod active/ready/available and the scale-down order.
 //! - [`replicaset`]: the ReplicaSet controller's plan.
 //! - [`deployment`]: the Deployment controller's plan.
+//! - [`revision`]: ControllerRevision helpers shared by DaemonSets and StatefulSets.
+//! - [`daemonset`]: the DaemonSet controller's plan.
+//! - [`statefulset`]: the StatefulSet controller's plan.
 //! - [`leader`]: leader election over a coordination.k8s.io Lease.
 //! - [`events`]: recording core/v1 Events.
 //! - [`run`]: the loops — shared watch caches, one kube-runtime Controller per kind, plan
 //!   execution.
 
+pub mod daemonset;
 pub mod deployment;
 pub mod events;
 pub mod leader;
 pub mod owner;
 pub mod pod_state;
 pub mod replicaset;
+pub mod revision;
 pub mod run;
 pub mod selector;
+pub mod statefulset;
 mod time;
 
 #[cfg(test)]

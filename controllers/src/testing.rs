@@ -2,8 +2,8 @@
 //! instants as whole seconds since the epoch.
 #![allow(clippy::unwrap_used)]
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
@@ -26,5 +26,21 @@ pub fn replica_set(json: serde_json::Value) -> ReplicaSet {
 }
 
 pub fn deployment(json: serde_json::Value) -> Deployment {
+    serde_json::from_value(json).unwrap()
+}
+
+pub fn node(json: serde_json::Value) -> Node {
+    serde_json::from_value(json).unwrap()
+}
+
+pub fn daemon_set(json: serde_json::Value) -> DaemonSet {
+    serde_json::from_value(json).unwrap()
+}
+
+pub fn stateful_set(json: serde_json::Value) -> StatefulSet {
+    serde_json::from_value(json).unwrap()
+}
+
+pub fn claim(json: serde_json::Value) -> PersistentVolumeClaim {
     serde_json::from_value(json).unwrap()
 }
