@@ -11,7 +11,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
-use super::{in_namespace, is_stale, Context, LoopError};
+use super::{in_namespace, is_stale, requeue, Context, LoopError};
 use crate::deployment;
 use crate::events::EventType;
 
@@ -125,12 +125,5 @@ fn record_events(context: &Context, d: &Deployment, events: &[deployment::Planne
         context
             .deployment_events
             .record(regarding.clone(), type_, event.reason, &event.message);
-    }
-}
-
-fn requeue(after: Option<std::time::Duration>) -> Action {
-    match after {
-        Some(after) => Action::requeue(after),
-        None => Action::await_change(),
     }
 }

@@ -4,17 +4,21 @@
 //! thin: what to do is decided by the planners; this module only reads caches and writes.
 
 mod deployment;
+mod exec;
 pub mod expectations;
 mod replicaset;
+mod sets;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Resource;
 use serde::de::DeserializeOwned;
@@ -41,9 +45,14 @@ pub struct Context {
     pub pods: Store<Pod>,
     pub replica_sets: Store<ReplicaSet>,
     pub deployments: Store<Deployment>,
+    pub nodes: Store<Node>,
+    pub revisions: Store<ControllerRevision>,
+    pub claims: Store<PersistentVolumeClaim>,
     pub expectations: Expectations,
     pub replica_set_events: Recorder,
     pub deployment_events: Recorder,
+    pub daemon_set_events: Recorder,
+    pub stateful_set_events: Recorder,
 }
 
 impl std::fmt::Debug for Context {
@@ -100,39 +109,71 @@ where
     })
 }
 
-/// Runs the ReplicaSet and Deployment controllers until `drain` turns true.
+/// Subscribes to a shared cache (one subscriber per controller that needs its events).
+fn subscribe<K>(
+    writer: &reflector::store::Writer<K>,
+) -> Result<reflector::ReflectHandle<K>, LoopError>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    writer
+        .subscribe()
+        .ok_or_else(|| LoopError::Plan("a shared cache cannot be subscribed to".into()))
+}
+
+/// Runs the workload controllers (ReplicaSet, Deployment, DaemonSet, StatefulSet) until
+/// `drain` turns true.
 pub async fn run(client: kube::Client, drain: watch::Receiver<bool>) {
+    if let Err(e) = run_controllers(client, drain).await {
+        tracing::error!(error = %e, "controllers stopped");
+    }
+}
+
+async fn run_controllers(
+    client: kube::Client,
+    drain: watch::Receiver<bool>,
+) -> Result<(), LoopError> {
     let (pods, pod_writer) = reflector::store_shared::<Pod>(SUBSCRIBER_BUFFER);
     let (replica_sets, rs_writer) = reflector::store_shared::<ReplicaSet>(SUBSCRIBER_BUFFER);
     let (deployments, deployment_writer) = reflector::store_shared::<Deployment>(SUBSCRIBER_BUFFER);
-    let subscriptions = (
-        pod_writer.subscribe(),
-        rs_writer.subscribe(),
-        rs_writer.subscribe(),
-        deployment_writer.subscribe(),
-    );
-    let (
-        Some(pods_for_rs),
-        Some(rs_for_rs),
-        Some(rs_for_deployments),
-        Some(deployments_for_deployments),
-    ) = subscriptions
-    else {
-        tracing::error!("shared caches cannot be subscribed to");
-        return;
-    };
+    let (daemon_sets, ds_writer) = reflector::store_shared::<DaemonSet>(SUBSCRIBER_BUFFER);
+    let (stateful_sets, sts_writer) = reflector::store_shared::<StatefulSet>(SUBSCRIBER_BUFFER);
+    let (nodes, node_writer) = reflector::store_shared::<Node>(SUBSCRIBER_BUFFER);
+    let (revisions, revision_writer) =
+        reflector::store_shared::<ControllerRevision>(SUBSCRIBER_BUFFER);
+    let (claims, claim_writer) =
+        reflector::store_shared::<PersistentVolumeClaim>(SUBSCRIBER_BUFFER);
+    let pods_for_rs = subscribe(&pod_writer)?;
+    let pods_for_ds = subscribe(&pod_writer)?;
+    let pods_for_sts = subscribe(&pod_writer)?;
+    let rs_for_rs = subscribe(&rs_writer)?;
+    let rs_for_deployments = subscribe(&rs_writer)?;
+    let deployments_for_deployments = subscribe(&deployment_writer)?;
+    let ds_for_ds = subscribe(&ds_writer)?;
+    let sts_for_sts = subscribe(&sts_writer)?;
+    let nodes_for_ds = subscribe(&node_writer)?;
     let drivers = [
         drive(&client, pod_writer),
         drive(&client, rs_writer),
         drive(&client, deployment_writer),
+        drive(&client, ds_writer),
+        drive(&client, sts_writer),
+        drive(&client, node_writer),
+        drive(&client, revision_writer),
+        drive(&client, claim_writer),
     ];
     let context = Arc::new(Context {
         replica_set_events: Recorder::new(client.clone(), "replicaset-controller"),
         deployment_events: Recorder::new(client.clone(), "deployment-controller"),
+        daemon_set_events: Recorder::new(client.clone(), "daemonset-controller"),
+        stateful_set_events: Recorder::new(client.clone(), "statefulset-controller"),
         client,
         pods,
         replica_sets: replica_sets.clone(),
         deployments: deployments.clone(),
+        nodes,
+        revisions,
+        claims,
         expectations: Expectations::default(),
     });
     let rs_loop = kube::runtime::Controller::for_shared_stream(rs_for_rs, replica_sets)
@@ -143,12 +184,47 @@ pub async fn run(client: kube::Client, drain: watch::Receiver<bool>) {
     let deployment_loop =
         kube::runtime::Controller::for_shared_stream(deployments_for_deployments, deployments)
             .owns_shared_stream(rs_for_deployments)
-            .graceful_shutdown_on(drained(drain))
+            .graceful_shutdown_on(drained(drain.clone()))
             .run(deployment::reconcile, retry_later, Arc::clone(&context))
             .for_each(|_| async {});
-    futures::join!(rs_loop, deployment_loop);
+    // Any node change may change where daemons must run: resync every DaemonSet.
+    let all_daemon_sets = daemon_sets.clone();
+    let ds_loop = kube::runtime::Controller::for_shared_stream(ds_for_ds, daemon_sets)
+        .owns_shared_stream(pods_for_ds)
+        .watches_shared_stream(nodes_for_ds, move |_node| {
+            all_daemon_sets
+                .state()
+                .iter()
+                .map(|ds| ObjectRef::from_obj(ds.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(drained(drain.clone()))
+        .run(
+            sets::reconcile_daemon_set,
+            retry_later,
+            Arc::clone(&context),
+        )
+        .for_each(|_| async {});
+    let sts_loop = kube::runtime::Controller::for_shared_stream(sts_for_sts, stateful_sets)
+        .owns_shared_stream(pods_for_sts)
+        .graceful_shutdown_on(drained(drain))
+        .run(
+            sets::reconcile_stateful_set,
+            retry_later,
+            Arc::clone(&context),
+        )
+        .for_each(|_| async {});
+    futures::join!(rs_loop, deployment_loop, ds_loop, sts_loop);
     for driver in drivers {
         driver.abort();
+    }
+    Ok(())
+}
+
+fn requeue(after: Option<Duration>) -> kube::runtime::controller::Action {
+    match after {
+        Some(after) => kube::runtime::controller::Action::requeue(after),
+        None => kube::runtime::controller::Action::await_change(),
     }
 }
 

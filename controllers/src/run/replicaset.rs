@@ -12,7 +12,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
-use super::{in_namespace, is_stale, Context, LoopError};
+use super::{in_namespace, is_stale, requeue, Context, LoopError};
 use crate::events::EventType;
 use crate::replicaset::{self, slow_start_batches};
 
@@ -150,12 +150,5 @@ pub(super) async fn reconcile(
     match failure {
         Some(e) => Err(e.into()),
         None => Ok(requeue(plan.requeue_after)),
-    }
-}
-
-fn requeue(after: Option<std::time::Duration>) -> Action {
-    match after {
-        Some(after) => Action::requeue(after),
-        None => Action::await_change(),
     }
 }

@@ -1,0 +1,146 @@
+//! Writes shared by the loops: merge patches, UID-guarded deletes, status patches, creates in
+//! slow-start batches and planned events. A write that fails because the cache was stale
+//! (409 Conflict, 404 Not Found) is reported as [`Written::Stale`], not as an error.
+
+use std::fmt::Debug;
+
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::Resource;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{is_stale, LoopError};
+use crate::deployment::PlannedEvent;
+use crate::events::{EventType, Recorder};
+use crate::replicaset::slow_start_batches;
+
+/// How a write went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Written {
+    Done,
+    /// The cache was behind: plan again once it has caught up.
+    Stale,
+}
+
+fn outcome<T>(result: Result<T, kube::Error>) -> Result<Written, LoopError> {
+    match result {
+        Ok(_) => Ok(Written::Done),
+        Err(e) if is_stale(&e) => Ok(Written::Stale),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(super) async fn merge_patch<K>(
+    api: &Api<K>,
+    name: &str,
+    patch: serde_json::Value,
+) -> Result<Written, LoopError>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    outcome(
+        api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await,
+    )
+}
+
+/// Replaces `status` with a merge patch; `cleared` fields absent from `status` are removed.
+pub(super) async fn patch_status<K, S>(
+    api: &Api<K>,
+    name: &str,
+    status: &S,
+    cleared: &[&str],
+) -> Result<Written, LoopError>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+    S: Serialize,
+{
+    let mut status = serde_json::to_value(status).map_err(|e| LoopError::Plan(e.to_string()))?;
+    if let Some(object) = status.as_object_mut() {
+        for field in cleared {
+            object.entry(*field).or_insert(serde_json::Value::Null);
+        }
+    }
+    outcome(
+        api.patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "status": status })),
+        )
+        .await,
+    )
+}
+
+pub(super) async fn delete<K>(
+    api: &Api<K>,
+    name: &str,
+    uid: Option<&str>,
+) -> Result<Written, LoopError>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let params = DeleteParams {
+        preconditions: uid.map(|uid| Preconditions {
+            uid: Some(uid.to_string()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    outcome(api.delete(name, &params).await)
+}
+
+pub(super) async fn create<K>(api: &Api<K>, object: &K) -> Result<Written, LoopError>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+{
+    match api.create(&PostParams::default(), object).await {
+        Ok(_) => Ok(Written::Done),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Written::Stale),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Creates `objects` in slow-start batches (1, 2, 4, …), stopping at the first batch with a
+/// failure; returns the names created and the first error.
+pub(super) async fn create_all<K>(api: &Api<K>, objects: &[K]) -> (Vec<String>, Option<kube::Error>)
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+{
+    let params = PostParams::default();
+    let mut created = Vec::new();
+    let mut rest = objects;
+    for size in slow_start_batches(objects.len()) {
+        let (batch, later) = rest.split_at(size.min(rest.len()));
+        rest = later;
+        let mut failure = None;
+        for result in futures::future::join_all(batch.iter().map(|o| api.create(&params, o))).await
+        {
+            match result {
+                Ok(object) => created.push(object.meta().name.clone().unwrap_or_default()),
+                Err(e) => failure = Some(e),
+            }
+        }
+        if failure.is_some() {
+            return (created, failure);
+        }
+    }
+    (created, None)
+}
+
+pub(super) fn record_planned<K>(recorder: &Recorder, object: &K, events: &[PlannedEvent])
+where
+    K: Resource<DynamicType = ()>,
+{
+    if events.is_empty() {
+        return;
+    }
+    let regarding = object.object_ref(&());
+    for event in events {
+        let type_ = if event.type_ == "Warning" {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        recorder.record(regarding.clone(), type_, event.reason, &event.message);
+    }
+}
