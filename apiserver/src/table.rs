@@ -53,14 +53,19 @@ pub fn human_duration(seconds: i64) -> String {
 }
 
 fn age(object: &Value, now: OffsetDateTime) -> String {
+    since(object, "/metadata/creationTimestamp", now).unwrap_or_else(|| "<unknown>".into())
+}
+
+fn timestamp(object: &Value, pointer: &str) -> Option<OffsetDateTime> {
     object
-        .pointer("/metadata/creationTimestamp")
+        .pointer(pointer)
         .and_then(Value::as_str)
         .and_then(|t| OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
-        .map_or_else(
-            || "<unknown>".into(),
-            |created| human_duration((now - created).whole_seconds()),
-        )
+}
+
+/// How long ago the timestamp at `pointer` was, as kubectl prints ages.
+fn since(object: &Value, pointer: &str, now: OffsetDateTime) -> Option<String> {
+    timestamp(object, pointer).map(|t| human_duration((now - t).whole_seconds()))
 }
 
 fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
@@ -171,6 +176,66 @@ fn columns(kind: &str) -> Vec<Column> {
         "Secret" => &[
             ("Type", "string", false),
             ("Data", "integer", false),
+            ("Age", "string", false),
+        ],
+        "DaemonSet" => &[
+            ("Desired", "integer", false),
+            ("Current", "integer", false),
+            ("Ready", "integer", false),
+            ("Up-to-date", "integer", false),
+            ("Available", "integer", false),
+            ("Node Selector", "string", false),
+            ("Age", "string", false),
+            ("Containers", "string", true),
+            ("Images", "string", true),
+            ("Selector", "string", true),
+        ],
+        "StatefulSet" => &[
+            ("Ready", "string", false),
+            ("Age", "string", false),
+            ("Containers", "string", true),
+            ("Images", "string", true),
+        ],
+        "Job" => &[
+            ("Status", "string", false),
+            ("Completions", "string", false),
+            ("Duration", "string", false),
+            ("Age", "string", false),
+            ("Containers", "string", true),
+            ("Images", "string", true),
+            ("Selector", "string", true),
+        ],
+        "CronJob" => &[
+            ("Schedule", "string", false),
+            ("Timezone", "string", false),
+            ("Suspend", "boolean", false),
+            ("Active", "integer", false),
+            ("Last Schedule", "string", false),
+            ("Age", "string", false),
+            ("Containers", "string", true),
+            ("Images", "string", true),
+            ("Selector", "string", true),
+        ],
+        "ServiceAccount" => &[("Secrets", "string", false), ("Age", "string", false)],
+        "Endpoints" => &[("Endpoints", "string", false), ("Age", "string", false)],
+        "EndpointSlice" => &[
+            ("AddressType", "string", false),
+            ("Ports", "string", false),
+            ("Endpoints", "string", false),
+            ("Age", "string", false),
+        ],
+        "Lease" => &[("Holder", "string", false), ("Age", "string", false)],
+        "ControllerRevision" => &[
+            ("Controller", "string", false),
+            ("Revision", "integer", false),
+            ("Age", "string", false),
+        ],
+        "PersistentVolumeClaim" => &[
+            ("Status", "string", false),
+            ("Volume", "string", false),
+            ("Capacity", "string", false),
+            ("Access Modes", "string", false),
+            ("StorageClass", "string", false),
             ("Age", "string", false),
         ],
         _ => &[("Age", "string", false)],
@@ -305,8 +370,80 @@ fn node_cells(o: &Value) -> Vec<Value> {
     ]
 }
 
+/// Up to three entries, then how many more, as kubectl abbreviates endpoint lists.
+fn first_three(items: &[String]) -> String {
+    let shown = items.iter().take(3).cloned().collect::<Vec<_>>().join(",");
+    match items.len() {
+        0..=3 => shown,
+        n => format!("{shown} + {} more...", n - 3),
+    }
+}
+
+/// `ip:port` pairs of an Endpoints object.
+fn endpoints_summary(o: &Value) -> String {
+    let mut pairs = Vec::new();
+    for subset in array(o, "/subsets") {
+        for address in array(subset, "/addresses") {
+            for port in array(subset, "/ports") {
+                pairs.push(format!(
+                    "{}:{}",
+                    str_at(address, "/ip"),
+                    int_at(port, "/port")
+                ));
+            }
+        }
+    }
+    or_none(first_three(&pairs))
+}
+
+/// A Job's row: status, completions, duration (kubectl 1.33's columns).
+fn job_cells(o: &Value, now: OffsetDateTime) -> Vec<Value> {
+    let (containers, images) = containers_and_images(o, "/spec/template/spec/containers");
+    let condition = |kind: &str| {
+        array(o, "/status/conditions")
+            .iter()
+            .any(|c| str_at(c, "/type") == kind && str_at(c, "/status") == "True")
+    };
+    let status = if condition("Failed") {
+        "Failed"
+    } else if condition("Complete") {
+        "Complete"
+    } else if condition("Suspended") {
+        "Suspended"
+    } else if condition("FailureTarget") {
+        "FailureTarget"
+    } else if condition("SuccessCriteriaMet") {
+        "SuccessCriteriaMet"
+    } else {
+        "Running"
+    };
+    let completions = match o.pointer("/spec/completions").and_then(Value::as_i64) {
+        Some(total) => format!("{}/{total}", int_at(o, "/status/succeeded")),
+        None => format!(
+            "{}/1 of {}",
+            int_at(o, "/status/succeeded"),
+            o.pointer("/spec/parallelism")
+                .and_then(Value::as_i64)
+                .unwrap_or(1)
+        ),
+    };
+    let duration = timestamp(o, "/status/startTime").map(|start| {
+        let end = timestamp(o, "/status/completionTime").unwrap_or(now);
+        human_duration((end - start).whole_seconds())
+    });
+    vec![
+        json!(status),
+        json!(completions),
+        json!(duration.unwrap_or_default()),
+        Value::Null,
+        json!(containers),
+        json!(images),
+        json!(label_selector(o, "/spec/selector/matchLabels")),
+    ]
+}
+
 /// The cells of one row; `Value::Null` marks where the age goes.
-fn kind_cells(kind: &str, o: &Value) -> Vec<Value> {
+fn kind_cells(kind: &str, o: &Value, now: OffsetDateTime) -> Vec<Value> {
     let count = |pointer: &str| {
         o.pointer(pointer)
             .and_then(Value::as_object)
@@ -351,6 +488,127 @@ fn kind_cells(kind: &str, o: &Value) -> Vec<Value> {
             json!(count("/data")),
             Value::Null,
         ],
+        "DaemonSet" => {
+            let (containers, images) = containers_and_images(o, "/spec/template/spec/containers");
+            vec![
+                json!(int_at(o, "/status/desiredNumberScheduled")),
+                json!(int_at(o, "/status/currentNumberScheduled")),
+                json!(int_at(o, "/status/numberReady")),
+                json!(int_at(o, "/status/updatedNumberScheduled")),
+                json!(int_at(o, "/status/numberAvailable")),
+                json!(or_none(label_selector(
+                    o,
+                    "/spec/template/spec/nodeSelector"
+                ))),
+                Value::Null,
+                json!(containers),
+                json!(images),
+                json!(label_selector(o, "/spec/selector/matchLabels")),
+            ]
+        }
+        "StatefulSet" => {
+            let (containers, images) = containers_and_images(o, "/spec/template/spec/containers");
+            let replicas = o
+                .pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            vec![
+                json!(format!("{}/{replicas}", int_at(o, "/status/readyReplicas"))),
+                Value::Null,
+                json!(containers),
+                json!(images),
+            ]
+        }
+        "Job" => job_cells(o, now),
+        "CronJob" => {
+            let (containers, images) =
+                containers_and_images(o, "/spec/jobTemplate/spec/template/spec/containers");
+            vec![
+                json!(str_at(o, "/spec/schedule")),
+                json!(or_none(str_at(o, "/spec/timeZone").to_string())),
+                json!(o
+                    .pointer("/spec/suspend")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false)),
+                json!(array(o, "/status/active").len()),
+                json!(since(o, "/status/lastScheduleTime", now).unwrap_or_else(|| "<none>".into())),
+                Value::Null,
+                json!(containers),
+                json!(images),
+                json!(or_none(label_selector(
+                    o,
+                    "/spec/jobTemplate/spec/selector/matchLabels"
+                ))),
+            ]
+        }
+        "ServiceAccount" => vec![json!(array(o, "/secrets").len().to_string()), Value::Null],
+        "Endpoints" => vec![json!(endpoints_summary(o)), Value::Null],
+        "EndpointSlice" => {
+            let ports: Vec<String> = array(o, "/ports")
+                .iter()
+                .map(|p| int_at(p, "/port").to_string())
+                .collect();
+            let addresses: Vec<String> = array(o, "/endpoints")
+                .iter()
+                .flat_map(|e| array(e, "/addresses").iter().filter_map(Value::as_str))
+                .map(str::to_string)
+                .collect();
+            vec![
+                json!(str_at(o, "/addressType")),
+                json!(or_none(ports.join(","))),
+                json!(or_none(first_three(&addresses))),
+                Value::Null,
+            ]
+        }
+        "Lease" => vec![
+            json!(or_none(str_at(o, "/spec/holderIdentity").to_string())),
+            Value::Null,
+        ],
+        "ControllerRevision" => {
+            let controller = array(o, "/metadata/ownerReferences")
+                .iter()
+                .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
+                .map(|r| {
+                    let group = str_at(r, "/apiVersion")
+                        .split_once('/')
+                        .map(|(g, _)| g)
+                        .unwrap_or("");
+                    let kind = str_at(r, "/kind").to_lowercase();
+                    let kind = if group.is_empty() {
+                        kind
+                    } else {
+                        format!("{kind}.{group}")
+                    };
+                    format!("{kind}/{}", str_at(r, "/name"))
+                })
+                .unwrap_or_default();
+            vec![
+                json!(or_none(controller)),
+                json!(int_at(o, "/revision")),
+                Value::Null,
+            ]
+        }
+        "PersistentVolumeClaim" => {
+            let modes: Vec<&str> = array(o, "/status/accessModes")
+                .iter()
+                .filter_map(Value::as_str)
+                .map(|m| match m {
+                    "ReadWriteOnce" => "RWO",
+                    "ReadOnlyMany" => "ROX",
+                    "ReadWriteMany" => "RWX",
+                    "ReadWriteOncePod" => "RWOP",
+                    other => other,
+                })
+                .collect();
+            vec![
+                json!(str_at(o, "/status/phase")),
+                json!(str_at(o, "/spec/volumeName")),
+                json!(str_at(o, "/status/capacity/storage")),
+                json!(modes.join(",")),
+                json!(or_none(str_at(o, "/spec/storageClassName").to_string())),
+                Value::Null,
+            ]
+        }
         _ => vec![Value::Null],
     }
 }
@@ -446,7 +704,7 @@ pub fn table(
             let mut cells = vec![o.pointer("/metadata/name").cloned().unwrap_or(Value::Null)];
             match custom {
                 Some(columns) => cells.extend(custom_cells(columns, o, now)),
-                None => cells.extend(kind_cells(kind, o).into_iter().map(|c| {
+                None => cells.extend(kind_cells(kind, o, now).into_iter().map(|c| {
                     if c.is_null() {
                         json!(age(o, now))
                     } else {
