@@ -13,9 +13,11 @@
 //! - [`pod_state`]: pod active/ready/available and the scale-down order.
 //! - [`replicaset`]: the ReplicaSet controller's plan.
 //! - [`deployment`]: the Deployment controller's plan.
+//! - [`job`]: the Job controller's plan (and the TTL-after-finished deletion).
 //! - [`leader`]: leader election over a coordination.k8s.io Lease.
 
 pub mod deployment;
+pub mod job;
 pub mod leader;
 pub mod owner;
 pub mod pod_state;
