@@ -14,8 +14,10 @@
 //! - [`replicaset`]: the ReplicaSet controller's plan.
 //! - [`deployment`]: the Deployment controller's plan.
 //! - [`job`]: the Job controller's plan (and the TTL-after-finished deletion).
+//! - [`cronjob`]: the CronJob controller's plan and its cron schedule parser.
 //! - [`leader`]: leader election over a coordination.k8s.io Lease.
 
+pub mod cronjob;
 pub mod deployment;
 pub mod job;
 pub mod leader;

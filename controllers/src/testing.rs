@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -31,5 +31,9 @@ pub fn deployment(json: serde_json::Value) -> Deployment {
 }
 
 pub fn job(json: serde_json::Value) -> Job {
+    serde_json::from_value(json).unwrap()
+}
+
+pub fn cron_job(json: serde_json::Value) -> CronJob {
     serde_json::from_value(json).unwrap()
 }
