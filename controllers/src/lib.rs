@@ -16,14 +16,18 @@
 //! - [`revision`]: ControllerRevision helpers shared by DaemonSets and StatefulSets.
 //! - [`daemonset`]: the DaemonSet controller's plan.
 //! - [`statefulset`]: the StatefulSet controller's plan.
+//! - [`job`]: the Job controller's plan (and the TTL-after-finished deletion).
+//! - [`cronjob`]: the CronJob controller's plan and its cron schedule parser.
 //! - [`leader`]: leader election over a coordination.k8s.io Lease.
 //! - [`events`]: recording core/v1 Events.
 //! - [`run`]: the loops — shared watch caches, one kube-runtime Controller per kind, plan
 //!   execution.
 
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod events;
+pub mod job;
 pub mod leader;
 pub mod owner;
 pub mod pod_state;

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -42,5 +43,13 @@ pub fn stateful_set(json: serde_json::Value) -> StatefulSet {
 }
 
 pub fn claim(json: serde_json::Value) -> PersistentVolumeClaim {
+    serde_json::from_value(json).unwrap()
+}
+
+pub fn job(json: serde_json::Value) -> Job {
+    serde_json::from_value(json).unwrap()
+}
+
+pub fn cron_job(json: serde_json::Value) -> CronJob {
     serde_json::from_value(json).unwrap()
 }
