@@ -13,9 +13,14 @@
 //! - [`pod_state`]: pod active/ready/available and the scale-down order.
 //! - [`replicaset`]: the ReplicaSet controller's plan.
 //! - [`deployment`]: the Deployment controller's plan.
+//! - [`endpoints`]: the Endpoints controller's plan.
+//! - [`endpointslice`]: the EndpointSlice controller's plan.
+//! - [`node_lifecycle`]: node health, condition taints, taint-based eviction and pod GC.
+//! - [`garbage`]: the garbage collector's plan over ownerReferences.
 //! - [`leader`]: leader election over a coordination.k8s.io Lease.
 
 pub mod deployment;
+pub mod endpoints;
 pub mod leader;
 pub mod owner;
 pub mod pod_state;

@@ -28,3 +28,7 @@ pub fn replica_set(json: serde_json::Value) -> ReplicaSet {
 pub fn deployment(json: serde_json::Value) -> Deployment {
     serde_json::from_value(json).unwrap()
 }
+
+pub fn service(json: serde_json::Value) -> k8s_openapi::api::core::v1::Service {
+    serde_json::from_value(json).unwrap()
+}
