@@ -295,6 +295,9 @@ pub(crate) fn set_trigger_time(meta: &mut ObjectMeta, time: Option<Timestamp>) {
             annotations.remove(LAST_CHANGE_TRIGGER_TIME_ANNOTATION);
         }
     }
+    if annotations.is_empty() {
+        meta.annotations = None;
+    }
 }
 
 /// The Service's labels plus the headless label when it has no cluster IP.

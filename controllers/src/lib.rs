@@ -21,6 +21,7 @@
 
 pub mod deployment;
 pub mod endpoints;
+pub mod endpointslice;
 pub mod leader;
 pub mod owner;
 pub mod pod_state;
