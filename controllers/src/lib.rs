@@ -23,6 +23,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod leader;
+pub mod node_lifecycle;
 pub mod owner;
 pub mod pod_state;
 pub mod replicaset;

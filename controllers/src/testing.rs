@@ -32,3 +32,11 @@ pub fn deployment(json: serde_json::Value) -> Deployment {
 pub fn service(json: serde_json::Value) -> k8s_openapi::api::core::v1::Service {
     serde_json::from_value(json).unwrap()
 }
+
+pub fn node(json: serde_json::Value) -> k8s_openapi::api::core::v1::Node {
+    serde_json::from_value(json).unwrap()
+}
+
+pub fn lease(json: serde_json::Value) -> k8s_openapi::api::coordination::v1::Lease {
+    serde_json::from_value(json).unwrap()
+}
