@@ -22,6 +22,7 @@
 pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
+pub mod garbage;
 pub mod leader;
 pub mod node_lifecycle;
 pub mod owner;
