@@ -18,6 +18,10 @@
 //! - [`statefulset`]: the StatefulSet controller's plan.
 //! - [`job`]: the Job controller's plan (and the TTL-after-finished deletion).
 //! - [`cronjob`]: the CronJob controller's plan and its cron schedule parser.
+//! - [`endpoints`]: the Endpoints controller's plan.
+//! - [`endpointslice`]: the EndpointSlice controller's plan.
+//! - [`node_lifecycle`]: node health, condition taints, taint-based eviction and pod GC.
+//! - [`garbage`]: the garbage collector's plan over ownerReferences.
 //! - [`leader`]: leader election over a coordination.k8s.io Lease.
 //! - [`events`]: recording core/v1 Events.
 //! - [`run`]: the loops — shared watch caches, one kube-runtime Controller per kind, plan
@@ -26,9 +30,13 @@
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
+pub mod endpointslice;
 pub mod events;
+pub mod garbage;
 pub mod job;
 pub mod leader;
+pub mod node_lifecycle;
 pub mod owner;
 pub mod pod_state;
 pub mod replicaset;

@@ -53,3 +53,11 @@ pub fn job(json: serde_json::Value) -> Job {
 pub fn cron_job(json: serde_json::Value) -> CronJob {
     serde_json::from_value(json).unwrap()
 }
+
+pub fn service(json: serde_json::Value) -> k8s_openapi::api::core::v1::Service {
+    serde_json::from_value(json).unwrap()
+}
+
+pub fn lease(json: serde_json::Value) -> k8s_openapi::api::coordination::v1::Lease {
+    serde_json::from_value(json).unwrap()
+}
