@@ -33,6 +33,8 @@ pub enum Command {
     Server(ServerArgs),
     /// Run a node agent that joins a server.
     Agent(AgentArgs),
+    /// Run simulated nodes (kwok-style) against a server, to test the control plane at scale.
+    SimulateNodes(crate::simulate::SimulateNodesArgs),
     /// Print the version.
     Version,
 }

@@ -4,6 +4,7 @@
 mod cli;
 mod config;
 mod server;
+mod simulate;
 
 use std::process::ExitCode;
 
@@ -70,6 +71,10 @@ fn main() -> ExitCode {
             eprintln!("shoal: the node agent is not part of this build yet");
             ExitCode::from(69)
         }
+        Command::SimulateNodes(args) => match simulate::config(&args) {
+            Ok(config) => run(simulate::run(args, config)),
+            Err(err) => usage_error(&format!("{err:#}")),
+        },
     }
 }
 
@@ -86,8 +91,15 @@ fn init_logging(cli: &Cli) {
     };
     // Our own crates at the chosen level; dependencies one step quieter unless tracing.
     let deps = if level == "trace" { "debug" } else { "warn" };
+    // The simulator sums up its failed requests; kube's client would log each one of a
+    // thousand nodes' while the API is down.
+    let simulator = if matches!(cli.command, Command::SimulateNodes(_)) && level != "trace" {
+        ",kube_client=off"
+    } else {
+        ""
+    };
     let filter = EnvFilter::try_new(format!(
-        "{deps},shoal={level},shoal_store={level},shoal_common={level},openraft=warn"
+        "{deps},shoal={level},shoal_store={level},shoal_common={level},shoal_agent={level},openraft=warn{simulator}"
     ))
     .unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour only for a person at a terminal, never in journald or files.
