@@ -6,198 +6,14 @@
 //!
 //! There is no scheduler in the server yet, so the pods name their node (`spec.nodeName`).
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use shoal_e2e::server::{free_port, ShoalServer};
-use tempfile::TempDir;
+use shoal_e2e::cluster::{eventually, Cluster};
 
 const NODES: usize = 50;
-
-fn kubectl_binary() -> PathBuf {
-    [
-        "/usr/lib/google-cloud-sdk/bin",
-        "/usr/local/bin",
-        "/usr/bin",
-    ]
-    .iter()
-    .map(|dir| Path::new(dir).join("kubectl.1.33"))
-    .find(|p| p.exists())
-    .unwrap_or_else(|| panic!("kubectl.1.33 not found: this test needs kubectl 1.33"))
-}
-
-/// A server with its data in a temporary directory (the server is killed before the
-/// directory is removed).
-struct Cluster {
-    _server: ShoalServer,
-    dir: TempDir,
-    kubeconfig: PathBuf,
-    kubectl: PathBuf,
-}
-
-impl Cluster {
-    fn start() -> Cluster {
-        let kubectl = kubectl_binary();
-        let dir = TempDir::new().expect("tempdir");
-        let port = free_port().expect("free port");
-        let server = ShoalServer::start(
-            Path::new(env!("CARGO_BIN_EXE_shoal")),
-            dir.path(),
-            port,
-            &["--disable-agent"],
-        )
-        .expect("shoal server starts");
-        let kubeconfig = server.kubeconfig();
-        Cluster {
-            _server: server,
-            dir,
-            kubeconfig,
-            kubectl,
-        }
-    }
-
-    fn kubectl_with_input(&self, args: &[&str], input: Option<&str>) -> Output {
-        let mut child = Command::new(&self.kubectl)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .env("HOME", self.dir.path()) // a private discovery cache
-            .stdin(if input.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run kubectl");
-        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
-            stdin.write_all(input.as_bytes()).expect("kubectl stdin");
-        }
-        child.wait_with_output().expect("kubectl output")
-    }
-
-    /// Runs kubectl and returns its stdout, failing the test if it fails.
-    fn kubectl(&self, args: &[&str]) -> String {
-        ok(self.kubectl_with_input(args, None), &args.join(" "))
-    }
-
-    fn apply(&self, manifest: &str) {
-        ok(
-            self.kubectl_with_input(&["apply", "-f", "-"], Some(manifest)),
-            "apply",
-        );
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut args = args.to_vec();
-        args.extend(["-o", "json"]);
-        serde_json::from_str(&self.kubectl(&args)).expect("kubectl JSON")
-    }
-
-    fn start_simulator(&self, extra: &[&str]) -> Simulator {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args([
-                "simulate-nodes",
-                "--count",
-                &NODES.to_string(),
-                "--kubeconfig",
-            ])
-            .arg(&self.kubeconfig)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start shoal simulate-nodes");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let simulator = Simulator { child, lines };
-        simulator.wait_for_log("simulated nodes registered", Duration::from_secs(60));
-        simulator
-    }
-}
-
-/// A running `shoal simulate-nodes`, killed if the test ends without stopping it.
-struct Simulator {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Simulator {
-    fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self
-                .lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("the simulator logged no {needle:?} within {timeout:?}"),
-            }
-        }
-    }
-
-    /// SIGTERM, then the exit code (within 15 s).
-    fn stop(mut self) -> Option<i32> {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the simulator did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Simulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "kubectl {what} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Polls `probe` every 200 ms until it returns Some, failing after `timeout`.
-fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 /// A pod bound to `node` with an init container and two containers.
 fn pod_manifest(
@@ -256,8 +72,8 @@ fn phase_is(cluster: &Cluster, pod: &str, phase: &str) -> Option<Value> {
 
 #[test]
 fn simulated_nodes_register_heartbeat_and_run_pods() {
-    let cluster = Cluster::start();
-    let simulator = cluster.start_simulator(&["--node-status-update-frequency", "2s"]);
+    let cluster = Cluster::start(Path::new(env!("CARGO_BIN_EXE_shoal")));
+    let simulator = cluster.start_simulator(NODES, &["--node-status-update-frequency", "2s"]);
 
     // 50 Ready nodes, with the kubelet's columns.
     let table = cluster.kubectl(&["get", "nodes", "--no-headers"]);
@@ -527,7 +343,7 @@ spec:
     );
 
     // A new run takes the same nodes back (same objects) and leaves running pods as they are.
-    let simulator = cluster.start_simulator(&["--cleanup"]);
+    let simulator = cluster.start_simulator(NODES, &["--cleanup"]);
     let sim3 = cluster.json(&["get", "node", "sim-3"]);
     assert_eq!(sim3["metadata"]["uid"], node_uid.as_str());
     let web2 = cluster.json(&["get", "pod", "web2"]);

@@ -1,6 +1,7 @@
 //! Multi-node test clusters on one machine (one network namespace per node) and benchmark drivers. The cluster harness comes with the e2e issue.
 
 pub mod api_bench;
+pub mod cluster;
 pub mod etcd;
 pub mod latency;
 pub mod server;

@@ -11,6 +11,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
+use super::exec::{self, Written};
 use super::{in_namespace, is_stale, requeue, Context, LoopError};
 use crate::deployment;
 use crate::events::EventType;
@@ -87,25 +88,10 @@ pub(super) async fn reconcile(
             return if is_stale(&e) { stale() } else { Err(e.into()) };
         }
     }
-    if plan.status_changed {
-        let mut status =
-            serde_json::to_value(&plan.status).map_err(|e| LoopError::Plan(e.to_string()))?;
-        if let Some(object) = status.as_object_mut() {
-            // A merge patch keeps what it does not mention: clear absent fields explicitly.
-            for field in ["conditions", "unavailableReplicas", "collisionCount"] {
-                object.entry(field).or_insert(serde_json::Value::Null);
-            }
-        }
-        if let Err(e) = deployment_api
-            .patch_status(
-                &d.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({ "status": status })),
-            )
-            .await
-        {
-            return if is_stale(&e) { stale() } else { Err(e.into()) };
-        }
+    if plan.status_changed
+        && exec::patch_status(&deployment_api, d.as_ref(), &plan.status).await? == Written::Stale
+    {
+        return stale();
     }
     record_events(&context, &d, &plan.events);
     Ok(requeue(plan.requeue_after))

@@ -44,26 +44,34 @@ where
     )
 }
 
-/// Replaces `status` with a merge patch; `cleared` fields absent from `status` are removed.
+/// Replaces `object`'s status with `status` through a merge patch: fields the observed status
+/// has and the new one lacks are sent as `null`, since a merge patch keeps what it does not
+/// mention.
 pub(super) async fn patch_status<K, S>(
     api: &Api<K>,
-    name: &str,
+    object: &K,
     status: &S,
-    cleared: &[&str],
 ) -> Result<Written, LoopError>
 where
-    K: Resource + Clone + DeserializeOwned + Debug,
+    K: Resource + Clone + DeserializeOwned + Serialize + Debug,
     S: Serialize,
 {
     let mut status = serde_json::to_value(status).map_err(|e| LoopError::Plan(e.to_string()))?;
-    if let Some(object) = status.as_object_mut() {
-        for field in cleared {
-            object.entry(*field).or_insert(serde_json::Value::Null);
+    let observed = serde_json::to_value(object).map_err(|e| LoopError::Plan(e.to_string()))?;
+    if let (Some(new), Some(old)) = (
+        status.as_object_mut(),
+        observed
+            .get("status")
+            .and_then(serde_json::Value::as_object),
+    ) {
+        for key in old.keys() {
+            new.entry(key.clone()).or_insert(serde_json::Value::Null);
         }
     }
+    let name = object.meta().name.clone().unwrap_or_default();
     outcome(
         api.patch_status(
-            name,
+            &name,
             &PatchParams::default(),
             &Patch::Merge(serde_json::json!({ "status": status })),
         )
@@ -127,20 +135,39 @@ where
     (created, None)
 }
 
-pub(super) fn record_planned<K>(recorder: &Recorder, object: &K, events: &[PlannedEvent])
+/// The planners' event types (the workload and the batch planners each have one).
+pub(super) trait Planned {
+    fn parts(&self) -> (&str, &str, &str);
+}
+
+impl Planned for PlannedEvent {
+    fn parts(&self) -> (&str, &str, &str) {
+        (self.type_, self.reason, &self.message)
+    }
+}
+
+impl Planned for crate::job::PlannedEvent {
+    fn parts(&self) -> (&str, &str, &str) {
+        (self.type_, &self.reason, &self.message)
+    }
+}
+
+pub(super) fn record_planned<K, E>(recorder: &Recorder, object: &K, events: &[E])
 where
     K: Resource<DynamicType = ()>,
+    E: Planned,
 {
     if events.is_empty() {
         return;
     }
     let regarding = object.object_ref(&());
     for event in events {
-        let type_ = if event.type_ == "Warning" {
+        let (type_, reason, message) = event.parts();
+        let type_ = if type_ == "Warning" {
             EventType::Warning
         } else {
             EventType::Normal
         };
-        recorder.record(regarding.clone(), type_, event.reason, &event.message);
+        recorder.record(regarding.clone(), type_, reason, message);
     }
 }

@@ -6,6 +6,7 @@
 mod deployment;
 mod exec;
 pub mod expectations;
+mod jobs;
 mod replicaset;
 mod sets;
 
@@ -16,6 +17,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
 };
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
 use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -48,11 +50,15 @@ pub struct Context {
     pub nodes: Store<Node>,
     pub revisions: Store<ControllerRevision>,
     pub claims: Store<PersistentVolumeClaim>,
+    pub jobs: Store<Job>,
     pub expectations: Expectations,
+    pub removed_finalizers: jobs::RemovedFinalizers,
     pub replica_set_events: Recorder,
     pub deployment_events: Recorder,
     pub daemon_set_events: Recorder,
     pub stateful_set_events: Recorder,
+    pub job_events: Recorder,
+    pub cron_job_events: Recorder,
 }
 
 impl std::fmt::Debug for Context {
@@ -143,6 +149,8 @@ async fn run_controllers(
         reflector::store_shared::<ControllerRevision>(SUBSCRIBER_BUFFER);
     let (claims, claim_writer) =
         reflector::store_shared::<PersistentVolumeClaim>(SUBSCRIBER_BUFFER);
+    let (job_store, job_writer) = reflector::store_shared::<Job>(SUBSCRIBER_BUFFER);
+    let (cron_jobs, cron_job_writer) = reflector::store_shared::<CronJob>(SUBSCRIBER_BUFFER);
     let pods_for_rs = subscribe(&pod_writer)?;
     let pods_for_ds = subscribe(&pod_writer)?;
     let pods_for_sts = subscribe(&pod_writer)?;
@@ -152,6 +160,10 @@ async fn run_controllers(
     let ds_for_ds = subscribe(&ds_writer)?;
     let sts_for_sts = subscribe(&sts_writer)?;
     let nodes_for_ds = subscribe(&node_writer)?;
+    let pods_for_jobs = subscribe(&pod_writer)?;
+    let jobs_for_jobs = subscribe(&job_writer)?;
+    let jobs_for_cron_jobs = subscribe(&job_writer)?;
+    let cron_jobs_for_cron_jobs = subscribe(&cron_job_writer)?;
     let drivers = [
         drive(&client, pod_writer),
         drive(&client, rs_writer),
@@ -161,12 +173,16 @@ async fn run_controllers(
         drive(&client, node_writer),
         drive(&client, revision_writer),
         drive(&client, claim_writer),
+        drive(&client, job_writer),
+        drive(&client, cron_job_writer),
     ];
     let context = Arc::new(Context {
         replica_set_events: Recorder::new(client.clone(), "replicaset-controller"),
         deployment_events: Recorder::new(client.clone(), "deployment-controller"),
         daemon_set_events: Recorder::new(client.clone(), "daemonset-controller"),
         stateful_set_events: Recorder::new(client.clone(), "statefulset-controller"),
+        job_events: Recorder::new(client.clone(), "job-controller"),
+        cron_job_events: Recorder::new(client.clone(), "cronjob-controller"),
         client,
         pods,
         replica_sets: replica_sets.clone(),
@@ -174,7 +190,9 @@ async fn run_controllers(
         nodes,
         revisions,
         claims,
+        jobs: job_store.clone(),
         expectations: Expectations::default(),
+        removed_finalizers: jobs::RemovedFinalizers::default(),
     });
     let rs_loop = kube::runtime::Controller::for_shared_stream(rs_for_rs, replica_sets)
         .owns_shared_stream(pods_for_rs)
@@ -207,14 +225,32 @@ async fn run_controllers(
         .for_each(|_| async {});
     let sts_loop = kube::runtime::Controller::for_shared_stream(sts_for_sts, stateful_sets)
         .owns_shared_stream(pods_for_sts)
-        .graceful_shutdown_on(drained(drain))
+        .graceful_shutdown_on(drained(drain.clone()))
         .run(
             sets::reconcile_stateful_set,
             retry_later,
             Arc::clone(&context),
         )
         .for_each(|_| async {});
-    futures::join!(rs_loop, deployment_loop, ds_loop, sts_loop);
+    let job_loop = kube::runtime::Controller::for_shared_stream(jobs_for_jobs, job_store)
+        .owns_shared_stream(pods_for_jobs)
+        .graceful_shutdown_on(drained(drain.clone()))
+        .run(jobs::reconcile_job, retry_later, Arc::clone(&context))
+        .for_each(|_| async {});
+    let cron_job_loop =
+        kube::runtime::Controller::for_shared_stream(cron_jobs_for_cron_jobs, cron_jobs)
+            .owns_shared_stream(jobs_for_cron_jobs)
+            .graceful_shutdown_on(drained(drain.clone()))
+            .run(jobs::reconcile_cron_job, retry_later, Arc::clone(&context))
+            .for_each(|_| async {});
+    futures::join!(
+        rs_loop,
+        deployment_loop,
+        ds_loop,
+        sts_loop,
+        job_loop,
+        cron_job_loop
+    );
     for driver in drivers {
         driver.abort();
     }

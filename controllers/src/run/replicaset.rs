@@ -12,6 +12,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
+use super::exec;
 use super::{in_namespace, is_stale, requeue, Context, LoopError};
 use crate::events::EventType;
 use crate::replicaset::{self, slow_start_batches};
@@ -126,26 +127,7 @@ pub(super) async fn reconcile(
     };
     if let Some(status) = status {
         let rs_api: Api<ReplicaSet> = Api::namespaced(context.client.clone(), &namespace);
-        let mut status =
-            serde_json::to_value(&status).map_err(|e| LoopError::Plan(e.to_string()))?;
-        if let Some(object) = status.as_object_mut() {
-            // A merge patch keeps what it does not mention: clear conditions explicitly.
-            object
-                .entry("conditions")
-                .or_insert(serde_json::Value::Null);
-        }
-        match rs_api
-            .patch_status(
-                &rs.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({ "status": status })),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if is_stale(&e) => {}
-            Err(e) => return Err(e.into()),
-        }
+        exec::patch_status(&rs_api, rs.as_ref(), &status).await?;
     }
     match failure {
         Some(e) => Err(e.into()),

@@ -135,12 +135,7 @@ pub(super) async fn reconcile_daemon_set(
     }
     if plan.status_changed {
         let api: Api<DaemonSet> = Api::namespaced(context.client.clone(), &namespace);
-        written!(exec::patch_status(
-            &api,
-            &ds.name_any(),
-            &plan.status,
-            &["conditions", "collisionCount"]
-        ));
+        written!(exec::patch_status(&api, ds.as_ref(), &plan.status));
     }
     exec::record_planned(&context.daemon_set_events, ds.as_ref(), &plan.events);
     Ok(requeue(plan.requeue_after))
@@ -255,12 +250,7 @@ pub(super) async fn reconcile_stateful_set(
     }
     if plan.status_changed {
         let api: Api<StatefulSet> = Api::namespaced(context.client.clone(), &namespace);
-        written!(exec::patch_status(
-            &api,
-            &set.name_any(),
-            &plan.status,
-            &["conditions", "collisionCount"]
-        ));
+        written!(exec::patch_status(&api, set.as_ref(), &plan.status));
     }
     exec::record_planned(&context.stateful_set_events, set.as_ref(), &plan.events);
     Ok(requeue(plan.requeue_after))

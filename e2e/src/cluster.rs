@@ -1,0 +1,211 @@
+//! The harness integration tests share: a `shoal server` on a loopback port with its data in
+//! a temporary directory, real kubectl against it, and `shoal simulate-nodes` fleets.
+#![allow(clippy::missing_panics_doc)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::server::{free_port, ShoalServer};
+
+/// kubectl 1.33; a missing one fails the test (never a silent skip).
+pub fn kubectl_binary() -> PathBuf {
+    [
+        "/usr/lib/google-cloud-sdk/bin",
+        "/usr/local/bin",
+        "/usr/bin",
+    ]
+    .iter()
+    .map(|dir| Path::new(dir).join("kubectl.1.33"))
+    .find(|p| p.exists())
+    .unwrap_or_else(|| panic!("kubectl.1.33 not found: this test needs kubectl 1.33"))
+}
+
+/// A server with its data in a temporary directory (the server is killed before the
+/// directory is removed), driven with real kubectl.
+#[derive(Debug)]
+pub struct Cluster {
+    binary: PathBuf,
+    server: ShoalServer,
+    pub dir: TempDir,
+    pub kubeconfig: PathBuf,
+    pub kubectl: PathBuf,
+}
+
+impl Cluster {
+    /// Starts `binary server` (without an agent) on a free loopback port.
+    pub fn start(binary: &Path) -> Cluster {
+        let kubectl = kubectl_binary();
+        let dir = TempDir::new().expect("tempdir");
+        let port = free_port().expect("free port");
+        let server = ShoalServer::start(binary, dir.path(), port, &["--disable-agent"])
+            .expect("shoal server starts");
+        let kubeconfig = server.kubeconfig();
+        Cluster {
+            binary: binary.to_path_buf(),
+            server,
+            dir,
+            kubeconfig,
+            kubectl,
+        }
+    }
+
+    /// The server process.
+    pub fn server(&self) -> &ShoalServer {
+        &self.server
+    }
+
+    pub fn kubectl_with_input(&self, args: &[&str], input: Option<&str>) -> Output {
+        let mut child = Command::new(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .env("HOME", self.dir.path()) // a private discovery cache
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl");
+        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+            stdin.write_all(input.as_bytes()).expect("kubectl stdin");
+        }
+        child.wait_with_output().expect("kubectl output")
+    }
+
+    /// Runs kubectl and returns its stdout, failing the test if it fails.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        ok(self.kubectl_with_input(args, None), &args.join(" "))
+    }
+
+    pub fn apply(&self, manifest: &str) {
+        ok(
+            self.kubectl_with_input(&["apply", "-f", "-"], Some(manifest)),
+            "apply",
+        );
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.extend(["-o", "json"]);
+        serde_json::from_str(&self.kubectl(&args)).expect("kubectl JSON")
+    }
+
+    /// Starts `shoal simulate-nodes --count COUNT` against this server and waits until
+    /// its nodes are registered.
+    pub fn start_simulator(&self, count: usize, extra: &[&str]) -> Simulator {
+        let mut child = Command::new(&self.binary)
+            .args([
+                "simulate-nodes",
+                "--count",
+                &count.to_string(),
+                "--kubeconfig",
+            ])
+            .arg(&self.kubeconfig)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start shoal simulate-nodes");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let simulator = Simulator { child, lines };
+        simulator.wait_for_log("simulated nodes registered", Duration::from_secs(60));
+        simulator
+    }
+}
+
+/// A running `shoal simulate-nodes`, killed if the test ends without stopping it.
+#[derive(Debug)]
+pub struct Simulator {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Simulator {
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("the simulator logged no {needle:?} within {timeout:?}"),
+            }
+        }
+    }
+
+    /// SIGTERM, then the exit code (within 15 s).
+    pub fn stop(mut self) -> Option<i32> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the simulator did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Simulator {
+    /// The simulator's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The stdout of a successful kubectl run; fails the test otherwise.
+pub fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "kubectl {what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `probe` every 200 ms until it returns Some, failing after `timeout`.
+pub fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
