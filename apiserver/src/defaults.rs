@@ -114,6 +114,34 @@ fn template(object: &mut Value, path: &[&str]) {
     }
 }
 
+/// A pod's QoS class, as the API server records it on create: Guaranteed when every container
+/// limits cpu and memory and requests what it limits, BestEffort when none requests or limits
+/// either, Burstable otherwise. (Quantities are compared as written: `1` and `1000m` differ.)
+fn qos_class(pod: &Value) -> &'static str {
+    let containers: Vec<&Value> = ["/spec/containers", "/spec/initContainers"]
+        .iter()
+        .filter_map(|p| pod.pointer(p).and_then(Value::as_array))
+        .flatten()
+        .collect();
+    let mut any = false;
+    let mut guaranteed = !containers.is_empty();
+    for container in containers {
+        for resource in ["cpu", "memory"] {
+            let limit = container.pointer(&format!("/resources/limits/{resource}"));
+            let request = container
+                .pointer(&format!("/resources/requests/{resource}"))
+                .or(limit);
+            any |= limit.is_some() || request.is_some();
+            guaranteed &= limit.is_some() && request == limit;
+        }
+    }
+    match (any, guaranteed) {
+        (false, _) => "BestEffort",
+        (true, true) => "Guaranteed",
+        (true, false) => "Burstable",
+    }
+}
+
 /// Applies the defaults of `kind` to `object`. `created` is true for a create (some defaults,
 /// such as a new pod's phase, apply only then).
 pub fn apply(kind: &str, object: &mut Value, created: bool) {
@@ -141,8 +169,10 @@ pub fn apply(kind: &str, object: &mut Value, created: bool) {
                 }
             }
             if created {
+                let qos = qos_class(object);
                 if let Some(status) = object_at(object, &["status"]) {
                     set_default(status, "phase", json!("Pending"));
+                    set_default(status, "qosClass", json!(qos));
                 }
             }
         }
@@ -365,6 +395,26 @@ mod tests {
         assert!(
             parallel["spec"].get("completions").is_none(),
             "a work queue job has no completion count"
+        );
+    }
+
+    #[test]
+    fn pods_get_their_qos_class() {
+        let pod = |resources: Value| {
+            let mut pod = json!({"spec": {"containers": [{"name": "c", "image": "i", "resources": resources}]}});
+            apply("Pod", &mut pod, true);
+            pod["status"]["qosClass"].clone()
+        };
+        assert_eq!(pod(json!({})), "BestEffort");
+        assert_eq!(pod(json!({"requests": {"cpu": "100m"}})), "Burstable");
+        assert_eq!(
+            pod(json!({"limits": {"cpu": "1", "memory": "1Gi"}})),
+            "Guaranteed",
+            "requests default to limits"
+        );
+        assert_eq!(
+            pod(json!({"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "500m"}})),
+            "Burstable"
         );
     }
 }

@@ -570,7 +570,14 @@ pub fn plan_delete(
     if options.grace_period_seconds.is_some_and(|g| g < 0) {
         return Err("gracePeriodSeconds must be 0 or more".into());
     }
+    // Only a pod a kubelet may still be running gets a grace period: an unbound pod or one
+    // that already finished (Succeeded/Failed) is removed at once, as Kubernetes does.
+    let terminal = matches!(
+        object.pointer("/status/phase").and_then(Value::as_str),
+        Some("Succeeded" | "Failed")
+    );
     let bound_pod = def.kind == "Pod"
+        && !terminal
         && object
             .pointer("/spec/nodeName")
             .and_then(Value::as_str)
@@ -763,6 +770,16 @@ mod deletion_tests {
         assert_eq!(again["metadata"]["deletionGracePeriodSeconds"], 2);
         let forced = plan_delete(pod, &bound, &now, NOW);
         assert_eq!(forced, Ok(DeleteAction::Remove));
+        // A pod that finished has nothing left to stop: it goes at once.
+        for phase in ["Succeeded", "Failed"] {
+            let mut finished = bound.clone();
+            finished["status"] = json!({"phase": phase});
+            assert_eq!(
+                plan_delete(pod, &finished, &DeleteOptions::default(), NOW),
+                Ok(DeleteAction::Remove),
+                "{phase}"
+            );
+        }
     }
 }
 

@@ -262,7 +262,7 @@ fn pod_cells(o: &Value) -> Vec<Value> {
         let terminated = str_at(s, "/state/terminated/reason");
         if !waiting.is_empty() {
             status = waiting.to_string();
-        } else if !terminated.is_empty() && status != "Succeeded" {
+        } else if !terminated.is_empty() {
             status = terminated.to_string();
         }
     }
