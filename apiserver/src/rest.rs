@@ -1583,12 +1583,34 @@ impl Api {
             if !(selection.matches(&object)) {
                 continue;
             }
-            if !dry_run(query)? {
-                match self.store.delete(&kv.key, Some(kv.mod_revision)).await {
-                    Ok(_) | Err(StoreError::NotFound { .. }) => {}
-                    Err(e) => return Err(store_error(target, &kv.key, e)),
+            if dry_run(query)? {
+                deleted.push(object);
+                continue;
+            }
+            // Each object is deleted as a DELETE of it would be (grace periods, finalizers,
+            // propagation), retrying when it changed since the list, as Kubernetes does.
+            let name = object
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let one = Target {
+                name: Some(name.clone()),
+                namespace: object
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .or_else(|| target.namespace.clone()),
+                ..target.clone()
+            };
+            let mut attempts = 0;
+            loop {
+                match self.delete(&one, &name, query, &Bytes::new()).await {
+                    Ok(_) => break,
+                    Err(e) if e.reason == "NotFound" => break,
+                    Err(e) if e.reason == "Conflict" && attempts < 5 => attempts += 1,
+                    Err(e) => return Err(e),
                 }
-                self.released(target, &object).await;
             }
             deleted.push(object);
         }

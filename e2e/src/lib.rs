@@ -2,6 +2,7 @@
 
 pub mod api_bench;
 pub mod cluster;
+pub mod control_bench;
 pub mod etcd;
 pub mod latency;
 pub mod server;

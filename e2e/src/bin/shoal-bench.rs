@@ -57,6 +57,8 @@ enum Command {
     Store(StoreArgs),
     /// The API server (`shoal server` on loopback) driven with kube-rs.
     Api(shoal_e2e::api_bench::ApiArgs),
+    /// The scheduler and controllers with a fleet of simulated nodes.
+    ControlPlane(shoal_e2e::control_bench::ControlPlaneArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -162,6 +164,11 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Store(args) => bench_store(args).await,
         Command::Api(args) => {
             let report = shoal_e2e::api_bench::run(args).await?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::ControlPlane(args) => {
+            let report = shoal_e2e::control_bench::run(args).await?;
             println!("{report}");
             Ok(())
         }
