@@ -13,7 +13,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Config};
 
@@ -171,6 +171,34 @@ pub async fn run(args: ControlPlaneArgs) -> Result<String> {
         t.elapsed().as_secs_f64()
     ));
 
+    eprintln!("a Deployment of {} replicas", args.replicas);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let deployment: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "big"},
+        "spec": {"replicas": args.replicas, "selector": {"matchLabels": {"app": "big"}},
+            "template": {"metadata": {"labels": {"app": "big"}},
+                "spec": {"containers": [{"name": "c", "image": "registry.local/app:1",
+                    "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}}},
+    }))?;
+    let started = Instant::now();
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await?;
+    let replicas = usize::try_from(args.replicas).unwrap_or(0);
+    let all_running = wait_for_pods(
+        &client,
+        "app=big",
+        replicas,
+        Duration::from_secs(600),
+        running,
+    )
+    .await?;
+    rows.push(format!(
+        "| Deployment of {} replicas on {} nodes | seconds from create until all Running | {:.1} |",
+        args.replicas,
+        args.nodes,
+        all_running.duration_since(started).as_secs_f64()
+    ));
     eprintln!("scheduling {} pods", args.pods);
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let started = Instant::now();
@@ -210,40 +238,6 @@ pub async fn run(args: ControlPlaneArgs) -> Result<String> {
         created.duration_since(started).as_secs_f64(),
         args.pods as f64 / seconds
     ));
-    pods.delete_collection(
-        &DeleteParams::default(),
-        &ListParams::default().labels("app=sched-bench"),
-    )
-    .await?;
-
-    eprintln!("a Deployment of {} replicas", args.replicas);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
-    let deployment: Deployment = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "big"},
-        "spec": {"replicas": args.replicas, "selector": {"matchLabels": {"app": "big"}},
-            "template": {"metadata": {"labels": {"app": "big"}},
-                "spec": {"containers": [{"name": "c", "image": "registry.local/app:1",
-                    "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}}},
-    }))?;
-    let started = Instant::now();
-    deployments
-        .create(&PostParams::default(), &deployment)
-        .await?;
-    let replicas = usize::try_from(args.replicas).unwrap_or(0);
-    let all_running = wait_for_pods(
-        &client,
-        "app=big",
-        replicas,
-        Duration::from_secs(600),
-        running,
-    )
-    .await?;
-    rows.push(format!(
-        "| Deployment of {} replicas on {} nodes | seconds from create until all Running | {:.1} |",
-        args.replicas,
-        args.nodes,
-        all_running.duration_since(started).as_secs_f64()
-    ));
     let rss = std::fs::read_to_string(format!("/proc/{}/status", server.pid()))
         .ok()
         .and_then(|s| {
@@ -256,7 +250,8 @@ pub async fn run(args: ControlPlaneArgs) -> Result<String> {
     if let Some(rss) = rss {
         rows.push(format!(
             "| server with {} nodes and {} pods | RSS (MiB) | {rss:.0} |",
-            args.nodes, args.replicas
+            args.nodes,
+            usize::try_from(args.replicas).unwrap_or(0) + args.pods
         ));
     }
     Ok(format!(
