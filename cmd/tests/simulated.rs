@@ -4,7 +4,8 @@
 //! under OnFailure, and finish deleting; SIGTERM stops the simulator with exit 0; a restarted
 //! simulator takes its nodes and running pods back, and `--cleanup` removes the nodes.
 //!
-//! There is no scheduler in the server yet, so the pods name their node (`spec.nodeName`).
+//! Most pods name their node (`spec.nodeName`) so the simulator is tested on its own; the
+//! Job's pod comes from the server's Job controller and scheduler.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -298,22 +299,13 @@ spec:
       containers: [{name: work, image: perl}]
 ",
     );
-    let job_uid = cluster.kubectl(&["get", "job", "batch", "-o", "jsonpath={.metadata.uid}"]);
-    cluster.apply(&format!(
-        "apiVersion: v1
-kind: Pod
-metadata:
-  name: batch-worker
-  ownerReferences:
-  - {{apiVersion: batch/v1, kind: Job, name: batch, uid: {job_uid}, controller: true}}
-spec:
-  nodeName: sim-7
-  restartPolicy: Never
-  containers: [{{name: work, image: perl}}]
-"
-    ));
+    // The Job controller creates the pod and the scheduler binds it to a simulated node.
     let worker = eventually("the Job's pod Succeeded", Duration::from_secs(30), || {
-        phase_is(&cluster, "batch-worker", "Succeeded")
+        let pods = cluster.json(&["get", "pods", "-l", "batch.kubernetes.io/job-name=batch"]);
+        pods["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|p| p["status"]["phase"] == "Succeeded"))
+            .cloned()
     });
     assert_eq!(
         worker["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"],
