@@ -92,7 +92,19 @@ pub(super) async fn reconcile(
             serde_json::to_value(&plan.status).map_err(|e| LoopError::Plan(e.to_string()))?;
         if let Some(object) = status.as_object_mut() {
             // A merge patch keeps what it does not mention: clear absent fields explicitly.
-            for field in ["conditions", "unavailableReplicas", "collisionCount"] {
+            // Counts that dropped to zero are omitted: left in place, a stale count would
+            // make every sync write the status again.
+            for field in [
+                "conditions",
+                "unavailableReplicas",
+                "collisionCount",
+                "availableReplicas",
+                "readyReplicas",
+                "replicas",
+                "updatedReplicas",
+                "terminatingReplicas",
+                "observedGeneration",
+            ] {
                 object.entry(field).or_insert(serde_json::Value::Null);
             }
         }

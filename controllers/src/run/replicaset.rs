@@ -129,10 +129,19 @@ pub(super) async fn reconcile(
         let mut status =
             serde_json::to_value(&status).map_err(|e| LoopError::Plan(e.to_string()))?;
         if let Some(object) = status.as_object_mut() {
-            // A merge patch keeps what it does not mention: clear conditions explicitly.
-            object
-                .entry("conditions")
-                .or_insert(serde_json::Value::Null);
+            // A merge patch keeps what it does not mention: clear absent fields explicitly
+            // (counts that dropped to zero are omitted, and a stale count left in place
+            // would make every sync write the status again).
+            for field in [
+                "conditions",
+                "fullyLabeledReplicas",
+                "readyReplicas",
+                "availableReplicas",
+                "observedGeneration",
+                "terminatingReplicas",
+            ] {
+                object.entry(field).or_insert(serde_json::Value::Null);
+            }
         }
         match rs_api
             .patch_status(

@@ -139,7 +139,14 @@ pub(super) async fn reconcile_daemon_set(
             &api,
             &ds.name_any(),
             &plan.status,
-            &["conditions", "collisionCount"]
+            &[
+                "conditions",
+                "collisionCount",
+                "numberAvailable",
+                "numberUnavailable",
+                "observedGeneration",
+                "updatedNumberScheduled"
+            ]
         ));
     }
     exec::record_planned(&context.daemon_set_events, ds.as_ref(), &plan.events);
@@ -259,7 +266,17 @@ pub(super) async fn reconcile_stateful_set(
             &api,
             &set.name_any(),
             &plan.status,
-            &["conditions", "collisionCount"]
+            &[
+                "conditions",
+                "collisionCount",
+                "availableReplicas",
+                "currentReplicas",
+                "observedGeneration",
+                "readyReplicas",
+                "updatedReplicas",
+                "currentRevision",
+                "updateRevision"
+            ]
         ));
     }
     exec::record_planned(&context.stateful_set_events, set.as_ref(), &plan.events);
