@@ -4,9 +4,13 @@
 //! thin: what to do is decided by the planners; this module only reads caches and writes.
 
 mod deployment;
+mod endpoints;
 mod exec;
 pub mod expectations;
+mod garbage;
+mod nodes;
 mod replicaset;
+mod service_accounts;
 mod sets;
 
 use std::sync::Arc;
@@ -121,8 +125,9 @@ where
         .ok_or_else(|| LoopError::Plan("a shared cache cannot be subscribed to".into()))
 }
 
-/// Runs the workload controllers (ReplicaSet, Deployment, DaemonSet, StatefulSet) until
-/// `drain` turns true.
+/// Runs the controllers (ReplicaSet, Deployment, DaemonSet, StatefulSet, Endpoints and
+/// EndpointSlices, node lifecycle, garbage collector, ServiceAccounts) until `drain` turns
+/// true.
 pub async fn run(client: kube::Client, drain: watch::Receiver<bool>) {
     if let Err(e) = run_controllers(client, drain).await {
         tracing::error!(error = %e, "controllers stopped");
@@ -152,6 +157,23 @@ async fn run_controllers(
     let ds_for_ds = subscribe(&ds_writer)?;
     let sts_for_sts = subscribe(&sts_writer)?;
     let nodes_for_ds = subscribe(&node_writer)?;
+    // Endpoints/EndpointSlices, node lifecycle, garbage collector, ServiceAccounts.
+    let more_loops = futures::future::join4(
+        endpoints::run(
+            client.clone(),
+            subscribe(&pod_writer)?,
+            subscribe(&node_writer)?,
+            drain.clone(),
+        ),
+        nodes::run(
+            client.clone(),
+            subscribe(&pod_writer)?,
+            subscribe(&node_writer)?,
+            drain.clone(),
+        ),
+        garbage::run(client.clone(), drain.clone()),
+        service_accounts::run(client.clone(), drain.clone()),
+    );
     let drivers = [
         drive(&client, pod_writer),
         drive(&client, rs_writer),
@@ -214,7 +236,7 @@ async fn run_controllers(
             Arc::clone(&context),
         )
         .for_each(|_| async {});
-    futures::join!(rs_loop, deployment_loop, ds_loop, sts_loop);
+    futures::join!(rs_loop, deployment_loop, ds_loop, sts_loop, more_loops);
     for driver in drivers {
         driver.abort();
     }
