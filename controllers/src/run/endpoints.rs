@@ -253,6 +253,16 @@ async fn reconcile(
     service: Arc<Service>,
     context: Arc<EndpointsContext>,
 ) -> Result<Action, LoopError> {
+    // The Controller waits for the Service cache only. Planning before the others are
+    // listed would empty the Endpoints (no pods yet) or duplicate the slices (none seen).
+    for ready in [
+        context.pods.wait_until_ready().await,
+        context.nodes.wait_until_ready().await,
+        context.endpoints.wait_until_ready().await,
+        context.slices.wait_until_ready().await,
+    ] {
+        ready.map_err(|e| LoopError::Plan(e.to_string()))?;
+    }
     let namespace = service.namespace().unwrap_or_default();
     let pods = in_namespace(&context.pods, &namespace);
     let endpoints_written = sync_endpoints(&context, &service, &namespace, &pods).await;
