@@ -13,8 +13,10 @@
 //!   removed without a last update (a forced delete) produces no event on a shared watch.
 //!
 //! When a Service is deleted, its Endpoints are deleted here (after a live GET confirms the
-//! Service is gone), as Kubernetes does; on every (re)list of Services, Endpoints left
-//! without a Service are cleaned up the same way (Kubernetes' `checkLeftoverEndpoints`).
+//! Service is gone), as Kubernetes does, under a per-Service lock shared with the syncs
+//! (Kubernetes' single work queue), and looked for again twice shortly after; on every
+//! (re)list of Services, Endpoints left without a Service are cleaned up the same way
+//! (Kubernetes' `checkLeftoverEndpoints`).
 //! Its EndpointSlices are not: they carry an owner reference to the Service, and the
 //! garbage collector removes them (Kubernetes leaves them to it too).
 //!
@@ -48,6 +50,10 @@ const MISSING_POD_SCAN: Duration = Duration::from_secs(5);
 const MISSING_NODE_RETRY: Duration = Duration::from_secs(5);
 /// A sync waiting for the slice cache to show its last writes tries again after this.
 const EXPECTATIONS_RETRY: Duration = Duration::from_millis(200);
+/// How many times, and how far apart, the Endpoints of a deleted Service are looked for
+/// again after their deletion.
+const RECHECKS: u8 = 2;
+const RECHECK_AFTER: Duration = Duration::from_secs(2);
 /// Endpoints kept by leader election (old clients) are not leftovers of a Service.
 const LEADER_ANNOTATION: &str = "control-plane.alpha.kubernetes.io/leader";
 
@@ -62,13 +68,49 @@ struct EndpointsContext {
     expectations: Expectations,
     endpoint_events: Recorder,
     slice_events: Recorder,
+    locks: ServiceLocks,
+}
+
+/// One lock per Service, so that a sync and the clean-up after the Service's deletion never
+/// overlap: a sync under way when the Service goes could otherwise create its Endpoints
+/// again after they were deleted (Kubernetes gets this from one work queue keyed by
+/// Service).
+#[derive(Default)]
+struct ServiceLocks(Mutex<HashMap<ServiceKey, Arc<tokio::sync::Mutex<()>>>>);
+
+/// A Service's namespace and name.
+type ServiceKey = (String, String);
+
+impl ServiceLocks {
+    fn of(&self, namespace: &str, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(
+            locks
+                .entry((namespace.to_string(), name.to_string()))
+                .or_default(),
+        )
+    }
+
+    /// Drops the Service's lock unless someone holds or waits for it.
+    fn forget(&self, namespace: &str, name: &str) {
+        let mut locks = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (namespace.to_string(), name.to_string());
+        if locks.get(&key).is_some_and(|l| Arc::strong_count(l) == 1) {
+            locks.remove(&key);
+        }
+    }
 }
 
 /// What the Service watch tells the clean-up task.
 #[derive(Debug)]
 enum Gone {
-    /// This Service was deleted.
-    Service { namespace: String, name: String },
+    /// This Service was deleted; look again `rechecks` more times, [`RECHECK_AFTER`]
+    /// apart.
+    Service {
+        namespace: String,
+        name: String,
+        rechecks: u8,
+    },
     /// Services were (re)listed: look for Endpoints without a Service.
     Relisted,
 }
@@ -115,6 +157,7 @@ async fn run_loop(
         expectations: Expectations::default(),
         endpoint_events: Recorder::new(client.clone(), "endpoint-controller"),
         slice_events: Recorder::new(client.clone(), "endpointslice-controller"),
+        locks: ServiceLocks::default(),
     });
     let clean_up = tokio::spawn(clean_up_after_services(
         Arc::clone(&context),
@@ -172,6 +215,7 @@ fn drive_services(
                 Ok(watcher::Event::Delete(service)) => Gone::Service {
                     namespace: service.namespace().unwrap_or_default(),
                     name: service.name_any(),
+                    rechecks: RECHECKS,
                 },
                 Ok(watcher::Event::InitDone) => Gone::Relisted,
                 Ok(_) => continue,
@@ -195,7 +239,11 @@ async fn clean_up_after_services(
 ) {
     while let Some(message) = gone.recv().await {
         let candidates = match message {
-            Gone::Service { namespace, name } => vec![(namespace, name)],
+            Gone::Service {
+                namespace,
+                name,
+                rechecks,
+            } => vec![(namespace, name, rechecks)],
             Gone::Relisted => {
                 if context.endpoints.wait_until_ready().await.is_err() {
                     return;
@@ -207,15 +255,39 @@ async fn clean_up_after_services(
                         .get(&ObjectRef::new(name).within(ns))
                         .is_some()
                 })
+                .into_iter()
+                .map(|(ns, name)| (ns, name, 0))
+                .collect()
             }
         };
-        for (namespace, name) in candidates {
-            if let Err(e) = delete_endpoints_if_service_gone(&context, &namespace, &name).await {
-                tracing::warn!(error = %e, %namespace, %name, "deleting the Endpoints of a deleted Service");
+        for (namespace, name, rechecks) in candidates {
+            let lock = context.locks.of(&namespace, &name);
+            let result = {
+                let _held = lock.lock().await;
+                delete_endpoints_if_service_gone(&context, &namespace, &name).await
+            };
+            drop(lock);
+            context.locks.forget(&namespace, &name);
+            // A failure is retried; a success is checked again shortly, in case a write
+            // that was already on its way (or a lagging cache) brought the Endpoints back.
+            let rechecks = match result {
+                Err(e) => {
+                    tracing::warn!(error = %e, %namespace, %name, "deleting the Endpoints of a deleted Service");
+                    rechecks.max(1)
+                }
+                Ok(()) => rechecks,
+            };
+            if rechecks > 0 {
                 let again = again.clone();
                 tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                    let _ = again.send(Gone::Service { namespace, name }).await;
+                    tokio::time::sleep(RECHECK_AFTER).await;
+                    let _ = again
+                        .send(Gone::Service {
+                            namespace,
+                            name,
+                            rechecks: rechecks - 1,
+                        })
+                        .await;
                 });
             }
         }
@@ -264,6 +336,13 @@ async fn reconcile(
         ready.map_err(|e| LoopError::Plan(e.to_string()))?;
     }
     let namespace = service.namespace().unwrap_or_default();
+    let lock = context.locks.of(&namespace, &service.name_any());
+    let _held = lock.lock().await;
+    // Deleted while this sync waited: writing now would bring its Endpoints back.
+    let current = context.services.get(&ObjectRef::from_obj(service.as_ref()));
+    if current.is_none_or(|s| s.metadata.uid != service.metadata.uid) {
+        return Ok(Action::await_change());
+    }
     let pods = in_namespace(&context.pods, &namespace);
     let endpoints_written = sync_endpoints(&context, &service, &namespace, &pods).await;
     let slices_written = sync_slices(&context, &service, &namespace, &pods).await;

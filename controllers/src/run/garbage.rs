@@ -253,13 +253,18 @@ async fn execute(collector: &Collector, plan: &GcPlan) -> Result<Written, LoopEr
         }
     }
     for deletion in &plan.deletions {
-        if !collector
+        match collector
             .owners_gone(&deletion.object, &deletion.absent_owners)
             .await?
         {
-            // The cache lags an owner that exists: try again once it has caught up.
-            result = Written::Stale;
-            continue;
+            Owners::Gone => {}
+            Owners::Present => {
+                // The cache lags an owner that exists: try again once it has caught up.
+                result = Written::Stale;
+                continue;
+            }
+            // Retrying would not change anything.
+            Owners::Unresolvable => continue,
         }
         let api = collector.api(&deletion.object)?;
         let params = DeleteParams {
@@ -319,6 +324,17 @@ fn describe(key: &ObjectKey) -> String {
     }
 }
 
+/// What a live read says about the owners the cache found absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owners {
+    /// All gone: the dependent may be collected.
+    Gone,
+    /// One exists: the cache is behind.
+    Present,
+    /// One cannot be looked up from where the dependent is.
+    Unresolvable,
+}
+
 impl Collector {
     fn kind(&self, group_kind: &GroupKind) -> Option<&Kind> {
         self.kinds
@@ -345,24 +361,26 @@ impl Collector {
         &self,
         dependent: &ObjectKey,
         owners: &[OwnerReference],
-    ) -> Result<bool, LoopError> {
+    ) -> Result<Owners, LoopError> {
         for owner in owners {
             let group_kind = GroupKind::from_api_version(&owner.api_version, &owner.kind);
             let Some(kind) = self.kind(&group_kind) else {
-                return Ok(false); // not watched: never collected on a guess
+                // Not watched: never collected on a guess.
+                return Ok(Owners::Unresolvable);
             };
             let api: Api<DynamicObject> = match (&dependent.namespace, kind.namespaced) {
                 (Some(ns), true) => Api::namespaced_with(self.client.clone(), ns, &kind.resource),
-                (None, true) => return Ok(false),
+                // A cluster-scoped object naming a namespaced owner: Kubernetes leaves it.
+                (None, true) => return Ok(Owners::Unresolvable),
                 (_, false) => Api::all_with(self.client.clone(), &kind.resource),
             };
             if let Some(found) = api.get_opt(&owner.name).await? {
                 if found.metadata.uid.as_deref() == Some(owner.uid.as_str()) {
-                    return Ok(false);
+                    return Ok(Owners::Present);
                 }
             }
         }
-        Ok(true)
+        Ok(Owners::Gone)
     }
 }
 
