@@ -20,6 +20,7 @@ pub(super) async fn reconcile(
     d: Arc<Deployment>,
     context: Arc<Context>,
 ) -> Result<Action, LoopError> {
+    super::caches_ready(&context).await?;
     let namespace = d.namespace().unwrap_or_default();
     let replica_sets = in_namespace(&context.replica_sets, &namespace);
     let pods = in_namespace(&context.pods, &namespace);

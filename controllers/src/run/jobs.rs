@@ -101,6 +101,7 @@ pub(super) async fn reconcile_job(
     job: Arc<Job>,
     context: Arc<Context>,
 ) -> Result<Action, LoopError> {
+    super::caches_ready(&context).await?;
     let namespace = job.namespace().unwrap_or_default();
     let owner = job.uid().unwrap_or_default();
     let pods = in_namespace(&context.pods, &namespace);
@@ -209,6 +210,7 @@ pub(super) async fn reconcile_cron_job(
     cron_job: Arc<CronJob>,
     context: Arc<Context>,
 ) -> Result<Action, LoopError> {
+    super::caches_ready(&context).await?;
     let namespace = cron_job.namespace().unwrap_or_default();
     let jobs = in_namespace(&context.jobs, &namespace);
     let now = Time(Timestamp::now());

@@ -4,10 +4,14 @@
 //! thin: what to do is decided by the planners; this module only reads caches and writes.
 
 mod deployment;
+mod endpoints;
 mod exec;
 pub mod expectations;
+mod garbage;
 mod jobs;
+mod nodes;
 mod replicaset;
+mod service_accounts;
 mod sets;
 
 use std::sync::Arc;
@@ -65,6 +69,28 @@ impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context").finish_non_exhaustive()
     }
+}
+
+/// Waits until every shared cache a planner reads has been listed once: a Controller only
+/// waits for its own kind, and planning from an empty pod cache (say, right after becoming
+/// leader) would create every pod again.
+async fn caches_ready(context: &Context) -> Result<(), LoopError> {
+    let not_ready = |_| LoopError::Plan("a watch cache stopped before it was filled".into());
+    context.pods.wait_until_ready().await.map_err(not_ready)?;
+    context
+        .replica_sets
+        .wait_until_ready()
+        .await
+        .map_err(not_ready)?;
+    context.nodes.wait_until_ready().await.map_err(not_ready)?;
+    context
+        .revisions
+        .wait_until_ready()
+        .await
+        .map_err(not_ready)?;
+    context.claims.wait_until_ready().await.map_err(not_ready)?;
+    context.jobs.wait_until_ready().await.map_err(not_ready)?;
+    Ok(())
 }
 
 /// The objects of one namespace in a cache, cloned for a planner.
@@ -127,8 +153,9 @@ where
         .ok_or_else(|| LoopError::Plan("a shared cache cannot be subscribed to".into()))
 }
 
-/// Runs the workload controllers (ReplicaSet, Deployment, DaemonSet, StatefulSet) until
-/// `drain` turns true.
+/// Runs the controllers (ReplicaSet, Deployment, DaemonSet, StatefulSet, Endpoints and
+/// EndpointSlices, node lifecycle, garbage collector, ServiceAccounts) until `drain` turns
+/// true.
 pub async fn run(client: kube::Client, drain: watch::Receiver<bool>) {
     if let Err(e) = run_controllers(client, drain).await {
         tracing::error!(error = %e, "controllers stopped");
@@ -164,6 +191,23 @@ async fn run_controllers(
     let jobs_for_jobs = subscribe(&job_writer)?;
     let jobs_for_cron_jobs = subscribe(&job_writer)?;
     let cron_jobs_for_cron_jobs = subscribe(&cron_job_writer)?;
+    // Endpoints/EndpointSlices, node lifecycle, garbage collector, ServiceAccounts.
+    let more_loops = futures::future::join4(
+        endpoints::run(
+            client.clone(),
+            subscribe(&pod_writer)?,
+            subscribe(&node_writer)?,
+            drain.clone(),
+        ),
+        nodes::run(
+            client.clone(),
+            subscribe(&pod_writer)?,
+            subscribe(&node_writer)?,
+            drain.clone(),
+        ),
+        garbage::run(client.clone(), drain.clone()),
+        service_accounts::run(client.clone(), drain.clone()),
+    );
     let drivers = [
         drive(&client, pod_writer),
         drive(&client, rs_writer),
@@ -249,7 +293,8 @@ async fn run_controllers(
         ds_loop,
         sts_loop,
         job_loop,
-        cron_job_loop
+        cron_job_loop,
+        more_loops
     );
     for driver in drivers {
         driver.abort();

@@ -21,6 +21,7 @@ pub(super) async fn reconcile(
     rs: Arc<ReplicaSet>,
     context: Arc<Context>,
 ) -> Result<Action, LoopError> {
+    super::caches_ready(&context).await?;
     let namespace = rs.namespace().unwrap_or_default();
     let owner = rs.uid().unwrap_or_default();
     let pods = in_namespace(&context.pods, &namespace);

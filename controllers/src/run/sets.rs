@@ -48,6 +48,7 @@ pub(super) async fn reconcile_daemon_set(
     ds: Arc<DaemonSet>,
     context: Arc<Context>,
 ) -> Result<Action, LoopError> {
+    super::caches_ready(&context).await?;
     let namespace = ds.namespace().unwrap_or_default();
     let owner = ds.uid().unwrap_or_default();
     let pods = in_namespace(&context.pods, &namespace);
@@ -145,6 +146,7 @@ pub(super) async fn reconcile_stateful_set(
     set: Arc<StatefulSet>,
     context: Arc<Context>,
 ) -> Result<Action, LoopError> {
+    super::caches_ready(&context).await?;
     let namespace = set.namespace().unwrap_or_default();
     let owner = set.uid().unwrap_or_default();
     let pods = in_namespace(&context.pods, &namespace);

@@ -1,0 +1,714 @@
+//! The control loops of `shoal server` end to end, seen through kubectl, with simulated
+//! nodes (`shoal simulate-nodes`) as kubelets: Endpoints and EndpointSlices follow a
+//! Deployment behind a Service; the garbage collector cascades deletes in the background,
+//! in the foreground and with orphaning; a node whose kubelet dies goes Unknown, is tainted,
+//! and its pods are evicted and replaced elsewhere; every new namespace gets a `default`
+//! ServiceAccount.
+//!
+//! Every wait polls with a deadline. The node-loss test takes about a minute: the node
+//! monitor grace period is Kubernetes' 50 s (the server has no flag to shorten it yet).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use shoal_e2e::server::{free_port, ShoalServer};
+use tempfile::TempDir;
+
+fn kubectl_binary() -> PathBuf {
+    [
+        "/usr/lib/google-cloud-sdk/bin",
+        "/usr/local/bin",
+        "/usr/bin",
+    ]
+    .iter()
+    .map(|dir| Path::new(dir).join("kubectl.1.33"))
+    .find(|p| p.exists())
+    .unwrap_or_else(|| panic!("kubectl.1.33 not found: this test needs kubectl 1.33"))
+}
+
+/// A server with its data in a temporary directory (the server is killed before the
+/// directory is removed).
+struct Cluster {
+    _server: ShoalServer,
+    dir: TempDir,
+    kubeconfig: PathBuf,
+    kubectl: PathBuf,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let kubectl = kubectl_binary();
+        let dir = TempDir::new().expect("tempdir");
+        let port = free_port().expect("free port");
+        let server = ShoalServer::start(
+            Path::new(env!("CARGO_BIN_EXE_shoal")),
+            dir.path(),
+            port,
+            &["--disable-agent"],
+        )
+        .expect("shoal server starts");
+        let kubeconfig = server.kubeconfig();
+        Cluster {
+            _server: server,
+            dir,
+            kubeconfig,
+            kubectl,
+        }
+    }
+
+    fn run(&self, args: &[&str], input: Option<&str>) -> Output {
+        let mut child = Command::new(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .env("HOME", self.dir.path()) // a private discovery cache
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl");
+        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+            stdin.write_all(input.as_bytes()).expect("kubectl stdin");
+        }
+        child.wait_with_output().expect("kubectl output")
+    }
+
+    /// Runs kubectl and returns its stdout, failing the test if it fails.
+    fn kubectl(&self, args: &[&str]) -> String {
+        let out = self.run(args, None);
+        assert!(
+            out.status.success(),
+            "kubectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn apply(&self, manifest: &str) {
+        let out = self.run(&["apply", "-f", "-"], Some(manifest));
+        assert!(
+            out.status.success(),
+            "kubectl apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.extend(["-o", "json"]);
+        serde_json::from_str(&self.kubectl(&args)).expect("kubectl JSON")
+    }
+
+    /// The object, or `None` when kubectl says NotFound.
+    fn get(&self, args: &[&str]) -> Option<Value> {
+        let mut args = args.to_vec();
+        args.extend(["-o", "json"]);
+        let out = self.run(&args, None);
+        if out.status.success() {
+            return Some(serde_json::from_slice(&out.stdout).expect("kubectl JSON"));
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("NotFound"), "kubectl {args:?}: {err}");
+        None
+    }
+
+    fn items(&self, args: &[&str]) -> Vec<Value> {
+        match self.json(args)["items"].as_array() {
+            Some(items) => items.clone(),
+            None => panic!("no items from kubectl {args:?}"),
+        }
+    }
+
+    /// `shoal simulate-nodes --count <count>` with `extra` flags, once its nodes are up.
+    fn simulate(&self, count: usize, extra: &[&str]) -> Simulator {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args([
+                "simulate-nodes",
+                "--count",
+                &count.to_string(),
+                "--kubeconfig",
+            ])
+            .arg(&self.kubeconfig)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start shoal simulate-nodes");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.contains("simulated nodes registered") => break,
+                Ok(_) => {}
+                Err(_) => panic!("the simulator did not register its nodes within 60 s"),
+            }
+        }
+        Simulator { child }
+    }
+}
+
+/// A running `shoal simulate-nodes`, killed (SIGKILL) when dropped.
+struct Simulator {
+    child: Child,
+}
+
+impl Simulator {
+    /// SIGKILL: the kubelets vanish without a word, as a machine that loses power.
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL the simulator");
+        self.child.wait().expect("reap the simulator");
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `probe` every 250 ms until it returns Some, failing after `timeout`.
+fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn name(object: &Value) -> &str {
+    object["metadata"]["name"].as_str().unwrap_or_default()
+}
+
+fn condition<'a>(object: &'a Value, type_: &str) -> Option<&'a Value> {
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+fn is_running_and_ready(pod: &Value) -> bool {
+    pod["metadata"]["deletionTimestamp"].is_null()
+        && pod["status"]["phase"] == "Running"
+        && condition(pod, "Ready").is_some_and(|c| c["status"] == "True")
+}
+
+/// Seconds since the epoch of an RFC 3339 UTC time as the API writes it
+/// (`2026-01-02T03:04:05Z`), or `None`.
+fn epoch_seconds(text: &str) -> Option<i64> {
+    let (date, time) = text.trim_end_matches('Z').split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':').map(|p| p.parse::<f64>());
+    let (h, min, s) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + (h as i64) * 3600 + (min as i64) * 60 + s as i64)
+}
+
+/// A Deployment of `replicas` pods labeled `app=<name>` with a port named `http`.
+fn deployment(name: &str, replicas: usize, extra_pod_spec: &str) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:{extra_pod_spec}
+      containers:
+      - name: app
+        image: nginx:1.27
+        ports:
+        - {{name: http, containerPort: 8080}}
+"
+    )
+}
+
+fn pods_of(cluster: &Cluster, app: &str) -> Vec<Value> {
+    cluster.items(&["get", "pods", "-l", &format!("app={app}")])
+}
+
+/// Waits for `replicas` running, ready pods of `app` and returns them.
+fn running(cluster: &Cluster, app: &str, replicas: usize) -> Vec<Value> {
+    eventually(
+        &format!("{replicas} running pods of {app}"),
+        Duration::from_secs(60),
+        || {
+            let pods = pods_of(cluster, app);
+            (pods.len() == replicas && pods.iter().all(is_running_and_ready)).then_some(pods)
+        },
+    )
+}
+
+/// The IPs listed as ready in the Endpoints, with their ports, and the not-ready ones.
+fn endpoint_addresses(endpoints: &Value) -> (Vec<(String, String)>, Vec<String>, Vec<Value>) {
+    let mut ready = Vec::new();
+    let mut not_ready = Vec::new();
+    let mut ports = Vec::new();
+    for subset in endpoints["subsets"].as_array().into_iter().flatten() {
+        for address in subset["addresses"].as_array().into_iter().flatten() {
+            ready.push((
+                address["ip"].as_str().unwrap_or_default().to_string(),
+                address["targetRef"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            ));
+        }
+        for address in subset["notReadyAddresses"].as_array().into_iter().flatten() {
+            not_ready.push(address["ip"].as_str().unwrap_or_default().to_string());
+        }
+        ports.extend(subset["ports"].as_array().into_iter().flatten().cloned());
+    }
+    ready.sort();
+    (ready, not_ready, ports)
+}
+
+#[test]
+fn endpoints_and_slices_follow_a_deployment_behind_a_service() {
+    let cluster = Cluster::start();
+    let _nodes = cluster.simulate(3, &[]);
+    cluster.apply(&deployment("web", 3, ""));
+    cluster.apply(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  labels: {team: shop}
+spec:
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: http}
+",
+    );
+    let pods = running(&cluster, "web", 3);
+    let mut expected: Vec<(String, String)> = pods
+        .iter()
+        .map(|p| {
+            (
+                p["status"]["podIP"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                name(p).to_string(),
+            )
+        })
+        .collect();
+    expected.sort();
+
+    // Endpoints: the three pods, ready, on the port the name resolves to.
+    let endpoints = eventually("3 ready addresses", Duration::from_secs(20), || {
+        let endpoints = cluster.get(&["get", "endpoints", "web"])?;
+        (endpoint_addresses(&endpoints).0 == expected).then_some(endpoints)
+    });
+    let (_, not_ready, ports) = endpoint_addresses(&endpoints);
+    assert!(not_ready.is_empty(), "{endpoints}");
+    assert_eq!(ports.len(), 1, "{endpoints}");
+    assert_eq!(ports[0]["name"], "http");
+    assert_eq!(ports[0]["port"], 8080);
+    assert_eq!(ports[0]["protocol"], "TCP");
+    assert_eq!(endpoints["metadata"]["labels"]["team"], "shop");
+    let row = cluster.kubectl(&["get", "endpoints", "web", "--no-headers"]);
+    for (ip, _) in &expected {
+        assert!(row.contains(&format!("{ip}:8080")), "{row}");
+    }
+
+    // The EndpointSlice: owned by the Service, every endpoint ready with its node and zone.
+    let service_uid = cluster.json(&["get", "service", "web"])["metadata"]["uid"].clone();
+    let slices = eventually(
+        "a slice with 3 ready endpoints",
+        Duration::from_secs(20),
+        || {
+            let slices = cluster.items(&[
+                "get",
+                "endpointslices",
+                "-l",
+                "kubernetes.io/service-name=web",
+            ]);
+            let ready = slices
+                .iter()
+                .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+                .filter(|e| e["conditions"]["ready"] == true)
+                .count();
+            (slices.len() == 1 && ready == 3).then_some(slices)
+        },
+    );
+    let slice = &slices[0];
+    assert_eq!(slice["addressType"], "IPv4");
+    assert_eq!(slice["ports"][0]["name"], "http");
+    assert_eq!(slice["ports"][0]["port"], 8080);
+    assert_eq!(
+        slice["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"],
+        "endpointslice-controller.k8s.io"
+    );
+    assert_eq!(slice["metadata"]["ownerReferences"][0]["kind"], "Service");
+    assert_eq!(slice["metadata"]["ownerReferences"][0]["uid"], service_uid);
+    let mut slice_ips: Vec<(String, String)> = slice["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            assert!(
+                e["nodeName"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("sim-")),
+                "{e}"
+            );
+            assert!(
+                e["zone"].as_str().is_some_and(|z| z.starts_with("zone-")),
+                "{e}"
+            );
+            assert_eq!(e["conditions"]["serving"], true, "{e}");
+            assert_eq!(e["conditions"]["terminating"], false, "{e}");
+            (
+                e["addresses"][0].as_str().unwrap_or_default().to_string(),
+                e["targetRef"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    slice_ips.sort();
+    assert_eq!(slice_ips, expected);
+
+    // Scaled to one: one address left, in both.
+    cluster.kubectl(&["scale", "deployment", "web", "--replicas=1"]);
+    let survivor = running(&cluster, "web", 1).remove(0);
+    let survivor_ip = survivor["status"]["podIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let endpoints = eventually("1 address", Duration::from_secs(30), || {
+        let endpoints = cluster.get(&["get", "endpoints", "web"])?;
+        let (ready, not_ready, _) = endpoint_addresses(&endpoints);
+        (ready.len() == 1 && not_ready.is_empty()).then_some(endpoints)
+    });
+    assert_eq!(
+        endpoint_addresses(&endpoints).0,
+        [(survivor_ip.clone(), name(&survivor).to_string())]
+    );
+    eventually("a slice with 1 endpoint", Duration::from_secs(30), || {
+        let slices = cluster.items(&[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=web",
+        ]);
+        let endpoints: Vec<Value> = slices
+            .iter()
+            .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+            .collect();
+        (endpoints.len() == 1
+            && endpoints[0]["addresses"][0] == survivor_ip.as_str()
+            && endpoints[0]["conditions"]["ready"] == true)
+            .then_some(())
+    });
+
+    // The Service goes: its Endpoints are deleted, its slices collected.
+    cluster.kubectl(&["delete", "service", "web"]);
+    eventually("the Endpoints deleted", Duration::from_secs(20), || {
+        cluster
+            .get(&["get", "endpoints", "web"])
+            .is_none()
+            .then_some(())
+    });
+    eventually("the slices collected", Duration::from_secs(20), || {
+        cluster
+            .items(&[
+                "get",
+                "endpointslices",
+                "-l",
+                "kubernetes.io/service-name=web",
+            ])
+            .is_empty()
+            .then_some(())
+    });
+}
+
+#[test]
+fn deletes_cascade_in_the_background_in_the_foreground_or_not_at_all() {
+    let cluster = Cluster::start();
+    let _nodes = cluster.simulate(3, &[]);
+    for app in ["background", "foreground", "orphan"] {
+        cluster.apply(&deployment(app, 2, ""));
+    }
+    let orphan_pods: Vec<String> = running(&cluster, "orphan", 2)
+        .iter()
+        .map(|p| name(p).to_string())
+        .collect();
+    running(&cluster, "background", 2);
+    running(&cluster, "foreground", 2);
+    let replica_sets =
+        |app: &str| cluster.items(&["get", "replicasets", "-l", &format!("app={app}")]);
+
+    // Background (kubectl's default): the Deployment goes at once, then what it owned.
+    cluster.kubectl(&["delete", "deployment", "background"]);
+    eventually(
+        "the background ReplicaSet and pods collected",
+        Duration::from_secs(30),
+        || {
+            (replica_sets("background").is_empty() && pods_of(&cluster, "background").is_empty())
+                .then_some(())
+        },
+    );
+
+    // Foreground: kubectl returns once the Deployment is gone, and by then so is the rest.
+    let started = Instant::now();
+    cluster.kubectl(&[
+        "delete",
+        "deployment",
+        "foreground",
+        "--cascade=foreground",
+        "--timeout=60s",
+    ]);
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert!(
+        replica_sets("foreground").is_empty(),
+        "the ReplicaSet outlived its Deployment"
+    );
+    assert!(
+        pods_of(&cluster, "foreground").is_empty(),
+        "pods outlived their Deployment"
+    );
+
+    // Orphan: the ReplicaSet stays, released, and keeps its pods running.
+    cluster.kubectl(&[
+        "delete",
+        "deployment",
+        "orphan",
+        "--cascade=orphan",
+        "--timeout=60s",
+    ]);
+    assert!(cluster.get(&["get", "deployment", "orphan"]).is_none());
+    let left = replica_sets("orphan");
+    assert_eq!(left.len(), 1, "{left:?}");
+    let references = &left[0]["metadata"]["ownerReferences"];
+    assert!(
+        references.as_array().is_none_or(Vec::is_empty),
+        "the orphaned ReplicaSet still names an owner: {references}"
+    );
+    let mut pods: Vec<String> = pods_of(&cluster, "orphan")
+        .iter()
+        .filter(|p| is_running_and_ready(p))
+        .map(|p| name(p).to_string())
+        .collect();
+    pods.sort();
+    let mut before = orphan_pods;
+    before.sort();
+    assert_eq!(pods, before, "the orphaned ReplicaSet's pods were touched");
+    // And it stays that way: nothing collects the orphans later.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(replica_sets("orphan").len(), 1);
+    assert_eq!(pods_of(&cluster, "orphan").len(), 2);
+}
+
+#[test]
+fn pods_of_a_lost_node_are_evicted_and_replaced_elsewhere() {
+    let cluster = Cluster::start();
+    let _healthy = cluster.simulate(3, &[]);
+    let doomed = cluster.simulate(
+        1,
+        &[
+            "--name-prefix",
+            "lost-",
+            "--pod-cidr",
+            "10.192.0.0/16",
+            "--node-ip-cidr",
+            "10.200.0.0/16",
+        ],
+    );
+    // One pod per node (spread by hostname; a tainted node stops counting, or the
+    // replacement could not go anywhere), each tolerating an unreachable node for 5 s
+    // instead of the default 300 s.
+    cluster.apply(&deployment(
+        "spread",
+        4,
+        "
+      topologySpreadConstraints:
+      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule,
+         nodeTaintsPolicy: Honor, labelSelector: {matchLabels: {app: spread}}}
+      tolerations:
+      - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute,
+         tolerationSeconds: 5}",
+    ));
+    let pods = running(&cluster, "spread", 4);
+    let lost_pod = pods
+        .iter()
+        .find(|p| p["spec"]["nodeName"] == "lost-0")
+        .unwrap_or_else(|| panic!("no pod landed on lost-0: {pods:?}"))
+        .clone();
+    let lost_name = name(&lost_pod).to_string();
+
+    doomed.kill();
+    let killed = Instant::now();
+
+    // Within the grace period (50 s) and a monitor period (5 s): Unknown, and tainted.
+    let node = eventually(
+        "lost-0 Unknown and tainted",
+        Duration::from_secs(70),
+        || {
+            let node = cluster.json(&["get", "node", "lost-0"]);
+            let tainted = node["spec"]["taints"].as_array().is_some_and(|taints| {
+                taints.iter().any(|t| {
+                    t["key"] == "node.kubernetes.io/unreachable" && t["effect"] == "NoExecute"
+                })
+            });
+            let unknown = condition(&node, "Ready").is_some_and(|c| c["status"] == "Unknown");
+            (unknown && tainted).then_some(node)
+        },
+    );
+    let unreachable = killed.elapsed();
+    let ready = condition(&node, "Ready").cloned().unwrap_or_default();
+    assert_eq!(ready["reason"], "NodeStatusUnknown", "{ready}");
+    assert_eq!(
+        condition(&node, "MemoryPressure").map(|c| c["status"].clone()),
+        Some(Value::from("Unknown"))
+    );
+    let taints = node["spec"]["taints"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        taints
+            .iter()
+            .any(|t| t["key"] == "node.kubernetes.io/unreachable" && t["effect"] == "NoSchedule"),
+        "{taints:?}"
+    );
+    let tainted_at = taints
+        .iter()
+        .find(|t| t["effect"] == "NoExecute")
+        .and_then(|t| epoch_seconds(t["timeAdded"].as_str()?))
+        .expect("the NoExecute taint has a timeAdded");
+
+    // The pod on it: marked not ready, then evicted once its 5 s toleration ran out. Its
+    // kubelet is gone, so it stays Terminating, as in Kubernetes.
+    let evicted = eventually("the lost pod evicted", Duration::from_secs(20), || {
+        let pod = cluster.get(&["get", "pod", &lost_name])?;
+        (!pod["metadata"]["deletionTimestamp"].is_null()).then_some(pod)
+    });
+    let eviction = killed.elapsed();
+    assert_eq!(
+        condition(&evicted, "Ready").map(|c| c["status"].clone()),
+        Some(Value::from("False"))
+    );
+    let disruption = condition(&evicted, "DisruptionTarget")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(disruption["reason"], "DeletionByTaintManager", "{evicted}");
+    let evicted_at = disruption["lastTransitionTime"]
+        .as_str()
+        .and_then(epoch_seconds)
+        .expect("a DisruptionTarget time");
+    assert!(
+        evicted_at - tainted_at >= 5,
+        "evicted {}s after the taint, before tolerationSeconds ran out",
+        evicted_at - tainted_at
+    );
+    let events = cluster.items(&[
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={lost_name}"),
+    ]);
+    assert!(
+        events.iter().any(|e| e["reason"] == "TaintManagerEviction"),
+        "{events:?}"
+    );
+
+    // Replaced: four running pods again, none on the lost node.
+    let replaced = eventually(
+        "a replacement running elsewhere",
+        Duration::from_secs(30),
+        || {
+            let live: Vec<Value> = pods_of(&cluster, "spread")
+                .into_iter()
+                .filter(is_running_and_ready)
+                .collect();
+            (live.len() == 4 && live.iter().all(|p| p["spec"]["nodeName"] != "lost-0"))
+                .then_some(live)
+        },
+    );
+    let recovered = killed.elapsed();
+    assert!(replaced.iter().all(|p| name(p) != lost_name));
+    eprintln!(
+        "node lost → Unknown and tainted after {:.1} s, pod evicted after {:.1} s, \
+         replacement running after {:.1} s",
+        unreachable.as_secs_f64(),
+        eviction.as_secs_f64(),
+        recovered.as_secs_f64()
+    );
+}
+
+#[test]
+fn new_namespaces_get_a_default_service_account() {
+    let cluster = Cluster::start();
+    cluster.kubectl(&["create", "namespace", "team-a"]);
+    let account = eventually(
+        "ServiceAccount default in team-a",
+        Duration::from_secs(10),
+        || cluster.get(&["get", "serviceaccount", "default", "-n", "team-a"]),
+    );
+    assert_eq!(account["metadata"]["namespace"], "team-a");
+    // Deleted, it comes back (a new object).
+    let uid = account["metadata"]["uid"].clone();
+    cluster.kubectl(&["delete", "serviceaccount", "default", "-n", "team-a"]);
+    eventually(
+        "ServiceAccount default recreated",
+        Duration::from_secs(10),
+        || {
+            let again = cluster.get(&["get", "serviceaccount", "default", "-n", "team-a"])?;
+            (again["metadata"]["uid"] != uid).then_some(())
+        },
+    );
+    // The built-in namespaces have theirs too.
+    for namespace in ["default", "kube-system"] {
+        assert!(
+            cluster
+                .get(&["get", "serviceaccount", "default", "-n", namespace])
+                .is_some(),
+            "{namespace}"
+        );
+    }
+}
+
+#[test]
+fn rfc3339_times_convert_to_epoch_seconds() {
+    assert_eq!(epoch_seconds("1970-01-01T00:00:00Z"), Some(0));
+    assert_eq!(epoch_seconds("2000-03-01T00:00:01Z"), Some(951_868_801));
+    assert_eq!(epoch_seconds("2026-11-22T05:51:26Z"), Some(1_795_326_686));
+    assert_eq!(epoch_seconds("garbage"), None);
+}
