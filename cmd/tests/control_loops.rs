@@ -8,193 +8,14 @@
 //! Every wait polls with a deadline. The node-loss test takes about a minute: the node
 //! monitor grace period is Kubernetes' 50 s (the server has no flag to shorten it yet).
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use shoal_e2e::server::{free_port, ShoalServer};
-use tempfile::TempDir;
+use shoal_e2e::cluster::{eventually, Cluster};
 
-fn kubectl_binary() -> PathBuf {
-    [
-        "/usr/lib/google-cloud-sdk/bin",
-        "/usr/local/bin",
-        "/usr/bin",
-    ]
-    .iter()
-    .map(|dir| Path::new(dir).join("kubectl.1.33"))
-    .find(|p| p.exists())
-    .unwrap_or_else(|| panic!("kubectl.1.33 not found: this test needs kubectl 1.33"))
-}
-
-/// A server with its data in a temporary directory (the server is killed before the
-/// directory is removed).
-struct Cluster {
-    _server: ShoalServer,
-    dir: TempDir,
-    kubeconfig: PathBuf,
-    kubectl: PathBuf,
-}
-
-impl Cluster {
-    fn start() -> Cluster {
-        let kubectl = kubectl_binary();
-        let dir = TempDir::new().expect("tempdir");
-        let port = free_port().expect("free port");
-        let server = ShoalServer::start(
-            Path::new(env!("CARGO_BIN_EXE_shoal")),
-            dir.path(),
-            port,
-            &["--disable-agent"],
-        )
-        .expect("shoal server starts");
-        let kubeconfig = server.kubeconfig();
-        Cluster {
-            _server: server,
-            dir,
-            kubeconfig,
-            kubectl,
-        }
-    }
-
-    fn run(&self, args: &[&str], input: Option<&str>) -> Output {
-        let mut child = Command::new(&self.kubectl)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .env("HOME", self.dir.path()) // a private discovery cache
-            .stdin(if input.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run kubectl");
-        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
-            stdin.write_all(input.as_bytes()).expect("kubectl stdin");
-        }
-        child.wait_with_output().expect("kubectl output")
-    }
-
-    /// Runs kubectl and returns its stdout, failing the test if it fails.
-    fn kubectl(&self, args: &[&str]) -> String {
-        let out = self.run(args, None);
-        assert!(
-            out.status.success(),
-            "kubectl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn apply(&self, manifest: &str) {
-        let out = self.run(&["apply", "-f", "-"], Some(manifest));
-        assert!(
-            out.status.success(),
-            "kubectl apply failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut args = args.to_vec();
-        args.extend(["-o", "json"]);
-        serde_json::from_str(&self.kubectl(&args)).expect("kubectl JSON")
-    }
-
-    /// The object, or `None` when kubectl says NotFound.
-    fn get(&self, args: &[&str]) -> Option<Value> {
-        let mut args = args.to_vec();
-        args.extend(["-o", "json"]);
-        let out = self.run(&args, None);
-        if out.status.success() {
-            return Some(serde_json::from_slice(&out.stdout).expect("kubectl JSON"));
-        }
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("NotFound"), "kubectl {args:?}: {err}");
-        None
-    }
-
-    fn items(&self, args: &[&str]) -> Vec<Value> {
-        match self.json(args)["items"].as_array() {
-            Some(items) => items.clone(),
-            None => panic!("no items from kubectl {args:?}"),
-        }
-    }
-
-    /// `shoal simulate-nodes --count <count>` with `extra` flags, once its nodes are up.
-    fn simulate(&self, count: usize, extra: &[&str]) -> Simulator {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args([
-                "simulate-nodes",
-                "--count",
-                &count.to_string(),
-                "--kubeconfig",
-            ])
-            .arg(&self.kubeconfig)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start shoal simulate-nodes");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) if line.contains("simulated nodes registered") => break,
-                Ok(_) => {}
-                Err(_) => panic!("the simulator did not register its nodes within 60 s"),
-            }
-        }
-        Simulator { child }
-    }
-}
-
-/// A running `shoal simulate-nodes`, killed (SIGKILL) when dropped.
-struct Simulator {
-    child: Child,
-}
-
-impl Simulator {
-    /// SIGKILL: the kubelets vanish without a word, as a machine that loses power.
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL the simulator");
-        self.child.wait().expect("reap the simulator");
-    }
-}
-
-impl Drop for Simulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Polls `probe` every 250 ms until it returns Some, failing after `timeout`.
-fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
+fn start_cluster() -> Cluster {
+    Cluster::start(Path::new(env!("CARGO_BIN_EXE_shoal")))
 }
 
 fn name(object: &Value) -> &str {
@@ -299,8 +120,8 @@ fn endpoint_addresses(endpoints: &Value) -> (Vec<(String, String)>, Vec<String>,
 
 #[test]
 fn endpoints_and_slices_follow_a_deployment_behind_a_service() {
-    let cluster = Cluster::start();
-    let _nodes = cluster.simulate(3, &[]);
+    let cluster = start_cluster();
+    let _nodes = cluster.start_simulator(3, &[]);
     cluster.apply(&deployment("web", 3, ""));
     cluster.apply(
         "apiVersion: v1
@@ -461,8 +282,8 @@ spec:
 
 #[test]
 fn deletes_cascade_in_the_background_in_the_foreground_or_not_at_all() {
-    let cluster = Cluster::start();
-    let _nodes = cluster.simulate(3, &[]);
+    let cluster = start_cluster();
+    let _nodes = cluster.start_simulator(3, &[]);
     for app in ["background", "foreground", "orphan"] {
         cluster.apply(&deployment(app, 2, ""));
     }
@@ -538,9 +359,9 @@ fn deletes_cascade_in_the_background_in_the_foreground_or_not_at_all() {
 
 #[test]
 fn pods_of_a_lost_node_are_evicted_and_replaced_elsewhere() {
-    let cluster = Cluster::start();
-    let _healthy = cluster.simulate(3, &[]);
-    let doomed = cluster.simulate(
+    let cluster = start_cluster();
+    let _healthy = cluster.start_simulator(3, &[]);
+    let doomed = cluster.start_simulator(
         1,
         &[
             "--name-prefix",
@@ -675,7 +496,7 @@ fn pods_of_a_lost_node_are_evicted_and_replaced_elsewhere() {
 
 #[test]
 fn new_namespaces_get_a_default_service_account() {
-    let cluster = Cluster::start();
+    let cluster = start_cluster();
     cluster.kubectl(&["create", "namespace", "team-a"]);
     let account = eventually(
         "ServiceAccount default in team-a",

@@ -93,6 +93,27 @@ impl Cluster {
         );
     }
 
+    /// The object, or `None` when kubectl says NotFound.
+    pub fn get(&self, args: &[&str]) -> Option<Value> {
+        let mut args = args.to_vec();
+        args.extend(["-o", "json"]);
+        let out = self.kubectl_with_input(&args, None);
+        if out.status.success() {
+            return Some(serde_json::from_slice(&out.stdout).expect("kubectl JSON"));
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("NotFound"), "kubectl {args:?}: {err}");
+        None
+    }
+
+    /// The `items` of a list.
+    pub fn items(&self, args: &[&str]) -> Vec<Value> {
+        match self.json(args)["items"].as_array() {
+            Some(items) => items.clone(),
+            None => panic!("no items from kubectl {args:?}"),
+        }
+    }
+
     pub fn json(&self, args: &[&str]) -> Value {
         let mut args = args.to_vec();
         args.extend(["-o", "json"]);
@@ -175,6 +196,12 @@ impl Simulator {
 }
 
 impl Simulator {
+    /// SIGKILL: the kubelets vanish without a word, as a machine that loses power.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL the simulator");
+        self.child.wait().expect("reap the simulator");
+    }
+
     /// The simulator's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

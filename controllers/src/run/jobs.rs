@@ -11,11 +11,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
 use super::exec::{self, Written};
-use super::{in_namespace, is_stale, requeue, Context, LoopError};
+use super::{in_namespace, is_stale, requeue, stale, waiting_on_pods, written, Context, LoopError};
 use crate::cronjob;
 use crate::events::EventType;
 use crate::job::{self, PlannedEvent, PodChange, JOB_TRACKING_FINALIZER};
@@ -54,32 +53,6 @@ impl RemovedFinalizers {
         }
         pending
     }
-}
-
-fn stale() -> Result<Action, LoopError> {
-    Ok(Action::requeue(std::time::Duration::from_millis(200)))
-}
-
-macro_rules! written {
-    ($write:expr) => {
-        if $write.await? == Written::Stale {
-            return stale();
-        }
-    };
-}
-
-fn waiting_on_pods(context: &Context, owner: &str, pods: &[Pod]) -> bool {
-    !context.expectations.satisfied(
-        owner,
-        |key| {
-            let (ns, name) = key.split_once('/').unwrap_or(("", key));
-            context
-                .pods
-                .get(&ObjectRef::<Pod>::new(name).within(ns))
-                .is_some()
-        },
-        |uid| pods.iter().any(|p| p.metadata.uid.as_deref() == Some(uid)),
-    )
 }
 
 async fn patch_pod(api: &Api<Pod>, patch: &job::PodPatch) -> Result<Written, LoopError> {

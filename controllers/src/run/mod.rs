@@ -318,6 +318,38 @@ fn retry_later<K>(
     kube::runtime::controller::Action::requeue(Duration::from_secs(2))
 }
 
+/// "Plan again shortly": the cache was behind a write this loop made or saw.
+fn stale() -> Result<kube::runtime::controller::Action, LoopError> {
+    Ok(kube::runtime::controller::Action::requeue(
+        Duration::from_millis(200),
+    ))
+}
+
+/// Stops the sync when a write found the cache stale.
+macro_rules! written {
+    ($write:expr) => {
+        if $write.await? == super::exec::Written::Stale {
+            return super::stale();
+        }
+    };
+}
+pub(crate) use written;
+
+/// Whether `owner` still waits for the pod cache to show its own creates and deletes.
+fn waiting_on_pods(context: &Context, owner: &str, pods: &[Pod]) -> bool {
+    !context.expectations.satisfied(
+        owner,
+        |key| {
+            let (ns, name) = key.split_once('/').unwrap_or(("", key));
+            context
+                .pods
+                .get(&ObjectRef::<Pod>::new(name).within(ns))
+                .is_some()
+        },
+        |uid| pods.iter().any(|p| p.metadata.uid.as_deref() == Some(uid)),
+    )
+}
+
 /// Whether a failed write means "the cache was stale, sync again" rather than an error.
 fn is_stale(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(e) if e.code == 409 || e.code == 404)

@@ -9,7 +9,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
 use super::exec;
@@ -25,19 +24,8 @@ pub(super) async fn reconcile(
     let namespace = rs.namespace().unwrap_or_default();
     let owner = rs.uid().unwrap_or_default();
     let pods = in_namespace(&context.pods, &namespace);
-    let waiting = !context.expectations.satisfied(
-        &owner,
-        |key| {
-            let (ns, name) = key.split_once('/').unwrap_or(("", key));
-            context
-                .pods
-                .get(&ObjectRef::<Pod>::new(name).within(ns))
-                .is_some()
-        },
-        |uid| pods.iter().any(|p| p.metadata.uid.as_deref() == Some(uid)),
-    );
-    if waiting {
-        return Ok(Action::requeue(std::time::Duration::from_millis(200)));
+    if super::waiting_on_pods(&context, &owner, &pods) {
+        return super::stale();
     }
     let now = Time(Timestamp::now());
     let plan = replicaset::plan(&rs, &pods, &now).map_err(|e| LoopError::Plan(e.to_string()))?;

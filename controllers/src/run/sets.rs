@@ -9,40 +9,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
 use super::exec::{self, Written};
-use super::{in_namespace, requeue, Context, LoopError};
+use super::{in_namespace, requeue, stale, waiting_on_pods, written, Context, LoopError};
 use crate::events::EventType;
 use crate::{daemonset, statefulset};
-
-fn stale() -> Result<Action, LoopError> {
-    Ok(Action::requeue(std::time::Duration::from_millis(200)))
-}
-
-/// Stops the sync when a write found the cache stale.
-macro_rules! written {
-    ($write:expr) => {
-        if $write.await? == Written::Stale {
-            return stale();
-        }
-    };
-}
-
-fn waiting_on_pods(context: &Context, owner: &str, pods: &[Pod]) -> bool {
-    !context.expectations.satisfied(
-        owner,
-        |key| {
-            let (ns, name) = key.split_once('/').unwrap_or(("", key));
-            context
-                .pods
-                .get(&ObjectRef::<Pod>::new(name).within(ns))
-                .is_some()
-        },
-        |uid| pods.iter().any(|p| p.metadata.uid.as_deref() == Some(uid)),
-    )
-}
 
 pub(super) async fn reconcile_daemon_set(
     ds: Arc<DaemonSet>,
