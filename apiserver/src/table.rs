@@ -332,10 +332,12 @@ fn node_cells(o: &Value) -> Vec<Value> {
         .iter()
         .find(|c| str_at(c, "/type") == "Ready")
         .map(|c| str_at(c, "/status"));
+    // As kubectl prints it: a Ready condition that is not True (False or Unknown) is
+    // NotReady; only a node without one is Unknown.
     let mut status = match ready {
         Some("True") => "Ready".to_string(),
-        Some("False") => "NotReady".to_string(),
-        _ => "Unknown".to_string(),
+        Some(_) => "NotReady".to_string(),
+        None => "Unknown".to_string(),
     };
     if o.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
         status.push_str(",SchedulingDisabled");
@@ -863,5 +865,26 @@ mod tests {
     fn recognises_kubectl_table_requests() {
         assert!(wants_table("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"));
         assert!(!wants_table("application/json"));
+    }
+
+    #[test]
+    fn node_status_reads_like_kubectl() {
+        let status = |conditions: Value| {
+            let node = json!({"metadata": {"name": "n"}, "status": {"conditions": conditions}});
+            node_cells(&node)[0].clone()
+        };
+        assert_eq!(
+            status(json!([{"type": "Ready", "status": "True"}])),
+            "Ready"
+        );
+        assert_eq!(
+            status(json!([{"type": "Ready", "status": "False"}])),
+            "NotReady"
+        );
+        assert_eq!(
+            status(json!([{"type": "Ready", "status": "Unknown"}])),
+            "NotReady"
+        );
+        assert_eq!(status(json!([])), "Unknown");
     }
 }
