@@ -749,22 +749,17 @@ impl Api {
             Some("scale") if target.def.scale => with_replicas(target, name, &stored, &object)?,
             Some(other) => return Err(ApiError::not_found_path(other)),
         };
-        let mut updated = updated;
-        self.validate_custom(target, name, &mut updated)?;
-        let (mut updated, warnings) = self.validate_fields(target, query, updated)?;
-        self.track(target, Some(&stored), &mut updated, manager);
-        if dry_run(query)? {
-            let response = Json(objects::with_resource_version(
-                updated,
-                current.mod_revision,
-            ))
-            .into_response();
-            return Ok(warn(response, &warnings));
-        }
-        self.store_update(target, name, &stored, updated, current.mod_revision)
-            .await
-            .map(|response| warn(response, &warnings))
-            .map_err(|e| e.into_api(target, name))
+        self.write_back(
+            target,
+            name,
+            query,
+            &stored,
+            updated,
+            current.mod_revision,
+            Some(manager),
+        )
+        .await?
+        .ok_or_else(|| conflict(target, name))
     }
 
     /// PATCH: applies the patch to the current object and stores the result with
@@ -808,15 +803,7 @@ impl Api {
             })?;
             let pinned = patched.pointer("/metadata/resourceVersion").cloned();
             if pinned.is_some() && pinned != rv_before {
-                return Err(store_error(
-                    target,
-                    name,
-                    StoreError::Conflict {
-                        key: String::new(),
-                        expected: 0,
-                        current: None,
-                    },
-                ));
+                return Err(conflict(target, name));
             }
             let updated = match target.subresource.as_deref() {
                 None => objects::prepare_update(target.def, &stored, patched)
@@ -825,35 +812,22 @@ impl Api {
                 Some("scale") => with_replicas(target, name, &stored, &patched)?,
                 Some(other) => return Err(ApiError::not_found_path(other)),
             };
-            let mut updated = updated;
-            self.validate_custom(target, name, &mut updated)?;
-            let (mut updated, warnings) = self.validate_fields(target, query, updated)?;
-            self.track(target, Some(&stored), &mut updated, manager);
-            if dry_run(query)? {
-                let response = respond(
+            let written = self
+                .write_back(
                     target,
-                    objects::with_resource_version(updated, current.mod_revision),
-                );
-                return Ok(warn(response, &warnings));
-            }
-            match self
-                .store_update(target, name, &stored, updated, current.mod_revision)
-                .await
-            {
-                Ok(response) => return Ok(warn(response, &warnings)),
-                Err(UpdateError::Store(StoreError::Conflict { .. })) => continue,
-                Err(e) => return Err(e.into_api(target, name)),
+                    name,
+                    query,
+                    &stored,
+                    updated,
+                    current.mod_revision,
+                    Some(manager),
+                )
+                .await?;
+            if let Some(response) = written {
+                return Ok(response);
             }
         }
-        Err(store_error(
-            target,
-            name,
-            StoreError::Conflict {
-                key: String::new(),
-                expected: 0,
-                current: None,
-            },
-        ))
+        Err(conflict(target, name))
     }
 
     async fn delete(
@@ -1109,34 +1083,23 @@ impl Api {
                 }
                 Some(other) => return Err(ApiError::not_found_path(other)),
             };
-            let mut updated = updated;
-            self.validate_custom(target, name, &mut updated)?;
-            let (updated, warnings) = self.validate_fields(target, query, updated)?;
-            if dry_run(query)? {
-                let response = respond(
+            // The apply recorded its own managed fields.
+            let written = self
+                .write_back(
                     target,
-                    objects::with_resource_version(updated, current.mod_revision),
-                );
-                return Ok(warn(response, &warnings));
-            }
-            match self
-                .store_update(target, name, &stored, updated, current.mod_revision)
-                .await
-            {
-                Ok(response) => return Ok(warn(response, &warnings)),
-                Err(UpdateError::Store(StoreError::Conflict { .. })) => continue,
-                Err(e) => return Err(e.into_api(target, name)),
+                    name,
+                    query,
+                    &stored,
+                    updated,
+                    current.mod_revision,
+                    None,
+                )
+                .await?;
+            if let Some(response) = written {
+                return Ok(response);
             }
         }
-        Err(store_error(
-            target,
-            name,
-            StoreError::Conflict {
-                key: String::new(),
-                expected: 0,
-                current: None,
-            },
-        ))
+        Err(conflict(target, name))
     }
 
     /// What writing a Service needs from the allocator (None for other kinds and for
@@ -1349,6 +1312,39 @@ impl Api {
             }
         }
         Ok((freed, restored))
+    }
+
+    /// The end of every read-modify-write (PUT, PATCH, apply): custom and field validation,
+    /// the writer's managed fields (`manager`, unless an apply recorded them), the dry-run
+    /// answer or the compare-and-swap. `Ok(None)`: the object changed since it was read.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_back(
+        &self,
+        target: &Target,
+        name: &str,
+        query: &HashMap<String, String>,
+        stored: &Value,
+        mut updated: Value,
+        revision: i64,
+        manager: Option<&str>,
+    ) -> Result<Option<Response>, ApiError> {
+        self.validate_custom(target, name, &mut updated)?;
+        let (mut updated, warnings) = self.validate_fields(target, query, updated)?;
+        if let Some(manager) = manager {
+            self.track(target, Some(stored), &mut updated, manager);
+        }
+        if dry_run(query)? {
+            let response = respond(target, objects::with_resource_version(updated, revision));
+            return Ok(Some(warn(response, &warnings)));
+        }
+        match self
+            .store_update(target, name, stored, updated, revision)
+            .await
+        {
+            Ok(response) => Ok(Some(warn(response, &warnings))),
+            Err(UpdateError::Store(StoreError::Conflict { .. })) => Ok(None),
+            Err(e) => Err(e.into_api(target, name)),
+        }
     }
 
     /// Stores an updated object with compare-and-swap on `revision`; an object whose deletion
@@ -1661,6 +1657,19 @@ fn warn(mut response: Response, warnings: &[String]) -> Response {
 }
 
 /// The response body for a write: the Scale for the scale subresource, else the object.
+/// 409 Conflict for a write that kept finding the object changed (or pinned a stale version).
+fn conflict(target: &Target, name: &str) -> ApiError {
+    store_error(
+        target,
+        name,
+        StoreError::Conflict {
+            key: String::new(),
+            expected: 0,
+            current: None,
+        },
+    )
+}
+
 fn respond(target: &Target, object: Value) -> Response {
     match target.subresource.as_deref() {
         Some("scale") => Json(scale_of(&object)).into_response(),
