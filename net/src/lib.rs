@@ -1,1 +1,4 @@
-//! Pod networking, VXLAN overlay, nftables Service proxy and cluster DNS (issue: networking). Not built yet.
+//! Pod networking: the node's CNI plugin ([`cni`]). VXLAN overlay, nftables Service proxy and
+//! cluster DNS come later (issue: networking).
+
+pub mod cni;
