@@ -300,3 +300,66 @@ fn add_check_del_in_network_namespaces() {
         .collect();
     assert!(left.is_empty(), "addresses left: {left:?}");
 }
+
+/// When run as the child of [`run_from_env_speaks_cni_over_stdio`]: be the plugin.
+#[test]
+fn plugin_process_entry() {
+    if std::env::var_os("SHOALTEST_BE_PLUGIN").is_some() {
+        std::process::exit(cni::run_from_env());
+    }
+}
+
+/// Execs this test binary as the plugin (as containerd would exec `shoal-cni`): the
+/// environment and stdin in, the JSON document's last line and the exit code out.
+fn exec_plugin(env: &[(&str, &str)], stdin: &str) -> (Value, i32) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Process::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "plugin_process_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("SHOALTEST_BE_PLUGIN", "1")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn plugin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("plugin output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The test harness prints its own words first; the plugin's document ends the output.
+    let start = text.find('{').unwrap_or(0);
+    let doc = serde_json::from_str(text[start..].trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (doc, out.status.code().unwrap_or(-1))
+}
+
+#[test]
+fn run_from_env_speaks_cni_over_stdio() {
+    let (doc, code) = exec_plugin(&[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"0.4.0"}"#);
+    assert_eq!(code, 0);
+    assert_eq!(doc["cniVersion"], "0.4.0");
+    assert!(doc["supportedVersions"]
+        .as_array()
+        .expect("versions")
+        .contains(&"1.0.0".into()));
+
+    let (doc, code) = exec_plugin(
+        &[("CNI_COMMAND", "ADD"), ("CNI_IFNAME", "eth0")],
+        r#"{"cniVersion":"0.3.1","name":"n","subnet":"10.99.8.0/24"}"#,
+    );
+    assert_eq!(code, 1);
+    assert_eq!(doc["cniVersion"], "0.3.1");
+    assert_eq!(doc["code"], 4);
+    assert_eq!(
+        doc["msg"],
+        "invalid environment: CNI_CONTAINERID is not set"
+    );
+}
