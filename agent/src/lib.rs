@@ -1,4 +1,14 @@
-//! The node agent: a kubelet on containerd's CRI (issue: node agent), not built yet; and
-//! [`simulated`], kwok-style simulated nodes that speak the kubelet's side of the API.
+//! The node agent: a kubelet on containerd's CRI. [`containerd`] runs and supervises the
+//! agent's own containerd, [`cri`] talks to it, [`images`] builds the pause image and imports
+//! archives, [`registries`] reads `registries.yaml`, [`kubelet`] registers the Node and runs its
+//! pods, [`pause`] is the sandbox process. [`simulated`] holds kwok-style simulated nodes that
+//! speak the kubelet's side of the API without running anything.
 
+pub mod containerd;
+pub mod cri;
+pub mod images;
+pub mod kubelet;
+pub mod node_agent;
+pub mod pause;
+pub mod registries;
 pub mod simulated;

@@ -35,6 +35,12 @@ pub enum Command {
     Agent(AgentArgs),
     /// Run simulated nodes (kwok-style) against a server, to test the control plane at scale.
     SimulateNodes(crate::simulate::SimulateNodesArgs),
+    /// Images on this node: import archives, list what is present.
+    #[command(subcommand)]
+    Images(ImagesCommand),
+    /// The pod sandbox process (the pause image's entrypoint).
+    #[command(hide = true)]
+    Pause,
     /// Print the version.
     Version,
 }
@@ -116,6 +122,60 @@ pub struct ServerArgs {
     /// Run only the control plane, without a node agent.
     #[arg(long, env = "SHOAL_DISABLE_AGENT")]
     pub disable_agent: bool,
+
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+/// Flags of the node part (the agent), for `shoal agent` and the server's own agent.
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// The node's IP address to advertise (default: the address of the default route).
+    #[arg(long, env = "SHOAL_NODE_IP")]
+    pub node_ip: Option<IpAddr>,
+
+    /// A label to register the node with, KEY=VALUE (repeatable).
+    #[arg(long = "node-label", env = "SHOAL_NODE_LABEL", value_delimiter = ',', value_parser = parse_label)]
+    pub node_labels: Vec<(String, String)>,
+
+    /// A taint to register the node with, KEY=VALUE:EFFECT (repeatable).
+    #[arg(long = "node-taint", env = "SHOAL_NODE_TAINT", value_delimiter = ',')]
+    pub node_taints: Vec<String>,
+
+    /// Use this CRI socket instead of starting containerd.
+    #[arg(long, env = "SHOAL_CONTAINER_RUNTIME_ENDPOINT")]
+    pub container_runtime_endpoint: Option<PathBuf>,
+
+    /// Registry mirrors and credentials, in k3s's registries.yaml format.
+    #[arg(
+        long,
+        env = "SHOAL_PRIVATE_REGISTRY",
+        default_value = "/etc/shoal/registries.yaml"
+    )]
+    pub private_registry: PathBuf,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    shoal_agent::simulated::parse_label(text)
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// Import image archives (OCI layout or `docker save` tars) into this node's containerd.
+    Import {
+        /// Directory holding all state.
+        #[arg(long, env = "SHOAL_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// The archives.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List the images on this node.
+    List {
+        /// Directory holding all state.
+        #[arg(long, env = "SHOAL_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -123,9 +183,8 @@ pub struct AgentArgs {
     #[command(flatten)]
     pub common: CommonArgs,
 
-    /// The node's IP address to advertise.
-    #[arg(long, env = "SHOAL_NODE_IP")]
-    pub node_ip: Option<IpAddr>,
+    #[command(flatten)]
+    pub node: NodeArgs,
 }
 
 fn parse_mode(text: &str) -> Result<u32, String> {

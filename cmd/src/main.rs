@@ -3,6 +3,7 @@
 
 mod cli;
 mod config;
+mod node;
 mod server;
 mod simulate;
 
@@ -24,6 +25,20 @@ const EXIT_USAGE: u8 = 64;
 const EXIT_FAILURE: u8 = 1;
 
 fn main() -> ExitCode {
+    // containerd runs this binary as the CNI plugin, by the name of the link it finds.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let invoked_as = std::path::Path::new(&argv0)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    if invoked_as == shoal_agent::node_agent::CNI_PLUGIN_NAME {
+        return ExitCode::from(u8::try_from(shoal_net::cni::run_from_env()).unwrap_or(1));
+    }
+    if invoked_as == shoal_net::cni::loopback::LOOPBACK_PLUGIN {
+        return ExitCode::from(
+            u8::try_from(shoal_net::cni::loopback::loopback_from_env()).unwrap_or(1),
+        );
+    }
     let args = match config::with_config_file(std::env::args_os().collect()) {
         Ok(args) => args,
         Err(err) => return usage_error(&format!("{err:#}")),
@@ -71,6 +86,8 @@ fn main() -> ExitCode {
             eprintln!("shoal: the node agent is not part of this build yet");
             ExitCode::from(69)
         }
+        Command::Pause => ExitCode::from(u8::try_from(shoal_agent::pause::run()).unwrap_or(1)),
+        Command::Images(command) => run(node::images(command)),
         Command::SimulateNodes(args) => match simulate::config(&args) {
             Ok(config) => run(simulate::run(args, config)),
             Err(err) => usage_error(&format!("{err:#}")),

@@ -76,7 +76,32 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let listener = server::bind(listen).await?;
     let tls = server::tls_config(&pki)?;
     let (stop_api, stop_rx) = tokio::sync::watch::channel(false);
-    let control_plane = start_control_plane(&api, &node_name, stop_rx.clone());
+    let mut control_plane =
+        start_control_plane(&api, &node_name, args.cluster_cidr, stop_rx.clone());
+    if !args.disable_agent {
+        let config = crate::node::agent_config(
+            &args.node,
+            &args.common.data_dir,
+            &node_name,
+            true,
+            args.cluster_dns,
+            &args.cluster_domain,
+            args.service_cidr
+                .nth(1)
+                .unwrap_or(IpAddr::V4(Ipv4Addr::new(10, 43, 0, 1))),
+        )?;
+        let kubelet_client = shoal_apiserver::in_process::client(
+            Arc::clone(&api),
+            &format!("system:node:{node_name}"),
+            &["system:nodes"],
+        );
+        let stop = stop_rx.clone();
+        control_plane.push(tokio::spawn(async move {
+            if let Err(err) = shoal_agent::node_agent::run(config, kubelet_client, stop).await {
+                tracing::error!(error = %err, "the node agent stopped");
+            }
+        }));
+    }
     let api = tokio::spawn(server::serve(listener, tls, routes::router(api), stop_rx));
 
     tracing::info!(
@@ -158,6 +183,7 @@ async fn repair_service_allocations(api: Arc<Api>) {
 fn start_control_plane(
     api: &Arc<Api>,
     node_name: &str,
+    cluster_cidr: shoal_common::Cidr,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let identity = format!("{node_name}_{}", std::process::id());
@@ -173,7 +199,13 @@ fn start_control_plane(
         Timings::default(),
     )
     .run(stop.clone(), move |drain| {
-        shoal_controllers::run::run(controllers_client.clone(), drain)
+        let client = controllers_client.clone();
+        async move {
+            tokio::join!(
+                shoal_controllers::run::run(client.clone(), drain.clone()),
+                shoal_controllers::run::node_ipam::run(client, cluster_cidr, drain),
+            );
+        }
     });
     let scheduler = LeaderElector::new(
         scheduler_client.clone(),

@@ -3,6 +3,7 @@
 
 pub mod catalog;
 mod cidr;
+pub mod quantity;
 
 pub use catalog::ResourceDef;
 pub use cidr::{Cidr, CidrError};

@@ -37,6 +37,7 @@ pub mod events;
 pub mod garbage;
 pub mod job;
 pub mod leader;
+pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod owner;
 pub mod pod_state;

@@ -31,7 +31,9 @@ pub fn kubectl_binary() -> PathBuf {
 #[derive(Debug)]
 pub struct Cluster {
     binary: PathBuf,
-    server: ShoalServer,
+    server: Option<ShoalServer>,
+    /// Whether the server runs its agent (containerd and real containers to clean up).
+    with_agent: bool,
     pub dir: TempDir,
     pub kubeconfig: PathBuf,
     pub kubectl: PathBuf,
@@ -48,16 +50,59 @@ impl Cluster {
         let kubeconfig = server.kubeconfig();
         Cluster {
             binary: binary.to_path_buf(),
-            server,
+            server: Some(server),
+            with_agent: false,
             dir,
             kubeconfig,
             kubectl,
         }
     }
 
+    /// Starts `binary server` with its node agent (its own containerd, real containers).
+    pub fn start_with_agent(binary: &Path, extra: &[&str]) -> Cluster {
+        let kubectl = kubectl_binary();
+        let dir = TempDir::new().expect("tempdir");
+        let port = free_port().expect("free port");
+        let server =
+            ShoalServer::start(binary, dir.path(), port, extra).expect("shoal server starts");
+        let kubeconfig = server.kubeconfig();
+        Cluster {
+            binary: binary.to_path_buf(),
+            server: Some(server),
+            with_agent: true,
+            dir,
+            kubeconfig,
+            kubectl,
+        }
+    }
+
+    /// Stops the server with SIGTERM and starts it again on the same data and port.
+    pub fn restart(&mut self, extra: &[&str]) {
+        let port = self.port();
+        if let Some(server) = self.server.take() {
+            server.stop().expect("server stops");
+        }
+        let mut args: Vec<&str> = extra.to_vec();
+        if !self.with_agent {
+            args.push("--disable-agent");
+        }
+        self.server = Some(
+            ShoalServer::start(&self.binary, self.dir.path(), port, &args)
+                .expect("shoal server restarts"),
+        );
+    }
+
+    fn port(&self) -> u16 {
+        let text = std::fs::read_to_string(&self.kubeconfig).expect("kubeconfig");
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("server: https://127.0.0.1:"))
+            .and_then(|p| p.trim().parse().ok())
+            .expect("port in kubeconfig")
+    }
+
     /// The server process.
     pub fn server(&self) -> &ShoalServer {
-        &self.server
+        self.server.as_ref().expect("server running")
     }
 
     pub fn kubectl_with_input(&self, args: &[&str], input: Option<&str>) -> Output {
@@ -205,6 +250,33 @@ impl Simulator {
     /// The simulator's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+}
+
+impl Drop for Cluster {
+    /// An agent's containerd and container shims outlive a killed server by design (the next
+    /// agent adopts them); a test's must not outlive the test. They are found by the data
+    /// directory in their command lines, so nothing else on the machine is touched.
+    fn drop(&mut self) {
+        if !self.with_agent {
+            return;
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.stop();
+        }
+        let dir = self.dir.path().display().to_string();
+        let _ = Command::new("pkill").args(["-KILL", "-f", &dir]).status();
+        std::thread::sleep(Duration::from_millis(300));
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut ours: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4))
+            .filter(|m| m.starts_with(dir.as_str()))
+            .collect();
+        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for mount in ours {
+            let _ = Command::new("umount").args(["-l", mount]).status();
+        }
     }
 }
 

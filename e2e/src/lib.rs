@@ -4,5 +4,6 @@ pub mod api_bench;
 pub mod cluster;
 pub mod control_bench;
 pub mod etcd;
+pub mod images;
 pub mod latency;
 pub mod server;

@@ -66,7 +66,7 @@ mod node_info;
 mod node_selector;
 mod pod_index;
 mod pod_info;
-pub mod quantity;
+pub use shoal_common::quantity;
 mod resources;
 pub mod runner;
 mod scheduler;

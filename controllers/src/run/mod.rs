@@ -9,6 +9,7 @@ mod exec;
 pub mod expectations;
 mod garbage;
 mod jobs;
+pub mod node_ipam;
 mod nodes;
 mod replicaset;
 mod service_accounts;

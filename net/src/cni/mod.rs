@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod ipam;
 pub mod link;
+pub mod loopback;
 pub mod netns;
 pub mod plugin;
 pub mod request;

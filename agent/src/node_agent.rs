@@ -1,0 +1,254 @@
+//! Bringing a node up, in order: directories and the CNI plugin link, registries, containerd
+//! (our own, supervised, unless an endpoint is given), the CRI connection, the pause image,
+//! the air-gap folder, then the kubelet. The pod network's configuration is written once the
+//! server has given the node its pod subnet; until then the node reports NotReady with
+//! Kubernetes' "network not ready" reason.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Taint};
+use kube::api::Api;
+use shoal_common::Cidr;
+use tokio::sync::watch;
+
+use crate::containerd::{ContainerdError, ContainerdSettings, Supervisor};
+use crate::cri::{Cri, CriError};
+use crate::images::{self, ImageError};
+use crate::kubelet::containers::{host_resolv_conf, SandboxSettings};
+use crate::kubelet::node::NodeSettings;
+use crate::kubelet::{self, KubeletError, KubeletSettings};
+use crate::registries::{Registries, RegistriesError};
+
+/// How the node is configured (from `shoal agent`/`shoal server` flags).
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub data_dir: PathBuf,
+    pub node_name: String,
+    pub node_ip: IpAddr,
+    pub node_labels: BTreeMap<String, String>,
+    pub node_taints: Vec<Taint>,
+    /// Whether this node is also a server.
+    pub server: bool,
+    /// An existing CRI socket to use instead of starting containerd.
+    pub container_runtime_endpoint: Option<PathBuf>,
+    /// k3s-format registries.yaml.
+    pub private_registry: PathBuf,
+    pub cluster_dns: IpAddr,
+    pub cluster_domain: String,
+    /// The `kubernetes` Service's address, for containers' `KUBERNETES_SERVICE_HOST`.
+    pub kubernetes_service: IpAddr,
+}
+
+/// What stops a node from coming up.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Containerd(#[from] ContainerdError),
+    #[error(transparent)]
+    Cri(#[from] CriError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Registries(#[from] RegistriesError),
+    #[error(transparent)]
+    Kubelet(#[from] KubeletError),
+    #[error("cannot prepare {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
+    move |source| AgentError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The name containerd's CRI plugin runs our CNI plugin by (a link to this binary).
+pub const CNI_PLUGIN_NAME: &str = "shoal-cni";
+/// The MTU pods get on the bridge (the uplink's, until the overlay subtracts its overhead).
+const POD_MTU: u32 = 1450;
+
+/// Runs the node until `shutdown`.
+pub async fn run(
+    config: AgentConfig,
+    client: kube::Client,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    let agent_dir = config.data_dir.join("agent");
+    std::fs::create_dir_all(&agent_dir).map_err(io(&agent_dir))?;
+    let pause = images::pause_image_name();
+    let containerd = ContainerdSettings::under(&agent_dir, &pause);
+    let registries = Registries::load(&config.private_registry)?;
+
+    let socket = match &config.container_runtime_endpoint {
+        Some(endpoint) => endpoint.clone(),
+        None => {
+            containerd.write()?;
+            registries.write_hosts(&containerd.registry_config_dir)?;
+            link_cni_plugin(&containerd.cni_bin_dir)?;
+            let supervise = Supervisor::new(containerd.clone())
+                .start(shutdown.clone())
+                .await?;
+            tokio::spawn(supervise);
+            containerd.socket()
+        }
+    };
+    let cri = Cri::connect(&socket)?;
+    cri.wait_ready(Duration::from_secs(60)).await?;
+    images::ensure_pause_image(&cri, &agent_dir).await?;
+    tracing::info!(image = %pause, "pause image ready");
+    let airgap = agent_dir.join("images");
+    std::fs::create_dir_all(&airgap).map_err(io(&airgap))?;
+    tokio::spawn(images::watch_airgap_folder(
+        cri.clone(),
+        airgap,
+        Duration::from_secs(10),
+    ));
+
+    let network_ready = Arc::new(AtomicBool::new(false));
+    tokio::spawn(configure_network(
+        client.clone(),
+        cri.clone(),
+        config.node_name.clone(),
+        containerd.cni_conf_dir.clone(),
+        agent_dir.join("cni").join("ipam"),
+        Arc::clone(&network_ready),
+    ));
+
+    let (host_dns_servers, host_dns_searches) =
+        host_resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+    let ready_flag = Arc::clone(&network_ready);
+    let settings = KubeletSettings {
+        node: NodeSettings {
+            name: config.node_name.clone(),
+            ip: config.node_ip,
+            labels: config.node_labels.clone(),
+            taints: config.node_taints.clone(),
+            server: config.server,
+            runtime_version: String::new(),
+        },
+        agent_dir: agent_dir.clone(),
+        sandbox: SandboxSettings {
+            log_root: agent_dir.join("logs").join("pods"),
+            cluster_dns: vec![config.cluster_dns.to_string()],
+            cluster_domain: config.cluster_domain.clone(),
+            host_dns_servers,
+            host_dns_searches,
+        },
+        service_env: vec![
+            (
+                "KUBERNETES_SERVICE_HOST".into(),
+                config.kubernetes_service.to_string(),
+            ),
+            ("KUBERNETES_SERVICE_PORT".into(), "443".into()),
+            ("KUBERNETES_SERVICE_PORT_HTTPS".into(), "443".into()),
+            (
+                "KUBERNETES_PORT".into(),
+                format!("tcp://{}:443", config.kubernetes_service),
+            ),
+            (
+                "KUBERNETES_PORT_443_TCP".into(),
+                format!("tcp://{}:443", config.kubernetes_service),
+            ),
+            ("KUBERNETES_PORT_443_TCP_PROTO".into(), "tcp".into()),
+            ("KUBERNETES_PORT_443_TCP_PORT".into(), "443".into()),
+            (
+                "KUBERNETES_PORT_443_TCP_ADDR".into(),
+                config.kubernetes_service.to_string(),
+            ),
+        ],
+        registries,
+        network_ready: Arc::new(move || {
+            if ready_flag.load(Ordering::Acquire) {
+                Ok(())
+            } else {
+                Err("container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: cni plugin not initialized".into())
+            }
+        }),
+    };
+    kubelet::run(client, cri, settings, shutdown).await?;
+    Ok(())
+}
+
+/// Links `<cni bin dir>/shoal-cni` and `loopback` (the plugin containerd runs for every pod) to
+/// this executable.
+fn link_cni_plugin(bin_dir: &Path) -> Result<(), AgentError> {
+    let exe = std::env::current_exe().map_err(io(bin_dir))?;
+    for name in [CNI_PLUGIN_NAME, shoal_net::cni::loopback::LOOPBACK_PLUGIN] {
+        let link = bin_dir.join(name);
+        if std::fs::read_link(&link).ok().as_deref() == Some(exe.as_path()) {
+            continue;
+        }
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&exe, &link).map_err(io(&link))?;
+    }
+    Ok(())
+}
+
+/// Waits for the node's pod subnet, releases addresses of sandboxes that no longer exist, and
+/// writes the network configuration containerd's CRI plugin loads.
+async fn configure_network(
+    client: kube::Client,
+    cri: Cri,
+    node_name: String,
+    conf_dir: PathBuf,
+    ipam_dir: PathBuf,
+    ready: Arc<AtomicBool>,
+) {
+    let nodes: Api<Node> = Api::all(client);
+    let subnet = loop {
+        let cidr = nodes
+            .get_opt(&node_name)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|n| n.spec)
+            .and_then(|s| s.pod_cidr)
+            .and_then(|c| c.parse::<Cidr>().ok());
+        if let Some(cidr) = cidr {
+            break cidr;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    loop {
+        match write_network(&cri, &subnet, &conf_dir, &ipam_dir).await {
+            Ok(()) => break,
+            Err(err) => {
+                tracing::warn!(%err, "configuring the pod network; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+    tracing::info!(%subnet, "pod network configured");
+    ready.store(true, Ordering::Release);
+}
+
+async fn write_network(
+    cri: &Cri,
+    subnet: &Cidr,
+    conf_dir: &Path,
+    ipam_dir: &Path,
+) -> Result<(), String> {
+    let live: HashSet<String> = cri
+        .list_pod_sandboxes()
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    std::fs::create_dir_all(ipam_dir).map_err(|e| e.to_string())?;
+    shoal_net::cni::ipam::reconcile(ipam_dir, &live).map_err(|e| e.to_string())?;
+    let conf = shoal_net::cni::network_config(subnet, POD_MTU, ipam_dir);
+    let path = conf_dir.join("10-shoal.conflist");
+    let tmp = conf_dir.join(".10-shoal.conflist.tmp");
+    std::fs::write(&tmp, conf).map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, &path).map_err(|e| e.to_string())
+}

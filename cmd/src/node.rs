@@ -1,0 +1,115 @@
+//! The node part of `shoal server` (and later `shoal agent`): flags into an
+//! [`AgentConfig`](shoal_agent::node_agent::AgentConfig), and `shoal images`.
+
+use std::net::{IpAddr, Ipv4Addr, UdpSocket};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use shoal_agent::node_agent::AgentConfig;
+
+use crate::cli::{ImagesCommand, NodeArgs};
+
+/// The address of the interface the default route leaves by (no packet is sent).
+pub fn default_node_ip() -> IpAddr {
+    UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("192.0.2.1:9").map(|()| s))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// The agent's configuration from flags.
+pub fn agent_config(
+    args: &NodeArgs,
+    data_dir: &Path,
+    node_name: &str,
+    server: bool,
+    cluster_dns: IpAddr,
+    cluster_domain: &str,
+    kubernetes_service: IpAddr,
+) -> Result<AgentConfig> {
+    let mut taints = Vec::new();
+    for text in &args.node_taints {
+        taints.push(
+            shoal_agent::simulated::parse_taint(text)
+                .map_err(|e| anyhow::anyhow!("--node-taint {text:?}: {e}"))?,
+        );
+    }
+    Ok(AgentConfig {
+        data_dir: data_dir.to_path_buf(),
+        node_name: node_name.to_string(),
+        node_ip: args.node_ip.unwrap_or_else(default_node_ip),
+        node_labels: args.node_labels.iter().cloned().collect(),
+        node_taints: taints,
+        server,
+        container_runtime_endpoint: args.container_runtime_endpoint.clone(),
+        private_registry: args.private_registry.clone(),
+        cluster_dns,
+        cluster_domain: cluster_domain.to_string(),
+        kubernetes_service,
+    })
+}
+
+/// `shoal images import|list`.
+pub async fn images(command: ImagesCommand) -> Result<()> {
+    let socket = |data_dir: &Path| {
+        data_dir
+            .join("agent")
+            .join("containerd")
+            .join("containerd.sock")
+    };
+    match command {
+        ImagesCommand::Import { data_dir, files } => {
+            let socket = socket(&data_dir);
+            for file in files {
+                shoal_agent::images::import(&socket, &file)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "is the agent running with --data-dir {}?",
+                            data_dir.display()
+                        )
+                    })?;
+                println!("imported {}", file.display());
+            }
+        }
+        ImagesCommand::List { data_dir } => {
+            let cri = shoal_agent::cri::Cri::connect(&socket(&data_dir))?;
+            let images = cri.list_images().await.with_context(|| {
+                format!(
+                    "is the agent running with --data-dir {}?",
+                    data_dir.display()
+                )
+            })?;
+            println!("{:<60} {:<20} {:>10}", "IMAGE", "ID", "SIZE");
+            for image in images {
+                let id: String = image
+                    .id
+                    .trim_start_matches("sha256:")
+                    .chars()
+                    .take(13)
+                    .collect();
+                for tag in image.repo_tags.iter().chain(
+                    image
+                        .repo_digests
+                        .iter()
+                        .take(usize::from(image.repo_tags.is_empty())),
+                ) {
+                    println!("{tag:<60} {id:<20} {:>10}", human_size(image.size));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1}{}", UNITS[unit])
+}
