@@ -38,6 +38,19 @@ pub struct ContainerdSettings {
     pub cni_conf_dir: PathBuf,
     /// Registry hosts configuration (`certs.d` layout) for mirrors and plain-HTTP registries.
     pub registry_config_dir: PathBuf,
+    /// Clamp pods' OOM score adjustments to containerd's own: needed where we lack
+    /// CAP_SYS_RESOURCE (inside containers and some VMs), where lowering it fails every sandbox.
+    pub restrict_oom_score_adj: bool,
+}
+
+/// Whether this process may lower OOM score adjustments (CAP_SYS_RESOURCE, bit 24).
+pub fn can_lower_oom_score() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 24) != 0)
 }
 
 impl ContainerdSettings {
@@ -49,6 +62,7 @@ impl ContainerdSettings {
             cni_bin_dir: agent_dir.join("cni").join("bin"),
             cni_conf_dir: agent_dir.join("cni").join("net.d"),
             registry_config_dir: dir.join("certs.d"),
+            restrict_oom_score_adj: !can_lower_oom_score(),
             dir,
         }
     }
@@ -88,6 +102,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   enable_selinux = false
+  restrict_oom_score_adj = {restrict_oom}
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -113,6 +128,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             cni_conf = d(&self.cni_conf_dir),
             registry = d(&self.registry_config_dir),
             opt = d(&self.dir.join("opt")),
+            restrict_oom = self.restrict_oom_score_adj,
         )
     }
 

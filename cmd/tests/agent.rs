@@ -41,7 +41,6 @@ fn ready(p: &Value) -> bool {
 }
 
 #[test]
-#[ignore = "blocked: containerd 1.6 + runc 1.1.5 fail RunPodSandbox on this machine (runc: can't get final child's PID from pipe: EOF) — see the issue 5 note"]
 fn pods_run_in_real_containers() {
     if !is_root() {
         eprintln!("SKIPPED: the agent test needs root (CI runs it as root)");

@@ -131,10 +131,13 @@ fn bad_config_files_are_usage_errors() {
 
 /// Starts the server `cmd` describes on a free loopback port, following its log.
 fn start(cmd: &mut Command) -> ShoalServer {
-    cmd.arg("--bind-address=127.0.0.1").arg(format!(
-        "--https-listen-port={}",
-        free_port().expect("free port")
-    ));
+    // No node agent: it would start containerd, which outlives a killed server.
+    cmd.arg("--disable-agent")
+        .arg("--bind-address=127.0.0.1")
+        .arg(format!(
+            "--https-listen-port={}",
+            free_port().expect("free port")
+        ));
     ShoalServer::spawn(cmd).expect("spawn shoal server")
 }
 

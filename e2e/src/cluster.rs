@@ -45,8 +45,8 @@ impl Cluster {
         let kubectl = kubectl_binary();
         let dir = TempDir::new().expect("tempdir");
         let port = free_port().expect("free port");
-        let server = ShoalServer::start(binary, dir.path(), port, &["--disable-agent"])
-            .expect("shoal server starts");
+        let server =
+            ShoalServer::start(binary, dir.path(), port, &[]).expect("shoal server starts");
         let kubeconfig = server.kubeconfig();
         Cluster {
             binary: binary.to_path_buf(),
@@ -63,8 +63,8 @@ impl Cluster {
         let kubectl = kubectl_binary();
         let dir = TempDir::new().expect("tempdir");
         let port = free_port().expect("free port");
-        let server =
-            ShoalServer::start(binary, dir.path(), port, extra).expect("shoal server starts");
+        let server = ShoalServer::start_with_agent(binary, dir.path(), port, extra)
+            .expect("shoal server starts");
         let kubeconfig = server.kubeconfig();
         Cluster {
             binary: binary.to_path_buf(),
@@ -82,14 +82,12 @@ impl Cluster {
         if let Some(server) = self.server.take() {
             server.stop().expect("server stops");
         }
-        let mut args: Vec<&str> = extra.to_vec();
-        if !self.with_agent {
-            args.push("--disable-agent");
-        }
-        self.server = Some(
-            ShoalServer::start(&self.binary, self.dir.path(), port, &args)
-                .expect("shoal server restarts"),
-        );
+        let server = if self.with_agent {
+            ShoalServer::start_with_agent(&self.binary, self.dir.path(), port, extra)
+        } else {
+            ShoalServer::start(&self.binary, self.dir.path(), port, extra)
+        };
+        self.server = Some(server.expect("shoal server restarts"));
     }
 
     fn port(&self) -> u16 {

@@ -72,9 +72,32 @@ impl ShoalServer {
         })
     }
 
-    /// Starts `binary server` on `127.0.0.1:port` with `data_dir` (and an empty config file in
-    /// it, so the machine's own config is not read), plus `extra` flags, and waits until ready.
+    /// Starts `binary server --disable-agent` on `127.0.0.1:port` with `data_dir` (and an empty
+    /// config file in it, so the machine's own config is not read), plus `extra` flags, and
+    /// waits until ready. Tests of the API and control plane run no node agent: an agent starts
+    /// containerd, which would outlive a killed server.
     pub fn start(
+        binary: &Path,
+        data_dir: &Path,
+        port: u16,
+        extra: &[&str],
+    ) -> Result<ShoalServer, ServerError> {
+        let mut args = vec!["--disable-agent"];
+        args.extend_from_slice(extra);
+        Self::start_server(binary, data_dir, port, &args)
+    }
+
+    /// Like [`ShoalServer::start`], with the server's node agent (its own containerd).
+    pub fn start_with_agent(
+        binary: &Path,
+        data_dir: &Path,
+        port: u16,
+        extra: &[&str],
+    ) -> Result<ShoalServer, ServerError> {
+        Self::start_server(binary, data_dir, port, extra)
+    }
+
+    fn start_server(
         binary: &Path,
         data_dir: &Path,
         port: u16,

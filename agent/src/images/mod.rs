@@ -47,6 +47,12 @@ fn pause_entries() -> std::io::Result<Vec<oci::Entry>> {
             files.insert(path.to_string(), PathBuf::from(path));
         }
     }
+    // The dynamic loader must sit at the path the executable names (PT_INTERP), which on
+    // merged-/usr systems is reached through symlinks the image does not have.
+    if let Some(interpreter) = elf_interpreter(&std::fs::read(&exe)?) {
+        let source = std::fs::canonicalize(&interpreter)?;
+        files.insert(interpreter, source);
+    }
     let mut entries: Vec<oci::Entry> = Vec::new();
     let mut dirs: Vec<String> = Vec::new();
     for path in files.keys() {
@@ -66,27 +72,48 @@ fn pause_entries() -> std::io::Result<Vec<oci::Entry>> {
             .into_iter()
             .map(|(path, source)| oci::Entry::File { path, source }),
     );
-    // Shared libraries often live under a symlinked /lib64 or /lib; the loader named in the
-    // ELF header may be reached through such a link, so mirror the usual ones.
-    for (link, target) in [("/lib64", "usr/lib64"), ("/lib", "usr/lib")] {
-        if std::fs::symlink_metadata(link).is_ok_and(|m| m.file_type().is_symlink()) {
-            if let Ok(real) = std::fs::read_link(link) {
-                let real = real.display().to_string();
-                if real.trim_start_matches('/') == target {
-                    entries.retain(|e| !matches!(e, oci::Entry::Dir { path } if path == link));
-                    entries.push(oci::Entry::Symlink {
-                        path: link.into(),
-                        target: real,
-                    });
-                }
-            }
-        }
-    }
     entries.push(oci::Entry::File {
         path: "/shoal".into(),
         source: exe,
     });
     Ok(entries)
+}
+
+/// The program interpreter (PT_INTERP) a 64-bit little-endian ELF executable names.
+pub fn elf_interpreter(elf: &[u8]) -> Option<String> {
+    let u16_at = |at: usize| {
+        elf.get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |at: usize| {
+        elf.get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+    };
+    let u64_at = |at: usize| {
+        elf.get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    const PT_INTERP: u32 = 3;
+    // "\x7fELF", 64-bit, little-endian.
+    if elf.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let phoff = usize::try_from(u64_at(0x20)?).ok()?;
+    let phentsize = usize::from(u16_at(0x36)?);
+    let phnum = usize::from(u16_at(0x38)?);
+    for i in 0..phnum {
+        let header = phoff + i * phentsize;
+        if u32_at(header)? == PT_INTERP {
+            let offset = usize::try_from(u64_at(header + 0x08)?).ok()?;
+            let size = usize::try_from(u64_at(header + 0x20)?).ok()?;
+            let raw = elf.get(offset..offset + size)?;
+            let text = std::str::from_utf8(raw).ok()?.trim_end_matches('\0');
+            return Some(text.to_string());
+        }
+    }
+    None
 }
 
 /// Makes sure the pause image for this binary is in containerd: built and imported when the
@@ -206,4 +233,36 @@ fn archives_in(folder: &Path) -> Vec<(PathBuf, (u64, SystemTime))> {
         .collect();
     found.sort();
     found
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_loader_of_this_executable_is_found() {
+        let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let interpreter = elf_interpreter(&exe).unwrap();
+        assert!(
+            interpreter.starts_with('/') && interpreter.contains("ld-"),
+            "{interpreter}"
+        );
+        assert_eq!(elf_interpreter(b"not an elf"), None);
+    }
+
+    #[test]
+    fn the_pause_image_holds_the_binary_and_its_loader() {
+        let entries = pause_entries().unwrap();
+        let paths: Vec<String> = entries
+            .iter()
+            .filter_map(|e| match e {
+                oci::Entry::File { path, .. } => Some(path.clone()),
+                _ => None,
+            })
+            .collect();
+        assert!(paths.contains(&"/shoal".to_string()));
+        let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(paths.contains(&elf_interpreter(&exe).unwrap()), "{paths:?}");
+    }
 }

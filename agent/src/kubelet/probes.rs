@@ -84,6 +84,13 @@ impl Probes {
         })
     }
 
+    /// Whether the instance's probes run (or it has none and was seen).
+    pub fn is_watching(&self, container_id: &str) -> bool {
+        lock(&self.results)
+            .values()
+            .any(|m| m.values().any(|c| c.container_id == container_id))
+    }
+
     /// Stops probing a container instance and drops its results.
     pub fn forget_container(&self, container_id: &str) {
         if let Some(tasks) = lock(&self.tasks).remove(container_id) {

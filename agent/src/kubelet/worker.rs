@@ -151,6 +151,7 @@ async fn sync(
         // Not (or no longer) ours in the API: everything of it goes.
         return orphan(shared, uid, runtime).await;
     };
+    adopt_running(shared, &pod, &runtime);
     let mut wake = RESYNC;
     for _ in 0..MAX_STEPS {
         let input = PlanInput {
@@ -212,6 +213,21 @@ async fn sync(
     }
     write_status(shared, &pod, &runtime, memory).await?;
     Ok(Some(wake))
+}
+
+/// Probes running containers this agent did not start (it was restarted and adopted them).
+fn adopt_running(shared: &Arc<Shared>, pod: &Pod, runtime: &PodRuntime) {
+    let Some(spec) = pod.spec.as_ref() else {
+        return;
+    };
+    for container in &spec.containers {
+        if let Some(instance) = runtime.latest(&container.name) {
+            let running = instance.state == crate::kubelet::runtime::State::Running;
+            if running && !shared.probes.is_watching(&instance.id) {
+                shared.probes.watch(shared, pod, container, &instance.id);
+            }
+        }
+    }
 }
 
 fn pod_name(pod: &Pod) -> String {
