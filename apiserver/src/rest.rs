@@ -37,6 +37,8 @@ pub struct Api {
     pub server_address: String,
     /// Where Service ClusterIPs and NodePorts come from.
     pub service_ranges: ServiceRanges,
+    /// `/openapi/v2`, encoded once per set of CRDs.
+    pub openapi_v2: crate::openapi::v2::Cache,
 }
 
 impl Api {
@@ -48,6 +50,7 @@ impl Api {
             events: Arc::default(),
             server_address,
             service_ranges: ServiceRanges::default(),
+            openapi_v2: Default::default(),
         }
     }
 }
