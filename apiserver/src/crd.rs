@@ -125,6 +125,16 @@ pub fn served_versions(crd: &Value) -> Result<Vec<Served>, String> {
     };
     let short_names = intern_list(&strings(spec.pointer("/names/shortNames")));
     let categories = intern_list(&strings(spec.pointer("/names/categories")));
+    // Every served version is stored at the storage version (conversion strategy None: only
+    // apiVersion differs between versions).
+    let storage_version = spec
+        .get("versions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
+        .and_then(|v| v.get("name"))
+        .and_then(Value::as_str);
     let mut served = Vec::new();
     for version in spec
         .get("versions")
@@ -154,6 +164,7 @@ pub fn served_versions(crd: &Value) -> Result<Vec<Served>, String> {
             categories,
             status: subresources.and_then(|s| s.get("status")).is_some(),
             scale,
+            storage: (intern(&group), intern(storage_version.unwrap_or(name))),
         };
         let schema = version
             .pointer("/schema/openAPIV3Schema")

@@ -18,6 +18,7 @@ use shoal_store::{ContinueToken, KeyValue, RangeRequest, Store, StoreError};
 use time::OffsetDateTime;
 
 use crate::allocator::{self, Allocation, ServiceRanges, Want};
+use crate::convert;
 use crate::managed_fields::{self, ApplyError, ApplyOptions, FieldManager, UpdateOptions};
 use crate::objects::{self, Invalid};
 use crate::patch::{self, PatchKind};
@@ -298,9 +299,10 @@ fn store_error(target: &Target, name: &str, err: StoreError) -> ApiError {
     e
 }
 
-fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
+/// A stored object as `def` serves it, with its resourceVersion.
+fn decode(def: &ResourceDef, kv: &KeyValue) -> Result<Value, ApiError> {
     serde_json::from_slice::<Value>(&kv.value)
-        .map(|o| objects::with_resource_version(o, kv.mod_revision))
+        .map(|o| objects::with_resource_version(convert::to_served(def, o), kv.mod_revision))
         .map_err(|e| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -308,6 +310,15 @@ fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
                 format!("stored object {}: {e}", kv.key),
             )
         })
+}
+
+/// An object `def` serves, encoded as it is stored.
+fn encode_stored(def: &ResourceDef, object: &Value) -> Result<Vec<u8>, ApiError> {
+    if def.converted() {
+        encode(&convert::to_storage(def, object.clone()))
+    } else {
+        encode(object)
+    }
 }
 
 fn encode(object: &Value) -> Result<Vec<u8>, ApiError> {
@@ -475,7 +486,7 @@ impl Api {
             .get(&target.key())
             .await
             .map_err(|e| store_error(target, name, e))?;
-        let object = decode(&kv.ok_or_else(|| not_found(target, name))?)?;
+        let object = decode(target.def, &kv.ok_or_else(|| not_found(target, name))?)?;
         match target.subresource.as_deref() {
             None if table::wants_table(accept) => {
                 let rv = object
@@ -550,7 +561,7 @@ impl Api {
             revision = page.revision;
             let count = page.kvs.len();
             for (i, kv) in page.kvs.iter().enumerate() {
-                let object = decode(kv)?;
+                let object = decode(target.def, kv)?;
                 if selection.matches(&object) {
                     items.push(object);
                     if limit > 0 && items.len() == limit {
@@ -681,7 +692,11 @@ impl Api {
             Some(plan) => self.reserve(target, &name, plan, &mut object).await?,
             None => Vec::new(),
         };
-        let kv = match self.store.create(&stored.key(), encode(&object)?).await {
+        let kv = match self
+            .store
+            .create(&stored.key(), encode_stored(target.def, &object)?)
+            .await
+        {
             Ok(kv) => kv,
             Err(e) => {
                 self.release(&reserved).await;
@@ -718,13 +733,15 @@ impl Api {
             .await
             .map_err(|e| store_error(target, name, e))?;
         let current = current.ok_or_else(|| not_found(target, name))?;
-        let stored: Value = serde_json::from_slice(&current.value).map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalError",
-                e.to_string(),
-            )
-        })?;
+        let stored: Value = serde_json::from_slice(&current.value)
+            .map(|o| convert::to_served(target.def, o))
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    e.to_string(),
+                )
+            })?;
         if let Some(rv) = object
             .pointer("/metadata/resourceVersion")
             .and_then(Value::as_str)
@@ -794,7 +811,7 @@ impl Api {
                 .await
                 .map_err(|e| store_error(target, name, e))?;
             let current = current.ok_or_else(|| not_found(target, name))?;
-            let stored = decode(&current)?;
+            let stored = decode(target.def, &current)?;
             let mut patched = match target.subresource.as_deref() {
                 Some("scale") => scale_of(&stored),
                 _ => stored.clone(),
@@ -855,7 +872,7 @@ impl Api {
             .await
             .map_err(|e| store_error(target, name, e))?;
         let current = current.ok_or_else(|| not_found(target, name))?;
-        let object = decode(&current)?;
+        let object = decode(target.def, &current)?;
         let mut delete_options = objects::DeleteOptions {
             grace_period_seconds: query.get("gracePeriodSeconds").and_then(|g| g.parse().ok()),
             propagation_policy: query.get("propagationPolicy").cloned(),
@@ -928,7 +945,11 @@ impl Api {
                 }
                 let kv = self
                     .store
-                    .update(&target.key(), encode(&marked)?, current.mod_revision)
+                    .update(
+                        &target.key(),
+                        encode_stored(target.def, &marked)?,
+                        current.mod_revision,
+                    )
                     .await
                     .map_err(|e| store_error(target, name, e))?;
                 Ok((
@@ -1064,7 +1085,7 @@ impl Api {
                     other => return other,
                 }
             };
-            let stored = decode(&current)?;
+            let stored = decode(target.def, &current)?;
             let merged = field_manager
                 .apply(Some(&stored), &config, &options)
                 .map_err(apply_error)?;
@@ -1373,7 +1394,7 @@ impl Api {
                 .map_err(UpdateError::Api)?,
             None => Vec::new(),
         };
-        let written = match encode(&updated) {
+        let written = match encode_stored(target.def, &updated) {
             Ok(bytes) => self.store.update(&target.key(), bytes, revision).await,
             Err(e) => {
                 self.release(&reserved).await;
@@ -1420,7 +1441,7 @@ impl Api {
             .await
             .map_err(|e| store_error(target, name, e))?;
         let current = current.ok_or_else(|| not_found(&pod_target, name))?;
-        let pod = decode(&current)?;
+        let pod = decode(pod_target.def, &current)?;
         let bound = objects::bind_pod(&pod, &binding, &now()).map_err(|m| {
             ApiError::new(
                 StatusCode::CONFLICT,
@@ -1578,7 +1599,7 @@ impl Api {
             .map_err(|e| store_error(target, "", e))?;
         let mut deleted = Vec::new();
         for kv in &page.kvs {
-            let object = decode(kv)?;
+            let object = decode(target.def, kv)?;
             if !(selection.matches(&object)) {
                 continue;
             }

@@ -196,3 +196,182 @@ async fn kube_rs_discovers_resources_both_ways() {
         );
     }
 }
+
+/// The next ADDED/MODIFIED/DELETED event of a watch stream, as (type, object).
+async fn next_event<K>(
+    stream: &mut (impl futures::Stream<Item = kube::Result<kube::api::WatchEvent<K>>> + Unpin),
+) -> (&'static str, K) {
+    let deadline = Duration::from_secs(10);
+    loop {
+        let event = tokio::time::timeout(deadline, stream.next())
+            .await
+            .expect("a watch event in time")
+            .expect("the watch goes on")
+            .expect("a watch event");
+        match event {
+            kube::api::WatchEvent::Added(o) => return ("ADDED", o),
+            kube::api::WatchEvent::Modified(o) => return ("MODIFIED", o),
+            kube::api::WatchEvent::Deleted(o) => return ("DELETED", o),
+            kube::api::WatchEvent::Bookmark(_) => continue,
+            kube::api::WatchEvent::Error(e) => panic!("watch error {e:?}"),
+        }
+    }
+}
+
+/// core/v1 and events.k8s.io/v1 Events are one resource: what is written through either API
+/// is read, listed and watched through both, with Kubernetes' field mapping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_events_are_one_resource_through_both_apis() {
+    use k8s_openapi::api::core::v1::Event as CoreEvent;
+    use k8s_openapi::api::events::v1::Event;
+    use kube::api::{ListParams, WatchParams};
+
+    let dir = tempfile::TempDir::new().expect("tempdir");
+    let _server = start(dir.path(), free_port().expect("port"));
+    let client = client(&dir.path().join("kubeconfig.yaml")).await;
+    let core: Api<CoreEvent> = Api::namespaced(client.clone(), "default");
+    let events: Api<Event> = Api::namespaced(client, "default");
+    let mut core_watch = core
+        .watch(&WatchParams::default(), "0")
+        .await
+        .expect("core watch")
+        .boxed();
+    let mut events_watch = events
+        .watch(&WatchParams::default(), "0")
+        .await
+        .expect("events watch")
+        .boxed();
+
+    // Written as a core Event, read as an events.k8s.io one.
+    let old_style: CoreEvent = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "old"},
+        "involvedObject": {"kind": "Pod", "name": "web", "namespace": "default"},
+        "reason": "Pulled", "message": "pulled the image", "type": "Normal",
+        "source": {"component": "kubelet", "host": "node-1"},
+        "firstTimestamp": "2024-01-01T00:00:00Z", "lastTimestamp": "2024-01-01T00:00:05Z",
+        "count": 3, "reportingComponent": "kubelet", "reportingInstance": "node-1",
+    }))
+    .expect("core event");
+    core.create(&PostParams::default(), &old_style)
+        .await
+        .expect("create core event");
+    let seen = events.get("old").await.expect("get through events.k8s.io");
+    assert_eq!(seen.note.as_deref(), Some("pulled the image"));
+    assert_eq!(seen.reason.as_deref(), Some("Pulled"));
+    assert_eq!(
+        seen.regarding.as_ref().and_then(|r| r.name.as_deref()),
+        Some("web")
+    );
+    assert_eq!(
+        seen.deprecated_source
+            .as_ref()
+            .and_then(|s| s.component.as_deref()),
+        Some("kubelet")
+    );
+    assert_eq!(seen.deprecated_count, Some(3));
+    assert!(seen.deprecated_first_timestamp.is_some() && seen.deprecated_last_timestamp.is_some());
+    assert_eq!(
+        (
+            seen.reporting_controller.as_deref(),
+            seen.reporting_instance.as_deref()
+        ),
+        (Some("kubelet"), Some("node-1"))
+    );
+    let (kind, watched) = next_event(&mut events_watch).await;
+    assert_eq!(
+        (kind, watched.note.as_deref()),
+        ("ADDED", Some("pulled the image"))
+    );
+    let (kind, watched) = next_event(&mut core_watch).await;
+    assert_eq!(
+        (kind, watched.message.as_deref()),
+        ("ADDED", Some("pulled the image"))
+    );
+
+    // Written as an events.k8s.io Event, read and selected as a core one.
+    let new_style: Event = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "new"},
+        "eventTime": "2024-01-01T00:00:00.000000Z",
+        "reportingController": "example.com/controller", "reportingInstance": "controller-0",
+        "action": "Scaling", "reason": "Scaled", "note": "scaled to 3", "type": "Normal",
+        "regarding": {"kind": "Deployment", "name": "api", "namespace": "default"},
+        "related": {"kind": "ReplicaSet", "name": "api-1", "namespace": "default"},
+        "series": {"count": 2, "lastObservedTime": "2024-01-01T00:00:09.000000Z"},
+    }))
+    .expect("events.k8s.io event");
+    let created = events
+        .create(&PostParams::default(), &new_style)
+        .await
+        .expect("create events.k8s.io event");
+    assert_eq!(created.note.as_deref(), Some("scaled to 3"));
+    let selected = core
+        .list(&ListParams::default().fields("involvedObject.name=api"))
+        .await
+        .expect("core list by involvedObject");
+    assert_eq!(selected.items.len(), 1, "{selected:?}");
+    let seen = &selected.items[0];
+    assert_eq!(seen.message.as_deref(), Some("scaled to 3"));
+    assert_eq!(seen.involved_object.kind.as_deref(), Some("Deployment"));
+    assert_eq!(
+        seen.related.as_ref().and_then(|r| r.name.as_deref()),
+        Some("api-1")
+    );
+    assert_eq!(
+        (
+            seen.reporting_component.as_deref(),
+            seen.reporting_instance.as_deref(),
+            seen.action.as_deref()
+        ),
+        (
+            Some("example.com/controller"),
+            Some("controller-0"),
+            Some("Scaling")
+        )
+    );
+    assert_eq!(seen.series.as_ref().and_then(|s| s.count), Some(2));
+    assert!(seen.event_time.is_some());
+    let (kind, watched) = next_event(&mut core_watch).await;
+    assert_eq!(
+        (kind, watched.message.as_deref()),
+        ("ADDED", Some("scaled to 3"))
+    );
+    let (_, watched) = next_event(&mut events_watch).await;
+    assert_eq!(watched.note.as_deref(), Some("scaled to 3"));
+    let both = events.list(&ListParams::default()).await.expect("list");
+    assert_eq!(both.items.len(), 2);
+    let selected = events
+        .list(&ListParams::default().fields("regarding.name=web"))
+        .await
+        .expect("events list by regarding");
+    assert_eq!(selected.items.len(), 1);
+
+    // A patch through one API and a delete through the other.
+    events
+        .patch(
+            "old",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"note": "pulled again", "deprecatedCount": 4})),
+        )
+        .await
+        .expect("patch through events.k8s.io");
+    let patched = core.get("old").await.expect("get core");
+    assert_eq!(
+        (patched.message.as_deref(), patched.count),
+        (Some("pulled again"), Some(4))
+    );
+    let (kind, watched) = next_event(&mut core_watch).await;
+    assert_eq!(
+        (kind, watched.message.as_deref()),
+        ("MODIFIED", Some("pulled again"))
+    );
+    core.delete("new", &DeleteParams::default())
+        .await
+        .expect("delete through core");
+    assert!(events.get_opt("new").await.expect("get").is_none());
+    let (_, _) = next_event(&mut events_watch).await; // the patch
+    let (kind, watched) = next_event(&mut events_watch).await;
+    assert_eq!(
+        (kind, watched.metadata.name.as_deref()),
+        ("DELETED", Some("new"))
+    );
+}
