@@ -375,3 +375,118 @@ async fn kube_rs_events_are_one_resource_through_both_apis() {
         ("DELETED", Some("new"))
     );
 }
+
+/// A CRD with several served versions (conversion strategy None) serves each of them: the
+/// object reads with the apiVersion asked for, whichever version wrote it, and discovery lists
+/// every served version, the preferred one first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_serves_every_version_of_a_crd() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, WatchParams};
+
+    let dir = tempfile::TempDir::new().expect("tempdir");
+    let _server = start(dir.path(), free_port().expect("port"));
+    let client = client(&dir.path().join("kubeconfig.yaml")).await;
+    let schema = serde_json::json!({"openAPIV3Schema": {"type": "object", "properties": {
+        "spec": {"type": "object", "properties": {"size": {"type": "integer"}}}}}});
+    let crd: CustomResourceDefinition = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "widgets.example.com"},
+        "spec": {"group": "example.com", "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+            "versions": [
+                {"name": "v1alpha1", "served": false, "storage": false, "schema": schema},
+                {"name": "v1beta1", "served": true, "storage": false, "schema": schema},
+                {"name": "v1", "served": true, "storage": true, "schema": schema}]}
+    }))
+    .expect("crd");
+    Api::<CustomResourceDefinition>::all(client.clone())
+        .create(&PostParams::default(), &crd)
+        .await
+        .expect("create crd");
+    let api = |version: &str| {
+        let gvk = GroupVersionKind::gvk("example.com", version, "Widget");
+        Api::<DynamicObject>::namespaced_with(
+            client.clone(),
+            "default",
+            &ApiResource::from_gvk_with_plural(&gvk, "widgets"),
+        )
+    };
+    let (beta, ga) = (api("v1beta1"), api("v1"));
+    let mut ga_watch = ga
+        .watch(&WatchParams::default(), "0")
+        .await
+        .expect("watch v1")
+        .boxed();
+
+    let widget: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "example.com/v1beta1", "kind": "Widget",
+        "metadata": {"name": "w"}, "spec": {"size": 3}}))
+    .expect("widget");
+    let created = beta
+        .create(&PostParams::default(), &widget)
+        .await
+        .expect("create through v1beta1");
+    let api_version = |o: &DynamicObject| o.types.as_ref().map(|t| t.api_version.clone());
+    assert_eq!(
+        api_version(&created).as_deref(),
+        Some("example.com/v1beta1")
+    );
+    let read = ga.get("w").await.expect("get through v1");
+    assert_eq!(api_version(&read).as_deref(), Some("example.com/v1"));
+    assert_eq!(read.data["spec"]["size"], 3);
+    let read = beta.get("w").await.expect("get through v1beta1");
+    assert_eq!(api_version(&read).as_deref(), Some("example.com/v1beta1"));
+    let listed = beta
+        .list(&ListParams::default())
+        .await
+        .expect("list v1beta1");
+    assert_eq!(
+        api_version(&listed.items[0]).as_deref(),
+        Some("example.com/v1beta1")
+    );
+    let (kind, watched) = next_event(&mut ga_watch).await;
+    assert_eq!(
+        (kind, api_version(&watched).as_deref()),
+        ("ADDED", Some("example.com/v1"))
+    );
+
+    // An update through v1 is read back through v1beta1.
+    ga.patch(
+        "w",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"size": 5}})),
+    )
+    .await
+    .expect("patch through v1");
+    let read = beta.get("w").await.expect("get through v1beta1");
+    assert_eq!(
+        (api_version(&read).as_deref(), &read.data["spec"]["size"]),
+        (Some("example.com/v1beta1"), &serde_json::json!(5))
+    );
+    let (kind, watched) = next_event(&mut ga_watch).await;
+    assert_eq!(
+        (kind, api_version(&watched).as_deref()),
+        ("MODIFIED", Some("example.com/v1"))
+    );
+    // A version that is not served is not there.
+    match api("v1alpha1").get("w").await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 404),
+        other => panic!("v1alpha1 is not served: {other:?}"),
+    }
+
+    // Discovery, both ways: both served versions, v1 preferred.
+    let aggregated = kube::discovery::Discovery::new(client.clone())
+        .run_aggregated()
+        .await
+        .expect("aggregated discovery");
+    let legacy = kube::discovery::Discovery::new(client)
+        .run()
+        .await
+        .expect("legacy discovery");
+    for discovery in [&aggregated, &legacy] {
+        let group = discovery.get("example.com").expect("example.com");
+        let versions: Vec<&str> = group.versions().collect();
+        assert_eq!(versions, ["v1", "v1beta1"]);
+        assert_eq!(group.preferred_version_or_latest(), "v1");
+    }
+}
