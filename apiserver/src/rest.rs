@@ -762,6 +762,17 @@ impl Api {
                 ));
             }
         }
+        if let Some((given, have)) = objects::uid_mismatch(&stored, &object) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": StorageError: invalid object, Code: 4, Key: {}, ResourceVersion: 0, AdditionalErrorMsg: Precondition failed: UID in precondition: {given}, UID in object meta: {have}",
+                    target.display(),
+                    target.key()
+                ),
+            ));
+        }
         let updated = match target.subresource.as_deref() {
             None => objects::prepare_update(target.def, &stored, object)
                 .map_err(|e| invalid(target, name, e))?,
@@ -1356,6 +1367,12 @@ impl Api {
         let (mut updated, warnings) = self.validate_fields(target, query, updated)?;
         if let Some(manager) = manager {
             self.track(target, Some(stored), &mut updated, manager);
+        }
+        // A write that changes nothing is skipped, as Kubernetes does: the object keeps its
+        // resourceVersion and watchers see no event.
+        if objects::unchanged(stored, &updated) {
+            let current = objects::with_resource_version(updated, revision);
+            return Ok(Some(warn(respond(target, current), &warnings)));
         }
         if dry_run(query)? {
             let response = respond(target, objects::with_resource_version(updated, revision));

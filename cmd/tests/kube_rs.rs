@@ -154,7 +154,10 @@ async fn kube_rs_typed_errors() {
         other => panic!("expected NotFound, got {other:?}"),
     }
     let mut stale = cms.get("x").await.expect("get");
-    cms.replace("x", &PostParams::default(), &stale)
+    // A change (a replace that changes nothing keeps the resourceVersion, as in Kubernetes).
+    let mut changed = stale.clone();
+    changed.data = Some([("v".to_string(), "changed".to_string())].into());
+    cms.replace("x", &PostParams::default(), &changed)
         .await
         .expect("replace with current rv");
     stale.data = Some([("v".to_string(), "2".to_string())].into());
@@ -489,4 +492,100 @@ async fn kube_rs_serves_every_version_of_a_crd() {
         assert_eq!(versions, ["v1", "v1beta1"]);
         assert_eq!(group.preferred_version_or_latest(), "v1");
     }
+}
+
+/// A PUT naming another uid fails its precondition (409), a PATCH changing the uid is invalid
+/// (422); a write that changes nothing keeps the resourceVersion and sends no watch event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_uid_preconditions_and_writes_that_change_nothing() {
+    use kube::api::WatchParams;
+
+    let dir = tempfile::TempDir::new().expect("tempdir");
+    let _server = start(dir.path(), free_port().expect("port"));
+    let client = client(&dir.path().join("kubeconfig.yaml")).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let created = cms
+        .create(&PostParams::default(), &config_map("x", "1"))
+        .await
+        .expect("create");
+    let uid = created.metadata.uid.clone().expect("uid");
+    let rv = created.metadata.resource_version.clone().expect("rv");
+
+    let mut forged = created.clone();
+    forged.metadata.uid = Some("00000000-0000-0000-0000-000000000000".into());
+    match cms.replace("x", &PostParams::default(), &forged).await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
+            assert!(
+                status.message.contains(&format!(
+                    "Precondition failed: UID in precondition: 00000000-0000-0000-0000-000000000000, UID in object meta: {uid}"
+                )),
+                "{}",
+                status.message
+            );
+        }
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+    match cms
+        .patch(
+            "x",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"uid": "other"}})),
+        )
+        .await
+    {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+            assert!(
+                status.message.contains("metadata.uid"),
+                "{}",
+                status.message
+            );
+        }
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+
+    let mut watch = cms
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    let replaced = cms
+        .replace("x", &PostParams::default(), &created)
+        .await
+        .expect("replace with the same object");
+    assert_eq!(
+        replaced.metadata.resource_version.as_deref(),
+        Some(rv.as_str())
+    );
+    let patched = cms
+        .patch(
+            "x",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"data": {"v": "1"}})),
+        )
+        .await
+        .expect("patch to the same value");
+    assert_eq!(
+        patched.metadata.resource_version.as_deref(),
+        Some(rv.as_str())
+    );
+    assert_eq!(
+        cms.get("x").await.expect("get").metadata.resource_version,
+        Some(rv.clone())
+    );
+    // The first event the watch sees is the first real change.
+    cms.patch(
+        "x",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"data": {"v": "2"}})),
+    )
+    .await
+    .expect("patch to a new value");
+    let (kind, seen) = next_event(&mut watch).await;
+    assert_eq!(kind, "MODIFIED");
+    assert_eq!(
+        seen.data.and_then(|d| d.get("v").cloned()).as_deref(),
+        Some("2")
+    );
 }
