@@ -56,34 +56,37 @@ fn is_event(def: &ResourceDef) -> bool {
 
 /// A stored object as `def` serves it.
 pub fn to_served(def: &ResourceDef, stored: Value) -> Value {
-    if !def.converted() {
-        return stored;
-    }
-    let Value::Object(object) = stored else {
-        return stored;
-    };
-    let api_version = def.api_version();
-    let pairs = EVENT_FIELDS
-        .iter()
-        .filter(|_| is_event(def))
-        .map(|(served, stored)| (*stored, *served));
-    Value::Object(renamed(object, pairs, api_version))
+    convert(def, stored, false)
 }
 
 /// An object `def` serves as it is stored.
 pub fn to_storage(def: &ResourceDef, served: Value) -> Value {
+    convert(def, served, true)
+}
+
+fn convert(def: &ResourceDef, object: Value, to_storage: bool) -> Value {
     if !def.converted() {
-        return served;
+        return object;
     }
-    let Value::Object(object) = served else {
-        return served;
+    let Value::Object(object) = object else {
+        return object;
     };
-    let api_version = api_version(def.storage.0, def.storage.1);
+    let (group, version) = if to_storage {
+        def.storage
+    } else {
+        (def.group, def.version)
+    };
     let pairs = EVENT_FIELDS
         .iter()
         .filter(|_| is_event(def))
-        .map(|(served, stored)| (*served, *stored));
-    Value::Object(renamed(object, pairs, api_version))
+        .map(|&(served, stored)| {
+            if to_storage {
+                (served, stored)
+            } else {
+                (stored, served)
+            }
+        });
+    Value::Object(renamed(object, pairs, api_version(group, version)))
 }
 
 #[cfg(test)]

@@ -69,7 +69,8 @@ pub struct Served {
     pub columns: Arc<Vec<crate::table::PrinterColumn>>,
 }
 
-fn strings(value: Option<&Value>) -> Vec<String> {
+/// The strings of a JSON array (other elements skipped; not an array: none).
+pub(crate) fn strings(value: Option<&Value>) -> Vec<String> {
     value
         .and_then(Value::as_array)
         .map(|a| {

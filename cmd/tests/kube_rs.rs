@@ -36,6 +36,19 @@ fn config_map(name: &str, value: &str) -> ConfigMap {
     }
 }
 
+/// The server's discovery both ways: aggregated, and legacy (a request per group-version).
+async fn discoveries(client: Client) -> [kube::discovery::Discovery; 2] {
+    let aggregated = kube::discovery::Discovery::new(client.clone())
+        .run_aggregated()
+        .await
+        .expect("aggregated discovery");
+    let legacy = kube::discovery::Discovery::new(client)
+        .run()
+        .await
+        .expect("legacy discovery");
+    [aggregated, legacy]
+}
+
 /// Waits until the reflector's cache holds exactly `want` (name → value).
 async fn converge(store: &reflector::Store<ConfigMap>, want: &[(&str, &str)]) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -174,15 +187,7 @@ async fn kube_rs_discovers_resources_both_ways() {
     let dir = tempfile::TempDir::new().expect("tempdir");
     let _server = start(dir.path(), free_port().expect("port"));
     let client = client(&dir.path().join("kubeconfig.yaml")).await;
-    let aggregated = kube::discovery::Discovery::new(client.clone())
-        .run_aggregated()
-        .await
-        .expect("aggregated discovery");
-    let legacy = kube::discovery::Discovery::new(client)
-        .run()
-        .await
-        .expect("legacy discovery");
-    for discovery in [&aggregated, &legacy] {
+    for discovery in &discoveries(client).await {
         let apps = discovery.get("apps").expect("apps group");
         let kinds: Vec<String> = apps
             .recommended_resources()
@@ -478,15 +483,7 @@ async fn kube_rs_serves_every_version_of_a_crd() {
     }
 
     // Discovery, both ways: both served versions, v1 preferred.
-    let aggregated = kube::discovery::Discovery::new(client.clone())
-        .run_aggregated()
-        .await
-        .expect("aggregated discovery");
-    let legacy = kube::discovery::Discovery::new(client)
-        .run()
-        .await
-        .expect("legacy discovery");
-    for discovery in [&aggregated, &legacy] {
+    for discovery in &discoveries(client).await {
         let group = discovery.get("example.com").expect("example.com");
         let versions: Vec<&str> = group.versions().collect();
         assert_eq!(versions, ["v1", "v1beta1"]);

@@ -326,16 +326,7 @@ fn int(object: &Map<String, Value>, key: &str) -> i64 {
 }
 
 fn strings(object: &Map<String, Value>, key: &str) -> Vec<String> {
-    object
-        .get(key)
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
+    crate::crd::strings(object.get(key))
 }
 
 /// The `x-` keys of an object, in order.

@@ -511,16 +511,39 @@ fn endpoints(def: &ResourceDef) -> Vec<Endpoint> {
     endpoints
 }
 
-/// The path parameters of an endpoint, rendered by `param`.
-fn path_params(def: &ResourceDef, named: bool, param: impl Fn(&str) -> Value) -> Vec<Value> {
-    let mut params = Vec::new();
-    if def.namespaced {
-        params.push(param("namespace"));
+/// The `paths` of a document: every endpoint of `defs`, with `operation` rendering one
+/// operation (resource, method, action, query parameters) and `path_param` one path
+/// parameter, each in the document's dialect.
+fn paths<'a>(
+    defs: impl Iterator<Item = &'a ResourceDef>,
+    operation: impl Fn(&ResourceDef, &str, &str, &[&str]) -> Value,
+    path_param: impl Fn(&str) -> Value,
+) -> Map<String, Value> {
+    let mut paths = Map::new();
+    for def in defs {
+        for endpoint in endpoints(def) {
+            let mut item = Map::new();
+            for (method, action, params) in endpoint.operations {
+                item.insert(method.into(), operation(def, method, action, params));
+            }
+            let mut params = Vec::new();
+            if def.namespaced {
+                params.push(path_param("namespace"));
+            }
+            if endpoint.named {
+                params.push(path_param("name"));
+            }
+            if !params.is_empty() {
+                item.insert("parameters".into(), Value::Array(params));
+            }
+            paths.insert(endpoint.path, Value::Object(item));
+        }
     }
-    if named {
-        params.push(param("name"));
-    }
-    params
+    paths
+}
+
+fn gvk(def: &ResourceDef) -> Value {
+    json!({"group": def.group, "version": def.version, "kind": def.kind})
 }
 
 fn build_document(group: &str, version: &str, custom: &[Served]) -> Option<Value> {
@@ -533,31 +556,17 @@ fn build_document(group: &str, version: &str, custom: &[Served]) -> Option<Value
     }
     let query = |name: &str| json!({"name": name, "in": "query", "schema": {"type": "string", "uniqueItems": true}});
     let path_param = |name: &str| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}});
-    let mut paths = Map::new();
-    for def in served {
-        let gvk = json!({"group": def.group, "version": def.version, "kind": def.kind});
-        for endpoint in endpoints(def) {
-            let mut item = Map::new();
-            for (method, action, params) in endpoint.operations {
-                let params: Vec<Value> = params.iter().map(|p| query(p)).collect();
-                item.insert(
-                    method.into(),
-                    json!({
-                        "operationId": format!("{action}{}", def.kind),
-                        "parameters": params,
-                        "responses": {"200": {"description": "OK"}},
-                        "x-kubernetes-action": action,
-                        "x-kubernetes-group-version-kind": gvk,
-                    }),
-                );
-            }
-            let params = path_params(def, endpoint.named, path_param);
-            if !params.is_empty() {
-                item.insert("parameters".into(), Value::Array(params));
-            }
-            paths.insert(endpoint.path, Value::Object(item));
-        }
-    }
+    let operation = |def: &ResourceDef, _method: &str, action: &str, params: &[&str]| {
+        let params: Vec<Value> = params.iter().map(|p| query(p)).collect();
+        json!({
+            "operationId": format!("{action}{}", def.kind),
+            "parameters": params,
+            "responses": {"200": {"description": "OK"}},
+            "x-kubernetes-action": action,
+            "x-kubernetes-group-version-kind": gvk(def),
+        })
+    };
+    let paths = paths(served.into_iter(), operation, path_param);
     Some(json!({
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": shoal_common::KUBERNETES_VERSION},

@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use serde_json::{json, Map, Value};
 use shoal_common::catalog::ResourceDef;
 
-use super::{custom_schema_name, defs, endpoints, path_params, schemas, KIND_SCHEMAS};
+use super::{custom_schema_name, defs, gvk, paths, schemas, KIND_SCHEMAS};
 use crate::crd::{CrdRegistry, Served};
 
 /// The content type of the protobuf answer (kubectl asks for `...spec.v2@v1.0+protobuf`; the
@@ -100,42 +100,26 @@ pub fn document(custom: &[Served]) -> Value {
         |name: &str| json!({"name": name, "in": "query", "type": "string", "uniqueItems": true});
     let path_param =
         |name: &str| json!({"name": name, "in": "path", "required": true, "type": "string"});
-    let mut paths = Map::new();
-    for def in defs(&custom_defs) {
-        let gvk = json!({"group": def.group, "version": def.version, "kind": def.kind});
+    let operation = |def: &ResourceDef, method: &str, action: &str, params: &[&str]| {
         let schema = json!({"$ref": format!("{V2_REFS}{}", definition_name(def))});
-        for endpoint in endpoints(def) {
-            let mut item = Map::new();
-            for (method, action, params) in endpoint.operations {
-                let mut params: Vec<Value> = params.iter().map(|p| query(p)).collect();
-                if matches!(method, "post" | "put" | "patch") {
-                    let body = if method == "patch" {
-                        json!({"type": "object"})
-                    } else {
-                        schema.clone()
-                    };
-                    params.push(
-                        json!({"name": "body", "in": "body", "required": true, "schema": body}),
-                    );
-                }
-                item.insert(
-                    method.into(),
-                    json!({
-                        "operationId": format!("{action}{}", def.kind),
-                        "parameters": params,
-                        "responses": {"200": {"description": "OK", "schema": schema}},
-                        "x-kubernetes-action": action,
-                        "x-kubernetes-group-version-kind": gvk,
-                    }),
-                );
-            }
-            let params = path_params(def, endpoint.named, path_param);
-            if !params.is_empty() {
-                item.insert("parameters".into(), Value::Array(params));
-            }
-            paths.insert(endpoint.path, Value::Object(item));
+        let mut params: Vec<Value> = params.iter().map(|p| query(p)).collect();
+        if matches!(method, "post" | "put" | "patch") {
+            let body = if method == "patch" {
+                json!({"type": "object"})
+            } else {
+                schema.clone()
+            };
+            params.push(json!({"name": "body", "in": "body", "required": true, "schema": body}));
         }
-    }
+        json!({
+            "operationId": format!("{action}{}", def.kind),
+            "parameters": params,
+            "responses": {"200": {"description": "OK", "schema": schema}},
+            "x-kubernetes-action": action,
+            "x-kubernetes-group-version-kind": gvk(def),
+        })
+    };
+    let paths = paths(defs(&custom_defs), operation, path_param);
     let definitions: Map<String, Value> = schemas(None, custom)
         .into_iter()
         .map(|(name, schema)| (name, to_v2(&schema)))
