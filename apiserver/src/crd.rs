@@ -69,7 +69,8 @@ pub struct Served {
     pub columns: Arc<Vec<crate::table::PrinterColumn>>,
 }
 
-fn strings(value: Option<&Value>) -> Vec<String> {
+/// The strings of a JSON array (other elements skipped; not an array: none).
+pub(crate) fn strings(value: Option<&Value>) -> Vec<String> {
     value
         .and_then(Value::as_array)
         .map(|a| {
@@ -125,6 +126,16 @@ pub fn served_versions(crd: &Value) -> Result<Vec<Served>, String> {
     };
     let short_names = intern_list(&strings(spec.pointer("/names/shortNames")));
     let categories = intern_list(&strings(spec.pointer("/names/categories")));
+    // Every served version is stored at the storage version (conversion strategy None: only
+    // apiVersion differs between versions).
+    let storage_version = spec
+        .get("versions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
+        .and_then(|v| v.get("name"))
+        .and_then(Value::as_str);
     let mut served = Vec::new();
     for version in spec
         .get("versions")
@@ -154,6 +165,7 @@ pub fn served_versions(crd: &Value) -> Result<Vec<Served>, String> {
             categories,
             status: subresources.and_then(|s| s.get("status")).is_some(),
             scale,
+            storage: (intern(&group), intern(storage_version.unwrap_or(name))),
         };
         let schema = version
             .pointer("/schema/openAPIV3Schema")
@@ -177,16 +189,38 @@ pub fn served_versions(crd: &Value) -> Result<Vec<Served>, String> {
     Ok(served)
 }
 
+impl Served {
+    /// Whether two registries serve the same resources with the same schemas and columns.
+    fn same(a: &[Served], b: &[Served]) -> bool {
+        a.len() == b.len()
+            && a.iter().zip(b).all(|(a, b)| {
+                std::ptr::eq(a.def, b.def) && a.schema == b.schema && a.columns == b.columns
+            })
+    }
+}
+
 /// The served custom resources, shared by every request.
 #[derive(Debug, Default)]
 pub struct CrdRegistry {
-    served: RwLock<Vec<Served>>,
+    served: RwLock<ServedSet>,
+}
+
+#[derive(Debug, Default)]
+struct ServedSet {
+    /// Bumped whenever `versions` changes, so what is derived from it (the OpenAPI v2
+    /// document) can be cached until then.
+    generation: u64,
+    versions: Vec<Served>,
 }
 
 impl CrdRegistry {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, ServedSet> {
+        self.served.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<Served> {
-        let served = self.served.read().unwrap_or_else(|e| e.into_inner());
-        served
+        self.read()
+            .versions
             .iter()
             .find(|s| s.def.group == group && s.def.version == version && s.def.plural == plural)
             .cloned()
@@ -194,20 +228,17 @@ impl CrdRegistry {
 
     /// Every served custom resource version, with its schema.
     pub fn served(&self) -> Vec<Served> {
-        self.served
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.read().versions.clone()
+    }
+
+    /// Changes whenever the served resources or their schemas change.
+    pub fn generation(&self) -> u64 {
+        self.read().generation
     }
 
     /// Every served custom resource.
     pub fn all(&self) -> Vec<&'static ResourceDef> {
-        self.served
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|s| s.def)
-            .collect()
+        self.read().versions.iter().map(|s| s.def).collect()
     }
 
     /// Rebuilds the registry from the stored CRDs, and marks newly served ones established.
@@ -260,7 +291,11 @@ impl CrdRegistry {
                 }
             }
         }
-        *self.served.write().unwrap_or_else(|e| e.into_inner()) = served;
+        let mut set = self.served.write().unwrap_or_else(|e| e.into_inner());
+        if !Served::same(&set.versions, &served) {
+            set.versions = served;
+            set.generation += 1;
+        }
         Ok(())
     }
 

@@ -25,19 +25,73 @@ pub fn api_versions(server_address: &str) -> Value {
     })
 }
 
-/// `/apis`, with the groups of the served custom resources after the built-in ones.
-pub fn api_groups(custom: &[&'static ResourceDef]) -> Value {
-    let mut group_versions = catalog::groups();
-    for def in custom {
-        if !group_versions.contains(&(def.group, def.version)) {
-            group_versions.push((def.group, def.version));
+/// Kubernetes' version priority (`version.CompareKubeAwareVersionStrings`): GA before beta
+/// before alpha, higher numbers first, then versions of another form in lexical order. A
+/// group's versions are listed in this order and the first is its preferred version.
+fn version_rank(version: &str) -> (u8, std::cmp::Reverse<u64>, std::cmp::Reverse<u64>, &str) {
+    let parse = |v: &str| -> Option<(u8, u64, u64)> {
+        let rest = v.strip_prefix('v')?;
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let major: u64 = rest[..digits].parse().ok()?;
+        let (stage, minor) = match &rest[digits..] {
+            "" => (0, 0),
+            tail => {
+                let (stage, number) = if let Some(n) = tail.strip_prefix("beta") {
+                    (1, n)
+                } else {
+                    (2, tail.strip_prefix("alpha")?)
+                };
+                (stage, number.parse().ok()?)
+            }
+        };
+        Some((stage, major, minor))
+    };
+    match parse(version) {
+        Some((stage, major, minor)) => (
+            stage,
+            std::cmp::Reverse(major),
+            std::cmp::Reverse(minor),
+            "",
+        ),
+        None => (3, std::cmp::Reverse(0), std::cmp::Reverse(0), version),
+    }
+}
+
+/// Each served group (in catalogue order, custom groups after) with its versions, preferred
+/// first.
+fn group_versions(
+    core: bool,
+    custom: &[&'static ResourceDef],
+) -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut groups: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
+    for def in catalog::BUILTIN.iter().chain(custom.iter().copied()) {
+        if def.group.is_empty() != core {
+            continue;
+        }
+        match groups.iter_mut().find(|(g, _)| *g == def.group) {
+            Some((_, versions)) if !versions.contains(&def.version) => versions.push(def.version),
+            Some(_) => {}
+            None => groups.push((def.group, vec![def.version])),
         }
     }
-    let groups: Vec<Value> = group_versions
+    for (_, versions) in &mut groups {
+        versions.sort_by_key(|v| version_rank(v));
+    }
+    groups
+}
+
+/// `/apis`, with the groups of the served custom resources after the built-in ones.
+pub fn api_groups(custom: &[&'static ResourceDef]) -> Value {
+    let groups: Vec<Value> = group_versions(false, custom)
         .into_iter()
-        .map(|(group, version)| {
-            let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
-            json!({"name": group, "versions": [gv.clone()], "preferredVersion": gv})
+        .map(|(group, versions)| {
+            let versions: Vec<Value> = versions
+                .iter()
+                .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+                .collect();
+            json!({"name": group, "preferredVersion": versions[0].clone(), "versions": versions})
         })
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
@@ -147,25 +201,9 @@ fn aggregated_resource(def: &ResourceDef) -> Value {
 /// Aggregated discovery: every group-version with its resources in one document, for the core
 /// group (`core = true`, what `/api` answers) or for the named groups (`/apis`).
 pub fn aggregated(core: bool, version: &str, custom: &[&'static ResourceDef]) -> Value {
-    let mut groups: Vec<&str> = Vec::new();
-    for def in catalog::BUILTIN.iter().chain(custom.iter().copied()) {
-        if def.group.is_empty() == core && !groups.contains(&def.group) {
-            groups.push(def.group);
-        }
-    }
-    let items: Vec<Value> = groups
+    let items: Vec<Value> = group_versions(core, custom)
         .into_iter()
-        .map(|group| {
-            let mut versions: Vec<&str> = Vec::new();
-            for def in catalog::BUILTIN
-                .iter()
-                .chain(custom.iter().copied())
-                .filter(|d| d.group == group)
-            {
-                if !versions.contains(&def.version) {
-                    versions.push(def.version);
-                }
-            }
+        .map(|(group, versions)| {
             let versions: Vec<Value> = versions
                 .into_iter()
                 .map(|v| {
@@ -191,6 +229,57 @@ pub fn aggregated(core: bool, version: &str, custom: &[&'static ResourceDef]) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_group_lists_all_its_versions_preferred_first() {
+        let mut versions = vec![
+            "v1alpha1", "foo", "v2beta1", "v1", "v1beta2", "v2", "v1beta1",
+        ];
+        versions.sort_by_key(|v| version_rank(v));
+        assert_eq!(
+            versions,
+            ["v2", "v1", "v2beta1", "v1beta2", "v1beta1", "v1alpha1", "foo"]
+        );
+        let widget = |version: &'static str| ResourceDef {
+            group: "example.com",
+            version,
+            kind: "Widget",
+            plural: "widgets",
+            singular: "widget",
+            storage: ("example.com", "v1"),
+            ..*catalog::find("", "v1", "configmaps").expect("configmaps")
+        };
+        let (beta, ga) = (widget("v1beta1"), widget("v1"));
+        let custom: Vec<&'static ResourceDef> =
+            vec![Box::leak(Box::new(beta)), Box::leak(Box::new(ga))];
+        let groups = api_groups(&custom);
+        let example: Vec<&Value> = groups["groups"]
+            .as_array()
+            .expect("groups")
+            .iter()
+            .filter(|g| g["name"] == "example.com")
+            .collect();
+        assert_eq!(example.len(), 1, "one entry per group: {example:?}");
+        assert_eq!(example[0]["preferredVersion"]["version"], "v1");
+        assert_eq!(
+            example[0]["versions"][1]["groupVersion"],
+            "example.com/v1beta1"
+        );
+        let aggregated = aggregated(false, "v2", &custom);
+        let example = aggregated["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .find(|g| g["metadata"]["name"] == "example.com")
+            .expect("example.com");
+        let versions: Vec<&str> = example["versions"]
+            .as_array()
+            .expect("versions")
+            .iter()
+            .filter_map(|v| v["version"].as_str())
+            .collect();
+        assert_eq!(versions, ["v1", "v1beta1"]);
+    }
 
     #[test]
     fn aggregated_discovery_is_negotiated_and_complete() {

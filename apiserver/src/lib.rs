@@ -7,6 +7,7 @@
 
 pub mod allocator;
 pub mod auth;
+pub mod convert;
 pub mod crd;
 pub mod defaults;
 pub mod discovery;

@@ -191,8 +191,40 @@ pub fn prepare_create(
     Ok(object)
 }
 
-/// Turns an update body into the object to store in place of `existing`: name and namespace
-/// must not change; uid, creationTimestamp and the deletion fields are the server's; status is
+/// Whether an update leaves the stored object as it was (resourceVersion aside): Kubernetes then
+/// skips the write, so the resourceVersion stays and no watch event is sent.
+pub fn unchanged(stored: &Value, updated: &Value) -> bool {
+    /// `a` and `b` hold the same entries, `skip` aside (compared without copying either).
+    fn same(a: &Map<String, Value>, b: &Map<String, Value>, skip: &str) -> bool {
+        let count = |m: &Map<String, Value>| m.len() - usize::from(m.contains_key(skip));
+        count(a) == count(b) && a.iter().all(|(k, v)| k == skip || b.get(k) == Some(v))
+    }
+    match (stored.as_object(), updated.as_object()) {
+        (Some(a), Some(b)) => {
+            let same_meta = match (
+                a.get("metadata").and_then(Value::as_object),
+                b.get("metadata").and_then(Value::as_object),
+            ) {
+                (Some(x), Some(y)) => same(x, y, "resourceVersion"),
+                _ => a.get("metadata") == b.get("metadata"),
+            };
+            same_meta && same(a, b, "metadata")
+        }
+        _ => stored == updated,
+    }
+}
+
+/// The uid a PUT body names when it differs from the stored object's: Kubernetes takes a
+/// given uid as a precondition of the update. `(given, stored)`.
+pub fn uid_mismatch<'a>(stored: &'a Value, body: &'a Value) -> Option<(&'a str, &'a str)> {
+    let uid = |o: &'a Value| o.pointer("/metadata/uid").and_then(Value::as_str);
+    let given = uid(body).filter(|u| !u.is_empty())?;
+    let have = uid(stored).unwrap_or_default();
+    (given != have).then_some((given, have))
+}
+
+/// Turns an update body into the object to store in place of `existing`: name, namespace and
+/// uid must not change (a PUT naming another uid is refused earlier, as a failed precondition); uid, creationTimestamp and the deletion fields are the server's; status is
 /// left as it was for kinds with a status subresource; generation moves when anything but
 /// metadata and status changed.
 pub fn prepare_update(
@@ -207,7 +239,11 @@ pub fn prepare_update(
         .cloned()
         .unwrap_or_default();
     let meta = metadata_mut(&mut object)?;
-    for immutable in ["name", "namespace"] {
+    // An empty uid is "not given" (Kubernetes fills it in from the stored object).
+    if meta.get("uid").and_then(Value::as_str) == Some("") {
+        meta.remove("uid");
+    }
+    for immutable in ["name", "namespace", "uid"] {
         let old = old_meta.get(immutable);
         match meta.get(immutable) {
             None | Some(Value::Null) => {
@@ -227,7 +263,6 @@ pub fn prepare_update(
     validate_string_map(meta, "labels", true)?;
     validate_string_map(meta, "annotations", false)?;
     for owned in [
-        "uid",
         "creationTimestamp",
         "deletionTimestamp",
         "deletionGracePeriodSeconds",
@@ -468,10 +503,13 @@ mod tests {
         let existing = json!({"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "d", "namespace": "ns", "uid": "u", "creationTimestamp": "t", "generation": 3},
             "spec": {"replicas": 1}, "status": {"replicas": 1}});
-        let same_spec = json!({"metadata": {"name": "d", "namespace": "ns", "labels": {"a": "b"}, "uid": "forged"}, "spec": {"replicas": 1}, "status": {"replicas": 99}});
+        let same_spec = json!({"metadata": {"name": "d", "namespace": "ns", "labels": {"a": "b"}}, "spec": {"replicas": 1}, "status": {"replicas": 99}});
         let updated = prepare_update(deploy, &existing, same_spec).expect("valid");
         assert_eq!(updated["metadata"]["uid"], "u");
         assert_eq!(updated["metadata"]["generation"], 3);
+        // Another uid is refused (see a_put_naming_another_uid_is_...), not replaced.
+        let forged = json!({"metadata": {"name": "d", "uid": "forged"}, "spec": {"replicas": 1}});
+        assert!(prepare_update(deploy, &existing, forged).is_err());
         assert_eq!(
             updated["status"]["replicas"], 1,
             "status is the status subresource's"
@@ -863,5 +901,40 @@ mod binding_tests {
         );
         assert!(bind_pod(&pod, &json!({"target": {}}), "t").is_err());
         assert!(bind_pod(&pod, &json!({"target": {"kind": "Pod", "name": "x"}}), "t").is_err());
+    }
+}
+
+#[cfg(test)]
+mod update_tests {
+    use super::*;
+
+    #[test]
+    fn an_update_that_changes_nothing_is_unchanged() {
+        let stored = json!({"kind": "ConfigMap", "metadata": {"name": "a", "uid": "u", "resourceVersion": "7"}, "data": {"k": "v"}});
+        let same =
+            json!({"kind": "ConfigMap", "metadata": {"name": "a", "uid": "u"}, "data": {"k": "v"}});
+        assert!(unchanged(&stored, &same));
+        let other =
+            json!({"kind": "ConfigMap", "metadata": {"name": "a", "uid": "u"}, "data": {"k": "w"}});
+        assert!(!unchanged(&stored, &other));
+        let labelled = json!({"kind": "ConfigMap", "metadata": {"name": "a", "uid": "u", "labels": {"x": "y"}}, "data": {"k": "v"}});
+        assert!(!unchanged(&stored, &labelled));
+        let fewer = json!({"kind": "ConfigMap", "metadata": {"name": "a", "uid": "u"}});
+        assert!(!unchanged(&stored, &fewer));
+    }
+
+    #[test]
+    fn a_put_naming_another_uid_is_a_failed_precondition_and_a_patch_an_invalid_one() {
+        let stored = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "uid": "u1"}});
+        let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "uid": "u2"}});
+        assert_eq!(uid_mismatch(&stored, &body), Some(("u2", "u1")));
+        assert_eq!(uid_mismatch(&stored, &stored), None);
+        let no_uid = json!({"metadata": {"name": "a", "uid": ""}});
+        assert_eq!(uid_mismatch(&stored, &no_uid), None);
+        let def = shoal_common::catalog::find("", "v1", "configmaps").expect("configmaps");
+        let err = prepare_update(def, &stored, body).expect_err("uid is immutable");
+        assert_eq!(err.field, "metadata.uid");
+        let kept = prepare_update(def, &stored, no_uid).expect("an empty uid is not given");
+        assert_eq!(kept["metadata"]["uid"], "u1");
     }
 }

@@ -18,6 +18,7 @@ use shoal_store::{ContinueToken, KeyValue, RangeRequest, Store, StoreError};
 use time::OffsetDateTime;
 
 use crate::allocator::{self, Allocation, ServiceRanges, Want};
+use crate::convert;
 use crate::managed_fields::{self, ApplyError, ApplyOptions, FieldManager, UpdateOptions};
 use crate::objects::{self, Invalid};
 use crate::patch::{self, PatchKind};
@@ -37,6 +38,8 @@ pub struct Api {
     pub server_address: String,
     /// Where Service ClusterIPs and NodePorts come from.
     pub service_ranges: ServiceRanges,
+    /// `/openapi/v2`, encoded once per set of CRDs.
+    pub openapi_v2: crate::openapi::v2::Cache,
 }
 
 impl Api {
@@ -48,6 +51,7 @@ impl Api {
             events: Arc::default(),
             server_address,
             service_ranges: ServiceRanges::default(),
+            openapi_v2: Default::default(),
         }
     }
 }
@@ -295,9 +299,10 @@ fn store_error(target: &Target, name: &str, err: StoreError) -> ApiError {
     e
 }
 
-fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
+/// A stored object as `def` serves it, with its resourceVersion.
+fn decode(def: &ResourceDef, kv: &KeyValue) -> Result<Value, ApiError> {
     serde_json::from_slice::<Value>(&kv.value)
-        .map(|o| objects::with_resource_version(o, kv.mod_revision))
+        .map(|o| objects::with_resource_version(convert::to_served(def, o), kv.mod_revision))
         .map_err(|e| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -305,6 +310,15 @@ fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
                 format!("stored object {}: {e}", kv.key),
             )
         })
+}
+
+/// An object `def` serves, encoded as it is stored.
+fn encode_stored(def: &ResourceDef, object: &Value) -> Result<Vec<u8>, ApiError> {
+    if def.converted() {
+        encode(&convert::to_storage(def, object.clone()))
+    } else {
+        encode(object)
+    }
 }
 
 fn encode(object: &Value) -> Result<Vec<u8>, ApiError> {
@@ -472,7 +486,7 @@ impl Api {
             .get(&target.key())
             .await
             .map_err(|e| store_error(target, name, e))?;
-        let object = decode(&kv.ok_or_else(|| not_found(target, name))?)?;
+        let object = decode(target.def, &kv.ok_or_else(|| not_found(target, name))?)?;
         match target.subresource.as_deref() {
             None if table::wants_table(accept) => {
                 let rv = object
@@ -547,7 +561,7 @@ impl Api {
             revision = page.revision;
             let count = page.kvs.len();
             for (i, kv) in page.kvs.iter().enumerate() {
-                let object = decode(kv)?;
+                let object = decode(target.def, kv)?;
                 if selection.matches(&object) {
                     items.push(object);
                     if limit > 0 && items.len() == limit {
@@ -678,7 +692,11 @@ impl Api {
             Some(plan) => self.reserve(target, &name, plan, &mut object).await?,
             None => Vec::new(),
         };
-        let kv = match self.store.create(&stored.key(), encode(&object)?).await {
+        let kv = match self
+            .store
+            .create(&stored.key(), encode_stored(target.def, &object)?)
+            .await
+        {
             Ok(kv) => kv,
             Err(e) => {
                 self.release(&reserved).await;
@@ -715,13 +733,15 @@ impl Api {
             .await
             .map_err(|e| store_error(target, name, e))?;
         let current = current.ok_or_else(|| not_found(target, name))?;
-        let stored: Value = serde_json::from_slice(&current.value).map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalError",
-                e.to_string(),
-            )
-        })?;
+        let stored: Value = serde_json::from_slice(&current.value)
+            .map(|o| convert::to_served(target.def, o))
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    e.to_string(),
+                )
+            })?;
         if let Some(rv) = object
             .pointer("/metadata/resourceVersion")
             .and_then(Value::as_str)
@@ -741,6 +761,17 @@ impl Api {
                     },
                 ));
             }
+        }
+        if let Some((given, have)) = objects::uid_mismatch(&stored, &object) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": StorageError: invalid object, Code: 4, Key: {}, ResourceVersion: 0, AdditionalErrorMsg: Precondition failed: UID in precondition: {given}, UID in object meta: {have}",
+                    target.display(),
+                    target.key()
+                ),
+            ));
         }
         let updated = match target.subresource.as_deref() {
             None => objects::prepare_update(target.def, &stored, object)
@@ -791,7 +822,7 @@ impl Api {
                 .await
                 .map_err(|e| store_error(target, name, e))?;
             let current = current.ok_or_else(|| not_found(target, name))?;
-            let stored = decode(&current)?;
+            let stored = decode(target.def, &current)?;
             let mut patched = match target.subresource.as_deref() {
                 Some("scale") => scale_of(&stored),
                 _ => stored.clone(),
@@ -852,7 +883,7 @@ impl Api {
             .await
             .map_err(|e| store_error(target, name, e))?;
         let current = current.ok_or_else(|| not_found(target, name))?;
-        let object = decode(&current)?;
+        let object = decode(target.def, &current)?;
         let mut delete_options = objects::DeleteOptions {
             grace_period_seconds: query.get("gracePeriodSeconds").and_then(|g| g.parse().ok()),
             propagation_policy: query.get("propagationPolicy").cloned(),
@@ -925,7 +956,11 @@ impl Api {
                 }
                 let kv = self
                     .store
-                    .update(&target.key(), encode(&marked)?, current.mod_revision)
+                    .update(
+                        &target.key(),
+                        encode_stored(target.def, &marked)?,
+                        current.mod_revision,
+                    )
                     .await
                     .map_err(|e| store_error(target, name, e))?;
                 Ok((
@@ -1061,7 +1096,7 @@ impl Api {
                     other => return other,
                 }
             };
-            let stored = decode(&current)?;
+            let stored = decode(target.def, &current)?;
             let merged = field_manager
                 .apply(Some(&stored), &config, &options)
                 .map_err(apply_error)?;
@@ -1333,6 +1368,12 @@ impl Api {
         if let Some(manager) = manager {
             self.track(target, Some(stored), &mut updated, manager);
         }
+        // A write that changes nothing is skipped, as Kubernetes does: the object keeps its
+        // resourceVersion and watchers see no event.
+        if objects::unchanged(stored, &updated) {
+            let current = objects::with_resource_version(updated, revision);
+            return Ok(Some(warn(respond(target, current), &warnings)));
+        }
         if dry_run(query)? {
             let response = respond(target, objects::with_resource_version(updated, revision));
             return Ok(Some(warn(response, &warnings)));
@@ -1370,7 +1411,7 @@ impl Api {
                 .map_err(UpdateError::Api)?,
             None => Vec::new(),
         };
-        let written = match encode(&updated) {
+        let written = match encode_stored(target.def, &updated) {
             Ok(bytes) => self.store.update(&target.key(), bytes, revision).await,
             Err(e) => {
                 self.release(&reserved).await;
@@ -1417,7 +1458,7 @@ impl Api {
             .await
             .map_err(|e| store_error(target, name, e))?;
         let current = current.ok_or_else(|| not_found(&pod_target, name))?;
-        let pod = decode(&current)?;
+        let pod = decode(pod_target.def, &current)?;
         let bound = objects::bind_pod(&pod, &binding, &now()).map_err(|m| {
             ApiError::new(
                 StatusCode::CONFLICT,
@@ -1575,7 +1616,7 @@ impl Api {
             .map_err(|e| store_error(target, "", e))?;
         let mut deleted = Vec::new();
         for kv in &page.kvs {
-            let object = decode(kv)?;
+            let object = decode(target.def, kv)?;
             if !(selection.matches(&object)) {
                 continue;
             }

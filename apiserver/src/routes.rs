@@ -79,7 +79,10 @@ pub fn router(api: Arc<Api>) -> Router {
                 group_version(&api, &group, &version)
             }),
         )
-        .route("/openapi/v2", get(openapi_v2))
+        .route(
+            "/openapi/v2",
+            get(|State(api): State<Arc<Api>>, headers: axum::http::HeaderMap| openapi_v2(api, headers)),
+        )
         .route(
             "/openapi/v3",
             get(|State(api): State<Arc<Api>>| async move { Json(openapi::root(&api.crds.served())) }),
@@ -107,16 +110,33 @@ pub fn router(api: Arc<Api>) -> Router {
 /// Request bodies larger than this are refused (Kubernetes' own limit is 3 MiB).
 const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
-async fn openapi_v2(headers: axum::http::HeaderMap) -> Response {
-    let accept = rest::header_str(&headers, header::ACCEPT);
-    if accept.contains("protobuf") {
+/// `/openapi/v2`, protobuf when the client asks for it (kubectl does), else JSON.
+async fn openapi_v2(api: Arc<Api>, headers: axum::http::HeaderMap) -> Response {
+    let protobuf = rest::header_str(&headers, header::ACCEPT).contains("protobuf");
+    // The first request after a CRD change builds the document: off the async workers.
+    let encoded = match tokio::task::spawn_blocking(move || api.openapi_v2.get(&api.crds)).await {
+        Ok(encoded) => encoded,
+        Err(err) => {
+            return ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                err.to_string(),
+            )
+            .into_response()
+        }
+    };
+    if protobuf {
         (
-            [(header::CONTENT_TYPE, openapi::V2_PROTOBUF)],
-            openapi::v2_protobuf(),
+            [(header::CONTENT_TYPE, openapi::v2::PROTOBUF)],
+            encoded.protobuf.clone(),
         )
             .into_response()
     } else {
-        Json(openapi::v2_json()).into_response()
+        (
+            [(header::CONTENT_TYPE, "application/json")],
+            encoded.json.clone(),
+        )
+            .into_response()
     }
 }
 

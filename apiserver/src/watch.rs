@@ -8,6 +8,7 @@
 //! A resourceVersion older than the store's history gets an in-band ERROR event with a
 //! `410 Expired` Status. Bookmarks carry the latest revision when asked for.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,14 +19,15 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
+use shoal_common::catalog::ResourceDef;
 use shoal_store::{EventKind, RangeRequest, Store, StoreError};
 use tokio::sync::mpsc;
 
-use crate::objects;
 use crate::rest::Target;
 use crate::selectors::Selection;
 use crate::status::ApiError;
 use crate::table;
+use crate::{convert, objects};
 
 /// Longest a watch stays open when the client gives no `timeoutSeconds` (Kubernetes picks
 /// 30–60 minutes).
@@ -101,10 +103,14 @@ pub struct EventCache {
     inner: std::sync::Mutex<CacheInner>,
 }
 
+type LineKey = (i64, &'static str, bool, (&'static str, &'static str));
+
 #[derive(Debug, Default)]
 struct CacheInner {
     decoded: HashMap<i64, Arc<Decoded>>,
-    lines: HashMap<(i64, &'static str, bool), Bytes>,
+    /// By revision, event type, table or not, and the group-version served (the same change
+    /// reads differently through each version of a resource).
+    lines: HashMap<LineKey, Bytes>,
     order: std::collections::VecDeque<i64>,
 }
 
@@ -117,7 +123,7 @@ impl CacheInner {
         while self.order.len() > CACHE_REVISIONS {
             if let Some(old) = self.order.pop_front() {
                 self.decoded.remove(&old);
-                self.lines.retain(|(r, _, _), _| *r != old);
+                self.lines.retain(|(r, _, _, _), _| *r != old);
             }
         }
     }
@@ -148,24 +154,15 @@ impl EventCache {
         Arc::clone(inner.decoded.entry(revision).or_insert(decoded))
     }
 
-    fn line(
-        &self,
-        revision: i64,
-        event_type: &'static str,
-        table: bool,
-        encode: impl FnOnce() -> Bytes,
-    ) -> Bytes {
-        if let Some(hit) = self.lock().lines.get(&(revision, event_type, table)) {
+    fn line(&self, key: LineKey, encode: impl FnOnce() -> Bytes) -> Bytes {
+        let revision = key.0;
+        if let Some(hit) = self.lock().lines.get(&key) {
             return hit.clone();
         }
         let line = encode();
         let mut inner = self.lock();
         inner.remember(revision);
-        inner
-            .lines
-            .entry((revision, event_type, table))
-            .or_insert(line)
-            .clone()
+        inner.lines.entry(key).or_insert(line).clone()
     }
 }
 
@@ -196,6 +193,17 @@ fn present(
     } else {
         object
     }
+}
+
+/// A stored object (the cache's form) as `def` serves it: itself, or a converted copy.
+fn served<'a>(def: &ResourceDef, object: Option<&'a Value>) -> Option<Cow<'a, Value>> {
+    object.map(|o| {
+        if def.converted() {
+            Cow::Owned(convert::to_served(def, o.clone()))
+        } else {
+            Cow::Borrowed(o)
+        }
+    })
 }
 
 fn decode(value: &[u8], revision: i64) -> Option<Value> {
@@ -240,7 +248,9 @@ pub async fn watch(
                 .map_err(|e| expired_or_internal(&e))?;
             revision = page.revision;
             for kv in &page.kvs {
-                if let Some(object) = decode(&kv.value, kv.mod_revision) {
+                if let Some(object) =
+                    decode(&kv.value, kv.mod_revision).map(|o| convert::to_served(def, o))
+                {
                     if request.selects(&object) {
                         initial.push(object);
                     }
@@ -317,21 +327,23 @@ pub async fn watch(
                     };
                                         last = event.revision();
                     let decoded = cache.decoded(&event);
-                    let old_selected = decoded.old.as_ref().is_some_and(|o| request.selects(o));
-                    let (event_type, object) = match (event.kind, &decoded.new) {
+                    // The cache holds the stored form; a converted view converts its copy.
+                    let (new, old) = (served(def, decoded.new.as_ref()), served(def, decoded.old.as_ref()));
+                    let old_selected = old.as_deref().is_some_and(|o| request.selects(o));
+                    let (event_type, object) = match (event.kind, new.as_deref()) {
                         (EventKind::Put, Some(new)) => match (old_selected, request.selects(new)) {
                             (true, true) => ("MODIFIED", new),
                             (false, true) => ("ADDED", new),
                             (true, false) => ("DELETED", new),
                             (false, false) => continue,
                         },
-                        (EventKind::Delete, _) => match &decoded.old {
+                        (EventKind::Delete, _) => match old.as_deref() {
                             Some(old) if old_selected => ("DELETED", old),
                             _ => continue,
                         },
                         (EventKind::Put, None) => continue,
                     };
-                    let encoded = cache.line(last, event_type, request.as_table, || {
+                    let encoded = cache.line((last, event_type, request.as_table, (def.group, def.version)), || {
                         line(event_type, present(&request, kind, columns.as_deref().map(Vec::as_slice), object.clone()))
                     });
                     if tx.send(encoded).await.is_err() {
@@ -434,7 +446,7 @@ mod tests {
         );
         let mut encodes = 0;
         for _ in 0..3 {
-            cache.line(1, "ADDED", false, || {
+            cache.line((1, "ADDED", false, ("", "v1")), || {
                 encodes += 1;
                 line("ADDED", json!({}))
             });

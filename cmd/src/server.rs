@@ -66,6 +66,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             cluster_ips: args.service_cidr,
             node_ports: ServiceRanges::default().node_ports,
         },
+        openapi_v2: Default::default(),
     });
     api.bootstrap()
         .await

@@ -1242,6 +1242,23 @@ fn kubectl_applies_explains_describes_edits_and_diffs() {
             explained.contains("A gadget of some size."),
             "{name}: {explained}"
         );
+        // The same from the Swagger 2.0 document, which kubectl reads as gnostic protobuf.
+        let v2 = |what: &str| {
+            ok(
+                k(&["explain", "--output=plaintext-openapiv2", what]),
+                "explain v2",
+            )
+        };
+        let explained = v2("deployment.spec");
+        assert!(
+            explained.contains("replicas") && explained.contains("Number of desired pods"),
+            "{name}: {explained}"
+        );
+        let explained = v2("gadgets.spec.size");
+        assert!(
+            explained.contains("<integer>") && explained.contains("How big the gadget is."),
+            "{name}: {explained}"
+        );
 
         // describe shows an object and what refers to it.
         let described = ok(

@@ -19,6 +19,10 @@ pub struct ResourceDef {
     pub status: bool,
     /// Has a `scale` subresource.
     pub scale: bool,
+    /// The group and version objects are stored at, when they are served at several: a CRD's
+    /// storage version, or core/v1 for events.k8s.io/v1 Events (one resource in Kubernetes,
+    /// seen through two APIs). Objects are converted between the two on the way in and out.
+    pub storage: (&'static str, &'static str),
 }
 
 impl ResourceDef {
@@ -31,12 +35,18 @@ impl ResourceDef {
         }
     }
 
-    /// The store key prefix of this resource: `/registry/<group>/<plural>/`.
+    /// Whether objects are stored in another form than they are served in.
+    pub fn converted(&self) -> bool {
+        self.storage != (self.group, self.version)
+    }
+
+    /// The store key prefix of this resource: `/registry/<group>/<plural>/` of its storage
+    /// group (every version of a resource shares its keys).
     pub fn key_prefix(&self) -> String {
-        let group = if self.group.is_empty() {
+        let group = if self.storage.0.is_empty() {
             "core"
         } else {
-            self.group
+            self.storage.0
         };
         format!("/registry/{group}/{}/", self.plural)
     }
@@ -62,7 +72,13 @@ const fn def(
         categories: &[],
         status: false,
         scale: false,
+        storage: (group, version),
     }
+}
+
+const fn stored_as(mut d: ResourceDef, group: &'static str, version: &'static str) -> ResourceDef {
+    d.storage = (group, version);
+    d
 }
 
 const fn with_status(mut d: ResourceDef) -> ResourceDef {
@@ -229,14 +245,18 @@ pub const BUILTIN: &[ResourceDef] = &[
         true,
         &[],
     ),
-    def(
-        "events.k8s.io",
+    stored_as(
+        def(
+            "events.k8s.io",
+            "v1",
+            "Event",
+            "events",
+            "event",
+            true,
+            &["ev"],
+        ),
+        "",
         "v1",
-        "Event",
-        "events",
-        "event",
-        true,
-        &["ev"],
     ),
     def(
         "rbac.authorization.k8s.io",

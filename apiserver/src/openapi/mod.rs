@@ -19,6 +19,9 @@ use shoal_common::catalog::{self, ResourceDef};
 
 use crate::crd::Served;
 
+mod gnostic;
+pub mod v2;
+
 /// One built-in kind's schema: its group, version, kind, definition name, and a function that
 /// adds its schema (and everything it references) to a generator.
 struct KindSchema {
@@ -80,25 +83,261 @@ fn gvk_extension(group: &str, version: &str, kind: &str) -> Value {
     json!([{"group": group, "version": version, "kind": kind}])
 }
 
-/// `components.schemas` of one group-version: the built-in kinds' schemas with their
-/// references, and the CRD versions served there.
-fn schemas(group: &str, version: &str, custom: &[Served]) -> Map<String, Value> {
+/// The strategic-merge-patch metadata of list and object fields, by definition and property
+/// (Kubernetes' `patchStrategy`/`patchMergeKey` struct tags, which k8s-openapi's schemas do not
+/// carry). kubectl reads them from the published schemas when it computes an apply patch.
+const PATCH_METADATA: &[(&str, &str, Option<&str>, &str)] = &[
+    (
+        "io.k8s.api.apps.v1.DaemonSetStatus",
+        "conditions",
+        Some("type"),
+        "merge",
+    ),
+    (
+        "io.k8s.api.apps.v1.DeploymentSpec",
+        "strategy",
+        None,
+        "retainKeys",
+    ),
+    (
+        "io.k8s.api.apps.v1.DeploymentStatus",
+        "conditions",
+        Some("type"),
+        "merge",
+    ),
+    (
+        "io.k8s.api.apps.v1.ReplicaSetStatus",
+        "conditions",
+        Some("type"),
+        "merge",
+    ),
+    (
+        "io.k8s.api.apps.v1.StatefulSetStatus",
+        "conditions",
+        Some("type"),
+        "merge",
+    ),
+    (
+        "io.k8s.api.batch.v1.JobStatus",
+        "conditions",
+        Some("type"),
+        "merge",
+    ),
+    ("io.k8s.api.core.v1.Container", "env", Some("name"), "merge"),
+    (
+        "io.k8s.api.core.v1.Container",
+        "ports",
+        Some("containerPort"),
+        "merge",
+    ),
+    (
+        "io.k8s.api.core.v1.Container",
+        "volumeDevices",
+        Some("devicePath"),
+        "merge",
+    ),
+    (
+        "io.k8s.api.core.v1.Container",
+        "volumeMounts",
+        Some("mountPath"),
+        "merge",
+    ),
+    (
+        "io.k8s.api.core.v1.ContainerStatus",
+        "volumeMounts",
+        Some("mountPath"),
+        "merge",
+    ),
+    (
+        "io.k8s.api.core.v1.EphemeralContainer",
+        "env",
+        Some("name"),
+        "merge",
+    ),
+    (
+        "io.k8s.api.core.v1.EphemeralContainer",
+        "ports",
+        Some("containerPort"),
+        "merge",
+    ),
+    (
+        "io.k8s.api.core.v1.EphemeralContainer",
+        "volumeDevices",
+        Some("devicePath"),
+        "merge",
+    ),
+    (
+        "io.k8s.api.core.v1.EphemeralContainer",
+        "volumeMounts",
+        Some("mountPath"),
+        "merge",
+    ),
+    (
+        "io.k8s.api.core.v1.NamespaceStatus",
+        "conditions",
+        Some("type"),
+        "merge",
+    ),
+    ("io.k8s.api.core.v1.NodeSpec", "podCIDRs", None, "merge"),
+    (
+        "io.k8s.api.core.v1.NodeStatus",
+        "addresses",
+        Some("type"),
+        "merge",
+    ),
+    (
+        "io.k8s.api.core.v1.NodeStatus",
+        "conditions",
+        Some("type"),
+        "merge",
+    ),
+    (
+        "io.k8s.api.core.v1.PersistentVolumeClaimStatus",
+        "conditions",
+        Some("type"),
+        "merge",
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "containers",
+        Some("name"),
+        "merge",
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "ephemeralContainers",
+        Some("name"),
+        "merge",
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "hostAliases",
+        Some("ip"),
+        "merge",
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "imagePullSecrets",
+        Some("name"),
+        "merge",
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "initContainers",
+        Some("name"),
+        "merge",
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "resourceClaims",
+        Some("name"),
+        "merge,retainKeys",
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "schedulingGates",
+        Some("name"),
+        "merge",
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "topologySpreadConstraints",
+        Some("topologyKey"),
+        "merge",
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "volumes",
+        Some("name"),
+        "merge,retainKeys",
+    ),
+    (
+        "io.k8s.api.core.v1.PodStatus",
+        "conditions",
+        Some("type"),
+        "merge",
+    ),
+    (
+        "io.k8s.api.core.v1.PodStatus",
+        "hostIPs",
+        Some("ip"),
+        "merge",
+    ),
+    (
+        "io.k8s.api.core.v1.PodStatus",
+        "podIPs",
+        Some("ip"),
+        "merge",
+    ),
+    (
+        "io.k8s.api.core.v1.ServiceAccount",
+        "secrets",
+        Some("name"),
+        "merge",
+    ),
+    (
+        "io.k8s.api.core.v1.ServiceSpec",
+        "ports",
+        Some("port"),
+        "merge",
+    ),
+    (
+        "io.k8s.api.core.v1.ServiceStatus",
+        "conditions",
+        Some("type"),
+        "merge",
+    ),
+    (
+        "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
+        "finalizers",
+        None,
+        "merge",
+    ),
+    (
+        "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
+        "ownerReferences",
+        Some("uid"),
+        "merge",
+    ),
+];
+
+fn add_patch_metadata(definitions: &mut Map<String, Value>) {
+    for (definition, property, key, strategy) in PATCH_METADATA {
+        let Some(Value::Object(schema)) = definitions
+            .get_mut(*definition)
+            .and_then(|d| d.get_mut("properties"))
+            .and_then(|p| p.get_mut(*property))
+        else {
+            continue;
+        };
+        if let Some(key) = key {
+            schema.insert("x-kubernetes-patch-merge-key".into(), json!(key));
+        }
+        schema.insert("x-kubernetes-patch-strategy".into(), json!(strategy));
+    }
+}
+
+/// The schemas of one group-version (or of all of them, `None`): the built-in kinds' schemas
+/// with their references, and the CRD versions served there, keyed by definition name.
+fn schemas(only: Option<(&str, &str)>, custom: &[Served]) -> Map<String, Value> {
+    let wanted = |group: &str, version: &str| only.is_none_or(|gv| gv == (group, version));
     let mut generator = SchemaSettings::openapi3().into_generator();
     let builtin: Vec<&KindSchema> = KIND_SCHEMAS
         .iter()
-        .filter(|k| k.group == group && k.version == version)
+        .filter(|k| wanted(k.group, k.version))
         .collect();
     for kind in &builtin {
         (kind.add)(&mut generator);
     }
     let custom: Vec<&Served> = custom
         .iter()
-        .filter(|s| s.def.group == group && s.def.version == version)
+        .filter(|s| wanted(s.def.group, s.def.version))
         .collect();
     if !custom.is_empty() {
         generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>();
     }
     let mut definitions = generator.take_definitions(true);
+    add_patch_metadata(&mut definitions);
     for kind in builtin {
         if let Some(Value::Object(schema)) = definitions.get_mut((kind.name)().as_ref()) {
             schema.insert(
@@ -209,6 +448,104 @@ fn hash_of(doc: &Value) -> String {
     format!("{:016X}", hasher.finish())
 }
 
+/// Query parameters of list, write and delete operations.
+const LIST_PARAMS: &[&str] = &[
+    "labelSelector",
+    "fieldSelector",
+    "limit",
+    "continue",
+    "watch",
+];
+const WRITE_PARAMS: &[&str] = &["dryRun", "fieldManager", "fieldValidation", "pretty"];
+const DELETE_PARAMS: &[&str] = &["dryRun", "gracePeriodSeconds", "propagationPolicy"];
+
+/// One operation: HTTP method, Kubernetes action, query parameters.
+type Operation = (&'static str, &'static str, &'static [&'static str]);
+
+/// One path of a resource and its operations.
+struct Endpoint {
+    path: String,
+    /// Whether the path names one object (`{name}` is a path parameter).
+    named: bool,
+    operations: Vec<Operation>,
+}
+
+/// The paths a resource is served at, each with its operations, in the Swagger/OpenAPI form
+/// both documents share.
+fn endpoints(def: &ResourceDef) -> Vec<Endpoint> {
+    let gv = gv_path(def.group, def.version);
+    let base = if def.namespaced {
+        format!("/{gv}/namespaces/{{namespace}}/{}", def.plural)
+    } else {
+        format!("/{gv}/{}", def.plural)
+    };
+    let mut endpoints = vec![
+        Endpoint {
+            path: base.clone(),
+            named: false,
+            operations: vec![("get", "list", LIST_PARAMS), ("post", "post", WRITE_PARAMS)],
+        },
+        Endpoint {
+            path: format!("{base}/{{name}}"),
+            named: true,
+            operations: vec![
+                ("get", "get", &[]),
+                ("put", "put", WRITE_PARAMS),
+                ("patch", "patch", WRITE_PARAMS),
+                ("delete", "delete", DELETE_PARAMS),
+            ],
+        },
+    ];
+    for (sub, served) in [("status", def.status), ("scale", def.scale)] {
+        if served {
+            endpoints.push(Endpoint {
+                path: format!("{base}/{{name}}/{sub}"),
+                named: true,
+                operations: vec![
+                    ("patch", "patch", WRITE_PARAMS),
+                    ("put", "put", WRITE_PARAMS),
+                ],
+            });
+        }
+    }
+    endpoints
+}
+
+/// The `paths` of a document: every endpoint of `defs`, with `operation` rendering one
+/// operation (resource, method, action, query parameters) and `path_param` one path
+/// parameter, each in the document's dialect.
+fn paths<'a>(
+    defs: impl Iterator<Item = &'a ResourceDef>,
+    operation: impl Fn(&ResourceDef, &str, &str, &[&str]) -> Value,
+    path_param: impl Fn(&str) -> Value,
+) -> Map<String, Value> {
+    let mut paths = Map::new();
+    for def in defs {
+        for endpoint in endpoints(def) {
+            let mut item = Map::new();
+            for (method, action, params) in endpoint.operations {
+                item.insert(method.into(), operation(def, method, action, params));
+            }
+            let mut params = Vec::new();
+            if def.namespaced {
+                params.push(path_param("namespace"));
+            }
+            if endpoint.named {
+                params.push(path_param("name"));
+            }
+            if !params.is_empty() {
+                item.insert("parameters".into(), Value::Array(params));
+            }
+            paths.insert(endpoint.path, Value::Object(item));
+        }
+    }
+    paths
+}
+
+fn gvk(def: &ResourceDef) -> Value {
+    json!({"group": def.group, "version": def.version, "kind": def.kind})
+}
+
 fn build_document(group: &str, version: &str, custom: &[Served]) -> Option<Value> {
     let custom_defs: Vec<&'static ResourceDef> = custom.iter().map(|s| s.def).collect();
     let served: Vec<&ResourceDef> = defs(&custom_defs)
@@ -218,59 +555,23 @@ fn build_document(group: &str, version: &str, custom: &[Served]) -> Option<Value
         return None;
     }
     let query = |name: &str| json!({"name": name, "in": "query", "schema": {"type": "string", "uniqueItems": true}});
-    let mut paths = Map::new();
-    for def in served {
-        let gvk = json!({"group": def.group, "version": def.version, "kind": def.kind});
-        let base = if def.namespaced {
-            format!(
-                "/{}/namespaces/{{namespace}}/{}",
-                gv_path(group, version),
-                def.plural
-            )
-        } else {
-            format!("/{}/{}", gv_path(group, version), def.plural)
-        };
-        let write_params = vec![
-            query("dryRun"),
-            query("fieldManager"),
-            query("fieldValidation"),
-            query("pretty"),
-        ];
-        let op = |action: &str, params: &[Value]| {
-            json!({
-                "operationId": format!("{action}{}", def.kind),
-                "parameters": params,
-                "responses": {"200": {"description": "OK"}},
-                "x-kubernetes-action": action,
-                "x-kubernetes-group-version-kind": gvk,
-            })
-        };
-        paths.insert(
-            base.clone(),
-            json!({"get": op("list", &[query("labelSelector"), query("fieldSelector"), query("limit"), query("continue"), query("watch")]),
-                   "post": op("post", &write_params)}),
-        );
-        let mut item = json!({"get": op("get", &[]), "put": op("put", &write_params), "patch": op("patch", &write_params),
-                              "delete": op("delete", &[query("dryRun"), query("gracePeriodSeconds"), query("propagationPolicy")])});
-        if def.namespaced {
-            item["parameters"] = json!([{"name": "namespace", "in": "path", "required": true, "schema": {"type": "string"}},
-                                        {"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}]);
-        }
-        paths.insert(format!("{base}/{{name}}"), item);
-        for sub in ["status", "scale"] {
-            if (sub == "status" && def.status) || (sub == "scale" && def.scale) {
-                paths.insert(
-                    format!("{base}/{{name}}/{sub}"),
-                    json!({"patch": op("patch", &write_params), "put": op("put", &write_params)}),
-                );
-            }
-        }
-    }
+    let path_param = |name: &str| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}});
+    let operation = |def: &ResourceDef, _method: &str, action: &str, params: &[&str]| {
+        let params: Vec<Value> = params.iter().map(|p| query(p)).collect();
+        json!({
+            "operationId": format!("{action}{}", def.kind),
+            "parameters": params,
+            "responses": {"200": {"description": "OK"}},
+            "x-kubernetes-action": action,
+            "x-kubernetes-group-version-kind": gvk(def),
+        })
+    };
+    let paths = paths(served.into_iter(), operation, path_param);
     Some(json!({
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": shoal_common::KUBERNETES_VERSION},
         "paths": paths,
-        "components": {"schemas": schemas(group, version, custom)},
+        "components": {"schemas": schemas(Some((group, version)), custom)},
     }))
 }
 
@@ -390,55 +691,5 @@ mod tests {
         assert!(root(&served)["paths"]
             .get("apis/stable.example.com/v1")
             .is_some());
-    }
-}
-
-/// The content type of the protobuf `/openapi/v2` (kubectl asks for `...spec.v2@v1.0+protobuf`;
-/// the answer must be parseable by Go's mime package, which rejects the `@`).
-pub const V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
-
-/// `/openapi/v2` as JSON: the header of a Swagger 2.0 document, without definitions (only the
-/// v3 documents are published; kubectl 1.27 fetches this first and must be able to parse it).
-pub fn v2_json() -> Value {
-    json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": shoal_common::KUBERNETES_VERSION}, "paths": {}, "definitions": {}})
-}
-
-/// The same document as the gnostic `openapi_v2.Document` protobuf message:
-/// `swagger = 1` and `info = 2` (`title = 1`, `version = 2`).
-pub fn v2_protobuf() -> Vec<u8> {
-    fn field(number: u8, bytes: &[u8]) -> Vec<u8> {
-        let mut out = vec![(number << 3) | 2];
-        let mut len = bytes.len();
-        loop {
-            let byte = (len & 0x7f) as u8;
-            len >>= 7;
-            if len == 0 {
-                out.push(byte);
-                break;
-            }
-            out.push(byte | 0x80);
-        }
-        out.extend_from_slice(bytes);
-        out
-    }
-    let info = [
-        field(1, b"Kubernetes"),
-        field(2, shoal_common::KUBERNETES_VERSION.as_bytes()),
-    ]
-    .concat();
-    [field(1, b"2.0"), field(2, &info)].concat()
-}
-
-#[cfg(test)]
-mod v2_tests {
-    use super::*;
-
-    #[test]
-    fn v2_protobuf_is_a_swagger_header() {
-        let bytes = v2_protobuf();
-        assert_eq!(&bytes[..5], &[0x0a, 3, b'2', b'.', b'0']);
-        assert_eq!(bytes[5], 0x12);
-        assert_eq!(usize::from(bytes[6]), bytes.len() - 7);
-        assert_eq!(v2_json()["swagger"], "2.0");
     }
 }
