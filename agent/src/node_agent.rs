@@ -42,6 +42,10 @@ pub struct AgentConfig {
     pub cluster_domain: String,
     /// The `kubernetes` Service's address, for containers' `KUBERNETES_SERVICE_HOST`.
     pub kubernetes_service: IpAddr,
+    /// The node API's port (0: any free one).
+    pub kubelet_port: u16,
+    /// The cluster CA certificate (PEM), which the API server's client certificate chains to.
+    pub client_ca_pem: String,
 }
 
 /// What stops a node from coming up.
@@ -134,6 +138,7 @@ pub async fn run(
             taints: config.node_taints.clone(),
             server: config.server,
             runtime_version: String::new(),
+            kubelet_port: config.kubelet_port,
         },
         agent_dir: agent_dir.clone(),
         sandbox: SandboxSettings {
@@ -166,6 +171,8 @@ pub async fn run(
             ),
         ],
         registries,
+        kubelet_port: config.kubelet_port,
+        client_ca_pem: config.client_ca_pem.clone(),
         network_ready: Arc::new(move || {
             if ready_flag.load(Ordering::Acquire) {
                 Ok(())

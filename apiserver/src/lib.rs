@@ -13,6 +13,7 @@ pub mod defaults;
 pub mod discovery;
 pub mod in_process;
 pub mod managed_fields;
+pub mod node_proxy;
 pub mod objects;
 pub mod openapi;
 pub mod patch;

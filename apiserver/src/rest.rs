@@ -40,6 +40,8 @@ pub struct Api {
     pub service_ranges: ServiceRanges,
     /// `/openapi/v2`, encoded once per set of CRDs.
     pub openapi_v2: crate::openapi::v2::Cache,
+    /// TLS for calls to nodes' own APIs (`pods/log`); `None` when no node can be reached.
+    pub node_client: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Api {
@@ -52,6 +54,7 @@ impl Api {
             server_address,
             service_ranges: ServiceRanges::default(),
             openapi_v2: Default::default(),
+            node_client: None,
         }
     }
 }
@@ -478,6 +481,51 @@ impl Api {
             .await
             .map_err(|e| store_error(&target, ns, e))?
             .is_some())
+    }
+
+    /// `pods/log`: passed on to the node the pod runs on.
+    async fn pod_log(
+        &self,
+        target: &Target,
+        name: &str,
+        query: &HashMap<String, String>,
+    ) -> Result<Response, ApiError> {
+        let kv = self
+            .store
+            .get(&target.key())
+            .await
+            .map_err(|e| store_error(target, name, e))?;
+        let pod = decode(target.def, &kv.ok_or_else(|| not_found(target, name))?)?;
+        let container =
+            crate::node_proxy::log_container(&pod, query.get("container").map(String::as_str))?;
+        let Some(node_name) = pod.pointer("/spec/nodeName").and_then(Value::as_str) else {
+            return Err(bad_request(format!(
+                "pod {name} does not have a host assigned"
+            )));
+        };
+        let node_key = shoal_common::catalog::find("", "v1", "nodes")
+            .map(|def| format!("{}{node_name}", def.key_prefix()))
+            .unwrap_or_default();
+        let node = match self.store.get(&node_key).await {
+            Ok(Some(kv)) => serde_json::from_slice::<Value>(&kv.value).ok(),
+            _ => None,
+        };
+        let address = node
+            .as_ref()
+            .and_then(crate::node_proxy::node_address)
+            .ok_or_else(|| {
+                bad_request(format!("node {node_name} has no address to reach it at"))
+            })?;
+        let tls = self.node_client.clone().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "this server cannot reach nodes".to_string(),
+            )
+        })?;
+        let namespace = target.namespace.as_deref().unwrap_or("default");
+        let path = crate::node_proxy::log_path(namespace, name, &container, query);
+        crate::node_proxy::get(tls, &address, &path).await
     }
 
     async fn get(&self, target: &Target, name: &str, accept: &str) -> Result<Response, ApiError> {
@@ -1885,6 +1933,9 @@ async fn dispatch(
     };
     let name = target.name.clone();
     match (method, name.as_deref()) {
+        (&Method::GET, Some(name)) if target.subresource.as_deref() == Some("log") => {
+            api.pod_log(&target, name, query).await
+        }
         (&Method::GET, Some(name)) => api.get(&target, name, accept).await,
         (&Method::GET, None)
             if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) =>

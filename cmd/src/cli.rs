@@ -146,6 +146,10 @@ pub struct NodeArgs {
     #[arg(long, env = "SHOAL_CONTAINER_RUNTIME_ENDPOINT")]
     pub container_runtime_endpoint: Option<PathBuf>,
 
+    /// The node API's port (the kubelet's; 0 picks a free one).
+    #[arg(long, env = "SHOAL_KUBELET_PORT", default_value_t = 10250)]
+    pub kubelet_port: u16,
+
     /// Registry mirrors and credentials, in k3s's registries.yaml format.
     #[arg(
         long,

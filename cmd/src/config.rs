@@ -196,7 +196,10 @@ mod tests {
         assert!(flags_from_yaml("- a\n- b", "server").is_err());
         assert!(flags_from_yaml("cluster-init: {a: 1}", "server").is_err());
         assert!(flags_from_yaml("cluster-init: [", "server").is_err());
-        assert!(flags_from_yaml("node-ip: 10.0.0.1", "server").is_err());
+        // Entries are checked against the subcommand's own flags: node flags are both the
+        // agent's and the server's (which runs an agent), server flags are not the agent's.
+        assert!(flags_from_yaml("cluster-init: true", "agent").is_err());
+        assert!(flags_from_yaml("node-ip: 10.0.0.1", "server").is_ok());
         assert!(flags_from_yaml("node-ip: 10.0.0.1", "agent").is_ok());
     }
 }

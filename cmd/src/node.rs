@@ -18,16 +18,31 @@ pub fn default_node_ip() -> IpAddr {
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
+/// What the node learns from the cluster it joins.
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterFacts<'a> {
+    pub cluster_dns: IpAddr,
+    pub cluster_domain: &'a str,
+    /// The `kubernetes` Service's ClusterIP.
+    pub kubernetes_service: IpAddr,
+    /// The cluster CA (PEM).
+    pub ca_pem: &'a str,
+}
+
 /// The agent's configuration from flags.
 pub fn agent_config(
     args: &NodeArgs,
     data_dir: &Path,
     node_name: &str,
     server: bool,
-    cluster_dns: IpAddr,
-    cluster_domain: &str,
-    kubernetes_service: IpAddr,
+    cluster: ClusterFacts<'_>,
 ) -> Result<AgentConfig> {
+    let ClusterFacts {
+        cluster_dns,
+        cluster_domain,
+        kubernetes_service,
+        ca_pem: client_ca_pem,
+    } = cluster;
     let mut taints = Vec::new();
     for text in &args.node_taints {
         taints.push(
@@ -47,6 +62,8 @@ pub fn agent_config(
         cluster_dns,
         cluster_domain: cluster_domain.to_string(),
         kubernetes_service,
+        kubelet_port: args.kubelet_port,
+        client_ca_pem: client_ca_pem.to_string(),
     })
 }
 

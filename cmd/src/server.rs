@@ -67,6 +67,12 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             node_ports: ServiceRanges::default().node_ports,
         },
         openapi_v2: Default::default(),
+        // The API server calls nodes with the admin identity (system:masters), as k3s does
+        // with its kube-apiserver client certificate.
+        node_client: Some(
+            shoal_apiserver::node_proxy::client_config(&pki.admin_cert_pem, &pki.admin_key_pem)
+                .map_err(|e| anyhow::anyhow!("node client TLS: {e}"))?,
+        ),
     });
     api.bootstrap()
         .await
@@ -85,11 +91,15 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             &args.common.data_dir,
             &node_name,
             true,
-            args.cluster_dns,
-            &args.cluster_domain,
-            args.service_cidr
-                .nth(1)
-                .unwrap_or(IpAddr::V4(Ipv4Addr::new(10, 43, 0, 1))),
+            crate::node::ClusterFacts {
+                cluster_dns: args.cluster_dns,
+                cluster_domain: &args.cluster_domain,
+                kubernetes_service: args
+                    .service_cidr
+                    .nth(1)
+                    .unwrap_or(IpAddr::V4(Ipv4Addr::new(10, 43, 0, 1))),
+                ca_pem: &pki.ca_cert_pem,
+            },
         )?;
         let kubelet_client = shoal_apiserver::in_process::client(
             Arc::clone(&api),

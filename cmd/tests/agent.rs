@@ -104,7 +104,7 @@ spec:
   containers:
   - name: app
     image: {IMAGE}
-    command: ["sh", "-c", "echo started > /tmp/log; sleep 3600"]
+    command: ["sh", "-c", "echo hello from $POD_NAME; echo second line; sleep 3600"]
     env:
     - {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
     volumeMounts: [{{name: cfg, mountPath: /etc/cfg}}]
@@ -119,7 +119,7 @@ kind: Pod
 metadata: {{name: crasher}}
 spec:
   containers:
-  - {{name: app, image: {IMAGE}, command: ["sh", "-c", "exit 3"]}}
+  - {{name: app, image: {IMAGE}, command: ["sh", "-c", "echo crashing; exit 3"]}}
 ---
 apiVersion: v1
 kind: Pod
@@ -165,6 +165,24 @@ spec:
     };
     assert_eq!(exec("echo $POD_NAME; cat /etc/cfg/greeting"), "web\nhello");
     exec("touch /tmp/ready");
+    // `kubectl logs` goes through the API server to the node's own API.
+    assert_eq!(
+        cluster.kubectl(&["logs", "web"]),
+        "hello from web\nsecond line\n"
+    );
+    assert_eq!(
+        cluster.kubectl(&["logs", "web", "--tail=1"]),
+        "second line\n"
+    );
+    let stamped = cluster.kubectl(&["logs", "web", "-c", "app", "--timestamps"]);
+    assert!(
+        stamped
+            .lines()
+            .all(|l| l.split(' ').next().is_some_and(|t| t.ends_with('Z'))),
+        "{stamped}"
+    );
+    let no_previous = cluster.kubectl_with_input(&["logs", "web", "--previous"], None);
+    assert!(!no_previous.status.success());
     until("web becomes Ready", Duration::from_secs(20), || {
         ready(&pod(&cluster, "web"))
     });
@@ -176,6 +194,10 @@ spec:
             && status["state"]["waiting"]["reason"] == "CrashLoopBackOff"
             && status["lastState"]["terminated"]["exitCode"] == 3
     });
+    assert_eq!(
+        cluster.kubectl(&["logs", "crasher", "--previous"]),
+        "crashing\n"
+    );
 
     // A container over its memory limit is OOM-killed and reported so.
     until("hog is OOM-killed", Duration::from_secs(60), || {

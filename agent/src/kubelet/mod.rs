@@ -14,10 +14,12 @@
 pub mod containers;
 pub mod env;
 pub mod images;
+pub mod logs;
 pub mod node;
 pub mod plan;
 pub mod probes;
 pub mod runtime;
+pub mod server;
 pub mod status;
 pub mod volumes;
 pub mod worker;
@@ -58,6 +60,10 @@ pub struct KubeletSettings {
     /// Variables every container gets (the `kubernetes` Service's).
     pub service_env: Vec<(String, String)>,
     pub registries: Registries,
+    /// The node API's port (0: any free one, advertised in the Node's status).
+    pub kubelet_port: u16,
+    /// The cluster CA, which signs the API server's client certificate.
+    pub client_ca_pem: String,
     /// Extra reason the node is not ready (e.g. no pod network yet), checked each heartbeat.
     pub network_ready: NetworkCheck,
 }
@@ -104,6 +110,20 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(uid)
             .map(|p| Pod::clone(p))
+    }
+
+    /// The uid of the pod `namespace/name` bound here.
+    pub fn pod_uid(&self, namespace: &str, name: &str) -> Option<String> {
+        let pods = self
+            .pods
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        pods.iter()
+            .find(|(_, p)| {
+                p.metadata.namespace.as_deref() == Some(namespace)
+                    && p.metadata.name.as_deref() == Some(name)
+            })
+            .map(|(uid, _)| uid.clone())
     }
 
     /// The directory holding a pod's volumes and managed files.
@@ -182,6 +202,8 @@ pub enum KubeletError {
     Register { name: String, source: kube::Error },
     #[error(transparent)]
     Cri(#[from] crate::cri::CriError),
+    #[error(transparent)]
+    NodeApi(#[from] server::NodeApiError),
 }
 
 /// The node status heartbeat and Lease renewal period (the kubelet's defaults).
@@ -201,6 +223,13 @@ pub async fn run(
     let mut settings = settings;
     settings.node.runtime_version =
         format!("{}://{}", version.runtime_name, version.runtime_version);
+    let tls = server::tls_config(
+        &settings.node.name,
+        settings.node.ip,
+        &settings.client_ca_pem,
+    )?;
+    let (listener, port) = server::bind(settings.kubelet_port).await?;
+    settings.node.kubelet_port = port;
     let shared = Arc::new(Shared {
         recorder: Recorder::new(client.clone(), "kubelet"),
         client,
@@ -215,6 +244,7 @@ pub async fn run(
     register(&shared).await?;
     tracing::info!(node = %shared.settings.node.name, "node registered");
     let tasks = [
+        tokio::spawn(server::serve(listener, tls, Arc::clone(&shared))),
         tokio::spawn(heartbeat(Arc::clone(&shared))),
         tokio::spawn(watch_pods(Arc::clone(&shared))),
         tokio::spawn(relist(Arc::clone(&shared))),

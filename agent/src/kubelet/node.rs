@@ -58,6 +58,8 @@ pub struct NodeSettings {
     /// Whether this node also runs the control plane (role labels, as k3s sets them).
     pub server: bool,
     pub runtime_version: String,
+    /// The node API's port, as advertised.
+    pub kubelet_port: u16,
 }
 
 /// The Node this agent registers.
@@ -174,7 +176,7 @@ pub fn node_status(
         ]),
         daemon_endpoints: Some(NodeDaemonEndpoints {
             kubelet_endpoint: Some(DaemonEndpoint {
-                port: i32::from(KUBELET_PORT),
+                port: i32::from(settings.kubelet_port),
             }),
         }),
         node_info: Some(system_info(settings, machine)),
@@ -353,6 +355,7 @@ mod tests {
             taints: vec![],
             server: true,
             runtime_version: "containerd://1.6.20".into(),
+            kubelet_port: KUBELET_PORT,
         }
     }
 

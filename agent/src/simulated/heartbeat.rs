@@ -110,7 +110,7 @@ mod tests {
         // Any one-second window holds a tenth of the nodes: no burst.
         for second in 0..10 {
             let window = Duration::from_secs(second)..Duration::from_secs(second + 1);
-            let in_window = offsets.iter().filter(|o| window.contains(o)).count();
+            let in_window = offsets.iter().filter(|o| window.contains(*o)).count();
             assert_eq!(in_window, 100, "second {second}");
         }
     }
