@@ -44,6 +44,8 @@ pub struct AgentConfig {
     pub kubernetes_service: IpAddr,
     /// The node API's port (0: any free one).
     pub kubelet_port: u16,
+    /// When pressure conditions turn True.
+    pub eviction: crate::kubelet::node::Thresholds,
     /// The cluster CA certificate (PEM), which the API server's client certificate chains to.
     pub client_ca_pem: String,
 }
@@ -138,6 +140,7 @@ pub async fn run(
             taints: config.node_taints.clone(),
             server: config.server,
             runtime_version: String::new(),
+            eviction: config.eviction,
             kubelet_port: config.kubelet_port,
         },
         agent_dir: agent_dir.clone(),

@@ -203,6 +203,87 @@ pub async fn get(
     Ok(out)
 }
 
+/// Headers of an upgrade request (WebSocket or SPDY) that the node must see.
+fn is_upgrade_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    matches!(
+        name.as_str(),
+        "connection" | "upgrade" | "x-stream-protocol-version"
+    ) || name.starts_with("sec-websocket-")
+}
+
+/// Passes an upgrade request (`pods/exec`, `attach`, `portforward`: WebSocket or SPDY) on to
+/// the node at `address`, and once both sides switched protocols, relays bytes both ways.
+pub async fn upgrade(
+    tls: Arc<rustls::ClientConfig>,
+    address: &str,
+    path_and_query: &str,
+    mut request: Request<Body>,
+) -> Result<Response, ApiError> {
+    let unavailable = |message: String| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            message,
+        )
+    };
+    let client_side = hyper::upgrade::on(&mut request);
+    let tcp = tokio::net::TcpStream::connect(address)
+        .await
+        .map_err(|e| unavailable(format!("dial tcp {address}: {e}")))?;
+    let server_name = ServerName::try_from("kubelet").map_err(|e| unavailable(e.to_string()))?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| unavailable(format!("node {address}: TLS: {e}")))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| unavailable(format!("node {address}: {e}")))?;
+    tokio::spawn(connection.with_upgrades());
+    let mut outgoing = Request::builder()
+        .method(request.method())
+        .uri(path_and_query)
+        .header("host", address);
+    for (name, value) in request.headers() {
+        if is_upgrade_header(name.as_str()) {
+            outgoing = outgoing.header(name, value);
+        }
+    }
+    let outgoing = outgoing
+        .body(Body::empty())
+        .map_err(|e| unavailable(e.to_string()))?;
+    let mut response = sender
+        .send_request(outgoing)
+        .await
+        .map_err(|e| unavailable(format!("node {address}: {e}")))?;
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        use http_body_util::BodyExt;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let message = String::from_utf8_lossy(&bytes).trim().to_string();
+        return Err(ApiError::new(status, "BadRequest", message));
+    }
+    let node_side = hyper::upgrade::on(&mut response);
+    tokio::spawn(async move {
+        let (Ok(client), Ok(node)) = tokio::join!(client_side, node_side) else {
+            return;
+        };
+        let _ =
+            tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(node)).await;
+    });
+    let mut out = Response::new(Body::empty());
+    *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    for (name, value) in response.headers() {
+        out.headers_mut().append(name, value.clone());
+    }
+    Ok(out)
+}
+
 /// The node path and query for a `pods/log` request.
 pub fn log_path(
     namespace: &str,

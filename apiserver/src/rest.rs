@@ -483,21 +483,18 @@ impl Api {
             .is_some())
     }
 
-    /// `pods/log`: passed on to the node the pod runs on.
-    async fn pod_log(
+    /// The pod, its node's API address and the TLS to reach it.
+    async fn pod_and_node(
         &self,
         target: &Target,
         name: &str,
-        query: &HashMap<String, String>,
-    ) -> Result<Response, ApiError> {
+    ) -> Result<(Value, String, Arc<rustls::ClientConfig>), ApiError> {
         let kv = self
             .store
             .get(&target.key())
             .await
             .map_err(|e| store_error(target, name, e))?;
         let pod = decode(target.def, &kv.ok_or_else(|| not_found(target, name))?)?;
-        let container =
-            crate::node_proxy::log_container(&pod, query.get("container").map(String::as_str))?;
         let Some(node_name) = pod.pointer("/spec/nodeName").and_then(Value::as_str) else {
             return Err(bad_request(format!(
                 "pod {name} does not have a host assigned"
@@ -523,6 +520,56 @@ impl Api {
                 "this server cannot reach nodes".to_string(),
             )
         })?;
+        Ok((pod, address, tls))
+    }
+
+    /// `pods/exec`, `pods/attach`, `pods/portforward`: upgrades passed on to the pod's node.
+    pub async fn pod_stream(
+        &self,
+        namespace: &str,
+        name: &str,
+        subresource: &str,
+        request: axum::extract::Request,
+    ) -> Result<Response, ApiError> {
+        let Some(target) = parse_target(
+            "",
+            "v1",
+            &format!("namespaces/{namespace}/pods/{name}/{subresource}"),
+        ) else {
+            return Err(ApiError::not_found_path(subresource));
+        };
+        let (pod, address, tls) = self.pod_and_node(&target, name).await?;
+        let query = request.uri().query().unwrap_or_default().to_string();
+        let path = match subresource {
+            "portforward" => format!("/portForward/{namespace}/{name}?{query}"),
+            "exec" | "attach" => {
+                let requested = query
+                    .split('&')
+                    .find_map(|p| p.strip_prefix("container="))
+                    .map(str::to_string);
+                let container = crate::node_proxy::log_container(&pod, requested.as_deref())?;
+                let kind = if subresource == "exec" {
+                    "exec"
+                } else {
+                    "attach"
+                };
+                format!("/{kind}/{namespace}/{name}/{container}?{query}")
+            }
+            other => return Err(ApiError::not_found_path(other)),
+        };
+        crate::node_proxy::upgrade(tls, &address, &path, request).await
+    }
+
+    /// `pods/log`: passed on to the node the pod runs on.
+    async fn pod_log(
+        &self,
+        target: &Target,
+        name: &str,
+        query: &HashMap<String, String>,
+    ) -> Result<Response, ApiError> {
+        let (pod, address, tls) = self.pod_and_node(target, name).await?;
+        let container =
+            crate::node_proxy::log_container(&pod, query.get("container").map(String::as_str))?;
         let namespace = target.namespace.as_deref().unwrap_or("default");
         let path = crate::node_proxy::log_path(namespace, name, &container, query);
         crate::node_proxy::get(tls, &address, &path).await
@@ -1975,6 +2022,18 @@ async fn dispatch(
             format!("the server does not allow this method on the requested resource ({method})"),
         )),
     }
+}
+
+/// Axum handler for `pods/{exec,attach,portforward}`: an upgrade passed on to the pod's node,
+/// with the raw query (exec repeats `command`).
+pub async fn pod_stream(
+    State(api): State<Arc<Api>>,
+    Path((namespace, name, subresource)): Path<(String, String, String)>,
+    request: axum::extract::Request,
+) -> Response {
+    api.pod_stream(&namespace, &name, &subresource, request)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 /// Axum handler for `/api/v1/{*rest}`.

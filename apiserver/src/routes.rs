@@ -50,6 +50,35 @@ async fn not_found(request: Request) -> ApiError {
     ApiError::not_found_path(request.uri().path())
 }
 
+async fn stream_exec(
+    state: State<Arc<Api>>,
+    Path((namespace, name)): Path<(String, String)>,
+    request: Request,
+) -> axum::response::Response {
+    rest::pod_stream(state, Path((namespace, name, "exec".into())), request).await
+}
+
+async fn stream_attach(
+    state: State<Arc<Api>>,
+    Path((namespace, name)): Path<(String, String)>,
+    request: Request,
+) -> axum::response::Response {
+    rest::pod_stream(state, Path((namespace, name, "attach".into())), request).await
+}
+
+async fn stream_portforward(
+    state: State<Arc<Api>>,
+    Path((namespace, name)): Path<(String, String)>,
+    request: Request,
+) -> axum::response::Response {
+    rest::pod_stream(
+        state,
+        Path((namespace, name, "portforward".into())),
+        request,
+    )
+    .await
+}
+
 /// The API's router over `api`.
 pub fn router(api: Arc<Api>) -> Router {
     Router::new()
@@ -99,6 +128,9 @@ pub fn router(api: Arc<Api>) -> Router {
                 openapi_document(&api, &group, &version)
             }),
         )
+        .route("/api/v1/namespaces/{namespace}/pods/{name}/exec", any(stream_exec))
+        .route("/api/v1/namespaces/{namespace}/pods/{name}/attach", any(stream_attach))
+        .route("/api/v1/namespaces/{namespace}/pods/{name}/portforward", any(stream_portforward))
         .route("/api/v1/{*rest}", any(rest::core))
         .route("/apis/{group}/{version}/{*rest}", any(rest::grouped))
         .fallback(not_found)

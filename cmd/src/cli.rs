@@ -150,6 +150,14 @@ pub struct NodeArgs {
     #[arg(long, env = "SHOAL_KUBELET_PORT", default_value_t = 10250)]
     pub kubelet_port: u16,
 
+    /// Pressure thresholds, as the kubelet's --eviction-hard (memory.available, nodefs.available).
+    #[arg(
+        long,
+        env = "SHOAL_EVICTION_HARD",
+        default_value = "memory.available<100Mi,nodefs.available<10%"
+    )]
+    pub eviction_hard: shoal_agent::kubelet::node::Thresholds,
+
     /// Registry mirrors and credentials, in k3s's registries.yaml format.
     #[arg(
         long,

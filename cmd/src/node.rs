@@ -63,6 +63,7 @@ pub fn agent_config(
         cluster_domain: cluster_domain.to_string(),
         kubernetes_service,
         kubelet_port: args.kubelet_port,
+        eviction: args.eviction_hard,
         client_ca_pem: client_ca_pem.to_string(),
     })
 }

@@ -259,6 +259,24 @@ impl Drop for Cluster {
         if !self.with_agent {
             return;
         }
+        if std::thread::panicking() {
+            // What the node saw, for the failure report.
+            let out = self.kubectl_with_input(&["describe", "pods", "-A"], None);
+            eprintln!(
+                "--- kubectl describe pods\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            if let Some(server) = &self.server {
+                let lines: Vec<String> = server
+                    .unread_log()
+                    .into_iter()
+                    .filter(|l| !l.contains(" INFO "))
+                    .collect();
+                for line in &lines[lines.len().saturating_sub(40)..] {
+                    eprintln!("server: {line}");
+                }
+            }
+        }
         if let Some(server) = self.server.take() {
             let _ = server.stop();
         }

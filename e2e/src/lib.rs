@@ -6,4 +6,5 @@ pub mod control_bench;
 pub mod etcd;
 pub mod images;
 pub mod latency;
+pub mod pod_bench;
 pub mod server;

@@ -147,6 +147,11 @@ impl ShoalServer {
         }
     }
 
+    /// The log lines not read yet.
+    pub fn unread_log(&self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+
     /// The admin kubeconfig the server wrote.
     pub fn kubeconfig(&self) -> PathBuf {
         self.data_dir.join("kubeconfig.yaml")

@@ -286,6 +286,11 @@ impl Cri {
         Ok(call!(self.runtime, exec, request)?.url)
     }
 
+    /// Asks for a streaming URL to attach to a container's console.
+    pub async fn attach(&self, request: v1::AttachRequest) -> Result<String, CriError> {
+        Ok(call!(self.runtime, attach, request)?.url)
+    }
+
     /// Asks for a streaming URL for a port forward.
     pub async fn port_forward(&self, request: v1::PortForwardRequest) -> Result<String, CriError> {
         Ok(call!(self.runtime, port_forward, request)?.url)

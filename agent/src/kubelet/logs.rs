@@ -60,7 +60,8 @@ impl LogOptions {
     }
 }
 
-fn percent_decode(text: &str) -> String {
+/// Decodes `%XX` escapes and `+` of a query value.
+pub fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

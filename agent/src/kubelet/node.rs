@@ -37,15 +37,85 @@ pub struct MachineInfo {
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Pressure {
     pub memory_available_bytes: u64,
+    pub memory_total_bytes: u64,
     pub disk_available_bytes: u64,
     pub disk_total_bytes: u64,
     pub pids_in_use: u64,
     pub pid_max: u64,
 }
 
-/// Kubernetes' default hard eviction thresholds, which its pressure conditions follow.
-const MEMORY_AVAILABLE_MIN: u64 = 100 << 20;
-const DISK_AVAILABLE_MIN_PERCENT: u64 = 10;
+/// How much must stay available before a pressure condition turns True: the kubelet's
+/// `--eviction-hard` (`memory.available<100Mi,nodefs.available<10%` by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    pub memory_available: Amount,
+    pub nodefs_available: Amount,
+}
+
+/// A threshold: bytes, or a percentage of capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Amount {
+    Bytes(u64),
+    Percent(u8),
+}
+
+impl Amount {
+    fn below(self, available: u64, total: u64) -> bool {
+        match self {
+            Amount::Bytes(min) => available < min,
+            Amount::Percent(p) => {
+                total > 0 && u128::from(available) * 100 < u128::from(total) * u128::from(p)
+            }
+        }
+    }
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            memory_available: Amount::Bytes(100 << 20),
+            nodefs_available: Amount::Percent(10),
+        }
+    }
+}
+
+impl std::str::FromStr for Thresholds {
+    type Err = String;
+
+    /// `signal<amount` pairs separated by commas, e.g. `memory.available<200Mi,nodefs.available<5%`.
+    fn from_str(text: &str) -> Result<Thresholds, String> {
+        let mut out = Thresholds::default();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (signal, amount) = part
+                .split_once('<')
+                .ok_or_else(|| format!("{part:?} is not SIGNAL<AMOUNT"))?;
+            let amount = match amount.strip_suffix('%') {
+                Some(p) => Amount::Percent(
+                    p.parse()
+                        .ok()
+                        .filter(|p| *p <= 100)
+                        .ok_or_else(|| format!("bad percentage in {part:?}"))?,
+                ),
+                None => Amount::Bytes(
+                    shoal_common::quantity::parse_value(amount)
+                        .ok()
+                        .and_then(|v| u64::try_from(v).ok())
+                        .ok_or_else(|| format!("bad quantity in {part:?}"))?,
+                ),
+            };
+            match signal {
+                "memory.available" => out.memory_available = amount,
+                "nodefs.available" => out.nodefs_available = amount,
+                other => return Err(format!(
+                    "unsupported eviction signal {other:?} (memory.available, nodefs.available)"
+                )),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// PIDs in use above this share of `pid_max` mean PID pressure.
 const PID_USE_MAX_PERCENT: u64 = 90;
 
 /// How the node is set up by flags.
@@ -58,6 +128,8 @@ pub struct NodeSettings {
     /// Whether this node also runs the control plane (role labels, as k3s sets them).
     pub server: bool,
     pub runtime_version: String,
+    /// When pressure conditions turn True.
+    pub eviction: Thresholds,
     /// The node API's port, as advertised.
     pub kubelet_port: u16,
 }
@@ -163,7 +235,13 @@ pub fn node_status(
     NodeStatus {
         allocatable: Some(capacity.clone()),
         capacity: Some(capacity),
-        conditions: Some(conditions(pressure, runtime_ready, now, previous)),
+        conditions: Some(conditions(
+            pressure,
+            &settings.eviction,
+            runtime_ready,
+            now,
+            previous,
+        )),
         addresses: Some(vec![
             NodeAddress {
                 type_: "InternalIP".into(),
@@ -187,14 +265,17 @@ pub fn node_status(
 /// The four conditions, from measurements.
 pub fn conditions(
     pressure: &Pressure,
+    thresholds: &Thresholds,
     runtime_ready: Result<(), String>,
     now: Timestamp,
     previous: &[NodeCondition],
 ) -> Vec<NodeCondition> {
-    let memory = pressure.memory_available_bytes < MEMORY_AVAILABLE_MIN;
-    let disk = pressure.disk_total_bytes > 0
-        && pressure.disk_available_bytes * 100
-            < pressure.disk_total_bytes * DISK_AVAILABLE_MIN_PERCENT;
+    let memory = thresholds
+        .memory_available
+        .below(pressure.memory_available_bytes, pressure.memory_total_bytes);
+    let disk = thresholds
+        .nodefs_available
+        .below(pressure.disk_available_bytes, pressure.disk_total_bytes);
     let pids =
         pressure.pid_max > 0 && pressure.pids_in_use * 100 > pressure.pid_max * PID_USE_MAX_PERCENT;
     fn pick<'a>(
@@ -317,6 +398,7 @@ pub fn read_pressure(data_dir: &Path) -> Pressure {
         .unwrap_or(0);
     Pressure {
         memory_available_bytes: meminfo("MemAvailable").unwrap_or(u64::MAX),
+        memory_total_bytes: meminfo("MemTotal").unwrap_or(0),
         disk_available_bytes,
         disk_total_bytes,
         pids_in_use,
@@ -355,6 +437,7 @@ mod tests {
             taints: vec![],
             server: true,
             runtime_version: "containerd://1.6.20".into(),
+            eviction: Thresholds::default(),
             kubelet_port: KUBELET_PORT,
         }
     }
@@ -374,6 +457,7 @@ mod tests {
     fn healthy() -> Pressure {
         Pressure {
             memory_available_bytes: 1 << 30,
+            memory_total_bytes: 4 << 30,
             disk_available_bytes: 50 << 30,
             disk_total_bytes: 100 << 30,
             pids_in_use: 300,
@@ -415,23 +499,63 @@ mod tests {
             ..healthy()
         };
         let now = Timestamp::UNIX_EPOCH;
-        let conds = conditions(&low, Err("container runtime is down".into()), now, &[]);
+        let conds = conditions(
+            &low,
+            &Thresholds::default(),
+            Err("container runtime is down".into()),
+            now,
+            &[],
+        );
         let status = |t: &str| conds.iter().find(|c| c.type_ == t).unwrap().status.clone();
         assert_eq!(status("MemoryPressure"), "True");
         assert_eq!(status("DiskPressure"), "True");
         assert_eq!(status("PIDPressure"), "False");
         assert_eq!(status("Ready"), "False");
-        let ok = conditions(&healthy(), Ok(()), now, &[]);
+        let ok = conditions(&healthy(), &Thresholds::default(), Ok(()), now, &[]);
         assert!(ok
             .iter()
             .all(|c| (c.type_ == "Ready") == (c.status == "True")));
     }
 
     #[test]
+    fn eviction_thresholds_are_read_as_the_kubelet_reads_them() {
+        let t: Thresholds = "memory.available<200Mi, nodefs.available<5%"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            t,
+            Thresholds {
+                memory_available: Amount::Bytes(200 << 20),
+                nodefs_available: Amount::Percent(5)
+            }
+        );
+        assert!("imagefs.available<1%".parse::<Thresholds>().is_err());
+        assert!("nodefs.available<150%".parse::<Thresholds>().is_err());
+        let tight = Pressure {
+            disk_available_bytes: 8 << 30,
+            ..healthy()
+        };
+        let now = Timestamp::UNIX_EPOCH;
+        let status = |t: &Thresholds| conditions(&tight, t, Ok(()), now, &[])[1].status.clone();
+        assert_eq!(
+            status(&Thresholds::default()),
+            "True",
+            "8% free is pressure by default"
+        );
+        assert_eq!(status(&"nodefs.available<5%".parse().unwrap()), "False");
+    }
+
+    #[test]
     fn transition_times_stay_while_status_is_unchanged() {
-        let first = conditions(&healthy(), Ok(()), Timestamp::UNIX_EPOCH, &[]);
+        let first = conditions(
+            &healthy(),
+            &Thresholds::default(),
+            Ok(()),
+            Timestamp::UNIX_EPOCH,
+            &[],
+        );
         let later = Timestamp::from_second(100).unwrap();
-        let second = conditions(&healthy(), Ok(()), later, &first);
+        let second = conditions(&healthy(), &Thresholds::default(), Ok(()), later, &first);
         assert_eq!(
             second[3].last_transition_time,
             first[3].last_transition_time

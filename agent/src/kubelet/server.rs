@@ -103,6 +103,18 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, shared
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
         )
+        .route(
+            "/exec/{namespace}/{pod}/{container}",
+            axum::routing::any(exec),
+        )
+        .route(
+            "/attach/{namespace}/{pod}/{container}",
+            axum::routing::any(attach),
+        )
+        .route(
+            "/portForward/{namespace}/{pod}",
+            axum::routing::any(port_forward),
+        )
         .with_state(shared);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
@@ -254,6 +266,213 @@ async fn container_logs(
         }
     });
     Body::from_stream(stream).into_response()
+}
+
+/// The exec/attach flags and command of a query (`command` repeats, flags are `1`/`true`).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct StreamQuery {
+    pub command: Vec<String>,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
+pub fn stream_query(query: &str) -> StreamQuery {
+    let mut out = StreamQuery::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = logs::percent_decode(value);
+        let flag = matches!(value.as_str(), "1" | "true");
+        match key {
+            "command" => out.command.push(value),
+            "input" | "stdin" => out.stdin = flag,
+            "output" | "stdout" => out.stdout = flag,
+            "error" | "stderr" => out.stderr = flag,
+            "tty" => out.tty = flag,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The running instance of `container` in pod `namespace/pod`.
+async fn running_container(
+    shared: &Shared,
+    namespace: &str,
+    pod: &str,
+    container: &str,
+) -> Result<String, Response> {
+    let (path, id, running) = log_file(shared, namespace, pod, container, false).await?;
+    let _ = path;
+    if running {
+        Ok(id)
+    } else {
+        Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("container {container} is not running"),
+        ))
+    }
+}
+
+async fn exec(
+    State(shared): State<Arc<Shared>>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    request: axum::extract::Request,
+) -> Response {
+    let query = stream_query(request.uri().query().unwrap_or_default());
+    let id = match running_container(&shared, &namespace, &pod, &container).await {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    let cri_request = crate::cri::v1::ExecRequest {
+        container_id: id,
+        cmd: query.command,
+        tty: query.tty,
+        stdin: query.stdin,
+        stdout: query.stdout,
+        stderr: query.stderr && !query.tty,
+    };
+    match shared.cri.exec(cri_request).await {
+        Ok(url) => relay(&url, request).await,
+        Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+    }
+}
+
+async fn attach(
+    State(shared): State<Arc<Shared>>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    request: axum::extract::Request,
+) -> Response {
+    let query = stream_query(request.uri().query().unwrap_or_default());
+    let id = match running_container(&shared, &namespace, &pod, &container).await {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    let cri_request = crate::cri::v1::AttachRequest {
+        container_id: id,
+        stdin: query.stdin,
+        tty: query.tty,
+        stdout: query.stdout,
+        stderr: query.stderr && !query.tty,
+    };
+    match shared.cri.attach(cri_request).await {
+        Ok(url) => relay(&url, request).await,
+        Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+    }
+}
+
+async fn port_forward(
+    State(shared): State<Arc<Shared>>,
+    Path((namespace, pod)): Path<(String, String)>,
+    request: axum::extract::Request,
+) -> Response {
+    let Some(uid) = shared.pod_uid(&namespace, &pod) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("pod {namespace}/{pod} not found on this node"),
+        );
+    };
+    let sandboxes = shared
+        .cri
+        .list_pod_sandboxes_of(LABEL_POD_UID, &uid)
+        .await
+        .unwrap_or_default();
+    let Some(sandbox) = sandboxes
+        .iter()
+        .filter(|s| s.state == crate::cri::v1::PodSandboxState::SandboxReady as i32)
+        .max_by_key(|s| s.created_at)
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("pod {pod} has no running sandbox"),
+        );
+    };
+    let cri_request = crate::cri::v1::PortForwardRequest {
+        pod_sandbox_id: sandbox.id.clone(),
+        port: vec![],
+    };
+    match shared.cri.port_forward(cri_request).await {
+        Ok(url) => relay(&url, request).await,
+        Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+    }
+}
+
+/// Passes the client's upgrade request on to the runtime's streaming server at `url` (plain
+/// HTTP on loopback) and relays bytes both ways once both sides switched protocols.
+async fn relay(url: &str, mut request: axum::extract::Request) -> Response {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unexpected streaming URL {url}"),
+        );
+    };
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let client_side = hyper::upgrade::on(&mut request);
+    let Ok(tcp) = tokio::net::TcpStream::connect(authority).await else {
+        return error(
+            StatusCode::BAD_GATEWAY,
+            format!("cannot reach the runtime's streaming server at {authority}"),
+        );
+    };
+    let Ok((mut sender, connection)) =
+        hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await
+    else {
+        return error(
+            StatusCode::BAD_GATEWAY,
+            "streaming server handshake failed".into(),
+        );
+    };
+    tokio::spawn(connection.with_upgrades());
+    let mut outgoing = axum::http::Request::builder()
+        .method(request.method())
+        .uri(path)
+        .header("host", authority);
+    for (name, value) in request.headers() {
+        let lower = name.as_str().to_ascii_lowercase();
+        if matches!(
+            lower.as_str(),
+            "connection" | "upgrade" | "x-stream-protocol-version"
+        ) || lower.starts_with("sec-websocket-")
+        {
+            outgoing = outgoing.header(name, value);
+        }
+    }
+    let Ok(outgoing) = outgoing.body(Body::empty()) else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "bad request".into());
+    };
+    let mut response = match sender.send_request(outgoing).await {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_GATEWAY, e.to_string()),
+    };
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let status = response.status();
+        use http_body_util::BodyExt;
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        return error(status, String::from_utf8_lossy(&bytes).into_owned());
+    }
+    let runtime_side = hyper::upgrade::on(&mut response);
+    tokio::spawn(async move {
+        let (Ok(client), Ok(runtime)) = tokio::join!(client_side, runtime_side) else {
+            return;
+        };
+        let _ =
+            tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(runtime))
+                .await;
+    });
+    let mut out = Response::new(Body::empty());
+    *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    for (name, value) in response.headers() {
+        out.headers_mut().append(name, value.clone());
+    }
+    out
 }
 
 type Chunk = Result<Vec<u8>, std::io::Error>;

@@ -59,6 +59,8 @@ enum Command {
     Api(shoal_e2e::api_bench::ApiArgs),
     /// The scheduler and controllers with a fleet of simulated nodes.
     ControlPlane(shoal_e2e::control_bench::ControlPlaneArgs),
+    /// Pod startup on a real node (the server's agent, containerd, runc).
+    Pods(shoal_e2e::pod_bench::PodArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -172,6 +174,7 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{report}");
             Ok(())
         }
+        Command::Pods(args) => shoal_e2e::pod_bench::run(&args).await,
     }
 }
 
