@@ -89,4 +89,4 @@ pub use explain::{
 pub use filters::FilterKind;
 pub use quantity::QuantityError;
 pub use scheduler::{Placement, Scheduler, SchedulerConfig};
-pub use snapshot::{NodeUsageSummary, Snapshot};
+pub use snapshot::{NodeUpsert, NodeUsageSummary, Snapshot};
