@@ -76,7 +76,10 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let listener = server::bind(listen).await?;
     let tls = server::tls_config(&pki)?;
     let (stop_api, stop_rx) = tokio::sync::watch::channel(false);
-    let control_plane = start_control_plane(&api, &node_name, stop_rx.clone());
+    let node_lifecycle =
+        crate::controller_manager::node_lifecycle(&args.kube_controller_manager_args)
+            .map_err(anyhow::Error::msg)?;
+    let control_plane = start_control_plane(&api, &node_name, node_lifecycle, stop_rx.clone());
     let api = tokio::spawn(server::serve(listener, tls, routes::router(api), stop_rx));
 
     tracing::info!(
@@ -158,6 +161,7 @@ async fn repair_service_allocations(api: Arc<Api>) {
 fn start_control_plane(
     api: &Arc<Api>,
     node_name: &str,
+    node_lifecycle: shoal_controllers::node_lifecycle::NodeLifecycleConfig,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let identity = format!("{node_name}_{}", std::process::id());
@@ -173,7 +177,7 @@ fn start_control_plane(
         Timings::default(),
     )
     .run(stop.clone(), move |drain| {
-        shoal_controllers::run::run(controllers_client.clone(), drain)
+        shoal_controllers::run::run(controllers_client.clone(), node_lifecycle.clone(), drain)
     });
     let scheduler = LeaderElector::new(
         scheduler_client.clone(),

@@ -29,6 +29,7 @@ use kube::Resource;
 use tokio::sync::watch;
 
 use crate::events::Recorder;
+use crate::node_lifecycle::NodeLifecycleConfig;
 use cache::SharedCache;
 use expectations::Expectations;
 
@@ -116,8 +117,12 @@ async fn drained(mut drain: watch::Receiver<bool>) {
 /// bug), it is logged, the others are stopped and this returns early, so that the caller
 /// (the leader elector) starts the whole set again on fresh caches instead of running on
 /// with a loop silently missing.
-pub async fn run(client: kube::Client, drain: watch::Receiver<bool>) {
-    if let Err(e) = run_controllers(client, drain).await {
+pub async fn run(
+    client: kube::Client,
+    node_lifecycle: NodeLifecycleConfig,
+    drain: watch::Receiver<bool>,
+) {
+    if let Err(e) = run_controllers(client, node_lifecycle, drain).await {
         tracing::error!(error = %e, "controllers stopped");
     }
 }
@@ -169,6 +174,7 @@ impl Supervisor {
 
 async fn run_controllers(
     client: kube::Client,
+    node_lifecycle: NodeLifecycleConfig,
     drain: watch::Receiver<bool>,
 ) -> Result<(), LoopError> {
     let supervisor = Supervisor::new(drain);
@@ -306,7 +312,13 @@ async fn run_controllers(
         .boxed(),
         s.watch_over(
             "node-lifecycle",
-            nodes::run(client.clone(), pods_for_nodes, nodes_for_nodes, s.drain()),
+            nodes::run(
+                client.clone(),
+                node_lifecycle,
+                pods_for_nodes,
+                nodes_for_nodes,
+                s.drain(),
+            ),
         )
         .boxed(),
         s.watch_over("garbage-collector", garbage::run(client.clone(), s.drain()))

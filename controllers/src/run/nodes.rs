@@ -54,6 +54,7 @@ struct Lifecycle {
 /// shared caches (drained here, only as change signals).
 pub(super) async fn run(
     client: kube::Client,
+    config: NodeLifecycleConfig,
     pods: Subscription<Pod>,
     nodes: Subscription<Node>,
     mut drain: watch::Receiver<bool>,
@@ -72,7 +73,7 @@ pub(super) async fn run(
     );
     let lifecycle = Lifecycle {
         client: client.clone(),
-        config: NodeLifecycleConfig::default(),
+        config,
         nodes: nodes.reader(),
         leases,
         pods: pods.reader(),
