@@ -59,6 +59,8 @@ enum Command {
     Api(shoal_e2e::api_bench::ApiArgs),
     /// The scheduler and controllers with a fleet of simulated nodes.
     ControlPlane(shoal_e2e::control_bench::ControlPlaneArgs),
+    /// Time from losing simulated nodes until their pods run elsewhere.
+    NodeLoss(shoal_e2e::control_bench::NodeLossArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -169,6 +171,11 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::ControlPlane(args) => {
             let report = shoal_e2e::control_bench::run(args).await?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::NodeLoss(args) => {
+            let report = shoal_e2e::control_bench::run_node_loss(args).await?;
             println!("{report}");
             Ok(())
         }
