@@ -74,7 +74,8 @@ mod scores;
 mod selector;
 mod snapshot;
 mod spread;
-mod taints;
+// Shared with the DaemonSet controller, whose crate this one depends on.
+pub(crate) use shoal_controllers::taints;
 
 #[cfg(test)]
 mod fixtures;
