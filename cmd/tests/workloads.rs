@@ -34,19 +34,39 @@ fn ready(pod: &Value) -> bool {
     })
 }
 
+/// The first container's image of each active pod of `selector`.
+fn images(cluster: &Cluster, selector: &str) -> Vec<String> {
+    active_pods(cluster, selector)
+        .iter()
+        .map(|p| {
+            p["spec"]["containers"][0]["image"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect()
+}
+
+/// `kubectl create deployment NAME --image=busybox:1 --replicas=N`, then waits until
+/// `kubectl rollout status` says it rolled out.
+fn create_and_roll_out(cluster: &Cluster, name: &str, replicas: usize) {
+    cluster.kubectl(&[
+        "create",
+        "deployment",
+        name,
+        "--image=busybox:1",
+        &format!("--replicas={replicas}"),
+    ]);
+    let deployment = format!("deployment/{name}");
+    let status = cluster.kubectl(&["rollout", "status", &deployment, "--timeout=60s"]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+}
+
 #[test]
 fn deployments_roll_out_scale_update_within_bounds_and_undo() {
     let cluster = cluster();
     let _nodes = cluster.start_simulator(5, &["--name-prefix", "worker-"]);
-    cluster.kubectl(&[
-        "create",
-        "deployment",
-        "web",
-        "--image=busybox:1",
-        "--replicas=8",
-    ]);
-    let status = cluster.kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"]);
-    assert!(status.contains("successfully rolled out"), "{status}");
+    create_and_roll_out(&cluster, "web", 8);
     let pods = active_pods(&cluster, "app=web");
     assert_eq!(pods.len(), 8);
     assert!(pods.iter().all(ready));
@@ -109,15 +129,7 @@ fn deployments_roll_out_scale_update_within_bounds_and_undo() {
         fewest_ready >= 9,
         "unavailable bound broken: {fewest_ready} ready"
     );
-    let images: Vec<String> = active_pods(&cluster, "app=web")
-        .iter()
-        .map(|p| {
-            p["spec"]["containers"][0]["image"]
-                .as_str()
-                .unwrap_or("")
-                .to_string()
-        })
-        .collect();
+    let images = images(&cluster, "app=web");
     assert_eq!(images.len(), 12);
     assert!(images.iter().all(|i| i == "busybox:2"), "{images:?}");
     let history = cluster.kubectl(&["rollout", "history", "deployment/web"]);
@@ -137,34 +149,14 @@ fn deployments_roll_out_scale_update_within_bounds_and_undo() {
     assert!(described.contains("ScalingReplicaSet"), "{described}");
 }
 
-fn images(cluster: &Cluster, selector: &str) -> Vec<String> {
-    active_pods(cluster, selector)
-        .iter()
-        .map(|p| {
-            p["spec"]["containers"][0]["image"]
-                .as_str()
-                .unwrap_or("")
-                .to_string()
-        })
-        .collect()
-}
-
 /// `kubectl rollout pause` holds template changes back (no new ReplicaSet, `rollout status`
-/// shows none of the new replicas), `resume` rolls them out, `restart` replaces every pod with the same
-/// image, and `rollout status` ends with success after each.
+/// shows none of the new replicas), `resume` rolls them out, `restart` replaces every pod
+/// with the same image, and `rollout status` ends with success after each.
 #[test]
 fn rollout_pause_resume_and_restart() {
     let cluster = cluster();
     let _nodes = cluster.start_simulator(3, &["--name-prefix", "worker-"]);
-    cluster.kubectl(&[
-        "create",
-        "deployment",
-        "api",
-        "--image=busybox:1",
-        "--replicas=4",
-    ]);
-    let status = cluster.kubectl(&["rollout", "status", "deployment/api", "--timeout=60s"]);
-    assert!(status.contains("successfully rolled out"), "{status}");
+    create_and_roll_out(&cluster, "api", 4);
     let replica_sets = |cluster: &Cluster| {
         cluster.json(&["get", "replicasets", "-l", "app=api"])["items"]
             .as_array()

@@ -361,6 +361,16 @@ mod election_tests {
 
     use super::*;
 
+    /// A client of an in-memory API server.
+    async fn api_client() -> Result<kube::Client, Box<dyn std::error::Error>> {
+        let server = Arc::new(Server::new(
+            Arc::new(MemStore::new(Default::default())),
+            "127.0.0.1:6443".into(),
+        ));
+        server.bootstrap().await.map_err(|e| e.message)?;
+        Ok(shoal_apiserver::in_process::client(server, "test", &[]))
+    }
+
     fn quick() -> Timings {
         Timings {
             lease_duration: Duration::from_secs(2),
@@ -374,12 +384,7 @@ mod election_tests {
     #[tokio::test]
     async fn one_leader_at_a_time_and_a_handover_on_release(
     ) -> Result<(), Box<dyn std::error::Error>> {
-        let server = Arc::new(Server::new(
-            Arc::new(MemStore::new(Default::default())),
-            "127.0.0.1:6443".into(),
-        ));
-        server.bootstrap().await.map_err(|e| e.message)?;
-        let client = shoal_apiserver::in_process::client(server, "test", &[]);
+        let client = api_client().await?;
         let working = Arc::new(AtomicUsize::new(0));
         let max_working = Arc::new(AtomicUsize::new(0));
         let started = Arc::new(AtomicUsize::new(0));
@@ -444,12 +449,7 @@ mod election_tests {
     #[tokio::test]
     async fn work_that_ends_or_panics_while_leading_is_restarted(
     ) -> Result<(), Box<dyn std::error::Error>> {
-        let server = Arc::new(Server::new(
-            Arc::new(MemStore::new(Default::default())),
-            "127.0.0.1:6443".into(),
-        ));
-        server.bootstrap().await.map_err(|e| e.message)?;
-        let client = shoal_apiserver::in_process::client(server, "test", &[]);
+        let client = api_client().await?;
         let elector = LeaderElector::new(client, "kube-system", "restart-lease", "a", quick());
         let started = Arc::new(AtomicUsize::new(0));
         let (stop, stopped) = watch::channel(false);

@@ -564,7 +564,7 @@ pub async fn run_node_loss(args: NodeLossArgs) -> Result<String> {
             tainted = Some(at);
         }
         let current = pods.list(&list).await?.items;
-        let evicted = current
+        let left: Vec<&Pod> = current
             .iter()
             .filter(|p| {
                 p.metadata
@@ -572,16 +572,11 @@ pub async fn run_node_loss(args: NodeLossArgs) -> Result<String> {
                     .as_ref()
                     .is_some_and(|n| victims.contains(n))
             })
+            .collect();
+        let still_there = left.len();
+        let evicted = left
+            .iter()
             .filter(|p| p.metadata.deletion_timestamp.is_some())
-            .count();
-        let still_there = current
-            .iter()
-            .filter(|p| {
-                p.metadata
-                    .name
-                    .as_ref()
-                    .is_some_and(|n| victims.contains(n))
-            })
             .count();
         if first_evicted.is_none() && (evicted > 0 || still_there < victims.len()) {
             first_evicted = Some(at);
