@@ -123,6 +123,11 @@ pub struct ServerArgs {
     #[arg(long, env = "SHOAL_DISABLE_AGENT")]
     pub disable_agent: bool,
 
+    /// A kube-controller-manager flag as KEY=VALUE (repeatable), e.g.
+    /// node-monitor-grace-period=20s; the node lifecycle's flags are supported.
+    #[arg(long = "kube-controller-manager-arg", value_name = "KEY=VALUE")]
+    pub kube_controller_manager_args: Vec<String>,
+
     #[command(flatten)]
     pub node: NodeArgs,
 }

@@ -114,6 +114,8 @@ fn flags_from_yaml(text: &str, subcommand: &str) -> Result<Vec<String>> {
 
 /// Checks that need several flags together.
 pub fn validate_server(args: &ServerArgs) -> Result<()> {
+    crate::controller_manager::node_lifecycle(&args.kube_controller_manager_args)
+        .map_err(anyhow::Error::msg)?;
     if !args.service_cidr.contains(args.cluster_dns) {
         bail!(
             "--cluster-dns {} is not inside --service-cidr {}",

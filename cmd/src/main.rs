@@ -3,6 +3,7 @@
 
 mod cli;
 mod config;
+mod controller_manager;
 mod node;
 mod server;
 mod simulate;

@@ -83,8 +83,16 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let listener = server::bind(listen).await?;
     let tls = server::tls_config(&pki)?;
     let (stop_api, stop_rx) = tokio::sync::watch::channel(false);
-    let mut control_plane =
-        start_control_plane(&api, &node_name, args.cluster_cidr, stop_rx.clone());
+    let node_lifecycle =
+        crate::controller_manager::node_lifecycle(&args.kube_controller_manager_args)
+            .map_err(anyhow::Error::msg)?;
+    let mut control_plane = start_control_plane(
+        &api,
+        &node_name,
+        node_lifecycle,
+        args.cluster_cidr,
+        stop_rx.clone(),
+    );
     if !args.disable_agent {
         let config = crate::node::agent_config(
             &args.node,
@@ -194,6 +202,7 @@ async fn repair_service_allocations(api: Arc<Api>) {
 fn start_control_plane(
     api: &Arc<Api>,
     node_name: &str,
+    node_lifecycle: shoal_controllers::node_lifecycle::NodeLifecycleConfig,
     cluster_cidr: shoal_common::Cidr,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
@@ -211,9 +220,10 @@ fn start_control_plane(
     )
     .run(stop.clone(), move |drain| {
         let client = controllers_client.clone();
+        let node_lifecycle = node_lifecycle.clone();
         async move {
             tokio::join!(
-                shoal_controllers::run::run(client.clone(), drain.clone()),
+                shoal_controllers::run::run(client.clone(), node_lifecycle, drain.clone()),
                 shoal_controllers::run::node_ipam::run(client, cluster_cidr, drain),
             );
         }

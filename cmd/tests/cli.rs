@@ -71,6 +71,22 @@ fn bad_flags_are_usage_errors() {
         run(shoal().args(["server", "--cluster-domain", "bad..domain"])),
         "domain",
     );
+    assert_usage_error(
+        run(shoal().args([
+            "server",
+            "--kube-controller-manager-arg",
+            "node-monitor-period=5s",
+        ])),
+        "not supported",
+    );
+    assert_usage_error(
+        run(shoal().args([
+            "server",
+            "--kube-controller-manager-arg",
+            "node-monitor-grace-period=soon",
+        ])),
+        "node-monitor-grace-period",
+    );
     assert_usage_error(run(shoal().args(["frobnicate"])), "frobnicate");
     assert_usage_error(run(shoal().args(["agent"])), "--server");
     assert_usage_error(

@@ -34,19 +34,39 @@ fn ready(pod: &Value) -> bool {
     })
 }
 
+/// The first container's image of each active pod of `selector`.
+fn images(cluster: &Cluster, selector: &str) -> Vec<String> {
+    active_pods(cluster, selector)
+        .iter()
+        .map(|p| {
+            p["spec"]["containers"][0]["image"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect()
+}
+
+/// `kubectl create deployment NAME --image=busybox:1 --replicas=N`, then waits until
+/// `kubectl rollout status` says it rolled out.
+fn create_and_roll_out(cluster: &Cluster, name: &str, replicas: usize) {
+    cluster.kubectl(&[
+        "create",
+        "deployment",
+        name,
+        "--image=busybox:1",
+        &format!("--replicas={replicas}"),
+    ]);
+    let deployment = format!("deployment/{name}");
+    let status = cluster.kubectl(&["rollout", "status", &deployment, "--timeout=60s"]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+}
+
 #[test]
 fn deployments_roll_out_scale_update_within_bounds_and_undo() {
     let cluster = cluster();
     let _nodes = cluster.start_simulator(5, &["--name-prefix", "worker-"]);
-    cluster.kubectl(&[
-        "create",
-        "deployment",
-        "web",
-        "--image=busybox:1",
-        "--replicas=8",
-    ]);
-    let status = cluster.kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"]);
-    assert!(status.contains("successfully rolled out"), "{status}");
+    create_and_roll_out(&cluster, "web", 8);
     let pods = active_pods(&cluster, "app=web");
     assert_eq!(pods.len(), 8);
     assert!(pods.iter().all(ready));
@@ -109,15 +129,7 @@ fn deployments_roll_out_scale_update_within_bounds_and_undo() {
         fewest_ready >= 9,
         "unavailable bound broken: {fewest_ready} ready"
     );
-    let images: Vec<String> = active_pods(&cluster, "app=web")
-        .iter()
-        .map(|p| {
-            p["spec"]["containers"][0]["image"]
-                .as_str()
-                .unwrap_or("")
-                .to_string()
-        })
-        .collect();
+    let images = images(&cluster, "app=web");
     assert_eq!(images.len(), 12);
     assert!(images.iter().all(|i| i == "busybox:2"), "{images:?}");
     let history = cluster.kubectl(&["rollout", "history", "deployment/web"]);
@@ -135,6 +147,81 @@ fn deployments_roll_out_scale_update_within_bounds_and_undo() {
     assert_eq!(image, "busybox:1");
     let described = cluster.kubectl(&["describe", "deployment/web"]);
     assert!(described.contains("ScalingReplicaSet"), "{described}");
+}
+
+/// `kubectl rollout pause` holds template changes back (no new ReplicaSet, `rollout status`
+/// shows none of the new replicas), `resume` rolls them out, `restart` replaces every pod
+/// with the same image, and `rollout status` ends with success after each.
+#[test]
+fn rollout_pause_resume_and_restart() {
+    let cluster = cluster();
+    let _nodes = cluster.start_simulator(3, &["--name-prefix", "worker-"]);
+    create_and_roll_out(&cluster, "api", 4);
+    let replica_sets = |cluster: &Cluster| {
+        cluster.json(&["get", "replicasets", "-l", "app=api"])["items"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    assert_eq!(replica_sets(&cluster), 1);
+
+    cluster.kubectl(&["rollout", "pause", "deployment/api"]);
+    cluster.kubectl(&["set", "image", "deployment/api", "busybox=busybox:2"]);
+    // The controller records the pause: Progressing says DeploymentPaused.
+    eventually("the pause recorded", Duration::from_secs(30), || {
+        let deployment = cluster.json(&["get", "deployment/api"]);
+        deployment["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Progressing" && c["reason"] == "DeploymentPaused")
+            .then_some(())
+    });
+    // Nothing rolls while paused, and `rollout status` says so instead of waiting.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        replica_sets(&cluster),
+        1,
+        "a paused Deployment made a ReplicaSet"
+    );
+    assert!(images(&cluster, "app=api").iter().all(|i| i == "busybox:1"));
+    let paused = cluster.kubectl_with_input(
+        &["rollout", "status", "deployment/api", "--watch=false"],
+        None,
+    );
+    let said = String::from_utf8_lossy(&paused.stdout);
+    assert!(
+        said.contains("0 out of 4 new replicas have been updated"),
+        "{said}"
+    );
+
+    cluster.kubectl(&["rollout", "resume", "deployment/api"]);
+    let status = cluster.kubectl(&["rollout", "status", "deployment/api", "--timeout=90s"]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    let now = images(&cluster, "app=api");
+    assert_eq!(now.len(), 4);
+    assert!(now.iter().all(|i| i == "busybox:2"), "{now:?}");
+
+    // restart: a new template (the restartedAt annotation), every pod replaced, same image.
+    let before: Vec<String> = active_pods(&cluster, "app=api")
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str().map(String::from))
+        .collect();
+    cluster.kubectl(&["rollout", "restart", "deployment/api"]);
+    let status = cluster.kubectl(&["rollout", "status", "deployment/api", "--timeout=90s"]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    let after = active_pods(&cluster, "app=api");
+    assert_eq!(after.len(), 4);
+    assert!(
+        after.iter().all(|p| p["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| !before.iter().any(|b| b == n))),
+        "some pods were not replaced: before {before:?}"
+    );
+    assert!(images(&cluster, "app=api").iter().all(|i| i == "busybox:2"));
+    assert!(after
+        .iter()
+        .all(|p| !p["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"].is_null()));
+    let history = cluster.kubectl(&["rollout", "history", "deployment/api"]);
+    assert!(history.contains('3'), "three revisions: {history}");
 }
 
 #[test]

@@ -209,7 +209,8 @@ impl LeaderElector {
 
     /// Runs `work` whenever this process leads, until `shutdown` turns true. `work` gets a
     /// drain receiver that turns true when leadership is lost or on shutdown; it must return
-    /// soon after. It may be started again when leadership is regained.
+    /// soon after. It may be started again when leadership is regained, and is started again
+    /// (with an error logged) if it returns or panics on its own while this process leads.
     pub async fn run<F, Fut>(self, mut shutdown: watch::Receiver<bool>, work: F)
     where
         F: Fn(watch::Receiver<bool>) -> Fut,
@@ -226,6 +227,19 @@ impl LeaderElector {
             }
             if *shutdown.borrow() {
                 break;
+            }
+            // Work that ended on its own while we lead (an error, a panic) would leave the
+            // cluster without its loops while the Lease says they run: say so, and start it
+            // again below (at most once per retry period).
+            if let Some((_, task)) = leading.take_if(|(_, task)| task.is_finished()) {
+                match task.await {
+                    Ok(()) => {
+                        tracing::error!(lease = %self.name, "work ended while leading; restarting it")
+                    }
+                    Err(e) => {
+                        tracing::error!(lease = %self.name, error = %e, "work failed while leading; restarting it")
+                    }
+                }
             }
             let held = match self.try_acquire_or_renew().await {
                 Ok(held) => held,
@@ -347,6 +361,16 @@ mod election_tests {
 
     use super::*;
 
+    /// A client of an in-memory API server.
+    async fn api_client() -> Result<kube::Client, Box<dyn std::error::Error>> {
+        let server = Arc::new(Server::new(
+            Arc::new(MemStore::new(Default::default())),
+            "127.0.0.1:6443".into(),
+        ));
+        server.bootstrap().await.map_err(|e| e.message)?;
+        Ok(shoal_apiserver::in_process::client(server, "test", &[]))
+    }
+
     fn quick() -> Timings {
         Timings {
             lease_duration: Duration::from_secs(2),
@@ -360,12 +384,7 @@ mod election_tests {
     #[tokio::test]
     async fn one_leader_at_a_time_and_a_handover_on_release(
     ) -> Result<(), Box<dyn std::error::Error>> {
-        let server = Arc::new(Server::new(
-            Arc::new(MemStore::new(Default::default())),
-            "127.0.0.1:6443".into(),
-        ));
-        server.bootstrap().await.map_err(|e| e.message)?;
-        let client = shoal_apiserver::in_process::client(server, "test", &[]);
+        let client = api_client().await?;
         let working = Arc::new(AtomicUsize::new(0));
         let max_working = Arc::new(AtomicUsize::new(0));
         let started = Arc::new(AtomicUsize::new(0));
@@ -422,6 +441,45 @@ mod election_tests {
         for task in tasks {
             task.await?;
         }
+        Ok(())
+    }
+
+    /// Work that returns, or panics, while its elector leads is started again: a control loop
+    /// must never stop silently while the Lease says it runs.
+    #[tokio::test]
+    async fn work_that_ends_or_panics_while_leading_is_restarted(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let client = api_client().await?;
+        let elector = LeaderElector::new(client, "kube-system", "restart-lease", "a", quick());
+        let started = Arc::new(AtomicUsize::new(0));
+        let (stop, stopped) = watch::channel(false);
+        let counter = started.clone();
+        let task = tokio::spawn(elector.run(stopped, move |mut drain| {
+            let counter = counter.clone();
+            async move {
+                match counter.fetch_add(1, Ordering::SeqCst) {
+                    0 => {}                                      // returns at once
+                    1 => panic!("a loop panicked (on purpose)"), // panics
+                    _ => {
+                        let _ = drain.wait_for(|d| *d).await;
+                    }
+                }
+            }
+        }));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while started.load(Ordering::SeqCst) < 3 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            started.load(Ordering::SeqCst),
+            3,
+            "restarted after ending and panicking"
+        );
+        // Work that keeps running is not started again.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(started.load(Ordering::SeqCst), 3);
+        let _ = stop.send(true);
+        task.await?;
         Ok(())
     }
 }

@@ -47,6 +47,7 @@ pub mod run;
 pub mod selector;
 pub mod service_account;
 pub mod statefulset;
+pub mod taints;
 mod time;
 
 #[cfg(test)]

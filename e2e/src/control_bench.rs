@@ -1,8 +1,13 @@
 //! `shoal-bench control-plane`: the scheduler and controllers at scale — the real
 //! `shoal server` with `shoal simulate-nodes` registering a fleet of simulated nodes (the same
-//! API a real agent uses), driven over HTTPS with kube-rs. Figures: pods bound per second when
-//! many unscheduled pods arrive at once, and the time from creating a large Deployment until
-//! all its pods run.
+//! API a real agent uses), driven over HTTPS with kube-rs. Figures, in this order:
+//! - pods bound per second when every pod is pending before any node may take one (all nodes
+//!   cordoned while the pods are created and the scheduler has found them unschedulable, then
+//!   all uncordoned);
+//! - the time from creating a large Deployment until all its pods run, right after the
+//!   previous workload's pods were removed by one `deletecollection` (the mass deletion once
+//!   froze the controllers' shared pod cache);
+//! - pods bound per second when many unscheduled pods arrive at once.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -12,8 +17,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Config};
 
@@ -31,6 +36,9 @@ pub struct ControlPlaneArgs {
     /// Unscheduled pods created at once for the scheduling figure.
     #[arg(long, default_value_t = 10_000)]
     pub pods: usize,
+    /// Pods created while every node is cordoned, then scheduled all at once (0 skips it).
+    #[arg(long, default_value_t = 10_000)]
+    pub pending_pods: usize,
     /// Replicas of the Deployment.
     #[arg(long, default_value_t = 10_000)]
     pub replicas: i32,
@@ -52,7 +60,12 @@ impl Drop for Simulator {
     }
 }
 
-fn start_simulator(binary: &Path, kubeconfig: &Path, nodes: usize) -> Result<Simulator> {
+fn start_simulator(
+    binary: &Path,
+    kubeconfig: &Path,
+    nodes: usize,
+    extra: &[&str],
+) -> Result<Simulator> {
     let mut child = Command::new(binary)
         .args([
             "simulate-nodes",
@@ -61,6 +74,7 @@ fn start_simulator(binary: &Path, kubeconfig: &Path, nodes: usize) -> Result<Sim
             "--kubeconfig",
         ])
         .arg(kubeconfig)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -81,9 +95,9 @@ fn start_simulator(binary: &Path, kubeconfig: &Path, nodes: usize) -> Result<Sim
     Ok(simulator)
 }
 
-fn pending_pod(name: String) -> Pod {
+fn pending_pod(name: String, app: &str) -> Pod {
     serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name, "labels": {"app": "sched-bench"}},
+        "metadata": {"name": name, "labels": {"app": app}},
         "spec": {"containers": [{"name": "c", "image": "registry.local/app:1",
             "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]},
     }))
@@ -143,33 +157,166 @@ fn running(pod: &Pod) -> bool {
     pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
 }
 
-/// Runs the workloads and returns the Markdown report.
-pub async fn run(args: ControlPlaneArgs) -> Result<String> {
-    let binary = match &args.shoal {
+/// Creates `count` pods labelled `app` from `clients` concurrent clients.
+fn create_pods(
+    client: &Client,
+    app: &'static str,
+    count: usize,
+    clients: usize,
+) -> tokio::task::JoinSet<Result<(), kube::Error>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..clients {
+        let pods = pods.clone();
+        tasks.spawn(async move {
+            for i in (c..count).step_by(clients) {
+                pods.create(
+                    &PostParams::default(),
+                    &pending_pod(format!("{app}-{i}"), app),
+                )
+                .await?;
+            }
+            Ok(())
+        });
+    }
+    tasks
+}
+
+/// Sets `spec.unschedulable` on every node, `clients` patches at a time.
+async fn cordon_all(client: &Client, unschedulable: bool, clients: usize) -> Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let names: Vec<String> = nodes
+        .list_metadata(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    let patch = serde_json::json!({"spec": {"unschedulable": unschedulable}});
+    let results: Vec<Result<Node, kube::Error>> = futures::stream::iter(names)
+        .map(|name| {
+            let (nodes, patch) = (nodes.clone(), patch.clone());
+            async move {
+                nodes
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+            }
+        })
+        .buffer_unordered(clients.max(1))
+        .collect()
+        .await;
+    for result in results {
+        result?;
+    }
+    Ok(())
+}
+
+fn unschedulable(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| c.type_ == "PodScheduled" && c.status == "False")
+        })
+}
+
+/// Every pod pending before any node may take one: nodes cordoned, `count` pods created and
+/// found unschedulable by the scheduler, then every node uncordoned; measures from the first
+/// uncordon until the last pod is bound.
+async fn all_pending(
+    client: &Client,
+    nodes: usize,
+    count: usize,
+    clients: usize,
+) -> Result<String> {
+    eprintln!("{count} pods pending on {nodes} cordoned nodes");
+    cordon_all(client, true, clients).await?;
+    let mut tasks = create_pods(client, "pending-bench", count, clients.max(1));
+    while let Some(result) = tasks.join_next().await {
+        result??;
+    }
+    wait_for_pods(
+        client,
+        "app=pending-bench",
+        count,
+        Duration::from_secs(600),
+        unschedulable,
+    )
+    .await?;
+    eprintln!("uncordoning {nodes} nodes");
+    let all_bound = wait_for_pods(
+        client,
+        "app=pending-bench",
+        count,
+        Duration::from_secs(600),
+        bound,
+    );
+    let started = Instant::now();
+    let (all_bound, uncordoned) = tokio::join!(all_bound, async {
+        cordon_all(client, false, clients).await?;
+        Ok::<_, anyhow::Error>(Instant::now())
+    });
+    let uncordoned = uncordoned?;
+    let seconds = all_bound?.duration_since(started).as_secs_f64();
+    Ok(format!(
+        "| {count} pods all pending on {nodes} cordoned nodes, then every node uncordoned (in {:.1} s) | pods bound/s (first uncordon → last bind) | {:.0} |",
+        uncordoned.duration_since(started).as_secs_f64(),
+        count as f64 / seconds
+    ))
+}
+
+/// The `shoal` binary: `--shoal`, or the one next to this benchmark.
+fn shoal_binary(given: Option<&PathBuf>) -> Result<PathBuf> {
+    Ok(match given {
         Some(path) => path.clone(),
         None => std::env::current_exe()?.with_file_name("shoal"),
-    };
+    })
+}
+
+async fn client_for(server: &ShoalServer) -> Result<Client> {
+    let config = Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(server.kubeconfig())?,
+        &Default::default(),
+    )
+    .await?;
+    Ok(Client::try_from(config)?)
+}
+
+/// Runs the workloads and returns the Markdown report.
+pub async fn run(args: ControlPlaneArgs) -> Result<String> {
+    let binary = shoal_binary(args.shoal.as_ref())?;
     let dir = tempfile::Builder::new()
         .prefix("shoal-bench-control-")
         .tempdir_in(&args.dir)?;
     let server = ShoalServer::start(&binary, dir.path(), free_port()?, &["--disable-agent"])?;
     let kubeconfig = server.kubeconfig();
-    let config = Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(&kubeconfig)?,
-        &Default::default(),
-    )
-    .await?;
-    let client = Client::try_from(config)?;
+    let client = client_for(&server).await?;
     let mut rows = Vec::new();
 
     eprintln!("registering {} simulated nodes", args.nodes);
     let t = Instant::now();
-    let _simulator = start_simulator(&binary, &kubeconfig, args.nodes)?;
+    let _simulator = start_simulator(&binary, &kubeconfig, args.nodes, &[])?;
     rows.push(format!(
         "| register {} simulated nodes | seconds | {:.1} |",
         args.nodes,
         t.elapsed().as_secs_f64()
     ));
+
+    let mut replaced = None;
+    if args.pending_pods > 0 {
+        rows.push(all_pending(&client, args.nodes, args.pending_pods, args.clients).await?);
+        // Gone in one call, as `kubectl delete pods --all` does: the Deployment below starts
+        // while the simulated nodes are still finishing these deletions.
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+        pods.delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels("app=pending-bench"),
+        )
+        .await?;
+        replaced = Some(args.pending_pods);
+    }
 
     eprintln!("a Deployment of {} replicas", args.replicas);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
@@ -193,27 +340,19 @@ pub async fn run(args: ControlPlaneArgs) -> Result<String> {
         running,
     )
     .await?;
+    let after = replaced.map_or(String::new(), |n| {
+        format!(", right after a deletecollection of {n} bound pods")
+    });
     rows.push(format!(
-        "| Deployment of {} replicas on {} nodes | seconds from create until all Running | {:.1} |",
+        "| Deployment of {} replicas on {} nodes{after} | seconds from create until all Running | {:.1} |",
         args.replicas,
         args.nodes,
         all_running.duration_since(started).as_secs_f64()
     ));
     eprintln!("scheduling {} pods", args.pods);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
     let clients = args.clients.max(1);
-    for c in 0..clients {
-        let (pods, count) = (pods.clone(), args.pods);
-        tasks.spawn(async move {
-            for i in (c..count).step_by(clients) {
-                pods.create(&PostParams::default(), &pending_pod(format!("sched-{i}")))
-                    .await?;
-            }
-            Ok::<_, kube::Error>(())
-        });
-    }
+    let mut tasks = create_pods(&client, "sched-bench", args.pods, clients);
     let total = args.pods;
     let all_bound = wait_for_pods(
         &client,
@@ -257,5 +396,226 @@ pub async fn run(args: ControlPlaneArgs) -> Result<String> {
     Ok(format!(
         "| Workload | Metric | Value |\n|---|---|---|\n{}",
         rows.join("\n")
+    ))
+}
+
+/// What `shoal-bench node-loss` runs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeLossArgs {
+    /// The shoal binary to start (default: `shoal` next to this benchmark).
+    #[arg(long)]
+    pub shoal: Option<PathBuf>,
+    /// Simulated nodes in all, the lost ones included.
+    #[arg(long, default_value_t = 100)]
+    pub nodes: usize,
+    /// Nodes lost at once (their simulator is SIGKILLed).
+    #[arg(long, default_value_t = 1)]
+    pub lost: usize,
+    /// Replicas of the Deployment spread over the nodes.
+    #[arg(long, default_value_t = 1_000)]
+    pub replicas: i32,
+    /// Passed as `--kube-controller-manager-arg node-monitor-grace-period=…` (default: the
+    /// server's, Kubernetes' 50 s).
+    #[arg(long)]
+    pub node_monitor_grace_period: Option<String>,
+    /// `tolerationSeconds` of the pods' not-ready/unreachable tolerations (default: none
+    /// given, so the API's DefaultTolerationSeconds adds Kubernetes' 300 s).
+    #[arg(long)]
+    pub toleration_seconds: Option<i64>,
+    /// Where the server's data directory goes (a real disk).
+    #[arg(long, default_value = "/var/tmp")]
+    pub dir: PathBuf,
+}
+
+fn on_lost_node(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .is_some_and(|n| n.starts_with("lost-"))
+}
+
+fn node_ready_status(node: &Node) -> Option<String> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.status.clone())
+}
+
+/// Kills the simulator of `lost` nodes among `nodes` and times what follows: the node marked
+/// Unknown and tainted, its pods evicted, replacements Running elsewhere.
+pub async fn run_node_loss(args: NodeLossArgs) -> Result<String> {
+    if args.lost == 0 || args.lost >= args.nodes {
+        bail!("--lost must be at least 1 and fewer than --nodes");
+    }
+    let binary = shoal_binary(args.shoal.as_ref())?;
+    let dir = tempfile::Builder::new()
+        .prefix("shoal-bench-node-loss-")
+        .tempdir_in(&args.dir)?;
+    let grace_arg = args
+        .node_monitor_grace_period
+        .as_ref()
+        .map(|g| format!("node-monitor-grace-period={g}"));
+    let mut extra = vec!["--disable-agent"];
+    if let Some(arg) = &grace_arg {
+        extra.extend(["--kube-controller-manager-arg", arg.as_str()]);
+    }
+    let server = ShoalServer::start(&binary, dir.path(), free_port()?, &extra)?;
+    let kubeconfig = server.kubeconfig();
+    let client = client_for(&server).await?;
+    let _healthy = start_simulator(&binary, &kubeconfig, args.nodes - args.lost, &[])?;
+    let lost = start_simulator(&binary, &kubeconfig, args.lost, &["--name-prefix", "lost-"])?;
+
+    let tolerations = args.toleration_seconds.map(|seconds| {
+        [
+            "node.kubernetes.io/not-ready",
+            "node.kubernetes.io/unreachable",
+        ]
+        .map(|key| {
+            serde_json::json!({"key": key, "operator": "Exists",
+                "effect": "NoExecute", "tolerationSeconds": seconds})
+        })
+        .to_vec()
+    });
+    let mut template_spec = serde_json::json!({"containers": [{"name": "c",
+        "image": "registry.local/app:1",
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]});
+    if let Some(tolerations) = tolerations {
+        template_spec["tolerations"] = serde_json::Value::Array(tolerations);
+    }
+    let deployment: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "survivor"},
+        "spec": {"replicas": args.replicas, "selector": {"matchLabels": {"app": "survivor"}},
+            "template": {"metadata": {"labels": {"app": "survivor"}}, "spec": template_spec}},
+    }))?;
+    Api::<Deployment>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &deployment)
+        .await?;
+    let replicas = usize::try_from(args.replicas).unwrap_or(0);
+    eprintln!("waiting for {replicas} pods to run");
+    wait_for_pods(
+        &client,
+        "app=survivor",
+        replicas,
+        Duration::from_secs(600),
+        running,
+    )
+    .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let nodes: Api<Node> = Api::all(client.clone());
+    let list = ListParams::default().labels("app=survivor");
+    let victims: std::collections::HashSet<String> = pods
+        .list(&list)
+        .await?
+        .items
+        .iter()
+        .filter(|p| on_lost_node(p))
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    eprintln!(
+        "killing the simulator of {} node(s) running {} pods",
+        args.lost,
+        victims.len()
+    );
+    drop(lost); // SIGKILL
+    let killed = Instant::now();
+    let (mut unknown, mut tainted, mut first_evicted, mut all_evicted, mut replaced) =
+        (None, None, None, None, None);
+    let deadline = killed + Duration::from_secs(1_800);
+    while replaced.is_none() {
+        if Instant::now() > deadline {
+            bail!("pods not replaced within 30 minutes of the node loss");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let at = killed.elapsed().as_secs_f64();
+        let lost_nodes: Vec<Node> = nodes
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|n| {
+                n.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("lost-"))
+            })
+            .collect();
+        if unknown.is_none()
+            && lost_nodes
+                .iter()
+                .all(|n| node_ready_status(n).as_deref() == Some("Unknown"))
+        {
+            unknown = Some(at);
+        }
+        if tainted.is_none()
+            && lost_nodes.iter().all(|n| {
+                n.spec
+                    .as_ref()
+                    .and_then(|s| s.taints.as_ref())
+                    .is_some_and(|t| {
+                        t.iter().any(|t| {
+                            t.key == "node.kubernetes.io/unreachable" && t.effect == "NoExecute"
+                        })
+                    })
+            })
+        {
+            tainted = Some(at);
+        }
+        let current = pods.list(&list).await?.items;
+        let left: Vec<&Pod> = current
+            .iter()
+            .filter(|p| {
+                p.metadata
+                    .name
+                    .as_ref()
+                    .is_some_and(|n| victims.contains(n))
+            })
+            .collect();
+        let still_there = left.len();
+        let evicted = left
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_some())
+            .count();
+        if first_evicted.is_none() && (evicted > 0 || still_there < victims.len()) {
+            first_evicted = Some(at);
+        }
+        if all_evicted.is_none() && evicted == still_there {
+            all_evicted = Some(at);
+        }
+        let serving = current
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none() && !on_lost_node(p))
+            .filter(|p| running(p))
+            .count();
+        if all_evicted.is_some() && serving >= replicas {
+            replaced = Some(at);
+        }
+    }
+    let seconds = |t: Option<f64>| t.map_or("–".to_string(), |t| format!("{t:.1}"));
+    let grace = args
+        .node_monitor_grace_period
+        .clone()
+        .unwrap_or_else(|| "50s (default)".into());
+    let toleration = args
+        .toleration_seconds
+        .map_or("300 s (default)".to_string(), |s| format!("{s} s"));
+    Ok(format!(
+        "{} of {} simulated nodes SIGKILLed with {} of {} pods on them; node-monitor-grace-period {grace}, pods tolerate unreachable for {toleration}\n\n\
+         | seconds after the kill | |\n|---|---:|\n\
+         | node Ready=Unknown | {} |\n| node tainted unreachable:NoExecute | {} |\n\
+         | first pod evicted | {} |\n| last pod evicted | {} |\n\
+         | all {} replicas Running on other nodes | {} |",
+        args.lost,
+        args.nodes,
+        victims.len(),
+        replicas,
+        seconds(unknown),
+        seconds(tainted),
+        seconds(first_evicted),
+        seconds(all_evicted),
+        replicas,
+        seconds(replaced),
     ))
 }

@@ -74,7 +74,8 @@ mod scores;
 mod selector;
 mod snapshot;
 mod spread;
-mod taints;
+// Shared with the DaemonSet controller, whose crate this one depends on.
+pub(crate) use shoal_controllers::taints;
 
 #[cfg(test)]
 mod fixtures;
@@ -89,4 +90,4 @@ pub use explain::{
 pub use filters::FilterKind;
 pub use quantity::QuantityError;
 pub use scheduler::{Placement, Scheduler, SchedulerConfig};
-pub use snapshot::{NodeUsageSummary, Snapshot};
+pub use snapshot::{NodeUpsert, NodeUsageSummary, Snapshot};

@@ -12,7 +12,9 @@ const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
 const LABEL_REGION_BETA: &str = "failure-domain.beta.kubernetes.io/region";
 const LABEL_ZONE_BETA: &str = "failure-domain.beta.kubernetes.io/zone";
 
-#[derive(Debug, Clone, Default)]
+/// Equal infos schedule alike: a node update that leaves its info equal (a status heartbeat)
+/// cannot make a pod fit, so it need not send unschedulable pods back to the queue.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct NodeInfo {
     pub name: String,
     pub labels: Labels,

@@ -5,7 +5,9 @@
 //! condition and a `FailedScheduling` event. Unschedulable pods are retried with backoff when
 //! the cluster changes, as kube-scheduler's queue does.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -16,13 +18,19 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Resource, ResourceExt};
 use shoal_controllers::events::{EventType, Recorder};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 
 use crate::{needs_scheduling, Scheduler, SchedulerConfig, Snapshot, DEFAULT_SCHEDULER_NAME};
 
 /// Binds in flight at once: binding is an API round trip, deciding is microseconds.
 const MAX_BINDS_IN_FLIGHT: usize = 256;
+/// Decisions between two looks at the watches and bind results: a pod that fits nowhere
+/// costs a pass over every node, and ten thousand of them would keep the loop away from its
+/// events for seconds.
+const DECISIONS_PER_TURN: usize = 64;
+/// `PodScheduled=False` writes in flight at once.
+const MAX_EXPLANATIONS_IN_FLIGHT: usize = 128;
 /// kube-scheduler's pod backoff: 1 s doubling to 10 s.
 const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -50,10 +58,76 @@ struct Retry {
     not_before: Instant,
 }
 
+/// The backoff after the `attempts`th failed attempt: 1 s after the first, doubling, as
+/// kube-scheduler's `calculateBackoffDuration`.
 fn backoff(attempts: u32) -> Duration {
+    let doublings = attempts.saturating_sub(1).min(10);
     INITIAL_BACKOFF
-        .saturating_mul(1u32.checked_shl(attempts.min(10)).unwrap_or(u32::MAX))
+        .saturating_mul(1u32.checked_shl(doublings).unwrap_or(u32::MAX))
         .min(MAX_BACKOFF)
+}
+
+/// Pods waiting out a backoff, with the earliest end found in O(log n): the loop asks for it
+/// after every event, and thousands of pods may be backing off at once.
+#[derive(Debug, Default)]
+struct Backoff {
+    retries: HashMap<PodKey, Retry>,
+    /// Every (end, pod) inserted; entries whose pod left or got a new end are skipped when
+    /// they surface.
+    timeline: BinaryHeap<Reverse<(Instant, PodKey)>>,
+}
+
+impl Backoff {
+    fn insert(&mut self, key: PodKey, retry: Retry) {
+        self.timeline.push(Reverse((retry.not_before, key.clone())));
+        self.retries.insert(key, retry);
+    }
+
+    fn remove(&mut self, key: &PodKey) -> Option<Retry> {
+        self.retries.remove(key)
+    }
+
+    fn get(&self, key: &PodKey) -> Option<&Retry> {
+        self.retries.get(key)
+    }
+
+    fn contains_key(&self, key: &PodKey) -> bool {
+        self.retries.contains_key(key)
+    }
+
+    /// Whether the timeline entry (end, key) is still the pod's current backoff.
+    fn is_current(&self, end: Instant, key: &PodKey) -> bool {
+        self.retries.get(key).is_some_and(|r| r.not_before == end)
+    }
+
+    /// Takes out the pods whose backoff ended by `now`.
+    fn pop_due(&mut self, now: Instant) -> Vec<PodKey> {
+        let mut due = Vec::new();
+        while let Some(Reverse((end, _))) = self.timeline.peek() {
+            if *end > now {
+                break;
+            }
+            let Some(Reverse((end, key))) = self.timeline.pop() else {
+                break;
+            };
+            if self.is_current(end, &key) {
+                self.retries.remove(&key);
+                due.push(key);
+            }
+        }
+        due
+    }
+
+    /// When the next backoff ends.
+    fn next_due(&mut self) -> Option<Instant> {
+        while let Some(Reverse((end, key))) = self.timeline.peek() {
+            if self.is_current(*end, key) {
+                return Some(*end);
+            }
+            self.timeline.pop();
+        }
+        None
+    }
 }
 
 /// Everything the loop knows.
@@ -69,9 +143,11 @@ struct State {
     /// Pods that fit nowhere, waiting for a change in the cluster.
     unschedulable: HashMap<PodKey, Retry>,
     /// Pods waiting out a backoff before their next attempt.
-    backing_off: BTreeMap<PodKey, Retry>,
+    backing_off: Backoff,
     /// The message last written to each unschedulable pod (to avoid rewriting it).
     explained: HashMap<PodKey, String>,
+    /// Bounds the `PodScheduled=False` writes in flight.
+    explaining: Arc<Semaphore>,
     pod_init: Option<Vec<Pod>>,
     node_init: Option<Vec<Node>>,
     last_flush: Instant,
@@ -91,8 +167,9 @@ impl State {
             queued: HashSet::new(),
             binding: HashSet::new(),
             unschedulable: HashMap::new(),
-            backing_off: BTreeMap::new(),
+            backing_off: Backoff::default(),
             explained: HashMap::new(),
+            explaining: Arc::new(Semaphore::new(MAX_EXPLANATIONS_IN_FLIGHT)),
             pod_init: None,
             node_init: None,
             last_flush: Instant::now(),
@@ -189,9 +266,14 @@ impl State {
     fn on_node_event(&mut self, event: watcher::Event<Node>) {
         match event {
             watcher::Event::Apply(node) => {
-                self.snapshot.upsert_node(&node);
+                // Only a change the scheduler reads sends unschedulable pods back to the
+                // queue: with a thousand nodes, heartbeats alone would retry every pending
+                // pod many times a second and push them all to the longest backoff.
+                let changed = self.snapshot.upsert_node(&node).changed;
                 self.nodes.insert(node.name_any(), node);
-                self.cluster_changed();
+                if changed {
+                    self.cluster_changed();
+                }
             }
             watcher::Event::Delete(node) => {
                 self.snapshot.remove_node(&node.name_any());
@@ -224,14 +306,7 @@ impl State {
     /// periodically.
     fn requeue_due(&mut self) {
         let now = Instant::now();
-        let due: Vec<PodKey> = self
-            .backing_off
-            .iter()
-            .filter(|(_, r)| r.not_before <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in due {
-            self.backing_off.remove(&key);
+        for key in self.backing_off.pop_due(now) {
             self.enqueue(key);
         }
         if self.last_flush.elapsed() >= UNSCHEDULABLE_FLUSH {
@@ -240,13 +315,9 @@ impl State {
         }
     }
 
-    fn next_wakeup(&self) -> Instant {
+    fn next_wakeup(&mut self) -> Instant {
         let flush = self.last_flush + UNSCHEDULABLE_FLUSH;
-        self.backing_off
-            .values()
-            .map(|r| r.not_before)
-            .min()
-            .map_or(flush, |t| t.min(flush))
+        self.backing_off.next_due().map_or(flush, |t| t.min(flush))
     }
 
     fn retry_later(&mut self, key: PodKey, unschedulable: bool) {
@@ -281,15 +352,20 @@ pub async fn run(client: kube::Client, mut drain: watch::Receiver<bool>) {
     let (bound_tx, mut bound_rx) = mpsc::unbounded_channel::<Bound>();
     let mut state = State::new();
     loop {
-        schedule_queued(&mut state, &client, &recorder, &bound_tx);
+        let more = schedule_queued(&mut state, &client, &recorder, &bound_tx);
         let wakeup = state.next_wakeup();
+        // Events first, then more decisions: a long queue is worked through a slice at a
+        // time, so bind results and watch events keep flowing (a watch this loop stops
+        // reading backs up in the API server).
         tokio::select! {
+            biased;
             _ = drain.wait_for(|d| *d) => break,
-            Some(event) = pod_events.next() => state.on_pod_event(event),
-            Some(event) = node_events.next() => state.on_node_event(event),
-            Some(event) = namespace_events.next() => state.on_namespace_event(event),
             Some(bound) = bound_rx.recv() => on_bound(&mut state, bound),
+            Some(event) = node_events.next() => state.on_node_event(event),
+            Some(event) = pod_events.next() => state.on_pod_event(event),
+            Some(event) = namespace_events.next() => state.on_namespace_event(event),
             _ = tokio::time::sleep_until(wakeup) => state.requeue_due(),
+            () = std::future::ready(()), if more => {}
         }
     }
 }
@@ -318,16 +394,20 @@ where
         .boxed()
 }
 
-/// Decides for queued pods while binds may be started.
+/// Decides for up to [`DECISIONS_PER_TURN`] queued pods while binds may be started; true if
+/// more could be decided right away.
 fn schedule_queued(
     state: &mut State,
     client: &kube::Client,
     recorder: &Recorder,
     bound_tx: &mpsc::UnboundedSender<Bound>,
-) {
-    while state.binding.len() < MAX_BINDS_IN_FLIGHT {
+) -> bool {
+    for _ in 0..DECISIONS_PER_TURN {
+        if state.binding.len() >= MAX_BINDS_IN_FLIGHT {
+            return false; // a bind result frees a slot and wakes the loop
+        }
         let Some(key) = state.queue.pop_front() else {
-            return;
+            return false;
         };
         state.queued.remove(&key);
         let Some(pod) = state.pods.get(&key).cloned() else {
@@ -357,17 +437,23 @@ fn schedule_queued(
                         "FailedScheduling",
                         &message,
                     );
-                    tokio::spawn(explain(
-                        client.clone(),
-                        pod,
-                        unschedulable.pod_scheduled_condition(),
-                    ));
+                    let (client, condition) =
+                        (client.clone(), unschedulable.pod_scheduled_condition());
+                    // Written a bounded number at a time: thousands of pods may fail at once.
+                    let explaining = Arc::clone(&state.explaining);
+                    tokio::spawn(async move {
+                        let Ok(_permit) = explaining.acquire_owned().await else {
+                            return; // closed: the loop is gone
+                        };
+                        explain(client, pod, condition).await;
+                    });
                     state.explained.insert(key.clone(), message);
                 }
                 state.retry_later(key, true);
             }
         }
     }
+    !state.queue.is_empty()
 }
 
 async fn bind(
@@ -456,12 +542,46 @@ async fn explain(
 mod tests {
     use super::*;
 
+    fn key(name: &str) -> PodKey {
+        ("default".into(), name.into())
+    }
+
+    #[test]
+    fn backoff_queue_yields_pods_when_their_backoff_ends_and_skips_stale_entries() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let retry = |ms: u64| Retry {
+            attempts: 1,
+            not_before: at(ms),
+        };
+        let mut queue = Backoff::default();
+        queue.insert(key("a"), retry(300));
+        queue.insert(key("b"), retry(100));
+        queue.insert(key("c"), retry(200));
+        assert_eq!(queue.next_due(), Some(at(100)));
+        // b backs off again, longer; c leaves (bound, deleted): their old entries are stale.
+        queue.insert(key("b"), retry(400));
+        assert!(queue.remove(&key("c")).is_some());
+        assert_eq!(queue.next_due(), Some(at(300)));
+        assert_eq!(queue.pop_due(at(250)), Vec::<PodKey>::new());
+        assert_eq!(queue.pop_due(at(300)), vec![key("a")]);
+        assert!(!queue.contains_key(&key("a")));
+        assert_eq!(queue.get(&key("b")).map(|r| r.not_before), Some(at(400)));
+        assert_eq!(queue.pop_due(at(1_000)), vec![key("b")]);
+        assert_eq!(queue.next_due(), None);
+    }
+
     #[test]
     fn backoff_doubles_to_its_cap() {
-        assert_eq!(backoff(0), Duration::from_secs(1));
-        assert_eq!(backoff(1), Duration::from_secs(2));
-        assert_eq!(backoff(3), Duration::from_secs(8));
-        assert_eq!(backoff(4), MAX_BACKOFF);
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(4), Duration::from_secs(8));
+        assert_eq!(backoff(5), MAX_BACKOFF);
         assert_eq!(backoff(40), MAX_BACKOFF);
+        assert_eq!(
+            backoff(0),
+            Duration::from_secs(1),
+            "never below the initial backoff"
+        );
     }
 }

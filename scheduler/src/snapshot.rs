@@ -150,6 +150,15 @@ pub struct Snapshot {
     namespace_labels: HashMap<String, Labels>,
 }
 
+/// What [`Snapshot::upsert_node`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeUpsert {
+    /// Whether what the scheduler reads from the node changed.
+    pub changed: bool,
+    /// Values that could not be read.
+    pub notes: Vec<String>,
+}
+
 impl Snapshot {
     pub fn new() -> Self {
         Self::default()
@@ -170,14 +179,21 @@ impl Snapshot {
         snapshot
     }
 
-    /// Adds or replaces a node. Returns notes about values that could not be read.
-    pub fn upsert_node(&mut self, node: &Node) -> Vec<String> {
+    /// Adds or replaces a node. Returns what the scheduler reads from it changed (a new node,
+    /// or new labels, taints, cordon, allocatable or zone — kube-scheduler's "node scheduling
+    /// properties"; a heartbeat changes none of them) and notes about values that could not
+    /// be read.
+    pub fn upsert_node(&mut self, node: &Node) -> NodeUpsert {
         let mut info = NodeInfo::from_node(node);
         let notes = std::mem::take(&mut info.notes);
         let id = self.node_slot(&info.name);
         let Some(slot) = self.nodes[id].as_mut() else {
-            return notes;
+            return NodeUpsert {
+                changed: false,
+                notes,
+            };
         };
+        let changed = slot.info.as_ref() != Some(&info);
         let order_changes = slot
             .info
             .as_ref()
@@ -186,7 +202,7 @@ impl Snapshot {
         if order_changes {
             self.rebuild_visit_order();
         }
-        notes
+        NodeUpsert { changed, notes }
     }
 
     /// Removes a node. Pods still bound to it keep being accounted (as kube-scheduler's
@@ -569,6 +585,48 @@ mod tests {
     use super::*;
     use crate::fixtures::{bound_pod, pod, ready_node};
     use serde_json::json;
+
+    /// A heartbeat (new condition times, same everything else) changes nothing the scheduler
+    /// reads; a cordon, a label or a new node does.
+    #[test]
+    fn only_scheduling_properties_count_as_a_node_change() {
+        let mut snapshot = Snapshot::new();
+        let node = ready_node("n1", "4", "8Gi", json!({}));
+        assert!(snapshot.upsert_node(&node).changed, "a new node");
+        let mut heartbeat = node.clone();
+        if let Some(conditions) = heartbeat
+            .status
+            .as_mut()
+            .and_then(|s| s.conditions.as_mut())
+        {
+            conditions[0].last_heartbeat_time =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                ));
+        }
+        assert!(!snapshot.upsert_node(&heartbeat).changed, "a heartbeat");
+        let mut cordoned = heartbeat.clone();
+        cordoned
+            .spec
+            .get_or_insert_with(Default::default)
+            .unschedulable = Some(true);
+        assert!(snapshot.upsert_node(&cordoned).changed, "a cordon");
+        assert!(snapshot.upsert_node(&heartbeat).changed, "an uncordon");
+        let relabelled = ready_node("n1", "4", "8Gi", json!({"disk": "ssd"}));
+        assert!(snapshot.upsert_node(&relabelled).changed, "a label");
+        let mut not_ready = relabelled.clone();
+        if let Some(conditions) = not_ready
+            .status
+            .as_mut()
+            .and_then(|s| s.conditions.as_mut())
+        {
+            conditions[0].status = "False".into();
+        }
+        assert!(
+            snapshot.upsert_node(&not_ready).changed,
+            "Ready turned False"
+        );
+    }
 
     #[test]
     fn pods_add_up_on_their_node_and_leave_cleanly() {

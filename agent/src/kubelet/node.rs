@@ -106,9 +106,11 @@ impl std::str::FromStr for Thresholds {
             match signal {
                 "memory.available" => out.memory_available = amount,
                 "nodefs.available" => out.nodefs_available = amount,
-                other => return Err(format!(
+                other => {
+                    return Err(format!(
                     "unsupported eviction signal {other:?} (memory.available, nodefs.available)"
-                )),
+                ))
+                }
             }
         }
         Ok(out)

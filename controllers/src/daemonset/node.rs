@@ -5,11 +5,11 @@
 //! (`GetTargetNodeName`) and the node-name affinity that sends it there
 //! (`ReplaceDaemonSetPodNodeNameNodeAffinity`).
 //!
-//! Taints and node selector terms are evaluated as Shoal's scheduler does (its private
-//! `taints.rs` and `node_selector.rs` are adapted here, since the controllers crate does not
-//! depend on the scheduler): in particular a node whose Ready condition is not True carries
-//! the `not-ready`/`unreachable` NoSchedule taint the scheduler derives, so the controller
-//! never wants a pod where the scheduler would not bind it.
+//! Taints are evaluated by [`crate::taints`], which the scheduler uses too: in particular a
+//! node whose Ready condition is not True carries the `not-ready`/`unreachable` NoSchedule
+//! taint the scheduler derives, so the controller never wants a pod where the scheduler
+//! would not bind it. Node selector terms are evaluated here on the API types, as the
+//! scheduler's `node_selector.rs` does on its parsed form.
 
 use std::collections::BTreeMap;
 
@@ -18,15 +18,14 @@ use k8s_openapi::api::core::v1::{
     Toleration,
 };
 
-pub const NO_SCHEDULE: &str = "NoSchedule";
-pub const NO_EXECUTE: &str = "NoExecute";
+use crate::taints::{effective_taints, first_untolerated, Taint};
+pub use crate::taints::{
+    NO_EXECUTE, NO_SCHEDULE, TAINT_NOT_READY, TAINT_UNREACHABLE, TAINT_UNSCHEDULABLE,
+};
 
-pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
-pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 pub const TAINT_DISK_PRESSURE: &str = "node.kubernetes.io/disk-pressure";
 pub const TAINT_MEMORY_PRESSURE: &str = "node.kubernetes.io/memory-pressure";
 pub const TAINT_PID_PRESSURE: &str = "node.kubernetes.io/pid-pressure";
-pub const TAINT_UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
 pub const TAINT_NETWORK_UNAVAILABLE: &str = "node.kubernetes.io/network-unavailable";
 
 /// The field a daemon pod's node affinity selects on.
@@ -78,80 +77,6 @@ pub fn add_daemon_tolerations(spec: &mut PodSpec) {
             exists_toleration(TAINT_NETWORK_UNAVAILABLE, NO_SCHEDULE),
         );
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Taint {
-    key: String,
-    value: String,
-    effect: String,
-}
-
-/// `Toleration.ToleratesTaint`: an empty effect matches every effect, an empty key (with
-/// `Exists`) every key; `Equal` (or no operator) also needs equal values.
-fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    let effect = toleration.effect.as_deref().unwrap_or("");
-    if !effect.is_empty() && effect != taint.effect {
-        return false;
-    }
-    let key = toleration.key.as_deref().unwrap_or("");
-    if !key.is_empty() && key != taint.key {
-        return false;
-    }
-    match toleration.operator.as_deref().unwrap_or("") {
-        "" | "Equal" => toleration.value.as_deref().unwrap_or("") == taint.value,
-        "Exists" => true,
-        _ => false,
-    }
-}
-
-/// The node's taints plus the NoSchedule taint Shoal's scheduler derives for a node whose
-/// Ready condition is not True (`not-ready` for False or none yet, `unreachable` for
-/// Unknown), standing in for the node lifecycle controller Shoal does not have.
-fn effective_taints(node: &Node) -> Vec<Taint> {
-    let mut taints: Vec<Taint> = node
-        .spec
-        .as_ref()
-        .and_then(|spec| spec.taints.as_ref())
-        .into_iter()
-        .flatten()
-        .map(|taint| Taint {
-            key: taint.key.clone(),
-            value: taint.value.clone().unwrap_or_default(),
-            effect: taint.effect.clone(),
-        })
-        .collect();
-    let ready = node
-        .status
-        .as_ref()
-        .and_then(|status| status.conditions.as_ref())
-        .and_then(|conditions| conditions.iter().find(|c| c.type_ == "Ready"))
-        .map(|condition| condition.status.as_str());
-    let derived = match ready {
-        Some("True") => None,
-        Some("Unknown") => Some(TAINT_UNREACHABLE),
-        _ => Some(TAINT_NOT_READY),
-    };
-    if let Some(key) = derived {
-        if !taints
-            .iter()
-            .any(|t| t.key == key && t.effect == NO_SCHEDULE)
-        {
-            taints.push(Taint {
-                key: key.to_string(),
-                value: String::new(),
-                effect: NO_SCHEDULE.to_string(),
-            });
-        }
-    }
-    taints
-}
-
-fn has_untolerated(taints: &[Taint], tolerations: &[Toleration], effects: &[&str]) -> bool {
-    taints
-        .iter()
-        .filter(|taint| effects.contains(&taint.effect.as_str()))
-        .any(|taint| !tolerations.iter().any(|t| tolerates(t, taint)))
 }
 
 /// One `matchExpressions` requirement against node labels (`In`, `NotIn`, `Exists`,
@@ -288,11 +213,17 @@ pub fn should_run(template_spec: &PodSpec, node: &Node) -> NodeVerdict {
         return never;
     }
     let taints = effective_taints(node);
-    let tolerations = spec.tolerations.as_deref().unwrap_or_default();
-    if has_untolerated(&taints, tolerations, &[NO_SCHEDULE, NO_EXECUTE]) {
+    let tolerations: Vec<crate::taints::Toleration> = spec
+        .tolerations
+        .iter()
+        .flatten()
+        .map(crate::taints::Toleration::from_api)
+        .collect();
+    if first_untolerated(&taints, &tolerations, Taint::forbids_scheduling).is_some() {
+        let evicting = |taint: &Taint| taint.effect == NO_EXECUTE;
         return NodeVerdict {
             should_run: false,
-            should_continue_running: !has_untolerated(&taints, tolerations, &[NO_EXECUTE]),
+            should_continue_running: first_untolerated(&taints, &tolerations, evicting).is_none(),
         };
     }
     NodeVerdict {

@@ -9,8 +9,8 @@
 //! - its Endpoints (same name) or one of its slices (labeled with its name) changes;
 //! - a node appears or changes zone, for the pods on it (slices carry zones; the planner
 //!   leaves out pods on nodes it does not know yet, and the Service is retried until it does);
-//! - every few seconds, when its Endpoints list a pod the cache no longer has: a pod
-//!   removed without a last update (a forced delete) produces no event on a shared watch.
+//! - every few seconds, when its Endpoints list a pod the cache no longer has (a safety net:
+//!   the shared cache hands deletions over too, since it stopped relying on kube-runtime's).
 //!
 //! When a Service is deleted, its Endpoints are deleted here (after a live GET confirms the
 //! Service is gone), as Kubernetes does, under a per-Service lock shared with the syncs
@@ -32,14 +32,15 @@ use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
-use kube::runtime::{watcher, Controller, WatchStreamExt};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{watcher, Controller};
 use kube::{Resource, ResourceExt};
 use tokio::sync::{mpsc, watch};
 
+use super::cache::{SharedCache, Subscription};
 use super::exec::{self, Written};
 use super::expectations::Expectations;
-use super::{drained, drive, in_namespace, is_stale, subscribe, LoopError, SUBSCRIBER_BUFFER};
+use super::{drained, in_namespace, is_stale, LoopError};
 use crate::endpoints::{self, EndpointsPlan};
 use crate::endpointslice::{self, CONTROLLER_NAME, MANAGED_BY_LABEL, SERVICE_NAME_LABEL};
 use crate::events::{EventType, Recorder};
@@ -119,8 +120,8 @@ enum Gone {
 /// shared caches.
 pub(super) async fn run(
     client: kube::Client,
-    pods: ReflectHandle<Pod>,
-    nodes: ReflectHandle<Node>,
+    pods: Subscription<Pod>,
+    nodes: Subscription<Node>,
     drain: watch::Receiver<bool>,
 ) {
     if let Err(e) = run_loop(&client, pods, nodes, drain).await {
@@ -130,22 +131,26 @@ pub(super) async fn run(
 
 async fn run_loop(
     client: &kube::Client,
-    pods: ReflectHandle<Pod>,
-    nodes: ReflectHandle<Node>,
+    pods: Subscription<Pod>,
+    nodes: Subscription<Node>,
     drain: watch::Receiver<bool>,
 ) -> Result<(), LoopError> {
-    let (services, service_writer) = reflector::store_shared::<Service>(SUBSCRIBER_BUFFER);
-    let (endpoints_store, endpoints_writer) =
-        reflector::store_shared::<Endpoints>(SUBSCRIBER_BUFFER);
-    let (slices, slice_writer) = reflector::store_shared::<EndpointSlice>(SUBSCRIBER_BUFFER);
-    let service_changes = subscribe(&service_writer)?;
-    let endpoints_changes = subscribe(&endpoints_writer)?;
-    let slice_changes = subscribe(&slice_writer)?;
-    let (gone_tx, gone_rx) = mpsc::channel(1024);
+    let mut service_cache = SharedCache::<Service>::new();
+    let mut endpoints_cache = SharedCache::<Endpoints>::new();
+    let mut slice_cache = SharedCache::<EndpointSlice>::new();
+    let service_changes = service_cache.subscribe();
+    let endpoints_changes = endpoints_cache.subscribe();
+    let slice_changes = slice_cache.subscribe();
+    let (services, endpoints_store, slices) = (
+        service_cache.store(),
+        endpoints_cache.store(),
+        slice_cache.store(),
+    );
+    let (gone_tx, gone_rx) = mpsc::unbounded_channel();
     let tasks = [
-        drive_services(client, service_writer, gone_tx.clone()),
-        drive(client, endpoints_writer),
-        drive(client, slice_writer),
+        drive_services(client, service_cache, gone_tx.clone()),
+        endpoints_cache.drive(client),
+        slice_cache.drive(client),
     ];
     let context = Arc::new(EndpointsContext {
         client: client.clone(),
@@ -199,43 +204,29 @@ async fn run_loop(
 /// Keeps the Service cache, telling the clean-up task about deletions and relists.
 fn drive_services(
     client: &kube::Client,
-    writer: reflector::store::Writer<Service>,
-    gone: mpsc::Sender<Gone>,
+    cache: SharedCache<Service>,
+    gone: mpsc::UnboundedSender<Gone>,
 ) -> tokio::task::JoinHandle<()> {
-    let stream = watcher(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect_shared(writer);
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(event) = stream.next().await {
-            let message = match event {
-                Ok(watcher::Event::Delete(service)) => Gone::Service {
-                    namespace: service.namespace().unwrap_or_default(),
-                    name: service.name_any(),
-                    rechecks: RECHECKS,
-                },
-                Ok(watcher::Event::InitDone) => Gone::Relisted,
-                Ok(_) => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "watch");
-                    continue;
-                }
-            };
-            if gone.send(message).await.is_err() {
-                return;
-            }
-        }
+    cache.drive_with(client, move |event| {
+        let message = match event {
+            watcher::Event::Delete(service) => Gone::Service {
+                namespace: service.namespace().unwrap_or_default(),
+                name: service.name_any(),
+                rechecks: RECHECKS,
+            },
+            watcher::Event::InitDone => Gone::Relisted,
+            _ => return,
+        };
+        // Unbounded: one message per deleted Service, and the watch must not wait.
+        let _ = gone.send(message);
     })
 }
 
 /// Deletes the Endpoints of deleted Services; retries failures after a delay.
 async fn clean_up_after_services(
     context: Arc<EndpointsContext>,
-    mut gone: mpsc::Receiver<Gone>,
-    again: mpsc::Sender<Gone>,
+    mut gone: mpsc::UnboundedReceiver<Gone>,
+    again: mpsc::UnboundedSender<Gone>,
 ) {
     while let Some(message) = gone.recv().await {
         let candidates = match message {
@@ -281,13 +272,11 @@ async fn clean_up_after_services(
                 let again = again.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(RECHECK_AFTER).await;
-                    let _ = again
-                        .send(Gone::Service {
-                            namespace,
-                            name,
-                            rechecks: rechecks - 1,
-                        })
-                        .await;
+                    let _ = again.send(Gone::Service {
+                        namespace,
+                        name,
+                        rechecks: rechecks - 1,
+                    });
                 });
             }
         }

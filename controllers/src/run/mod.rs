@@ -1,8 +1,9 @@
-//! The loops around the planners: shared watch caches (one watch per kind, kube-runtime's
-//! shared reflectors), one kube-runtime `Controller` per kind (so no object is reconciled by
+//! The loops around the planners: shared watch caches (one watch per kind, see `cache`),
+//! one kube-runtime `Controller` per kind (so no object is reconciled by
 //! two tasks at once), and the execution of each plan through the API. Everything here is
 //! thin: what to do is decided by the planners; this module only reads caches and writes.
 
+mod cache;
 mod deployment;
 mod endpoints;
 mod exec;
@@ -18,24 +19,20 @@ mod sets;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
 };
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
-use kube::api::Api;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::Resource;
-use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use crate::events::Recorder;
+use crate::node_lifecycle::NodeLifecycleConfig;
+use cache::SharedCache;
 use expectations::Expectations;
-
-/// Events a slow controller may lag behind a shared watch before the watch waits for it.
-const SUBSCRIBER_BUFFER: usize = 4096;
 
 /// Why a reconcile failed; the object is retried after a delay.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +41,8 @@ pub enum LoopError {
     Api(#[from] kube::Error),
     #[error("{0}")]
     Plan(String),
+    #[error("the {0} loop ended unexpectedly")]
+    Ended(&'static str),
 }
 
 /// What every loop shares: the client, the caches and the expectations.
@@ -113,114 +112,108 @@ async fn drained(mut drain: watch::Receiver<bool>) {
     let _ = drain.wait_for(|d| *d).await;
 }
 
-/// Keeps a shared cache of all `K` filled from one watch, fanning events out to subscribers.
-fn drive<K>(
-    client: &kube::Client,
-    writer: reflector::store::Writer<K>,
-) -> tokio::task::JoinHandle<()>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let api: Api<K> = Api::all(client.clone());
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect_shared(writer);
-    tokio::spawn(async move {
-        stream
-            .for_each(|event| async move {
-                if let Err(e) = event {
-                    tracing::warn!(error = %e, "watch");
-                }
-            })
-            .await;
-    })
-}
-
-/// Subscribes to a shared cache (one subscriber per controller that needs its events).
-fn subscribe<K>(
-    writer: &reflector::store::Writer<K>,
-) -> Result<reflector::ReflectHandle<K>, LoopError>
-where
-    K: Resource<DynamicType = ()> + Clone + 'static,
-{
-    writer
-        .subscribe()
-        .ok_or_else(|| LoopError::Plan("a shared cache cannot be subscribed to".into()))
-}
-
-/// Runs the controllers (ReplicaSet, Deployment, DaemonSet, StatefulSet, Endpoints and
-/// EndpointSlices, node lifecycle, garbage collector, ServiceAccounts) until `drain` turns
-/// true.
-pub async fn run(client: kube::Client, drain: watch::Receiver<bool>) {
-    if let Err(e) = run_controllers(client, drain).await {
+/// Runs the controllers (ReplicaSet, Deployment, DaemonSet, StatefulSet, Job, CronJob,
+/// Endpoints and EndpointSlices, node lifecycle, garbage collector, ServiceAccounts) until
+/// `drain` turns true. If one loop ends before that (it should not: a watch cache stopped, a
+/// bug), it is logged, the others are stopped and this returns early, so that the caller
+/// (the leader elector) starts the whole set again on fresh caches instead of running on
+/// with a loop silently missing.
+pub async fn run(
+    client: kube::Client,
+    node_lifecycle: NodeLifecycleConfig,
+    drain: watch::Receiver<bool>,
+) {
+    if let Err(e) = run_controllers(client, node_lifecycle, drain).await {
         tracing::error!(error = %e, "controllers stopped");
+    }
+}
+
+/// The loops' own drain: turns true when the caller drains, or when a loop ended early.
+struct Supervisor {
+    outer: watch::Receiver<bool>,
+    stop: watch::Sender<bool>,
+}
+
+impl Supervisor {
+    fn new(outer: watch::Receiver<bool>) -> Self {
+        let (stop, _) = watch::channel(*outer.borrow());
+        Supervisor { outer, stop }
+    }
+
+    /// The drain signal to hand to a loop.
+    fn drain(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    /// Forwards the caller's drain to the loops; resolves when it does.
+    async fn forward(&self) {
+        let mut outer = self.outer.clone();
+        let _ = outer.wait_for(|d| *d).await;
+        self.stop.send_replace(true);
+    }
+
+    /// Runs one loop; if it ends while nobody asked it to, says so and stops the others.
+    /// Returns the name of a loop that ended early.
+    async fn watch_over(
+        &self,
+        name: &'static str,
+        work: impl std::future::Future<Output = ()>,
+    ) -> Option<&'static str> {
+        work.await;
+        // Asked to: the caller drained, or another loop ended first.
+        if *self.outer.borrow() || *self.stop.borrow() {
+            return None;
+        }
+        tracing::error!(
+            controller = name,
+            "a control loop ended unexpectedly; stopping the others to restart them all"
+        );
+        self.stop.send_replace(true);
+        Some(name)
     }
 }
 
 async fn run_controllers(
     client: kube::Client,
+    node_lifecycle: NodeLifecycleConfig,
     drain: watch::Receiver<bool>,
 ) -> Result<(), LoopError> {
-    let (pods, pod_writer) = reflector::store_shared::<Pod>(SUBSCRIBER_BUFFER);
-    let (replica_sets, rs_writer) = reflector::store_shared::<ReplicaSet>(SUBSCRIBER_BUFFER);
-    let (deployments, deployment_writer) = reflector::store_shared::<Deployment>(SUBSCRIBER_BUFFER);
-    let (daemon_sets, ds_writer) = reflector::store_shared::<DaemonSet>(SUBSCRIBER_BUFFER);
-    let (stateful_sets, sts_writer) = reflector::store_shared::<StatefulSet>(SUBSCRIBER_BUFFER);
-    let (nodes, node_writer) = reflector::store_shared::<Node>(SUBSCRIBER_BUFFER);
-    let (revisions, revision_writer) =
-        reflector::store_shared::<ControllerRevision>(SUBSCRIBER_BUFFER);
-    let (claims, claim_writer) =
-        reflector::store_shared::<PersistentVolumeClaim>(SUBSCRIBER_BUFFER);
-    let (job_store, job_writer) = reflector::store_shared::<Job>(SUBSCRIBER_BUFFER);
-    let (cron_jobs, cron_job_writer) = reflector::store_shared::<CronJob>(SUBSCRIBER_BUFFER);
-    let pods_for_rs = subscribe(&pod_writer)?;
-    let pods_for_ds = subscribe(&pod_writer)?;
-    let pods_for_sts = subscribe(&pod_writer)?;
-    let rs_for_rs = subscribe(&rs_writer)?;
-    let rs_for_deployments = subscribe(&rs_writer)?;
-    let deployments_for_deployments = subscribe(&deployment_writer)?;
-    let ds_for_ds = subscribe(&ds_writer)?;
-    let sts_for_sts = subscribe(&sts_writer)?;
-    let nodes_for_ds = subscribe(&node_writer)?;
-    let pods_for_jobs = subscribe(&pod_writer)?;
-    let jobs_for_jobs = subscribe(&job_writer)?;
-    let jobs_for_cron_jobs = subscribe(&job_writer)?;
-    let cron_jobs_for_cron_jobs = subscribe(&cron_job_writer)?;
-    // Endpoints/EndpointSlices, node lifecycle, garbage collector, ServiceAccounts.
-    let more_loops = futures::future::join4(
-        endpoints::run(
-            client.clone(),
-            subscribe(&pod_writer)?,
-            subscribe(&node_writer)?,
-            drain.clone(),
-        ),
-        nodes::run(
-            client.clone(),
-            subscribe(&pod_writer)?,
-            subscribe(&node_writer)?,
-            drain.clone(),
-        ),
-        garbage::run(client.clone(), drain.clone()),
-        service_accounts::run(client.clone(), drain.clone()),
+    let supervisor = Supervisor::new(drain);
+    let mut pod_cache = SharedCache::<Pod>::new();
+    let mut rs_cache = SharedCache::<ReplicaSet>::new();
+    let mut deployment_cache = SharedCache::<Deployment>::new();
+    let mut ds_cache = SharedCache::<DaemonSet>::new();
+    let mut sts_cache = SharedCache::<StatefulSet>::new();
+    let mut node_cache = SharedCache::<Node>::new();
+    let revision_cache = SharedCache::<ControllerRevision>::new();
+    let claim_cache = SharedCache::<PersistentVolumeClaim>::new();
+    let mut job_cache = SharedCache::<Job>::new();
+    let mut cron_job_cache = SharedCache::<CronJob>::new();
+    let pods_for_rs = pod_cache.subscribe();
+    let pods_for_ds = pod_cache.subscribe();
+    let pods_for_sts = pod_cache.subscribe();
+    let pods_for_jobs = pod_cache.subscribe();
+    let pods_for_endpoints = pod_cache.subscribe();
+    let pods_for_nodes = pod_cache.subscribe();
+    let rs_for_rs = rs_cache.subscribe();
+    let rs_for_deployments = rs_cache.subscribe();
+    let deployments_for_deployments = deployment_cache.subscribe();
+    let ds_for_ds = ds_cache.subscribe();
+    let sts_for_sts = sts_cache.subscribe();
+    let nodes_for_ds = node_cache.subscribe();
+    let nodes_for_endpoints = node_cache.subscribe();
+    let nodes_for_nodes = node_cache.subscribe();
+    let jobs_for_jobs = job_cache.subscribe();
+    let jobs_for_cron_jobs = job_cache.subscribe();
+    let cron_jobs_for_cron_jobs = cron_job_cache.subscribe();
+    let (replica_sets, deployments, daemon_sets, stateful_sets, job_store, cron_jobs) = (
+        rs_cache.store(),
+        deployment_cache.store(),
+        ds_cache.store(),
+        sts_cache.store(),
+        job_cache.store(),
+        cron_job_cache.store(),
     );
-    let drivers = [
-        drive(&client, pod_writer),
-        drive(&client, rs_writer),
-        drive(&client, deployment_writer),
-        drive(&client, ds_writer),
-        drive(&client, sts_writer),
-        drive(&client, node_writer),
-        drive(&client, revision_writer),
-        drive(&client, claim_writer),
-        drive(&client, job_writer),
-        drive(&client, cron_job_writer),
-    ];
     let context = Arc::new(Context {
         replica_set_events: Recorder::new(client.clone(), "replicaset-controller"),
         deployment_events: Recorder::new(client.clone(), "deployment-controller"),
@@ -228,26 +221,38 @@ async fn run_controllers(
         stateful_set_events: Recorder::new(client.clone(), "statefulset-controller"),
         job_events: Recorder::new(client.clone(), "job-controller"),
         cron_job_events: Recorder::new(client.clone(), "cronjob-controller"),
-        client,
-        pods,
+        client: client.clone(),
+        pods: pod_cache.store(),
         replica_sets: replica_sets.clone(),
         deployments: deployments.clone(),
-        nodes,
-        revisions,
-        claims,
+        nodes: node_cache.store(),
+        revisions: revision_cache.store(),
+        claims: claim_cache.store(),
         jobs: job_store.clone(),
         expectations: Expectations::default(),
         removed_finalizers: jobs::RemovedFinalizers::default(),
     });
+    let drivers = [
+        pod_cache.drive(&client),
+        rs_cache.drive(&client),
+        deployment_cache.drive(&client),
+        ds_cache.drive(&client),
+        sts_cache.drive(&client),
+        node_cache.drive(&client),
+        revision_cache.drive(&client),
+        claim_cache.drive(&client),
+        job_cache.drive(&client),
+        cron_job_cache.drive(&client),
+    ];
     let rs_loop = kube::runtime::Controller::for_shared_stream(rs_for_rs, replica_sets)
         .owns_shared_stream(pods_for_rs)
-        .graceful_shutdown_on(drained(drain.clone()))
+        .graceful_shutdown_on(drained(supervisor.drain()))
         .run(replicaset::reconcile, retry_later, Arc::clone(&context))
         .for_each(|_| async {});
     let deployment_loop =
         kube::runtime::Controller::for_shared_stream(deployments_for_deployments, deployments)
             .owns_shared_stream(rs_for_deployments)
-            .graceful_shutdown_on(drained(drain.clone()))
+            .graceful_shutdown_on(drained(supervisor.drain()))
             .run(deployment::reconcile, retry_later, Arc::clone(&context))
             .for_each(|_| async {});
     // Any node change may change where daemons must run: resync every DaemonSet.
@@ -261,7 +266,7 @@ async fn run_controllers(
                 .map(|ds| ObjectRef::from_obj(ds.as_ref()))
                 .collect::<Vec<_>>()
         })
-        .graceful_shutdown_on(drained(drain.clone()))
+        .graceful_shutdown_on(drained(supervisor.drain()))
         .run(
             sets::reconcile_daemon_set,
             retry_later,
@@ -270,7 +275,7 @@ async fn run_controllers(
         .for_each(|_| async {});
     let sts_loop = kube::runtime::Controller::for_shared_stream(sts_for_sts, stateful_sets)
         .owns_shared_stream(pods_for_sts)
-        .graceful_shutdown_on(drained(drain.clone()))
+        .graceful_shutdown_on(drained(supervisor.drain()))
         .run(
             sets::reconcile_stateful_set,
             retry_later,
@@ -279,28 +284,65 @@ async fn run_controllers(
         .for_each(|_| async {});
     let job_loop = kube::runtime::Controller::for_shared_stream(jobs_for_jobs, job_store)
         .owns_shared_stream(pods_for_jobs)
-        .graceful_shutdown_on(drained(drain.clone()))
+        .graceful_shutdown_on(drained(supervisor.drain()))
         .run(jobs::reconcile_job, retry_later, Arc::clone(&context))
         .for_each(|_| async {});
     let cron_job_loop =
         kube::runtime::Controller::for_shared_stream(cron_jobs_for_cron_jobs, cron_jobs)
             .owns_shared_stream(jobs_for_cron_jobs)
-            .graceful_shutdown_on(drained(drain.clone()))
+            .graceful_shutdown_on(drained(supervisor.drain()))
             .run(jobs::reconcile_cron_job, retry_later, Arc::clone(&context))
             .for_each(|_| async {});
-    futures::join!(
-        rs_loop,
-        deployment_loop,
-        ds_loop,
-        sts_loop,
-        job_loop,
-        cron_job_loop,
-        more_loops
-    );
+    let s = &supervisor;
+    let ended = futures::future::join_all([
+        s.watch_over("replicaset", rs_loop).boxed(),
+        s.watch_over("deployment", deployment_loop).boxed(),
+        s.watch_over("daemonset", ds_loop).boxed(),
+        s.watch_over("statefulset", sts_loop).boxed(),
+        s.watch_over("job", job_loop).boxed(),
+        s.watch_over("cronjob", cron_job_loop).boxed(),
+        s.watch_over(
+            "endpoints",
+            endpoints::run(
+                client.clone(),
+                pods_for_endpoints,
+                nodes_for_endpoints,
+                s.drain(),
+            ),
+        )
+        .boxed(),
+        s.watch_over(
+            "node-lifecycle",
+            nodes::run(
+                client.clone(),
+                node_lifecycle,
+                pods_for_nodes,
+                nodes_for_nodes,
+                s.drain(),
+            ),
+        )
+        .boxed(),
+        s.watch_over("garbage-collector", garbage::run(client.clone(), s.drain()))
+            .boxed(),
+        s.watch_over(
+            "serviceaccount",
+            service_accounts::run(client.clone(), s.drain()),
+        )
+        .boxed(),
+    ]);
+    futures::pin_mut!(ended);
+    let ended = tokio::select! {
+        ended = &mut ended => ended,
+        // The caller drained: the loops see it through their own drain and finish.
+        () = supervisor.forward() => ended.await,
+    };
     for driver in drivers {
         driver.abort();
     }
-    Ok(())
+    match ended.into_iter().flatten().next() {
+        Some(name) => Err(LoopError::Ended(name)),
+        None => Ok(()),
+    }
 }
 
 fn requeue(after: Option<Duration>) -> kube::runtime::controller::Action {
@@ -354,4 +396,33 @@ fn waiting_on_pods(context: &Context, owner: &str, pods: &[Pod]) -> bool {
 /// Whether a failed write means "the cache was stale, sync again" rather than an error.
 fn is_stale(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(e) if e.code == 409 || e.code == 404)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One loop ending on its own stops the others (so the set is restarted as a whole); a
+    /// drain asked for by the caller is not reported as an early end.
+    #[tokio::test]
+    async fn a_loop_that_ends_early_stops_the_others_and_is_reported() {
+        let (_outer_tx, outer) = watch::channel(false);
+        let supervisor = Supervisor::new(outer);
+        let other = drained(supervisor.drain());
+        let (early, other) = futures::join!(
+            supervisor.watch_over("early", async {}),
+            supervisor.watch_over("other", other),
+        );
+        assert_eq!(early, Some("early"));
+        assert_eq!(other, None, "stopped, not ended on its own");
+
+        let (outer_tx, outer) = watch::channel(false);
+        let supervisor = Supervisor::new(outer);
+        let work = supervisor.watch_over("drained", drained(supervisor.drain()));
+        let (ended, ()) = futures::join!(work, async {
+            outer_tx.send_replace(true);
+            supervisor.forward().await;
+        });
+        assert_eq!(ended, None);
+    }
 }

@@ -19,11 +19,12 @@ use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
-use kube::runtime::reflector::{self, ReflectHandle, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
+use super::cache::Subscription;
 use super::exec::Written;
 use super::{is_stale, LoopError};
 use crate::events::{EventType, Recorder};
@@ -53,8 +54,9 @@ struct Lifecycle {
 /// shared caches (drained here, only as change signals).
 pub(super) async fn run(
     client: kube::Client,
-    pods: ReflectHandle<Pod>,
-    nodes: ReflectHandle<Node>,
+    config: NodeLifecycleConfig,
+    pods: Subscription<Pod>,
+    nodes: Subscription<Node>,
     mut drain: watch::Receiver<bool>,
 ) {
     let (leases, lease_writer) = reflector::store();
@@ -71,15 +73,15 @@ pub(super) async fn run(
     );
     let lifecycle = Lifecycle {
         client: client.clone(),
-        config: NodeLifecycleConfig::default(),
+        config,
         nodes: nodes.reader(),
         leases,
         pods: pods.reader(),
         node_events: Recorder::new(client.clone(), "node-controller"),
         eviction_events: Recorder::new(client.clone(), "taint-eviction-controller"),
     };
-    // A subscriber must keep up or the shared watch waits for it: drain both in a task of
-    // their own, whatever the loop is doing.
+    // Read both in a task of their own, whatever the loop is doing: the changes are only a
+    // signal to plan again (the plan reads the caches).
     let changed = Arc::new(Notify::new());
     let signal = Arc::clone(&changed);
     let changes = tokio::spawn(

@@ -61,6 +61,8 @@ enum Command {
     ControlPlane(shoal_e2e::control_bench::ControlPlaneArgs),
     /// Pod startup on a real node (the server's agent, containerd, runc).
     Pods(shoal_e2e::pod_bench::PodArgs),
+    /// Time from losing simulated nodes until their pods run elsewhere.
+    NodeLoss(shoal_e2e::control_bench::NodeLossArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -175,6 +177,11 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Pods(args) => shoal_e2e::pod_bench::run(&args).await,
+        Command::NodeLoss(args) => {
+            let report = shoal_e2e::control_bench::run_node_loss(args).await?;
+            println!("{report}");
+            Ok(())
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Taints and tolerations: which taints a node effectively carries (including the ones the
 //! node lifecycle controller would add for a node that is not Ready) and whether a pod's
-//! tolerations cover them.
+//! tolerations cover them. Shared by the scheduler (which depends on this crate) and the
+//! DaemonSet controller, so both agree on where a pod may go.
 
 use k8s_openapi::api::core::v1::{Node, Toleration as ApiToleration};
 
@@ -13,7 +14,7 @@ pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 pub const TAINT_UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Taint {
+pub struct Taint {
     pub key: String,
     pub value: String,
     pub effect: String,
@@ -27,7 +28,7 @@ impl Taint {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Toleration {
+pub struct Toleration {
     pub key: String,
     pub operator: String,
     pub value: String,
@@ -62,7 +63,7 @@ impl Toleration {
 }
 
 /// The first taint among `taints` that `keep` selects and no toleration covers.
-pub(crate) fn first_untolerated<'t>(
+pub fn first_untolerated<'t>(
     taints: &'t [Taint],
     tolerations: &[Toleration],
     keep: impl Fn(&Taint) -> bool,
@@ -78,7 +79,7 @@ pub(crate) fn first_untolerated<'t>(
 /// kubelet registers nodes), `unreachable` for Unknown. kube-scheduler only ever sees the
 /// taints; Shoal has no lifecycle controller yet, so the scheduler derives them (and does
 /// not add one the node already carries).
-pub(crate) fn effective_taints(node: &Node) -> Vec<Taint> {
+pub fn effective_taints(node: &Node) -> Vec<Taint> {
     let mut taints: Vec<Taint> = node
         .spec
         .as_ref()
@@ -121,8 +122,11 @@ pub(crate) fn effective_taints(node: &Node) -> Vec<Taint> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::node;
     use serde_json::json;
+
+    fn node(value: serde_json::Value) -> Node {
+        serde_json::from_value(value).unwrap_or_default()
+    }
 
     fn taint(key: &str, value: &str, effect: &str) -> Taint {
         Taint {
