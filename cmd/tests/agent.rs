@@ -274,9 +274,52 @@ spec:
             && hog["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] == "OOMKilled"
     });
 
+    // A local registry (Debian's docker-registry) holding the image under another name, reached
+    // through a registries.yaml mirror over plain HTTP; the agent reads it when it restarts.
+    let registry_port = shoal_e2e::server::free_port().expect("free port");
+    let registry_config = cluster.dir.path().join("registry.yml");
+    std::fs::write(
+        &registry_config,
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{registry_port}\n",
+            cluster.dir.path().join("registry").display()
+        ),
+    )
+    .expect("registry config");
+    let mut registry = std::process::Command::new("docker-registry")
+        .arg("serve")
+        .arg(&registry_config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("docker-registry (Debian package docker-registry)");
+    until("the registry listens", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", registry_port)).is_ok()
+    });
+    let pushed = std::process::Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci-archive:{}", archive.display()))
+        .arg(format!("docker://127.0.0.1:{registry_port}/test/busybox:2"))
+        .output()
+        .expect("skopeo (Debian package skopeo)");
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    let registries = cluster.dir.path().join("registries.yaml");
+    std::fs::write(
+        &registries,
+        format!("mirrors:\n  registry.test:5000:\n    endpoint:\n      - \"http://127.0.0.1:{registry_port}\"\n"),
+    )
+    .expect("registries.yaml");
+    let registries_flag = registries.display().to_string();
+    let mut restart_flags = node_flags.to_vec();
+    restart_flags.extend(["--private-registry", registries_flag.as_str()]);
+
     // A restart of the server (and its agent) adopts the running container.
     let before = pod(&cluster, "web")["status"]["containerStatuses"][0].clone();
-    cluster.restart(&node_flags);
+    cluster.restart(&restart_flags);
     std::thread::sleep(Duration::from_secs(5));
     until("web is Ready again", Duration::from_secs(60), || {
         ready(&pod(&cluster, "web"))
@@ -288,6 +331,101 @@ spec:
     );
     assert_eq!(after["restartCount"], 0);
 
+    // Pulled through the mirror; an archive dropped into the air-gap folder is imported; a
+    // Secret volume follows updates; a failing liveness probe restarts its container.
+    let airgap = shoal_e2e::images::busybox_archive(cluster.dir.path(), "localhost/test/airgap:1");
+    std::fs::copy(&airgap, cluster.dir.path().join("agent/images/airgap.tar"))
+        .expect("air-gap copy");
+    cluster.apply(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: token}
+stringData: {token: one}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: pulled}
+spec:
+  containers:
+  - {name: app, image: "registry.test:5000/test/busybox:2", command: ["sleep", "3600"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: offline}
+spec:
+  containers:
+  - {name: app, image: "localhost/test/airgap:1", imagePullPolicy: Never, command: ["sleep", "3600"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: prober}
+spec:
+  containers:
+  - name: app
+    image: localhost/test/busybox:1
+    command: ["sh", "-c", "touch /tmp/alive; sleep 4; rm /tmp/alive; sleep 3600"]
+    livenessProbe:
+      exec: {command: ["cat", "/tmp/alive"]}
+      periodSeconds: 1
+      failureThreshold: 1
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: secrets}
+spec:
+  containers:
+  - name: app
+    image: localhost/test/busybox:1
+    command: ["sleep", "3600"]
+    volumeMounts: [{name: secret, mountPath: /etc/secret}]
+  volumes:
+  - {name: secret, secret: {secretName: token}}
+"#,
+    );
+    until("the mirrored image runs", Duration::from_secs(60), || {
+        phase(&pod(&cluster, "pulled")) == "Running"
+    });
+    until("the air-gap image runs", Duration::from_secs(60), || {
+        phase(&pod(&cluster, "offline")) == "Running"
+    });
+    until("secrets runs", Duration::from_secs(30), || {
+        phase(&pod(&cluster, "secrets")) == "Running"
+    });
+    assert_eq!(
+        cluster.kubectl(&["exec", "secrets", "--", "cat", "/etc/secret/token"]),
+        "one"
+    );
+    cluster.kubectl(&[
+        "patch",
+        "secret",
+        "token",
+        "-p",
+        r#"{"stringData":{"token":"two"}}"#,
+    ]);
+    until(
+        "the secret update reaches the volume",
+        Duration::from_secs(40),
+        || {
+            cluster
+                .kubectl_with_input(&["exec", "secrets", "--", "cat", "/etc/secret/token"], None)
+                .stdout
+                == b"two"
+        },
+    );
+    until(
+        "the liveness failure restarts the container",
+        Duration::from_secs(40),
+        || {
+            pod(&cluster, "prober")["status"]["containerStatuses"][0]["restartCount"]
+                .as_i64()
+                .unwrap_or(0)
+                >= 1
+        },
+    );
+    let _ = registry.kill();
+    let _ = registry.wait();
+
     // Deleting pods stops their containers and removes them.
     cluster.kubectl(&[
         "delete",
@@ -295,6 +433,10 @@ spec:
         "web",
         "crasher",
         "hog",
+        "pulled",
+        "offline",
+        "prober",
+        "secrets",
         "--grace-period=1",
         "--wait=true",
         "--timeout=60s",

@@ -211,6 +211,7 @@ async fn sync(
             break;
         }
     }
+    refresh_volumes(shared, &pod, &runtime).await;
     write_status(shared, &pod, &runtime, memory).await?;
     Ok(Some(wake))
 }
@@ -227,6 +228,36 @@ fn adopt_running(shared: &Arc<Shared>, pod: &Pod, runtime: &PodRuntime) {
                 shared.probes.watch(shared, pod, container, &instance.id);
             }
         }
+    }
+}
+
+/// Rewrites ConfigMap, Secret, downward-API and projected volumes of a running pod when their
+/// sources changed (each write is an atomic switch, and only when the content differs): how
+/// updates reach running containers, on every sync including the periodic one.
+async fn refresh_volumes(shared: &Shared, pod: &Pod, runtime: &PodRuntime) {
+    let projects_files = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .is_some_and(|volumes| {
+            volumes.iter().any(|v| {
+                v.config_map.is_some()
+                    || v.secret.is_some()
+                    || v.downward_api.is_some()
+                    || v.projected.is_some()
+            })
+        });
+    let running = runtime
+        .instances
+        .iter()
+        .any(|i| i.state == crate::kubelet::runtime::State::Running);
+    if !projects_files || !running || pod.metadata.deletion_timestamp.is_some() {
+        return;
+    }
+    let lookups = lookups(shared, pod, runtime).await;
+    let pod_dir = shared.pod_dir(pod.metadata.uid.as_deref().unwrap_or_default());
+    if let Err(err) = volumes::prepare(pod, &pod_dir, &lookups) {
+        tracing::debug!(pod = %pod_name(pod), %err, "refreshing volumes");
     }
 }
 
