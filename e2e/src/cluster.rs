@@ -251,6 +251,27 @@ impl Simulator {
     }
 }
 
+/// Waits until the agent under `data_dir` runs no containers (sandboxes included).
+pub fn wait_for_no_tasks(data_dir: &Path, timeout: Duration) {
+    let socket = data_dir.join("agent/containerd/containerd.sock");
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let listed = Command::new("ctr")
+            .arg("--address")
+            .arg(&socket)
+            .args(["--namespace", "k8s.io", "tasks", "ls", "--quiet"])
+            .output();
+        match listed {
+            Ok(out) if out.status.success() && out.stdout.iter().all(u8::is_ascii_whitespace) => {
+                return
+            }
+            Ok(out) if !out.status.success() => return,
+            Err(_) => return,
+            _ => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
 impl Drop for Cluster {
     /// An agent's containerd and container shims outlive a killed server by design (the next
     /// agent adopts them); a test's must not outlive the test. They are found by the data
@@ -276,6 +297,23 @@ impl Drop for Cluster {
                     eprintln!("server: {line}");
                 }
             }
+        }
+        if self.server.is_some() {
+            // Pods go through the agent first, so their sandboxes' network namespaces and
+            // veths are torn down (containers of a killed agent would outlive the test).
+            let _ = self.kubectl_with_input(
+                &[
+                    "delete",
+                    "pods",
+                    "--all",
+                    "-A",
+                    "--grace-period=0",
+                    "--force",
+                    "--wait=false",
+                ],
+                None,
+            );
+            wait_for_no_tasks(self.dir.path(), Duration::from_secs(60));
         }
         if let Some(server) = self.server.take() {
             let _ = server.stop();

@@ -242,7 +242,8 @@ pub async fn run(args: &PodArgs) -> Result<()> {
         args.batch
     );
     println!("| server+agent CPU idle (30 s) | {idle_cpu:.1}% of a core |");
-    drop(server);
+    crate::cluster::wait_for_no_tasks(dir.path(), Duration::from_secs(60));
+    let _ = server.stop();
     let _ = std::process::Command::new("pkill")
         .args(["-KILL", "-f", &dir.path().display().to_string()])
         .status();
