@@ -122,7 +122,76 @@ fn containers_and_images(object: &Value, pointer: &str) -> (String, String) {
 /// A column: name, type, and whether it shows only with `-o wide`.
 type Column = (&'static str, &'static str, bool);
 
+/// Events print as Kubernetes prints them: when and what first, the name only with `-o wide`.
+const EVENT_COLUMNS: &[Column] = &[
+    ("Last Seen", "string", false),
+    ("Type", "string", false),
+    ("Reason", "string", false),
+    ("Object", "string", false),
+    ("Subobject", "string", true),
+    ("Source", "string", true),
+    ("Message", "string", false),
+    ("First Seen", "string", true),
+    ("Count", "string", true),
+    ("Name", "string", true),
+];
+
+/// One Event's cells, in [`EVENT_COLUMNS`] order; core/v1 fields, or events.k8s.io/v1's.
+fn event_cells(o: &Value, now: OffsetDateTime) -> Vec<Value> {
+    let either = |core: &str, events: &str| {
+        let value = str_at(o, core);
+        if value.is_empty() {
+            str_at(o, events)
+        } else {
+            value
+        }
+    };
+    let first = since(o, "/firstTimestamp", now)
+        .or_else(|| since(o, "/deprecatedFirstTimestamp", now))
+        .or_else(|| since(o, "/eventTime", now))
+        .unwrap_or_else(|| "<unknown>".into());
+    let last = since(o, "/series/lastObservedTime", now)
+        .or_else(|| since(o, "/lastTimestamp", now))
+        .or_else(|| since(o, "/deprecatedLastTimestamp", now))
+        .or_else(|| since(o, "/eventTime", now))
+        .unwrap_or_else(|| first.clone());
+    let component = either("/source/component", "/reportingController");
+    let host = either("/source/host", "/deprecatedSource/host");
+    let source = [component, host]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let count = o
+        .pointer("/series/count")
+        .and_then(Value::as_i64)
+        .unwrap_or_else(|| {
+            int_at(o, "/count")
+                .max(int_at(o, "/deprecatedCount"))
+                .max(1)
+        });
+    vec![
+        json!(last),
+        json!(str_at(o, "/type")),
+        json!(str_at(o, "/reason")),
+        json!(format!(
+            "{}/{}",
+            either("/involvedObject/kind", "/regarding/kind").to_lowercase(),
+            either("/involvedObject/name", "/regarding/name")
+        )),
+        json!(either("/involvedObject/fieldPath", "/regarding/fieldPath")),
+        json!(source),
+        json!(either("/message", "/note").trim()),
+        json!(first),
+        json!(count.to_string()),
+        o.pointer("/metadata/name").cloned().unwrap_or(Value::Null),
+    ]
+}
+
 fn columns(kind: &str) -> Vec<Column> {
+    if kind == "Event" {
+        return EVENT_COLUMNS.to_vec();
+    }
     let base: &[Column] = match kind {
         "Pod" => &[
             ("Ready", "string", false),
@@ -704,15 +773,19 @@ pub fn table(
         .iter()
         .map(|o| {
             let mut cells = vec![o.pointer("/metadata/name").cloned().unwrap_or(Value::Null)];
-            match custom {
-                Some(columns) => cells.extend(custom_cells(columns, o, now)),
-                None => cells.extend(kind_cells(kind, o, now).into_iter().map(|c| {
-                    if c.is_null() {
-                        json!(age(o, now))
-                    } else {
-                        c
-                    }
-                })),
+            if kind == "Event" && custom.is_none() {
+                cells = event_cells(o, now);
+            } else {
+                match custom {
+                    Some(columns) => cells.extend(custom_cells(columns, o, now)),
+                    None => cells.extend(kind_cells(kind, o, now).into_iter().map(|c| {
+                        if c.is_null() {
+                            json!(age(o, now))
+                        } else {
+                            c
+                        }
+                    })),
+                }
             }
             json!({
                 "cells": cells,
@@ -756,6 +829,40 @@ pub fn table(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_print_when_and_what_first() {
+        let now = OffsetDateTime::now_utc();
+        let stamp = |ago: i64| {
+            (now - time::Duration::seconds(ago))
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        };
+        let event = json!({"metadata": {"name": "web.1"}, "type": "Warning", "reason": "BackOff",
+            "involvedObject": {"kind": "Pod", "name": "web", "fieldPath": "spec.containers{app}"},
+            "source": {"component": "kubelet", "host": "n1"}, "message": "Back-off restarting",
+            "firstTimestamp": stamp(300), "lastTimestamp": stamp(5), "count": 4});
+        let table = table("Event", None, &[event], "1", None);
+        let names: Vec<&str> = table["columnDefinitions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["priority"] == 0)
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(names, ["Last Seen", "Type", "Reason", "Object", "Message"]);
+        let cells = &table["rows"][0]["cells"];
+        assert_eq!(cells[0], "5s");
+        assert_eq!(cells[3], "pod/web");
+        assert_eq!(cells[5], "kubelet, n1");
+        assert_eq!(cells[7], "5m");
+        assert_eq!(cells[8], "4");
+        assert_eq!(cells[9], "web.1");
+        assert_eq!(
+            table["columnDefinitions"].as_array().map(Vec::len),
+            Some(cells.as_array().map_or(0, Vec::len))
+        );
+    }
 
     #[test]
     fn durations_print_like_kubectl() {

@@ -266,6 +266,25 @@ spec:
         cluster.kubectl(&["logs", "crasher", "--previous"]),
         "crashing\n"
     );
+    // The kubelet's Events print with Kubernetes' columns.
+    let events = cluster.kubectl(&["get", "events"]);
+    let header: Vec<&str> = events
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+        "{events}"
+    );
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("BackOff") && l.contains("pod/crasher")),
+        "{events}"
+    );
 
     // A container over its memory limit is OOM-killed and reported so.
     until("hog is OOM-killed", Duration::from_secs(60), || {
