@@ -1,6 +1,7 @@
 //! `shoal server`: opens the store, loads (or creates) the cluster PKI, writes the admin
 //! kubeconfig, serves the API until SIGTERM/SIGINT, then shuts down cleanly, flushing the
-//! store. The control loops and the embedded agent join here as their issues land.
+//! store. It also runs the control plane (scheduler and controllers, each behind a Lease) and,
+//! unless `--disable-agent`, this machine's node agent on the in-process client.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
