@@ -339,21 +339,34 @@ pub fn conditions(
     };
     rows.into_iter()
         .map(|(type_, status, reason, message)| {
-            let transition = previous
-                .iter()
-                .find(|c| c.type_ == type_ && c.status == status)
-                .and_then(|c| c.last_transition_time.clone())
-                .unwrap_or(Time(now));
-            NodeCondition {
-                type_: type_.into(),
-                status: status.into(),
-                reason: Some(reason.into()),
-                message: Some(message),
-                last_heartbeat_time: Some(Time(now)),
-                last_transition_time: Some(transition),
-            }
+            condition(type_, status, reason, message, now, previous)
         })
         .collect()
+}
+
+/// One node condition heartbeat at `now`, keeping its transition time from `previous` while
+/// its status is unchanged (the real and the simulated kubelet share this).
+pub fn condition(
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+    previous: &[NodeCondition],
+) -> NodeCondition {
+    let transition = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .and_then(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    NodeCondition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: Some(reason.into()),
+        message: Some(message),
+        last_heartbeat_time: Some(Time(now)),
+        last_transition_time: Some(transition),
+    }
 }
 
 /// Reads the machine's facts from /proc and the data directory's filesystem.

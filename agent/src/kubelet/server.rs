@@ -303,15 +303,12 @@ async fn running_container(
     pod: &str,
     container: &str,
 ) -> Result<String, Response> {
-    let (path, id, running) = log_file(shared, namespace, pod, container, false).await?;
-    let _ = path;
-    if running {
-        Ok(id)
-    } else {
-        Err(error(
+    match log_file(shared, namespace, pod, container, false).await? {
+        (_, id, true) => Ok(id),
+        _ => Err(error(
             StatusCode::BAD_REQUEST,
             format!("container {container} is not running"),
-        ))
+        )),
     }
 }
 
@@ -320,23 +317,7 @@ async fn exec(
     Path((namespace, pod, container)): Path<(String, String, String)>,
     request: axum::extract::Request,
 ) -> Response {
-    let query = stream_query(request.uri().query().unwrap_or_default());
-    let id = match running_container(&shared, &namespace, &pod, &container).await {
-        Ok(id) => id,
-        Err(response) => return response,
-    };
-    let cri_request = crate::cri::v1::ExecRequest {
-        container_id: id,
-        cmd: query.command,
-        tty: query.tty,
-        stdin: query.stdin,
-        stdout: query.stdout,
-        stderr: query.stderr && !query.tty,
-    };
-    match shared.cri.exec(cri_request).await {
-        Ok(url) => relay(&url, request).await,
-        Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
-    }
+    stream_to_container(&shared, &namespace, &pod, &container, request, false).await
 }
 
 async fn attach(
@@ -344,19 +325,47 @@ async fn attach(
     Path((namespace, pod, container)): Path<(String, String, String)>,
     request: axum::extract::Request,
 ) -> Response {
+    stream_to_container(&shared, &namespace, &pod, &container, request, true).await
+}
+
+/// Exec in (or attach to) a running container: the CRI call that names a streaming URL, then
+/// the client's upgrade relayed to it.
+async fn stream_to_container(
+    shared: &Shared,
+    namespace: &str,
+    pod: &str,
+    container: &str,
+    request: axum::extract::Request,
+    attach: bool,
+) -> Response {
     let query = stream_query(request.uri().query().unwrap_or_default());
-    let id = match running_container(&shared, &namespace, &pod, &container).await {
+    let container_id = match running_container(shared, namespace, pod, container).await {
         Ok(id) => id,
         Err(response) => return response,
     };
-    let cri_request = crate::cri::v1::AttachRequest {
-        container_id: id,
-        stdin: query.stdin,
-        tty: query.tty,
-        stdout: query.stdout,
-        stderr: query.stderr && !query.tty,
+    // With a TTY, stderr is merged into stdout.
+    let stderr = query.stderr && !query.tty;
+    let url = if attach {
+        let request = crate::cri::v1::AttachRequest {
+            container_id,
+            stdin: query.stdin,
+            tty: query.tty,
+            stdout: query.stdout,
+            stderr,
+        };
+        shared.cri.attach(request).await
+    } else {
+        let request = crate::cri::v1::ExecRequest {
+            container_id,
+            cmd: query.command,
+            tty: query.tty,
+            stdin: query.stdin,
+            stdout: query.stdout,
+            stderr,
+        };
+        shared.cri.exec(request).await
     };
-    match shared.cri.attach(cri_request).await {
+    match url {
         Ok(url) => relay(&url, request).await,
         Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
     }

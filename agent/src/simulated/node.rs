@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{
     NodeSystemInfo,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -168,19 +168,7 @@ pub fn node_conditions(now: Timestamp, previous: &[NodeCondition]) -> Vec<NodeCo
     ]
     .into_iter()
     .map(|(type_, status, reason, message)| {
-        let transition = previous
-            .iter()
-            .find(|c| c.type_ == type_ && c.status == status)
-            .and_then(|c| c.last_transition_time.clone())
-            .unwrap_or(Time(now));
-        NodeCondition {
-            type_: type_.into(),
-            status: status.into(),
-            reason: Some(reason.into()),
-            message: Some(message.into()),
-            last_heartbeat_time: Some(Time(now)),
-            last_transition_time: Some(transition),
-        }
+        crate::kubelet::node::condition(type_, status, reason, message.into(), now, previous)
     })
     .collect()
 }
@@ -285,6 +273,7 @@ pub async fn delete(api: &Api<Node>, gate: &RequestGate, name: &str) -> Result<(
 mod tests {
     use super::*;
     use crate::simulated::fleet::plan_fleet;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn third_node(config: &SimConfig) -> SimNode {
         plan_fleet(config).expect("plan").swap_remove(3)
