@@ -7,6 +7,7 @@
 pub mod containerd;
 pub mod cri;
 pub mod images;
+pub mod join;
 pub mod kubelet;
 pub mod node_agent;
 pub mod pause;

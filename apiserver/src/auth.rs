@@ -39,9 +39,11 @@ impl User {
     }
 }
 
-/// Paths anyone may read.
+/// Paths anyone may call: health and version, and joining (which checks the join token).
 fn is_public(path: &str) -> bool {
     matches!(path, "/version" | "/healthz" | "/livez" | "/readyz")
+        || path == shoal_common::join::CACERTS_PATH
+        || path == shoal_common::join::NODE_CREDENTIALS_PATH
         || path.starts_with("/healthz/")
         || path.starts_with("/livez/")
         || path.starts_with("/readyz/")

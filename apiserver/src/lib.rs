@@ -12,6 +12,7 @@ pub mod crd;
 pub mod defaults;
 pub mod discovery;
 pub mod in_process;
+pub mod join;
 pub mod managed_fields;
 pub mod node_proxy;
 pub mod objects;

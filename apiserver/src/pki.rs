@@ -12,12 +12,12 @@ use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use base64::Engine as _;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use ring::rand::SecureRandom as _;
+use shoal_common::join::{join_token, parse_join_token, TokenError, NODES_GROUP, NODE_USER_PREFIX};
 use time::{Duration, OffsetDateTime};
 
 const CA_CERT: &str = "server-ca.crt";
@@ -49,8 +49,12 @@ pub enum PkiError {
     Generate(#[from] rcgen::Error),
     #[error("the random number generator failed")]
     Random,
-    #[error("invalid join token: {0}")]
-    BadToken(&'static str),
+    #[error(transparent)]
+    BadToken(#[from] TokenError),
+    #[error("{path} holds another join token than --token; a cluster's token cannot change")]
+    TokenMismatch { path: PathBuf },
+    #[error("the certificate request is not a valid PKCS#10 request: {0}")]
+    BadRequest(String),
 }
 
 /// Who the serving certificate is for.
@@ -96,6 +100,8 @@ impl ServingIdentity {
 #[derive(Clone)]
 pub struct ClusterPki {
     pub ca_cert_pem: String,
+    /// The CA's key, which signs node client certificates.
+    ca_key_pem: String,
     pub serving_cert_pem: String,
     pub serving_key_pem: String,
     pub admin_cert_pem: String,
@@ -180,8 +186,15 @@ fn leaf_params(common_name: &str, validity: Duration) -> Result<CertificateParam
 
 impl ClusterPki {
     /// Loads the PKI under `server_dir` (`<data-dir>/server`), creating what is missing and
-    /// reissuing the serving certificate when `identity` changed or it nears expiry.
-    pub fn load_or_create(server_dir: &Path, identity: &ServingIdentity) -> Result<Self, PkiError> {
+    /// reissuing the serving certificate when `identity` changed or it nears expiry. `token`
+    /// (a bare secret or a full `K10…` token, from `--token`) becomes the join secret of a new
+    /// cluster and must match the stored one of an existing cluster.
+    pub fn load_or_create(
+        server_dir: &Path,
+        identity: &ServingIdentity,
+        token: Option<&str>,
+    ) -> Result<Self, PkiError> {
+        let wanted_secret = token.map(parse_join_token).transpose()?;
         let tls = server_dir.join("tls");
         std::fs::create_dir_all(&tls).map_err(|source| PkiError::Io {
             path: tls.clone(),
@@ -249,9 +262,21 @@ impl ClusterPki {
 
         let token_path = server_dir.join("token");
         let token_secret = match read(&token_path)? {
-            Some(token) => parse_join_token(token.trim())?.secret,
+            Some(stored) => {
+                let stored = parse_join_token(stored.trim())?;
+                if wanted_secret
+                    .as_ref()
+                    .is_some_and(|wanted| !stored.secret_matches(&wanted.secret))
+                {
+                    return Err(PkiError::TokenMismatch { path: token_path });
+                }
+                stored.secret
+            }
             None => {
-                let secret = hex(&random_bytes::<16>()?);
+                let secret = match wanted_secret {
+                    Some(wanted) => wanted.secret,
+                    None => hex(&random_bytes::<16>()?),
+                };
                 write(
                     &token_path,
                     &format!("{}\n", join_token(&ca_cert_pem, &secret)),
@@ -262,6 +287,7 @@ impl ClusterPki {
         };
 
         Ok(ClusterPki {
+            ca_key_pem: ca_key.serialize_pem(),
             ca_cert_pem,
             serving_cert_pem,
             serving_key_pem,
@@ -274,6 +300,25 @@ impl ClusterPki {
     /// The full join token agents are given.
     pub fn join_token(&self) -> String {
         join_token(&self.ca_cert_pem, &self.token_secret)
+    }
+
+    /// Signs a node's client certificate (`system:node:<name>` in `system:nodes`, one year)
+    /// for the key in `csr_pem`; the request's own subject and extensions are ignored.
+    pub fn sign_node_client(&self, node_name: &str, csr_pem: &str) -> Result<String, PkiError> {
+        let key = KeyPair::from_pem(&self.ca_key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.ca_cert_pem, &key)?;
+        let mut request = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| PkiError::BadRequest(e.to_string()))?;
+        let mut params = leaf_params(
+            &format!("{NODE_USER_PREFIX}{node_name}"),
+            Duration::days(365),
+        )?;
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, NODES_GROUP);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        request.params = params;
+        Ok(request.signed_by(&issuer)?.pem())
     }
 
     /// A kubeconfig for the admin user against `server_url` (`https://127.0.0.1:6443`).
@@ -351,69 +396,8 @@ fn load_or_create_ca(tls: &Path) -> Result<(String, KeyPair), PkiError> {
     }
 }
 
-/// `K10<sha256 hex of the CA bundle>::server:<secret>`, as k3s writes it.
-pub fn join_token(ca_cert_pem: &str, secret: &str) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, ca_cert_pem.as_bytes());
-    format!("K10{}::server:{secret}", hex(digest.as_ref()))
-}
-
-/// A join token taken apart.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JoinToken {
-    /// The SHA-256 of the CA the node must see, when the token pins one.
-    pub ca_hash: Option<String>,
-    pub secret: String,
-}
-
-impl JoinToken {
-    /// Whether `ca_cert_pem` is the CA this token pins (true when it pins none).
-    pub fn trusts(&self, ca_cert_pem: &str) -> bool {
-        let digest = ring::digest::digest(&ring::digest::SHA256, ca_cert_pem.as_bytes());
-        self.ca_hash
-            .as_deref()
-            .is_none_or(|h| h == hex(digest.as_ref()))
-    }
-}
-
-/// Parses a full `K10…::user:secret` token or a bare secret (which pins no CA).
-pub fn parse_join_token(token: &str) -> Result<JoinToken, PkiError> {
-    if token.is_empty() {
-        return Err(PkiError::BadToken("empty"));
-    }
-    let Some(rest) = token.strip_prefix("K10") else {
-        return Ok(JoinToken {
-            ca_hash: None,
-            secret: token.to_string(),
-        });
-    };
-    let (hash, credentials) = rest.split_once("::").ok_or(PkiError::BadToken("no '::'"))?;
-    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(PkiError::BadToken("the CA hash is not 64 hex digits"));
-    }
-    let secret = match credentials.split_once(':') {
-        Some((_user, secret)) => secret,
-        None => credentials,
-    };
-    if secret.is_empty() {
-        return Err(PkiError::BadToken("no secret"));
-    }
-    Ok(JoinToken {
-        ca_hash: Some(hash.to_ascii_lowercase()),
-        secret: secret.to_string(),
-    })
-}
-
-/// A kubeconfig with one cluster, one client-certificate user and one context, all "default"
-/// (as k3s names them).
-pub fn kubeconfig(server_url: &str, ca_pem: &str, cert_pem: &str, key_pem: &str) -> String {
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: {server_url}\n  name: default\ncontexts:\n- context:\n    cluster: default\n    user: default\n  name: default\ncurrent-context: default\npreferences: {{}}\nusers:\n- name: default\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
-        b64(ca_pem),
-        b64(cert_pem),
-        b64(key_pem),
-    )
-}
+/// A kubeconfig with one cluster, one client-certificate user and one context, all "default".
+pub use shoal_common::join::kubeconfig;
 
 #[cfg(test)]
 mod tests {
@@ -426,8 +410,10 @@ mod tests {
     #[test]
     fn created_once_then_reused() {
         let dir = tempfile::TempDir::new().expect("tempdir");
-        let first = ClusterPki::load_or_create(dir.path(), &identity("127.0.0.1")).expect("create");
-        let again = ClusterPki::load_or_create(dir.path(), &identity("127.0.0.1")).expect("load");
+        let first =
+            ClusterPki::load_or_create(dir.path(), &identity("127.0.0.1"), None).expect("create");
+        let again =
+            ClusterPki::load_or_create(dir.path(), &identity("127.0.0.1"), None).expect("load");
         assert_eq!(first.ca_cert_pem, again.ca_cert_pem);
         assert_eq!(first.serving_cert_pem, again.serving_cert_pem);
         assert_eq!(first.admin_cert_pem, again.admin_cert_pem);
@@ -448,8 +434,10 @@ mod tests {
     #[test]
     fn a_new_address_reissues_the_serving_certificate_under_the_same_ca() {
         let dir = tempfile::TempDir::new().expect("tempdir");
-        let first = ClusterPki::load_or_create(dir.path(), &identity("127.0.0.1")).expect("create");
-        let moved = ClusterPki::load_or_create(dir.path(), &identity("10.0.0.5")).expect("reissue");
+        let first =
+            ClusterPki::load_or_create(dir.path(), &identity("127.0.0.1"), None).expect("create");
+        let moved =
+            ClusterPki::load_or_create(dir.path(), &identity("10.0.0.5"), None).expect("reissue");
         assert_eq!(first.ca_cert_pem, moved.ca_cert_pem);
         assert_ne!(first.serving_cert_pem, moved.serving_cert_pem);
         assert_eq!(first.admin_cert_pem, moved.admin_cert_pem);
@@ -458,19 +446,20 @@ mod tests {
     #[test]
     fn half_a_ca_is_refused() {
         let dir = tempfile::TempDir::new().expect("tempdir");
-        ClusterPki::load_or_create(dir.path(), &identity("127.0.0.1")).expect("create");
+        ClusterPki::load_or_create(dir.path(), &identity("127.0.0.1"), None).expect("create");
         std::fs::remove_file(dir.path().join("tls").join(CA_KEY)).expect("rm");
-        let err =
-            ClusterPki::load_or_create(dir.path(), &identity("127.0.0.1")).expect_err("refuse");
+        let err = ClusterPki::load_or_create(dir.path(), &identity("127.0.0.1"), None)
+            .expect_err("refuse");
         assert!(err.to_string().contains("key is missing"), "{err}");
         std::fs::write(dir.path().join("tls").join(CA_KEY), "not a key").expect("write");
-        assert!(ClusterPki::load_or_create(dir.path(), &identity("127.0.0.1")).is_err());
+        assert!(ClusterPki::load_or_create(dir.path(), &identity("127.0.0.1"), None).is_err());
     }
 
     #[test]
     fn join_tokens_pin_the_ca() {
         let dir = tempfile::TempDir::new().expect("tempdir");
-        let pki = ClusterPki::load_or_create(dir.path(), &identity("127.0.0.1")).expect("create");
+        let pki =
+            ClusterPki::load_or_create(dir.path(), &identity("127.0.0.1"), None).expect("create");
         let token = pki.join_token();
         assert!(token.starts_with("K10") && token.contains("::server:"));
         let written = std::fs::read_to_string(dir.path().join("token")).expect("token file");
@@ -495,13 +484,65 @@ mod tests {
     }
 
     #[test]
-    fn kubeconfig_is_valid_yaml_with_the_admin_credentials() {
-        let yaml = kubeconfig("https://127.0.0.1:6443", "CA", "CERT", "KEY");
-        assert!(yaml.contains("server: https://127.0.0.1:6443"));
-        assert!(yaml.contains(&format!(
-            "client-key-data: {}",
-            base64::engine::general_purpose::STANDARD.encode("KEY")
-        )));
-        assert!(yaml.contains("current-context: default"));
+    fn the_token_flag_sets_a_new_clusters_secret_and_must_match_an_old_one() {
+        let dir = tempfile::TempDir::new().expect("tempdir");
+        let pki = ClusterPki::load_or_create(dir.path(), &identity("127.0.0.1"), Some("s3cret"))
+            .expect("create");
+        assert_eq!(pki.token_secret, "s3cret");
+        let full = pki.join_token();
+        ClusterPki::load_or_create(dir.path(), &identity("127.0.0.1"), Some(&full))
+            .expect("the full token names the same secret");
+        ClusterPki::load_or_create(dir.path(), &identity("127.0.0.1"), None).expect("no flag");
+        let err = ClusterPki::load_or_create(dir.path(), &identity("127.0.0.1"), Some("other"))
+            .expect_err("another secret");
+        assert!(err.to_string().contains("another join token"), "{err}");
+    }
+
+    #[test]
+    fn node_client_certificates_name_the_node_and_chain_to_the_ca() {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let dir = tempfile::TempDir::new().expect("tempdir");
+        let pki =
+            ClusterPki::load_or_create(dir.path(), &identity("127.0.0.1"), None).expect("create");
+        let key = KeyPair::generate().expect("key");
+        let mut asked = CertificateParams::default();
+        asked
+            .distinguished_name
+            .push(DnType::CommonName, "system:admin"); // ignored: the node cannot choose
+        let csr = asked
+            .serialize_request(&key)
+            .expect("csr")
+            .pem()
+            .expect("pem");
+        let pem = pki.sign_node_client("worker-1", &csr).expect("sign");
+        let der = rustls_pki_der(&pem);
+        let (_, cert) = X509Certificate::from_der(&der).expect("parse");
+        let user = crate::auth::User::from_certificate(&der);
+        assert_eq!(
+            user,
+            crate::auth::User::Authenticated {
+                name: "system:node:worker-1".into(),
+                groups: vec!["system:nodes".into()],
+            }
+        );
+        assert_eq!(
+            cert.public_key().raw,
+            rcgen::PublicKeyData::subject_public_key_info(&key).as_slice()
+        );
+        let ca_der = rustls_pki_der(&pki.ca_cert_pem);
+        let (_, ca) = X509Certificate::from_der(&ca_der).expect("ca");
+        cert.verify_signature(Some(ca.public_key()))
+            .expect("signed by the CA");
+        assert!(matches!(
+            pki.sign_node_client("worker-1", "not a request"),
+            Err(PkiError::BadRequest(_))
+        ));
+    }
+
+    fn rustls_pki_der(pem: &str) -> Vec<u8> {
+        use rustls::pki_types::pem::PemObject as _;
+        rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+            .expect("pem")
+            .to_vec()
     }
 }

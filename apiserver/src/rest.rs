@@ -42,6 +42,8 @@ pub struct Api {
     pub openapi_v2: crate::openapi::v2::Cache,
     /// TLS for calls to nodes' own APIs (`pods/log`); `None` when no node can be reached.
     pub node_client: Option<Arc<rustls::ClientConfig>>,
+    /// Admits joining nodes; `None` when this server takes no nodes from elsewhere.
+    pub join: Option<Arc<crate::join::JoinAuthority>>,
 }
 
 impl Api {
@@ -55,6 +57,7 @@ impl Api {
             service_ranges: ServiceRanges::default(),
             openapi_v2: Default::default(),
             node_client: None,
+            join: None,
         }
     }
 }

@@ -128,6 +128,11 @@ pub fn router(api: Arc<Api>) -> Router {
                 openapi_document(&api, &group, &version)
             }),
         )
+        .route(shoal_common::join::CACERTS_PATH, get(crate::join::cacerts))
+        .route(
+            shoal_common::join::NODE_CREDENTIALS_PATH,
+            axum::routing::post(crate::join::node_credentials),
+        )
         .route("/api/v1/namespaces/{namespace}/pods/{name}/exec", any(stream_exec))
         .route("/api/v1/namespaces/{namespace}/pods/{name}/attach", any(stream_attach))
         .route("/api/v1/namespaces/{namespace}/pods/{name}/portforward", any(stream_portforward))

@@ -1,6 +1,7 @@
 //! The `shoal` binary: parses the command line (with config file and environment), sets up
 //! logging, and starts the part asked for. Wiring only; the work lives in the library crates.
 
+mod agent;
 mod cli;
 mod config;
 mod controller_manager;
@@ -74,18 +75,17 @@ fn main() -> ExitCode {
             run(server::run(args))
         }
         Command::Agent(args) => {
-            if args.common.server.is_none() {
+            let Some(server) = args.common.server.clone() else {
                 return usage_error("agent needs --server https://HOST:6443 (or SHOAL_URL)");
-            }
-            if let Err(err) = config::read_token(&args.common.token, &args.common.token_file)
+            };
+            let token = match config::read_token(&args.common.token, &args.common.token_file)
                 .and_then(|t| {
                     t.ok_or_else(|| anyhow::anyhow!("agent needs --token or --token-file"))
-                })
-            {
-                return usage_error(&format!("{err:#}"));
-            }
-            eprintln!("shoal: the node agent is not part of this build yet");
-            ExitCode::from(69)
+                }) {
+                Ok(token) => token,
+                Err(err) => return usage_error(&format!("{err:#}")),
+            };
+            run(agent::run(args, server, token))
         }
         Command::Pause => ExitCode::from(u8::try_from(shoal_agent::pause::run()).unwrap_or(1)),
         Command::Images(command) => run(node::images(command)),

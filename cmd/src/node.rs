@@ -1,4 +1,4 @@
-//! The node part of `shoal server` (and later `shoal agent`): flags into an
+//! The node part of `shoal server` and `shoal agent`: flags into an
 //! [`AgentConfig`](shoal_agent::node_agent::AgentConfig), and `shoal images`.
 
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
@@ -16,6 +16,15 @@ pub fn default_node_ip() -> IpAddr {
         .and_then(|s| s.local_addr())
         .map(|a| a.ip())
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// This machine's host name, lower-cased (Kubernetes' default node name).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_lowercase())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// What the node learns from the cluster it joins.

@@ -19,13 +19,17 @@ use crate::cli::ServerArgs;
 use crate::config;
 
 pub async fn run(args: ServerArgs) -> Result<()> {
-    let _token = config::read_token(&args.common.token, &args.common.token_file)?;
+    let token = config::read_token(&args.common.token, &args.common.token_file)?;
     let server_dir = args.common.data_dir.join("server");
     let store_dir = server_dir.join("store");
     let mut store_config = RaftStoreConfig::new(&store_dir);
     let advertise = args.advertise_address.unwrap_or(args.bind_address);
     store_config.advertise = format!("{advertise}:{}", args.https_listen_port + 1);
-    let node_name = args.common.node_name.clone().unwrap_or_else(hostname);
+    let node_name = args
+        .common
+        .node_name
+        .clone()
+        .unwrap_or_else(crate::node::hostname);
 
     // Both handlers exist before anything is opened: a signal that arrives at any point after
     // this is a clean shutdown, never the default (immediate) death.
@@ -38,7 +42,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
 
     let identity =
         ServingIdentity::kubernetes(&node_name, &args.cluster_domain, serving_ips(&args));
-    let pki = ClusterPki::load_or_create(&server_dir, &identity)
+    let pki = ClusterPki::load_or_create(&server_dir, &identity, token.as_deref())
         .context("loading the cluster certificates")?;
     let local_url = format!(
         "https://{}",
@@ -74,6 +78,15 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             shoal_apiserver::node_proxy::client_config(&pki.admin_cert_pem, &pki.admin_key_pem)
                 .map_err(|e| anyhow::anyhow!("node client TLS: {e}"))?,
         ),
+        join: Some(Arc::new(shoal_apiserver::join::JoinAuthority::new(
+            pki.clone(),
+            shoal_common::join::JoinedCluster {
+                cluster_cidr: args.cluster_cidr.to_string(),
+                service_cidr: args.service_cidr.to_string(),
+                cluster_dns: args.cluster_dns.to_string(),
+                cluster_domain: args.cluster_domain.clone(),
+            },
+        ))),
     });
     api.bootstrap()
         .await
@@ -155,6 +168,12 @@ fn serving_ips(args: &ServerArgs) -> Vec<IpAddr> {
     ];
     ips.extend(args.service_cidr.nth(1)); // the `kubernetes` Service's ClusterIP
     ips.extend(args.advertise_address);
+    // Agents on other machines reach the server at its node address.
+    ips.push(
+        args.node
+            .node_ip
+            .unwrap_or_else(crate::node::default_node_ip),
+    );
     if !args.bind_address.is_unspecified() {
         ips.push(args.bind_address);
     }
@@ -168,14 +187,6 @@ fn client_ip(bind: IpAddr) -> IpAddr {
         IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
         other => other,
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_lowercase())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Frees Service addresses nothing holds any more (after a crash between reserving and

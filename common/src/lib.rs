@@ -1,9 +1,12 @@
 //! What several Shoal crates share and that needs no I/O: the cluster's default addresses,
-//! ports and paths (Kubernetes' and k3s's own), and the small types that carry them.
+//! ports and paths (Kubernetes' and k3s's own), the small types that carry them, and how nodes
+//! join (token, messages, the TLS verifier used before trust is established).
 
 pub mod catalog;
 mod cidr;
+pub mod join;
 pub mod quantity;
+pub mod tls;
 
 pub use catalog::ResourceDef;
 pub use cidr::{Cidr, CidrError};

@@ -1,5 +1,6 @@
 //! The harness integration tests share: a `shoal server` on a loopback port with its data in
-//! a temporary directory, real kubectl against it, and `shoal simulate-nodes` fleets.
+//! a temporary directory, real kubectl against it, `shoal agent`s joined to it with its token,
+//! and `shoal simulate-nodes` fleets.
 #![allow(clippy::missing_panics_doc)]
 
 use std::io::{BufRead, BufReader, Write};
@@ -34,9 +35,45 @@ pub struct Cluster {
     server: Option<ShoalServer>,
     /// Whether the server runs its agent (containerd and real containers to clean up).
     with_agent: bool,
+    /// `shoal agent`s joined to the server, stopped (after their pods) when the cluster drops.
+    agents: Vec<Agent>,
     pub dir: TempDir,
     pub kubeconfig: PathBuf,
     pub kubectl: PathBuf,
+}
+
+/// A `shoal agent` process of a [`Cluster`].
+#[derive(Debug)]
+pub struct Agent {
+    child: Option<Child>,
+    /// Its `--data-dir`.
+    pub data_dir: PathBuf,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+}
+
+impl Agent {
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits for the exit (SIGKILL after 30 s); the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        child.wait().ok().and_then(|s| s.code())
+    }
 }
 
 impl Cluster {
@@ -52,6 +89,7 @@ impl Cluster {
             binary: binary.to_path_buf(),
             server: Some(server),
             with_agent: false,
+            agents: Vec::new(),
             dir,
             kubeconfig,
             kubectl,
@@ -70,10 +108,44 @@ impl Cluster {
             binary: binary.to_path_buf(),
             server: Some(server),
             with_agent: true,
+            agents: Vec::new(),
             dir,
             kubeconfig,
             kubectl,
         }
+    }
+
+    /// Starts `shoal agent` joining this cluster's server with the token the server wrote, its
+    /// state in `<dir>/agents/<name>`; returns its index in [`Cluster::agent`].
+    pub fn start_agent(&mut self, name: &str, extra: &[&str]) -> usize {
+        let data_dir = self.dir.path().join("agents").join(name);
+        std::fs::create_dir_all(&data_dir).expect("agent data dir");
+        let token = std::fs::read_to_string(self.dir.path().join("server").join("token"))
+            .expect("the server's token file");
+        let log = self.dir.path().join("agents").join(format!("{name}.log"));
+        let stderr = std::fs::File::create(&log).expect("agent log");
+        let child = Command::new(&self.binary)
+            .args(["agent", "--server"])
+            .arg(format!("https://127.0.0.1:{}", self.port()))
+            .args(["--token", token.trim(), "--node-name", name, "--data-dir"])
+            .arg(&data_dir)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start shoal agent");
+        self.agents.push(Agent {
+            child: Some(child),
+            data_dir,
+            log,
+        });
+        self.agents.len() - 1
+    }
+
+    /// An agent [`Cluster::start_agent`] started.
+    pub fn agent(&mut self, index: usize) -> &mut Agent {
+        &mut self.agents[index]
     }
 
     /// Stops the server with SIGTERM and starts it again on the same data and port.
@@ -277,7 +349,7 @@ impl Drop for Cluster {
     /// agent adopts them); a test's must not outlive the test. They are found by the data
     /// directory in their command lines, so nothing else on the machine is touched.
     fn drop(&mut self) {
-        if !self.with_agent {
+        if !self.with_agent && self.agents.is_empty() {
             return;
         }
         if std::thread::panicking() {
@@ -314,6 +386,19 @@ impl Drop for Cluster {
                 None,
             );
             wait_for_no_tasks(self.dir.path(), Duration::from_secs(60));
+            for agent in &self.agents {
+                wait_for_no_tasks(&agent.data_dir, Duration::from_secs(60));
+            }
+        }
+        for agent in &mut self.agents {
+            if std::thread::panicking() {
+                let log = agent.log_text();
+                let lines: Vec<&str> = log.lines().filter(|l| !l.contains(" INFO ")).collect();
+                for line in &lines[lines.len().saturating_sub(40)..] {
+                    eprintln!("agent {}: {line}", agent.data_dir.display());
+                }
+            }
+            agent.stop();
         }
         if let Some(server) = self.server.take() {
             let _ = server.stop();
