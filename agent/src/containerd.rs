@@ -110,6 +110,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        # runc's own state, per agent: the default (/run/containerd/runc/k8s.io) would be
+        # shared by every agent on a machine, as in multi-node tests with a netns per node.
+        Root = {runc_root}
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = {cni_bin}
     conf_dir = {cni_conf}
@@ -121,6 +124,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 "#,
             root = d(&self.dir.join("root")),
             state = d(&self.dir.join("state")),
+            runc_root = d(&self.dir.join("state").join("runc")),
             socket = d(&self.socket()),
             ttrpc = d(&self.dir.join("containerd-ttrpc.sock")),
             sandbox = toml_string(&self.sandbox_image),
@@ -295,6 +299,7 @@ mod tests {
         assert!(config.contains("root = \"/var/lib/shoal/agent/containerd/root\""));
         assert!(config.contains("address = \"/var/lib/shoal/agent/containerd/containerd.sock\""));
         assert!(config.contains("sandbox_image = \"localhost/shoal/pause:1\""));
+        assert!(config.contains("Root = \"/var/lib/shoal/agent/containerd/state/runc\""));
         assert!(config.contains("conf_dir = \"/var/lib/shoal/agent/cni/net.d\""));
         assert!(config.contains("config_path = \"/var/lib/shoal/agent/containerd/certs.d\""));
         assert_eq!(
