@@ -196,6 +196,9 @@ impl Supervisor {
         shutdown: watch::Receiver<bool>,
     ) -> Result<impl std::future::Future<Output = ()>, ContainerdError> {
         self.settings.write()?;
+        // A containerd of an agent that was killed outright is still running (and holds the
+        // metadata database): stop it; its shims, and so the containers, keep running.
+        stop_leftovers(&self.settings.config_file()).await;
         // A socket left by a containerd that died with the previous agent would make the
         // new one refuse to start.
         let _ = std::fs::remove_file(self.settings.socket());
@@ -264,6 +267,59 @@ impl Supervisor {
     }
 }
 
+/// The processes under `proc_root` (`/proc`) that are a containerd run with `config`.
+fn containerd_pids(proc_root: &Path, config: &Path) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    let wanted = config.as_os_str().as_encoded_bytes();
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| Some((e.file_name().to_str()?.parse::<i32>().ok()?, e.path())))
+        .filter(|(_, dir)| {
+            let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.first().is_some_and(|a| a.ends_with(b"containerd"))
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == b"--config" && w[1] == wanted)
+        })
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// SIGTERM to a containerd left running with our configuration, SIGKILL after 10 s.
+async fn stop_leftovers(config: &Path) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let pids = containerd_pids(Path::new("/proc"), config);
+    if pids.is_empty() {
+        return;
+    }
+    tracing::info!(
+        ?pids,
+        "stopping the containerd a previous agent left running"
+    );
+    for pid in &pids {
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        if pids
+            .iter()
+            .all(|pid| kill(Pid::from_raw(*pid), None).is_err())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for pid in &pids {
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+    }
+    // Reaped by init (it was never our child); give the kernel a moment to release its locks.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
 /// Resolves when shutdown is asked for (or its sender is gone).
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
@@ -306,6 +362,33 @@ mod tests {
             settings.socket(),
             Path::new("/var/lib/shoal/agent/containerd/containerd.sock")
         );
+    }
+
+    #[test]
+    fn a_leftover_containerd_is_found_by_its_configuration() {
+        let proc_root = tempfile::TempDir::new().unwrap();
+        let process = |pid: &str, args: &[&str]| {
+            let dir = proc_root.path().join(pid);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("cmdline"), args.join("\0") + "\0").unwrap();
+        };
+        let ours = "/var/lib/shoal/agent/containerd/config.toml";
+        process("10", &["/usr/bin/containerd", "--config", ours]);
+        process("11", &["containerd", "--config", "/other/config.toml"]);
+        process(
+            "12",
+            &["/usr/bin/containerd-shim-runc-v2", "--config", ours],
+        );
+        process("13", &["vim", "--config", ours]);
+        process(
+            "14",
+            &["containerd", "--config", ours, "--log-level", "debug"],
+        );
+        process("self", &["containerd", "--config", ours]);
+        std::fs::create_dir_all(proc_root.path().join("15")).unwrap(); // exited: no cmdline
+        let mut pids = containerd_pids(proc_root.path(), Path::new(ours));
+        pids.sort();
+        assert_eq!(pids, vec![10, 14]);
     }
 
     #[test]

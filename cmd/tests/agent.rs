@@ -9,19 +9,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 use shoal_e2e::cluster::{eventually, Cluster};
+use shoal_e2e::process::is_root;
 
 const IMAGE: &str = "localhost/test/busybox:1";
 
 /// Waits until `probe` holds.
 fn until(what: &str, timeout: Duration, mut probe: impl FnMut() -> bool) {
     eventually(what, timeout, || probe().then_some(()));
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
 }
 
 fn pod(cluster: &Cluster, name: &str) -> Value {
@@ -76,17 +70,7 @@ fn pods_run_in_real_containers() {
 
     // An image from an archive, imported with `shoal images import`.
     let archive = shoal_e2e::images::busybox_archive(cluster.dir.path(), IMAGE);
-    let out = std::process::Command::new(binary)
-        .args(["images", "import", "--data-dir"])
-        .arg(cluster.dir.path())
-        .arg(&archive)
-        .output()
-        .expect("shoal images import");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    shoal_e2e::images::import(binary, cluster.dir.path(), &archive);
     let list = std::process::Command::new(binary)
         .args(["images", "list", "--data-dir"])
         .arg(cluster.dir.path())

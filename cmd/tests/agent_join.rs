@@ -9,15 +9,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use shoal_e2e::cluster::{eventually, Cluster};
+use shoal_e2e::process::is_root;
 
 const IMAGE: &str = "localhost/test/busybox:1";
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-}
 
 fn condition(node: &Value, kind: &str) -> String {
     node["status"]["conditions"]
@@ -131,17 +125,7 @@ fn an_agent_joins_with_the_token_and_runs_pods() {
     // A pod on it, with logs and exec going through the server to the node.
     let archive = shoal_e2e::images::busybox_archive(cluster.dir.path(), IMAGE);
     let data_dir = cluster.agent(worker).data_dir.clone();
-    let out = Command::new(binary)
-        .args(["images", "import", "--data-dir"])
-        .arg(&data_dir)
-        .arg(&archive)
-        .output()
-        .expect("shoal images import");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    shoal_e2e::images::import(binary, &data_dir, &archive);
     cluster.apply(&format!(
         r#"apiVersion: v1
 kind: Pod

@@ -3,7 +3,7 @@
 //! and `shoal simulate-nodes` fleets.
 #![allow(clippy::missing_panics_doc)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -14,18 +14,8 @@ use tempfile::TempDir;
 
 use crate::server::{free_port, ShoalServer};
 
-/// kubectl 1.33; a missing one fails the test (never a silent skip).
-pub fn kubectl_binary() -> PathBuf {
-    [
-        "/usr/lib/google-cloud-sdk/bin",
-        "/usr/local/bin",
-        "/usr/bin",
-    ]
-    .iter()
-    .map(|dir| Path::new(dir).join("kubectl.1.33"))
-    .find(|p| p.exists())
-    .unwrap_or_else(|| panic!("kubectl.1.33 not found: this test needs kubectl 1.33"))
-}
+use crate::kubectl::Kubectl;
+pub use crate::kubectl::{kubectl_binary, ok};
 
 /// A server with its data in a temporary directory (the server is killed before the
 /// directory is removed), driven with real kubectl.
@@ -60,19 +50,7 @@ impl Agent {
 
     /// SIGTERM, then waits for the exit (SIGKILL after 30 s); the exit code.
     pub fn stop(&mut self) -> Option<i32> {
-        let mut child = self.child.take()?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = child.kill();
-        child.wait().ok().and_then(|s| s.code())
+        crate::process::stop(self.child.take()?, Duration::from_secs(30))
     }
 }
 
@@ -175,64 +153,40 @@ impl Cluster {
         self.server.as_ref().expect("server running")
     }
 
-    pub fn kubectl_with_input(&self, args: &[&str], input: Option<&str>) -> Output {
-        let mut child = Command::new(&self.kubectl)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .env("HOME", self.dir.path()) // a private discovery cache
-            .stdin(if input.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run kubectl");
-        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
-            stdin.write_all(input.as_bytes()).expect("kubectl stdin");
+    /// kubectl against this cluster.
+    pub fn kubectl_runner(&self) -> Kubectl {
+        Kubectl {
+            binary: self.kubectl.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+            home: self.dir.path().to_path_buf(),
         }
-        child.wait_with_output().expect("kubectl output")
+    }
+
+    pub fn kubectl_with_input(&self, args: &[&str], input: Option<&str>) -> Output {
+        self.kubectl_runner().run(args, input)
     }
 
     /// Runs kubectl and returns its stdout, failing the test if it fails.
     pub fn kubectl(&self, args: &[&str]) -> String {
-        ok(self.kubectl_with_input(args, None), &args.join(" "))
+        self.kubectl_runner().ok(args)
     }
 
     pub fn apply(&self, manifest: &str) {
-        ok(
-            self.kubectl_with_input(&["apply", "-f", "-"], Some(manifest)),
-            "apply",
-        );
+        self.kubectl_runner().apply(manifest);
     }
 
     /// The object, or `None` when kubectl says NotFound.
     pub fn get(&self, args: &[&str]) -> Option<Value> {
-        let mut args = args.to_vec();
-        args.extend(["-o", "json"]);
-        let out = self.kubectl_with_input(&args, None);
-        if out.status.success() {
-            return Some(serde_json::from_slice(&out.stdout).expect("kubectl JSON"));
-        }
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("NotFound"), "kubectl {args:?}: {err}");
-        None
+        self.kubectl_runner().get(args)
     }
 
     /// The `items` of a list.
     pub fn items(&self, args: &[&str]) -> Vec<Value> {
-        match self.json(args)["items"].as_array() {
-            Some(items) => items.clone(),
-            None => panic!("no items from kubectl {args:?}"),
-        }
+        self.kubectl_runner().items(args)
     }
 
     pub fn json(&self, args: &[&str]) -> Value {
-        let mut args = args.to_vec();
-        args.extend(["-o", "json"]);
-        serde_json::from_str(&self.kubectl(&args)).expect("kubectl JSON")
+        self.kubectl_runner().json(args)
     }
 
     /// Starts `shoal simulate-nodes --count COUNT` against this server and waits until
@@ -371,20 +325,7 @@ impl Drop for Cluster {
             }
         }
         if self.server.is_some() {
-            // Pods go through the agent first, so their sandboxes' network namespaces and
-            // veths are torn down (containers of a killed agent would outlive the test).
-            let _ = self.kubectl_with_input(
-                &[
-                    "delete",
-                    "pods",
-                    "--all",
-                    "-A",
-                    "--grace-period=0",
-                    "--force",
-                    "--wait=false",
-                ],
-                None,
-            );
+            self.kubectl_runner().delete_all_pods();
             wait_for_no_tasks(self.dir.path(), Duration::from_secs(60));
             for agent in &self.agents {
                 wait_for_no_tasks(&agent.data_dir, Duration::from_secs(60));
@@ -403,19 +344,7 @@ impl Drop for Cluster {
         if let Some(server) = self.server.take() {
             let _ = server.stop();
         }
-        let dir = self.dir.path().display().to_string();
-        let _ = Command::new("pkill").args(["-KILL", "-f", &dir]).status();
-        std::thread::sleep(Duration::from_millis(300));
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut ours: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(4))
-            .filter(|m| m.starts_with(dir.as_str()))
-            .collect();
-        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for mount in ours {
-            let _ = Command::new("umount").args(["-l", mount]).status();
-        }
+        crate::process::kill_and_unmount_under(self.dir.path());
     }
 }
 
@@ -424,16 +353,6 @@ impl Drop for Simulator {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The stdout of a successful kubectl run; fails the test otherwise.
-pub fn ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "kubectl {what} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Polls `probe` every 200 ms until it returns Some, failing after `timeout`.

@@ -50,3 +50,21 @@ pub fn busybox_archive(dir: &Path, name: &str) -> PathBuf {
     write_archive(&spec, &path).expect("write the busybox image");
     path
 }
+
+/// Imports `archive` into the containerd of the agent with `data_dir`, with `shoal images
+/// import`; fails the test with its stderr.
+pub fn import(binary: &Path, data_dir: &Path, archive: &Path) {
+    let out = std::process::Command::new(binary)
+        .args(["images", "import", "--data-dir"])
+        .arg(data_dir)
+        .arg(archive)
+        .output()
+        .expect("run shoal images import");
+    assert!(
+        out.status.success(),
+        "importing {} into {}: {}",
+        archive.display(),
+        data_dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,10 +1,15 @@
-//! Multi-node test clusters on one machine (one network namespace per node) and benchmark drivers. The cluster harness comes with the e2e issue.
+//! Test clusters and benchmark drivers: a server on a loopback port (`cluster`), multi-node labs
+//! on one machine with a network namespace per node (`lab`), real kubectl (`kubectl`), test
+//! images from busybox-static (`images`), and the `shoal-bench` drivers.
 
 pub mod api_bench;
 pub mod cluster;
 pub mod control_bench;
 pub mod etcd;
 pub mod images;
+pub mod kubectl;
+pub mod lab;
 pub mod latency;
 pub mod pod_bench;
+pub mod process;
 pub mod server;

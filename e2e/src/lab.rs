@@ -1,0 +1,436 @@
+//! Multi-node clusters on one machine: every node is a network namespace with its own data
+//! directory, containerd and node agent, wired by a veth to a bridge in the root namespace that
+//! stands in for the LAN (addresses from 172.31.0.0/16, a /24 per lab). Node 0 is a server
+//! (with its agent); the others are `shoal agent`s joined with the server's token. Driven with
+//! real kubectl from the root namespace.
+//!
+//! Everything a lab creates is removed when it drops, also when the test panics: pods are
+//! deleted through their agents (so their network namespaces and veths go), then processes
+//! are stopped — and anything left in a node's namespace or running from the lab's directory
+//! is killed — mounts under the directory are unmounted, and the namespaces and bridge are
+//! deleted (taking the veths, bridges, VXLAN devices and nftables tables inside with them).
+//!
+//! Needs root, `ip` (iproute2), `nsenter` (util-linux), containerd and runc: a missing one fails with a clear message.
+#![allow(clippy::missing_panics_doc)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::cluster::wait_for_no_tasks;
+use crate::kubectl::{kubectl_binary, Kubectl};
+use crate::process::is_root;
+use crate::server::READY;
+
+/// The API port every server listens on inside its namespace.
+pub const API_PORT: u16 = 6443;
+
+/// Flags every lab node gets: the build machines' disks are often over 90% full, which is disk
+/// pressure by Kubernetes' default threshold and would taint every node.
+const NODE_FLAGS: &[&str] = &["--eviction-hard", "nodefs.available<1%"];
+
+/// One machine of the lab.
+#[derive(Debug)]
+pub struct LabNode {
+    pub name: String,
+    pub netns: String,
+    pub ip: String,
+    pub data_dir: PathBuf,
+    pub server: bool,
+    /// Flags it was started with beyond the lab's own, for restarts.
+    extra: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl LabNode {
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// A running multi-node cluster.
+#[derive(Debug)]
+pub struct Lab {
+    pub id: String,
+    binary: PathBuf,
+    bridge: String,
+    /// `172.31.N`: the lab's /24.
+    prefix: String,
+    pub nodes: Vec<LabNode>,
+    pub kubectl: Kubectl,
+    /// The server's join token.
+    pub token: String,
+    pub dir: TempDir,
+}
+
+/// Fails the test unless `tool` runs.
+fn require(tool: &str, args: &[&str], hint: &str) {
+    let ok = Command::new(tool)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "the multi-node lab needs `{tool}` ({hint})");
+}
+
+/// Runs a command that must succeed.
+fn sh(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Lab {
+    /// Starts a lab of one server and `agents` agents, waits until every node is Ready.
+    /// `server_flags` go to the server only; `node_flags` to every node.
+    pub fn start(binary: &Path, agents: usize, server_flags: &[&str], node_flags: &[&str]) -> Lab {
+        assert!(
+            is_root(),
+            "the multi-node lab needs root (network namespaces, containerd)"
+        );
+        require("ip", &["-V"], "Debian package iproute2");
+        require("nsenter", &["--version"], "Debian package util-linux");
+        require("containerd", &["--version"], "Debian package containerd");
+        require("runc", &["--version"], "Debian package runc");
+        let dir = TempDir::new().expect("tempdir");
+        // Unique per process and lab, short enough for 15-character interface names.
+        let seq = NEXT_LAB.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("{:x}", (std::process::id() * 8 + seq) % 0xfffff);
+        let third = 1 + (std::process::id() * 8 + seq) % 250;
+        let mut lab = Lab {
+            bridge: format!("sl{id}"),
+            prefix: format!("172.31.{third}"),
+            binary: binary.to_path_buf(),
+            nodes: Vec::new(),
+            kubectl: Kubectl {
+                binary: kubectl_binary(),
+                kubeconfig: dir.path().join("kubeconfig.yaml"),
+                home: dir.path().to_path_buf(),
+            },
+            token: String::new(),
+            id,
+            dir,
+        };
+        lab.create_lan();
+        let server_extra: Vec<String> = server_flags
+            .iter()
+            .chain(node_flags)
+            .map(|s| s.to_string())
+            .collect();
+        lab.add_node("server-0", true, server_extra);
+        lab.start_node(0);
+        lab.token = std::fs::read_to_string(lab.nodes[0].data_dir.join("server").join("token"))
+            .expect("the server's token")
+            .trim()
+            .to_string();
+        // kubectl from the root namespace reaches the server at its LAN address.
+        let kubeconfig = std::fs::read_to_string(lab.nodes[0].data_dir.join("kubeconfig.yaml"))
+            .expect("the server's kubeconfig");
+        let kubeconfig = kubeconfig.replace(
+            &format!("https://127.0.0.1:{API_PORT}"),
+            &format!("https://{}:{API_PORT}", lab.nodes[0].ip),
+        );
+        std::fs::write(&lab.kubectl.kubeconfig, kubeconfig).expect("lab kubeconfig");
+        for i in 1..=agents {
+            let extra = node_flags.iter().map(|s| s.to_string()).collect();
+            lab.add_node(&format!("agent-{i}"), false, extra);
+            lab.start_node(i);
+        }
+        lab.wait_ready(Duration::from_secs(120));
+        lab
+    }
+
+    fn create_lan(&self) {
+        sh("ip", &["link", "add", &self.bridge, "type", "bridge"]);
+        sh(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{}.1/24", self.prefix),
+                "dev",
+                &self.bridge,
+            ],
+        );
+        sh("ip", &["link", "set", &self.bridge, "up"]);
+    }
+
+    fn add_node(&mut self, name: &str, server: bool, extra: Vec<String>) {
+        let index = self.nodes.len();
+        let netns = format!("sl{}-{index}", self.id);
+        let ip = format!("{}.{}", self.prefix, 10 + index);
+        let host_end = format!("sl{}v{index}", self.id);
+        sh("ip", &["netns", "add", &netns]);
+        sh(
+            "ip",
+            &[
+                "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &netns,
+            ],
+        );
+        sh(
+            "ip",
+            &["link", "set", &host_end, "master", &self.bridge, "up"],
+        );
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", netns.as_str(), "ip"];
+            all.extend_from_slice(args);
+            sh("ip", &all);
+        };
+        inside(&["link", "set", "lo", "up"]);
+        inside(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        inside(&["link", "set", "eth0", "up"]);
+        inside(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("{}.1", self.prefix),
+        ]);
+        let data_dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&data_dir).expect("node data dir");
+        self.nodes.push(LabNode {
+            name: name.to_string(),
+            log: self.dir.path().join(format!("{name}.log")),
+            netns,
+            ip,
+            data_dir,
+            server,
+            extra,
+            child: None,
+        });
+    }
+
+    /// Starts node `index` (again) with the flags it was created with.
+    pub fn start_node(&mut self, index: usize) {
+        let server_url = format!("https://{}:{API_PORT}", self.nodes[0].ip);
+        let token = self.token.clone();
+        let node = &mut self.nodes[index];
+        assert!(node.child.is_none(), "{} is already running", node.name);
+        let config = node.data_dir.join("test-config.yaml");
+        std::fs::write(&config, "").expect("empty config file");
+        // nsenter enters the network namespace only: `ip netns exec` would also mount a sysfs
+        // of the namespace over /sys, hiding /sys/fs/cgroup from runc.
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/var/run/netns/{}", node.netns))
+            .arg(&self.binary);
+        if node.server {
+            command.args([
+                "server",
+                "--https-listen-port",
+                &API_PORT.to_string(),
+                "--advertise-address",
+                &node.ip,
+            ]);
+        } else {
+            command.args(["agent", "--server", &server_url, "--token", &token]);
+        }
+        command
+            .args(["--node-name", &node.name, "--node-ip", &node.ip, "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(NODE_FLAGS)
+            .args(&node.extra);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("node log");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start a lab node");
+        node.child = Some(child);
+        if node.server {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !node.log_text().contains(READY) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} did not start:\n{}",
+                    node.name,
+                    node.log_text()
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+
+    /// SIGKILL: the node's agent (and, on the server, the control plane) vanishes without a
+    /// word; its containers keep running, as on a machine whose agent crashed.
+    pub fn kill_node(&mut self, index: usize) {
+        if let Some(mut child) = self.nodes[index].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait (SIGKILL after 30 s); the exit code.
+    pub fn stop_node(&mut self, index: usize) -> Option<i32> {
+        crate::process::stop(self.nodes[index].child.take()?, Duration::from_secs(30))
+    }
+
+    /// Waits until every node of the lab is registered and Ready.
+    pub fn wait_ready(&self, timeout: Duration) {
+        let names: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.kubectl.run(&["get", "nodes", "-o", "json"], None);
+            let ready: Vec<String> = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .ok()
+                .and_then(|v| v["items"].as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .filter(|n| {
+                    n["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+                .filter_map(|n| n["metadata"]["name"].as_str().map(String::from))
+                .collect();
+            if names.iter().all(|n| ready.iter().any(|r| r == n)) {
+                return;
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|n| format!("--- {}\n{}", n.name, tail(&n.log_text(), 30)))
+                    .collect();
+                panic!(
+                    "nodes not Ready after {timeout:?} (ready: {ready:?})\n{}",
+                    logs.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Imports an image archive into every running node's containerd.
+    pub fn import_image(&self, archive: &Path) {
+        for node in self.nodes.iter().filter(|n| n.running()) {
+            crate::images::import(&self.binary, &node.data_dir, archive);
+        }
+    }
+
+    /// Runs `program args…` inside node `index`'s network namespace.
+    pub fn exec_on(&self, index: usize, program: &str, args: &[&str]) -> std::process::Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", self.nodes[index].netns))
+            .arg(program)
+            .args(args)
+            .output()
+            .expect("nsenter")
+    }
+
+    /// The index of the node named `name`.
+    pub fn node_index(&self, name: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no lab node {name}"))
+    }
+}
+
+/// SIGKILLs every container task of the containerd under `data_dir`, if it still runs.
+fn kill_all_tasks(data_dir: &Path) {
+    let socket = data_dir.join("agent/containerd/containerd.sock");
+    let ctr = |args: &[&str]| {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&socket)
+            .args(["--namespace", "k8s.io"])
+            .args(args)
+            .output()
+    };
+    let Ok(listed) = ctr(&["tasks", "ls", "--quiet"]) else {
+        return;
+    };
+    for id in String::from_utf8_lossy(&listed.stdout).split_whitespace() {
+        let _ = ctr(&["tasks", "kill", "--all", "--signal", "SIGKILL", id]);
+    }
+}
+
+static NEXT_LAB: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let out = self.kubectl.run(&["get", "pods", "-A", "-o", "wide"], None);
+            eprintln!(
+                "--- kubectl get pods -A -o wide\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            for node in &self.nodes {
+                let log = node.log_text();
+                let interesting: Vec<&str> = log
+                    .lines()
+                    .filter(|l| !l.contains(" INFO "))
+                    .map(|l| &l[..l.len().min(400)])
+                    .collect::<Vec<_>>();
+                let start = interesting.len().saturating_sub(30);
+                eprintln!("--- {} log\n{}", node.name, interesting[start..].join("\n"));
+            }
+        }
+        // Pods go through their agents first, so sandboxes and their veths are torn down.
+        if self.nodes.first().is_some_and(LabNode::running) {
+            self.kubectl.delete_all_pods();
+            for node in self.nodes.iter().filter(|n| n.running()) {
+                wait_for_no_tasks(&node.data_dir, Duration::from_secs(60));
+            }
+        }
+        // Containers of a node whose agent was killed (or that did not finish in time).
+        for node in &self.nodes {
+            kill_all_tasks(&node.data_dir);
+        }
+        for index in (0..self.nodes.len()).rev() {
+            self.stop_node(index);
+        }
+        // What outlived that: shims and containerd (found by the lab directory in their
+        // command lines), and anything still in a node's namespace.
+        for node in &self.nodes {
+            if let Ok(out) = Command::new("ip")
+                .args(["netns", "pids", &node.netns])
+                .output()
+            {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-KILL", pid]).status();
+                }
+            }
+        }
+        crate::process::kill_and_unmount_under(self.dir.path());
+        for node in &self.nodes {
+            let _ = Command::new("ip")
+                .args(["netns", "delete", &node.netns])
+                .status();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "delete", &self.bridge])
+            .status();
+    }
+}
