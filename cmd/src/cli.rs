@@ -41,6 +41,17 @@ pub enum Command {
     /// The pod sandbox process (the pause image's entrypoint).
     #[command(hide = true)]
     Pause,
+    /// Run the system's kubectl against this machine's cluster (KUBECONFIG, else
+    /// <data-dir>/kubeconfig.yaml).
+    #[command(disable_help_flag = true)]
+    Kubectl {
+        /// Directory holding all state.
+        #[arg(long, env = "SHOAL_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// kubectl's own arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Print the version.
     Version,
 }

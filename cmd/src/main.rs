@@ -87,6 +87,7 @@ fn main() -> ExitCode {
             };
             run(agent::run(args, server, token))
         }
+        Command::Kubectl { data_dir, args } => node::kubectl(&data_dir, &args),
         Command::Pause => ExitCode::from(u8::try_from(shoal_agent::pause::run()).unwrap_or(1)),
         Command::Images(command) => run(node::images(command)),
         Command::SimulateNodes(args) => match simulate::config(&args) {

@@ -77,6 +77,37 @@ pub fn agent_config(
     })
 }
 
+/// `shoal kubectl ARGS…`: the system's kubectl, pointed at this machine's cluster unless
+/// `KUBECONFIG` says otherwise; exits with kubectl's code.
+pub fn kubectl(data_dir: &Path, args: &[std::ffi::OsString]) -> std::process::ExitCode {
+    let mut command = std::process::Command::new("kubectl");
+    command.args(args);
+    if std::env::var_os("KUBECONFIG").is_none() {
+        let kubeconfig = data_dir.join("kubeconfig.yaml");
+        if !kubeconfig.exists() {
+            eprintln!(
+                "shoal: no kubeconfig at {} (is a server running with --data-dir {}? or set KUBECONFIG)",
+                kubeconfig.display(),
+                data_dir.display()
+            );
+            return std::process::ExitCode::from(1);
+        }
+        command.env("KUBECONFIG", kubeconfig);
+    }
+    match command.status() {
+        Ok(status) => std::process::ExitCode::from(
+            status
+                .code()
+                .and_then(|c| u8::try_from(c).ok())
+                .unwrap_or(1),
+        ),
+        Err(err) => {
+            eprintln!("shoal: cannot run kubectl ({err}); install kubectl and put it on PATH");
+            std::process::ExitCode::from(127)
+        }
+    }
+}
+
 /// `shoal images import|list`.
 pub async fn images(command: ImagesCommand) -> Result<()> {
     let socket = |data_dir: &Path| {

@@ -190,6 +190,26 @@ fn server_starts_stops_on_sigterm_and_survives_kill_9() {
     server
         .wait_for("shoal server ready", WAIT)
         .expect("log line");
+    // `shoal kubectl` is the system's kubectl on this cluster's kubeconfig.
+    let out = run(shoal()
+        .args(["kubectl", "--data-dir"])
+        .arg(dir.path())
+        .args(["get", "namespace", "kube-system", "-o", "name"])
+        .env_remove("KUBECONFIG"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "namespace/kube-system"
+    );
+    let out = run(shoal()
+        .args(["kubectl", "--data-dir", "/nonexistent", "get", "pods"])
+        .env_remove("KUBECONFIG"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no kubeconfig at /nonexistent"),
+        "{}",
+        stderr(&out)
+    );
     server.signal("-INT").expect("signal");
     assert_eq!(server.wait_exit(WAIT).expect("exit").code(), Some(0));
 }
