@@ -357,3 +357,136 @@ fn a_download_is_checked_against_its_checksum() {
     );
     assert_eq!(files(root.path()), Vec::<String>::new());
 }
+
+fn lab(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .join("lab")
+        .join(path)
+}
+
+#[test]
+fn the_vagrantfile_is_valid_ruby_and_provisions_with_the_lab_script() {
+    let out = Command::new("ruby")
+        .arg("-c")
+        .arg(lab("Vagrantfile"))
+        .output()
+        .expect("ruby is needed (Debian package ruby; scripts/setup-debian.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let vagrantfile = std::fs::read_to_string(lab("Vagrantfile")).expect("Vagrantfile");
+    assert!(vagrantfile.contains("sh /vagrant/lab/provision.sh server"));
+    assert!(vagrantfile.contains("sh /vagrant/lab/provision.sh agent"));
+    shellcheck(&[lab("provision.sh")]);
+}
+
+#[test]
+fn the_lima_template_is_well_formed_and_uses_paths_that_exist() {
+    let text = std::fs::read_to_string(lab("lima/shoal.yaml")).expect("template");
+    let template: serde_json::Value = serde_yaml::from_str(&text).expect("YAML");
+    for key in [
+        "images",
+        "cpus",
+        "memory",
+        "mounts",
+        "networks",
+        "provision",
+        "param",
+    ] {
+        assert!(!template[key].is_null(), "missing {key}");
+    }
+    let images = template["images"].as_array().expect("images");
+    let arches: Vec<&str> = images.iter().filter_map(|i| i["arch"].as_str()).collect();
+    assert_eq!(arches, ["x86_64", "aarch64"]);
+    assert!(images.iter().all(|i| i["location"]
+        .as_str()
+        .is_some_and(|l| l.starts_with("https://"))));
+    assert_eq!(template["networks"][0]["lima"], "user-v2");
+    assert_eq!(
+        template["containerd"]["system"], false,
+        "Lima's containerd stays off"
+    );
+    let mounts: Vec<&str> = template["mounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .filter_map(|m| m["mountPoint"].as_str())
+        .collect();
+    assert_eq!(mounts, ["/mnt/shoal", "/mnt/shoal-lab"]);
+    let script = template["provision"][0]["script"].as_str().expect("script");
+    assert_eq!(template["provision"][0]["mode"], "system");
+    // The provision script names only files the repository has (mounted at /mnt/shoal).
+    for word in script.split_whitespace() {
+        if let Some(path) = word.strip_prefix("/mnt/shoal/") {
+            let local = lab("..").join(path);
+            assert!(local.exists(), "{word} is not in the repository");
+        }
+    }
+    for param in ["ROLE", "SERVER", "BINARY"] {
+        assert!(template["param"].get(param).is_some(), "param {param}");
+        assert!(
+            script.contains(&format!("{{{{.Param.{param}}}}}")),
+            "the provision script ignores param {param}"
+        );
+    }
+}
+
+#[test]
+fn the_lab_provisioning_installs_a_server_and_an_agent() {
+    let shared = TempDir::new().expect("tempdir");
+    let provision = |root: &Path, args: &[&str]| {
+        let out = Command::new("sh")
+            .arg(lab("provision.sh"))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("INSTALL_SHOAL_ROOT", root)
+            .env("INSTALL_SHOAL_INIT", "systemd")
+            .env("SHOAL_BINARY", binary())
+            .output()
+            .expect("run provision.sh");
+        ok(out)
+    };
+    let server = TempDir::new().expect("tempdir");
+    let shared_dir = shared.path().to_str().expect("utf-8");
+    provision(server.path(), &["server", shared_dir, "192.168.56.10"]);
+    let unit = read(server.path(), "/etc/systemd/system/shoal.service");
+    assert!(
+        unit.contains(
+            "ExecStart=/usr/local/bin/shoal server --node-ip 192.168.56.10 --advertise-address 192.168.56.10 --write-kubeconfig-mode 644"
+        ),
+        "{unit}"
+    );
+    uninstall(server.path());
+
+    std::fs::write(shared.path().join("token"), "K10abc::server:s3cret\n").expect("token");
+    let agent = TempDir::new().expect("tempdir");
+    provision(
+        agent.path(),
+        &["agent", shared_dir, "192.168.56.10", "192.168.56.11"],
+    );
+    let unit = read(agent.path(), "/etc/systemd/system/shoal-agent.service");
+    assert!(
+        unit.contains("ExecStart=/usr/local/bin/shoal agent --node-ip 192.168.56.11"),
+        "{unit}"
+    );
+    let env = read(agent.path(), "/etc/systemd/system/shoal-agent.service.env");
+    assert!(
+        env.contains("SHOAL_URL=https://192.168.56.10:6443"),
+        "{env}"
+    );
+    assert!(env.contains("SHOAL_TOKEN=K10abc::server:s3cret"), "{env}");
+    uninstall(agent.path());
+
+    let out = Command::new("sh")
+        .arg(lab("provision.sh"))
+        .args(["gateway", shared_dir])
+        .output()
+        .expect("run provision.sh");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server or agent"));
+}
