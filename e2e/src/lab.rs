@@ -100,6 +100,18 @@ impl Lab {
     /// Starts a lab of one server and `agents` agents, waits until every node is Ready.
     /// `server_flags` go to the server only; `node_flags` to every node.
     pub fn start(binary: &Path, agents: usize, server_flags: &[&str], node_flags: &[&str]) -> Lab {
+        let mut lab = Lab::new(binary);
+        let server_extra: Vec<&str> = server_flags.iter().chain(node_flags).copied().collect();
+        lab.add_server(&server_extra);
+        for _ in 0..agents {
+            lab.add_agent(node_flags);
+        }
+        lab.wait_ready(Duration::from_secs(120));
+        lab
+    }
+
+    /// An empty lab: the LAN bridge, no nodes yet.
+    pub fn new(binary: &Path) -> Lab {
         assert!(
             is_root(),
             "the multi-node lab needs root (network namespaces, containerd)"
@@ -113,7 +125,7 @@ impl Lab {
         let seq = NEXT_LAB.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = format!("{:x}", (std::process::id() * 8 + seq) % 0xfffff);
         let third = 1 + (std::process::id() * 8 + seq) % 250;
-        let mut lab = Lab {
+        let lab = Lab {
             bridge: format!("sl{id}"),
             prefix: format!("172.31.{third}"),
             binary: binary.to_path_buf(),
@@ -128,32 +140,51 @@ impl Lab {
             dir,
         };
         lab.create_lan();
-        let server_extra: Vec<String> = server_flags
-            .iter()
-            .chain(node_flags)
-            .map(|s| s.to_string())
-            .collect();
-        lab.add_node("server-0", true, server_extra);
-        lab.start_node(0);
-        lab.token = std::fs::read_to_string(lab.nodes[0].data_dir.join("server").join("token"))
+        lab
+    }
+
+    /// Starts the server (node 0, with its own agent) and waits until it serves; kubectl is
+    /// then pointed at it.
+    pub fn add_server(&mut self, flags: &[&str]) {
+        assert!(self.nodes.is_empty(), "the server is the lab's first node");
+        self.add_node(
+            "server-0",
+            true,
+            flags.iter().map(|s| s.to_string()).collect(),
+        );
+        self.start_node(0);
+        self.token = std::fs::read_to_string(self.nodes[0].data_dir.join("server").join("token"))
             .expect("the server's token")
             .trim()
             .to_string();
         // kubectl from the root namespace reaches the server at its LAN address.
-        let kubeconfig = std::fs::read_to_string(lab.nodes[0].data_dir.join("kubeconfig.yaml"))
+        let kubeconfig = std::fs::read_to_string(self.nodes[0].data_dir.join("kubeconfig.yaml"))
             .expect("the server's kubeconfig");
         let kubeconfig = kubeconfig.replace(
             &format!("https://127.0.0.1:{API_PORT}"),
-            &format!("https://{}:{API_PORT}", lab.nodes[0].ip),
+            &format!("https://{}:{API_PORT}", self.nodes[0].ip),
         );
-        std::fs::write(&lab.kubectl.kubeconfig, kubeconfig).expect("lab kubeconfig");
-        for i in 1..=agents {
-            let extra = node_flags.iter().map(|s| s.to_string()).collect();
-            lab.add_node(&format!("agent-{i}"), false, extra);
-            lab.start_node(i);
-        }
-        lab.wait_ready(Duration::from_secs(120));
-        lab
+        std::fs::write(&self.kubectl.kubeconfig, kubeconfig).expect("lab kubeconfig");
+    }
+
+    /// Starts another agent (`agent-N`) joining the server; returns its index. Does not wait.
+    pub fn add_agent(&mut self, flags: &[&str]) -> usize {
+        assert!(!self.nodes.is_empty(), "start the server first");
+        let index = self.nodes.len();
+        let extra = flags.iter().map(|s| s.to_string()).collect();
+        self.add_node(&format!("agent-{index}"), false, extra);
+        self.start_node(index);
+        index
+    }
+
+    /// The process id of node `index`'s `shoal` (nsenter execs it in place).
+    pub fn pid(&self, index: usize) -> Option<u32> {
+        self.nodes[index].child.as_ref().map(Child::id)
+    }
+
+    /// The process id of the containerd node `index`'s agent runs.
+    pub fn containerd_pid(&self, index: usize) -> Option<u32> {
+        crate::process::containerd_pid(&self.nodes[index].data_dir)
     }
 
     fn create_lan(&self) {

@@ -9,6 +9,7 @@ pub mod etcd;
 pub mod images;
 pub mod kubectl;
 pub mod lab;
+pub mod lab_bench;
 pub mod latency;
 pub mod pod_bench;
 pub mod process;

@@ -4,7 +4,7 @@
 //! the server's and containerd's memory idle and with the batch running, and CPU while idle.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
@@ -15,6 +15,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Config};
 
 use crate::latency::Latencies;
+use crate::process::{containerd_pid, cpu_seconds, rss_mib};
 use crate::server::{free_port, ShoalServer};
 
 /// Flags of `shoal-bench pods`.
@@ -42,39 +43,6 @@ fn pod(name: &str) -> Result<Pod> {
         "metadata": {"name": name, "labels": {"app": "bench"}},
         "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "app", "image": IMAGE, "command": ["sleep", "3600"]}]},
     }))?)
-}
-
-fn rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some(kib / 1024.0)
-}
-
-/// User+system CPU seconds of a process so far.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
-}
-
-fn containerd_pid(data_dir: &Path) -> Option<u32> {
-    let wanted = data_dir
-        .join("agent/containerd/config.toml")
-        .display()
-        .to_string();
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
-        (cmdline.starts_with("containerd\0") && cmdline.contains(&wanted)).then_some(pid)
-    })
 }
 
 /// Creates `names` at once and returns each one's time from its create call to Running.

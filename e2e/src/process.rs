@@ -46,3 +46,38 @@ pub fn kill_and_unmount_under(dir: &Path) {
         let _ = Command::new("umount").args(["-l", mount]).status();
     }
 }
+
+/// A process's resident memory, MiB.
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// User+system CPU seconds of a process so far.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// The containerd the agent with `data_dir` runs.
+pub fn containerd_pid(data_dir: &Path) -> Option<u32> {
+    let wanted = data_dir
+        .join("agent/containerd/config.toml")
+        .display()
+        .to_string();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
+        (cmdline.starts_with("containerd\0") && cmdline.contains(&wanted)).then_some(pid)
+    })
+}

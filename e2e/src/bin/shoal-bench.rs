@@ -63,6 +63,8 @@ enum Command {
     Pods(shoal_e2e::pod_bench::PodArgs),
     /// Time from losing simulated nodes until their pods run elsewhere.
     NodeLoss(shoal_e2e::control_bench::NodeLossArgs),
+    /// A multi-node lab from nothing: time to Ready, agents' joins, idle memory and CPU.
+    Lab(shoal_e2e::lab_bench::LabArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -179,6 +181,12 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Pods(args) => shoal_e2e::pod_bench::run(&args).await,
         Command::NodeLoss(args) => {
             let report = shoal_e2e::control_bench::run_node_loss(args).await?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Lab(args) => {
+            let report =
+                tokio::task::spawn_blocking(move || shoal_e2e::lab_bench::run(&args)).await??;
             println!("{report}");
             Ok(())
         }
