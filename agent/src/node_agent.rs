@@ -48,6 +48,8 @@ pub struct AgentConfig {
     pub eviction: crate::kubelet::node::Thresholds,
     /// The cluster CA certificate (PEM), which the API server's client certificate chains to.
     pub client_ca_pem: String,
+    /// When container logs rotate (`--container-log-max-size`, `--container-log-max-files`).
+    pub log_limits: crate::kubelet::log_rotation::LogLimits,
 }
 
 /// What stops a node from coming up.
@@ -176,6 +178,7 @@ pub async fn run(
         registries,
         kubelet_port: config.kubelet_port,
         client_ca_pem: config.client_ca_pem.clone(),
+        log_limits: config.log_limits,
         network_ready: Arc::new(move || {
             if ready_flag.load(Ordering::Acquire) {
                 Ok(())

@@ -174,6 +174,15 @@ pub struct NodeArgs {
     )]
     pub eviction_hard: shoal_agent::kubelet::node::Thresholds,
 
+    /// Rotate a container's log once it is this big (a quantity, as the kubelet's flag).
+    #[arg(long, env = "SHOAL_CONTAINER_LOG_MAX_SIZE", default_value = "10Mi", value_parser = parse_size)]
+    pub container_log_max_size: u64,
+
+    /// Log files kept per container, the current one included (at least 2).
+    #[arg(long, env = "SHOAL_CONTAINER_LOG_MAX_FILES", default_value_t = 5,
+          value_parser = clap::value_parser!(u16).range(2..))]
+    pub container_log_max_files: u16,
+
     /// Registry mirrors and credentials, in k3s's registries.yaml format.
     #[arg(
         long,
@@ -181,6 +190,14 @@ pub struct NodeArgs {
         default_value = "/etc/shoal/registries.yaml"
     )]
     pub private_registry: PathBuf,
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    shoal_common::quantity::parse_value(text)
+        .ok()
+        .and_then(|v| u64::try_from(v).ok())
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("{text:?} is not a size such as 10Mi"))
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {

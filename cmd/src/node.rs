@@ -74,6 +74,10 @@ pub fn agent_config(
         kubelet_port: args.kubelet_port,
         eviction: args.eviction_hard,
         client_ca_pem: client_ca_pem.to_string(),
+        log_limits: shoal_agent::kubelet::log_rotation::LogLimits {
+            max_size: args.container_log_max_size,
+            max_files: usize::from(args.container_log_max_files),
+        },
     })
 }
 

@@ -48,6 +48,11 @@ fn pods_run_in_real_containers() {
         "0",
         "--eviction-hard",
         "nodefs.available<1%",
+        // Small, so the log rotation check below needs only a few seconds of output.
+        "--container-log-max-size",
+        "256Ki",
+        "--container-log-max-files",
+        "3",
     ];
     let mut cluster = Cluster::start_with_agent(binary, &node_flags);
     until("the node is Ready", Duration::from_secs(60), || {
@@ -429,6 +434,48 @@ spec:
     let _ = registry.kill();
     let _ = registry.wait();
 
+    // A chatty container's log rotates: at most 3 files, and `kubectl logs` still reads it.
+    cluster.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: chatty}}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: talk
+    image: {IMAGE}
+    imagePullPolicy: Never
+    command: ["sh", "-c", "while true; do seq 1 2000; sleep 0.1; done"]
+"#
+    ));
+    let logs_root = cluster.dir.path().join("agent/logs/pods");
+    until("chatty's log rotates", Duration::from_secs(90), || {
+        let Some(dir) = std::fs::read_dir(&logs_root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().contains("default_chatty_"))
+        else {
+            return false;
+        };
+        let files: Vec<String> = std::fs::read_dir(dir.join("talk"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(files.len() <= 3, "more log files than allowed: {files:?}");
+        files.iter().filter(|f| f.starts_with("0.log.")).count() == 2
+    });
+    let tail = cluster.kubectl(&["logs", "chatty", "--tail=1"]);
+    assert!(
+        tail.trim()
+            .parse::<u32>()
+            .is_ok_and(|n| (1..=2000).contains(&n)),
+        "{tail:?}"
+    );
+
     // Deleting pods stops their containers and removes them.
     cluster.kubectl(&[
         "delete",
@@ -440,6 +487,7 @@ spec:
         "offline",
         "prober",
         "secrets",
+        "chatty",
         "--grace-period=1",
         "--wait=true",
         "--timeout=60s",

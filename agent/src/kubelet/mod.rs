@@ -9,11 +9,12 @@
 //! Modules: `node` (the Node and its measurements), `plan` (what to do, pure), `status` (what
 //! to report, pure), `containers` (CRI configs, pure), `env` and `volumes` (what containers
 //! get), `images` (pull policy and credentials), `probes`, `runtime` (CRI state per pod),
-//! `worker` (one pod's loop).
+//! `worker` (one pod's loop), `log_rotation` (the kubelet's container log manager).
 
 pub mod containers;
 pub mod env;
 pub mod images;
+pub mod log_rotation;
 pub mod logs;
 pub mod node;
 pub mod plan;
@@ -66,6 +67,8 @@ pub struct KubeletSettings {
     pub client_ca_pem: String,
     /// Extra reason the node is not ready (e.g. no pod network yet), checked each heartbeat.
     pub network_ready: NetworkCheck,
+    /// When container logs rotate.
+    pub log_limits: log_rotation::LogLimits,
 }
 
 impl std::fmt::Debug for KubeletSettings {
@@ -248,6 +251,11 @@ pub async fn run(
         tokio::spawn(heartbeat(Arc::clone(&shared))),
         tokio::spawn(watch_pods(Arc::clone(&shared))),
         tokio::spawn(relist(Arc::clone(&shared))),
+        tokio::spawn(log_rotation::run(
+            Arc::clone(&shared),
+            shared.settings.log_limits,
+            Duration::from_secs(10),
+        )),
     ];
     let _ = shutdown.wait_for(|stop| *stop).await;
     for task in tasks {
@@ -280,14 +288,17 @@ async fn register(shared: &Shared) -> Result<(), KubeletError> {
                 .map_err(err)?;
         }
     }
-    post_status(shared, &nodes, &machine).await.map_err(err)
+    post_status(shared, &nodes, &machine)
+        .await
+        .map(drop)
+        .map_err(err)
 }
 
 async fn post_status(
     shared: &Shared,
     nodes: &Api<Node>,
     machine: &node::MachineInfo,
-) -> Result<(), kube::Error> {
+) -> Result<bool, kube::Error> {
     let name = &shared.settings.node.name;
     let previous = nodes
         .get_opt(name)
@@ -299,6 +310,7 @@ async fn post_status(
     let ready = runtime_ready(shared)
         .await
         .and_then(|()| (shared.settings.network_ready)());
+    let is_ready = ready.is_ok();
     let status = node::node_status(
         &shared.settings.node,
         machine,
@@ -314,7 +326,7 @@ async fn post_status(
             &Patch::Merge(&json!({"status": status})),
         )
         .await
-        .map(drop)
+        .map(|_| is_ready)
 }
 
 async fn runtime_ready(shared: &Shared) -> Result<(), String> {
@@ -363,10 +375,25 @@ async fn heartbeat(shared: Arc<Shared>) {
         if let Err(err) = renewed {
             tracing::warn!(%err, "renewing the node lease");
         }
-        if let Err(err) = post_status(&shared, &nodes, &machine).await {
-            tracing::warn!(%err, "posting node status");
+        let ready = match post_status(&shared, &nodes, &machine).await {
+            Ok(ready) => ready,
+            Err(err) => {
+                tracing::warn!(%err, "posting node status");
+                true // nothing to wait for early: the next heartbeat retries
+            }
+        };
+        if ready {
+            tokio::time::sleep(HEARTBEAT).await;
+        } else {
+            // A node coming up reports Ready as soon as its pod network is configured, not a
+            // heartbeat later: the check is local and cheap.
+            let deadline = tokio::time::Instant::now() + HEARTBEAT;
+            while tokio::time::Instant::now() < deadline
+                && (shared.settings.network_ready)().is_err()
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
-        tokio::time::sleep(HEARTBEAT).await;
     }
 }
 
