@@ -337,9 +337,8 @@ pub async fn http_get(
     pod_ip: &str,
     ports: &[ContainerPort],
 ) -> Result<(), String> {
-    if http.scheme.as_deref() == Some("HTTPS") {
-        return Err("HTTPS probes are not supported by this agent yet".into());
-    }
+    let https = http.scheme.as_deref() == Some("HTTPS");
+    let scheme = if https { "https" } else { "http" };
     let host = http
         .host
         .clone()
@@ -351,9 +350,10 @@ pub async fn http_get(
         .clone()
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| "/".into());
-    let mut stream = tokio::net::TcpStream::connect((host.as_str(), port))
+    let url = format!("{scheme}://{host}:{port}{path}");
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
         .await
-        .map_err(|e| format!("Get \"http://{host}:{port}{path}\": dial tcp {host}:{port}: {e}"))?;
+        .map_err(|e| format!("Get \"{url}\": dial tcp {host}:{port}: {e}"))?;
     let mut request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/{}\r\nAccept: */*\r\nConnection: close\r\n",
         shoal_common::KUBERNETES_VERSION.trim_start_matches('v').rsplit_once('.').map_or("1.33", |(major_minor, _)| major_minor)
@@ -362,6 +362,49 @@ pub async fn http_get(
         request.push_str(&format!("{}: {}\r\n", header.name, header.value));
     }
     request.push_str("\r\n");
+    let code = if https {
+        // As the kubelet: HTTPS probes do not verify the container's certificate.
+        let name = rustls::pki_types::ServerName::try_from(host.clone())
+            .map_err(|e| format!("Get \"{url}\": {e}"))?;
+        let tls = tokio_rustls::TlsConnector::from(probe_tls()?)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("Get \"{url}\": {e}"))?;
+        status_code(tls, &request).await?
+    } else {
+        status_code(tcp, &request).await?
+    };
+    if (200..400).contains(&code) {
+        Ok(())
+    } else {
+        Err(format!("HTTP probe failed with statuscode: {code}"))
+    }
+}
+
+/// TLS for HTTPS probes: any certificate, as the kubelet's `InsecureSkipVerify`.
+fn probe_tls() -> Result<Arc<rustls::ClientConfig>, String> {
+    static CONFIG: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>> =
+        std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let verifier = shoal_common::tls::AnyServerCertificate(Arc::clone(&provider));
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_no_client_auth();
+            Ok(Arc::new(config))
+        })
+        .clone()
+}
+
+/// Sends `request` and reads the status code of the answer.
+async fn status_code<S>(mut stream: S, request: &str) -> Result<u16, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     stream
         .write_all(request.as_bytes())
         .await
@@ -369,16 +412,10 @@ pub async fn http_get(
     let mut head = vec![0u8; 1024];
     let n = stream.read(&mut head).await.map_err(|e| e.to_string())?;
     let line = String::from_utf8_lossy(&head[..n]);
-    let code: u16 = line
-        .split_whitespace()
+    line.split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| "malformed HTTP response".to_string())?;
-    if (200..400).contains(&code) {
-        Ok(())
-    } else {
-        Err(format!("HTTP probe failed with statuscode: {code}"))
-    }
+        .ok_or_else(|| "malformed HTTP response".to_string())
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -469,6 +506,54 @@ mod tests {
         assert_eq!(
             http_get(&action(bad.into(), "/healthz"), "127.0.0.1", &[]).await,
             Err("HTTP probe failed with statuscode: 503".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn https_probes_skip_certificate_checks_as_the_kubelets_do() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["nobody.invalid".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(socket).await.unwrap();
+            let mut buf = [0u8; 1024];
+            let n = tls.read(&mut buf).await.unwrap();
+            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("GET /secure HTTP/1.1\r\n"));
+            tls.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .await
+                .unwrap();
+            tls.shutdown().await.unwrap();
+        });
+        let mut probe = action(port.into(), "/secure");
+        probe.scheme = Some("HTTPS".into());
+        assert_eq!(http_get(&probe, "127.0.0.1", &[]).await, Ok(()));
+        // Nobody listening: a failure, with the URL.
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let mut probe = action(port.into(), "/secure");
+        probe.scheme = Some("HTTPS".into());
+        let err = http_get(&probe, "127.0.0.1", &[]).await.unwrap_err();
+        assert!(
+            err.starts_with(&format!("Get \"https://127.0.0.1:{port}/secure\"")),
+            "{err}"
         );
     }
 
