@@ -246,6 +246,46 @@ pub fn resources(container: &Container) -> v1::LinuxContainerResources {
     }
 }
 
+/// The `oom_score_adj` the kubelet gives a container (pkg/kubelet/qos/policy.go): critical
+/// and Guaranteed pods -997, BestEffort 1000, Burstable between 3 and 999 by the share of the
+/// node's memory the container requests. (Where the agent may not lower scores, containerd's
+/// `restrict_oom_score_adj` raises negative values to its own.)
+pub fn oom_score_adj(pod: &Pod, container: &Container, memory_capacity: u64) -> i64 {
+    const GUARANTEED: i64 = -997;
+    const BEST_EFFORT: i64 = 1000;
+    const SYSTEM_CRITICAL_PRIORITY: i32 = 2_000_000_000;
+    let spec = pod.spec.as_ref();
+    if spec.and_then(|s| s.priority).unwrap_or(0) >= SYSTEM_CRITICAL_PRIORITY {
+        return GUARANTEED;
+    }
+    let qos = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.qos_class.as_deref())
+        .unwrap_or("BestEffort");
+    match qos {
+        "Guaranteed" => GUARANTEED,
+        "BestEffort" => BEST_EFFORT,
+        _ => {
+            let request = container
+                .resources
+                .as_ref()
+                .and_then(|r| bytes(r.requests.as_ref()?.get("memory")))
+                .unwrap_or(0)
+                .max(0);
+            let capacity = i64::try_from(memory_capacity).unwrap_or(i64::MAX).max(1);
+            let adj = 1000 - (1000i128 * i128::from(request) / i128::from(capacity)) as i64;
+            if adj < 1000 + GUARANTEED {
+                1000 + GUARANTEED
+            } else if adj == BEST_EFFORT {
+                adj - 1
+            } else {
+                adj
+            }
+        }
+    }
+}
+
 fn security(container: &Container, pod: &PodSecurityContext) -> v1::LinuxContainerSecurityContext {
     let sc: SecurityContext = container.security_context.clone().unwrap_or_default();
     let caps = sc.capabilities.clone().unwrap_or_default();
@@ -271,13 +311,14 @@ fn security(container: &Container, pod: &PodSecurityContext) -> v1::LinuxContain
     }
 }
 
-/// The configuration of one container instance.
+/// The configuration of one container instance on a node with `memory_capacity` bytes.
 pub fn container_config(
     pod: &Pod,
     container: &Container,
     restart_count: i32,
     env: Vec<(String, String)>,
     mounts: Vec<v1::Mount>,
+    memory_capacity: u64,
 ) -> v1::ContainerConfig {
     let known: std::collections::BTreeMap<&str, &str> =
         env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -334,7 +375,10 @@ pub fn container_config(
         labels,
         annotations,
         linux: Some(v1::LinuxContainerConfig {
-            resources: Some(resources(container)),
+            resources: Some(v1::LinuxContainerResources {
+                oom_score_adj: oom_score_adj(pod, container, memory_capacity),
+                ..resources(container)
+            }),
             security_context: Some(security(container, &pod_security)),
         }),
         ..v1::ContainerConfig::default()
@@ -455,12 +499,54 @@ mod tests {
             3,
             vec![("GREETING".into(), "hi".into())],
             vec![],
+            8 << 30,
         );
         assert_eq!(config.command, vec!["echo", "hi"]);
         assert_eq!(config.args, vec!["$(x)"]);
         assert_eq!(config.log_path, "c/3.log");
         assert_eq!(config.annotations[ANNOTATION_RESTART_COUNT], "3");
         assert_eq!(config.metadata.unwrap().attempt, 3);
+    }
+
+    #[test]
+    fn oom_score_adj_follows_the_kubelets_qos_policy() {
+        let with = |qos: &str, priority: i32, request: Option<&str>| {
+            let mut resources = json!({});
+            if let Some(r) = request {
+                resources = json!({"requests": {"memory": r}});
+            }
+            let p: Pod = serde_json::from_value(json!({
+                "metadata": {"name": "p", "namespace": "d", "uid": "u"},
+                "spec": {"priority": priority, "containers": [{"name": "c", "resources": resources}]},
+                "status": {"qosClass": qos},
+            }))
+            .unwrap();
+            let c = p.spec.as_ref().unwrap().containers[0].clone();
+            oom_score_adj(&p, &c, 8 << 30)
+        };
+        assert_eq!(with("Guaranteed", 0, Some("1Gi")), -997);
+        assert_eq!(with("BestEffort", 0, None), 1000);
+        assert_eq!(
+            with("BestEffort", 2_000_001_000, None),
+            -997,
+            "node-critical"
+        );
+        assert_eq!(with("Burstable", 0, Some("2Gi")), 750);
+        assert_eq!(
+            with("Burstable", 0, Some("8Gi")),
+            3,
+            "never below a Guaranteed pod's"
+        );
+        assert_eq!(with("Burstable", 0, None), 999, "never a BestEffort pod's");
+        let config = container_config(
+            &pod(json!({"containers": [{"name": "c", "image": "i"}]})),
+            &serde_json::from_value(json!({"name": "c"})).unwrap(),
+            0,
+            vec![],
+            vec![],
+            8 << 30,
+        );
+        assert_eq!(config.linux.unwrap().resources.unwrap().oom_score_adj, 1000);
     }
 
     #[test]

@@ -91,6 +91,8 @@ pub struct Shared {
     workers: Mutex<HashMap<String, Arc<Notify>>>,
     recorder: Recorder,
     pods_listed: AtomicBool,
+    /// The machine's memory, for containers' `oom_score_adj`.
+    pub memory_capacity: u64,
 }
 
 impl std::fmt::Debug for Shared {
@@ -233,6 +235,7 @@ pub async fn run(
     )?;
     let (listener, port) = server::bind(settings.kubelet_port).await?;
     settings.node.kubelet_port = port;
+    let agent_dir_for_machine = settings.agent_dir.clone();
     let shared = Arc::new(Shared {
         recorder: Recorder::new(client.clone(), "kubelet"),
         client,
@@ -243,6 +246,7 @@ pub async fn run(
         pod_ips: Mutex::new(HashMap::new()),
         workers: Mutex::new(HashMap::new()),
         pods_listed: AtomicBool::new(false),
+        memory_capacity: node::read_machine(&agent_dir_for_machine).memory_bytes,
     });
     register(&shared).await?;
     tracing::info!(node = %shared.settings.node.name, "node registered");

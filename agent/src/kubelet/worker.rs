@@ -579,7 +579,14 @@ async fn start_container(
         }
     };
     mounts.extend(managed_files(shared, pod, &pod_dir, container, sandbox));
-    let config = container_config(pod, container, restart_count, env, mounts);
+    let config = container_config(
+        pod,
+        container,
+        restart_count,
+        env,
+        mounts,
+        shared.memory_capacity,
+    );
     let sandbox_config = sandbox_config(pod, sandbox.attempt, &shared.settings.sandbox);
     let log_dir = PathBuf::from(&sandbox_config.log_directory).join(&name);
     std::fs::create_dir_all(&log_dir).ok();
