@@ -434,6 +434,57 @@ spec:
     let _ = registry.kill();
     let _ = registry.wait();
 
+    // `kubectl attach -i` reaches a running container's stdin and streams its output back.
+    cluster.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: talker}}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: talk
+    image: {IMAGE}
+    imagePullPolicy: Never
+    stdin: true
+    stdinOnce: true
+    command: ["sh", "-c", "while read line; do echo \"got $line\"; done; echo bye"]
+"#
+    ));
+    until("talker runs", Duration::from_secs(60), || {
+        phase(&pod(&cluster, "talker")) == "Running"
+    });
+    let attached = std::process::Command::new("timeout")
+        .arg("60")
+        .arg(&cluster.kubectl)
+        .arg("--kubeconfig")
+        .arg(&cluster.kubeconfig)
+        .args(["attach", "-i", "talker"])
+        .env("HOME", cluster.dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin.write_all(b"hello\nworld\n")?;
+            }
+            child.wait_with_output()
+        })
+        .expect("kubectl attach");
+    let out = String::from_utf8_lossy(&attached.stdout);
+    assert!(
+        out.contains("got hello\ngot world\n"),
+        "{out}{}",
+        String::from_utf8_lossy(&attached.stderr)
+    );
+    until(
+        "talker ends when its stdin closes",
+        Duration::from_secs(30),
+        || phase(&pod(&cluster, "talker")) == "Succeeded",
+    );
+
     // A chatty container's log rotates: at most 3 files, and `kubectl logs` still reads it.
     cluster.apply(&format!(
         r#"apiVersion: v1
@@ -488,6 +539,7 @@ spec:
         "prober",
         "secrets",
         "chatty",
+        "talker",
         "--grace-period=1",
         "--wait=true",
         "--timeout=60s",
