@@ -89,7 +89,8 @@ pub struct Overlay {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncReport {
     pub peers: usize,
-    pub changes: usize,
+    /// The changes made, in order.
+    pub changes: Vec<desired::Change>,
     /// Nodes left out, with why.
     pub ignored: Vec<(String, String)>,
 }
@@ -176,18 +177,18 @@ impl Overlay {
         })
     }
 
-    /// Brings every device's entries in line with `wanted`; returns how many changes it made.
-    pub async fn apply(&self, wanted: &Desired) -> Result<usize, OverlayError> {
-        let mut count = 0;
+    /// Brings every device's entries in line with `wanted`; returns the changes it made.
+    pub async fn apply(&self, wanted: &Desired) -> Result<Vec<desired::Change>, OverlayError> {
+        let mut done = Vec::new();
         for device in &self.devices {
             let current = self.netlink.current(device.index, device.ipv4).await?;
             let target = Entries::for_peers(wanted.family(device.ipv4));
             for change in desired::plan(&current, &target) {
                 self.netlink.apply(device.index, &change).await?;
-                count += 1;
+                done.push(change);
             }
         }
-        Ok(count)
+        Ok(done)
     }
 
     /// Removes what [`Overlay::setup`] made: the devices (and with them their entries) and

@@ -463,6 +463,16 @@ fn neighbour_fields(n: &NeighbourMessage) -> (Option<IpAddr>, Option<Mac>) {
             NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
                 ip = Some(IpAddr::V6(*v6));
             }
+            // FDB entries (family AF_BRIDGE) carry their destination as raw bytes.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
+                ip = match bytes.len() {
+                    4 => <[u8; 4]>::try_from(bytes.as_slice()).ok().map(IpAddr::from),
+                    16 => <[u8; 16]>::try_from(bytes.as_slice())
+                        .ok()
+                        .map(IpAddr::from),
+                    _ => None,
+                };
+            }
             NeighbourAttribute::LinkLayerAddress(bytes) => mac = Mac::from_slice(bytes),
             _ => {}
         }

@@ -1,0 +1,370 @@
+//! The overlay between two "nodes", each a network namespace whose `eth0` sits on a bridge in
+//! a third "LAN" namespace (192.168.254.0/24, the LAN holding .254 as an address outside the
+//! cluster). In each node the real overlay code runs (on a thread inside its namespace) and
+//! a "pod" namespace is attached through the real CNI plugin. Everything lives in
+//! `shoaltest-<pid>-ov-*` namespaces, deleted at the end (also on failure), so the host's
+//! network is never touched. Needs root: fails with a message otherwise.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, NodeSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde_json::Value;
+use shoal_common::Cidr;
+use shoal_net::cni::{self, Command, Request};
+use shoal_net::overlay::{Overlay, OverlayConfig, OverlayError, SyncReport, DEVICE_V4};
+use support::{in_netns, ip_json, is_root, Netns};
+
+const CLUSTER: &str = "10.42.0.0/16";
+const OUTSIDE: &str = "192.168.254.254";
+
+struct TestNode {
+    ns: Netns,
+    pod: Netns,
+    config: OverlayConfig,
+    ipam: tempfile::TempDir,
+}
+
+impl TestNode {
+    fn name(&self) -> &str {
+        &self.config.node_name
+    }
+
+    fn subnet(&self) -> Cidr {
+        self.config.pod_cidrs[0]
+    }
+}
+
+/// What one run of the overlay on a node gives: its annotations, pod MTU and sync report.
+type Run = (BTreeMap<String, String>, u32, Option<SyncReport>);
+
+/// Runs the overlay on `node`: setup (idempotent), then a sync with `nodes` when given.
+fn overlay(node: &TestNode, nodes: Option<&[Node]>) -> Result<Run, OverlayError> {
+    in_netns(&node.ns.path(), || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let overlay = Overlay::setup(&node.config).await?;
+            let report = match nodes {
+                Some(nodes) => Some(overlay.sync(nodes).await?),
+                None => None,
+            };
+            Ok((overlay.annotations(), overlay.mtu(), report))
+        })
+    })
+}
+
+fn teardown(node: &TestNode) -> Result<(), OverlayError> {
+    in_netns(&node.ns.path(), || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(Overlay::teardown())
+    })
+}
+
+fn node_object(node: &TestNode, annotations: &BTreeMap<String, String>) -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: Some(node.name().to_string()),
+            annotations: Some(annotations.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(NodeSpec {
+            pod_cidr: Some(node.subnet().to_string()),
+            pod_cidrs: Some(vec![node.subnet().to_string()]),
+            ..NodeSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// Makes node `n` (1-based): its namespace wired to the LAN, and a pod attached by the CNI
+/// plugin with MTU `mtu`. Returns the pod's address.
+fn make_node(lan: &Netns, n: u8) -> TestNode {
+    let ns = Netns::add(&format!("ov-n{n}"));
+    let pod = Netns::add(&format!("ov-p{n}"));
+    let up = format!("up{n}");
+    lan.ip(&[
+        "link", "add", &up, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+    ]);
+    lan.ip(&["link", "set", &up, "master", "lan0", "up"]);
+    let node_ip = format!("192.168.254.{n}");
+    ns.ip(&["addr", "add", &format!("{node_ip}/24"), "dev", "eth0"]);
+    ns.ip(&["link", "set", "eth0", "up"]);
+    ns.ip(&["link", "set", "lo", "up"]);
+    TestNode {
+        ns,
+        pod,
+        config: OverlayConfig {
+            node_name: format!("node-{n}"),
+            node_ips: vec![node_ip.parse().expect("ip")],
+            pod_cidrs: vec![format!("10.42.{n}.0/24").parse().expect("cidr")],
+            cluster_cidrs: vec![CLUSTER.parse().expect("cidr")],
+        },
+        ipam: tempfile::tempdir().expect("tempdir"),
+    }
+}
+
+/// Attaches the node's pod through the CNI plugin; returns the pod's address.
+fn attach_pod(node: &TestNode, mtu: u32) -> IpAddr {
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "shoaltest",
+        "type": "shoal-cni",
+        "bridge": "shoal0",
+        "subnet": node.subnet().to_string(),
+        "mtu": mtu,
+        "dataDir": node.ipam.path(),
+    })
+    .to_string();
+    let request = Request {
+        command: Command::Add,
+        container_id: format!("pod-{}", node.name()),
+        netns: Some(node.pod.path()),
+        ifname: "eth0".to_string(),
+        args: Vec::new(),
+        path: Vec::new(),
+    };
+    let out =
+        in_netns(&node.ns.path(), || cni::execute(&request, conf.as_bytes())).expect("CNI ADD");
+    let result: Value = serde_json::from_str(&out).expect("result json");
+    let address = result["ips"][0]["address"].as_str().expect("address");
+    address
+        .split('/')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .expect("pod address")
+}
+
+fn listen(ns: &Netns, at: SocketAddr) -> TcpListener {
+    in_netns(&ns.path(), || {
+        let listener = TcpListener::bind(at).expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        listener
+    })
+}
+
+/// Connects from `from` to `listener` (at `to`), sends `bytes` bytes and reads them back as
+/// counted by the far side; returns the source address the far side saw.
+fn exchange(
+    from: &Netns,
+    listener: &TcpListener,
+    to: SocketAddr,
+    bytes: usize,
+) -> Result<IpAddr, String> {
+    let mut client = in_netns(&from.path(), || {
+        TcpStream::connect_timeout(&to, Duration::from_secs(2))
+    })
+    .map_err(|e| format!("connect to {to}: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (mut server, peer) = loop {
+        match listener.accept() {
+            Ok(pair) => break pair,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(format!("accept: {e}")),
+        }
+    };
+    server.set_nonblocking(false).map_err(|e| e.to_string())?;
+    server
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let reader = std::thread::spawn(move || {
+        let mut total = 0usize;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match server.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => total += n,
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        server
+            .write_all(&total.to_be_bytes())
+            .map_err(|e| e.to_string())?;
+        Ok(total)
+    });
+    let chunk = vec![0x5au8; 65536];
+    let mut sent = 0;
+    while sent < bytes {
+        let n = chunk.len().min(bytes - sent);
+        client
+            .write_all(&chunk[..n])
+            .map_err(|e| format!("send: {e}"))?;
+        sent += n;
+    }
+    client
+        .shutdown(std::net::Shutdown::Write)
+        .map_err(|e| e.to_string())?;
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let mut count = [0u8; 8];
+    client
+        .read_exact(&mut count)
+        .map_err(|e| format!("reading the count back: {e}"))?;
+    let received = reader.join().map_err(|_| "reader panicked")??;
+    if usize::from_be_bytes(count) != bytes || received != bytes {
+        return Err(format!("sent {bytes}, received {received}"));
+    }
+    Ok(peer.ip())
+}
+
+/// The VXLAN device's forwarding database (`bridge -j fdb show`).
+fn fdb_of(ns: &Netns) -> Option<Value> {
+    let out = std::process::Command::new("bridge")
+        .args(["-n", &ns.name, "-j", "fdb", "show", "dev", DEVICE_V4])
+        .output()
+        .expect("run bridge");
+    assert!(
+        out.status.success(),
+        "bridge fdb show: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn has(list: &Option<Value>, key: &str, value: &str) -> bool {
+    list.as_ref()
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.iter().any(|e| e[key] == value))
+}
+
+#[test]
+fn pods_reach_each_other_across_the_vxlan_overlay() {
+    assert!(
+        is_root(),
+        "pods_reach_each_other_across_the_vxlan_overlay needs root (network namespaces, VXLAN, \
+         nftables); run the tests as root"
+    );
+    let lan = Netns::add("ov-lan");
+    lan.ip(&["link", "add", "lan0", "type", "bridge"]);
+    lan.ip(&["addr", "add", &format!("{OUTSIDE}/24"), "dev", "lan0"]);
+    lan.ip(&["link", "set", "lan0", "up"]);
+    let one = make_node(&lan, 1);
+    let two = make_node(&lan, 2);
+
+    // Each node brings its side up and publishes its VTEP; the MTU leaves room for VXLAN.
+    let (notes1, mtu1, _) = overlay(&one, None).expect("overlay setup on node 1");
+    let (notes2, mtu2, _) = overlay(&two, None).expect("overlay setup on node 2");
+    assert_eq!((mtu1, mtu2), (1450, 1450));
+    assert_eq!(
+        notes1["flannel.alpha.coreos.com/public-ip"],
+        "192.168.254.1"
+    );
+    let link = ip_json(&one.ns, &["-d", "addr", "show", "dev", DEVICE_V4]).expect("vxlan device");
+    let link = &link[0];
+    assert_eq!(link["mtu"], 1450);
+    assert_eq!(link["linkinfo"]["info_kind"], "vxlan");
+    assert_eq!(link["linkinfo"]["info_data"]["id"], 1);
+    assert_eq!(link["linkinfo"]["info_data"]["port"], 8472);
+    assert_eq!(link["linkinfo"]["info_data"]["local"], "192.168.254.1");
+    assert_eq!(link["linkinfo"]["info_data"]["learning"], false);
+    assert!(
+        has(&Some(link["addr_info"].clone()), "local", "10.42.1.0")
+            && link["addr_info"][0]["prefixlen"] == 32,
+        "{link}"
+    );
+    let backend: Value =
+        serde_json::from_str(&notes1["flannel.alpha.coreos.com/backend-data"]).expect("json");
+    assert_eq!(backend["VtepMAC"], link["address"]);
+
+    let pod1 = attach_pod(&one, mtu1);
+    let pod2 = attach_pod(&two, mtu2);
+    let nodes = [node_object(&one, &notes1), node_object(&two, &notes2)];
+    let (_, _, report) = overlay(&one, Some(&nodes)).expect("sync node 1");
+    assert_eq!(
+        report.expect("report").changes.len(),
+        3,
+        "route, neighbour, FDB"
+    );
+    overlay(&two, Some(&nodes)).expect("sync node 2");
+
+    // Node 1 holds node 2's route, neighbour and FDB entry.
+    let routes = ip_json(&one.ns, &["route", "show", "dev", DEVICE_V4]);
+    assert!(has(&routes, "dst", "10.42.2.0/24"), "{routes:?}");
+    assert!(has(&routes, "gateway", "10.42.2.0"), "{routes:?}");
+    let neigh = ip_json(&one.ns, &["neigh", "show", "dev", DEVICE_V4]);
+    assert!(has(&neigh, "dst", "10.42.2.0"), "{neigh:?}");
+    let mac2: Value =
+        serde_json::from_str(&notes2["flannel.alpha.coreos.com/backend-data"]).expect("json");
+    let mac2 = mac2["VtepMAC"].as_str().expect("mac").to_string();
+    assert!(has(&neigh, "lladdr", &mac2), "{neigh:?}");
+    let fdb = fdb_of(&one.ns);
+    assert!(
+        has(&fdb, "mac", &mac2) && has(&fdb, "dst", "192.168.254.2"),
+        "{fdb:?}"
+    );
+
+    // A second sync changes nothing.
+    let (_, _, again) = overlay(&one, Some(&nodes)).expect("sync node 1 again");
+    let again = again.expect("report").changes;
+    assert!(again.is_empty(), "{again:?}");
+
+    // Pod to pod across nodes, 4 MiB both ways of the handshake, keeps the pod source IP.
+    let at2 = SocketAddr::new(pod2, 7001);
+    let listener2 = listen(&two.pod, at2);
+    let seen = exchange(&one.pod, &listener2, at2, 4 << 20).expect("pod 1 → pod 2");
+    assert_eq!(seen, pod1, "pod 2 sees pod 1's address (not masqueraded)");
+    let at1 = SocketAddr::new(pod1, 7002);
+    let listener1 = listen(&one.pod, at1);
+    assert_eq!(
+        exchange(&two.pod, &listener1, at1, 1 << 20).expect("pod 2 → pod 1"),
+        pod2
+    );
+
+    // Leaving the cluster CIDR, the pod's traffic takes the node's address.
+    let outside = SocketAddr::new(OUTSIDE.parse().expect("ip"), 7003);
+    let lan_listener = listen(&lan, outside);
+    assert_eq!(
+        exchange(&one.pod, &lan_listener, outside, 1 << 20).expect("pod 1 → LAN"),
+        "192.168.254.1".parse::<IpAddr>().expect("ip"),
+        "masqueraded to node 1's address"
+    );
+
+    // Node 2 leaves: its route, neighbour and FDB entry go, and so does the path.
+    let (_, _, gone) = overlay(&one, Some(&nodes[..1])).expect("sync without node 2");
+    assert_eq!(gone.expect("report").changes.len(), 3);
+    let routes = ip_json(&one.ns, &["route", "show", "dev", DEVICE_V4]);
+    assert!(!has(&routes, "dst", "10.42.2.0/24"), "{routes:?}");
+    let neigh = ip_json(&one.ns, &["neigh", "show", "dev", DEVICE_V4]);
+    assert!(!has(&neigh, "dst", "10.42.2.0"), "{neigh:?}");
+    let fdb = fdb_of(&one.ns);
+    assert!(!has(&fdb, "mac", &mac2), "{fdb:?}");
+    assert!(exchange(&one.pod, &listener2, at2, 1024).is_err());
+
+    // It comes back (a restart reconciling from scratch looks the same).
+    overlay(&one, Some(&nodes)).expect("sync with node 2 again");
+    assert_eq!(
+        exchange(&one.pod, &listener2, at2, 1024).expect("pod 1 → pod 2 again"),
+        pod1
+    );
+
+    // Teardown removes the device and our nftables table.
+    teardown(&one).expect("teardown");
+    assert!(ip_json(&one.ns, &["link", "show", "dev", DEVICE_V4]).is_none());
+    let table = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &one.ns.name,
+            "nft",
+            "list",
+            "table",
+            "inet",
+            "shoal-masq",
+        ])
+        .output()
+        .expect("nft");
+    assert!(!table.status.success(), "the masquerade table is gone");
+}
