@@ -325,44 +325,21 @@ pub enum Change {
 /// changed entry is removed and added again (the kernel keys neighbours by address and FDB
 /// entries by MAC, and an FDB delete names the old destination).
 pub fn plan(current: &Entries, wanted: &Entries) -> Vec<Change> {
-    let mut out = Vec::new();
-    out.extend(
-        current
-            .routes
-            .difference(&wanted.routes)
-            .map(|r| Change::DelRoute(*r)),
-    );
-    out.extend(
-        current
-            .neighbours
-            .difference(&wanted.neighbours)
-            .map(|n| Change::DelNeigh(*n)),
-    );
-    out.extend(
-        current
-            .fdb
-            .difference(&wanted.fdb)
-            .map(|f| Change::DelFdb(*f)),
-    );
-    out.extend(
-        wanted
-            .fdb
-            .difference(&current.fdb)
-            .map(|f| Change::AddFdb(*f)),
-    );
-    out.extend(
-        wanted
-            .neighbours
-            .difference(&current.neighbours)
-            .map(|n| Change::AddNeigh(*n)),
-    );
-    out.extend(
-        wanted
-            .routes
-            .difference(&current.routes)
-            .map(|r| Change::AddRoute(*r)),
-    );
-    out
+    fn missing<'a, T: Ord + Copy>(
+        from: &'a BTreeSet<T>,
+        there: &'a BTreeSet<T>,
+        change: fn(T) -> Change,
+    ) -> impl Iterator<Item = Change> + 'a {
+        from.difference(there).map(move |e| change(*e))
+    }
+    let (c, w) = (current, wanted);
+    missing(&c.routes, &w.routes, Change::DelRoute)
+        .chain(missing(&c.neighbours, &w.neighbours, Change::DelNeigh))
+        .chain(missing(&c.fdb, &w.fdb, Change::DelFdb))
+        .chain(missing(&w.fdb, &c.fdb, Change::AddFdb))
+        .chain(missing(&w.neighbours, &c.neighbours, Change::AddNeigh))
+        .chain(missing(&w.routes, &c.routes, Change::AddRoute))
+        .collect()
 }
 
 /// VXLAN's encapsulation overhead over an IPv4 underlay: outer IPv4 (20) + UDP (8) + VXLAN

@@ -306,15 +306,7 @@ impl OverlayNetlink {
         } else {
             AddressFamily::Inet6
         };
-        let neighbours: Vec<NeighbourMessage> = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(family)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl("listing neighbours"))?;
+        let neighbours = self.neighbours(family).await?;
         out.neighbours = neighbours
             .iter()
             .filter(|n| n.header.ifindex == index && n.header.state == NeighbourState::Permanent)
@@ -324,15 +316,7 @@ impl OverlayNetlink {
             })
             .collect();
 
-        let fdb: Vec<NeighbourMessage> = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Bridge)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl("listing the forwarding database"))?;
+        let fdb = self.neighbours(AddressFamily::Bridge).await?;
         out.fdb = fdb
             .iter()
             .filter(|n| n.header.ifindex == index)
@@ -343,6 +327,21 @@ impl OverlayNetlink {
             })
             .collect();
         Ok(out)
+    }
+
+    /// Every neighbour entry of `family` (`Bridge`: the forwarding databases).
+    async fn neighbours(
+        &self,
+        family: AddressFamily,
+    ) -> Result<Vec<NeighbourMessage>, OverlayError> {
+        self.handle
+            .neighbours()
+            .get()
+            .set_address_family(family)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl(format!("listing {family:?} neighbours")))
     }
 
     /// Makes one change on the device `index`.
