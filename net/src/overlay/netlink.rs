@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -253,10 +253,11 @@ impl OverlayNetlink {
             }
         }
         if !present {
-            self.handle
-                .address()
-                .add(facts.index, wanted, host_prefix)
-                .execute()
+            let mut add = self.handle.address().add(facts.index, wanted, host_prefix);
+            // Duplicate address detection would hold an IPv6 VTEP address tentative (unusable
+            // as a source) for a second or more; the address is this node's by construction.
+            add.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+            add.execute()
                 .await
                 .map_err(nl(format!("adding {wanted}/{host_prefix} to {name}")))?;
         }
