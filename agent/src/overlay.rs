@@ -118,13 +118,20 @@ pub async fn run(
     let mut stream = watcher(api, watcher::Config::default()).boxed();
     let mut set = NodeSet::default();
     let mut applied: Option<Desired> = None;
-    let mut dirty = false;
+    // When the pending change is applied: set by the first change after a sync, so a steady
+    // stream of events (heartbeats of many nodes) delays a sync by SETTLE at most.
+    let mut due: Option<tokio::time::Instant> = None;
+    let settle = || Some(tokio::time::Instant::now() + SETTLE);
     let mut resync = tokio::time::interval(RESYNC);
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
             event = stream.next() => match event {
-                Some(Ok(event)) => dirty |= set.apply(event),
+                Some(Ok(event)) => {
+                    if set.apply(event) && due.is_none() {
+                        due = settle();
+                    }
+                }
                 Some(Err(err)) => {
                     tracing::warn!(%err, "watching nodes for the overlay");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -134,10 +141,10 @@ pub async fn run(
             _ = resync.tick() => {
                 // Forgetting what was applied makes the next pass re-read the kernel.
                 applied = None;
-                dirty = true;
+                due = due.or_else(settle);
             }
-            _ = tokio::time::sleep(SETTLE), if dirty => {
-                dirty = false;
+            _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                due = None;
                 let Some(nodes) = set.listed() else { continue };
                 let wanted = desired::desired(&node_name, &nodes, VNI);
                 if applied.as_ref() == Some(&wanted) {
@@ -155,7 +162,7 @@ pub async fn run(
                     }
                     Err(err) => {
                         tracing::warn!(%err, "updating the overlay; retrying");
-                        dirty = true;
+                        due = Some(tokio::time::Instant::now() + Duration::from_secs(2));
                     }
                 }
             }
