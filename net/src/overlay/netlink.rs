@@ -528,3 +528,109 @@ fn route_message(index: u32, r: RouteEntry) -> Result<RouteMessage, OverlayError
         .onlink()
         .build())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn spec() -> VxlanSpec {
+        VxlanSpec {
+            name: "shoal-vxlan".into(),
+            vni: 1,
+            port: 8472,
+            local: "192.168.1.1".parse().unwrap(),
+            uplink: 2,
+            mtu: 1450,
+            mac: Mac([2, 0, 0, 0, 0, 1]),
+            subnet: "10.42.1.0/24".parse().unwrap(),
+        }
+    }
+
+    fn facts(vxlan: Vec<InfoVxlan>) -> LinkFacts {
+        LinkFacts {
+            index: 5,
+            mtu: 1500,
+            mac: vec![2, 0, 0, 0, 0, 9],
+            kind: Some(InfoKind::Vxlan),
+            vxlan,
+        }
+    }
+
+    fn as_created() -> Vec<InfoVxlan> {
+        vec![
+            InfoVxlan::Id(1),
+            InfoVxlan::Link(2),
+            InfoVxlan::Local(Ipv4Addr::new(192, 168, 1, 1)),
+            InfoVxlan::Learning(false),
+            InfoVxlan::Port(8472),
+        ]
+    }
+
+    #[test]
+    fn a_device_is_kept_only_when_its_tunnel_parameters_match() {
+        // MTU and MAC differ, which a plain set fixes; the tunnel itself matches.
+        assert!(vxlan_matches(&facts(as_created()), &spec()));
+        for (i, changed) in [
+            InfoVxlan::Id(2),
+            InfoVxlan::Link(3),
+            InfoVxlan::Local(Ipv4Addr::new(192, 168, 1, 2)),
+            InfoVxlan::Learning(true),
+            InfoVxlan::Port(4789),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut info = as_created();
+            info[i] = changed;
+            assert!(!vxlan_matches(&facts(info), &spec()), "{i}");
+        }
+        let mut bridge = facts(as_created());
+        bridge.kind = Some(InfoKind::Bridge);
+        assert!(!vxlan_matches(&bridge, &spec()));
+    }
+
+    #[test]
+    fn routes_read_back_as_they_were_written() {
+        for (dst, via) in [
+            ("10.42.2.0/24", "10.42.2.0"),
+            ("fd00:42:2::/64", "fd00:42:2::"),
+        ] {
+            let entry = RouteEntry {
+                dst: dst.parse().unwrap(),
+                via: via.parse().unwrap(),
+            };
+            let mut msg = route_message(7, entry).unwrap();
+            assert_eq!(route_entry(&msg, 7), Some(entry));
+            assert_eq!(route_entry(&msg, 8), None, "another device's route");
+            msg.header.table = 200;
+            assert_eq!(route_entry(&msg, 7), None, "another table's route");
+        }
+        let mismatched = RouteEntry {
+            dst: "10.42.2.0/24".parse().unwrap(),
+            via: "fd00::1".parse().unwrap(),
+        };
+        // An IPv4 route via an IPv6 gateway is valid netlink (RTA_VIA), but never ours.
+        assert!(route_message(7, mismatched)
+            .map(|m| route_entry(&m, 7).is_none())
+            .unwrap_or(true));
+    }
+
+    #[test]
+    fn fdb_destinations_come_as_raw_bytes() {
+        let mut msg = NeighbourMessage::default();
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Other(
+                vec![192, 168, 1, 2],
+            )));
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(vec![2, 0, 0, 0, 0, 1]));
+        assert_eq!(
+            neighbour_fields(&msg),
+            (
+                Some("192.168.1.2".parse().unwrap()),
+                Some(Mac([2, 0, 0, 0, 0, 1]))
+            )
+        );
+    }
+}
