@@ -45,13 +45,22 @@ type Run = (BTreeMap<String, String>, u32, Option<SyncReport>);
 
 /// Runs the overlay on `node`: setup (idempotent), then a sync with `nodes` when given.
 fn overlay(node: &TestNode, nodes: Option<&[Node]>) -> Result<Run, OverlayError> {
+    overlay_with(node, &node.config, nodes)
+}
+
+/// [`overlay`] with another configuration for the same node.
+fn overlay_with(
+    node: &TestNode,
+    config: &OverlayConfig,
+    nodes: Option<&[Node]>,
+) -> Result<Run, OverlayError> {
     in_netns(&node.ns.path(), || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
         rt.block_on(async {
-            let overlay = Overlay::setup(&node.config).await?;
+            let overlay = Overlay::setup(config).await?;
             let report = match nodes {
                 Some(nodes) => Some(overlay.sync(nodes).await?),
                 None => None,
@@ -349,6 +358,20 @@ fn pods_reach_each_other_across_the_vxlan_overlay() {
         exchange(&one.pod, &listener2, at2, 1024).expect("pod 1 → pod 2 again"),
         pod1
     );
+
+    // A node whose address changed gets its device recreated with the new tunnel source.
+    one.ns
+        .ip(&["addr", "add", "192.168.254.11/24", "dev", "eth0"]);
+    let mut moved = one.config.clone();
+    moved.node_ips = vec!["192.168.254.11".parse().expect("ip")];
+    let (notes, _, _) = overlay_with(&one, &moved, None).expect("setup after the address moved");
+    assert_eq!(
+        notes["flannel.alpha.coreos.com/public-ip"],
+        "192.168.254.11"
+    );
+    let link = ip_json(&one.ns, &["-d", "link", "show", "dev", DEVICE_V4]).expect("device");
+    assert_eq!(link[0]["linkinfo"]["info_data"]["local"], "192.168.254.11");
+    assert_eq!(link[0]["address"], backend["VtepMAC"], "the MAC survives");
 
     // Teardown removes the device and our nftables table.
     teardown(&one).expect("teardown");
