@@ -96,18 +96,51 @@ fn node_object(node: &TestNode, annotations: &BTreeMap<String, String>) -> Node 
     }
 }
 
-/// Makes node `n` (1-based): its namespace wired to the LAN, and a pod attached by the CNI
-/// plugin with MTU `mtu`. Returns the pod's address.
-fn make_node(lan: &Netns, n: u8) -> TestNode {
-    let ns = Netns::add(&format!("ov-n{n}"));
-    let pod = Netns::add(&format!("ov-p{n}"));
+/// The "LAN" namespace: a bridge `lan0`, holding `address` when given.
+fn make_lan(tag: &str, address: Option<&str>) -> Netns {
+    let lan = Netns::add(&format!("{tag}-lan"));
+    lan.ip(&["link", "add", "lan0", "type", "bridge"]);
+    if let Some(address) = address {
+        lan.ip(&["addr", "add", address, "dev", "lan0"]);
+    }
+    lan.ip(&["link", "set", "lan0", "up"]);
+    lan
+}
+
+/// Makes node `n` (1-based): its namespace wired to the LAN by `eth0`, and an empty pod
+/// namespace. IPv4: 192.168.254.n, pod CIDR 10.42.n.0/24; IPv6: fd99::n, fd00:42:n::/64.
+fn make_node(lan: &Netns, tag: &str, n: u8, ipv6: bool) -> TestNode {
+    let ns = Netns::add(&format!("{tag}-n{n}"));
+    let pod = Netns::add(&format!("{tag}-p{n}"));
     let up = format!("up{n}");
     lan.ip(&[
         "link", "add", &up, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
     ]);
     lan.ip(&["link", "set", &up, "master", "lan0", "up"]);
-    let node_ip = format!("192.168.254.{n}");
-    ns.ip(&["addr", "add", &format!("{node_ip}/24"), "dev", "eth0"]);
+    let (node_ip, prefix, subnet, cluster) = if ipv6 {
+        (
+            format!("fd99::{n}"),
+            64,
+            format!("fd00:42:{n}::/64"),
+            "fd00:42::/48",
+        )
+    } else {
+        (
+            format!("192.168.254.{n}"),
+            24,
+            format!("10.42.{n}.0/24"),
+            CLUSTER,
+        )
+    };
+    // No duplicate address detection: a tentative address cannot be a tunnel's source yet.
+    ns.ip(&[
+        "addr",
+        "add",
+        &format!("{node_ip}/{prefix}"),
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
     ns.ip(&["link", "set", "eth0", "up"]);
     ns.ip(&["link", "set", "lo", "up"]);
     TestNode {
@@ -116,8 +149,8 @@ fn make_node(lan: &Netns, n: u8) -> TestNode {
         config: OverlayConfig {
             node_name: format!("node-{n}"),
             node_ips: vec![node_ip.parse().expect("ip")],
-            pod_cidrs: vec![format!("10.42.{n}.0/24").parse().expect("cidr")],
-            cluster_cidrs: vec![CLUSTER.parse().expect("cidr")],
+            pod_cidrs: vec![subnet.parse().expect("cidr")],
+            cluster_cidrs: vec![cluster.parse().expect("cidr")],
         },
         ipam: tempfile::tempdir().expect("tempdir"),
     }
@@ -256,12 +289,9 @@ fn pods_reach_each_other_across_the_vxlan_overlay() {
         "pods_reach_each_other_across_the_vxlan_overlay needs root (network namespaces, VXLAN, \
          nftables); run the tests as root"
     );
-    let lan = Netns::add("ov-lan");
-    lan.ip(&["link", "add", "lan0", "type", "bridge"]);
-    lan.ip(&["addr", "add", &format!("{OUTSIDE}/24"), "dev", "lan0"]);
-    lan.ip(&["link", "set", "lan0", "up"]);
-    let one = make_node(&lan, 1);
-    let two = make_node(&lan, 2);
+    let lan = make_lan("ov", Some(&format!("{OUTSIDE}/24")));
+    let one = make_node(&lan, "ov", 1, false);
+    let two = make_node(&lan, "ov", 2, false);
 
     // Each node brings its side up and publishes its VTEP; the MTU leaves room for VXLAN.
     let (notes1, mtu1, _) = overlay(&one, None).expect("overlay setup on node 1");
@@ -403,40 +433,11 @@ fn ipv6_nodes_reach_each_other_across_the_vxlan_overlay() {
         "ipv6_nodes_reach_each_other_across_the_vxlan_overlay needs root (network namespaces, \
          VXLAN, nftables); run the tests as root"
     );
-    let lan = Netns::add("ov6-lan");
-    lan.ip(&["link", "add", "lan0", "type", "bridge"]);
-    lan.ip(&["link", "set", "lan0", "up"]);
-    let mut nodes = Vec::new();
-    for n in [1u8, 2] {
-        let ns = Netns::add(&format!("ov6-n{n}"));
-        let up = format!("up{n}");
-        lan.ip(&[
-            "link", "add", &up, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
-        ]);
-        lan.ip(&["link", "set", &up, "master", "lan0", "up"]);
-        let node_ip = format!("fd99::{n}");
-        ns.ip(&[
-            "addr",
-            "add",
-            &format!("{node_ip}/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ]);
-        ns.ip(&["link", "set", "eth0", "up"]);
-        ns.ip(&["link", "set", "lo", "up"]);
-        nodes.push(TestNode {
-            pod: Netns::add(&format!("ov6-p{n}")),
-            ns,
-            config: OverlayConfig {
-                node_name: format!("node-{n}"),
-                node_ips: vec![node_ip.parse().expect("ip")],
-                pod_cidrs: vec![format!("fd00:42:{n}::/64").parse().expect("cidr")],
-                cluster_cidrs: vec!["fd00:42::/48".parse().expect("cidr")],
-            },
-            ipam: tempfile::tempdir().expect("tempdir"),
-        });
-    }
+    let lan = make_lan("ov6", None);
+    let nodes = [
+        make_node(&lan, "ov6", 1, true),
+        make_node(&lan, "ov6", 2, true),
+    ];
     let (one, two) = (&nodes[0], &nodes[1]);
     let (notes1, mtu, _) = overlay(one, None).expect("overlay setup on node 1");
     let (notes2, _, _) = overlay(two, None).expect("overlay setup on node 2");
