@@ -50,6 +50,8 @@ pub struct AgentConfig {
     pub client_ca_pem: String,
     /// When container logs rotate (`--container-log-max-size`, `--container-log-max-files`).
     pub log_limits: crate::kubelet::log_rotation::LogLimits,
+    /// The whole pod network (`--cluster-cidr`): pod traffic leaving it is masqueraded.
+    pub cluster_cidrs: Vec<Cidr>,
 }
 
 /// What stops a node from coming up.
@@ -81,8 +83,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
 
 /// The name containerd's CRI plugin runs our CNI plugin by (a link to this binary).
 pub const CNI_PLUGIN_NAME: &str = "shoal-cni";
-/// The MTU pods get on the bridge (the uplink's, until the overlay subtracts its overhead).
-const POD_MTU: u32 = 1450;
 
 /// Runs the node until `shutdown`.
 pub async fn run(
@@ -125,10 +125,15 @@ pub async fn run(
     tokio::spawn(configure_network(
         client.clone(),
         cri.clone(),
-        config.node_name.clone(),
         containerd.cni_conf_dir.clone(),
         agent_dir.join("cni").join("ipam"),
         Arc::clone(&network_ready),
+        crate::overlay::OverlaySettings {
+            node_name: config.node_name.clone(),
+            node_ip: config.node_ip,
+            cluster_cidrs: config.cluster_cidrs.clone(),
+        },
+        shutdown.clone(),
     ));
 
     let (host_dns_servers, host_dns_searches) =
@@ -206,20 +211,22 @@ fn link_cni_plugin(bin_dir: &Path) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// Waits for the node's pod subnet, releases addresses of sandboxes that no longer exist, and
-/// writes the network configuration containerd's CRI plugin loads.
+/// Waits for the node's pod subnet, brings the overlay to the other nodes up (its MTU is the
+/// pods'), releases addresses of sandboxes that no longer exist, and writes the network
+/// configuration containerd's CRI plugin loads.
 async fn configure_network(
     client: kube::Client,
     cri: Cri,
-    node_name: String,
     conf_dir: PathBuf,
     ipam_dir: PathBuf,
     ready: Arc<AtomicBool>,
+    overlay: crate::overlay::OverlaySettings,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let nodes: Api<Node> = Api::all(client);
+    let nodes: Api<Node> = Api::all(client.clone());
     let subnet = loop {
         let cidr = nodes
-            .get_opt(&node_name)
+            .get_opt(&overlay.node_name)
             .await
             .ok()
             .flatten()
@@ -231,8 +238,26 @@ async fn configure_network(
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
+    // --- overlay: VXLAN to the other nodes, forwarding, masquerade (shoal_net::overlay) ---
+    let vxlan = loop {
+        match crate::overlay::start(&client, &overlay, &[subnet]).await {
+            Ok(vxlan) => break vxlan,
+            Err(err) => {
+                tracing::warn!(%err, "bringing the overlay up; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    };
+    let pod_mtu = vxlan.mtu();
+    tokio::spawn(crate::overlay::run(
+        client,
+        vxlan,
+        overlay.node_name,
+        shutdown,
+    ));
+    // --- end overlay ---
     loop {
-        match write_network(&cri, &subnet, &conf_dir, &ipam_dir).await {
+        match write_network(&cri, &subnet, pod_mtu, &conf_dir, &ipam_dir).await {
             Ok(()) => break,
             Err(err) => {
                 tracing::warn!(%err, "configuring the pod network; retrying");
@@ -240,13 +265,14 @@ async fn configure_network(
             }
         }
     }
-    tracing::info!(%subnet, "pod network configured");
+    tracing::info!(%subnet, mtu = pod_mtu, "pod network configured");
     ready.store(true, Ordering::Release);
 }
 
 async fn write_network(
     cri: &Cri,
     subnet: &Cidr,
+    mtu: u32,
     conf_dir: &Path,
     ipam_dir: &Path,
 ) -> Result<(), String> {
@@ -259,7 +285,7 @@ async fn write_network(
         .collect();
     std::fs::create_dir_all(ipam_dir).map_err(|e| e.to_string())?;
     shoal_net::cni::ipam::reconcile(ipam_dir, &live).map_err(|e| e.to_string())?;
-    let conf = shoal_net::cni::network_config(subnet, POD_MTU, ipam_dir);
+    let conf = shoal_net::cni::network_config(subnet, mtu, ipam_dir);
     let path = conf_dir.join("10-shoal.conflist");
     let tmp = conf_dir.join(".10-shoal.conflist.tmp");
     std::fs::write(&tmp, conf).map_err(|e| e.to_string())?;

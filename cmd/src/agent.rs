@@ -54,6 +54,13 @@ pub async fn run(args: AgentArgs, server_url: String, token: String) -> Result<(
         .cluster_dns
         .parse()
         .with_context(|| format!("the server's cluster DNS {:?}", cluster.cluster_dns))?;
+    // Comma-separated when dual-stack, as k3s's --cluster-cidr.
+    let cluster_cidrs = cluster
+        .cluster_cidr
+        .split(',')
+        .map(|c| c.trim().parse::<Cidr>())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("the server's cluster CIDR {:?}", cluster.cluster_cidr))?;
     let kubernetes_service = service_cidr
         .nth(1)
         .context("the server's service CIDR has no first address")?;
@@ -67,6 +74,7 @@ pub async fn run(args: AgentArgs, server_url: String, token: String) -> Result<(
             cluster_domain: &cluster.cluster_domain,
             kubernetes_service,
             ca_pem: &joined.credentials.ca_cert,
+            cluster_cidrs: &cluster_cidrs,
         },
     )?;
     let client = kube::Client::try_from(joined.client).context("building the API client")?;

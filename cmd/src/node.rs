@@ -36,6 +36,8 @@ pub struct ClusterFacts<'a> {
     pub kubernetes_service: IpAddr,
     /// The cluster CA (PEM).
     pub ca_pem: &'a str,
+    /// The pod network (`--cluster-cidr`).
+    pub cluster_cidrs: &'a [shoal_common::Cidr],
 }
 
 /// The agent's configuration from flags.
@@ -51,6 +53,7 @@ pub fn agent_config(
         cluster_domain,
         kubernetes_service,
         ca_pem: client_ca_pem,
+        cluster_cidrs,
     } = cluster;
     let mut taints = Vec::new();
     for text in &args.node_taints {
@@ -78,6 +81,7 @@ pub fn agent_config(
             max_size: args.container_log_max_size,
             max_files: usize::from(args.container_log_max_files),
         },
+        cluster_cidrs: cluster_cidrs.to_vec(),
     })
 }
 

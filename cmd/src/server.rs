@@ -121,6 +121,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
                     .nth(1)
                     .unwrap_or(IpAddr::V4(Ipv4Addr::new(10, 43, 0, 1))),
                 ca_pem: &pki.ca_cert_pem,
+                cluster_cidrs: &[args.cluster_cidr],
             },
         )?;
         let kubelet_client = shoal_apiserver::in_process::client(

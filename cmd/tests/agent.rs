@@ -72,6 +72,18 @@ fn pods_run_in_real_containers() {
         "{node}"
     );
     assert_eq!(node["status"]["capacity"]["pods"], "110");
+    // The overlay published this node's VTEP (flannel's annotations) before the node was Ready.
+    let notes = &node["metadata"]["annotations"];
+    assert_eq!(
+        notes["flannel.alpha.coreos.com/backend-type"], "vxlan",
+        "{node}"
+    );
+    assert!(
+        notes["flannel.alpha.coreos.com/backend-data"]
+            .as_str()
+            .is_some_and(|d| d.contains("\"VNI\":1")),
+        "{node}"
+    );
 
     // An image from an archive, imported with `shoal images import`.
     let archive = shoal_e2e::images::busybox_archive(cluster.dir.path(), IMAGE);

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 /// A network address with a prefix length; host bits are zero.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Cidr {
     addr: IpAddr,
     prefix: u8,
@@ -43,7 +43,8 @@ fn mask(prefix: u8, width: u8) -> u128 {
         } else {
             u128::MAX
         };
-        all & !(all >> prefix)
+        // A /128 shifts the whole width out (an overflow for `>>`): every bit is network.
+        all & !all.checked_shr(u32::from(prefix)).unwrap_or(0)
     }
 }
 
@@ -148,6 +149,11 @@ mod tests {
         assert_eq!(services.to_string(), "10.43.0.0/16");
         let v6 = cidr("fd00:42::/56");
         assert!(v6.contains("fd00:42::1".parse().expect("ip")));
+        let host = cidr("fd00:42::1/128");
+        assert!(host.contains("fd00:42::1".parse().expect("ip")));
+        assert!(!host.contains("fd00:42::2".parse().expect("ip")));
+        assert_eq!(host.size(), 1);
+        assert!(cidr("10.0.0.1/32").contains("10.0.0.1".parse().expect("ip")));
         assert!(!v6.is_ipv4());
         assert!(cidr("0.0.0.0/0").contains("8.8.8.8".parse().expect("ip")));
         assert_eq!(services.nth(1), Some("10.43.0.1".parse().expect("ip")));

@@ -11,6 +11,7 @@ pub mod kubectl;
 pub mod lab;
 pub mod lab_bench;
 pub mod latency;
+pub mod overlay_bench;
 pub mod pod_bench;
 pub mod process;
 pub mod server;

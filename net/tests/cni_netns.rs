@@ -3,78 +3,17 @@
 //! touched) and two "pod" namespaces, all named `shoaltest-<pid>-…` and deleted at the end,
 //! also when the test fails. Needs root: skipped (with a message) otherwise.
 
-use std::fs::File;
+mod support;
+
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command as Process;
 use std::time::{Duration, Instant};
 
-use nix::sched::{setns, CloneFlags};
 use serde_json::Value;
 use shoal_net::cni::{self, Command, Request};
-
-/// A network namespace made by `ip netns add`, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn add(suffix: &str) -> Netns {
-        let name = format!("shoaltest-{}-{suffix}", std::process::id());
-        ip(&["netns", "add", &name]);
-        Netns { name }
-    }
-
-    fn path(&self) -> PathBuf {
-        Path::new("/var/run/netns").join(&self.name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Process::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn ip(args: &[&str]) -> String {
-    let out = Process::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// `ip -j` output, or None when the command fails (e.g. the link does not exist).
-fn ip_json(netns: &Netns, args: &[&str]) -> Option<Value> {
-    let out = Process::new("ip")
-        .args(["-n", &netns.name, "-j"])
-        .args(args)
-        .output()
-        .expect("run ip");
-    if !out.status.success() {
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).ok()
-}
-
-/// Runs `f` on a thread that lives inside `netns`.
-fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = File::open(netns).expect("open netns");
-            setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("thread in netns")
-    })
-}
+use support::{in_netns, ip, ip_json, is_root, Netns};
 
 fn request(command: Command, id: &str, netns: Option<&Netns>) -> Request {
     Request {
@@ -139,10 +78,6 @@ fn ping_within(from: &Path, to: Ipv4Addr, patience: Duration) -> bool {
         }
         false
     })
-}
-
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
 #[test]

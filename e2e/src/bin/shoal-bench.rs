@@ -65,6 +65,8 @@ enum Command {
     NodeLoss(shoal_e2e::control_bench::NodeLossArgs),
     /// A multi-node lab from nothing: time to Ready, agents' joins, idle memory and CPU.
     Lab(shoal_e2e::lab_bench::LabArgs),
+    /// TCP throughput pod to pod across the VXLAN overlay vs the host path (root).
+    Overlay(shoal_e2e::overlay_bench::OverlayArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -187,6 +189,13 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Lab(args) => {
             let report =
                 tokio::task::spawn_blocking(move || shoal_e2e::lab_bench::run(&args)).await??;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Overlay(args) => {
+            // Namespaces are entered by fresh threads with runtimes of their own.
+            let report =
+                tokio::task::spawn_blocking(move || shoal_e2e::overlay_bench::run(&args)).await??;
             println!("{report}");
             Ok(())
         }

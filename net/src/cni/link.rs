@@ -25,7 +25,7 @@ pub struct Link {
     pub kind: Option<InfoKind>,
 }
 
-fn errno(err: &rtnetlink::Error) -> Option<i32> {
+pub(crate) fn errno(err: &rtnetlink::Error) -> Option<i32> {
     match err {
         rtnetlink::Error::NetlinkError(msg) => Some(-msg.raw_code()),
         _ => None,
