@@ -2,3 +2,4 @@
 //! cluster DNS come later (issue: networking).
 
 pub mod cni;
+pub mod dns;

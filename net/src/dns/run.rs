@@ -1,0 +1,176 @@
+//! The node's DNS service: the interface, the server, and the watches on Services and
+//! EndpointSlices that rebuild the index whenever either changes (changes arriving together
+//! are folded into one rebuild).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::Api;
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Resource;
+use tokio::sync::watch;
+
+use super::forward::{Forwarder, DEFAULT_TIMEOUT};
+use super::records::{Index, ZoneConfig};
+use super::server::{serve, Handler, Listeners, SharedIndex};
+use super::{iface, DnsError};
+
+/// How the node's DNS service is set up.
+#[derive(Debug, Clone)]
+pub struct DnsSettings {
+    /// Where to serve (the cluster DNS address, port 53).
+    pub listen: SocketAddr,
+    pub zone: ZoneConfig,
+    /// The node's own resolvers, for names outside the cluster.
+    pub upstreams: Vec<SocketAddr>,
+    /// The dummy interface to put the listening address on (`None`: it is already local).
+    pub interface: Option<String>,
+}
+
+/// Serves cluster DNS until `shutdown`.
+pub async fn run(
+    client: kube::Client,
+    settings: DnsSettings,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), DnsError> {
+    if let Some(name) = &settings.interface {
+        iface::ensure(name, settings.listen.ip()).await?;
+    }
+    let listeners = Listeners::bind(settings.listen)
+        .await
+        .map_err(|source| DnsError::Bind {
+            addr: settings.listen,
+            source,
+        })?;
+    let index = SharedIndex::default();
+    let handler = Handler::new(
+        settings.zone.clone(),
+        index.clone(),
+        Forwarder::new(settings.upstreams.clone(), DEFAULT_TIMEOUT),
+    );
+    let server = tokio::spawn(serve(listeners, handler, shutdown.clone()));
+    tracing::info!(listen = %settings.listen, upstreams = ?settings.upstreams, "cluster DNS serving");
+
+    let mut services = watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .boxed();
+    let mut slices = watcher(
+        Api::<EndpointSlice>::all(client),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .boxed();
+    let mut service_mirror = Mirror::<Service>::default();
+    let mut slice_mirror = Mirror::<EndpointSlice>::default();
+    loop {
+        let mut changed = tokio::select! {
+            event = services.next() => service_mirror.apply(event, "Services")?,
+            event = slices.next() => slice_mirror.apply(event, "EndpointSlices")?,
+            _ = shutdown.changed() => break,
+        };
+        // Fold whatever else has already arrived into the same rebuild.
+        loop {
+            if let Some(event) = services.next().now_or_never() {
+                changed |= service_mirror.apply(event, "Services")?;
+            } else if let Some(event) = slices.next().now_or_never() {
+                changed |= slice_mirror.apply(event, "EndpointSlices")?;
+            } else {
+                break;
+            }
+        }
+        if changed && service_mirror.synced && slice_mirror.synced {
+            let serial = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
+                .unwrap_or_default();
+            let built = Index::build(
+                settings.zone.clone(),
+                serial,
+                service_mirror.objects.values(),
+                slice_mirror.objects.values(),
+            );
+            tracing::debug!(names = built.len(), "cluster DNS index rebuilt");
+            index.set(built);
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    Ok(())
+}
+
+/// The objects of one kind as the watch last listed and updated them.
+#[derive(Debug)]
+struct Mirror<K> {
+    objects: HashMap<(String, String), K>,
+    /// A relist in progress (replaces `objects` when done).
+    relisting: Option<HashMap<(String, String), K>>,
+    synced: bool,
+}
+
+impl<K> Default for Mirror<K> {
+    fn default() -> Self {
+        Mirror {
+            objects: HashMap::new(),
+            relisting: None,
+            synced: false,
+        }
+    }
+}
+
+fn object_key<K: Resource>(object: &K) -> (String, String) {
+    let meta = object.meta();
+    (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+impl<K: Resource + Clone> Mirror<K> {
+    /// Applies one watch item; returns whether the objects changed.
+    fn apply(
+        &mut self,
+        item: Option<Result<watcher::Event<K>, watcher::Error>>,
+        what: &'static str,
+    ) -> Result<bool, DnsError> {
+        let event = match item {
+            None => return Err(DnsError::WatchEnded(what)),
+            Some(Err(err)) => {
+                // The stream backs off and retries by itself.
+                tracing::warn!(error = %err, "cluster DNS: watching {what} failed");
+                return Ok(false);
+            }
+            Some(Ok(event)) => event,
+        };
+        Ok(match event {
+            watcher::Event::Init => {
+                self.relisting = Some(HashMap::new());
+                false
+            }
+            watcher::Event::InitApply(object) => {
+                self.relisting
+                    .get_or_insert_with(HashMap::new)
+                    .insert(object_key(&object), object);
+                false
+            }
+            watcher::Event::InitDone => {
+                self.objects = self.relisting.take().unwrap_or_default();
+                self.synced = true;
+                true
+            }
+            watcher::Event::Apply(object) => {
+                self.objects.insert(object_key(&object), object);
+                true
+            }
+            watcher::Event::Delete(object) => self.objects.remove(&object_key(&object)).is_some(),
+        })
+    }
+}
