@@ -1,18 +1,21 @@
 //! The `shoal-dns` dummy interface that carries the cluster DNS address in the node's network
 //! namespace, so the server can bind it and pods reach it through their default route (the
 //! node delivers packets for its own addresses locally, whatever interface holds them).
-//! Made through rtnetlink; idempotent, so an agent restart finds it as it left it.
+//! Made through rtnetlink; idempotent, so an agent restart finds it as it left it. Kernels
+//! built without the dummy driver (some VMs' and sandboxes') get a bridge without ports
+//! instead: to the node it is the same, a link that is up and holds a local address.
 
 use std::net::IpAddr;
 
 use futures::TryStreamExt;
-use rtnetlink::{Handle, LinkDummy, LinkUnspec};
+use rtnetlink::{Handle, LinkBridge, LinkDummy, LinkUnspec};
 
 /// The interface's name.
 pub const INTERFACE: &str = "shoal-dns";
 
 const EEXIST: i32 = 17;
 const ENODEV: i32 = 19;
+const EOPNOTSUPP: i32 = 95;
 
 /// Why the interface could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -65,12 +68,23 @@ async fn ensure_with(handle: &Handle, name: &str, ip: IpAddr) -> Result<(), Inte
     let index = match link_index(handle, name).await? {
         Some(index) => index,
         None => {
-            match handle
+            let mut created = handle
                 .link()
                 .add(LinkDummy::new(name).up().build())
                 .execute()
-                .await
-            {
+                .await;
+            if matches!(&created, Err(e) if errno(e) == Some(EOPNOTSUPP)) {
+                tracing::info!(
+                    interface = name,
+                    "no dummy links on this kernel: using a bridge without ports"
+                );
+                created = handle
+                    .link()
+                    .add(LinkBridge::new(name).up().build())
+                    .execute()
+                    .await;
+            }
+            match created {
                 Err(e) if errno(&e) != Some(EEXIST) => {
                     return Err(failed(format!("creating {name}"))(e))
                 }
