@@ -221,7 +221,7 @@ spec:
             answered(&out).contains(&web_ip).then_some((out, ok))
         },
     );
-    assert_eq!(answered(&out), [web_ip.clone()], "{out}");
+    assert_eq!(answered(&out), vec![web_ip.clone()], "{out}");
     let (out, _) = nslookup(&cluster, &["web"]);
     assert!(answered(&out).contains(&web_ip), "{out}");
 
@@ -240,7 +240,7 @@ spec:
         .expect("pod IP")
         .to_string();
     let (out, _) = nslookup(&cluster, &["db-0.db.default.svc.cluster.local"]);
-    assert_eq!(answered(&out), [db0_ip.clone()], "{out}");
+    assert_eq!(answered(&out), vec![db0_ip.clone()], "{out}");
     let (out, _) = nslookup(
         &cluster,
         &["-type=srv", "_sql._tcp.db.default.svc.cluster.local"],
