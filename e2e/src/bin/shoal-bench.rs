@@ -65,6 +65,8 @@ enum Command {
     NodeLoss(shoal_e2e::control_bench::NodeLossArgs),
     /// A multi-node lab from nothing: time to Ready, agents' joins, idle memory and CPU.
     Lab(shoal_e2e::lab_bench::LabArgs),
+    /// The cluster DNS server: questions per second and latency with many Services.
+    Dns(shoal_e2e::dns_bench::DnsArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -179,6 +181,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Pods(args) => shoal_e2e::pod_bench::run(&args).await,
+        Command::Dns(args) => shoal_e2e::dns_bench::run(&args).await,
         Command::NodeLoss(args) => {
             let report = shoal_e2e::control_bench::run_node_loss(args).await?;
             println!("{report}");
