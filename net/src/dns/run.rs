@@ -37,15 +37,22 @@ pub async fn run(
     settings: DnsSettings,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), DnsError> {
-    if let Some(name) = &settings.interface {
-        iface::ensure(name, settings.listen.ip()).await?;
-    }
-    let listeners = Listeners::bind(settings.listen)
-        .await
-        .map_err(|source| DnsError::Bind {
-            addr: settings.listen,
-            source,
-        })?;
+    // A failure here (the address still held by a process on its way out, a netlink hiccup)
+    // is retried: pods on this node have no other name server.
+    let mut delay = Duration::from_millis(500);
+    let listeners = loop {
+        match listen(&settings).await {
+            Ok(listeners) => break listeners,
+            Err(err) => {
+                tracing::warn!(error = %err, retry_in = ?delay, "cluster DNS cannot listen yet");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    };
     let index = SharedIndex::default();
     let handler = Handler::new(
         settings.zone.clone(),
@@ -105,6 +112,19 @@ pub async fn run(
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     Ok(())
+}
+
+/// The interface (when asked for) and the bound sockets.
+async fn listen(settings: &DnsSettings) -> Result<Listeners, DnsError> {
+    if let Some(name) = &settings.interface {
+        iface::ensure(name, settings.listen.ip()).await?;
+    }
+    Listeners::bind(settings.listen)
+        .await
+        .map_err(|source| DnsError::Bind {
+            addr: settings.listen,
+            source,
+        })
 }
 
 /// The objects of one kind as the watch last listed and updated them.
@@ -172,5 +192,72 @@ impl<K: Resource + Clone> Mirror<K> {
             }
             watcher::Event::Delete(object) => self.objects.remove(&object_key(&object)).is_some(),
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn svc(ns: &str, name: &str) -> Service {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name, "namespace": ns}}))
+            .unwrap()
+    }
+
+    #[test]
+    fn mirror_follows_lists_and_changes() {
+        let mut mirror = Mirror::<Service>::default();
+        let apply = |mirror: &mut Mirror<Service>, event| {
+            mirror.apply(Some(Ok(event)), "Services").unwrap()
+        };
+        assert!(!apply(&mut mirror, watcher::Event::Init));
+        assert!(!apply(
+            &mut mirror,
+            watcher::Event::InitApply(svc("a", "x"))
+        ));
+        assert!(!apply(
+            &mut mirror,
+            watcher::Event::InitApply(svc("b", "x"))
+        ));
+        assert!(
+            apply(&mut mirror, watcher::Event::InitDone),
+            "a finished listing is a change"
+        );
+        assert!(apply(&mut mirror, watcher::Event::Apply(svc("a", "y"))));
+        assert!(apply(&mut mirror, watcher::Event::Delete(svc("b", "x"))));
+        assert!(
+            !apply(&mut mirror, watcher::Event::Delete(svc("b", "x"))),
+            "already gone"
+        );
+        let keys = |m: &Mirror<Service>| {
+            let mut k: Vec<_> = m.objects.keys().cloned().collect();
+            k.sort();
+            k
+        };
+        assert!(mirror.synced);
+        assert_eq!(
+            keys(&mirror),
+            [("a".to_string(), "x".to_string()), ("a".into(), "y".into())]
+        );
+
+        // A relist (after a watch expired) replaces everything at its end, not before.
+        apply(&mut mirror, watcher::Event::Init);
+        apply(&mut mirror, watcher::Event::InitApply(svc("c", "z")));
+        assert_eq!(
+            keys(&mirror).len(),
+            2,
+            "still the old state while relisting"
+        );
+        assert!(apply(&mut mirror, watcher::Event::InitDone));
+        assert_eq!(keys(&mirror), [("c".to_string(), "z".to_string())]);
+
+        // Errors are retried by the stream; its end is the loop's end.
+        let err = watcher::Error::NoResourceVersion;
+        assert!(!mirror.apply(Some(Err(err)), "Services").unwrap());
+        assert!(matches!(
+            mirror.apply(None, "Services"),
+            Err(DnsError::WatchEnded("Services"))
+        ));
     }
 }
