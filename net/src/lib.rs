@@ -1,5 +1,5 @@
-//! Pod networking: the node's CNI plugin ([`cni`]). VXLAN overlay, nftables Service proxy and
-//! cluster DNS come later (issue: networking).
+//! Pod networking: the node's CNI plugin ([`cni`]) and the cluster DNS ([`dns`]). VXLAN
+//! overlay and the nftables Service proxy come later (issue: networking).
 
 pub mod cni;
 pub mod dns;
