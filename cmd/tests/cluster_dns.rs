@@ -100,16 +100,7 @@ fn pods_resolve_cluster_names() {
         "nodefs.available<1%",
     ];
     let cluster = Cluster::start_with_agent(binary, &node_flags);
-    eventually("the node is Ready", Duration::from_secs(60), || {
-        let nodes = cluster.items(&["get", "nodes"]);
-        (nodes.len() == 1
-            && nodes[0]["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True"))
-        .then_some(())
-    });
+    cluster.wait_for_ready_node(Duration::from_secs(60));
 
     // The API server reserved the cluster DNS address.
     let kube_dns = cluster.kubectl(&["get", "svc", "-n", "kube-system", "kube-dns"]);
@@ -118,19 +109,19 @@ fn pods_resolve_cluster_names() {
     assert_eq!(kube_dns["spec"]["clusterIP"], "10.43.0.10");
     assert_eq!(kube_dns["metadata"]["labels"]["k8s-app"], "kube-dns");
 
-    let archive = shoal_e2e::images::busybox_archive(cluster.dir.path(), IMAGE);
-    let out = std::process::Command::new(binary)
-        .args(["images", "import", "--data-dir"])
-        .arg(cluster.dir.path())
-        .arg(&archive)
-        .output()
-        .expect("shoal images import");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cluster.import_busybox(IMAGE);
 
+    // StatefulSet-style pods: `hostname` + `subdomain` naming the headless Service.
+    let db_pods: String = ["db-0", "db-1"]
+        .iter()
+        .map(|name| {
+            format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: db}}}}\n\
+                 spec:\n  hostname: {name}\n  subdomain: db\n  terminationGracePeriodSeconds: 0\n  \
+                 containers: [{{name: app, image: {IMAGE}, command: [\"sleep\", \"3600\"]}}]\n"
+            )
+        })
+        .collect();
     cluster.apply(&format!(
         r#"
 apiVersion: v1
@@ -161,25 +152,7 @@ metadata: {{name: web, labels: {{app: web}}}}
 spec:
   terminationGracePeriodSeconds: 0
   containers: [{{name: app, image: {IMAGE}, command: ["sleep", "3600"]}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: db-0, labels: {{app: db}}}}
-spec:
-  hostname: db-0
-  subdomain: db
-  terminationGracePeriodSeconds: 0
-  containers: [{{name: app, image: {IMAGE}, command: ["sleep", "3600"]}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: db-1, labels: {{app: db}}}}
-spec:
-  hostname: db-1
-  subdomain: db
-  terminationGracePeriodSeconds: 0
-  containers: [{{name: app, image: {IMAGE}, command: ["sleep", "3600"]}}]
----
+{db_pods}---
 apiVersion: v1
 kind: Pod
 metadata: {{name: client}}

@@ -189,6 +189,37 @@ impl Cluster {
         self.kubectl_runner().json(args)
     }
 
+    /// Waits until the cluster has exactly one node and it is Ready (a server with its agent).
+    pub fn wait_for_ready_node(&self, timeout: Duration) {
+        eventually("the node is Ready", timeout, || {
+            let nodes = self.items(&["get", "nodes"]);
+            (nodes.len() == 1
+                && nodes[0]["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True"))
+            .then_some(())
+        });
+    }
+
+    /// Builds the busybox test image as `name` and imports it into the agent's containerd
+    /// with `shoal images import`.
+    pub fn import_busybox(&self, name: &str) {
+        let archive = crate::images::busybox_archive(self.dir.path(), name);
+        let out = Command::new(&self.binary)
+            .args(["images", "import", "--data-dir"])
+            .arg(self.dir.path())
+            .arg(&archive)
+            .output()
+            .expect("shoal images import");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Starts `shoal simulate-nodes --count COUNT` against this server and waits until
     /// its nodes are registered.
     pub fn start_simulator(&self, count: usize, extra: &[&str]) -> Simulator {
