@@ -109,7 +109,7 @@ fn pods_resolve_cluster_names() {
     assert_eq!(kube_dns["spec"]["clusterIP"], "10.43.0.10");
     assert_eq!(kube_dns["metadata"]["labels"]["k8s-app"], "kube-dns");
 
-    cluster.import_busybox(IMAGE);
+    let _archive = cluster.import_busybox(IMAGE);
 
     // StatefulSet-style pods: `hostname` + `subdomain` naming the headless Service.
     let db_pods: String = ["db-0", "db-1"]

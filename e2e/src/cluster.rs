@@ -204,8 +204,8 @@ impl Cluster {
     }
 
     /// Builds the busybox test image as `name` and imports it into the agent's containerd
-    /// with `shoal images import`.
-    pub fn import_busybox(&self, name: &str) {
+    /// with `shoal images import`; returns the archive's path.
+    pub fn import_busybox(&self, name: &str) -> PathBuf {
         let archive = crate::images::busybox_archive(self.dir.path(), name);
         let out = Command::new(&self.binary)
             .args(["images", "import", "--data-dir"])
@@ -218,6 +218,7 @@ impl Cluster {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        archive
     }
 
     /// Starts `shoal simulate-nodes --count COUNT` against this server and waits until
