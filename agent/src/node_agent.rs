@@ -191,7 +191,7 @@ pub async fn run(
         }),
     };
     // --- cluster DNS (shoal_net::dns): the cluster DNS address on `shoal-dns`, port 53 ---
-    {
+    let cluster_dns = {
         let settings = shoal_net::dns::DnsSettings {
             listen: std::net::SocketAddr::new(config.cluster_dns, 53),
             zone: shoal_net::dns::ZoneConfig {
@@ -211,11 +211,13 @@ pub async fn run(
             if let Err(err) = shoal_net::dns::run(client, settings, shutdown).await {
                 tracing::error!(error = %err, "cluster DNS stopped");
             }
-        });
-    }
+        })
+    };
     // --- end cluster DNS ---
 
     kubelet::run(client, cri, settings, shutdown).await?;
+    // The DNS service takes its interface down on the way out.
+    let _ = tokio::time::timeout(Duration::from_secs(3), cluster_dns).await;
     Ok(())
 }
 

@@ -21,8 +21,8 @@ fn is_root() -> bool {
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
 }
 
-/// Removes the node's DNS interface after the test if the test's agent made it (it outlives
-/// the agent by design, as kube-proxy's and NodeLocal DNSCache's interfaces do).
+/// Removes the node's DNS interface after the test if the test's agent made it and could not
+/// take it down itself (a failed test's killed server).
 struct InterfaceGuard {
     existed: bool,
 }
@@ -89,7 +89,7 @@ fn pods_resolve_cluster_names() {
         is_root(),
         "the cluster DNS test needs root (real containers, a node interface); CI runs it as root"
     );
-    let _interface = InterfaceGuard {
+    let interface = InterfaceGuard {
         existed: Path::new("/sys/class/net").join(DNS_INTERFACE).exists(),
     };
     let binary = Path::new(env!("CARGO_BIN_EXE_shoal"));
@@ -246,4 +246,13 @@ spec:
     // gave it (the machines this runs on resolve nothing outside; NXDOMAIN is their answer).
     let (out, _) = nslookup(&cluster, &["shoal-dns-test.invalid."]);
     assert!(out.contains("NXDOMAIN"), "{out}");
+
+    // A stopped agent takes its interface with it.
+    drop(cluster);
+    if !interface.existed {
+        assert!(
+            !Path::new("/sys/class/net").join(DNS_INTERFACE).exists(),
+            "{DNS_INTERFACE} outlived the agent"
+        );
+    }
 }

@@ -31,7 +31,7 @@ pub struct DnsSettings {
     pub interface: Option<String>,
 }
 
-/// Serves cluster DNS until `shutdown`.
+/// Serves cluster DNS until `shutdown`, then removes the interface it put the address on.
 pub async fn run(
     client: kube::Client,
     settings: DnsSettings,
@@ -47,7 +47,10 @@ pub async fn run(
                 tracing::warn!(error = %err, retry_in = ?delay, "cluster DNS cannot listen yet");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.changed() => return Ok(()),
+                    _ = shutdown.changed() => {
+                        teardown(&settings).await;
+                        return Ok(());
+                    }
                 }
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
@@ -111,7 +114,18 @@ pub async fn run(
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    teardown(&settings).await;
     Ok(())
+}
+
+/// Removes the interface, as NodeLocal DNSCache tears its own down: a node whose agent is
+/// stopped answers no DNS, and a stopped test cluster leaves nothing behind.
+async fn teardown(settings: &DnsSettings) {
+    if let Some(name) = &settings.interface {
+        if let Err(err) = iface::remove(name).await {
+            tracing::warn!(error = %err, "cannot remove the cluster DNS interface");
+        }
+    }
 }
 
 /// The interface (when asked for) and the bound sockets.
