@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use shoal_e2e::cluster::{eventually, Cluster};
+use shoal_e2e::cluster::{eventually, Cluster, TEST_NODE_FLAGS};
 
 const IMAGE: &str = "localhost/test/busybox:1";
 const DNS_INTERFACE: &str = "shoal-dns";
@@ -93,13 +93,7 @@ fn pods_resolve_cluster_names() {
         existed: Path::new("/sys/class/net").join(DNS_INTERFACE).exists(),
     };
     let binary = Path::new(env!("CARGO_BIN_EXE_shoal"));
-    let node_flags = [
-        "--kubelet-port",
-        "0",
-        "--eviction-hard",
-        "nodefs.available<1%",
-    ];
-    let cluster = Cluster::start_with_agent(binary, &node_flags);
+    let cluster = Cluster::start_with_agent(binary, &TEST_NODE_FLAGS);
     cluster.wait_for_ready_node(Duration::from_secs(60));
 
     // The API server reserved the cluster DNS address.

@@ -17,6 +17,16 @@ use crate::server::{free_port, ShoalServer};
 use crate::kubectl::Kubectl;
 pub use crate::kubectl::{kubectl_binary, ok};
 
+/// Agent flags for tests on a real node: any free node API port, and no disk-pressure
+/// eviction (the build machines' disks are often over 90% full, which is disk pressure by
+/// Kubernetes' default threshold and would taint the node; the tests do not need it).
+pub const TEST_NODE_FLAGS: [&str; 4] = [
+    "--kubelet-port",
+    "0",
+    "--eviction-hard",
+    "nodefs.available<1%",
+];
+
 /// A server with its data in a temporary directory (the server is killed before the
 /// directory is removed), driven with real kubectl.
 #[derive(Debug)]
