@@ -7,6 +7,8 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, Query, ResponseCode};
@@ -59,6 +61,8 @@ fn index() -> Index {
 /// UDP and whole over TCP.
 struct Upstream {
     addr: SocketAddr,
+    /// Questions received over UDP.
+    asked: Arc<AtomicUsize>,
 }
 
 fn upstream_answer(query: &Message, over_udp: bool) -> Message {
@@ -103,12 +107,15 @@ impl Upstream {
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
         let udp = UdpSocket::bind(addr).await.unwrap();
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&asked);
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             while let Ok((len, from)) = udp.recv_from(&mut buf).await {
                 let Ok(query) = Message::from_vec(&buf[..len]) else {
                     continue;
                 };
+                counter.fetch_add(1, Ordering::SeqCst);
                 let reply = upstream_answer(&query, true).to_vec().unwrap();
                 let _ = udp.send_to(&reply, from).await;
             }
@@ -131,7 +138,7 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr }
+        Upstream { addr, asked }
     }
 }
 
@@ -323,6 +330,16 @@ async fn other_names_are_forwarded_upstream() {
     assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
     assert!(!answer.metadata.authoritative);
     assert_eq!(addresses(&answer), ["192.0.2.3".parse::<IpAddr>().unwrap()]);
+    // Asked again (another case), it comes from the cache: the upstream hears it once.
+    let before = upstream.asked.load(Ordering::SeqCst);
+    let again = ask_tcp(server.addr, "WWW.example.org.", RecordType::A).await;
+    assert_eq!(addresses(&again), addresses(&answer));
+    assert!(again.answers[0].ttl <= 60);
+    assert_eq!(
+        upstream.asked.load(Ordering::SeqCst),
+        before,
+        "answered from the cache"
+    );
 
     let nx = ask_tcp(server.addr, "nx.example.org.", RecordType::A).await;
     assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);

@@ -5,6 +5,7 @@
 //! the node's own resolvers ([`forward`]). Pods reach the address through their default route
 //! (bridge gateway, then the node's local delivery).
 
+pub mod cache;
 pub mod forward;
 pub mod iface;
 pub mod records;

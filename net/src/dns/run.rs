@@ -100,12 +100,20 @@ pub async fn run(
                 .duration_since(UNIX_EPOCH)
                 .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
                 .unwrap_or_default();
-            let built = Index::build(
-                settings.zone.clone(),
-                serial,
-                service_mirror.objects.values(),
-                slice_mirror.objects.values(),
-            );
+            let build = || {
+                Index::build(
+                    settings.zone.clone(),
+                    serial,
+                    service_mirror.objects.values(),
+                    slice_mirror.objects.values(),
+                )
+            };
+            // A large cluster's rebuild takes milliseconds of CPU: off the async workers
+            // where the runtime has others to hand them to.
+            let built = match tokio::runtime::Handle::current().runtime_flavor() {
+                tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(build),
+                _ => build(),
+            };
             tracing::debug!(names = built.len(), "cluster DNS index rebuilt");
             index.set(built);
         }

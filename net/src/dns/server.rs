@@ -1,10 +1,11 @@
 //! The DNS server: a hickory-server [`RequestHandler`] answering from the current
 //! [`Index`] (swapped whole on every change, so a question always sees one consistent
-//! state), relaying everything else to the upstream resolvers, over UDP and TCP.
+//! state), relaying everything else to the upstream resolvers (their answers cached briefly),
+//! over UDP and TCP.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::{Name, Record, RecordType};
@@ -14,6 +15,7 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 use hickory_server::Server;
 use tokio::net::{TcpListener, UdpSocket};
 
+use super::cache::{AnswerCache, DEFAULT_CAPACITY};
 use super::forward::Forwarder;
 use super::records::{Index, Outcome, ZoneConfig};
 
@@ -64,6 +66,8 @@ pub struct Handler {
     /// What is ours before the first listing (questions there get SERVFAIL, as CoreDNS
     /// answers until its caches are synced).
     unsynced: Arc<Index>,
+    /// Upstream answers, shared by every question.
+    cache: Arc<AnswerCache>,
 }
 
 impl Handler {
@@ -72,6 +76,7 @@ impl Handler {
             index,
             forwarder,
             unsynced: Arc::new(Index::empty(zone, 0)),
+            cache: Arc::new(AnswerCache::new(DEFAULT_CAPACITY)),
         }
     }
 }
@@ -128,13 +133,21 @@ impl Handler {
             },
         };
         match outcome {
-            Outcome::Forward => match self.forwarder.relay(request.as_slice()).await {
-                Ok(message) => Reply::upstream(message),
-                Err(err) => {
-                    tracing::debug!(%name, error = %err, "forwarding failed");
-                    Reply::code(ResponseCode::ServFail)
+            Outcome::Forward => {
+                if let Some(cached) = self.cache.get(name, qtype, Instant::now()) {
+                    return Reply::upstream(cached);
                 }
-            },
+                match self.forwarder.relay(request.as_slice()).await {
+                    Ok(message) => {
+                        self.cache.put(name, qtype, &message, Instant::now());
+                        Reply::upstream(message)
+                    }
+                    Err(err) => {
+                        tracing::debug!(%name, error = %err, "forwarding failed");
+                        Reply::code(ResponseCode::ServFail)
+                    }
+                }
+            }
             Outcome::NoData { soa } => Reply {
                 authorities: vec![soa],
                 authoritative: true,
