@@ -241,7 +241,16 @@ spec:
     let (out, _) = nslookup(&cluster, &["shoal-dns-test.invalid."]);
     assert!(out.contains("NXDOMAIN"), "{out}");
 
-    // A stopped agent takes its interface with it.
+    // The pods go through the agent (sandboxes, network namespaces and veths torn down)
+    // before the cluster stops; then the stopped agent takes its interface with it.
+    cluster.kubectl(&[
+        "delete",
+        "pods",
+        "--all",
+        "--grace-period=0",
+        "--wait=true",
+        "--timeout=90s",
+    ]);
     drop(cluster);
     if !interface.existed {
         assert!(
