@@ -91,8 +91,8 @@ pub struct Index {
     nodes: HashMap<String, Node>,
     /// Names that own nothing but have descendants that do (they answer NODATA).
     empty_nonterminals: HashSet<String>,
-    /// While building: (owner, target, address) already in an additional section.
-    additional_seen: HashSet<(String, String, IpAddr)>,
+    /// While building: (owner, address) already in an additional section.
+    additional_seen: HashSet<(String, IpAddr)>,
 }
 
 /// A name as an index key: lowercase, without the trailing dot.
@@ -381,20 +381,25 @@ impl Index {
     }
 
     fn add(&mut self, owner: &str, record: Record) {
-        self.nodes
-            .entry(owner.to_string())
-            .or_default()
-            .records
-            .push(record);
+        if let Some(node) = self.nodes.get_mut(owner) {
+            node.records.push(record);
+            return;
+        }
+        self.nodes.insert(
+            owner.to_string(),
+            Node {
+                records: vec![record],
+                additionals: vec![],
+            },
+        );
         self.add_ancestors(owner);
     }
 
     /// Adds `target`'s address `ip` to the additional section of `owner`'s answers, once.
     fn add_additional(&mut self, owner: &str, target: &Name, ip: IpAddr) {
-        if !self
-            .additional_seen
-            .insert((owner.to_string(), key(target), ip))
-        {
+        // One address has one name per owner here (endpoints are unique by address within
+        // a Service), so (owner, address) identifies the record.
+        if !self.additional_seen.insert((owner.to_string(), ip)) {
             return;
         }
         let record = address_record(target.clone(), self.config.ttl, ip);
@@ -412,7 +417,10 @@ impl Index {
             if parent.len() <= self.domain.len() || parent.ends_with(".arpa") {
                 break;
             }
-            self.empty_nonterminals.insert(parent.to_string());
+            if !self.empty_nonterminals.insert(parent.to_string()) {
+                // Its own ancestors are there already.
+                break;
+            }
             rest = parent;
         }
     }
