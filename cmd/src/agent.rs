@@ -54,6 +54,10 @@ pub async fn run(args: AgentArgs, server_url: String, token: String) -> Result<(
         .cluster_dns
         .parse()
         .with_context(|| format!("the server's cluster DNS {:?}", cluster.cluster_dns))?;
+    let cluster_cidr: Cidr = cluster
+        .cluster_cidr
+        .parse()
+        .with_context(|| format!("the server's cluster CIDR {:?}", cluster.cluster_cidr))?;
     let kubernetes_service = service_cidr
         .nth(1)
         .context("the server's service CIDR has no first address")?;
@@ -65,6 +69,8 @@ pub async fn run(args: AgentArgs, server_url: String, token: String) -> Result<(
         crate::node::ClusterFacts {
             cluster_dns,
             cluster_domain: &cluster.cluster_domain,
+            service_cidr,
+            cluster_cidr,
             kubernetes_service,
             ca_pem: &joined.credentials.ca_cert,
         },

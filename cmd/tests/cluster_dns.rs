@@ -10,16 +10,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 use shoal_e2e::cluster::{eventually, Cluster, TEST_NODE_FLAGS};
+use shoal_e2e::process::is_root;
 
 const IMAGE: &str = "localhost/test/busybox:1";
 const DNS_INTERFACE: &str = "shoal-dns";
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-}
 
 /// Removes the node's DNS interface after the test if the test's agent made it and could not
 /// take it down itself (a failed test's killed server).

@@ -217,17 +217,7 @@ impl Cluster {
     /// with `shoal images import`; returns the archive's path.
     pub fn import_busybox(&self, name: &str) -> PathBuf {
         let archive = crate::images::busybox_archive(self.dir.path(), name);
-        let out = Command::new(&self.binary)
-            .args(["images", "import", "--data-dir"])
-            .arg(self.dir.path())
-            .arg(&archive)
-            .output()
-            .expect("shoal images import");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        crate::images::import(&self.binary, self.dir.path(), &archive);
         archive
     }
 
