@@ -40,6 +40,8 @@ pub struct AgentConfig {
     pub private_registry: PathBuf,
     pub cluster_dns: IpAddr,
     pub cluster_domain: String,
+    /// The Service and pod ranges (the cluster DNS answers their reverse names).
+    pub service_cidr: Cidr,
     /// The `kubernetes` Service's address, for containers' `KUBERNETES_SERVICE_HOST`.
     pub kubernetes_service: IpAddr,
     /// The node API's port (0: any free one).
@@ -192,7 +194,36 @@ pub async fn run(
             }
         }),
     };
+    // --- cluster DNS (shoal_net::dns): the cluster DNS address on `shoal-dns`, port 53 ---
+    let cluster_dns = {
+        let settings = shoal_net::dns::DnsSettings {
+            listen: std::net::SocketAddr::new(config.cluster_dns, 53),
+            zone: shoal_net::dns::ZoneConfig {
+                domain: config.cluster_domain.clone(),
+                dns_ip: config.cluster_dns,
+                reverse_cidrs: std::iter::once(config.service_cidr)
+                    .chain(config.cluster_cidrs.iter().copied())
+                    .collect(),
+                ttl: shoal_net::dns::records::DEFAULT_TTL,
+            },
+            upstreams: shoal_net::dns::forward::upstreams_from_resolv_conf(
+                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+                &[config.cluster_dns],
+            ),
+            interface: Some(shoal_net::dns::iface::INTERFACE.to_string()),
+        };
+        let (client, shutdown) = (client.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(err) = shoal_net::dns::run(client, settings, shutdown).await {
+                tracing::error!(error = %err, "cluster DNS stopped");
+            }
+        })
+    };
+    // --- end cluster DNS ---
+
     kubelet::run(client, cri, settings, shutdown).await?;
+    // The DNS service takes its interface down on the way out.
+    let _ = tokio::time::timeout(Duration::from_secs(3), cluster_dns).await;
     Ok(())
 }
 

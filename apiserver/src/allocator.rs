@@ -24,6 +24,9 @@ pub const NODE_PORT_PREFIX: &str = "/registry/ranges/servicenodeports/";
 pub struct ServiceRanges {
     pub cluster_ips: Cidr,
     pub node_ports: RangeInclusive<u16>,
+    /// The cluster DNS address, reserved at start by the `kube-system/kube-dns` Service
+    /// (`None`: no such Service, as in API-only tests).
+    pub cluster_dns: Option<IpAddr>,
 }
 
 impl Default for ServiceRanges {
@@ -33,6 +36,7 @@ impl Default for ServiceRanges {
                 .parse()
                 .expect("the default service CIDR is a valid literal"),
             node_ports: 30000..=32767,
+            cluster_dns: None,
         }
     }
 }

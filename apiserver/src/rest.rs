@@ -382,8 +382,57 @@ impl Api {
                 Err(e) => return Err(store_error(&target, ns, e)),
             }
         }
-        self.publish_kubernetes_service().await
+        self.publish_kubernetes_service().await?;
+        self.publish_cluster_dns_service().await
     }
+
+    // --- cluster DNS: the `kube-system/kube-dns` Service ---
+    /// The `kube-system/kube-dns` Service as k3s has it (served by every node's agent, with no
+    /// DNS pods, so no selector): it holds the cluster DNS address so no other Service gets
+    /// it. Created once; an address already taken by another Service is logged, not fatal.
+    async fn publish_cluster_dns_service(&self) -> Result<(), ApiError> {
+        let Some(dns) = self.service_ranges.cluster_dns else {
+            return Ok(());
+        };
+        let def = catalog::find("", "v1", "services").ok_or_else(|| bad_request("no services"))?;
+        let target = Target {
+            def,
+            namespace: Some("kube-system".into()),
+            name: None,
+            subresource: None,
+        };
+        let named = Target {
+            name: Some("kube-dns".into()),
+            ..target.clone()
+        };
+        let exists = self
+            .store
+            .get(&named.key())
+            .await
+            .map_err(|e| store_error(&named, "kube-dns", e))?
+            .is_some();
+        if exists {
+            return Ok(());
+        }
+        let object = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kube-dns",
+                "labels": {"k8s-app": "kube-dns", "kubernetes.io/cluster-service": "true",
+                           "kubernetes.io/name": "CoreDNS"},
+                "annotations": {"prometheus.io/port": "9153", "prometheus.io/scrape": "true"}},
+            "spec": {"type": "ClusterIP", "clusterIP": dns.to_string(), "clusterIPs": [dns.to_string()],
+                     "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                               {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+                               {"name": "metrics", "port": 9153, "protocol": "TCP", "targetPort": 9153}]}});
+        let body = Bytes::from(encode(&object)?);
+        if let Err(err) = self
+            .create(&target, &HashMap::new(), SERVER_MANAGER, &body)
+            .await
+        {
+            tracing::warn!(address = %dns, error = %err.message, "cannot reserve the cluster DNS address with kube-system/kube-dns");
+        }
+        Ok(())
+    }
+    // --- end cluster DNS ---
 
     /// The `default/kubernetes` Service (the first address of the service range, port 443)
     /// and its Endpoints and EndpointSlice pointing at this server, as kube-apiserver keeps them.

@@ -72,6 +72,7 @@ pub async fn run(args: AgentArgs, server_url: String, token: String) -> Result<(
         crate::node::ClusterFacts {
             cluster_dns,
             cluster_domain: &cluster.cluster_domain,
+            service_cidr,
             kubernetes_service,
             ca_pem: &joined.credentials.ca_cert,
             cluster_cidrs: &cluster_cidrs,

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use shoal_agent::node_agent::AgentConfig;
+use shoal_common::Cidr;
 
 use crate::cli::{ImagesCommand, NodeArgs};
 
@@ -32,6 +33,7 @@ pub fn hostname() -> String {
 pub struct ClusterFacts<'a> {
     pub cluster_dns: IpAddr,
     pub cluster_domain: &'a str,
+    pub service_cidr: Cidr,
     /// The `kubernetes` Service's ClusterIP.
     pub kubernetes_service: IpAddr,
     /// The cluster CA (PEM).
@@ -51,6 +53,7 @@ pub fn agent_config(
     let ClusterFacts {
         cluster_dns,
         cluster_domain,
+        service_cidr,
         kubernetes_service,
         ca_pem: client_ca_pem,
         cluster_cidrs,
@@ -73,6 +76,7 @@ pub fn agent_config(
         private_registry: args.private_registry.clone(),
         cluster_dns,
         cluster_domain: cluster_domain.to_string(),
+        service_cidr,
         kubernetes_service,
         kubelet_port: args.kubelet_port,
         eviction: args.eviction_hard,

@@ -70,6 +70,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         service_ranges: ServiceRanges {
             cluster_ips: args.service_cidr,
             node_ports: ServiceRanges::default().node_ports,
+            cluster_dns: Some(args.cluster_dns),
         },
         openapi_v2: Default::default(),
         // The API server calls nodes with the admin identity (system:masters), as k3s does
@@ -116,6 +117,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             crate::node::ClusterFacts {
                 cluster_dns: args.cluster_dns,
                 cluster_domain: &args.cluster_domain,
+                service_cidr: args.service_cidr,
                 kubernetes_service: args
                     .service_cidr
                     .nth(1)

@@ -1555,25 +1555,33 @@ fn services_get_addresses_that_are_never_shared() {
     assert_eq!(distinct.len(), 16, "{ips:?}");
     assert!(
         ips.iter()
-            .all(|ip| ip.starts_with("10.43.") && ip != "10.43.0.1"),
+            .all(|ip| ip.starts_with("10.43.") && ip != "10.43.0.1" && ip != "10.43.0.10"),
         "{ips:?}"
     );
+
+    // The cluster DNS address is held by kube-system/kube-dns from the start.
+    let (code, status) = create(
+        &cluster,
+        "dns-taken",
+        r#"{"clusterIP":"10.43.0.10","ports":[{"port":53}]}"#,
+    );
+    assert_eq!(code, 422, "{status}");
 
     // A chosen address is honoured once.
     let (code, dns) = create(
         &cluster,
         "dns",
-        r#"{"clusterIP":"10.43.0.10","ports":[{"port":53,"protocol":"UDP"}]}"#,
+        r#"{"clusterIP":"10.43.0.53","ports":[{"port":53,"protocol":"UDP"}]}"#,
     );
     assert_eq!(
         (code, dns["spec"]["clusterIP"].as_str()),
-        (201, Some("10.43.0.10")),
+        (201, Some("10.43.0.53")),
         "{dns}"
     );
     let (code, status) = create(
         &cluster,
         "dns2",
-        r#"{"clusterIP":"10.43.0.10","ports":[{"port":53}]}"#,
+        r#"{"clusterIP":"10.43.0.53","ports":[{"port":53}]}"#,
     );
     assert_eq!(code, 422, "{status}");
     assert!(
@@ -1614,7 +1622,7 @@ fn services_get_addresses_that_are_never_shared() {
     );
     assert_eq!(
         (code, updated["spec"]["clusterIP"].as_str()),
-        (200, Some("10.43.0.10")),
+        (200, Some("10.43.0.53")),
         "{updated}"
     );
     let (code, _) = api(
@@ -1634,7 +1642,7 @@ fn services_get_addresses_that_are_never_shared() {
     let (code, _) = create(
         &cluster,
         "dns3",
-        r#"{"clusterIP":"10.43.0.10","ports":[{"port":53}]}"#,
+        r#"{"clusterIP":"10.43.0.53","ports":[{"port":53}]}"#,
     );
     assert_eq!(code, 422, "still allocated after a restart");
     let (code, _) = api(
@@ -1648,7 +1656,7 @@ fn services_get_addresses_that_are_never_shared() {
     let (code, again) = create(
         &cluster,
         "dns3",
-        r#"{"clusterIP":"10.43.0.10","ports":[{"port":53}]}"#,
+        r#"{"clusterIP":"10.43.0.53","ports":[{"port":53}]}"#,
     );
     assert_eq!(code, 201, "freed by the deletion: {again}");
     let (code, _) = api(

@@ -17,6 +17,16 @@ use crate::server::{free_port, ShoalServer};
 use crate::kubectl::Kubectl;
 pub use crate::kubectl::{kubectl_binary, ok};
 
+/// Agent flags for tests on a real node: any free node API port, and no disk-pressure
+/// eviction (the build machines' disks are often over 90% full, which is disk pressure by
+/// Kubernetes' default threshold and would taint the node; the tests do not need it).
+pub const TEST_NODE_FLAGS: [&str; 4] = [
+    "--kubelet-port",
+    "0",
+    "--eviction-hard",
+    "nodefs.available<1%",
+];
+
 /// A server with its data in a temporary directory (the server is killed before the
 /// directory is removed), driven with real kubectl.
 #[derive(Debug)]
@@ -187,6 +197,28 @@ impl Cluster {
 
     pub fn json(&self, args: &[&str]) -> Value {
         self.kubectl_runner().json(args)
+    }
+
+    /// Waits until the cluster has exactly one node and it is Ready (a server with its agent).
+    pub fn wait_for_ready_node(&self, timeout: Duration) {
+        eventually("the node is Ready", timeout, || {
+            let nodes = self.items(&["get", "nodes"]);
+            (nodes.len() == 1
+                && nodes[0]["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True"))
+            .then_some(())
+        });
+    }
+
+    /// Builds the busybox test image as `name` and imports it into the agent's containerd
+    /// with `shoal images import`; returns the archive's path.
+    pub fn import_busybox(&self, name: &str) -> PathBuf {
+        let archive = crate::images::busybox_archive(self.dir.path(), name);
+        crate::images::import(&self.binary, self.dir.path(), &archive);
+        archive
     }
 
     /// Starts `shoal simulate-nodes --count COUNT` against this server and waits until

@@ -11,7 +11,7 @@ pub const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: &[&str] = &[
     "sh", "echo", "sleep", "cat", "ls", "env", "true", "false", "id", "wget", "nc", "httpd",
     "mkdir", "touch", "rm", "head", "tail", "grep", "dd", "hostname", "ps", "kill", "date", "seq",
-    "printf",
+    "printf", "nslookup",
 ];
 
 /// Writes an OCI archive of a busybox image named `name` into `dir`; returns its path.

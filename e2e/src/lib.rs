@@ -5,6 +5,7 @@
 pub mod api_bench;
 pub mod cluster;
 pub mod control_bench;
+pub mod dns_bench;
 pub mod etcd;
 pub mod images;
 pub mod kubectl;

@@ -1,6 +1,7 @@
-//! Pod networking: the node's CNI plugin ([`cni`]) and the network between nodes
-//! ([`overlay`]: VXLAN, forwarding, masquerade). The nftables Service proxy and cluster DNS
-//! come later (issue: networking).
+//! Pod networking: the node's CNI plugin ([`cni`]), the network between nodes ([`overlay`]:
+//! VXLAN, forwarding, masquerade) and the cluster DNS ([`dns`]). The nftables Service proxy
+//! comes later (issue: networking).
 
 pub mod cni;
+pub mod dns;
 pub mod overlay;

@@ -67,6 +67,8 @@ enum Command {
     Lab(shoal_e2e::lab_bench::LabArgs),
     /// TCP throughput pod to pod across the VXLAN overlay vs the host path (root).
     Overlay(shoal_e2e::overlay_bench::OverlayArgs),
+    /// The cluster DNS server: questions per second and latency with many Services.
+    Dns(shoal_e2e::dns_bench::DnsArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -181,6 +183,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Pods(args) => shoal_e2e::pod_bench::run(&args).await,
+        Command::Dns(args) => shoal_e2e::dns_bench::run(&args).await,
         Command::NodeLoss(args) => {
             let report = shoal_e2e::control_bench::run_node_loss(args).await?;
             println!("{report}");
