@@ -1,4 +1,5 @@
-//! Pod networking: the node's CNI plugin ([`cni`]). VXLAN overlay, nftables Service proxy and
-//! cluster DNS come later (issue: networking).
+//! Pod networking: the node's CNI plugin ([`cni`]) and the nftables Service proxy
+//! ([`proxy`]). VXLAN overlay and cluster DNS come later (issue: networking).
 
 pub mod cni;
+pub mod proxy;
