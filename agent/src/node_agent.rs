@@ -129,6 +129,22 @@ pub async fn run(
         Arc::clone(&network_ready),
     ));
 
+    // --- Service proxy (nftables): ClusterIP, NodePort, external and load-balancer addresses.
+    {
+        let mut proxy = shoal_net::proxy::ProxyConfig::new(config.node_name.clone());
+        proxy.table.pod_bridge = Some(shoal_net::cni::config::DEFAULT_BRIDGE.to_string());
+        // The cluster DNS address is answered on the node itself, not through a Service.
+        if let IpAddr::V4(dns) = config.cluster_dns {
+            proxy.node_local_ips.insert(dns);
+        }
+        tokio::spawn(shoal_net::proxy::run(
+            client.clone(),
+            proxy,
+            shutdown.clone(),
+        ));
+    }
+    // --- end Service proxy.
+
     let (host_dns_servers, host_dns_searches) =
         host_resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
     let ready_flag = Arc::clone(&network_ready);

@@ -13,4 +13,5 @@ pub mod lab_bench;
 pub mod latency;
 pub mod pod_bench;
 pub mod process;
+pub mod proxy_bench;
 pub mod server;

@@ -22,7 +22,7 @@ use nix::sched::{setns, CloneFlags};
 use serde_json::json;
 use shoal_net::proxy::model::{service_ports, NodeContext, ServicePort};
 use shoal_net::proxy::nft::Nft;
-use shoal_net::proxy::render::{self, Change, TableConfig};
+use shoal_net::proxy::render::{self, Blocks, Change, TableConfig};
 
 struct Netns {
     name: String,
@@ -256,7 +256,8 @@ fn cluster_ip_node_port_hairpin_reject_and_updates() {
 
     // An earlier run's table, with a Service that no longer exists: the full sync replaces it.
     let old = ports(&stale, &[]);
-    nft.apply(&render::full(&config, &old))
+    let mut blocks = Blocks::default();
+    nft.apply(&render::full(&config, &old, &mut blocks))
         .expect("first full sync");
     assert!(nft
         .output(&["list", "table", "ip", "shoal-proxy"])
@@ -266,8 +267,12 @@ fn cluster_ip_node_port_hairpin_reject_and_updates() {
     let web_both = ports(&web, &[&both]);
     let empty_ports = ports(&empty, &[]);
     let started = Instant::now();
-    nft.apply(&render::full(&config, web_both.iter().chain(&empty_ports)))
-        .expect("full sync");
+    nft.apply(&render::full(
+        &config,
+        web_both.iter().chain(&empty_ports),
+        &mut blocks,
+    ))
+    .expect("full sync");
     eprintln!("full sync of 2 Services: {:?}", started.elapsed());
     let listing = nft
         .output(&["list", "table", "ip", "shoal-proxy"])
@@ -312,6 +317,7 @@ fn cluster_ip_node_port_hairpin_reject_and_updates() {
             old: &web_both,
             new: &web_a,
         }],
+        &mut blocks,
     );
     let started = Instant::now();
     nft.apply(&update).expect("incremental update");
@@ -333,6 +339,7 @@ fn cluster_ip_node_port_hairpin_reject_and_updates() {
             old: &empty_ports,
             new: &empty_now,
         }],
+        &mut blocks,
     ))
     .expect("endpoints appear");
     assert_eq!(

@@ -65,6 +65,8 @@ enum Command {
     NodeLoss(shoal_e2e::control_bench::NodeLossArgs),
     /// A multi-node lab from nothing: time to Ready, agents' joins, idle memory and CPU.
     Lab(shoal_e2e::lab_bench::LabArgs),
+    /// The nftables Service proxy: full and incremental syncs, ClusterIP vs direct (root).
+    Proxy(shoal_e2e::proxy_bench::ProxyArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -179,6 +181,12 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Pods(args) => shoal_e2e::pod_bench::run(&args).await,
+        Command::Proxy(args) => {
+            let report =
+                tokio::task::spawn_blocking(move || shoal_e2e::proxy_bench::run(&args)).await??;
+            println!("{report}");
+            Ok(())
+        }
         Command::NodeLoss(args) => {
             let report = shoal_e2e::control_bench::run_node_loss(args).await?;
             println!("{report}");

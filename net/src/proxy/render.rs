@@ -2,27 +2,37 @@
 //! transaction that deletes and recreates it, so whatever an earlier run left is gone), and
 //! [`incremental`] writes only what changed between two states of some Services.
 //!
-//! The table follows kube-proxy's nftables mode (`pkg/proxy/nftables/proxier.go`):
+//! The table follows kube-proxy's nftables mode (`pkg/proxy/nftables/proxier.go`) where the
+//! kernel allows it at scale:
 //! - `services`: a verdict map `daddr . l4proto . dport` → `goto` a per-port chain, looked up
 //!   from the nat `prerouting` and `output` hooks; `service-nodeports` (`l4proto . dport`)
 //!   is looked up for addresses of this node (`fib daddr type local`).
-//! - a ClusterIP's chain picks an endpoint with `numgen random mod N vmap`; an `external-…`
-//!   chain does the same for NodePort and external addresses (and marks for masquerade
-//!   unless `externalTrafficPolicy: Local`); each endpoint's chain marks hairpin traffic for
-//!   masquerade and DNATs. ClientIP affinity: one timeout set per endpoint, refreshed by its
-//!   chain and checked before the random pick.
+//! - endpoint choice: kube-proxy jumps through `numgen random mod N vmap { … }` to one chain
+//!   per endpoint. Every such vmap is an anonymous set, and the kernel's cost of adding a set
+//!   grows with the sets already in the table (10,000 Services × 10 endpoints took 15 s of
+//!   kernel time here, named sets 11 s). So a port's chain instead stores
+//!   `numgen random mod N offset B` in the connection mark and jumps to one shared DNAT chain
+//!   that looks the mark up in one map, `backends` (key `B + i` → endpoint `i`), bound by
+//!   one rule per protocol (a map bound by many rules costs a check per binding per element).
+//!   Each endpoint list owns a block of keys ([`Blocks`]), so a change rewrites its own
+//!   elements only. The connection mark of a Service connection is thus ours.
+//! - `externalTrafficPolicy: Cluster` and off-cluster sources of ClusterIP traffic set the
+//!   masquerade bit of the connection mark; `masquerading` in nat `postrouting` masquerades
+//!   those, and connections DNATed from the pod bridge back onto it (replies between two pods
+//!   on one bridge are bridged, never routed, so without this they would skip conntrack's
+//!   reverse NAT unless `br_netfilter` is on; this also covers hairpin).
+//! - ClientIP affinity (rare, so sets are affordable): kube-proxy's scheme — one timeout set
+//!   and one chain per endpoint, the set refreshed by the chain and checked before a random
+//!   pick (`numgen random mod N-k 0` rules, uniform).
 //! - `no-endpoint-services` / `no-endpoint-nodeports`: addresses of ports without endpoints,
 //!   looked up for new connections in filter hooks that run before NAT: `reject` (TCP reset,
 //!   ICMP port unreachable otherwise), or `drop` when a Local policy finds no endpoint here
 //!   while other nodes have some.
-//! - `masquerading` in nat `postrouting`: marked packets, and connections DNATed from the pod
-//!   bridge back onto it (replies between two pods on one bridge are bridged, never routed,
-//!   so without this they would skip conntrack's reverse NAT unless `br_netfilter` is on).
 //!
-//! Every Service port renders to a [`Fragment`] (its chains, sets and map elements); the
-//! incremental script is the difference of two fragments, in an order the kernel accepts in
-//! one transaction (elements go before the chains they jump to disappear; chains are flushed
-//! before sets their rules name are deleted).
+//! Every Service port renders to a [`Fragment`] (its chains, sets, map elements and key
+//! blocks); the incremental script is the difference of two fragments, in an order the kernel
+//! accepts in one transaction (elements go before the chains they jump to disappear; chains
+//! are flushed before sets their rules name are deleted).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -30,14 +40,16 @@ use std::net::Ipv4Addr;
 
 use super::model::{Endpoint, ServicePort};
 
-/// The packet mark bit that asks `masquerading` to masquerade (kube-proxy's).
-pub const MASQUERADE_MARK: u32 = 0x4000;
+/// The connection mark bit that asks `masquerading` to masquerade.
+pub const MASQUERADE_BIT: u32 = 0x8000_0000;
 
 /// The verdict maps of the table.
 const SERVICES: &str = "services";
 const NODEPORTS: &str = "service-nodeports";
 const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
 const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
+/// Connection mark → endpoint address and port.
+const BACKENDS: &str = "backends";
 
 /// How the table is named and what it needs to know about the cluster network.
 #[derive(Debug, Clone)]
@@ -68,8 +80,10 @@ pub struct Fragment {
     pub chains: BTreeMap<String, Vec<String>>,
     /// Set name → its declaration body.
     pub sets: BTreeMap<String, String>,
-    /// (map, key) → verdict.
+    /// (map, key) → value.
     pub elements: BTreeMap<(&'static str, String), String>,
+    /// The [`Blocks`] its endpoint lists hold.
+    pub blocks: std::collections::BTreeSet<String>,
 }
 
 /// A short, stable hash of `text` (FNV-1a, 40 bits, base32): chain names stay unique and
@@ -107,28 +121,49 @@ fn affinity_set(key: &str, ep: &Endpoint) -> String {
     format!("affinity-{}", endpoint_id(key, ep))
 }
 
-/// The rules that pick one of `endpoints` (affinity first, then at random).
-fn pick_rules(port: &ServicePort, key: &str, endpoints: &[Endpoint], rules: &mut Vec<String>) {
-    if port.affinity_seconds.is_some() {
-        for ep in endpoints {
-            rules.push(format!(
-                "ip saddr @{} goto {}",
-                affinity_set(key, ep),
-                endpoint_chain(key, ep)
-            ));
+/// Bits of a connection mark below the masquerade bit: a block number and an endpoint index.
+const INDEX_BITS: u32 = 12;
+/// Endpoints one list can hold (more are left out, with the rest still balanced over).
+pub const MAX_ENDPOINTS: usize = 1 << INDEX_BITS;
+const MAX_BLOCK: u32 = (MASQUERADE_BIT >> INDEX_BITS) - 1;
+
+/// The `backends` map's key ranges handed to endpoint lists: list `name` owns the keys
+/// `block << 12 ..` for as long as it exists, so an incremental change rewrites only its own
+/// elements. Deterministic: the lowest free block first.
+#[derive(Debug, Clone, Default)]
+pub struct Blocks {
+    by_name: BTreeMap<String, u32>,
+    free: std::collections::BTreeSet<u32>,
+    next: u32,
+}
+
+impl Blocks {
+    fn get(&mut self, name: &str) -> Option<u32> {
+        if let Some(block) = self.by_name.get(name) {
+            return Some(*block);
+        }
+        let block = match self.free.pop_first() {
+            Some(block) => block,
+            None if self.next < MAX_BLOCK => {
+                self.next += 1;
+                self.next
+            }
+            None => return None,
+        };
+        self.by_name.insert(name.to_string(), block);
+        Some(block)
+    }
+
+    fn release(&mut self, name: &str) {
+        if let Some(block) = self.by_name.remove(name) {
+            self.free.insert(block);
         }
     }
-    let mut vmap = String::new();
-    for (i, ep) in endpoints.iter().enumerate() {
-        if i > 0 {
-            vmap.push_str(", ");
-        }
-        let _ = write!(vmap, "{i} : goto {}", endpoint_chain(key, ep));
+
+    /// Forgets every block (before a full sync).
+    pub fn clear(&mut self) {
+        *self = Blocks::default();
     }
-    rules.push(format!(
-        "numgen random mod {} vmap {{ {vmap} }}",
-        endpoints.len()
-    ));
 }
 
 /// Where a port without usable endpoints sends new connections.
@@ -140,8 +175,102 @@ fn no_endpoint_verdict(port: &ServicePort) -> &'static str {
     }
 }
 
-/// The objects `port` needs.
-pub fn fragment(port: &ServicePort, config: &TableConfig) -> Fragment {
+/// One list of endpoints a chain picks from.
+#[derive(Clone, Copy)]
+struct List<'a> {
+    endpoints: &'a [Endpoint],
+    /// The name of its block of `backends` keys.
+    block_name: &'a str,
+    /// Whether picking marks the connection for masquerade.
+    masquerade: bool,
+    /// The DNAT chain to go to.
+    then: &'static str,
+}
+
+/// The rules of a chain that sends a new connection to one of `endpoints`. Without affinity:
+/// one rule storing a random key of the list's block in the connection mark, then the shared
+/// DNAT chain looks it up in `backends`. With ClientIP affinity (kube-proxy's scheme): the
+/// endpoint this client used recently, else a random one, each through its own chain.
+fn pick(port: &ServicePort, list: &List<'_>, f: &mut Fragment, blocks: &mut Blocks) -> Vec<String> {
+    let key = &port.key();
+    let List {
+        endpoints,
+        block_name,
+        masquerade,
+        then,
+    } = *list;
+    let endpoints = &endpoints[..endpoints.len().min(MAX_ENDPOINTS)];
+    let mut rules = Vec::new();
+    let masq = format!("ct mark set ct mark or {MASQUERADE_BIT:#x}");
+    if let Some(seconds) = port.affinity_seconds {
+        if masquerade {
+            rules.push(masq);
+        }
+        for ep in endpoints {
+            rules.push(format!(
+                "ip saddr @{} goto {}",
+                affinity_set(key, ep),
+                endpoint_chain(key, ep)
+            ));
+        }
+        // Rule k takes 1/(N-k) of what reaches it: uniform over the N endpoints.
+        for (k, ep) in endpoints.iter().enumerate() {
+            let left = endpoints.len() - k;
+            let chance = if left > 1 {
+                format!("numgen random mod {left} 0 ")
+            } else {
+                String::new()
+            };
+            rules.push(format!("{chance}goto {}", endpoint_chain(key, ep)));
+        }
+        for ep in endpoints {
+            let set = affinity_set(key, ep);
+            f.sets.insert(
+                set.clone(),
+                format!("type ipv4_addr ; flags dynamic,timeout ; timeout {seconds}s ;"),
+            );
+            f.chains.insert(
+                endpoint_chain(key, ep),
+                vec![
+                    format!("update @{set} {{ ip saddr }}"),
+                    format!(
+                        "meta l4proto {} dnat to {}:{}",
+                        port.protocol.nft(),
+                        ep.ip,
+                        ep.port
+                    ),
+                ],
+            );
+        }
+        return rules;
+    }
+    let Some(block) = blocks.get(block_name) else {
+        // Out of blocks (half a million endpoint lists): treat as unreachable.
+        return vec!["goto reject-chain".to_string()];
+    };
+    f.blocks.insert(block_name.to_string());
+    let base = block << INDEX_BITS;
+    for (i, ep) in endpoints.iter().enumerate() {
+        f.elements.insert(
+            (BACKENDS, (base + i as u32).to_string()),
+            format!("{} . {}", ep.ip, ep.port),
+        );
+    }
+    let random = format!(
+        "ct mark set numgen random mod {} offset {base}",
+        endpoints.len()
+    );
+    if masquerade {
+        rules.push(random);
+        rules.push(format!("{masq} goto {then}"));
+    } else {
+        rules.push(format!("{random} goto {then}"));
+    }
+    rules
+}
+
+/// The objects `port` needs; endpoint lists get their `backends` keys from `blocks`.
+pub fn fragment(port: &ServicePort, config: &TableConfig, blocks: &mut Blocks) -> Fragment {
     let key = port.key();
     let proto = port.protocol.nft();
     let mut f = Fragment::default();
@@ -157,13 +286,21 @@ pub fn fragment(port: &ServicePort, config: &TableConfig) -> Fragment {
             );
         }
     } else {
+        // Off-cluster sources are masqueraded by `dnat-internal` (or here, with affinity).
+        let masquerade = port.affinity_seconds.is_some() && config.cluster_cidr.is_some();
         let mut rules = Vec::new();
-        if let Some((net, prefix)) = config.cluster_cidr {
+        if let (true, Some((net, prefix))) = (masquerade, config.cluster_cidr) {
             rules.push(format!(
-                "ip saddr != {net}/{prefix} jump mark-for-masquerade"
+                "ip saddr != {net}/{prefix} ct mark set ct mark or {MASQUERADE_BIT:#x}"
             ));
         }
-        pick_rules(port, &key, &port.internal, &mut rules);
+        let list = List {
+            endpoints: &port.internal,
+            block_name: &key,
+            masquerade: false,
+            then: "dnat-internal",
+        };
+        rules.extend(pick(port, &list, &mut f, blocks));
         f.chains.insert(service.clone(), rules);
         for ip in &port.cluster_ips {
             f.elements.insert(
@@ -178,11 +315,19 @@ pub fn fragment(port: &ServicePort, config: &TableConfig) -> Fragment {
             (NO_ENDPOINT_SERVICES, NO_ENDPOINT_NODEPORTS)
         } else {
             let external = external_chain(&key);
-            let mut rules = Vec::new();
-            if !port.external_local {
-                rules.push("jump mark-for-masquerade".to_string());
-            }
-            pick_rules(port, &key, &port.external, &mut rules);
+            // The same endpoints as ClusterIP traffic share its keys.
+            let block_name = if port.external == port.internal {
+                key.clone()
+            } else {
+                format!("{key}/external")
+            };
+            let list = List {
+                endpoints: &port.external,
+                block_name: &block_name,
+                masquerade: !port.external_local,
+                then: "dnat-external",
+            };
+            let rules = pick(port, &list, &mut f, blocks);
             f.chains.insert(external.clone(), rules);
             verdict = format!("goto {external}");
             (SERVICES, NODEPORTS)
@@ -198,37 +343,12 @@ pub fn fragment(port: &ServicePort, config: &TableConfig) -> Fragment {
                 .insert((nodeports_map, format!("{proto} . {node_port}")), verdict);
         }
     }
-    for ep in port.internal.iter().chain(&port.external) {
-        let chain = endpoint_chain(&key, ep);
-        if f.chains.contains_key(&chain) {
-            continue;
-        }
-        let mut rules = vec![format!("ip saddr {} jump mark-for-masquerade", ep.ip)];
-        if let Some(seconds) = port.affinity_seconds {
-            let set = affinity_set(&key, ep);
-            rules.push(format!("update @{set} {{ ip saddr }}"));
-            f.sets.insert(
-                set,
-                format!("type ipv4_addr ; flags dynamic,timeout ; timeout {seconds}s ;"),
-            );
-        }
-        rules.push(format!(
-            "meta l4proto {proto} dnat to {}:{}",
-            ep.ip, ep.port
-        ));
-        f.chains.insert(chain, rules);
-    }
     f
 }
 
 /// The fixed part of the table: hooks, helper chains and the (empty) maps.
 fn base(config: &TableConfig, out: &mut String) {
     let t = format!("ip {}", config.table);
-    let _ = writeln!(out, "add chain {t} mark-for-masquerade");
-    let _ = writeln!(
-        out,
-        "add rule {t} mark-for-masquerade meta mark set meta mark or {MASQUERADE_MARK:#x}"
-    );
     let _ = writeln!(out, "add chain {t} masquerading");
     if let Some(bridge) = &config.pod_bridge {
         let _ = writeln!(
@@ -238,13 +358,28 @@ fn base(config: &TableConfig, out: &mut String) {
     }
     let _ = writeln!(
         out,
-        "add rule {t} masquerading meta mark and {MASQUERADE_MARK:#x} == 0 return"
+        "add rule {t} masquerading ct mark and {MASQUERADE_BIT:#x} != 0 masquerade fully-random"
     );
     let _ = writeln!(
         out,
-        "add rule {t} masquerading meta mark set meta mark xor {MASQUERADE_MARK:#x}"
+        "add map {t} {BACKENDS} {{ typeof ct mark : ip daddr . tcp dport ; }}"
     );
-    let _ = writeln!(out, "add rule {t} masquerading masquerade fully-random");
+    for chain in ["dnat-internal", "dnat-external"] {
+        let _ = writeln!(out, "add chain {t} {chain}");
+        if let (true, Some((net, prefix))) = (chain == "dnat-internal", config.cluster_cidr) {
+            let _ = writeln!(
+                out,
+                "add rule {t} {chain} ip saddr != {net}/{prefix} ct mark set ct mark or {MASQUERADE_BIT:#x}"
+            );
+        }
+        for proto in ["tcp", "udp", "sctp"] {
+            let _ = writeln!(
+                out,
+                "add rule {t} {chain} meta l4proto {proto} dnat ip to ct mark and {:#x} map @{BACKENDS}",
+                MASQUERADE_BIT - 1
+            );
+        }
+    }
     for map in [SERVICES, NO_ENDPOINT_SERVICES] {
         let _ = writeln!(
             out,
@@ -354,14 +489,20 @@ fn add_rules(out: &mut String, table: &str, chain: &str, rules: &[String]) {
 }
 
 /// The whole table for `ports`: one transaction replacing whatever table of that name exists.
-pub fn full<'a>(config: &TableConfig, ports: impl IntoIterator<Item = &'a ServicePort>) -> String {
+/// `blocks` starts afresh.
+pub fn full<'a>(
+    config: &TableConfig,
+    ports: impl IntoIterator<Item = &'a ServicePort>,
+    blocks: &mut Blocks,
+) -> String {
+    blocks.clear();
     let t = &config.table;
     // `add` first so that `delete` cannot fail on a table that does not exist yet.
     let mut out = format!("add table ip {t}\ndelete table ip {t}\nadd table ip {t}\n");
     base(config, &mut out);
     let mut phases = Phases::default();
     for port in ports {
-        let f = fragment(port, config);
+        let f = fragment(port, config, blocks);
         add_fragment(&f, t, &mut phases);
     }
     out.push_str(&phases.finish(t));
@@ -393,13 +534,17 @@ pub struct Change<'a> {
 }
 
 /// The script taking the table from the old to the new state of the changed Services (all of
-/// them in one transaction). Empty when nothing differs.
-pub fn incremental(config: &TableConfig, changes: &[Change<'_>]) -> String {
+/// them in one transaction), with `blocks` as the table's current ones. Empty when nothing
+/// differs.
+pub fn incremental(config: &TableConfig, changes: &[Change<'_>], blocks: &mut Blocks) -> String {
     let t = &config.table;
     let mut phases = Phases::default();
     for change in changes {
-        let old = merge(change.old.iter().map(|p| fragment(p, config)));
-        let new = merge(change.new.iter().map(|p| fragment(p, config)));
+        let old = merge(change.old.iter().map(|p| fragment(p, config, blocks)));
+        let new = merge(change.new.iter().map(|p| fragment(p, config, blocks)));
+        for gone in old.blocks.difference(&new.blocks) {
+            blocks.release(gone);
+        }
         diff(&old, &new, t, &mut phases);
     }
     phases.finish(t)
@@ -411,6 +556,7 @@ fn merge(fragments: impl Iterator<Item = Fragment>) -> Fragment {
         all.chains.extend(f.chains);
         all.sets.extend(f.sets);
         all.elements.extend(f.elements);
+        all.blocks.extend(f.blocks);
     }
     all
 }
@@ -478,8 +624,8 @@ fn diff(old: &Fragment, new: &Fragment, table: &str, phases: &mut Phases) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::proxy::model::service_ports;
     use crate::proxy::model::tests::{node, service, web, web_slice};
-    use crate::proxy::model::{service_ports, Protocol};
     use serde_json::json;
 
     fn config() -> TableConfig {
@@ -498,6 +644,14 @@ mod tests {
         service_ports(&web(), [&s], &node())
     }
 
+    fn backends(f: &Fragment) -> Vec<(String, String)> {
+        f.elements
+            .iter()
+            .filter(|((m, _), _)| *m == BACKENDS)
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     #[test]
     fn hash_is_stable_and_short() {
         assert_eq!(hash("default/web/tcp/http"), hash("default/web/tcp/http"));
@@ -508,31 +662,25 @@ mod tests {
     #[test]
     fn cluster_ip_with_endpoints() {
         let ports = two_ready();
-        let f = fragment(&ports[0], &config());
+        let f = fragment(&ports[0], &config(), &mut Blocks::default());
         let svc = service_chain("default/web/tcp/http");
         assert_eq!(
             f.elements
                 .get(&(SERVICES, "10.43.0.20 . tcp . 80".to_string())),
             Some(&format!("goto {svc}"))
         );
-        let rules = &f.chains[&svc];
         assert_eq!(
-            rules[0],
-            "ip saddr != 10.42.0.0/16 jump mark-for-masquerade"
+            f.chains[&svc],
+            vec!["ct mark set numgen random mod 2 offset 4096 goto dnat-internal".to_string()]
         );
-        assert!(rules[1].starts_with("numgen random mod 2 vmap { 0 : goto endpoint-"));
-        let ep = Endpoint {
-            ip: "10.42.0.5".parse().unwrap(),
-            port: 8080,
-        };
         assert_eq!(
-            f.chains[&endpoint_chain("default/web/tcp/http", &ep)],
+            backends(&f),
             vec![
-                "ip saddr 10.42.0.5 jump mark-for-masquerade".to_string(),
-                "meta l4proto tcp dnat to 10.42.0.5:8080".to_string()
+                ("4096".to_string(), "10.42.0.5 . 8080".to_string()),
+                ("4097".to_string(), "10.42.0.6 . 8080".to_string())
             ]
         );
-        assert_eq!(f.chains.len(), 3);
+        assert_eq!(f.chains.len(), 1);
         assert!(f.sets.is_empty());
         assert!(!f
             .elements
@@ -541,9 +689,20 @@ mod tests {
     }
 
     #[test]
+    fn blocks_are_stable_and_reused() {
+        let mut blocks = Blocks::default();
+        assert_eq!(blocks.get("a"), Some(1));
+        assert_eq!(blocks.get("b"), Some(2));
+        assert_eq!(blocks.get("a"), Some(1));
+        blocks.release("a");
+        assert_eq!(blocks.get("c"), Some(1), "lowest free block first");
+        assert_eq!(blocks.get("d"), Some(3));
+    }
+
+    #[test]
     fn no_endpoints_reject() {
         let ports = service_ports(&web(), [], &node());
-        let f = fragment(&ports[0], &config());
+        let f = fragment(&ports[0], &config(), &mut Blocks::default());
         assert!(f.chains.is_empty());
         assert_eq!(
             f.elements,
@@ -563,7 +722,11 @@ mod tests {
                      "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}
         }));
         let s = web_slice(&[("10.42.0.5", "n2", true, true, false)]);
-        let f = fragment(&service_ports(&svc, [&s], &node())[0], &config());
+        let f = fragment(
+            &service_ports(&svc, [&s], &node())[0],
+            &config(),
+            &mut Blocks::default(),
+        );
         let ext = external_chain("default/web/tcp/http");
         assert_eq!(
             f.elements.get(&(NODEPORTS, "tcp . 30080".to_string())),
@@ -574,12 +737,24 @@ mod tests {
                 .get(&(SERVICES, "192.0.2.7 . tcp . 80".to_string())),
             Some(&format!("goto {ext}"))
         );
-        assert_eq!(f.chains[&ext][0], "jump mark-for-masquerade");
+        // Same endpoints as the ClusterIP: same keys; masqueraded (policy Cluster).
+        assert_eq!(
+            f.chains[&ext],
+            vec![
+                "ct mark set numgen random mod 1 offset 4096".to_string(),
+                "ct mark set ct mark or 0x80000000 goto dnat-external".to_string()
+            ]
+        );
+        assert_eq!(backends(&f).len(), 1);
 
-        // Local policy with no endpoint here: dropped, not rejected, and not masqueraded.
+        // Local policy with no endpoint here: dropped, not rejected.
         let mut local = svc.clone();
         local.spec.as_mut().unwrap().external_traffic_policy = Some("Local".into());
-        let f = fragment(&service_ports(&local, [&s], &node())[0], &config());
+        let f = fragment(
+            &service_ports(&local, [&s], &node())[0],
+            &config(),
+            &mut Blocks::default(),
+        );
         assert_eq!(
             f.elements
                 .get(&(NO_ENDPOINT_NODEPORTS, "tcp . 30080".to_string())),
@@ -590,38 +765,72 @@ mod tests {
                 .get(&(NO_ENDPOINT_SERVICES, "192.0.2.7 . tcp . 80".to_string())),
             Some(&"drop".to_string())
         );
-        let here = web_slice(&[("10.42.0.5", "n1", true, true, false)]);
-        let f = fragment(&service_ports(&local, [&here], &node())[0], &config());
-        assert!(f.chains[&external_chain("default/web/tcp/http")][0].starts_with("numgen"));
+        // Local policy with a local endpoint among remote ones: its own keys, no masquerade.
+        let mixed = web_slice(&[
+            ("10.42.0.5", "n1", true, true, false),
+            ("10.42.1.5", "n2", true, true, false),
+        ]);
+        let f = fragment(
+            &service_ports(&local, [&mixed], &node())[0],
+            &config(),
+            &mut Blocks::default(),
+        );
+        assert_eq!(
+            f.chains[&external_chain("default/web/tcp/http")],
+            vec!["ct mark set numgen random mod 1 offset 8192 goto dnat-external".to_string()]
+        );
+        assert_eq!(backends(&f).len(), 3);
     }
 
     #[test]
     fn affinity_sets_per_endpoint() {
         let mut svc = web();
         svc.spec.as_mut().unwrap().session_affinity = Some("ClientIP".into());
-        let s = web_slice(&[("10.42.0.5", "n1", true, true, false)]);
-        let f = fragment(&service_ports(&svc, [&s], &node())[0], &config());
-        let ep = Endpoint {
-            ip: "10.42.0.5".parse().unwrap(),
+        let s = web_slice(&[
+            ("10.42.0.5", "n1", true, true, false),
+            ("10.42.0.6", "n1", true, true, false),
+        ]);
+        let f = fragment(
+            &service_ports(&svc, [&s], &node())[0],
+            &config(),
+            &mut Blocks::default(),
+        );
+        let key = "default/web/tcp/http";
+        let ep = |ip: &str| Endpoint {
+            ip: ip.parse().unwrap(),
             port: 8080,
         };
-        let set = affinity_set("default/web/tcp/http", &ep);
+        let (a, b) = (ep("10.42.0.5"), ep("10.42.0.6"));
         assert_eq!(
-            f.sets[&set],
+            f.sets[&affinity_set(key, &a)],
             "type ipv4_addr ; flags dynamic,timeout ; timeout 10800s ;"
         );
-        let svc_rules = &f.chains[&service_chain("default/web/tcp/http")];
         assert_eq!(
-            svc_rules[1],
-            format!(
-                "ip saddr @{set} goto {}",
-                endpoint_chain("default/web/tcp/http", &ep)
-            )
+            f.chains[&service_chain(key)],
+            vec![
+                "ip saddr != 10.42.0.0/16 ct mark set ct mark or 0x80000000".to_string(),
+                format!(
+                    "ip saddr @{} goto {}",
+                    affinity_set(key, &a),
+                    endpoint_chain(key, &a)
+                ),
+                format!(
+                    "ip saddr @{} goto {}",
+                    affinity_set(key, &b),
+                    endpoint_chain(key, &b)
+                ),
+                format!("numgen random mod 2 0 goto {}", endpoint_chain(key, &a)),
+                format!("goto {}", endpoint_chain(key, &b)),
+            ]
         );
         assert_eq!(
-            f.chains[&endpoint_chain("default/web/tcp/http", &ep)][1],
-            format!("update @{set} {{ ip saddr }}")
+            f.chains[&endpoint_chain(key, &a)],
+            vec![
+                format!("update @{} {{ ip saddr }}", affinity_set(key, &a)),
+                "meta l4proto tcp dnat to 10.42.0.5:8080".to_string()
+            ]
         );
+        assert!(backends(&f).is_empty());
     }
 
     #[test]
@@ -632,36 +841,24 @@ mod tests {
             ("10.42.0.6", "n1", false, false, false),
         ]);
         let after = service_ports(&web(), [&s], &node());
+        let mut blocks = Blocks::default();
+        let _ = full(&config(), &before, &mut blocks);
         let script = incremental(
             &config(),
             &[Change {
                 old: &before,
                 new: &after,
             }],
-        );
-        let gone = endpoint_chain(
-            "default/web/tcp/http",
-            &Endpoint {
-                ip: "10.42.0.6".parse().unwrap(),
-                port: 8080,
-            },
+            &mut blocks,
         );
         let svc = service_chain("default/web/tcp/http");
         let lines: Vec<&str> = script.lines().collect();
         assert_eq!(
             lines,
             vec![
+                "delete element ip shoal-proxy backends { 4097 }".to_string(),
                 format!("flush chain ip shoal-proxy {svc}"),
-                format!("flush chain ip shoal-proxy {gone}"),
-                format!("add rule ip shoal-proxy {svc} ip saddr != 10.42.0.0/16 jump mark-for-masquerade"),
-                format!(
-                    "add rule ip shoal-proxy {svc} numgen random mod 1 vmap {{ 0 : goto {} }}",
-                    endpoint_chain(
-                        "default/web/tcp/http",
-                        &Endpoint { ip: "10.42.0.5".parse().unwrap(), port: 8080 }
-                    )
-                ),
-                format!("delete chain ip shoal-proxy {gone}"),
+                format!("add rule ip shoal-proxy {svc} ct mark set numgen random mod 1 offset 4096 goto dnat-internal"),
             ]
         );
         assert_eq!(
@@ -670,22 +867,26 @@ mod tests {
                 &[Change {
                     old: &after,
                     new: &after
-                }]
+                }],
+                &mut blocks,
             ),
             ""
         );
     }
 
     #[test]
-    fn incremental_swaps_reject_for_service() {
+    fn incremental_swaps_reject_for_service_and_frees_blocks() {
         let empty = service_ports(&web(), [], &node());
         let ready = two_ready();
+        let mut blocks = Blocks::default();
+        let _ = full(&config(), &empty, &mut blocks);
         let script = incremental(
             &config(),
             &[Change {
                 old: &empty,
                 new: &ready,
             }],
+            &mut blocks,
         );
         let first_rule = script.find("add rule").unwrap();
         let delete = script
@@ -695,33 +896,39 @@ mod tests {
             .find("add element ip shoal-proxy services { 10.43.0.20 . tcp . 80 : goto service-")
             .unwrap();
         assert!(delete < first_rule && first_rule < add, "{script}");
+        assert!(script.contains("add element ip shoal-proxy backends { 4096 : 10.42.0.5 . 8080, 4097 : 10.42.0.6 . 8080 }"), "{script}");
         let back = incremental(
             &config(),
             &[Change {
                 old: &ready,
                 new: &empty,
             }],
+            &mut blocks,
         );
+        assert!(back.contains("delete element ip shoal-proxy backends { 4096, 4097 }"));
         assert!(back.contains("delete element ip shoal-proxy services {"));
         assert!(back.contains(
             "add element ip shoal-proxy no-endpoint-services { 10.43.0.20 . tcp . 80 : goto reject-chain }"
         ));
-        assert_eq!(back.matches("delete chain").count(), 3, "{back}");
+        assert_eq!(back.matches("delete chain").count(), 1, "{back}");
+        assert_eq!(blocks.get("other"), Some(1), "the block was freed");
     }
 
     #[test]
     fn full_script_shape() {
         let ports = two_ready();
-        let script = full(&config(), &ports);
+        let script = full(&config(), &ports, &mut Blocks::default());
         assert!(script.starts_with(
             "add table ip shoal-proxy\ndelete table ip shoal-proxy\nadd table ip shoal-proxy\n"
         ));
         assert!(script.contains(
             "add rule ip shoal-proxy masquerading iifname \"shoal0\" oifname \"shoal0\" ct status dnat masquerade fully-random"
         ));
-        assert_eq!(ports[0].protocol, Protocol::Tcp);
+        assert!(script.contains(
+            "add rule ip shoal-proxy dnat-internal ip saddr != 10.42.0.0/16 ct mark set ct mark or 0x80000000"
+        ));
         // Chains exist before any rule jumps to them; elements come after both.
-        let last_chain = script.rfind("add chain ip shoal-proxy endpoint-").unwrap();
+        let last_chain = script.rfind("add chain ip shoal-proxy service-").unwrap();
         let first_rule = script.find("add rule ip shoal-proxy service-").unwrap();
         let element = script.find("add element").unwrap();
         assert!(last_chain < first_rule && first_rule < element);
@@ -732,17 +939,37 @@ mod tests {
     fn nft_accepts_scripts() {
         let nft = crate::proxy::nft::Nft::default();
         let ready = two_ready();
-        let mut affinity = web();
-        affinity.metadata.name = Some("lb".into());
-        affinity.spec.as_mut().unwrap().cluster_ip = Some("10.43.0.21".into());
-        affinity.spec.as_mut().unwrap().cluster_ips = None;
-        affinity.spec.as_mut().unwrap().session_affinity = Some("ClientIP".into());
-        affinity.spec.as_mut().unwrap().type_ = Some("LoadBalancer".into());
-        affinity.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].node_port = Some(30080);
+        let mut lb = web();
+        lb.metadata.name = Some("lb".into());
+        let spec = lb.spec.as_mut().unwrap();
+        spec.cluster_ip = Some("10.43.0.21".into());
+        spec.cluster_ips = None;
+        spec.session_affinity = Some("ClientIP".into());
+        spec.type_ = Some("LoadBalancer".into());
+        spec.ports.as_mut().unwrap()[0].node_port = Some(30080);
         let s = web_slice(&[("10.42.0.5", "n1", true, true, false)]);
-        let affinity = service_ports(&affinity, [&s], &node());
+        let lb = service_ports(&lb, [&s], &node());
+        let mut udp = web();
+        udp.metadata.name = Some("dns".into());
+        let spec = udp.spec.as_mut().unwrap();
+        spec.cluster_ip = Some("10.43.0.22".into());
+        spec.cluster_ips = None;
+        spec.type_ = Some("NodePort".into());
+        spec.external_traffic_policy = Some("Local".into());
+        let port = &mut spec.ports.as_mut().unwrap()[0];
+        port.protocol = Some("UDP".into());
+        port.node_port = Some(30053);
+        let udp_slice: EndpointSliceFixture = crate::proxy::model::tests::slice(json!({
+            "metadata": {"namespace": "default", "name": "dns-x"},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.42.0.9"], "nodeName": "n1"},
+                          {"addresses": ["10.42.1.9"], "nodeName": "n2"}],
+            "ports": [{"name": "http", "port": 53, "protocol": "UDP"}]
+        }));
+        let udp = service_ports(&udp, [&udp_slice], &node());
         let empty = service_ports(&web(), [], &node());
-        let script = full(&config(), ready.iter().chain(&affinity));
+        let mut blocks = Blocks::default();
+        let script = full(&config(), ready.iter().chain(&lb).chain(&udp), &mut blocks);
         nft.check(&script).unwrap();
         let update = incremental(
             &config(),
@@ -750,7 +977,10 @@ mod tests {
                 old: &ready,
                 new: &empty,
             }],
+            &mut blocks,
         );
         nft.check(&format!("{script}{update}")).unwrap();
     }
+
+    type EndpointSliceFixture = k8s_openapi::api::discovery::v1::EndpointSlice;
 }

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::model::{service_ports, Model, NodeContext, ServiceName, ServicePort};
 use super::nft::{Nft, NftError};
-use super::render::{self, Change, TableConfig};
+use super::render::{self, Blocks, Change, TableConfig};
 
 /// How the proxy runs on this node.
 #[derive(Debug, Clone)]
@@ -110,6 +110,7 @@ pub async fn run(client: kube::Client, config: ProxyConfig, mut shutdown: watch:
         services: svc_store,
         slices: slice_store,
         applied: None,
+        blocks: Blocks::default(),
         changed: BTreeSet::new(),
         listed: (false, false),
     };
@@ -151,6 +152,8 @@ struct Proxy {
     slices: Store<EndpointSlice>,
     /// What the table holds; `None` when the next sync must be a full one.
     applied: Option<Model>,
+    /// The `backends` key blocks of what the table holds.
+    blocks: Blocks,
     changed: BTreeSet<ServiceName>,
     listed: (bool, bool),
 }
@@ -203,7 +206,11 @@ impl Proxy {
                     model.insert(name, ports);
                 }
             }
-            let script = render::full(&self.config.table, model.values().flatten());
+            let script = render::full(
+                &self.config.table,
+                model.values().flatten(),
+                &mut self.blocks,
+            );
             let started = std::time::Instant::now();
             apply(&self.config.nft, script).await?;
             tracing::info!(
@@ -234,7 +241,7 @@ impl Proxy {
                 new: ports,
             })
             .collect();
-        let script = render::incremental(&self.config.table, &changes);
+        let script = render::incremental(&self.config.table, &changes, &mut self.blocks);
         if !script.is_empty() {
             if let Err(err) = apply(&self.config.nft, script).await {
                 self.applied = None;
