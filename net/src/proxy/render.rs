@@ -34,7 +34,7 @@
 //! accepts in one transaction (elements go before the chains they jump to disappear; chains
 //! are flushed before sets their rules name are deleted).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
@@ -48,7 +48,10 @@ const SERVICES: &str = "services";
 const NODEPORTS: &str = "service-nodeports";
 const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
 const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
-/// Connection mark → endpoint address and port.
+/// Service address → the connection mark naming its endpoint list (and masquerade).
+const SERVICE_MARKS: &str = "service-marks";
+const NODEPORT_MARKS: &str = "nodeport-marks";
+/// Connection mark (the list's block) . endpoint index → endpoint address and port.
 const BACKENDS: &str = "backends";
 
 /// How the table is named and what it needs to know about the cluster network.
@@ -83,7 +86,9 @@ pub struct Fragment {
     /// (map, key) → value.
     pub elements: BTreeMap<(&'static str, String), String>,
     /// The [`Blocks`] its endpoint lists hold.
-    pub blocks: std::collections::BTreeSet<String>,
+    pub blocks: BTreeSet<String>,
+    /// The shared pick chains it goes to: (external, endpoint count).
+    pub picks: BTreeSet<(bool, usize)>,
 }
 
 /// A short, stable hash of `text` (FNV-1a, 40 bits, base32): chain names stay unique and
@@ -133,8 +138,10 @@ const MAX_BLOCK: u32 = (MASQUERADE_BIT >> INDEX_BITS) - 1;
 #[derive(Debug, Clone, Default)]
 pub struct Blocks {
     by_name: BTreeMap<String, u32>,
-    free: std::collections::BTreeSet<u32>,
+    free: BTreeSet<u32>,
     next: u32,
+    /// The shared pick chains the table has (created as needed, removed by a full sync).
+    picks: BTreeSet<(bool, usize)>,
 }
 
 impl Blocks {
@@ -175,98 +182,143 @@ fn no_endpoint_verdict(port: &ServicePort) -> &'static str {
     }
 }
 
-/// One list of endpoints a chain picks from.
+/// One list of endpoints new connections are spread over.
 #[derive(Clone, Copy)]
 struct List<'a> {
     endpoints: &'a [Endpoint],
     /// The name of its block of `backends` keys.
     block_name: &'a str,
-    /// Whether picking marks the connection for masquerade.
+    /// NodePort or external-address traffic (else ClusterIP traffic).
+    external: bool,
+    /// Whether the connection is marked for masquerade (external traffic, policy Cluster).
     masquerade: bool,
-    /// The DNAT chain to go to.
-    then: &'static str,
 }
 
-/// The rules of a chain that sends a new connection to one of `endpoints`. Without affinity:
-/// one rule storing a random key of the list's block in the connection mark, then the shared
-/// DNAT chain looks it up in `backends`. With ClientIP affinity (kube-proxy's scheme): the
-/// endpoint this client used recently, else a random one, each through its own chain.
-fn pick(port: &ServicePort, list: &List<'_>, f: &mut Fragment, blocks: &mut Blocks) -> Vec<String> {
-    let key = &port.key();
-    let List {
-        endpoints,
-        block_name,
-        masquerade,
-        then,
-    } = *list;
-    let endpoints = &endpoints[..endpoints.len().min(MAX_ENDPOINTS)];
+/// Where the lookup of a Service address sends a new connection.
+struct Target {
+    /// The `services` / `service-nodeports` verdict.
+    verdict: String,
+    /// The connection mark to set first (`service-marks` / `nodeport-marks`), if any.
+    mark: Option<u32>,
+}
+
+fn pick_chain(external: bool, n: usize) -> String {
+    let kind = if external { "external" } else { "internal" };
+    format!("pick-{kind}-{n}")
+}
+
+/// The rules of a shared pick chain: a random key of the connection's block in `backends`.
+/// ClusterIP traffic from outside the pod network is marked for masquerade here.
+fn pick_rules(config: &TableConfig, external: bool, n: usize) -> Vec<String> {
     let mut rules = Vec::new();
-    let masq = format!("ct mark set ct mark or {MASQUERADE_BIT:#x}");
-    if let Some(seconds) = port.affinity_seconds {
-        if masquerade {
-            rules.push(masq);
-        }
-        for ep in endpoints {
-            rules.push(format!(
-                "ip saddr @{} goto {}",
-                affinity_set(key, ep),
-                endpoint_chain(key, ep)
-            ));
-        }
-        // Rule k takes 1/(N-k) of what reaches it: uniform over the N endpoints.
-        for (k, ep) in endpoints.iter().enumerate() {
-            let left = endpoints.len() - k;
-            let chance = if left > 1 {
-                format!("numgen random mod {left} 0 ")
-            } else {
-                String::new()
-            };
-            rules.push(format!("{chance}goto {}", endpoint_chain(key, ep)));
-        }
-        for ep in endpoints {
-            let set = affinity_set(key, ep);
-            f.sets.insert(
-                set.clone(),
-                format!("type ipv4_addr ; flags dynamic,timeout ; timeout {seconds}s ;"),
-            );
-            f.chains.insert(
-                endpoint_chain(key, ep),
-                vec![
-                    format!("update @{set} {{ ip saddr }}"),
-                    format!(
-                        "meta l4proto {} dnat to {}:{}",
-                        port.protocol.nft(),
-                        ep.ip,
-                        ep.port
-                    ),
-                ],
-            );
-        }
-        return rules;
+    if let (false, Some((net, prefix))) = (external, config.cluster_cidr) {
+        rules.push(format!(
+            "ip saddr != {net}/{prefix} ct mark set ct mark or {MASQUERADE_BIT:#x}"
+        ));
     }
-    let Some(block) = blocks.get(block_name) else {
-        // Out of blocks (half a million endpoint lists): treat as unreachable.
-        return vec!["goto reject-chain".to_string()];
-    };
-    f.blocks.insert(block_name.to_string());
-    let base = block << INDEX_BITS;
-    for (i, ep) in endpoints.iter().enumerate() {
-        f.elements.insert(
-            (BACKENDS, (base + i as u32).to_string()),
-            format!("{} . {}", ep.ip, ep.port),
-        );
-    }
-    let random = format!(
-        "ct mark set numgen random mod {} offset {base}",
-        endpoints.len()
-    );
-    if masquerade {
-        rules.push(random);
-        rules.push(format!("{masq} goto {then}"));
-    } else {
-        rules.push(format!("{random} goto {then}"));
+    // One rule per protocol: a map typed by `tcp dport` cannot be bound behind an anonymous
+    // protocol set (nft reports conflicting protocols).
+    for proto in ["tcp", "udp", "sctp"] {
+        rules.push(format!(
+            "meta l4proto {proto} dnat ip to ct mark and {:#x} . numgen random mod {n} map @{BACKENDS}",
+            MASQUERADE_BIT - 1
+        ));
     }
     rules
+}
+
+/// How new connections reach one of `list`'s endpoints. Without affinity: the list's block
+/// of `backends` keys, a connection mark naming it and a shared pick chain for its size.
+/// With ClientIP affinity (kube-proxy's scheme): a chain of the port that sends a client to
+/// the endpoint it used recently, else to a random one (rule k takes 1/(N-k) of what reaches
+/// it: uniform), each endpoint through its own chain that refreshes its set.
+fn target(
+    port: &ServicePort,
+    list: &List<'_>,
+    config: &TableConfig,
+    f: &mut Fragment,
+    blocks: &mut Blocks,
+) -> Target {
+    let key = &port.key();
+    let endpoints = &list.endpoints[..list.endpoints.len().min(MAX_ENDPOINTS)];
+    let masquerade = format!("ct mark set ct mark or {MASQUERADE_BIT:#x}");
+    let Some(seconds) = port.affinity_seconds else {
+        let Some(block) = blocks.get(list.block_name) else {
+            // Out of blocks (half a million endpoint lists): unreachable rather than wrong.
+            return Target {
+                verdict: "goto reject-chain".into(),
+                mark: None,
+            };
+        };
+        f.blocks.insert(list.block_name.to_string());
+        f.picks.insert((list.external, endpoints.len()));
+        let base = block << INDEX_BITS;
+        for (i, ep) in endpoints.iter().enumerate() {
+            f.elements.insert(
+                (BACKENDS, format!("{base} . {i}")),
+                format!("{} . {}", ep.ip, ep.port),
+            );
+        }
+        return Target {
+            verdict: format!("goto {}", pick_chain(list.external, endpoints.len())),
+            mark: Some(if list.masquerade {
+                base | MASQUERADE_BIT
+            } else {
+                base
+            }),
+        };
+    };
+    let mut rules = Vec::new();
+    if list.masquerade {
+        rules.push(masquerade);
+    } else if let (false, Some((net, prefix))) = (list.external, config.cluster_cidr) {
+        rules.push(format!("ip saddr != {net}/{prefix} {masquerade}"));
+    }
+    for ep in endpoints {
+        rules.push(format!(
+            "ip saddr @{} goto {}",
+            affinity_set(key, ep),
+            endpoint_chain(key, ep)
+        ));
+    }
+    for (k, ep) in endpoints.iter().enumerate() {
+        let left = endpoints.len() - k;
+        let chance = if left > 1 {
+            format!("numgen random mod {left} 0 ")
+        } else {
+            String::new()
+        };
+        rules.push(format!("{chance}goto {}", endpoint_chain(key, ep)));
+    }
+    for ep in endpoints {
+        let set = affinity_set(key, ep);
+        f.sets.insert(
+            set.clone(),
+            format!("type ipv4_addr ; flags dynamic,timeout ; timeout {seconds}s ;"),
+        );
+        f.chains.insert(
+            endpoint_chain(key, ep),
+            vec![
+                format!("update @{set} {{ ip saddr }}"),
+                format!(
+                    "meta l4proto {} dnat to {}:{}",
+                    port.protocol.nft(),
+                    ep.ip,
+                    ep.port
+                ),
+            ],
+        );
+    }
+    let chain = if list.external {
+        external_chain(key)
+    } else {
+        service_chain(key)
+    };
+    f.chains.insert(chain.clone(), rules);
+    Target {
+        verdict: format!("goto {chain}"),
+        mark: None,
+    }
 }
 
 /// The objects `port` needs; endpoint lists get their `backends` keys from `blocks`.
@@ -274,74 +326,74 @@ pub fn fragment(port: &ServicePort, config: &TableConfig, blocks: &mut Blocks) -
     let key = port.key();
     let proto = port.protocol.nft();
     let mut f = Fragment::default();
-    let service = service_chain(&key);
+    let address = |ip: &Ipv4Addr| format!("{ip} . {proto} . {}", port.port);
     if port.internal.is_empty() {
         for ip in &port.cluster_ips {
             f.elements.insert(
-                (
-                    NO_ENDPOINT_SERVICES,
-                    format!("{ip} . {proto} . {}", port.port),
-                ),
+                (NO_ENDPOINT_SERVICES, address(ip)),
                 no_endpoint_verdict(port).to_string(),
             );
         }
     } else {
-        // Off-cluster sources are masqueraded by `dnat-internal` (or here, with affinity).
-        let masquerade = port.affinity_seconds.is_some() && config.cluster_cidr.is_some();
-        let mut rules = Vec::new();
-        if let (true, Some((net, prefix))) = (masquerade, config.cluster_cidr) {
-            rules.push(format!(
-                "ip saddr != {net}/{prefix} ct mark set ct mark or {MASQUERADE_BIT:#x}"
-            ));
-        }
         let list = List {
             endpoints: &port.internal,
             block_name: &key,
+            external: false,
             masquerade: false,
-            then: "dnat-internal",
         };
-        rules.extend(pick(port, &list, &mut f, blocks));
-        f.chains.insert(service.clone(), rules);
+        let target = target(port, &list, config, &mut f, blocks);
         for ip in &port.cluster_ips {
-            f.elements.insert(
-                (SERVICES, format!("{ip} . {proto} . {}", port.port)),
-                format!("goto {service}"),
-            );
+            f.elements
+                .insert((SERVICES, address(ip)), target.verdict.clone());
+            if let Some(mark) = target.mark {
+                f.elements
+                    .insert((SERVICE_MARKS, address(ip)), mark.to_string());
+            }
         }
     }
-    if port.has_external() {
-        let mut verdict = no_endpoint_verdict(port).to_string();
-        let (services_map, nodeports_map) = if port.external.is_empty() {
-            (NO_ENDPOINT_SERVICES, NO_ENDPOINT_NODEPORTS)
-        } else {
-            let external = external_chain(&key);
-            // The same endpoints as ClusterIP traffic share its keys.
-            let block_name = if port.external == port.internal {
-                key.clone()
-            } else {
-                format!("{key}/external")
-            };
-            let list = List {
-                endpoints: &port.external,
-                block_name: &block_name,
-                masquerade: !port.external_local,
-                then: "dnat-external",
-            };
-            let rules = pick(port, &list, &mut f, blocks);
-            f.chains.insert(external.clone(), rules);
-            verdict = format!("goto {external}");
-            (SERVICES, NODEPORTS)
-        };
+    if !port.has_external() {
+        return f;
+    }
+    let node_port = port.node_port.map(|p| format!("{proto} . {p}"));
+    if port.external.is_empty() {
+        let verdict = no_endpoint_verdict(port).to_string();
         for ip in &port.external_ips {
-            f.elements.insert(
-                (services_map, format!("{ip} . {proto} . {}", port.port)),
-                verdict.clone(),
-            );
-        }
-        if let Some(node_port) = port.node_port {
             f.elements
-                .insert((nodeports_map, format!("{proto} . {node_port}")), verdict);
+                .insert((NO_ENDPOINT_SERVICES, address(ip)), verdict.clone());
         }
+        if let Some(node_port) = node_port {
+            f.elements
+                .insert((NO_ENDPOINT_NODEPORTS, node_port), verdict);
+        }
+        return f;
+    }
+    // The same endpoints as ClusterIP traffic share its keys.
+    let block_name = if port.external == port.internal {
+        key.clone()
+    } else {
+        format!("{key}/external")
+    };
+    let list = List {
+        endpoints: &port.external,
+        block_name: &block_name,
+        external: true,
+        masquerade: !port.external_local,
+    };
+    let target = target(port, &list, config, &mut f, blocks);
+    for ip in &port.external_ips {
+        f.elements
+            .insert((SERVICES, address(ip)), target.verdict.clone());
+        if let Some(mark) = target.mark {
+            f.elements
+                .insert((SERVICE_MARKS, address(ip)), mark.to_string());
+        }
+    }
+    if let Some(node_port) = node_port {
+        if let Some(mark) = target.mark {
+            f.elements
+                .insert((NODEPORT_MARKS, node_port.clone()), mark.to_string());
+        }
+        f.elements.insert((NODEPORTS, node_port), target.verdict);
     }
     f
 }
@@ -362,24 +414,16 @@ fn base(config: &TableConfig, out: &mut String) {
     );
     let _ = writeln!(
         out,
-        "add map {t} {BACKENDS} {{ typeof ct mark : ip daddr . tcp dport ; }}"
+        "add map {t} {BACKENDS} {{ typeof ct mark . numgen random mod 1 : ip daddr . tcp dport ; }}"
     );
-    for chain in ["dnat-internal", "dnat-external"] {
-        let _ = writeln!(out, "add chain {t} {chain}");
-        if let (true, Some((net, prefix))) = (chain == "dnat-internal", config.cluster_cidr) {
-            let _ = writeln!(
-                out,
-                "add rule {t} {chain} ip saddr != {net}/{prefix} ct mark set ct mark or {MASQUERADE_BIT:#x}"
-            );
-        }
-        for proto in ["tcp", "udp", "sctp"] {
-            let _ = writeln!(
-                out,
-                "add rule {t} {chain} meta l4proto {proto} dnat ip to ct mark and {:#x} map @{BACKENDS}",
-                MASQUERADE_BIT - 1
-            );
-        }
-    }
+    let _ = writeln!(
+        out,
+        "add map {t} {SERVICE_MARKS} {{ type ipv4_addr . inet_proto . inet_service : mark ; }}"
+    );
+    let _ = writeln!(
+        out,
+        "add map {t} {NODEPORT_MARKS} {{ type inet_proto . inet_service : mark ; }}"
+    );
     for map in [SERVICES, NO_ENDPOINT_SERVICES] {
         let _ = writeln!(
             out,
@@ -393,10 +437,19 @@ fn base(config: &TableConfig, out: &mut String) {
         );
     }
     let local = "fib daddr type local ip daddr != 127.0.0.0/8";
+    // The mark first (a miss leaves it alone), then the verdict.
     let _ = writeln!(out, "add chain {t} services");
     let _ = writeln!(
         out,
+        "add rule {t} services ct mark set ip daddr . meta l4proto . th dport map @{SERVICE_MARKS}"
+    );
+    let _ = writeln!(
+        out,
         "add rule {t} services ip daddr . meta l4proto . th dport vmap @{SERVICES}"
+    );
+    let _ = writeln!(
+        out,
+        "add rule {t} services {local} ct mark set meta l4proto . th dport map @{NODEPORT_MARKS}"
     );
     let _ = writeln!(
         out,
@@ -503,10 +556,27 @@ pub fn full<'a>(
     let mut phases = Phases::default();
     for port in ports {
         let f = fragment(port, config, blocks);
+        add_picks(&f, config, blocks, &mut phases);
         add_fragment(&f, t, &mut phases);
     }
     out.push_str(&phases.finish(t));
     out
+}
+
+/// Creates the pick chains `f` needs that the table does not have yet.
+fn add_picks(f: &Fragment, config: &TableConfig, blocks: &mut Blocks, phases: &mut Phases) {
+    for &(external, n) in &f.picks {
+        if blocks.picks.insert((external, n)) {
+            let chain = pick_chain(external, n);
+            let _ = writeln!(phases.create, "add chain ip {} {chain}", config.table);
+            add_rules(
+                &mut phases.rules,
+                &config.table,
+                &chain,
+                &pick_rules(config, external, n),
+            );
+        }
+    }
 }
 
 fn add_fragment(f: &Fragment, table: &str, phases: &mut Phases) {
@@ -545,6 +615,7 @@ pub fn incremental(config: &TableConfig, changes: &[Change<'_>], blocks: &mut Bl
         for gone in old.blocks.difference(&new.blocks) {
             blocks.release(gone);
         }
+        add_picks(&new, config, blocks, &mut phases);
         diff(&old, &new, t, &mut phases);
     }
     phases.finish(t)
@@ -557,6 +628,7 @@ fn merge(fragments: impl Iterator<Item = Fragment>) -> Fragment {
         all.sets.extend(f.sets);
         all.elements.extend(f.elements);
         all.blocks.extend(f.blocks);
+        all.picks.extend(f.picks);
     }
     all
 }
@@ -663,25 +735,32 @@ mod tests {
     fn cluster_ip_with_endpoints() {
         let ports = two_ready();
         let f = fragment(&ports[0], &config(), &mut Blocks::default());
-        let svc = service_chain("default/web/tcp/http");
+        let address = "10.43.0.20 . tcp . 80".to_string();
         assert_eq!(
-            f.elements
-                .get(&(SERVICES, "10.43.0.20 . tcp . 80".to_string())),
-            Some(&format!("goto {svc}"))
+            f.elements.get(&(SERVICES, address.clone())),
+            Some(&"goto pick-internal-2".to_string())
         );
         assert_eq!(
-            f.chains[&svc],
-            vec!["ct mark set numgen random mod 2 offset 4096 goto dnat-internal".to_string()]
+            f.elements.get(&(SERVICE_MARKS, address)),
+            Some(&"4096".to_string())
         );
         assert_eq!(
             backends(&f),
             vec![
-                ("4096".to_string(), "10.42.0.5 . 8080".to_string()),
-                ("4097".to_string(), "10.42.0.6 . 8080".to_string())
+                ("4096 . 0".to_string(), "10.42.0.5 . 8080".to_string()),
+                ("4096 . 1".to_string(), "10.42.0.6 . 8080".to_string())
             ]
         );
-        assert_eq!(f.chains.len(), 1);
+        assert!(f.chains.is_empty(), "no chain of its own");
         assert!(f.sets.is_empty());
+        assert_eq!(f.picks, [(false, 2)].into());
+        assert_eq!(
+            pick_rules(&config(), false, 2)[..2],
+            [
+                "ip saddr != 10.42.0.0/16 ct mark set ct mark or 0x80000000".to_string(),
+                "meta l4proto tcp dnat ip to ct mark and 0x7fffffff . numgen random mod 2 map @backends".to_string()
+            ]
+        );
         assert!(!f
             .elements
             .keys()
@@ -727,25 +806,29 @@ mod tests {
             &config(),
             &mut Blocks::default(),
         );
-        let ext = external_chain("default/web/tcp/http");
+        let masq_mark = (4096 | MASQUERADE_BIT).to_string();
         assert_eq!(
             f.elements.get(&(NODEPORTS, "tcp . 30080".to_string())),
-            Some(&format!("goto {ext}"))
+            Some(&"goto pick-external-1".to_string())
+        );
+        assert_eq!(
+            f.elements.get(&(NODEPORT_MARKS, "tcp . 30080".to_string())),
+            Some(&masq_mark)
         );
         assert_eq!(
             f.elements
                 .get(&(SERVICES, "192.0.2.7 . tcp . 80".to_string())),
-            Some(&format!("goto {ext}"))
+            Some(&"goto pick-external-1".to_string())
         );
-        // Same endpoints as the ClusterIP: same keys; masqueraded (policy Cluster).
         assert_eq!(
-            f.chains[&ext],
-            vec![
-                "ct mark set numgen random mod 1 offset 4096".to_string(),
-                "ct mark set ct mark or 0x80000000 goto dnat-external".to_string()
-            ]
+            f.elements
+                .get(&(SERVICE_MARKS, "192.0.2.7 . tcp . 80".to_string())),
+            Some(&masq_mark)
         );
+        // Same endpoints as the ClusterIP: same keys.
         assert_eq!(backends(&f).len(), 1);
+        assert_eq!(f.picks, [(false, 1), (true, 1)].into());
+        assert_eq!(pick_rules(&config(), true, 1).len(), 3, "no source check");
 
         // Local policy with no endpoint here: dropped, not rejected.
         let mut local = svc.clone();
@@ -776,8 +859,8 @@ mod tests {
             &mut Blocks::default(),
         );
         assert_eq!(
-            f.chains[&external_chain("default/web/tcp/http")],
-            vec!["ct mark set numgen random mod 1 offset 8192 goto dnat-external".to_string()]
+            f.elements.get(&(NODEPORT_MARKS, "tcp . 30080".to_string())),
+            Some(&"8192".to_string())
         );
         assert_eq!(backends(&f).len(), 3);
     }
@@ -851,14 +934,18 @@ mod tests {
             }],
             &mut blocks,
         );
-        let svc = service_chain("default/web/tcp/http");
         let lines: Vec<&str> = script.lines().collect();
         assert_eq!(
             lines,
             vec![
-                "delete element ip shoal-proxy backends { 4097 }".to_string(),
-                format!("flush chain ip shoal-proxy {svc}"),
-                format!("add rule ip shoal-proxy {svc} ct mark set numgen random mod 1 offset 4096 goto dnat-internal"),
+                "add chain ip shoal-proxy pick-internal-1",
+                "delete element ip shoal-proxy backends { 4096 . 1 }",
+                "delete element ip shoal-proxy services { 10.43.0.20 . tcp . 80 }",
+                "add rule ip shoal-proxy pick-internal-1 ip saddr != 10.42.0.0/16 ct mark set ct mark or 0x80000000",
+                "add rule ip shoal-proxy pick-internal-1 meta l4proto tcp dnat ip to ct mark and 0x7fffffff . numgen random mod 1 map @backends",
+                "add rule ip shoal-proxy pick-internal-1 meta l4proto udp dnat ip to ct mark and 0x7fffffff . numgen random mod 1 map @backends",
+                "add rule ip shoal-proxy pick-internal-1 meta l4proto sctp dnat ip to ct mark and 0x7fffffff . numgen random mod 1 map @backends",
+                "add element ip shoal-proxy services { 10.43.0.20 . tcp . 80 : goto pick-internal-1 }",
             ]
         );
         assert_eq!(
@@ -893,10 +980,10 @@ mod tests {
             .find("delete element ip shoal-proxy no-endpoint-services { 10.43.0.20 . tcp . 80 }")
             .unwrap();
         let add = script
-            .find("add element ip shoal-proxy services { 10.43.0.20 . tcp . 80 : goto service-")
+            .find("add element ip shoal-proxy services { 10.43.0.20 . tcp . 80 : goto pick-internal-2 }")
             .unwrap();
         assert!(delete < first_rule && first_rule < add, "{script}");
-        assert!(script.contains("add element ip shoal-proxy backends { 4096 : 10.42.0.5 . 8080, 4097 : 10.42.0.6 . 8080 }"), "{script}");
+        assert!(script.contains("add element ip shoal-proxy backends { 4096 . 0 : 10.42.0.5 . 8080, 4096 . 1 : 10.42.0.6 . 8080 }"), "{script}");
         let back = incremental(
             &config(),
             &[Change {
@@ -905,12 +992,12 @@ mod tests {
             }],
             &mut blocks,
         );
-        assert!(back.contains("delete element ip shoal-proxy backends { 4096, 4097 }"));
+        assert!(back.contains("delete element ip shoal-proxy backends { 4096 . 0, 4096 . 1 }"));
         assert!(back.contains("delete element ip shoal-proxy services {"));
         assert!(back.contains(
             "add element ip shoal-proxy no-endpoint-services { 10.43.0.20 . tcp . 80 : goto reject-chain }"
         ));
-        assert_eq!(back.matches("delete chain").count(), 1, "{back}");
+        assert!(!back.contains("chain ip"), "pick chains stay: {back}");
         assert_eq!(blocks.get("other"), Some(1), "the block was freed");
     }
 
@@ -924,12 +1011,9 @@ mod tests {
         assert!(script.contains(
             "add rule ip shoal-proxy masquerading iifname \"shoal0\" oifname \"shoal0\" ct status dnat masquerade fully-random"
         ));
-        assert!(script.contains(
-            "add rule ip shoal-proxy dnat-internal ip saddr != 10.42.0.0/16 ct mark set ct mark or 0x80000000"
-        ));
         // Chains exist before any rule jumps to them; elements come after both.
-        let last_chain = script.rfind("add chain ip shoal-proxy service-").unwrap();
-        let first_rule = script.find("add rule ip shoal-proxy service-").unwrap();
+        let last_chain = script.rfind("add chain ip shoal-proxy pick-").unwrap();
+        let first_rule = script.find("add rule ip shoal-proxy pick-").unwrap();
         let element = script.find("add element").unwrap();
         assert!(last_chain < first_rule && first_rule < element);
     }
