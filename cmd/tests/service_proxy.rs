@@ -33,6 +33,41 @@ impl Drop for ProxyTable {
     }
 }
 
+/// Waits until `probe` returns `Ok`; on timeout fails with its last answer, the proxy's
+/// table and the server's log lines about Services.
+fn wait_for<T>(
+    cluster: &Cluster,
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match probe() {
+            Ok(value) => return value,
+            Err(last) => last,
+        };
+        if Instant::now() > deadline {
+            let table = std::process::Command::new("nft")
+                .args(["list", "table", "ip", "shoal-proxy"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let log: Vec<String> = cluster
+                .server()
+                .unread_log()
+                .into_iter()
+                .filter(|l| l.contains("proxy") || l.contains("Services"))
+                .collect();
+            panic!(
+                "timed out waiting for {what}; last: {last}\ntable:\n{table}\nlog:\n{}",
+                log.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 fn ready(p: &Value) -> bool {
     p["status"]["conditions"]
         .as_array()
@@ -177,13 +212,17 @@ spec:
         ])
     };
 
-    let answers = eventually(
+    let answers = wait_for(
+        &cluster,
         "the ClusterIP reaches both pods",
         Duration::from_secs(30),
         || {
             let out = fetch_all();
-            (out.contains("web-a") && out.contains("web-b") && !out.contains("failed"))
-                .then_some(out)
+            if out.contains("web-a") && out.contains("web-b") && !out.contains("failed") {
+                Ok(out)
+            } else {
+                Err(out)
+            }
         },
     );
     assert_eq!(answers.lines().count(), 20, "{answers}");
@@ -193,9 +232,12 @@ spec:
         .as_u64()
         .expect("nodePort");
     let node_port_addr: SocketAddr = format!("{node_ip}:{node_port}").parse().expect("addr");
-    let body = eventually("the NodePort answers", Duration::from_secs(30), || {
-        http_get(node_port_addr).ok()
-    });
+    let body = wait_for(
+        &cluster,
+        "the NodePort answers",
+        Duration::from_secs(30),
+        || http_get(node_port_addr).map_err(|e| e.to_string()),
+    );
     assert!(body == "web-a" || body == "web-b", "{body}");
 
     // ServiceLB: the node's address is the ingress, and the Service's port answers on it.
@@ -206,10 +248,11 @@ spec:
     });
     assert_eq!(ingress, node_ip);
     let lb_addr: SocketAddr = format!("{ingress}:18080").parse().expect("addr");
-    let body = eventually(
+    let body = wait_for(
+        &cluster,
         "the load balancer address answers",
         Duration::from_secs(30),
-        || http_get(lb_addr).ok(),
+        || http_get(lb_addr).map_err(|e| e.to_string()),
     );
     assert!(body == "web-a" || body == "web-b", "{body}");
 

@@ -1,9 +1,11 @@
-//! The proxy's nftables rules in a real kernel: a "node" network namespace with a bridge and
-//! three "pod" namespaces (two TCP backends that answer with their name, one client), all
-//! named `shoalpx-<pid>-…` and deleted at the end, also when the test fails. The rules are
-//! rendered from Service and EndpointSlice fixtures and applied with `nft` in the node
-//! namespace, whose `bridge-nf-call-iptables` is off so nothing relies on `br_netfilter`.
-//! Needs root.
+//! The proxy's nftables rules in a real kernel: a "node" network namespace with a bridge
+//! (hairpin ports, as the CNI plugin makes them) and three "pod" namespaces (two TCP backends
+//! that answer with their name, one client), all named `shoalpx-<pid>-…` and deleted at the
+//! end, also when the test fails. The rules are rendered from Service and EndpointSlice
+//! fixtures and applied with `nft` in the node namespace. Twice: with the node's
+//! `bridge-nf-call-iptables` off (pod-to-pod replies skip the IP hooks) and on (`br_netfilter`
+//! bridges a packet DNATed back onto its bridge), as both kinds of hosts exist. Needs root,
+//! and the `br_netfilter` module for the second.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -151,7 +153,8 @@ fn fetch(from: &Netns, to: SocketAddrV4) -> Result<String, ErrorKind> {
 fn tally(from: &Netns, to: SocketAddrV4, n: usize) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for _ in 0..n {
-        let who = fetch(from, to).unwrap_or_else(|e| panic!("connect to {to}: {e:?}"));
+        let who =
+            fetch(from, to).unwrap_or_else(|e| panic!("connect from {} to {to}: {e:?}", from.name));
         *counts.entry(who).or_insert(0) += 1;
     }
     counts
@@ -184,17 +187,41 @@ fn addr(ip: &str, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(ip.parse::<Ipv4Addr>().expect("address"), port)
 }
 
-#[test]
-fn cluster_ip_node_port_hairpin_reject_and_updates() {
+fn assert_root() {
     assert!(
         std::fs::metadata("/proc/self").map(|m| m.uid()).ok() == Some(0),
         "this test builds network namespaces and nftables rules: run it as root"
     );
-    let node = Netns::add("node");
+}
+
+const BR_NETFILTER: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+
+#[test]
+fn services_without_br_netfilter() {
+    assert_root();
+    scenario("plain", false);
+}
+
+#[test]
+fn services_with_br_netfilter() {
+    assert_root();
+    assert!(
+        Path::new(BR_NETFILTER).exists(),
+        "the br_netfilter module is not loaded (modprobe br_netfilter)"
+    );
+    scenario("brnf", true);
+}
+
+/// ClusterIP balancing, NodePort, reject, readiness through an incremental update, hairpin,
+/// endpoints appearing, affinity and a stale table replaced.
+fn scenario(tag: &str, br_netfilter: bool) {
+    let node = Netns::add(&format!("{tag}-node"));
     node.sysctl("net.ipv4.ip_forward", "1");
-    // Without br_netfilter's help: replies between pods on the bridge skip the IP hooks.
-    if Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() {
-        node.sysctl("net.bridge.bridge-nf-call-iptables", "0");
+    if Path::new(BR_NETFILTER).exists() {
+        node.sysctl(
+            "net.bridge.bridge-nf-call-iptables",
+            if br_netfilter { "1" } else { "0" },
+        );
     }
     // An uplink with the default route, as a real node has: ClusterIPs are routable from it.
     node.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up1"]);
@@ -207,12 +234,21 @@ fn cluster_ip_node_port_hairpin_reject_and_updates() {
     node.ip(&["link", "set", "br0", "up"]);
     let mut pods = Vec::new();
     for (i, name) in ["a", "b", "c"].iter().enumerate() {
-        let pod = Netns::add(name);
+        let pod = Netns::add(&format!("{tag}-{name}"));
         let host = format!("vpx{}{name}", std::process::id() % 100_000);
         node.ip(&[
             "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &pod.name,
         ]);
         node.ip(&["link", "set", &host, "master", "br0", "up"]);
+        node.ip(&[
+            "link",
+            "set",
+            &host,
+            "type",
+            "bridge_slave",
+            "hairpin",
+            "on",
+        ]);
         let address = format!("10.88.0.{}/24", i + 2);
         pod.ip(&["addr", "add", &address, "dev", "eth0"]);
         pod.ip(&["link", "set", "eth0", "up"]);
@@ -267,12 +303,8 @@ fn cluster_ip_node_port_hairpin_reject_and_updates() {
     let web_both = ports(&web, &[&both]);
     let empty_ports = ports(&empty, &[]);
     let started = Instant::now();
-    nft.apply(&render::full(
-        &config,
-        web_both.iter().chain(&empty_ports),
-        &mut blocks,
-    ))
-    .expect("full sync");
+    let script = render::full(&config, web_both.iter().chain(&empty_ports), &mut blocks);
+    nft.apply(&script).expect("full sync");
     eprintln!("full sync of 2 Services: {:?}", started.elapsed());
     let listing = nft
         .output(&["list", "table", "ip", "shoal-proxy"])
@@ -346,6 +378,26 @@ fn cluster_ip_node_port_hairpin_reject_and_updates() {
         tally(c, addr("10.43.0.21", 80), 5),
         [("b".to_string(), 5)].into()
     );
+
+    // ClientIP affinity: one client keeps its backend; the Service is added incrementally.
+    let mut sticky = web.clone();
+    sticky.metadata.name = Some("sticky".into());
+    let spec = sticky.spec.as_mut().expect("spec");
+    spec.cluster_ip = Some("10.43.0.30".into());
+    spec.type_ = None;
+    spec.session_affinity = Some("ClientIP".into());
+    let sticky_ports = ports(&sticky, &[&both]);
+    nft.apply(&render::incremental(
+        &config,
+        &[Change {
+            old: &[],
+            new: &sticky_ports,
+        }],
+        &mut blocks,
+    ))
+    .expect("add sticky Service");
+    let counts = tally(c, addr("10.43.0.30", 80), 20);
+    assert_eq!(counts.len(), 1, "affinity kept one backend: {counts:?}");
 
     // The table goes away with its namespace; delete it explicitly to check it is ours alone.
     nft.apply("delete table ip shoal-proxy\n")

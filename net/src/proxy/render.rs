@@ -4,35 +4,39 @@
 //!
 //! The table follows kube-proxy's nftables mode (`pkg/proxy/nftables/proxier.go`) where the
 //! kernel allows it at scale:
-//! - `services`: a verdict map `daddr . l4proto . dport` → `goto` a per-port chain, looked up
-//!   from the nat `prerouting` and `output` hooks; `service-nodeports` (`l4proto . dport`)
+//! - `services`: a verdict map `daddr . l4proto . dport` → where the connection goes, looked
+//!   up from the nat `prerouting` and `output` hooks; `service-nodeports` (`l4proto . dport`)
 //!   is looked up for addresses of this node (`fib daddr type local`).
 //! - endpoint choice: kube-proxy jumps through `numgen random mod N vmap { … }` to one chain
 //!   per endpoint. Every such vmap is an anonymous set, and the kernel's cost of adding a set
 //!   grows with the sets already in the table (10,000 Services × 10 endpoints took 15 s of
-//!   kernel time here, named sets 11 s). So a port's chain instead stores
-//!   `numgen random mod N offset B` in the connection mark and jumps to one shared DNAT chain
-//!   that looks the mark up in one map, `backends` (key `B + i` → endpoint `i`), bound by
-//!   one rule per protocol (a map bound by many rules costs a check per binding per element).
-//!   Each endpoint list owns a block of keys ([`Blocks`]), so a change rewrites its own
-//!   elements only. The connection mark of a Service connection is thus ours.
-//! - `externalTrafficPolicy: Cluster` and off-cluster sources of ClusterIP traffic set the
-//!   masquerade bit of the connection mark; `masquerading` in nat `postrouting` masquerades
-//!   those, and connections DNATed from the pod bridge back onto it (replies between two pods
-//!   on one bridge are bridged, never routed, so without this they would skip conntrack's
-//!   reverse NAT unless `br_netfilter` is on; this also covers hairpin).
-//! - ClientIP affinity (rare, so sets are affordable): kube-proxy's scheme — one timeout set
-//!   and one chain per endpoint, the set refreshed by the chain and checked before a random
-//!   pick (`numgen random mod N-k 0` rules, uniform).
+//!   kernel time here; named sets 11 s; one rule per endpoint, as iptables does, 4 s). So a
+//!   Service port owns no chain: `service-marks` (`nodeport-marks`) gives the connection a
+//!   mark naming the port's endpoint list — a block of keys in one map, `backends` — and the
+//!   verdict map sends it to a pick chain shared by all lists of its size, `pick-internal-N`
+//!   (`pick-external-N`), whose rule DNATs to `backends[mark . numgen random mod N]`. A map
+//!   bound by many rules costs a check per binding per element, so only pick chains bind it.
+//!   A change is then element updates only (plus a pick chain for a new size). The
+//!   connection mark of a Service connection is ours.
+//! - masquerade: ClusterIP traffic from outside the pod network (in `pick-internal-N`) and
+//!   external traffic under `externalTrafficPolicy: Cluster` (its mark carries the bit) set
+//!   the masquerade bit of the connection mark; `masquerading` in nat `postrouting`
+//!   masquerades those, and connections DNATed from the pod bridge back onto it (replies
+//!   between two pods on one bridge are bridged, never routed, so without this they would
+//!   skip conntrack's reverse NAT unless `br_netfilter` is on; this also covers hairpin).
+//! - ClientIP affinity (rare, so sets are affordable): kube-proxy's scheme — a chain per port,
+//!   one timeout set and one chain per endpoint, the set refreshed by the chain and checked
+//!   before a random pick (`numgen random mod N-k 0` rules, uniform).
 //! - `no-endpoint-services` / `no-endpoint-nodeports`: addresses of ports without endpoints,
 //!   looked up for new connections in filter hooks that run before NAT: `reject` (TCP reset,
 //!   ICMP port unreachable otherwise), or `drop` when a Local policy finds no endpoint here
 //!   while other nodes have some.
 //!
-//! Every Service port renders to a [`Fragment`] (its chains, sets, map elements and key
-//! blocks); the incremental script is the difference of two fragments, in an order the kernel
-//! accepts in one transaction (elements go before the chains they jump to disappear; chains
-//! are flushed before sets their rules name are deleted).
+//! Every Service port renders to a [`Fragment`] (its elements, key blocks, the pick chains it
+//! uses, its affinity chains and sets); the incremental script is the difference of two
+//! fragments, in an order the kernel accepts in one transaction (elements go before the
+//! chains they jump to disappear; chains are flushed before sets their rules name are
+//! deleted).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -42,6 +46,11 @@ use super::model::{Endpoint, ServicePort};
 
 /// The connection mark bit that asks `masquerading` to masquerade.
 pub const MASQUERADE_BIT: u32 = 0x8000_0000;
+/// The connection mark bit saying the connection came from the pod bridge: it is
+/// masqueraded if it goes back onto it.
+pub const FROM_BRIDGE_BIT: u32 = 0x4000_0000;
+/// The bits of the connection mark that name an endpoint list.
+const BLOCK_MASK: u32 = FROM_BRIDGE_BIT - 1;
 
 /// The verdict maps of the table.
 const SERVICES: &str = "services";
@@ -130,7 +139,7 @@ fn affinity_set(key: &str, ep: &Endpoint) -> String {
 const INDEX_BITS: u32 = 12;
 /// Endpoints one list can hold (more are left out, with the rest still balanced over).
 pub const MAX_ENDPOINTS: usize = 1 << INDEX_BITS;
-const MAX_BLOCK: u32 = (MASQUERADE_BIT >> INDEX_BITS) - 1;
+const MAX_BLOCK: u32 = (FROM_BRIDGE_BIT >> INDEX_BITS) - 1;
 
 /// The `backends` map's key ranges handed to endpoint lists: list `name` owns the keys
 /// `block << 12 ..` for as long as it exists, so an incremental change rewrites only its own
@@ -202,6 +211,19 @@ struct Target {
     mark: Option<u32>,
 }
 
+/// Marks connections from the pod bridge. A pod reaching a pod on the same bridge through a
+/// Service (itself included) must be masqueraded, or the reply would be bridged straight back
+/// and never un-NATed: when routed, it would skip the IP hooks entirely; with `br_netfilter`,
+/// a packet DNATed back onto its bridge is bridged, and postrouting then has no input device
+/// to match — so the input is noted in the connection mark at DNAT time.
+fn from_bridge(config: &TableConfig) -> Vec<String> {
+    config
+        .pod_bridge
+        .iter()
+        .map(|bridge| format!("iifname \"{bridge}\" ct mark set ct mark or {FROM_BRIDGE_BIT:#x}"))
+        .collect()
+}
+
 fn pick_chain(external: bool, n: usize) -> String {
     let kind = if external { "external" } else { "internal" };
     format!("pick-{kind}-{n}")
@@ -210,7 +232,7 @@ fn pick_chain(external: bool, n: usize) -> String {
 /// The rules of a shared pick chain: a random key of the connection's block in `backends`.
 /// ClusterIP traffic from outside the pod network is marked for masquerade here.
 fn pick_rules(config: &TableConfig, external: bool, n: usize) -> Vec<String> {
-    let mut rules = Vec::new();
+    let mut rules = from_bridge(config);
     if let (false, Some((net, prefix))) = (external, config.cluster_cidr) {
         rules.push(format!(
             "ip saddr != {net}/{prefix} ct mark set ct mark or {MASQUERADE_BIT:#x}"
@@ -220,8 +242,7 @@ fn pick_rules(config: &TableConfig, external: bool, n: usize) -> Vec<String> {
     // protocol set (nft reports conflicting protocols).
     for proto in ["tcp", "udp", "sctp"] {
         rules.push(format!(
-            "meta l4proto {proto} dnat ip to ct mark and {:#x} . numgen random mod {n} map @{BACKENDS}",
-            MASQUERADE_BIT - 1
+            "meta l4proto {proto} dnat ip to ct mark and {BLOCK_MASK:#x} . numgen random mod {n} map @{BACKENDS}"
         ));
     }
     rules
@@ -268,7 +289,7 @@ fn target(
             }),
         };
     };
-    let mut rules = Vec::new();
+    let mut rules = from_bridge(config);
     if list.masquerade {
         rules.push(masquerade);
     } else if let (false, Some((net, prefix))) = (list.external, config.cluster_cidr) {
@@ -405,7 +426,7 @@ fn base(config: &TableConfig, out: &mut String) {
     if let Some(bridge) = &config.pod_bridge {
         let _ = writeln!(
             out,
-            "add rule {t} masquerading iifname \"{bridge}\" oifname \"{bridge}\" ct status dnat masquerade fully-random"
+            "add rule {t} masquerading ct mark and {FROM_BRIDGE_BIT:#x} != 0 oifname \"{bridge}\" masquerade fully-random"
         );
     }
     let _ = writeln!(
@@ -755,10 +776,11 @@ mod tests {
         assert!(f.sets.is_empty());
         assert_eq!(f.picks, [(false, 2)].into());
         assert_eq!(
-            pick_rules(&config(), false, 2)[..2],
+            pick_rules(&config(), false, 2)[..3],
             [
+                "iifname \"shoal0\" ct mark set ct mark or 0x40000000".to_string(),
                 "ip saddr != 10.42.0.0/16 ct mark set ct mark or 0x80000000".to_string(),
-                "meta l4proto tcp dnat ip to ct mark and 0x7fffffff . numgen random mod 2 map @backends".to_string()
+                "meta l4proto tcp dnat ip to ct mark and 0x3fffffff . numgen random mod 2 map @backends".to_string()
             ]
         );
         assert!(!f
@@ -828,7 +850,7 @@ mod tests {
         // Same endpoints as the ClusterIP: same keys.
         assert_eq!(backends(&f).len(), 1);
         assert_eq!(f.picks, [(false, 1), (true, 1)].into());
-        assert_eq!(pick_rules(&config(), true, 1).len(), 3, "no source check");
+        assert_eq!(pick_rules(&config(), true, 1).len(), 4, "no source check");
 
         // Local policy with no endpoint here: dropped, not rejected.
         let mut local = svc.clone();
@@ -891,6 +913,7 @@ mod tests {
         assert_eq!(
             f.chains[&service_chain(key)],
             vec![
+                "iifname \"shoal0\" ct mark set ct mark or 0x40000000".to_string(),
                 "ip saddr != 10.42.0.0/16 ct mark set ct mark or 0x80000000".to_string(),
                 format!(
                     "ip saddr @{} goto {}",
@@ -941,10 +964,11 @@ mod tests {
                 "add chain ip shoal-proxy pick-internal-1",
                 "delete element ip shoal-proxy backends { 4096 . 1 }",
                 "delete element ip shoal-proxy services { 10.43.0.20 . tcp . 80 }",
+                "add rule ip shoal-proxy pick-internal-1 iifname \"shoal0\" ct mark set ct mark or 0x40000000",
                 "add rule ip shoal-proxy pick-internal-1 ip saddr != 10.42.0.0/16 ct mark set ct mark or 0x80000000",
-                "add rule ip shoal-proxy pick-internal-1 meta l4proto tcp dnat ip to ct mark and 0x7fffffff . numgen random mod 1 map @backends",
-                "add rule ip shoal-proxy pick-internal-1 meta l4proto udp dnat ip to ct mark and 0x7fffffff . numgen random mod 1 map @backends",
-                "add rule ip shoal-proxy pick-internal-1 meta l4proto sctp dnat ip to ct mark and 0x7fffffff . numgen random mod 1 map @backends",
+                "add rule ip shoal-proxy pick-internal-1 meta l4proto tcp dnat ip to ct mark and 0x3fffffff . numgen random mod 1 map @backends",
+                "add rule ip shoal-proxy pick-internal-1 meta l4proto udp dnat ip to ct mark and 0x3fffffff . numgen random mod 1 map @backends",
+                "add rule ip shoal-proxy pick-internal-1 meta l4proto sctp dnat ip to ct mark and 0x3fffffff . numgen random mod 1 map @backends",
                 "add element ip shoal-proxy services { 10.43.0.20 . tcp . 80 : goto pick-internal-1 }",
             ]
         );
@@ -1009,7 +1033,7 @@ mod tests {
             "add table ip shoal-proxy\ndelete table ip shoal-proxy\nadd table ip shoal-proxy\n"
         ));
         assert!(script.contains(
-            "add rule ip shoal-proxy masquerading iifname \"shoal0\" oifname \"shoal0\" ct status dnat masquerade fully-random"
+            "add rule ip shoal-proxy masquerading ct mark and 0x40000000 != 0 oifname \"shoal0\" masquerade fully-random"
         ));
         // Chains exist before any rule jumps to them; elements come after both.
         let last_chain = script.rfind("add chain ip shoal-proxy pick-").unwrap();
