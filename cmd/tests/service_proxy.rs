@@ -1,6 +1,6 @@
 //! Services through the agent's nftables proxy, with real containers: two busybox httpd pods
 //! behind a NodePort Service answer a third pod's requests to the ClusterIP (both of them);
-//! one turning unready (its readiness file deleted through `kubectl exec`) stops getting
+//! one turning unready (its readiness file emptied through `kubectl exec`) stops getting
 //! requests; the NodePort and a LoadBalancer Service (ServiceLB: the node's address as its
 //! ingress) answer from the host, which is the node; a Service without endpoints refuses at
 //! once. Needs root and containerd (CI has both); the proxy's table is deleted at the end.
@@ -57,7 +57,11 @@ fn wait_for<T>(
                 .server()
                 .unread_log()
                 .into_iter()
-                .filter(|l| l.contains("proxy") || l.contains("Services"))
+                .filter(|l| {
+                    ["proxy", "Services", "ingress", "load balancer"]
+                        .iter()
+                        .any(|w| l.contains(w))
+                })
                 .collect();
             panic!(
                 "timed out waiting for {what}; last: {last}\ntable:\n{table}\nlog:\n{}",
@@ -142,9 +146,11 @@ spec:
   containers:
   - name: httpd
     image: {IMAGE}
-    command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && touch /tmp/ready && exec httpd -f -p 8080 -h /www"]
+    command: ["sh", "-c", "echo $POD_NAME > /tmp/index.html && echo yes > /tmp/ready && exec httpd -f -p 8080 -h /tmp"]
+    env:
+    - {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
     readinessProbe:
-      exec: {{command: ["cat", "/tmp/ready"]}}
+      exec: {{command: ["sh", "-c", "test -s /tmp/ready"]}}
       periodSeconds: 1
 ---
 "#
@@ -200,7 +206,8 @@ spec:
     };
     let web_ip = cluster_ip("web");
     let empty_ip = cluster_ip("empty");
-    // 20 requests from the client pod; the hostnames that answered.
+    // 20 requests from the client pod (busybox nc: the image's wget crashes on this host);
+    // the pods that answered, or "failed".
     let fetch_all = || {
         cluster.kubectl(&[
             "exec",
@@ -208,7 +215,11 @@ spec:
             "--",
             "sh",
             "-c",
-            &format!("for i in $(seq 20); do wget -qO- -T 3 http://{web_ip}/ || echo failed; done"),
+            &format!(
+                "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do \
+                 printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {web_ip} 80 \
+                 | {{ last=failed; while read -r l; do last=$l; done; echo \"$last\"; }}; done"
+            ),
         ])
     };
 
@@ -241,11 +252,18 @@ spec:
     assert!(body == "web-a" || body == "web-b", "{body}");
 
     // ServiceLB: the node's address is the ingress, and the Service's port answers on it.
-    let ingress = eventually("web-lb gets an ingress", Duration::from_secs(30), || {
-        cluster.json(&["get", "service", "web-lb"])["status"]["loadBalancer"]["ingress"][0]["ip"]
-            .as_str()
-            .map(String::from)
-    });
+    let ingress = wait_for(
+        &cluster,
+        "web-lb gets an ingress",
+        Duration::from_secs(30),
+        || {
+            let service = cluster.json(&["get", "service", "web-lb"]);
+            service["status"]["loadBalancer"]["ingress"][0]["ip"]
+                .as_str()
+                .map(String::from)
+                .ok_or_else(|| service.to_string())
+        },
+    );
     assert_eq!(ingress, node_ip);
     let lb_addr: SocketAddr = format!("{ingress}:18080").parse().expect("addr");
     let body = wait_for(
@@ -265,7 +283,7 @@ spec:
             "--",
             "sh",
             "-c",
-            &format!("wget -qO- -T 5 http://{empty_ip}/ 2>&1; echo exit=$?"),
+            &format!("nc -w 5 {empty_ip} 80 </dev/null 2>&1; echo exit=$?"),
         ],
         None,
     );
@@ -281,7 +299,7 @@ spec:
     );
 
     // web-b turns unready: only web-a answers.
-    cluster.kubectl(&["exec", "web-b", "--", "rm", "/tmp/ready"]);
+    cluster.kubectl(&["exec", "web-b", "--", "sh", "-c", ": > /tmp/ready"]);
     eventually("web-b is unready", Duration::from_secs(30), || {
         (!cluster
             .get(&["get", "pod", "web-b"])

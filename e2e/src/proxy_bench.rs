@@ -109,6 +109,9 @@ fn write_sysctl(key: &str, value: &str) -> Result<()> {
 
 const BACKEND: &str = "10.88.0.2";
 const BACKEND_PORT: u16 = 8080;
+/// The backend's echo server (one byte back for each byte, on a kept-alive connection).
+const ECHO_PORT: u16 = 8081;
+const ECHO_SERVICE_PORT: u16 = 81;
 
 fn vip(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 1)) + i as u32)
@@ -118,11 +121,15 @@ fn endpoint_ip(i: usize, j: usize, per: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 1)) + (i * per + j) as u32)
 }
 
+/// Service `i`; Service 0 also has the echo port.
 fn service(i: usize) -> Result<Service> {
+    let mut ports = vec![json!({"name": "http", "port": 80, "protocol": "TCP"})];
+    if i == 0 {
+        ports.push(json!({"name": "echo", "port": ECHO_SERVICE_PORT, "protocol": "TCP"}));
+    }
     Ok(serde_json::from_value(json!({
         "metadata": {"namespace": "bench", "name": format!("svc-{i}")},
-        "spec": {"clusterIP": vip(i).to_string(),
-                 "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
+        "spec": {"clusterIP": vip(i).to_string(), "ports": ports}
     }))?)
 }
 
@@ -145,7 +152,8 @@ fn slice(i: usize, per: usize, unready: Option<usize>) -> Result<EndpointSlice> 
                      "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
         "addressType": "IPv4",
         "endpoints": endpoints,
-        "ports": [{"name": "http", "port": BACKEND_PORT, "protocol": "TCP"}]
+        "ports": [{"name": "http", "port": BACKEND_PORT, "protocol": "TCP"},
+                  {"name": "echo", "port": ECHO_PORT, "protocol": "TCP"}]
     }))?)
 }
 
@@ -292,6 +300,21 @@ pub fn run(args: &ProxyArgs) -> Result<String> {
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             let thread = std::thread::spawn(move || -> Result<()> {
                 setns(&File::open(&path)?, CloneFlags::CLONE_NEWNET)?;
+                let echo = TcpListener::bind((BACKEND, ECHO_PORT))?;
+                // Echo connections, each on its own thread, for as long as the client keeps them.
+                std::thread::spawn(move || {
+                    for conn in echo.incoming().flatten() {
+                        std::thread::spawn(move || {
+                            let mut conn = conn;
+                            let mut byte = [0u8; 1];
+                            while conn.read_exact(&mut byte).is_ok() {
+                                if conn.write_all(&byte).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                });
                 let listener = TcpListener::bind((BACKEND, BACKEND_PORT))?;
                 listener.set_nonblocking(true)?;
                 let _ = ready_tx.send(());
@@ -336,11 +359,32 @@ pub fn run(args: &ProxyArgs) -> Result<String> {
                     }
                 }
             }
-            Ok((direct_l, vip_l))
+            // Round trips of one byte on one kept-alive connection per target.
+            let mut echo_direct = Latencies::with_capacity(args.connections);
+            let mut echo_vip = Latencies::with_capacity(args.connections);
+            let mut conns = [
+                TcpStream::connect((BACKEND, ECHO_PORT))?,
+                TcpStream::connect((vip(0), ECHO_SERVICE_PORT))?,
+            ];
+            for conn in &conns {
+                conn.set_nodelay(true)?;
+            }
+            for _ in 0..rounds {
+                for (k, out) in [&mut echo_direct, &mut echo_vip].into_iter().enumerate() {
+                    for _ in 0..per_round {
+                        let started = Instant::now();
+                        conns[k].write_all(b"x")?;
+                        let mut byte = [0u8; 1];
+                        conns[k].read_exact(&mut byte)?;
+                        out.record(started.elapsed());
+                    }
+                }
+            }
+            Ok((direct_l, vip_l, echo_direct, echo_vip))
         });
         stop.store(true, Ordering::Relaxed);
         let served = server.join().map_err(|_| anyhow!("backend panicked"))?;
-        let (mut direct_l, mut vip_l) = measured?;
+        let (mut direct_l, mut vip_l, mut echo_direct, mut echo_vip) = measured?;
         served?;
         let (Some(d), Some(v)) = (direct_l.summary(), vip_l.summary()) else {
             bail!("no connections measured");
@@ -356,6 +400,17 @@ pub fn run(args: &ProxyArgs) -> Result<String> {
             us(v.p99),
             (us(v.p50) / us(d.p50) - 1.0) * 100.0
         ));
+        if let (Some(d), Some(v)) = (echo_direct.summary(), echo_vip.summary()) {
+            report.push_str(&format!(
+                "per request on a kept-alive connection (1-byte echo, {} each): direct p50 {:.0} µs p99 {:.0} µs; ClusterIP p50 {:.0} µs p99 {:.0} µs; ClusterIP overhead at p50 {:+.1}%\n",
+                d.count,
+                us(d.p50),
+                us(d.p99),
+                us(v.p50),
+                us(v.p99),
+                (us(v.p50) / us(d.p50) - 1.0) * 100.0
+            ));
+        }
     }
     Ok(report)
 }

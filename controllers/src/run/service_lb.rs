@@ -1,7 +1,7 @@
 //! The ServiceLB loop: watches Services and Nodes and writes each LoadBalancer Service's
 //! `status.loadBalancer.ingress` ([`crate::service_lb`]) with a merge patch of its status.
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Service};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
@@ -33,8 +33,15 @@ pub async fn run(client: kube::Client, mut drain: watch::Receiver<bool>) {
             change = changes.next() => if change.is_none() { return },
             _ = drain.wait_for(|stop| *stop) => return,
         }
-        if services.wait_until_ready().await.is_err() || nodes.wait_until_ready().await.is_err() {
-            return;
+        // Not awaited: this loop is what drives both watches, so waiting here for one of
+        // them to finish its first list would wait forever.
+        match (
+            services.wait_until_ready().now_or_never(),
+            nodes.wait_until_ready().now_or_never(),
+        ) {
+            (Some(Ok(())), Some(Ok(()))) => {}
+            (Some(Err(_)), _) | (_, Some(Err(_))) => return,
+            _ => continue,
         }
         let addresses = node_addresses(nodes.state().iter().map(|n| n.as_ref()));
         for service in services.state() {
