@@ -8,8 +8,9 @@
 //! - Per-connection cost: new TCP connections (connect, read a short reply, close) from the
 //!   client pod to the backend directly and through a ClusterIP, alternating in rounds.
 //!
-//! The node's `bridge-nf-call-iptables` is off: the direct path is plain bridging, the
-//! ClusterIP path is routed, DNATed and masqueraded, so the difference is the Service's cost.
+//! The node's `bridge-nf-call-iptables` is off unless `--br-netfilter`: the direct path is
+//! then plain bridging and the ClusterIP path is routed, DNATed and masqueraded, so the
+//! difference is everything a Service adds; with it on, both go through conntrack.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -46,6 +47,10 @@ pub struct ProxyArgs {
     /// Connections per target (direct and ClusterIP) in the per-connection comparison; 0 skips.
     #[arg(long, default_value_t = 4_000)]
     pub connections: usize,
+    /// Leave `br_netfilter` on in the node namespace (bridged pod traffic then goes through
+    /// conntrack too, as on most hosts); off by default.
+    #[arg(long)]
+    pub br_netfilter: bool,
 }
 
 struct Netns {
@@ -194,7 +199,8 @@ pub fn run(args: &ProxyArgs) -> Result<String> {
     node.enter(|| {
         write_sysctl("net.ipv4.ip_forward", "1")?;
         if Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() {
-            write_sysctl("net.bridge.bridge-nf-call-iptables", "0")?;
+            let on = if args.br_netfilter { "1" } else { "0" };
+            write_sysctl("net.bridge.bridge-nf-call-iptables", on)?;
         }
         Ok(())
     })?;
