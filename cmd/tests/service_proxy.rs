@@ -123,17 +123,7 @@ fn services_reach_ready_pods() {
         .to_string();
 
     let archive = shoal_e2e::images::busybox_archive(cluster.dir.path(), IMAGE);
-    let out = std::process::Command::new(binary)
-        .args(["images", "import", "--data-dir"])
-        .arg(cluster.dir.path())
-        .arg(&archive)
-        .output()
-        .expect("shoal images import");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    shoal_e2e::images::import(binary, cluster.dir.path(), &archive);
 
     let backend = |name: &str| {
         format!(
