@@ -15,13 +15,6 @@ use shoal_e2e::cluster::{eventually, Cluster};
 
 const IMAGE: &str = "localhost/test/busybox:1";
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-}
-
 /// Deletes the proxy's nftables table when the test ends, however it ends.
 struct ProxyTable;
 
@@ -96,7 +89,7 @@ fn http_get(addr: SocketAddr) -> std::io::Result<String> {
 #[test]
 fn services_reach_ready_pods() {
     assert!(
-        is_root(),
+        shoal_e2e::process::is_root(),
         "the Service proxy test runs containers and nftables rules: run it as root"
     );
     let binary = Path::new(env!("CARGO_BIN_EXE_shoal"));
