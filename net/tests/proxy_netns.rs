@@ -136,6 +136,43 @@ impl Drop for Backend {
     }
 }
 
+/// A UDP server in a namespace answering every datagram with `name`, on a thread that ends
+/// when the test process does (it only blocks in `recv_from` with a timeout).
+fn udp_backend(netns: &Netns, addr: SocketAddrV4, name: &'static str, stop: Arc<AtomicBool>) {
+    let path = netns.path();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let file = File::open(&path).expect("open netns");
+        setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
+        let socket = std::net::UdpSocket::bind(addr).expect("bind udp");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        let _ = ready_tx.send(());
+        let mut buf = [0u8; 64];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((_, peer)) = socket.recv_from(&mut buf) {
+                let _ = socket.send_to(name.as_bytes(), peer);
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("udp backend bound");
+}
+
+/// The answer to one datagram from `from` to `to`, if any came within a second.
+fn ask_udp(from: &Netns, to: SocketAddrV4) -> Option<String> {
+    in_netns(&from.path(), || {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+        socket.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        socket.send_to(b"?", to).ok()?;
+        let mut buf = [0u8; 64];
+        let (n, _) = socket.recv_from(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+}
+
 /// What a connection from `from` to `to` got: the backend's name, or the error kind.
 fn fetch(from: &Netns, to: SocketAddrV4) -> Result<String, ErrorKind> {
     in_netns(&from.path(), || {
@@ -212,7 +249,7 @@ fn services_with_br_netfilter() {
     scenario("brnf", true);
 }
 
-/// ClusterIP balancing, NodePort, reject, readiness through an incremental update, hairpin,
+/// ClusterIP balancing, NodePort, reject, readiness through an incremental update, hairpin, UDP,
 /// endpoints appearing, affinity and a stale table replaced.
 fn scenario(tag: &str, br_netfilter: bool) {
     let node = Netns::add(&format!("{tag}-node"));
@@ -378,6 +415,38 @@ fn scenario(tag: &str, br_netfilter: bool) {
         tally(c, addr("10.43.0.21", 80), 5),
         [("b".to_string(), 5)].into()
     );
+
+    // UDP: a Service port over a UDP backend, added incrementally.
+    let udp_stop = Arc::new(AtomicBool::new(false));
+    udp_backend(b, addr("10.88.0.3", 5353), "b-udp", Arc::clone(&udp_stop));
+    let dns = service(json!({
+        "metadata": {"namespace": "default", "name": "dns"},
+        "spec": {"clusterIP": "10.43.0.53", "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}
+    }));
+    let dns_slice: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"namespace": "default", "name": "dns-x",
+                     "labels": {"kubernetes.io/service-name": "dns"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.88.0.3"], "nodeName": "node"}],
+        "ports": [{"name": "dns", "port": 5353, "protocol": "UDP"}]
+    }))
+    .expect("slice fixture");
+    let dns_ports = ports(&dns, &[&dns_slice]);
+    nft.apply(&render::incremental(
+        &config,
+        &[Change {
+            old: &[],
+            new: &dns_ports,
+        }],
+        &mut blocks,
+    ))
+    .expect("add UDP Service");
+    assert_eq!(
+        ask_udp(c, addr("10.43.0.53", 53)).as_deref(),
+        Some("b-udp"),
+        "UDP through the ClusterIP"
+    );
+    udp_stop.store(true, Ordering::Relaxed);
 
     // ClientIP affinity: one client keeps its backend; the Service is added incrementally.
     let mut sticky = web.clone();
