@@ -120,11 +120,22 @@ fn rejected(status: std::process::ExitStatus, stderr: &[u8]) -> NftError {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Tests that run nft (even in check mode, which talks to the kernel) need root.
+    pub(crate) fn assert_root() {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            std::fs::metadata("/proc/self").map(|m| m.uid()).ok(),
+            Some(0),
+            "this test runs nft against the kernel: run it as root"
+        );
+    }
 
     #[test]
     fn rejection_carries_nfts_message() {
+        assert_root();
         let err = Nft::default()
             .check("add table ip shoal-nft-test\nadd chain ip shoal-nft-test c { bogus }\n")
             .unwrap_err();

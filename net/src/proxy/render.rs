@@ -1045,6 +1045,7 @@ mod tests {
     /// The scripts are accepted by nft itself (check mode: nothing is applied).
     #[test]
     fn nft_accepts_scripts() {
+        crate::proxy::nft::tests::assert_root();
         let nft = crate::proxy::nft::Nft::default();
         let ready = two_ready();
         let mut lb = web();
