@@ -138,6 +138,28 @@ pub async fn run(
         shutdown.clone(),
     ));
 
+    // --- Service proxy (nftables): ClusterIP, NodePort, external and load-balancer addresses.
+    {
+        let mut proxy = shoal_net::proxy::ProxyConfig::new(config.node_name.clone());
+        proxy.table.pod_bridge = Some(shoal_net::cni::config::DEFAULT_BRIDGE.to_string());
+        // ClusterIP traffic from outside the pod network is masqueraded (kube-proxy's
+        // --cluster-cidr), so replies come back through this node.
+        proxy.table.cluster_cidr = config.cluster_cidrs.iter().find_map(|c| match c.addr() {
+            IpAddr::V4(v4) => Some((v4, c.prefix())),
+            IpAddr::V6(_) => None,
+        });
+        // The cluster DNS address is answered on the node itself, not through a Service.
+        if let IpAddr::V4(dns) = config.cluster_dns {
+            proxy.node_local_ips.insert(dns);
+        }
+        tokio::spawn(shoal_net::proxy::run(
+            client.clone(),
+            proxy,
+            shutdown.clone(),
+        ));
+    }
+    // --- end Service proxy.
+
     let (host_dns_servers, host_dns_searches) =
         host_resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
     let ready_flag = Arc::clone(&network_ready);

@@ -239,7 +239,8 @@ fn start_control_plane(
         async move {
             tokio::join!(
                 shoal_controllers::run::run(client.clone(), node_lifecycle, drain.clone()),
-                shoal_controllers::run::node_ipam::run(client, cluster_cidr, drain),
+                shoal_controllers::run::node_ipam::run(client.clone(), cluster_cidr, drain.clone()),
+                shoal_controllers::run::service_lb::run(client, drain),
             );
         }
     });

@@ -23,6 +23,7 @@
 //! - [`node_lifecycle`]: node health, condition taints, taint-based eviction and pod GC.
 //! - [`garbage`]: the garbage collector's plan over ownerReferences.
 //! - [`service_account`]: the `default` ServiceAccount of every namespace.
+//! - [`service_lb`]: LoadBalancer Services get the ready nodes' addresses (k3s's ServiceLB).
 //! - [`leader`]: leader election over a coordination.k8s.io Lease.
 //! - [`events`]: recording core/v1 Events.
 //! - [`run`]: the loops — shared watch caches, one kube-runtime Controller per kind, plan
@@ -46,6 +47,7 @@ pub mod revision;
 pub mod run;
 pub mod selector;
 pub mod service_account;
+pub mod service_lb;
 pub mod statefulset;
 pub mod taints;
 mod time;

@@ -15,4 +15,5 @@ pub mod latency;
 pub mod overlay_bench;
 pub mod pod_bench;
 pub mod process;
+pub mod proxy_bench;
 pub mod server;

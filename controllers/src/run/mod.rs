@@ -14,6 +14,7 @@ pub mod node_ipam;
 mod nodes;
 mod replicaset;
 mod service_accounts;
+pub mod service_lb;
 mod sets;
 
 use std::sync::Arc;

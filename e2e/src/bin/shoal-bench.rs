@@ -69,6 +69,8 @@ enum Command {
     Overlay(shoal_e2e::overlay_bench::OverlayArgs),
     /// The cluster DNS server: questions per second and latency with many Services.
     Dns(shoal_e2e::dns_bench::DnsArgs),
+    /// The nftables Service proxy: full and incremental syncs, ClusterIP vs direct (root).
+    Proxy(shoal_e2e::proxy_bench::ProxyArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -184,6 +186,12 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Pods(args) => shoal_e2e::pod_bench::run(&args).await,
         Command::Dns(args) => shoal_e2e::dns_bench::run(&args).await,
+        Command::Proxy(args) => {
+            let report =
+                tokio::task::spawn_blocking(move || shoal_e2e::proxy_bench::run(&args)).await??;
+            println!("{report}");
+            Ok(())
+        }
         Command::NodeLoss(args) => {
             let report = shoal_e2e::control_bench::run_node_loss(args).await?;
             println!("{report}");

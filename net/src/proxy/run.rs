@@ -1,0 +1,283 @@
+//! The proxy loop: kube-rs watches of Services and EndpointSlices (discovery.k8s.io/v1) feed
+//! reflector caches; every event names the Service it concerns; after a short debounce the
+//! loop syncs. The first sync (and any after a failure or a re-list) writes the whole table;
+//! the others send only the difference for the Services named since the last sync.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::Api;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::model::{service_ports, Model, NodeContext, ServiceName, ServicePort};
+use super::nft::{Nft, NftError};
+use super::render::{self, Blocks, Change, TableConfig};
+
+/// How the proxy runs on this node.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub node_name: String,
+    pub table: TableConfig,
+    /// ClusterIPs answered on the node by something else: their Services are left alone.
+    pub node_local_ips: BTreeSet<Ipv4Addr>,
+    /// How long to gather changes before a sync.
+    pub debounce: Duration,
+    pub nft: Nft,
+}
+
+impl ProxyConfig {
+    pub fn new(node_name: impl Into<String>) -> Self {
+        ProxyConfig {
+            node_name: node_name.into(),
+            table: TableConfig::new(super::TABLE),
+            node_local_ips: BTreeSet::new(),
+            debounce: Duration::from_millis(20),
+            nft: Nft::default(),
+        }
+    }
+}
+
+/// What a watch event means for the loop.
+enum Update {
+    Changed(ServiceName),
+    /// A (re-)list of services (`true`) or slices finished: the caches may have lost
+    /// deletions, so the next sync is a full one.
+    Listed(bool),
+}
+
+fn events<K, S>(
+    stream: S,
+    writer: reflector::store::Writer<K>,
+    name: fn(&K) -> Option<ServiceName>,
+    services: bool,
+) -> impl Stream<Item = Update> + Send
+where
+    K: kube::Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+    S: Stream<Item = Result<Event<K>, watcher::Error>> + Send,
+{
+    stream.reflect(writer).filter_map(move |event| async move {
+        match event {
+            Ok(Event::Apply(o) | Event::Delete(o)) => name(&o).map(Update::Changed),
+            Ok(Event::InitDone) => Some(Update::Listed(services)),
+            Ok(_) => None,
+            Err(err) => {
+                tracing::warn!(%err, "service proxy watch");
+                None
+            }
+        }
+    })
+}
+
+/// Turns on IPv4 forwarding in this network namespace: DNAT to a pod is routed.
+pub fn enable_forwarding() -> std::io::Result<()> {
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+}
+
+/// Runs the proxy until `shutdown` turns true. Failures are logged and retried (a failed
+/// incremental sync is followed by a full one).
+pub async fn run(client: kube::Client, config: ProxyConfig, mut shutdown: watch::Receiver<bool>) {
+    if let Err(err) = enable_forwarding() {
+        tracing::warn!(%err, "cannot enable IPv4 forwarding; Services will not reach pods");
+    }
+    let (svc_store, svc_writer) = reflector::store();
+    let (slice_store, slice_writer) = reflector::store();
+    let svc_watch = watcher::watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff();
+    let slice_watch = watcher::watcher(
+        Api::<EndpointSlice>::all(client),
+        watcher::Config::default(),
+    )
+    .default_backoff();
+    let mut updates = futures::stream::select(
+        events(svc_watch, svc_writer, ServiceName::of_service, true).boxed(),
+        events(slice_watch, slice_writer, ServiceName::of_slice, false).boxed(),
+    );
+    let mut proxy = Proxy {
+        config,
+        services: svc_store,
+        slices: slice_store,
+        applied: None,
+        blocks: Blocks::default(),
+        changed: BTreeSet::new(),
+        listed: (false, false),
+    };
+    let mut retry: Option<Instant> = None;
+    loop {
+        let retry_at = retry.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            update = updates.next() => match update {
+                Some(update) => proxy.note(update),
+                None => return,
+            },
+            _ = tokio::time::sleep_until(retry_at) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        // Gather what else arrives within the debounce.
+        let deadline = Instant::now() + proxy.config.debounce;
+        loop {
+            tokio::select! {
+                update = updates.next() => match update {
+                    Some(update) => proxy.note(update),
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        retry = match proxy.sync().await {
+            Ok(()) => None,
+            Err(err) => {
+                tracing::warn!(%err, "programming Services failed; retrying with a full sync");
+                Some(Instant::now() + Duration::from_secs(1))
+            }
+        };
+    }
+}
+
+struct Proxy {
+    config: ProxyConfig,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    /// What the table holds; `None` when the next sync must be a full one.
+    applied: Option<Model>,
+    /// The `backends` key blocks of what the table holds.
+    blocks: Blocks,
+    changed: BTreeSet<ServiceName>,
+    listed: (bool, bool),
+}
+
+impl Proxy {
+    fn note(&mut self, update: Update) {
+        match update {
+            Update::Changed(name) => {
+                self.changed.insert(name);
+            }
+            Update::Listed(services) => {
+                if services {
+                    self.listed.0 = true;
+                } else {
+                    self.listed.1 = true;
+                }
+                self.applied = None;
+            }
+        }
+    }
+
+    fn node(&self) -> NodeContext {
+        NodeContext {
+            node_name: self.config.node_name.clone(),
+            node_local_ips: self.config.node_local_ips.clone(),
+        }
+    }
+
+    fn slices_by_service(&self) -> HashMap<ServiceName, Vec<Arc<EndpointSlice>>> {
+        let mut index: HashMap<ServiceName, Vec<Arc<EndpointSlice>>> = HashMap::new();
+        for slice in self.slices.state() {
+            if let Some(name) = ServiceName::of_slice(&slice) {
+                index.entry(name).or_default().push(slice);
+            }
+        }
+        index
+    }
+
+    async fn sync(&mut self) -> Result<(), NftError> {
+        if self.listed != (true, true) {
+            return Ok(());
+        }
+        let node = self.node();
+        let index = self.slices_by_service();
+        let Some(applied) = self.applied.as_mut() else {
+            let mut model = Model::new();
+            for service in self.services.state() {
+                let ports = service_ports_arc(&service, &index, &node);
+                if let (false, Some(name)) = (ports.is_empty(), ServiceName::of_service(&service)) {
+                    model.insert(name, ports);
+                }
+            }
+            let script = render::full(
+                &self.config.table,
+                model.values().flatten(),
+                &mut self.blocks,
+            );
+            let started = std::time::Instant::now();
+            apply(&self.config.nft, script).await?;
+            tracing::info!(
+                services = model.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "programmed all Services"
+            );
+            self.applied = Some(model);
+            self.changed.clear();
+            return Ok(());
+        };
+        let changed = std::mem::take(&mut self.changed);
+        let mut new = Vec::with_capacity(changed.len());
+        for name in &changed {
+            let key = ObjectRef::<Service>::new(&name.name).within(&name.namespace);
+            let ports = self
+                .services
+                .get(&key)
+                .map(|s| service_ports_arc(&s, &index, &node))
+                .unwrap_or_default();
+            new.push((name, ports));
+        }
+        let empty = Vec::new();
+        let changes: Vec<Change<'_>> = new
+            .iter()
+            .map(|(name, ports)| Change {
+                old: applied.get(*name).unwrap_or(&empty),
+                new: ports,
+            })
+            .collect();
+        let script = render::incremental(&self.config.table, &changes, &mut self.blocks);
+        if !script.is_empty() {
+            if let Err(err) = apply(&self.config.nft, script).await {
+                self.applied = None;
+                return Err(err);
+            }
+        }
+        for (name, ports) in new {
+            if ports.is_empty() {
+                applied.remove(name);
+            } else {
+                applied.insert(name.clone(), ports);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn service_ports_arc(
+    service: &Service,
+    index: &HashMap<ServiceName, Vec<Arc<EndpointSlice>>>,
+    node: &NodeContext,
+) -> Vec<ServicePort> {
+    let slices = ServiceName::of_service(service)
+        .and_then(|n| index.get(&n))
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    service_ports(service, slices.iter().map(Arc::as_ref), node)
+}
+
+async fn apply(nft: &Nft, script: String) -> Result<(), NftError> {
+    let nft = nft.clone();
+    match tokio::task::spawn_blocking(move || nft.apply(&script)).await {
+        Ok(result) => result,
+        Err(join) => Err(NftError::Spawn {
+            program: "nft".into(),
+            source: std::io::Error::other(join.to_string()),
+        }),
+    }
+}

@@ -1,0 +1,474 @@
+//! The proxy's nftables rules in a real kernel: a "node" network namespace with a bridge
+//! (hairpin ports, as the CNI plugin makes them) and three "pod" namespaces (two TCP backends
+//! that answer with their name, one client), all named `shoalpx-<pid>-…` and deleted at the
+//! end, also when the test fails. The rules are rendered from Service and EndpointSlice
+//! fixtures and applied with `nft` in the node namespace. Twice: with the node's
+//! `bridge-nf-call-iptables` off (pod-to-pod replies skip the IP hooks) and on (`br_netfilter`
+//! bridges a packet DNATed back onto its bridge), as both kinds of hosts exist. Needs root,
+//! and the `br_netfilter` module for the second.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command as Process;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use nix::sched::{setns, CloneFlags};
+use serde_json::json;
+use shoal_net::proxy::model::{service_ports, NodeContext, ServicePort};
+use shoal_net::proxy::nft::Nft;
+use shoal_net::proxy::render::{self, Blocks, Change, TableConfig};
+
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn add(suffix: &str) -> Netns {
+        let name = format!("shoalpx-{}-{suffix}", std::process::id());
+        ip(&["netns", "add", &name]);
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn path(&self) -> PathBuf {
+        Path::new("/var/run/netns").join(&self.name)
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        ip(&all);
+    }
+
+    fn sysctl(&self, key: &str, value: &str) {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        in_netns(&self.path(), || {
+            std::fs::write(&path, value).unwrap_or_else(|e| panic!("{path}: {e}"))
+        });
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Process::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = Process::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = File::open(netns).expect("open netns");
+            setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("thread in netns")
+    })
+}
+
+/// A TCP server in a namespace that writes `name` to every connection; stopped on drop.
+struct Backend {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Backend {
+    fn start(netns: &Netns, addr: SocketAddrV4, name: &'static str) -> Backend {
+        let stop = Arc::new(AtomicBool::new(false));
+        let path = netns.path();
+        let flag = Arc::clone(&stop);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let file = File::open(&path).expect("open netns");
+            setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
+            let listener = TcpListener::bind(addr).expect("bind backend");
+            listener.set_nonblocking(true).expect("nonblocking");
+            let _ = ready_tx.send(());
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        let _ = conn.set_nonblocking(false);
+                        let _ = conn.write_all(name.as_bytes());
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(e) => panic!("accept: {e}"),
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("backend listening");
+        Backend {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A UDP server in a namespace answering every datagram with `name`, on a thread that ends
+/// when the test process does (it only blocks in `recv_from` with a timeout).
+fn udp_backend(netns: &Netns, addr: SocketAddrV4, name: &'static str, stop: Arc<AtomicBool>) {
+    let path = netns.path();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let file = File::open(&path).expect("open netns");
+        setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
+        let socket = std::net::UdpSocket::bind(addr).expect("bind udp");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        let _ = ready_tx.send(());
+        let mut buf = [0u8; 64];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((_, peer)) = socket.recv_from(&mut buf) {
+                let _ = socket.send_to(name.as_bytes(), peer);
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("udp backend bound");
+}
+
+/// The answer to one datagram from `from` to `to`, if any came within a second.
+fn ask_udp(from: &Netns, to: SocketAddrV4) -> Option<String> {
+    in_netns(&from.path(), || {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+        socket.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        socket.send_to(b"?", to).ok()?;
+        let mut buf = [0u8; 64];
+        let (n, _) = socket.recv_from(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+}
+
+/// What a connection from `from` to `to` got: the backend's name, or the error kind.
+fn fetch(from: &Netns, to: SocketAddrV4) -> Result<String, ErrorKind> {
+    in_netns(&from.path(), || {
+        let mut conn = TcpStream::connect_timeout(&SocketAddr::V4(to), Duration::from_secs(2))
+            .map_err(|e| e.kind())?;
+        conn.set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(|e| e.kind())?;
+        let mut reply = String::new();
+        conn.read_to_string(&mut reply).map_err(|e| e.kind())?;
+        Ok(reply)
+    })
+}
+
+/// Replies to `n` connections, counted by backend name.
+fn tally(from: &Netns, to: SocketAddrV4, n: usize) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for _ in 0..n {
+        let who =
+            fetch(from, to).unwrap_or_else(|e| panic!("connect from {} to {to}: {e:?}", from.name));
+        *counts.entry(who).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn service(value: serde_json::Value) -> Service {
+    serde_json::from_value(value).expect("service fixture")
+}
+
+/// `web`'s slice: (address, ready) endpoints on this node, port 8080.
+fn slice(endpoints: &[(&str, bool)]) -> EndpointSlice {
+    let endpoints: Vec<_> = endpoints
+        .iter()
+        .map(|(ip, ready)| {
+            json!({"addresses": [ip], "nodeName": "node",
+                   "conditions": {"ready": ready, "serving": ready, "terminating": false}})
+        })
+        .collect();
+    serde_json::from_value(json!({
+        "metadata": {"namespace": "default", "name": "web-x",
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+    }))
+    .expect("slice fixture")
+}
+
+fn addr(ip: &str, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip.parse::<Ipv4Addr>().expect("address"), port)
+}
+
+fn assert_root() {
+    assert!(
+        std::fs::metadata("/proc/self").map(|m| m.uid()).ok() == Some(0),
+        "this test builds network namespaces and nftables rules: run it as root"
+    );
+}
+
+const BR_NETFILTER: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+
+#[test]
+fn services_without_br_netfilter() {
+    assert_root();
+    scenario("plain", false);
+}
+
+#[test]
+fn services_with_br_netfilter() {
+    assert_root();
+    assert!(
+        Path::new(BR_NETFILTER).exists(),
+        "the br_netfilter module is not loaded (modprobe br_netfilter)"
+    );
+    scenario("brnf", true);
+}
+
+/// ClusterIP balancing, NodePort, reject, readiness through an incremental update, hairpin, UDP,
+/// endpoints appearing, affinity and a stale table replaced.
+fn scenario(tag: &str, br_netfilter: bool) {
+    let node = Netns::add(&format!("{tag}-node"));
+    node.sysctl("net.ipv4.ip_forward", "1");
+    if Path::new(BR_NETFILTER).exists() {
+        node.sysctl(
+            "net.bridge.bridge-nf-call-iptables",
+            if br_netfilter { "1" } else { "0" },
+        );
+    }
+    // An uplink with the default route, as a real node has: ClusterIPs are routable from it.
+    node.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up1"]);
+    node.ip(&["addr", "add", "192.168.250.1/24", "dev", "up0"]);
+    node.ip(&["link", "set", "up0", "up"]);
+    node.ip(&["link", "set", "up1", "up"]);
+    node.ip(&["route", "add", "default", "via", "192.168.250.2"]);
+    node.ip(&["link", "add", "br0", "type", "bridge"]);
+    node.ip(&["addr", "add", "10.88.0.1/24", "dev", "br0"]);
+    node.ip(&["link", "set", "br0", "up"]);
+    let mut pods = Vec::new();
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        let pod = Netns::add(&format!("{tag}-{name}"));
+        let host = format!("vpx{}{name}", std::process::id() % 100_000);
+        node.ip(&[
+            "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &pod.name,
+        ]);
+        node.ip(&["link", "set", &host, "master", "br0", "up"]);
+        node.ip(&[
+            "link",
+            "set",
+            &host,
+            "type",
+            "bridge_slave",
+            "hairpin",
+            "on",
+        ]);
+        let address = format!("10.88.0.{}/24", i + 2);
+        pod.ip(&["addr", "add", &address, "dev", "eth0"]);
+        pod.ip(&["link", "set", "eth0", "up"]);
+        pod.ip(&["route", "add", "default", "via", "10.88.0.1"]);
+        pods.push(pod);
+    }
+    let (a, b, c) = (&pods[0], &pods[1], &pods[2]);
+    let _backends = [
+        Backend::start(a, addr("10.88.0.2", 8080), "a"),
+        Backend::start(b, addr("10.88.0.3", 8080), "b"),
+    ];
+
+    let nft = Nft::in_netns(&node.name);
+    let config = TableConfig {
+        table: "shoal-proxy".into(),
+        cluster_cidr: Some(("10.88.0.0".parse().expect("cidr"), 16)),
+        pod_bridge: Some("br0".into()),
+    };
+    let context = NodeContext {
+        node_name: "node".into(),
+        ..NodeContext::default()
+    };
+    let web = service(json!({
+        "metadata": {"namespace": "default", "name": "web"},
+        "spec": {"type": "NodePort", "clusterIP": "10.43.0.20",
+                 "ports": [{"name": "http", "port": 80, "nodePort": 30080, "protocol": "TCP"}]}
+    }));
+    let empty = service(json!({
+        "metadata": {"namespace": "default", "name": "empty"},
+        "spec": {"clusterIP": "10.43.0.21", "ports": [{"name": "http", "port": 80}]}
+    }));
+    let stale = service(json!({
+        "metadata": {"namespace": "default", "name": "stale"},
+        "spec": {"clusterIP": "10.43.0.99", "ports": [{"name": "http", "port": 80}]}
+    }));
+    let both = slice(&[("10.88.0.2", true), ("10.88.0.3", true)]);
+    let only_a = slice(&[("10.88.0.2", true), ("10.88.0.3", false)]);
+    let ports = |svc: &Service, s: &[&EndpointSlice]| -> Vec<ServicePort> {
+        service_ports(svc, s.iter().copied(), &context)
+    };
+
+    // An earlier run's table, with a Service that no longer exists: the full sync replaces it.
+    let old = ports(&stale, &[]);
+    let mut blocks = Blocks::default();
+    nft.apply(&render::full(&config, &old, &mut blocks))
+        .expect("first full sync");
+    assert!(nft
+        .output(&["list", "table", "ip", "shoal-proxy"])
+        .expect("list")
+        .contains("10.43.0.99"));
+
+    let web_both = ports(&web, &[&both]);
+    let empty_ports = ports(&empty, &[]);
+    let started = Instant::now();
+    let script = render::full(&config, web_both.iter().chain(&empty_ports), &mut blocks);
+    nft.apply(&script).expect("full sync");
+    eprintln!("full sync of 2 Services: {:?}", started.elapsed());
+    let listing = nft
+        .output(&["list", "table", "ip", "shoal-proxy"])
+        .expect("list");
+    assert!(
+        !listing.contains("10.43.0.99"),
+        "stale rules left:\n{listing}"
+    );
+
+    // The ClusterIP balances over both ready backends (from a pod on the same bridge).
+    let cluster_ip = addr("10.43.0.20", 80);
+    let counts = tally(c, cluster_ip, 40);
+    assert!(
+        counts.get("a").copied().unwrap_or(0) > 0 && counts.get("b").copied().unwrap_or(0) > 0,
+        "ClusterIP did not reach both backends: {counts:?}"
+    );
+
+    // NodePort from the node itself (to its bridge address, a local address).
+    let counts = tally(&node, addr("10.88.0.1", 30080), 20);
+    assert_eq!(counts.values().sum::<usize>(), 20, "{counts:?}");
+    // ClusterIP from the node too.
+    assert_eq!(tally(&node, cluster_ip, 5).values().sum::<usize>(), 5);
+
+    // No endpoints: refused at once, not a timeout.
+    let started = Instant::now();
+    assert_eq!(
+        fetch(c, addr("10.43.0.21", 80)),
+        Err(ErrorKind::ConnectionRefused)
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(
+        fetch(&node, addr("10.43.0.21", 80)),
+        Err(ErrorKind::ConnectionRefused),
+        "from the node"
+    );
+
+    // b turns unready: an incremental update sends everything to a.
+    let web_a = ports(&web, &[&only_a]);
+    let update = render::incremental(
+        &config,
+        &[Change {
+            old: &web_both,
+            new: &web_a,
+        }],
+        &mut blocks,
+    );
+    let started = Instant::now();
+    nft.apply(&update).expect("incremental update");
+    eprintln!("incremental update: {:?}", started.elapsed());
+    assert_eq!(tally(c, cluster_ip, 20), [("a".to_string(), 20)].into());
+    assert_eq!(
+        tally(&node, addr("10.88.0.1", 30080), 10),
+        [("a".to_string(), 10)].into()
+    );
+
+    // Hairpin: a reaches itself through its Service.
+    assert_eq!(tally(a, cluster_ip, 5), [("a".to_string(), 5)].into());
+
+    // The Service with no endpoints gets one: the reject is replaced by a DNAT.
+    let empty_now = service_ports(&empty, [&slice(&[("10.88.0.3", true)])], &context);
+    nft.apply(&render::incremental(
+        &config,
+        &[Change {
+            old: &empty_ports,
+            new: &empty_now,
+        }],
+        &mut blocks,
+    ))
+    .expect("endpoints appear");
+    assert_eq!(
+        tally(c, addr("10.43.0.21", 80), 5),
+        [("b".to_string(), 5)].into()
+    );
+
+    // UDP: a Service port over a UDP backend, added incrementally.
+    let udp_stop = Arc::new(AtomicBool::new(false));
+    udp_backend(b, addr("10.88.0.3", 5353), "b-udp", Arc::clone(&udp_stop));
+    let dns = service(json!({
+        "metadata": {"namespace": "default", "name": "dns"},
+        "spec": {"clusterIP": "10.43.0.53", "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}
+    }));
+    let dns_slice: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"namespace": "default", "name": "dns-x",
+                     "labels": {"kubernetes.io/service-name": "dns"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.88.0.3"], "nodeName": "node"}],
+        "ports": [{"name": "dns", "port": 5353, "protocol": "UDP"}]
+    }))
+    .expect("slice fixture");
+    let dns_ports = ports(&dns, &[&dns_slice]);
+    nft.apply(&render::incremental(
+        &config,
+        &[Change {
+            old: &[],
+            new: &dns_ports,
+        }],
+        &mut blocks,
+    ))
+    .expect("add UDP Service");
+    assert_eq!(
+        ask_udp(c, addr("10.43.0.53", 53)).as_deref(),
+        Some("b-udp"),
+        "UDP through the ClusterIP"
+    );
+    udp_stop.store(true, Ordering::Relaxed);
+
+    // ClientIP affinity: one client keeps its backend; the Service is added incrementally.
+    let mut sticky = web.clone();
+    sticky.metadata.name = Some("sticky".into());
+    let spec = sticky.spec.as_mut().expect("spec");
+    spec.cluster_ip = Some("10.43.0.30".into());
+    spec.type_ = None;
+    spec.session_affinity = Some("ClientIP".into());
+    let sticky_ports = ports(&sticky, &[&both]);
+    nft.apply(&render::incremental(
+        &config,
+        &[Change {
+            old: &[],
+            new: &sticky_ports,
+        }],
+        &mut blocks,
+    ))
+    .expect("add sticky Service");
+    let counts = tally(c, addr("10.43.0.30", 80), 20);
+    assert_eq!(counts.len(), 1, "affinity kept one backend: {counts:?}");
+
+    // The table goes away with its namespace; delete it explicitly to check it is ours alone.
+    nft.apply("delete table ip shoal-proxy\n")
+        .expect("delete table");
+}
