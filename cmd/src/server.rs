@@ -23,7 +23,17 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let server_dir = args.common.data_dir.join("server");
     let store_dir = server_dir.join("store");
     let mut store_config = RaftStoreConfig::new(&store_dir);
-    let advertise = args.advertise_address.unwrap_or(args.bind_address);
+    // Where other machines, and pods through the `kubernetes` Service, reach this server:
+    // k3s's default is the node's address when the API listens on all of them.
+    let advertise = args
+        .advertise_address
+        .unwrap_or(if args.bind_address.is_unspecified() {
+            args.node
+                .node_ip
+                .unwrap_or_else(crate::node::default_node_ip)
+        } else {
+            args.bind_address
+        });
     store_config.advertise = format!("{advertise}:{}", args.https_listen_port + 1);
     let node_name = args
         .common

@@ -2,6 +2,8 @@
 //! and data directory per node): every node publishes its VTEP in flannel's annotations; a pod
 //! reaches a pod on another node by its pod IP over the VXLAN overlay and is seen with its own
 //! pod IP; a pod reaching the LAN (outside the cluster CIDR) is seen with its node's address.
+//! Services work across nodes: a ClusterIP answers from every node and, by its DNS name, from
+//! pods on every node; a rolling update under a steady request loop loses no request.
 //! Needs root, containerd and runc (CI has them).
 
 use std::io::{Read, Write};
@@ -126,5 +128,143 @@ fn pods_on_different_nodes_reach_each_other_over_the_overlay() {
         peer.to_string(),
         server_node.ip,
         "masqueraded to the node's address"
+    );
+
+    services_work_across_nodes(&lab);
+}
+
+/// The `web` Deployment: busybox httpd answering with the pod's name, ready once serving,
+/// leaving the Service (preStop) before it stops, rolled one new pod at a time.
+const WEB: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  strategy: {type: RollingUpdate, rollingUpdate: {maxUnavailable: 0, maxSurge: 1}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 10
+      topologySpreadConstraints:
+      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: web}}}
+      containers:
+      - name: httpd
+        image: localhost/test/busybox:1
+        imagePullPolicy: Never
+        command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
+        readinessProbe:
+          tcpSocket: {port: 8080}
+          periodSeconds: 1
+        lifecycle:
+          preStop:
+            exec: {command: ["sleep", "3"]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+"#;
+
+/// One `GET /` with busybox nc; the body.
+const GET: &str = "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3";
+
+fn services_work_across_nodes(lab: &Lab) {
+    lab.kubectl.apply(WEB);
+    lab.kubectl.apply(&pod("client-2", "agent-1", "sleep 3600"));
+    let cluster_ip = lab.kubectl.json(&["get", "service", "web"])["spec"]["clusterIP"]
+        .as_str()
+        .expect("a ClusterIP")
+        .to_string();
+    eventually(
+        "web's 2 pods Ready on both nodes",
+        Duration::from_secs(90),
+        || {
+            let pods = lab.kubectl.items(&["get", "pods", "-l", "app=web"]);
+            let ready: std::collections::BTreeSet<&str> = pods
+                .iter()
+                .filter(|p| {
+                    p["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+                .filter_map(|p| p["spec"]["nodeName"].as_str())
+                .collect();
+            (ready.len() == 2).then_some(())
+        },
+    );
+    eventually("client-2 Running", Duration::from_secs(60), || {
+        pod_ip(lab, "client-2")
+    });
+
+    // From every node (its own network namespace), through the ClusterIP.
+    for index in 0..lab.nodes.len() {
+        eventually(
+            &format!("{} reaches the ClusterIP", lab.nodes[index].name),
+            Duration::from_secs(30),
+            || {
+                let out = lab.exec_on(
+                    index,
+                    "/bin/busybox",
+                    &["sh", "-c", &format!("{GET} {cluster_ip} 80")],
+                );
+                String::from_utf8_lossy(&out.stdout)
+                    .contains("\nweb-")
+                    .then_some(())
+            },
+        );
+    }
+
+    // From pods on every node, by DNS name (full and short), to the address it resolves to.
+    for client in ["client", "client-2"] {
+        for name in ["web.default.svc.cluster.local", "web"] {
+            let resolved = eventually(
+                &format!("{client} resolves {name}"),
+                Duration::from_secs(30),
+                || {
+                    let out = lab
+                        .kubectl
+                        .run(&["exec", client, "--", "nslookup", name], None);
+                    let text = String::from_utf8_lossy(&out.stdout).to_string();
+                    text.contains("web.default.svc.cluster.local")
+                        .then(|| {
+                            text.lines()
+                                .filter_map(|l| l.strip_prefix("Address: "))
+                                .last()
+                                .map(|a| a.trim().to_string())
+                        })
+                        .flatten()
+                },
+            );
+            assert_eq!(resolved, cluster_ip, "{client} {name}");
+        }
+        let body = fetch(lab, client, &cluster_ip, 80, "/");
+        assert!(body.starts_with("web-"), "{client}: {body}");
+    }
+
+    // A rolling update while a client keeps asking: not one request fails.
+    let loop_script = format!(
+        "i=0; f=0; while [ $i -lt 200 ]; do {GET} {cluster_ip} 80 | grep -q web- || f=$((f+1)); i=$((i+1)); sleep 0.05; done; echo failures=$f"
+    );
+    let kubectl = lab.kubectl.clone();
+    let load = std::thread::spawn(move || {
+        kubectl.run(&["exec", "client", "--", "sh", "-c", &loop_script], None)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    lab.kubectl
+        .ok(&["set", "env", "deployment/web", "VERSION=2"]);
+    lab.kubectl
+        .ok(&["rollout", "status", "deployment/web", "--timeout=120s"]);
+    let out = load.join().expect("the request loop");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("failures=0"),
+        "requests failed during the rollout: {report}{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

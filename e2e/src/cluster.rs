@@ -309,7 +309,8 @@ impl Simulator {
     }
 }
 
-/// Waits until the agent under `data_dir` runs no containers (sandboxes included).
+/// Waits until the agent under `data_dir` has no containers left (sandboxes included): their
+/// tasks stopped and the sandboxes removed, which is when their network namespaces and veths go.
 pub fn wait_for_no_tasks(data_dir: &Path, timeout: Duration) {
     let socket = data_dir.join("agent/containerd/containerd.sock");
     let deadline = Instant::now() + timeout;
@@ -317,7 +318,7 @@ pub fn wait_for_no_tasks(data_dir: &Path, timeout: Duration) {
         let listed = Command::new("ctr")
             .arg("--address")
             .arg(&socket)
-            .args(["--namespace", "k8s.io", "tasks", "ls", "--quiet"])
+            .args(["--namespace", "k8s.io", "containers", "ls", "--quiet"])
             .output();
         match listed {
             Ok(out) if out.status.success() && out.stdout.iter().all(u8::is_ascii_whitespace) => {

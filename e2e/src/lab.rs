@@ -417,6 +417,9 @@ impl Drop for Lab {
                 "--- kubectl get pods -A -o wide\n{}",
                 String::from_utf8_lossy(&out.stdout)
             );
+            let out = self.kubectl.run(&["get", "events", "-A"], None);
+            let events = String::from_utf8_lossy(&out.stdout);
+            eprintln!("--- kubectl get events -A (last 30)\n{}", tail(&events, 30));
             for node in &self.nodes {
                 let log = node.log_text();
                 let interesting: Vec<&str> = log

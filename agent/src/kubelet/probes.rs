@@ -134,7 +134,6 @@ impl Probes {
             .entry(uid.clone())
             .or_default()
             .insert(container.name.clone(), state);
-        let pod_ip = shared.pod_ip(pod);
         let mut tasks = Vec::new();
         for (kind, probe) in [
             (Kind::Startup, &container.startup_probe),
@@ -147,7 +146,6 @@ impl Probes {
                 uid: uid.clone(),
                 name: container.name.clone(),
                 container_id: container_id.to_string(),
-                pod_ip: pod_ip.clone(),
                 ports: container.ports.clone().unwrap_or_default(),
                 has_startup: container.startup_probe.is_some(),
             };
@@ -186,9 +184,19 @@ struct Target {
     uid: String,
     name: String,
     container_id: String,
-    pod_ip: String,
     ports: Vec<ContainerPort>,
     has_startup: bool,
+}
+
+impl Target {
+    /// The pod's address now: probes may start in the sync that created the sandbox, before
+    /// its address was recorded.
+    fn pod_ip(&self) -> String {
+        self.shared
+            .pod(&self.uid)
+            .map(|pod| self.shared.pod_ip(&pod))
+            .unwrap_or_default()
+    }
 }
 
 fn seconds(value: Option<i32>, default: i32) -> Duration {
@@ -280,7 +288,7 @@ async fn check(target: &Target, probe: &Probe, timeout: Duration) -> Result<(), 
         };
     }
     if let Some(http) = &probe.http_get {
-        return tokio::time::timeout(timeout, http_get(http, &target.pod_ip, &target.ports))
+        return tokio::time::timeout(timeout, http_get(http, &target.pod_ip(), &target.ports))
             .await
             .unwrap_or_else(|_| {
                 Err(
@@ -290,7 +298,11 @@ async fn check(target: &Target, probe: &Probe, timeout: Duration) -> Result<(), 
             });
     }
     if let Some(tcp) = &probe.tcp_socket {
-        let host = tcp.host.clone().unwrap_or_else(|| target.pod_ip.clone());
+        let host = tcp
+            .host
+            .clone()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| target.pod_ip());
         let port = resolve_port(&tcp.port, &target.ports)?;
         return match tokio::time::timeout(
             timeout,
@@ -308,7 +320,7 @@ async fn check(target: &Target, probe: &Probe, timeout: Duration) -> Result<(), 
         return tokio::time::timeout(
             timeout,
             grpc_health(
-                &target.pod_ip,
+                &target.pod_ip(),
                 port,
                 grpc.service.clone().unwrap_or_default(),
             ),
