@@ -235,7 +235,7 @@ fn services_work_across_nodes(lab: &Lab) {
                         .then(|| {
                             text.lines()
                                 .filter_map(|l| l.strip_prefix("Address: "))
-                                .last()
+                                .next_back()
                                 .map(|a| a.trim().to_string())
                         })
                         .flatten()
