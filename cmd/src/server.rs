@@ -62,7 +62,13 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         .await
         .context("loading CustomResourceDefinitions")?;
     tokio::spawn(Arc::clone(&crds).follow(Arc::clone(&store_handle)));
+    let signer = shoal_apiserver::service_account::TokenSigner::new(
+        &pki.service_account_key_pem,
+        &shoal_apiserver::service_account::issuer_for(&args.cluster_domain),
+    )
+    .context("loading the service account signing key")?;
     let api = Arc::new(Api {
+        service_accounts: Some(Arc::new(signer)),
         crds,
         events: Arc::default(),
         store: store_handle,
