@@ -111,6 +111,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         &node_name,
         node_lifecycle,
         args.cluster_cidr,
+        pki.ca_cert_pem.clone(),
         stop_rx.clone(),
     );
     if !args.disable_agent {
@@ -222,6 +223,7 @@ fn start_control_plane(
     node_name: &str,
     node_lifecycle: shoal_controllers::node_lifecycle::NodeLifecycleConfig,
     cluster_cidr: shoal_common::Cidr,
+    ca_pem: String,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let identity = format!("{node_name}_{}", std::process::id());
@@ -239,10 +241,12 @@ fn start_control_plane(
     .run(stop.clone(), move |drain| {
         let client = controllers_client.clone();
         let node_lifecycle = node_lifecycle.clone();
+        let ca_pem = ca_pem.clone();
         async move {
             tokio::join!(
                 shoal_controllers::run::run(client.clone(), node_lifecycle, drain.clone()),
-                shoal_controllers::run::node_ipam::run(client, cluster_cidr, drain),
+                shoal_controllers::run::node_ipam::run(client.clone(), cluster_cidr, drain.clone()),
+                shoal_controllers::run::root_ca::run(client, ca_pem, drain),
             );
         }
     });

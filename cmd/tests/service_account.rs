@@ -83,10 +83,29 @@ fn wait_for_default_account(cluster: &Cluster, namespace: &str) {
     }
 }
 
+/// Waits for the root CA publisher's `kube-root-ca.crt` in `namespace` to hold `ca`.
+fn wait_for_root_ca(cluster: &Cluster, namespace: &str, ca: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let cm = cluster.get(&["get", "-n", namespace, "configmap", "kube-root-ca.crt"]);
+        if cm.as_ref().and_then(|c| c["data"]["ca.crt"].as_str()) == Some(ca) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no kube-root-ca.crt with the CA in {namespace}: {cm:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn kubectl_create_token_is_accepted_and_tampering_is_refused() {
     let cluster = Cluster::start(Path::new(env!("CARGO_BIN_EXE_shoal")));
     wait_for_default_account(&cluster, "default");
+    let ca = std::fs::read_to_string(cluster.dir.path().join("server/tls/server-ca.crt"))
+        .expect("cluster CA");
+    wait_for_root_ca(&cluster, "default", &ca);
     for version in ["1.27", "1.33"] {
         let binary = kubectl_version(version);
         let admin = Kubectl {
@@ -157,4 +176,108 @@ fn kubectl_create_token_is_accepted_and_tampering_is_refused() {
             "kubectl {version}: {err}"
         );
     }
+}
+
+#[test]
+fn a_pod_reads_its_projected_token_and_the_token_authenticates() {
+    assert!(
+        shoal_e2e::process::is_root(),
+        "this test runs real containers and needs root (CI runs it as root)"
+    );
+    const IMAGE: &str = "localhost/test/busybox:1";
+    let binary = Path::new(env!("CARGO_BIN_EXE_shoal"));
+    // Build machines' disks are often nearly full: no disk-pressure taint for this test.
+    let cluster = Cluster::start_with_agent(
+        binary,
+        &[
+            "--kubelet-port",
+            "0",
+            "--eviction-hard",
+            "nodefs.available<1%",
+        ],
+    );
+    let archive = shoal_e2e::images::busybox_archive(cluster.dir.path(), IMAGE);
+    shoal_e2e::images::import(binary, cluster.dir.path(), &archive);
+    wait_for_default_account(&cluster, "default");
+    cluster.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: reader}}
+spec:
+  containers:
+  - {{name: app, image: {IMAGE}, command: ["sleep", "3600"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: opted-out}}
+spec:
+  automountServiceAccountToken: false
+  containers:
+  - {{name: app, image: {IMAGE}, command: ["sleep", "3600"]}}
+"#
+    ));
+    let pod = cluster.json(&["get", "pod", "reader", "-o", "json"]);
+    let volume = &pod["spec"]["volumes"][0];
+    assert!(
+        volume["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("kube-api-access-") && n.len() == 21),
+        "{pod}"
+    );
+    assert_eq!(
+        pod["spec"]["containers"][0]["volumeMounts"][0]["mountPath"],
+        "/var/run/secrets/kubernetes.io/serviceaccount"
+    );
+    let opted_out = cluster.json(&["get", "pod", "opted-out", "-o", "json"]);
+    assert!(opted_out["spec"]["volumes"].is_null(), "{opted_out}");
+
+    shoal_e2e::cluster::eventually("the pod runs", std::time::Duration::from_secs(120), || {
+        let p = cluster.get(&["get", "pod", "reader"])?;
+        (p["status"]["phase"] == "Running").then_some(())
+    });
+    let read = |file: &str| {
+        cluster.kubectl(&[
+            "exec",
+            "reader",
+            "--",
+            "cat",
+            &format!("/var/run/secrets/kubernetes.io/serviceaccount/{file}"),
+        ])
+    };
+    let ca = std::fs::read_to_string(cluster.dir.path().join("server/tls/server-ca.crt"))
+        .expect("cluster CA");
+    assert_eq!(read("ca.crt"), ca);
+    assert_eq!(read("namespace"), "default");
+    let token = read("token");
+    let c = claims(&token);
+    assert_eq!(c["sub"], "system:serviceaccount:default:default");
+    assert_eq!(c["kubernetes.io"]["pod"]["name"], "reader");
+    assert_eq!(c["kubernetes.io"]["pod"]["uid"], pod["metadata"]["uid"]);
+    assert_eq!(
+        c["exp"].as_i64().unwrap_or_default() - c["iat"].as_i64().unwrap_or_default(),
+        3607
+    );
+
+    let user = as_token(&cluster, &cluster.kubectl, &token);
+    let names = user.ok(&["get", "pods", "-o", "name"]);
+    assert!(names.contains("pod/reader"), "{names}");
+
+    // The token dies with its pod: bound tokens name the pod's uid.
+    cluster.kubectl(&["delete", "pod", "reader", "--grace-period=0", "--force"]);
+    shoal_e2e::cluster::eventually(
+        "the pod is gone",
+        std::time::Duration::from_secs(60),
+        || {
+            cluster
+                .get(&["get", "pod", "reader"])
+                .is_none()
+                .then_some(())
+        },
+    );
+    let out = user.run(&["get", "pods"], None);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Unauthorized"),
+        "a deleted pod's token still works"
+    );
 }

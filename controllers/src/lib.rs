@@ -23,6 +23,7 @@
 //! - [`node_lifecycle`]: node health, condition taints, taint-based eviction and pod GC.
 //! - [`garbage`]: the garbage collector's plan over ownerReferences.
 //! - [`service_account`]: the `default` ServiceAccount of every namespace.
+//! - [`root_ca`]: the `kube-root-ca.crt` ConfigMap of every namespace.
 //! - [`leader`]: leader election over a coordination.k8s.io Lease.
 //! - [`events`]: recording core/v1 Events.
 //! - [`run`]: the loops — shared watch caches, one kube-runtime Controller per kind, plan
@@ -43,6 +44,7 @@ pub mod owner;
 pub mod pod_state;
 pub mod replicaset;
 pub mod revision;
+pub mod root_ca;
 pub mod run;
 pub mod selector;
 pub mod service_account;
