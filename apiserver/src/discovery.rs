@@ -139,6 +139,12 @@ pub fn resource_list(group: &str, version: &str, custom: &[&'static ResourceDef]
                 "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"],
             }));
         }
+        if def.kind == "ServiceAccount" && def.group.is_empty() {
+            resources.push(json!({
+                "name": "serviceaccounts/token", "singularName": "", "namespaced": true,
+                "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"],
+            }));
+        }
     }
     let group_version = if group.is_empty() {
         version.to_string()
@@ -191,6 +197,10 @@ fn aggregated_resource(def: &ResourceDef) -> Value {
     if def.scale {
         subresources.push(json!({"subresource": "scale",
             "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"}, "verbs": ["get", "patch", "update"]}));
+    }
+    if def.kind == "ServiceAccount" && def.group.is_empty() {
+        subresources.push(json!({"subresource": "token",
+            "responseKind": {"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"}, "verbs": ["create"]}));
     }
     if !subresources.is_empty() {
         resource["subresources"] = json!(subresources);
@@ -310,6 +320,24 @@ mod tests {
             (Some("Namespaced"), Some("Pod"))
         );
         assert_eq!(pods["subresources"][0]["subresource"], "status");
+        let accounts = core["items"][0]["versions"][0]["resources"]
+            .as_array()
+            .expect("resources")
+            .iter()
+            .find(|r| r["resource"] == "serviceaccounts")
+            .expect("serviceaccounts")
+            .clone();
+        assert_eq!(accounts["subresources"][0]["subresource"], "token");
+        assert_eq!(
+            accounts["subresources"][0]["responseKind"]["kind"],
+            "TokenRequest"
+        );
+        let legacy = resource_list("", "v1", &[]).expect("v1");
+        assert!(legacy["resources"]
+            .as_array()
+            .expect("resources")
+            .iter()
+            .any(|r| r["name"] == "serviceaccounts/token" && r["verbs"] == json!(["create"])));
         let groups = aggregated(false, "v2", &[]);
         let names: Vec<&str> = groups["items"]
             .as_array()

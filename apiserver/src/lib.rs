@@ -25,6 +25,7 @@ pub mod routes;
 pub mod schema;
 pub mod selectors;
 pub mod server;
+pub mod service_account;
 pub mod status;
 pub mod table;
 pub mod typed;

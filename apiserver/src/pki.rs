@@ -5,6 +5,8 @@
 //! and the node join token in k3s's `K10<sha256 of the CA>::server:<secret>` form so a joining
 //! node can check the CA it is shown.
 //!
+//! The ServiceAccount token signing key (`service-account.key`, ECDSA P-256) is made once too.
+//!
 //! Files live in `<data-dir>/server/tls/` (keys mode 0600) and `<data-dir>/server/token`.
 
 use std::fmt::Write as _;
@@ -27,6 +29,7 @@ const SERVING_KEY: &str = "serving.key";
 const SERVING_META: &str = "serving.meta";
 const ADMIN_CERT: &str = "client-admin.crt";
 const ADMIN_KEY: &str = "client-admin.key";
+const SERVICE_ACCOUNT_KEY: &str = "service-account.key";
 
 /// The user and group the admin client certificate names (Kubernetes' superuser group).
 pub const ADMIN_USER: &str = "system:admin";
@@ -108,6 +111,8 @@ pub struct ClusterPki {
     pub admin_key_pem: String,
     /// The secret half of the join token.
     pub token_secret: String,
+    /// Signs and verifies ServiceAccount tokens (ECDSA P-256, PKCS#8 PEM).
+    pub service_account_key_pem: String,
 }
 
 impl std::fmt::Debug for ClusterPki {
@@ -260,6 +265,22 @@ impl ClusterPki {
                 }
             };
 
+        let sa_key_path = tls.join(SERVICE_ACCOUNT_KEY);
+        let service_account_key_pem = match read(&sa_key_path)? {
+            Some(pem) => {
+                KeyPair::from_pem(&pem).map_err(|e| PkiError::Invalid {
+                    path: sa_key_path.clone(),
+                    reason: e.to_string(),
+                })?;
+                pem
+            }
+            None => {
+                let pem = KeyPair::generate()?.serialize_pem();
+                write(&sa_key_path, &pem, 0o600)?;
+                pem
+            }
+        };
+
         let token_path = server_dir.join("token");
         let token_secret = match read(&token_path)? {
             Some(stored) => {
@@ -294,6 +315,7 @@ impl ClusterPki {
             admin_cert_pem,
             admin_key_pem,
             token_secret,
+            service_account_key_pem,
         })
     }
 
@@ -418,6 +440,7 @@ mod tests {
         assert_eq!(first.serving_cert_pem, again.serving_cert_pem);
         assert_eq!(first.admin_cert_pem, again.admin_cert_pem);
         assert_eq!(first.join_token(), again.join_token());
+        assert_eq!(first.service_account_key_pem, again.service_account_key_pem);
         let mode = |name: &str| {
             use std::os::unix::fs::PermissionsExt;
             std::fs::metadata(dir.path().join("tls").join(name))
@@ -429,6 +452,7 @@ mod tests {
         assert_eq!(mode(CA_KEY), 0o600);
         assert_eq!(mode(SERVING_KEY), 0o600);
         assert_eq!(mode(ADMIN_KEY), 0o600);
+        assert_eq!(mode(SERVICE_ACCOUNT_KEY), 0o600);
     }
 
     #[test]

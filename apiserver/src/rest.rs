@@ -44,6 +44,9 @@ pub struct Api {
     pub node_client: Option<Arc<rustls::ClientConfig>>,
     /// Admits joining nodes; `None` when this server takes no nodes from elsewhere.
     pub join: Option<Arc<crate::join::JoinAuthority>>,
+    /// Issues and verifies ServiceAccount tokens; `None` serves no TokenRequest API and
+    /// accepts no bearer tokens.
+    pub service_accounts: Option<Arc<crate::service_account::TokenSigner>>,
 }
 
 impl Api {
@@ -58,6 +61,7 @@ impl Api {
             openapi_v2: Default::default(),
             node_client: None,
             join: None,
+            service_accounts: None,
         }
     }
 }
@@ -113,6 +117,7 @@ fn has_subresource(def: &ResourceDef, sub: &str) -> bool {
         "finalize" => def.kind == "Namespace",
         "binding" | "eviction" | "log" | "exec" | "attach" | "portforward" => def.kind == "Pod",
         "proxy" => matches!(def.kind, "Pod" | "Service" | "Node"),
+        "token" => def.kind == "ServiceAccount",
         _ => false,
     }
 }
@@ -774,6 +779,9 @@ impl Api {
             None => object.pointer("/metadata/managedFields").cloned(),
             Some(_) => None,
         };
+        if target.def.kind == "Pod" {
+            self.admit_pod(target, &mut object).await?;
+        }
         let suffix = objects::name_suffix(random());
         let name_hint = object
             .pointer("/metadata/name")
@@ -1592,6 +1600,154 @@ impl Api {
         ))
     }
 
+    /// Reads a namespaced core/v1 object, `None` when it does not exist.
+    pub(crate) async fn get_core(
+        &self,
+        plural: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Value>, ApiError> {
+        let def =
+            catalog::find("", "v1", plural).ok_or_else(|| bad_request(format!("no {plural}")))?;
+        let target = Target {
+            def,
+            namespace: Some(namespace.to_string()),
+            name: Some(name.to_string()),
+            subresource: None,
+        };
+        match self.store.get(&target.key()).await {
+            Ok(Some(kv)) => decode(def, &kv).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(store_error(&target, name, e)),
+        }
+    }
+
+    /// ServiceAccount admission (see [`crate::service_account::admit_pod`]). A missing
+    /// ServiceAccount does not refuse the pod, unlike Kubernetes: a namespace's "default"
+    /// account is made by a controller moments after the namespace, and the node retries the
+    /// token until it exists.
+    async fn admit_pod(&self, target: &Target, pod: &mut Value) -> Result<(), ApiError> {
+        if self.service_accounts.is_none() {
+            return Ok(());
+        }
+        let Some(namespace) = target.namespace.as_deref() else {
+            return Ok(());
+        };
+        let spec = pod.get("spec");
+        let name = spec
+            .and_then(|s| s.get("serviceAccountName"))
+            .or_else(|| spec.and_then(|s| s.get("serviceAccount")))
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .unwrap_or("default")
+            .to_string();
+        let account = self.get_core("serviceaccounts", namespace, &name).await?;
+        crate::service_account::admit_pod(pod, account.as_ref(), &objects::name_suffix(random()));
+        Ok(())
+    }
+
+    /// `POST serviceaccounts/<name>/token`: a TokenRequest, answered with a signed token.
+    async fn token_request(
+        &self,
+        target: &Target,
+        name: &str,
+        body: &Bytes,
+    ) -> Result<Response, ApiError> {
+        use crate::service_account::{self as sa, Grant, Ref};
+        let signer = self
+            .service_accounts
+            .as_ref()
+            .ok_or_else(|| ApiError::not_found_path("serviceaccounts/token"))?;
+        let namespace = target.namespace.clone().unwrap_or_default();
+        let request = parse_body(body)?;
+        let spec = sa::parse_token_request(&request).map_err(|message| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                format!("TokenRequest.authentication.k8s.io \"{name}\" is invalid: {message}"),
+            )
+        })?;
+        let account = self
+            .get_core("serviceaccounts", &namespace, name)
+            .await?
+            .ok_or_else(|| not_found(target, name))?;
+        let uid_of = |o: &Value| {
+            o.pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let bound = match &spec.bound {
+            None => None,
+            Some(r) => {
+                let object = self
+                    .get_core(r.kind.plural(), &namespace, &r.name)
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            StatusCode::NOT_FOUND,
+                            "NotFound",
+                            format!("{} \"{}\" not found", r.kind.plural(), r.name),
+                        )
+                    })?;
+                let uid = uid_of(&object);
+                if r.uid.as_ref().is_some_and(|want| *want != uid) {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "Conflict",
+                        format!(
+                            "the UID in the bound object reference ({}) does not match the UID in record. The object might have been deleted and then recreated",
+                            r.uid.as_deref().unwrap_or_default()
+                        ),
+                    ));
+                }
+                Some((
+                    r.kind,
+                    Ref {
+                        name: r.name.clone(),
+                        uid,
+                    },
+                ))
+            }
+        };
+        let now_time = OffsetDateTime::now_utc();
+        let claims = sa::claims_for(
+            &spec,
+            Grant {
+                namespace: &namespace,
+                service_account: Ref {
+                    name: name.to_string(),
+                    uid: uid_of(&account),
+                },
+                bound,
+                now: now_time.unix_timestamp(),
+            },
+            signer.issuer(),
+            new_uid(),
+        );
+        let token = signer.sign(&claims).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                e.to_string(),
+            )
+        })?;
+        let expires = OffsetDateTime::from_unix_timestamp(claims.exp)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default();
+        Ok((
+            StatusCode::CREATED,
+            Json(sa::token_response(
+                &namespace, name, &request, &claims, &token, &expires,
+            )),
+        )
+            .into_response())
+    }
+
     /// `POST pods/<name>/binding`: assigns a pending pod to a node (what the scheduler does).
     async fn bind(&self, target: &Target, name: &str, body: &Bytes) -> Result<Response, ApiError> {
         let binding = parse_body(body)?;
@@ -2060,6 +2216,9 @@ async fn dispatch(
         (&Method::POST, None) => api.create(&target, query, &manager, body).await,
         (&Method::POST, Some(name)) if target.subresource.as_deref() == Some("binding") => {
             api.bind(&target, name, body).await
+        }
+        (&Method::POST, Some(name)) if target.subresource.as_deref() == Some("token") => {
+            api.token_request(&target, name, body).await
         }
         (&Method::PUT, Some(name)) => api.update(&target, name, query, &manager, body).await,
         (&Method::PATCH, Some(name)) => {

@@ -140,7 +140,10 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/apis/{group}/{version}/{*rest}", any(rest::grouped))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(auth::require_user))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&api),
+            auth::require_user,
+        ))
         .with_state(api)
 }
 

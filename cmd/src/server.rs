@@ -72,7 +72,13 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         .await
         .context("loading CustomResourceDefinitions")?;
     tokio::spawn(Arc::clone(&crds).follow(Arc::clone(&store_handle)));
+    let signer = shoal_apiserver::service_account::TokenSigner::new(
+        &pki.service_account_key_pem,
+        &shoal_apiserver::service_account::issuer_for(&args.cluster_domain),
+    )
+    .context("loading the service account signing key")?;
     let api = Arc::new(Api {
+        service_accounts: Some(Arc::new(signer)),
         crds,
         events: Arc::default(),
         store: store_handle,
@@ -116,6 +122,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         &node_name,
         node_lifecycle,
         args.cluster_cidr,
+        pki.ca_cert_pem.clone(),
         stop_rx.clone(),
     );
     if !args.disable_agent {
@@ -229,6 +236,7 @@ fn start_control_plane(
     node_name: &str,
     node_lifecycle: shoal_controllers::node_lifecycle::NodeLifecycleConfig,
     cluster_cidr: shoal_common::Cidr,
+    ca_pem: String,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let identity = format!("{node_name}_{}", std::process::id());
@@ -246,11 +254,13 @@ fn start_control_plane(
     .run(stop.clone(), move |drain| {
         let client = controllers_client.clone();
         let node_lifecycle = node_lifecycle.clone();
+        let ca_pem = ca_pem.clone();
         async move {
             tokio::join!(
                 shoal_controllers::run::run(client.clone(), node_lifecycle, drain.clone()),
                 shoal_controllers::run::node_ipam::run(client.clone(), cluster_cidr, drain.clone()),
-                shoal_controllers::run::service_lb::run(client, drain),
+                shoal_controllers::run::service_lb::run(client.clone(), drain.clone()),
+                shoal_controllers::run::root_ca::run(client, ca_pem, drain),
             );
         }
     });

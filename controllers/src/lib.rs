@@ -24,6 +24,7 @@
 //! - [`garbage`]: the garbage collector's plan over ownerReferences.
 //! - [`service_account`]: the `default` ServiceAccount of every namespace.
 //! - [`service_lb`]: LoadBalancer Services get the ready nodes' addresses (k3s's ServiceLB).
+//! - [`root_ca`]: the `kube-root-ca.crt` ConfigMap of every namespace.
 //! - [`leader`]: leader election over a coordination.k8s.io Lease.
 //! - [`events`]: recording core/v1 Events.
 //! - [`run`]: the loops — shared watch caches, one kube-runtime Controller per kind, plan
@@ -44,6 +45,7 @@ pub mod owner;
 pub mod pod_state;
 pub mod replicaset;
 pub mod revision;
+pub mod root_ca;
 pub mod run;
 pub mod selector;
 pub mod service_account;

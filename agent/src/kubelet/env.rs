@@ -19,6 +19,8 @@ pub struct Lookups {
     pub service_env: Vec<(String, String)>,
     pub node_ip: String,
     pub pod_ips: Vec<String>,
+    /// ServiceAccount tokens for projected sources, by [`crate::kubelet::tokens::source_key`].
+    pub tokens: BTreeMap<String, String>,
 }
 
 /// Why a container's environment cannot be built (the container waits with
@@ -412,6 +414,7 @@ mod tests {
             service_env: vec![("KUBERNETES_SERVICE_HOST".into(), "10.43.0.1".into())],
             node_ip: "192.168.0.2".into(),
             pod_ips: vec!["10.42.0.7".into()],
+            ..Lookups::default()
         }
     }
 

@@ -22,6 +22,7 @@ pub mod probes;
 pub mod runtime;
 pub mod server;
 pub mod status;
+pub mod tokens;
 pub mod volumes;
 pub mod worker;
 
@@ -93,6 +94,8 @@ pub struct Shared {
     pods_listed: AtomicBool,
     /// The machine's memory, for containers' `oom_score_adj`.
     pub memory_capacity: u64,
+    /// ServiceAccount tokens of projected volumes.
+    pub tokens: tokens::TokenCache,
 }
 
 impl std::fmt::Debug for Shared {
@@ -247,6 +250,7 @@ pub async fn run(
         workers: Mutex::new(HashMap::new()),
         pods_listed: AtomicBool::new(false),
         memory_capacity: node::read_machine(&agent_dir_for_machine).memory_bytes,
+        tokens: tokens::TokenCache::default(),
     });
     register(&shared).await?;
     tracing::info!(node = %shared.settings.node.name, "node registered");

@@ -30,6 +30,8 @@ pub enum VolumeError {
         volume: String,
         source: std::io::Error,
     },
+    #[error("volume {0}: no service account token could be obtained")]
+    TokenUnavailable(String),
     #[error("volume {0}: this kind of volume is not supported on this node")]
     Unsupported(String),
 }
@@ -201,6 +203,12 @@ pub fn volume_files(
                 for item in downward.items.iter().flatten() {
                     files.push(downward_file(pod, item, mode, lookups, &volume.name)?);
                 }
+            } else if let Some(token) = &source.service_account_token {
+                let value = lookups
+                    .tokens
+                    .get(&crate::kubelet::tokens::source_key(token))
+                    .ok_or_else(|| VolumeError::TokenUnavailable(volume.name.clone()))?;
+                files.push((token.path.clone(), value.clone().into_bytes(), mode));
             } else {
                 return Err(VolumeError::Unsupported(volume.name.clone()));
             }
@@ -610,6 +618,27 @@ mod tests {
             volume_files(&p, &bad, &lookups()),
             Err(VolumeError::MissingKey(_))
         ));
+    }
+
+    #[test]
+    fn projected_service_account_tokens_come_from_the_lookups() {
+        let p = pod();
+        let v: Volume = serde_json::from_value(json!({"name": "kube-api-access-x", "projected": {
+            "defaultMode": 420, "sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+                {"configMap": {"name": "settings", "items": [{"key": "a.conf", "path": "ca.crt"}]}}]}}))
+        .unwrap();
+        assert!(matches!(
+            volume_files(&p, &v, &lookups()),
+            Err(VolumeError::TokenUnavailable(name)) if name == "kube-api-access-x"
+        ));
+        let mut l = lookups();
+        l.tokens.insert("|3607".into(), "jwt".into());
+        let VolumeContent::Files(files) = volume_files(&p, &v, &l).unwrap() else {
+            panic!("files expected");
+        };
+        assert_eq!(files[0], ("token".to_string(), b"jwt".to_vec(), 0o644));
+        assert_eq!(files[1].0, "ca.crt");
     }
 
     #[test]

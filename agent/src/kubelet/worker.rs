@@ -60,6 +60,7 @@ pub async fn run(shared: Arc<Shared>, uid: String, notify: Arc<Notify>) {
         }
     }
     shared.probes.forget_pod(&uid);
+    shared.tokens.forget_pod(&uid);
     shared
         .workers
         .lock()
@@ -471,6 +472,13 @@ async fn lookups(shared: &Shared, pod: &Pod, runtime: &PodRuntime) -> Lookups {
         .unwrap_or(false)
     {
         out.pod_ips = vec![out.node_ip.clone()];
+    }
+    let now = crate::kubelet::tokens::unix_now();
+    for source in crate::kubelet::tokens::sources(pod) {
+        if let Some(token) = shared.tokens.get(&shared.client, pod, source, now).await {
+            out.tokens
+                .insert(crate::kubelet::tokens::source_key(source), token);
+        }
     }
     for name in config_maps {
         if let Ok(Some(cm)) = cm_api.get_opt(&name).await {

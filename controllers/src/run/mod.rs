@@ -13,6 +13,7 @@ mod jobs;
 pub mod node_ipam;
 mod nodes;
 mod replicaset;
+pub mod root_ca;
 mod service_accounts;
 pub mod service_lb;
 mod sets;
