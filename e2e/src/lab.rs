@@ -9,6 +9,8 @@
 //! are stopped — and anything left in a node's namespace or running from the lab's directory
 //! is killed — mounts under the directory are unmounted, and the namespaces and bridge are
 //! deleted (taking the veths, bridges, VXLAN devices and nftables tables inside with them).
+//! A test interrupted before Drop runs (Ctrl-C, SIGKILL) leaves a marker under [`MARKERS`];
+//! the next lab sweeps up after every marker whose process is gone.
 //!
 //! Needs root, `ip` (iproute2), `nsenter` (util-linux), containerd and runc: a missing one fails with a clear message.
 #![allow(clippy::missing_panics_doc)]
@@ -139,8 +141,20 @@ impl Lab {
             id,
             dir,
         };
+        // Labs of test processes that were interrupted (no Drop ran) go first.
+        sweep_stale_labs(Path::new(MARKERS));
+        lab.write_marker();
         lab.create_lan();
         lab
+    }
+
+    /// Records this lab under [`MARKERS`] so a later run can clean up after an interrupted one.
+    fn write_marker(&self) {
+        let _ = std::fs::create_dir_all(MARKERS);
+        let _ = std::fs::write(
+            Path::new(MARKERS).join(&self.id),
+            format!("{}\n{}\n", std::process::id(), self.dir.path().display()),
+        );
     }
 
     /// Starts the server (node 0, with its own agent) and waits until it serves; kubectl is
@@ -466,5 +480,94 @@ impl Drop for Lab {
         let _ = Command::new("ip")
             .args(["link", "delete", &self.bridge])
             .status();
+        let _ = std::fs::remove_file(Path::new(MARKERS).join(&self.id));
+    }
+}
+
+/// Where running labs leave `<id>` files holding their process id and directory.
+pub const MARKERS: &str = "/run/shoal-e2e-labs";
+
+/// Removes what labs of processes that no longer run left behind (a test interrupted with
+/// Ctrl-C or killed runs no Drop): processes started from their directory and those in their
+/// node namespaces, mounts, the namespaces `sl<id>-N`, the bridge `sl<id>`, the directory.
+pub fn sweep_stale_labs(markers: &Path) {
+    for entry in std::fs::read_dir(markers).into_iter().flatten().flatten() {
+        let id = entry.file_name().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let mut lines = text.lines();
+        let pid = lines.next().and_then(|p| p.trim().parse::<u32>().ok());
+        let dir = lines.next().map(str::trim).unwrap_or_default().to_string();
+        if pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists()) {
+            continue;
+        }
+        let prefix = format!("sl{id}-");
+        let namespaces: Vec<String> = std::fs::read_dir("/var/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        for ns in &namespaces {
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-KILL", pid]).status();
+                }
+            }
+        }
+        if dir.starts_with('/') && dir.len() > 1 {
+            crate::process::kill_and_unmount_under(Path::new(&dir));
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        for ns in &namespaces {
+            let _ = Command::new("ip").args(["netns", "delete", ns]).status();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "delete", &format!("sl{id}")])
+            .status();
+        let _ = std::fs::remove_file(entry.path());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lab whose process died (here: a marker naming a pid that cannot exist) is swept:
+    /// its namespaces, bridge and directory go; a live one's marker is left alone.
+    #[test]
+    fn an_interrupted_labs_leftovers_are_swept() {
+        assert!(
+            is_root(),
+            "the lab sweeper test needs root (network namespaces)"
+        );
+        let markers = TempDir::new().expect("tempdir");
+        let dir = TempDir::new().expect("tempdir");
+        let leftover = dir.path().join("node-0");
+        std::fs::create_dir_all(&leftover).expect("dir");
+        let id = format!("t{:x}", std::process::id() % 0xffff);
+        sh("ip", &["netns", "add", &format!("sl{id}-0")]);
+        sh("ip", &["link", "add", &format!("sl{id}"), "type", "bridge"]);
+        // Process ids never exceed /proc/sys/kernel/pid_max (at most 2^22).
+        std::fs::write(
+            markers.path().join(&id),
+            format!("{}\n{}\n", u32::MAX, leftover.display()),
+        )
+        .expect("marker");
+        std::fs::write(
+            markers.path().join("alive"),
+            format!("{}\n/nonexistent\n", std::process::id()),
+        )
+        .expect("marker");
+        sweep_stale_labs(markers.path());
+        assert!(!Path::new(&format!("/var/run/netns/sl{id}-0")).exists());
+        let link = Command::new("ip")
+            .args(["link", "show", &format!("sl{id}")])
+            .output()
+            .expect("ip link show");
+        assert!(!link.status.success(), "the bridge is gone");
+        assert!(!leftover.exists(), "the directory is gone");
+        assert!(!markers.path().join(&id).exists());
+        assert!(markers.path().join("alive").exists(), "a live lab is kept");
     }
 }

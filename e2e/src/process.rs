@@ -29,10 +29,16 @@ pub fn stop(mut child: Child, timeout: Duration) -> Option<i32> {
     child.wait().ok().and_then(|s| s.code())
 }
 
-/// Kills every process whose command line names `dir` (containerd, shims) and unmounts
-/// everything under it, deepest first.
+/// Kills every process whose command line names `dir` (containerd, shims) and their children
+/// (containers' first processes, whose parent is a shim), and unmounts everything under it,
+/// deepest first.
 pub fn kill_and_unmount_under(dir: &Path) {
     let dir = dir.display().to_string();
+    if let Ok(out) = Command::new("pgrep").args(["-f", &dir]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("pkill").args(["-KILL", "-P", pid]).status();
+        }
+    }
     let _ = Command::new("pkill").args(["-KILL", "-f", &dir]).status();
     std::thread::sleep(Duration::from_millis(300));
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
