@@ -107,7 +107,7 @@ impl Mix {
                 RecordType::A,
                 false,
             ),
-            Mix::SearchPath if n.is_multiple_of(2) => (
+            Mix::SearchPath if n % 2 == 0 => (
                 format!("svc-{i}.ns-{}.svc.cluster.local.", (ns + 1) % NAMESPACES),
                 RecordType::A,
                 true,
