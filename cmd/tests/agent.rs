@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use shoal_e2e::cluster::{eventually, Cluster};
+use shoal_e2e::kubectl::is_ready as ready;
 use shoal_e2e::process::is_root;
 
 const IMAGE: &str = "localhost/test/busybox:1";
@@ -24,14 +25,6 @@ fn pod(cluster: &Cluster, name: &str) -> Value {
 
 fn phase(p: &Value) -> &str {
     p["status"]["phase"].as_str().unwrap_or("")
-}
-
-fn ready(p: &Value) -> bool {
-    p["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True")
 }
 
 #[test]
@@ -57,12 +50,7 @@ fn pods_run_in_real_containers() {
     let mut cluster = Cluster::start_with_agent(binary, &node_flags);
     until("the node is Ready", Duration::from_secs(60), || {
         let nodes = cluster.items(&["get", "nodes"]);
-        nodes.len() == 1
-            && nodes[0]["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        nodes.len() == 1 && ready(&nodes[0])
     });
     let node = &cluster.items(&["get", "nodes"])[0];
     assert!(

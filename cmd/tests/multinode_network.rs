@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use shoal_e2e::cluster::eventually;
+use shoal_e2e::kubectl::is_ready;
 use shoal_e2e::lab::Lab;
 
 const IMAGE: &str = "localhost/test/busybox:1";
@@ -186,13 +187,7 @@ fn services_work_across_nodes(lab: &Lab) {
             let pods = lab.kubectl.items(&["get", "pods", "-l", "app=web"]);
             let ready: std::collections::BTreeSet<&str> = pods
                 .iter()
-                .filter(|p| {
-                    p["status"]["conditions"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                })
+                .filter(|p| is_ready(p))
                 .filter_map(|p| p["spec"]["nodeName"].as_str())
                 .collect();
             (ready.len() == 2).then_some(())

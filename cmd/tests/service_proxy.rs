@@ -10,8 +10,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use shoal_e2e::cluster::{eventually, Cluster};
+use shoal_e2e::kubectl::is_ready as ready;
 
 const IMAGE: &str = "localhost/test/busybox:1";
 
@@ -63,14 +63,6 @@ fn wait_for<T>(
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-}
-
-fn ready(p: &Value) -> bool {
-    p["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True")
 }
 
 /// The body of `GET /` on `addr` from this process (the node's network namespace).

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use shoal_e2e::cluster::{eventually, Cluster};
+use shoal_e2e::kubectl::is_ready as ready;
 
 fn cluster() -> Cluster {
     Cluster::start(Path::new(env!("CARGO_BIN_EXE_shoal")))
@@ -25,13 +26,6 @@ fn active_pods(cluster: &Cluster, selector: &str) -> Vec<Value> {
         .into_iter()
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
         .collect()
-}
-
-fn ready(pod: &Value) -> bool {
-    pod["status"]["conditions"].as_array().is_some_and(|c| {
-        c.iter()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-    })
 }
 
 /// The first container's image of each active pod of `selector`.

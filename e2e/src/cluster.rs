@@ -203,13 +203,7 @@ impl Cluster {
     pub fn wait_for_ready_node(&self, timeout: Duration) {
         eventually("the node is Ready", timeout, || {
             let nodes = self.items(&["get", "nodes"]);
-            (nodes.len() == 1
-                && nodes[0]["status"]["conditions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True"))
-            .then_some(())
+            (nodes.len() == 1 && crate::kubectl::is_ready(&nodes[0])).then_some(())
         });
     }
 

@@ -116,6 +116,15 @@ impl Kubectl {
     }
 }
 
+/// Whether an object (a Pod or a Node) has its `Ready` condition `True`.
+pub fn is_ready(object: &Value) -> bool {
+    object["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
 /// stdout of a successful kubectl, or the test fails with its stderr.
 pub fn ok(out: Output, what: &str) -> String {
     assert!(

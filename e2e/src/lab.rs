@@ -344,13 +344,7 @@ impl Lab {
                 .and_then(|v| v["items"].as_array().cloned())
                 .unwrap_or_default()
                 .iter()
-                .filter(|n| {
-                    n["status"]["conditions"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                })
+                .filter(|n| crate::kubectl::is_ready(n))
                 .filter_map(|n| n["metadata"]["name"].as_str().map(String::from))
                 .collect();
             if names.iter().all(|n| ready.iter().any(|r| r == n)) {

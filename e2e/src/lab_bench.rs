@@ -37,12 +37,7 @@ fn ready_nodes(lab: &Lab) -> BTreeMap<String, bool> {
         .iter()
         .filter_map(|n| {
             let name = n["metadata"]["name"].as_str()?.to_string();
-            let ready = n["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True");
-            Some((name, ready))
+            Some((name, crate::kubectl::is_ready(n)))
         })
         .collect()
 }
