@@ -32,9 +32,12 @@ mod tests {
 
     use futures::StreamExt;
     use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-    use kube::api::{Api as KubeApi, PostParams};
+    use kube::api::{Api as KubeApi, DeleteParams, PostParams, Preconditions};
     use kube::runtime::watcher;
-    use shoal_store::MemStore;
+    use shoal_store::{
+        self as store, KeyValue, MemStore, RangeRequest, RangeResponse, Revision, Store,
+        WatchStream,
+    };
 
     use crate::rest::Api;
 
@@ -73,6 +76,113 @@ mod tests {
         })
         .await?;
         assert_eq!(seen.as_deref(), Some("in-process"));
+        Ok(())
+    }
+
+    /// A store where another writer changes a key between the API server's read and its
+    /// conditional delete, once — as a controller updating status does.
+    struct WriteBeforeFirstDelete {
+        inner: MemStore,
+        raced: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for WriteBeforeFirstDelete {
+        async fn get(&self, key: &str) -> store::Result<Option<KeyValue>> {
+            self.inner.get(key).await
+        }
+        async fn range(&self, request: RangeRequest) -> store::Result<RangeResponse> {
+            self.inner.range(request).await
+        }
+        async fn create(&self, key: &str, value: Vec<u8>) -> store::Result<KeyValue> {
+            self.inner.create(key, value).await
+        }
+        async fn update(
+            &self,
+            key: &str,
+            value: Vec<u8>,
+            expected: Revision,
+        ) -> store::Result<KeyValue> {
+            self.inner.update(key, value, expected).await
+        }
+        async fn put(&self, key: &str, value: Vec<u8>) -> store::Result<KeyValue> {
+            self.inner.put(key, value).await
+        }
+        async fn delete(
+            &self,
+            key: &str,
+            expected: Option<Revision>,
+        ) -> store::Result<(KeyValue, Revision)> {
+            if !self.raced.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                if let Some(current) = self.inner.get(key).await? {
+                    self.inner.put(key, current.value).await?;
+                }
+            }
+            self.inner.delete(key, expected).await
+        }
+        async fn watch(&self, prefix: &str, after: Option<Revision>) -> store::Result<WatchStream> {
+            self.inner.watch(prefix, after).await
+        }
+        async fn current_revision(&self) -> store::Result<Revision> {
+            self.inner.current_revision().await
+        }
+        async fn compacted_revision(&self) -> store::Result<Revision> {
+            self.inner.compacted_revision().await
+        }
+        async fn compact(&self, revision: Revision) -> store::Result<()> {
+            self.inner.compact(revision).await
+        }
+    }
+
+    async fn racing_config_maps(
+    ) -> Result<(KubeApi<ConfigMap>, ConfigMap), Box<dyn std::error::Error>> {
+        let store = WriteBeforeFirstDelete {
+            inner: MemStore::new(Default::default()),
+            raced: true.into(),
+        };
+        let store = Arc::new(store);
+        let api = Api::new(store.clone(), "127.0.0.1:6443".into());
+        api.bootstrap().await.map_err(|e| e.message)?;
+        let client = super::client(Arc::new(api), "system:kube-controller-manager", &[]);
+        let config_maps: KubeApi<ConfigMap> = KubeApi::namespaced(client, "default");
+        let cm: ConfigMap =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "raced"}}))?;
+        let created = config_maps.create(&PostParams::default(), &cm).await?;
+        store
+            .raced
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        Ok((config_maps, created))
+    }
+
+    /// A delete without preconditions deletes whatever version the object has by then, as
+    /// Kubernetes' registry does (the Python client's delete used to get a 409 here).
+    #[tokio::test]
+    async fn delete_retries_when_a_write_lands_first() -> Result<(), Box<dyn std::error::Error>> {
+        let (config_maps, _) = racing_config_maps().await?;
+        config_maps
+            .delete("raced", &DeleteParams::default())
+            .await?;
+        assert!(config_maps.get_opt("raced").await?.is_none());
+        Ok(())
+    }
+
+    /// With a resourceVersion precondition, the same race is the client's conflict.
+    #[tokio::test]
+    async fn delete_with_a_stale_precondition_conflicts() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let (config_maps, created) = racing_config_maps().await?;
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                resource_version: created.metadata.resource_version,
+                uid: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match config_maps.delete("raced", &params).await {
+            Err(kube::Error::Api(status)) => assert_eq!(status.code, 409, "{status:?}"),
+            other => panic!("expected a 409, got {other:?}"),
+        }
+        assert!(config_maps.get_opt("raced").await?.is_some());
         Ok(())
     }
 }

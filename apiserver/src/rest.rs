@@ -14,7 +14,7 @@ use axum::Json;
 use ring::rand::SecureRandom as _;
 use serde_json::{json, Value};
 use shoal_common::catalog::{self, ResourceDef, SYSTEM_NAMESPACES};
-use shoal_store::{ContinueToken, KeyValue, RangeRequest, Store, StoreError};
+use shoal_store::{ContinueToken, KeyValue, RangeRequest, Revision, Store, StoreError};
 use time::OffsetDateTime;
 
 use crate::allocator::{self, Allocation, ServiceRanges, Want};
@@ -268,6 +268,74 @@ fn invalid(target: &Target, name: &str, err: Invalid) -> ApiError {
         "causes": [{"reason": "FieldValueInvalid", "message": err.message, "field": err.field}],
     }));
     e
+}
+
+/// What a DELETE's `DeleteOptions` (query and body) ask beyond the plan: preconditions.
+#[derive(Default)]
+struct DeletePreconditions {
+    uid: Option<String>,
+    resource_version: Option<String>,
+}
+
+impl DeletePreconditions {
+    fn check(&self, object: &Value, mod_revision: Revision) -> Result<(), ApiError> {
+        let actual_uid = object.pointer("/metadata/uid").and_then(Value::as_str);
+        if let Some(uid) = &self.uid {
+            if actual_uid != Some(uid.as_str()) {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        actual_uid.unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        if let Some(rv) = &self.resource_version {
+            if *rv != mod_revision.to_string() {
+                return Err(ApiError::new(StatusCode::CONFLICT, "Conflict", format!(
+                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {mod_revision}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A DELETE's options: grace period and propagation from the query, overridden by a
+/// `DeleteOptions` body, and the body's preconditions.
+fn parse_delete_options(
+    query: &HashMap<String, String>,
+    body: &Bytes,
+) -> Result<(objects::DeleteOptions, DeletePreconditions), ApiError> {
+    let mut delete_options = objects::DeleteOptions {
+        grace_period_seconds: query.get("gracePeriodSeconds").and_then(|g| g.parse().ok()),
+        propagation_policy: query.get("propagationPolicy").cloned(),
+    };
+    let mut preconditions = DeletePreconditions::default();
+    if body.is_empty() {
+        return Ok((delete_options, preconditions));
+    }
+    let options: Value =
+        serde_json::from_slice(body).map_err(|e| bad_request(format!("DeleteOptions: {e}")))?;
+    if let Some(grace) = options.get("gracePeriodSeconds").and_then(Value::as_i64) {
+        delete_options.grace_period_seconds = Some(grace);
+    }
+    if let Some(policy) = options.get("propagationPolicy").and_then(Value::as_str) {
+        delete_options.propagation_policy = Some(policy.to_string());
+    } else if options.get("orphanDependents").and_then(Value::as_bool) == Some(true) {
+        delete_options.propagation_policy = Some("Orphan".into());
+    }
+    let text = |pointer: &str| {
+        options
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .map(String::from)
+    };
+    preconditions.uid = text("/preconditions/uid");
+    preconditions.resource_version = text("/preconditions/resourceVersion");
+    Ok((delete_options, preconditions))
 }
 
 fn store_error(target: &Target, name: &str, err: StoreError) -> ApiError {
@@ -639,14 +707,18 @@ impl Api {
             .await
             .map_err(|e| store_error(target, name, e))?;
         let object = decode(target.def, &kv.ok_or_else(|| not_found(target, name))?)?;
+        let rendering = table::Rendering::from_accept(accept);
         match target.subresource.as_deref() {
-            None if table::wants_table(accept) => {
+            None if rendering == table::Rendering::Table => {
                 let rv = object
                     .pointer("/metadata/resourceVersion")
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_string();
                 Ok(Json(self.table(target, &[object], &rv, None)).into_response())
+            }
+            None if rendering == table::Rendering::Metadata => {
+                Ok(Json(table::partial_metadata(&object)).into_response())
             }
             None | Some("status") => Ok(Json(object).into_response()),
             Some("scale") if target.def.scale => Ok(Json(scale_of(&object)).into_response()),
@@ -734,16 +806,31 @@ impl Api {
         }
         let rv = revision.to_string();
         let token = next_token.map(|t| t.encode());
-        if table::wants_table(accept) {
+        let rendering = table::Rendering::from_accept(accept);
+        if rendering == table::Rendering::Table {
             return Ok(Json(self.table(target, &items, &rv, token.as_deref())).into_response());
         }
         let mut metadata = json!({"resourceVersion": rv});
         if let Some(token) = token {
             metadata["continue"] = json!(token);
         }
+        let (kind, api_version, items) = if rendering == table::Rendering::Metadata {
+            let items: Vec<Value> = items.iter().map(table::partial_metadata).collect();
+            (
+                "PartialObjectMetadataList".to_string(),
+                "meta.k8s.io/v1".to_string(),
+                items,
+            )
+        } else {
+            (
+                format!("{}List", target.def.kind),
+                target.def.api_version(),
+                items,
+            )
+        };
         Ok(Json(json!({
-            "kind": format!("{}List", target.def.kind),
-            "apiVersion": target.def.api_version(),
+            "kind": kind,
+            "apiVersion": api_version,
             "metadata": metadata,
             "items": items,
         }))
@@ -1032,102 +1119,71 @@ impl Api {
                 format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"),
             ));
         }
-        let current = self
-            .store
-            .get(&target.key())
-            .await
-            .map_err(|e| store_error(target, name, e))?;
-        let current = current.ok_or_else(|| not_found(target, name))?;
-        let object = decode(target.def, &current)?;
-        let mut delete_options = objects::DeleteOptions {
-            grace_period_seconds: query.get("gracePeriodSeconds").and_then(|g| g.parse().ok()),
-            propagation_policy: query.get("propagationPolicy").cloned(),
-        };
-        if !body.is_empty() {
-            let options: Value = serde_json::from_slice(body)
-                .map_err(|e| bad_request(format!("DeleteOptions: {e}")))?;
-            if let Some(grace) = options.get("gracePeriodSeconds").and_then(Value::as_i64) {
-                delete_options.grace_period_seconds = Some(grace);
+        let (delete_options, preconditions) = parse_delete_options(query, body)?;
+        // As Kubernetes' registry does, a delete without a resourceVersion precondition retries
+        // when a controller's write lands between the read and the conditional delete: the
+        // client asked to delete the object, whatever version it is now.
+        for _attempt in 0..5 {
+            let current = self
+                .store
+                .get(&target.key())
+                .await
+                .map_err(|e| store_error(target, name, e))?;
+            let current = current.ok_or_else(|| not_found(target, name))?;
+            let object = decode(target.def, &current)?;
+            preconditions.check(&object, current.mod_revision)?;
+            let now = OffsetDateTime::now_utc().unix_timestamp();
+            let action = if target.def.kind == "Namespace" {
+                objects::DeleteAction::Remove
+            } else {
+                objects::plan_delete(target.def, &object, &delete_options, now)
+                    .map_err(bad_request)?
+            };
+            if dry_run(query)? {
+                return Ok(Json(object).into_response());
             }
-            if let Some(policy) = options.get("propagationPolicy").and_then(Value::as_str) {
-                delete_options.propagation_policy = Some(policy.to_string());
-            } else if options.get("orphanDependents").and_then(Value::as_bool) == Some(true) {
-                delete_options.propagation_policy = Some("Orphan".into());
-            }
-            if let Some(uid) = options
-                .pointer("/preconditions/uid")
-                .and_then(Value::as_str)
-            {
-                if object.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
-                    return Err(ApiError::new(
-                        StatusCode::CONFLICT,
-                        "Conflict",
-                        format!(
-                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                        object.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default()
-                    ),
-                    ));
+            let written = match action {
+                objects::DeleteAction::Remove => {
+                    if target.def.kind == "Namespace" {
+                        self.delete_namespace_contents(name).await?;
+                    }
+                    if target.def.kind == "CustomResourceDefinition" {
+                        self.delete_custom_objects(&object).await?;
+                    }
+                    self.store
+                        .delete(&target.key(), Some(current.mod_revision))
+                        .await
+                        .map(|_| (Json(object.clone()).into_response(), true))
                 }
-            }
-            if let Some(rv) = options
-                .pointer("/preconditions/resourceVersion")
-                .and_then(Value::as_str)
-            {
-                if rv != current.mod_revision.to_string() {
-                    return Err(ApiError::new(StatusCode::CONFLICT, "Conflict", format!(
-                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                        current.mod_revision
-                    )));
+                objects::DeleteAction::Mark(mut marked) => {
+                    if let Some(meta) = marked.get_mut("metadata").and_then(Value::as_object_mut) {
+                        meta.remove("resourceVersion");
+                    }
+                    let encoded = encode_stored(target.def, &marked)?;
+                    self.store
+                        .update(&target.key(), encoded, current.mod_revision)
+                        .await
+                        .map(|kv| {
+                            let marked = objects::with_resource_version(marked, kv.mod_revision);
+                            ((StatusCode::ACCEPTED, Json(marked)).into_response(), false)
+                        })
                 }
+                objects::DeleteAction::Unchanged => {
+                    return Ok((StatusCode::ACCEPTED, Json(object)).into_response());
+                }
+            };
+            match written {
+                Ok((response, removed)) => {
+                    if removed {
+                        self.released(target, &object).await;
+                    }
+                    return Ok(response);
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(store_error(target, name, e)),
             }
         }
-        let now = OffsetDateTime::now_utc().unix_timestamp();
-        let action = if target.def.kind == "Namespace" {
-            objects::DeleteAction::Remove
-        } else {
-            objects::plan_delete(target.def, &object, &delete_options, now).map_err(bad_request)?
-        };
-        if dry_run(query)? {
-            return Ok(Json(object).into_response());
-        }
-        match action {
-            objects::DeleteAction::Remove => {
-                if target.def.kind == "Namespace" {
-                    self.delete_namespace_contents(name).await?;
-                }
-                if target.def.kind == "CustomResourceDefinition" {
-                    self.delete_custom_objects(&object).await?;
-                }
-                self.store
-                    .delete(&target.key(), Some(current.mod_revision))
-                    .await
-                    .map_err(|e| store_error(target, name, e))?;
-                self.released(target, &object).await;
-                Ok(Json(object).into_response())
-            }
-            objects::DeleteAction::Mark(mut marked) => {
-                if let Some(meta) = marked.get_mut("metadata").and_then(Value::as_object_mut) {
-                    meta.remove("resourceVersion");
-                }
-                let kv = self
-                    .store
-                    .update(
-                        &target.key(),
-                        encode_stored(target.def, &marked)?,
-                        current.mod_revision,
-                    )
-                    .await
-                    .map_err(|e| store_error(target, name, e))?;
-                Ok((
-                    StatusCode::ACCEPTED,
-                    Json(objects::with_resource_version(marked, kv.mod_revision)),
-                )
-                    .into_response())
-            }
-            objects::DeleteAction::Unchanged => {
-                Ok((StatusCode::ACCEPTED, Json(object)).into_response())
-            }
-        }
+        Err(conflict(target, name))
     }
 
     /// The field manager for writes to `target`: on the main resource of a kind with a status
