@@ -5,11 +5,52 @@
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
+/// How a response presents the objects it carries, as the `Accept` header asks: the objects
+/// themselves, a Table (`kubectl get`), or metadata only (`as=PartialObjectMetadata[List]`,
+/// what metadata informers such as Kubernetes' garbage collector and kube-rs'
+/// `metadata_watcher` ask for). The first alternative in the header the server can give wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rendering {
+    Object,
+    Table,
+    Metadata,
+}
+
+impl Rendering {
+    pub fn from_accept(accept: &str) -> Rendering {
+        for part in accept.split(',') {
+            let params: Vec<&str> = part.split(';').map(str::trim).collect();
+            if !params.iter().any(|p| p.starts_with("g=meta.k8s.io")) {
+                if params.iter().any(|p| p.starts_with("as=")) {
+                    continue;
+                }
+                return Rendering::Object;
+            }
+            if params.contains(&"as=Table") {
+                return Rendering::Table;
+            }
+            if params.contains(&"as=PartialObjectMetadata")
+                || params.contains(&"as=PartialObjectMetadataList")
+            {
+                return Rendering::Metadata;
+            }
+        }
+        Rendering::Object
+    }
+}
+
 /// Whether an `Accept` header asks for a Table.
 pub fn wants_table(accept: &str) -> bool {
-    accept.split(',').any(|part| {
-        let params: Vec<&str> = part.split(';').map(str::trim).collect();
-        params.contains(&"as=Table") && params.iter().any(|p| p.starts_with("g=meta.k8s.io"))
+    Rendering::from_accept(accept) == Rendering::Table
+}
+
+/// `object` as a `meta.k8s.io/v1` PartialObjectMetadata: its kind's identity dropped, its
+/// metadata kept whole.
+pub fn partial_metadata(object: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": object.get("metadata").cloned().unwrap_or_else(|| json!({})),
     })
 }
 
@@ -972,6 +1013,30 @@ mod tests {
     fn recognises_kubectl_table_requests() {
         assert!(wants_table("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"));
         assert!(!wants_table("application/json"));
+    }
+
+    #[test]
+    fn recognises_metadata_only_requests() {
+        use super::Rendering;
+        let metadata = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1";
+        assert_eq!(Rendering::from_accept(metadata), Rendering::Metadata);
+        assert_eq!(
+            Rendering::from_accept(
+                "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+            ),
+            Rendering::Metadata
+        );
+        // An alternative the server cannot give is skipped for the next one.
+        assert_eq!(
+            Rendering::from_accept("application/json;as=Other;g=x.io;v=v1,application/json"),
+            Rendering::Object
+        );
+        assert_eq!(Rendering::from_accept(""), Rendering::Object);
+        let pod = json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "p", "uid": "u"}, "spec": {}});
+        assert_eq!(
+            super::partial_metadata(&pod),
+            json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": {"name": "p", "uid": "u"}})
+        );
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub struct WatchRequest {
     pub send_initial: bool,
     pub bookmarks: bool,
     pub timeout: Duration,
-    pub as_table: bool,
+    pub rendering: table::Rendering,
 }
 
 impl WatchRequest {
@@ -74,7 +74,7 @@ impl WatchRequest {
             resource_version,
             bookmarks: flag("allowWatchBookmarks"),
             timeout: timeout.min(DEFAULT_TIMEOUT),
-            as_table: table::wants_table(accept),
+            rendering: table::Rendering::from_accept(accept),
         })
     }
 
@@ -103,7 +103,12 @@ pub struct EventCache {
     inner: std::sync::Mutex<CacheInner>,
 }
 
-type LineKey = (i64, &'static str, bool, (&'static str, &'static str));
+type LineKey = (
+    i64,
+    &'static str,
+    table::Rendering,
+    (&'static str, &'static str),
+);
 
 #[derive(Debug, Default)]
 struct CacheInner {
@@ -188,10 +193,10 @@ fn present(
     columns: Option<&[table::PrinterColumn]>,
     object: Value,
 ) -> Value {
-    if request.as_table {
-        table::table(kind, columns, &[object], "", None)
-    } else {
-        object
+    match request.rendering {
+        table::Rendering::Object => object,
+        table::Rendering::Table => table::table(kind, columns, &[object], "", None),
+        table::Rendering::Metadata => table::partial_metadata(&object),
     }
 }
 
@@ -299,6 +304,10 @@ pub async fn watch(
             if initial_end {
                 metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
             }
+            let (kind, api_version) = match request.rendering {
+                table::Rendering::Metadata => ("PartialObjectMetadata", "meta.k8s.io/v1"),
+                _ => (kind, api_version.as_str()),
+            };
             line(
                 "BOOKMARK",
                 json!({"kind": kind, "apiVersion": api_version, "metadata": metadata}),
@@ -343,7 +352,7 @@ pub async fn watch(
                         },
                         (EventKind::Put, None) => continue,
                     };
-                    let encoded = cache.line((last, event_type, request.as_table, (def.group, def.version)), || {
+                    let encoded = cache.line((last, event_type, request.rendering, (def.group, def.version)), || {
                         line(event_type, present(&request, kind, columns.as_deref().map(Vec::as_slice), object.clone()))
                     });
                     if tx.send(encoded).await.is_err() {
@@ -446,7 +455,7 @@ mod tests {
         );
         let mut encodes = 0;
         for _ in 0..3 {
-            cache.line((1, "ADDED", false, ("", "v1")), || {
+            cache.line((1, "ADDED", table::Rendering::Object, ("", "v1")), || {
                 encodes += 1;
                 line("ADDED", json!({}))
             });

@@ -589,3 +589,87 @@ async fn kube_rs_uid_preconditions_and_writes_that_change_nothing() {
         Some("2")
     );
 }
+
+/// Metadata-only reads (`as=PartialObjectMetadata[List]`), as kube-rs' `metadata_watcher` and
+/// Kubernetes' garbage collector use them: get, list and watch carry metadata and no data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_metadata_only_get_list_and_watch() {
+    use kube::api::{ListParams, WatchEvent, WatchParams};
+    let dir = tempfile::TempDir::new().expect("tempdir");
+    let _server = start(dir.path(), free_port().expect("port"));
+    let client = client(&dir.path().join("kubeconfig.yaml")).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let mut labelled = config_map("meta", "secret-ish");
+    labelled.metadata.labels = Some([("app".to_string(), "m".to_string())].into());
+    let created = cms
+        .create(&PostParams::default(), &labelled)
+        .await
+        .expect("create");
+
+    let got = cms.get_metadata("meta").await.expect("get_metadata");
+    assert_eq!(got.metadata.uid, created.metadata.uid);
+    assert_eq!(got.metadata.labels, labelled.metadata.labels);
+    let types = got.types.expect("typed");
+    assert_eq!(
+        (types.kind.as_str(), types.api_version.as_str()),
+        ("PartialObjectMetadata", "meta.k8s.io/v1")
+    );
+
+    let listed = cms
+        .list_metadata(&ListParams::default().labels("app=m"))
+        .await
+        .expect("list_metadata");
+    let names: Vec<_> = listed
+        .items
+        .iter()
+        .map(|m| m.metadata.name.clone())
+        .collect();
+    assert_eq!(names, [Some("meta".to_string())]);
+    let rv = listed
+        .metadata
+        .resource_version
+        .expect("list resourceVersion");
+
+    let mut events = cms
+        .watch_metadata(&WatchParams::default().timeout(10), &rv)
+        .await
+        .expect("watch_metadata")
+        .boxed();
+    cms.patch(
+        "meta",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {"annotations": {"a": "b"}}})),
+    )
+    .await
+    .expect("patch");
+    let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("an event within 10 s")
+        .expect("stream open")
+        .expect("decodes as PartialObjectMetadata");
+    match event {
+        WatchEvent::Modified(meta) => assert_eq!(
+            meta.metadata.annotations.and_then(|a| a.get("a").cloned()),
+            Some("b".to_string())
+        ),
+        other => panic!("expected MODIFIED, got {other:?}"),
+    }
+
+    // The raw list carries no `data`: the server, not the client's decoding, dropped it.
+    let request = http::Request::get("/api/v1/namespaces/default/configmaps")
+        .header(
+            "Accept",
+            "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
+        )
+        .body(Vec::new())
+        .expect("request");
+    let raw: serde_json::Value =
+        serde_json::from_str(&client.request_text(request).await.expect("raw list")).expect("JSON");
+    assert_eq!(raw["kind"], "PartialObjectMetadataList", "{raw}");
+    let item = raw["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|i| i["metadata"]["name"] == "meta"))
+        .expect("the ConfigMap listed");
+    assert_eq!(item["kind"], "PartialObjectMetadata", "{item}");
+    assert!(item.get("data").is_none(), "{item}");
+}
