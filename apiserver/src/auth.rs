@@ -48,6 +48,8 @@ fn is_public(path: &str) -> bool {
     matches!(path, "/version" | "/healthz" | "/livez" | "/readyz")
         || path == shoal_common::join::CACERTS_PATH
         || path == shoal_common::join::NODE_CREDENTIALS_PATH
+        || path == shoal_common::join::SERVER_BOOTSTRAP_PATH
+        || path == shoal_common::join::MEMBERS_PATH
         || path.starts_with("/healthz/")
         || path.starts_with("/livez/")
         || path.starts_with("/readyz/")

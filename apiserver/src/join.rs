@@ -1,7 +1,10 @@
-//! The server's half of a node joining (the exchange is described in `shoal_common::join`):
-//! `GET /cacerts` gives anyone the cluster CA, and `POST /v1-shoal/node-credentials` signs a
-//! node client certificate for a caller presenting the join token's secret with HTTP Basic.
-//! Both sit outside client-certificate authentication, since a joining node has none yet.
+//! The server's half of a node or server joining (the exchange is described in
+//! `shoal_common::join`): `GET /cacerts` gives anyone the cluster CA, and
+//! `POST /v1-shoal/node-credentials` signs a node client certificate for a caller presenting
+//! the join token's secret with HTTP Basic. A joining server (Basic `server:<secret>`) gets the
+//! cluster's shared keys from `POST /v1-shoal/server-bootstrap` and asks to be added to the
+//! store at `/v1-shoal/members`, which also lists and removes members.
+//! All of them sit outside client-certificate authentication, since a joiner has none yet.
 
 use std::sync::Arc;
 
@@ -11,18 +14,35 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use shoal_common::join::{
-    JoinToken, JoinedCluster, NodeCredentials, NodeCredentialsRequest, JOIN_USER,
+    JoinToken, JoinedCluster, NodeCredentials, NodeCredentialsRequest, ServerBootstrap,
+    StoreMember, JOIN_USER, SERVER_USER,
 };
 
 use crate::pki::ClusterPki;
 use crate::rest::Api;
 use crate::status::ApiError;
 
-/// What the server needs to admit nodes.
+/// Why a membership change or listing failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct MembershipError(pub String);
+
+/// The servers' replicated store as the members endpoint sees it (implemented over the Raft
+/// store where the server is wired; any member may be asked, the store forwards to its leader).
+#[async_trait::async_trait]
+pub trait StoreMembership: Send + Sync + 'static {
+    async fn members(&self) -> Result<Vec<StoreMember>, MembershipError>;
+    /// Adds a member as a learner, then makes it a voter once it has caught up.
+    async fn add(&self, id: u64, peer_address: &str) -> Result<(), MembershipError>;
+    async fn remove(&self, id: u64) -> Result<(), MembershipError>;
+}
+
+/// What the server needs to admit nodes and servers.
 pub struct JoinAuthority {
     pki: ClusterPki,
     token: JoinToken,
     cluster: JoinedCluster,
+    members: Option<Arc<dyn StoreMembership>>,
 }
 
 impl std::fmt::Debug for JoinAuthority {
@@ -43,7 +63,45 @@ impl JoinAuthority {
             pki,
             token,
             cluster,
+            members: None,
         }
+    }
+
+    /// Lets servers join through this one (without it only nodes can).
+    pub fn with_members(mut self, members: Arc<dyn StoreMembership>) -> Self {
+        self.members = Some(members);
+        self
+    }
+
+    /// The shared keys, for a caller holding the token as a server.
+    pub fn bootstrap(&self, authorization: Option<&str>) -> Result<ServerBootstrap, ApiError> {
+        if !authorization.is_some_and(|value| self.authorized(value, SERVER_USER)) {
+            return Err(ApiError::unauthorized());
+        }
+        if self.members.is_none() {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "this server does not take other servers".to_string(),
+            ));
+        }
+        Ok(self.pki.bootstrap(self.cluster.clone()))
+    }
+
+    fn members_for(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<&Arc<dyn StoreMembership>, ApiError> {
+        if !authorization.is_some_and(|value| self.authorized(value, SERVER_USER)) {
+            return Err(ApiError::unauthorized());
+        }
+        self.members.as_ref().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "this server does not take other servers".to_string(),
+            )
+        })
     }
 
     /// Checks the caller's token and signs its certificate: the pure core of the endpoint.
@@ -52,7 +110,7 @@ impl JoinAuthority {
         authorization: Option<&str>,
         body: &[u8],
     ) -> Result<NodeCredentials, ApiError> {
-        if !authorization.is_some_and(|value| self.authorized(value)) {
+        if !authorization.is_some_and(|value| self.authorized(value, JOIN_USER)) {
             return Err(ApiError::unauthorized());
         }
         let request: NodeCredentialsRequest = serde_json::from_slice(body).map_err(|e| {
@@ -81,8 +139,8 @@ impl JoinAuthority {
         })
     }
 
-    /// `Basic base64(node:<secret>)`.
-    fn authorized(&self, authorization: &str) -> bool {
+    /// `Basic base64(<user>:<secret>)`.
+    fn authorized(&self, authorization: &str, user: &str) -> bool {
         let Some(encoded) = authorization.strip_prefix("Basic ") else {
             return false;
         };
@@ -93,7 +151,7 @@ impl JoinAuthority {
             return false;
         };
         match text.split_once(':') {
-            Some((user, secret)) => user == JOIN_USER && self.token.secret_matches(secret),
+            Some((presented, secret)) => presented == user && self.token.secret_matches(secret),
             None => false,
         }
     }
@@ -120,10 +178,7 @@ pub async fn node_credentials(
     let Some(join) = &api.join else {
         return ApiError::not_found_path(shoal_common::join::NODE_CREDENTIALS_PATH).into_response();
     };
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    match join.admit(authorization, &body) {
+    match join.admit(authorization(&headers), &body) {
         Ok(credentials) => axum::Json(credentials).into_response(),
         Err(err) => {
             if err.code == StatusCode::UNAUTHORIZED {
@@ -131,6 +186,87 @@ pub async fn node_credentials(
             }
             err.into_response()
         }
+    }
+}
+
+fn authorization(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// `POST /v1-shoal/server-bootstrap`.
+pub async fn server_bootstrap(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
+    let Some(join) = &api.join else {
+        return ApiError::not_found_path(shoal_common::join::SERVER_BOOTSTRAP_PATH).into_response();
+    };
+    match join.bootstrap(authorization(&headers)) {
+        Ok(bundle) => {
+            tracing::info!("gave a joining server the cluster's keys");
+            axum::Json(bundle).into_response()
+        }
+        Err(err) => {
+            if err.code == StatusCode::UNAUTHORIZED {
+                tracing::warn!("a server presented a wrong join token");
+            }
+            err.into_response()
+        }
+    }
+}
+
+/// `GET`, `POST` and `DELETE /v1-shoal/members`: list, add (`StoreMember` body; `voter` and
+/// `leader` ignored) and remove (`?id=N`) members of the store.
+pub async fn members(
+    State(api): State<Arc<Api>>,
+    method: axum::http::Method,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(join) = &api.join else {
+        return ApiError::not_found_path(shoal_common::join::MEMBERS_PATH).into_response();
+    };
+    let members = match join.members_for(authorization(&headers)) {
+        Ok(members) => members,
+        Err(err) => return err.into_response(),
+    };
+    let failed = |e: MembershipError| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", e.0).into_response()
+    };
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", m).into_response();
+    match method {
+        axum::http::Method::GET => match members.members().await {
+            Ok(list) => axum::Json(list).into_response(),
+            Err(e) => failed(e),
+        },
+        axum::http::Method::POST => {
+            let member: StoreMember = match serde_json::from_slice(&body) {
+                Ok(member) => member,
+                Err(e) => return bad(format!("the member is not valid JSON: {e}")),
+            };
+            if member.peer_address.parse::<std::net::SocketAddr>().is_err() {
+                return bad(format!(
+                    "peerAddress {:?} is not an IP:port",
+                    member.peer_address
+                ));
+            }
+            tracing::info!(id = member.id, address = %member.peer_address, "adding a store member");
+            match members.add(member.id, &member.peer_address).await {
+                Ok(()) => StatusCode::NO_CONTENT.into_response(),
+                Err(e) => failed(e),
+            }
+        }
+        axum::http::Method::DELETE => {
+            let Some(id) = query.get("id").and_then(|id| id.parse::<u64>().ok()) else {
+                return bad("DELETE needs ?id=<member id>".to_string());
+            };
+            tracing::info!(id, "removing a store member");
+            match members.remove(id).await {
+                Ok(()) => StatusCode::NO_CONTENT.into_response(),
+                Err(e) => failed(e),
+            }
+        }
+        _ => StatusCode::METHOD_NOT_ALLOWED.into_response(),
     }
 }
 
@@ -205,6 +341,42 @@ mod tests {
             let err = join.admit(auth.as_deref(), &body).unwrap_err();
             assert_eq!(err.code, StatusCode::UNAUTHORIZED, "{auth:?}");
         }
+    }
+
+    #[test]
+    fn only_a_server_holding_the_token_gets_the_keys_and_only_where_servers_may_join() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let join = authority(dir.path());
+        // A node's credentials never open the server endpoints.
+        let err = join.bootstrap(Some(&basic("node", "s3cret"))).unwrap_err();
+        assert_eq!(err.code, StatusCode::UNAUTHORIZED);
+        let err = join.bootstrap(Some(&basic("server", "wrong"))).unwrap_err();
+        assert_eq!(err.code, StatusCode::UNAUTHORIZED);
+        // Without a replicated store this server takes no other servers.
+        let err = join
+            .bootstrap(Some(&basic("server", "s3cret")))
+            .unwrap_err();
+        assert_eq!(err.code, StatusCode::NOT_FOUND);
+
+        struct NoMembers;
+        #[async_trait::async_trait]
+        impl StoreMembership for NoMembers {
+            async fn members(&self) -> Result<Vec<StoreMember>, MembershipError> {
+                Ok(vec![])
+            }
+            async fn add(&self, _: u64, _: &str) -> Result<(), MembershipError> {
+                Err(MembershipError("not here".into()))
+            }
+            async fn remove(&self, _: u64) -> Result<(), MembershipError> {
+                Err(MembershipError("not here".into()))
+            }
+        }
+        let join = join.with_members(Arc::new(NoMembers));
+        let bundle = join.bootstrap(Some(&basic("server", "s3cret"))).unwrap();
+        assert_eq!(bundle.ca_cert, join.pki.ca_cert_pem);
+        assert_eq!(bundle.peer_ca_cert, join.pki.peer_ca_cert_pem);
+        assert_ne!(bundle.peer_ca_cert, bundle.ca_cert);
+        assert_eq!(bundle.cluster.cluster_cidr, "10.42.0.0/16");
     }
 
     #[test]

@@ -6,6 +6,10 @@
 //! node can check the CA it is shown.
 //!
 //! The ServiceAccount token signing key (`service-account.key`, ECDSA P-256) is made once too.
+//! So is a second CA for the store's peer (Raft) traffic (`peer-ca.*`, as etcd keeps its own
+//! peer CA), with which each server issues its own peer certificate (`peer.*`, server and
+//! client use, its addresses as SANs). A joining server gets both CAs and the signing key from
+//! an existing one ([`ClusterPki::bootstrap`], [`install_bootstrap`]), then makes its own leaves.
 //!
 //! Files live in `<data-dir>/server/tls/` (keys mode 0600) and `<data-dir>/server/token`.
 
@@ -19,7 +23,10 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use ring::rand::SecureRandom as _;
-use shoal_common::join::{join_token, parse_join_token, TokenError, NODES_GROUP, NODE_USER_PREFIX};
+use shoal_common::join::{
+    join_token, parse_join_token, JoinedCluster, ServerBootstrap, TokenError, NODES_GROUP,
+    NODE_USER_PREFIX,
+};
 use time::{Duration, OffsetDateTime};
 
 const CA_CERT: &str = "server-ca.crt";
@@ -30,6 +37,11 @@ const SERVING_META: &str = "serving.meta";
 const ADMIN_CERT: &str = "client-admin.crt";
 const ADMIN_KEY: &str = "client-admin.key";
 const SERVICE_ACCOUNT_KEY: &str = "service-account.key";
+const PEER_CA_CERT: &str = "peer-ca.crt";
+const PEER_CA_KEY: &str = "peer-ca.key";
+const PEER_CERT: &str = "peer.crt";
+const PEER_KEY: &str = "peer.key";
+const PEER_META: &str = "peer.meta";
 
 /// The user and group the admin client certificate names (Kubernetes' superuser group).
 pub const ADMIN_USER: &str = "system:admin";
@@ -113,6 +125,11 @@ pub struct ClusterPki {
     pub token_secret: String,
     /// Signs and verifies ServiceAccount tokens (ECDSA P-256, PKCS#8 PEM).
     pub service_account_key_pem: String,
+    pub peer_ca_cert_pem: String,
+    peer_ca_key_pem: String,
+    /// This server's certificate for the store's peer traffic (both directions).
+    pub peer_cert_pem: String,
+    pub peer_key_pem: String,
 }
 
 impl std::fmt::Debug for ClusterPki {
@@ -206,46 +223,19 @@ impl ClusterPki {
             source,
         })?;
 
-        let (ca_cert_pem, ca_key) = load_or_create_ca(&tls)?;
+        let (ca_cert_pem, ca_key) = load_or_create_ca(&tls, CA_CERT, CA_KEY, "shoal-server-ca")?;
         let issuer = Issuer::from_ca_cert_pem(&ca_cert_pem, &ca_key)?;
 
         let (serving_cert_pem, serving_key_pem) = {
-            let meta = read(&tls.join(SERVING_META))?;
-            let wanted = identity.describe();
-            let current = match (
-                read(&tls.join(SERVING_CERT))?,
-                read(&tls.join(SERVING_KEY))?,
-            ) {
-                (Some(cert), Some(key)) => Some((cert, key)),
-                _ => None,
-            };
-            match (current, meta) {
-                (Some(pair), Some(meta)) if still_valid(&meta, &wanted) => pair,
-                _ => {
-                    let key = KeyPair::generate()?;
-                    let mut params = leaf_params("kube-apiserver", Duration::days(365))?;
-                    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-                    for name in &identity.dns_names {
-                        params
-                            .subject_alt_names
-                            .push(SanType::DnsName(name.clone().try_into()?));
-                    }
-                    for ip in &identity.ips {
-                        params.subject_alt_names.push(SanType::IpAddress(*ip));
-                    }
-                    let cert = params.signed_by(&key, &issuer)?;
-                    let expires = params.not_after.unix_timestamp();
-                    write(&tls.join(SERVING_KEY), &key.serialize_pem(), 0o600)?;
-                    write(&tls.join(SERVING_CERT), &cert.pem(), 0o644)?;
-                    write(
-                        &tls.join(SERVING_META),
-                        &format!("{wanted}expires {expires}\n"),
-                        0o644,
-                    )?;
-                    tracing::info!("issued the API serving certificate");
-                    (cert.pem(), key.serialize_pem())
-                }
-            }
+            let mut params = leaf_params("kube-apiserver", Duration::days(365))?;
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            load_or_issue_leaf(
+                &tls,
+                [SERVING_CERT, SERVING_KEY, SERVING_META],
+                identity,
+                params,
+                &issuer,
+            )?
         };
 
         let (admin_cert_pem, admin_key_pem) =
@@ -281,6 +271,28 @@ impl ClusterPki {
             }
         };
 
+        let (peer_ca_cert_pem, peer_ca_key) =
+            load_or_create_ca(&tls, PEER_CA_CERT, PEER_CA_KEY, "shoal-peer-ca")?;
+        let (peer_cert_pem, peer_key_pem) = {
+            let issuer = Issuer::from_ca_cert_pem(&peer_ca_cert_pem, &peer_ca_key)?;
+            let mut params = leaf_params("shoal-peer", Duration::days(365))?;
+            params.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let peer_identity = ServingIdentity {
+                dns_names: vec!["localhost".into()],
+                ips: identity.ips.clone(),
+            };
+            load_or_issue_leaf(
+                &tls,
+                [PEER_CERT, PEER_KEY, PEER_META],
+                &peer_identity,
+                params,
+                &issuer,
+            )?
+        };
+
         let token_path = server_dir.join("token");
         let token_secret = match read(&token_path)? {
             Some(stored) => {
@@ -308,6 +320,10 @@ impl ClusterPki {
         };
 
         Ok(ClusterPki {
+            peer_ca_cert_pem,
+            peer_ca_key_pem: peer_ca_key.serialize_pem(),
+            peer_cert_pem,
+            peer_key_pem,
             ca_key_pem: ca_key.serialize_pem(),
             ca_cert_pem,
             serving_cert_pem,
@@ -343,6 +359,18 @@ impl ClusterPki {
         Ok(request.signed_by(&issuer)?.pem())
     }
 
+    /// The keys a joining server needs (sent over verified TLS to a holder of the token).
+    pub fn bootstrap(&self, cluster: JoinedCluster) -> ServerBootstrap {
+        ServerBootstrap {
+            ca_cert: self.ca_cert_pem.clone(),
+            ca_key: self.ca_key_pem.clone(),
+            peer_ca_cert: self.peer_ca_cert_pem.clone(),
+            peer_ca_key: self.peer_ca_key_pem.clone(),
+            service_account_key: self.service_account_key_pem.clone(),
+            cluster,
+        }
+    }
+
     /// A kubeconfig for the admin user against `server_url` (`https://127.0.0.1:6443`).
     pub fn admin_kubeconfig(&self, server_url: &str) -> String {
         kubeconfig(
@@ -352,6 +380,81 @@ impl ClusterPki {
             &self.admin_key_pem,
         )
     }
+}
+
+/// The leaf in `files` (certificate, key, and a note of the names it was issued for), reused
+/// while it is for `identity` and not near expiry, else issued from `params` (to which the
+/// identity's names are added) and written.
+fn load_or_issue_leaf(
+    tls: &Path,
+    [cert_file, key_file, meta_file]: [&str; 3],
+    identity: &ServingIdentity,
+    mut params: CertificateParams,
+    issuer: &Issuer<'_, &KeyPair>,
+) -> Result<(String, String), PkiError> {
+    let meta = read(&tls.join(meta_file))?;
+    let wanted = identity.describe();
+    let current = match (read(&tls.join(cert_file))?, read(&tls.join(key_file))?) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        _ => None,
+    };
+    if let (Some(pair), Some(meta)) = (current, meta) {
+        if still_valid(&meta, &wanted) {
+            return Ok(pair);
+        }
+    }
+    let key = KeyPair::generate()?;
+    for name in &identity.dns_names {
+        params
+            .subject_alt_names
+            .push(SanType::DnsName(name.clone().try_into()?));
+    }
+    for ip in &identity.ips {
+        params.subject_alt_names.push(SanType::IpAddress(*ip));
+    }
+    let cert = params.signed_by(&key, issuer)?;
+    let expires = params.not_after.unix_timestamp();
+    write(&tls.join(key_file), &key.serialize_pem(), 0o600)?;
+    write(&tls.join(cert_file), &cert.pem(), 0o644)?;
+    write(
+        &tls.join(meta_file),
+        &format!("{wanted}expires {expires}\n"),
+        0o644,
+    )?;
+    tracing::info!(certificate = cert_file, "issued a certificate");
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Writes what an existing server gave a joining one into `server_dir`, before
+/// [`ClusterPki::load_or_create`] loads it and issues this server's own certificates and
+/// token file. A data directory that already holds other keys is refused: joining never
+/// replaces a cluster's identity.
+pub fn install_bootstrap(server_dir: &Path, bundle: &ServerBootstrap) -> Result<(), PkiError> {
+    let tls = server_dir.join("tls");
+    let files = [
+        (CA_CERT, &bundle.ca_cert, 0o644),
+        (CA_KEY, &bundle.ca_key, 0o600),
+        (PEER_CA_CERT, &bundle.peer_ca_cert, 0o644),
+        (PEER_CA_KEY, &bundle.peer_ca_key, 0o600),
+        (SERVICE_ACCOUNT_KEY, &bundle.service_account_key, 0o600),
+    ];
+    for (file, contents, _) in files {
+        let path = tls.join(file);
+        if let Some(existing) = read(&path)? {
+            if existing != *contents {
+                return Err(PkiError::Invalid {
+                    path,
+                    reason: "this data directory belongs to another cluster; \
+                             remove it to join this one"
+                        .into(),
+                });
+            }
+        }
+    }
+    for (file, contents, mode) in files {
+        write(&tls.join(file), contents, mode)?;
+    }
+    Ok(())
 }
 
 fn still_valid(meta: &str, wanted: &str) -> bool {
@@ -366,9 +469,14 @@ fn still_valid(meta: &str, wanted: &str) -> bool {
             < OffsetDateTime::from_unix_timestamp(expires).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
-fn load_or_create_ca(tls: &Path) -> Result<(String, KeyPair), PkiError> {
-    let cert_path = tls.join(CA_CERT);
-    let key_path = tls.join(CA_KEY);
+fn load_or_create_ca(
+    tls: &Path,
+    cert_file: &str,
+    key_file: &str,
+    name: &str,
+) -> Result<(String, KeyPair), PkiError> {
+    let cert_path = tls.join(cert_file);
+    let key_path = tls.join(key_file);
     match (read(&cert_path)?, read(&key_path)?) {
         (Some(cert), Some(key)) => {
             let key = KeyPair::from_pem(&key).map_err(|e| PkiError::Invalid {
@@ -397,13 +505,13 @@ fn load_or_create_ca(tls: &Path) -> Result<(String, KeyPair), PkiError> {
             let mut dn = DistinguishedName::new();
             dn.push(
                 DnType::CommonName,
-                format!("shoal-server-ca@{}", now.unix_timestamp()),
+                format!("{name}@{}", now.unix_timestamp()),
             );
             params.distinguished_name = dn;
             let cert = params.self_signed(&key)?;
             write(&key_path, &key.serialize_pem(), 0o600)?;
             write(&cert_path, &cert.pem(), 0o644)?;
-            tracing::info!("created the cluster CA");
+            tracing::info!(ca = name, "created a CA");
             Ok((cert.pem(), key))
         }
         // Half a CA is never silently replaced: every issued certificate hangs off it.
@@ -568,5 +676,101 @@ mod tests {
         rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
             .expect("pem")
             .to_vec()
+    }
+
+    #[test]
+    fn a_joining_server_shares_the_keys_and_makes_its_own_leaves() {
+        let first_dir = tempfile::TempDir::new().expect("tempdir");
+        let first = ClusterPki::load_or_create(first_dir.path(), &identity("10.0.0.1"), Some("t"))
+            .expect("first server");
+        let bundle = first.bootstrap(JoinedCluster {
+            cluster_cidr: "10.42.0.0/16".into(),
+            service_cidr: "10.43.0.0/16".into(),
+            cluster_dns: "10.43.0.10".into(),
+            cluster_domain: "cluster.local".into(),
+        });
+        let second_dir = tempfile::TempDir::new().expect("tempdir");
+        install_bootstrap(second_dir.path(), &bundle).expect("install");
+        let second =
+            ClusterPki::load_or_create(second_dir.path(), &identity("10.0.0.2"), Some("t"))
+                .expect("second server");
+        assert_eq!(second.ca_cert_pem, first.ca_cert_pem);
+        assert_eq!(second.peer_ca_cert_pem, first.peer_ca_cert_pem);
+        assert_eq!(
+            second.service_account_key_pem,
+            first.service_account_key_pem
+        );
+        assert_eq!(second.join_token(), first.join_token());
+        assert_ne!(second.serving_cert_pem, first.serving_cert_pem);
+        assert_ne!(second.peer_cert_pem, first.peer_cert_pem);
+        // Installing the same keys again is harmless; another cluster's are refused.
+        install_bootstrap(second_dir.path(), &bundle).expect("same keys again");
+        let other_dir = tempfile::TempDir::new().expect("tempdir");
+        let other = ClusterPki::load_or_create(other_dir.path(), &identity("10.0.0.3"), None)
+            .expect("another cluster");
+        let err = install_bootstrap(other_dir.path(), &bundle).expect_err("other cluster");
+        assert!(err.to_string().contains("another cluster"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(other_dir.path().join("tls").join(CA_CERT)).expect("ca"),
+            other.ca_cert_pem,
+            "nothing was overwritten"
+        );
+    }
+
+    /// Peer TLS accepts another server's peer certificate and refuses a certificate of the
+    /// cluster CA (a node's or the admin's): the peer port is for servers only.
+    #[tokio::test]
+    async fn the_peer_port_takes_servers_only() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let first_dir = tempfile::TempDir::new().expect("tempdir");
+        let first = ClusterPki::load_or_create(first_dir.path(), &identity("127.0.0.1"), Some("t"))
+            .expect("first");
+        let second_dir = tempfile::TempDir::new().expect("tempdir");
+        install_bootstrap(
+            second_dir.path(),
+            &first.bootstrap(JoinedCluster {
+                cluster_cidr: String::new(),
+                service_cidr: String::new(),
+                cluster_dns: String::new(),
+                cluster_domain: String::new(),
+            }),
+        )
+        .expect("install");
+        let second = ClusterPki::load_or_create(second_dir.path(), &identity("127.0.0.1"), None)
+            .expect("second");
+        let (server_config, _) = crate::server::peer_tls_configs(&first).expect("first tls");
+        let (_, client_config) = crate::server::peer_tls_configs(&second).expect("second tls");
+
+        let handshake = |client_config: std::sync::Arc<rustls::ClientConfig>| {
+            let server_config = server_config.clone();
+            async move {
+                let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+                let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
+                let server = tokio::spawn(async move {
+                    let mut stream = acceptor.accept(server_io).await?;
+                    let mut byte = [0u8; 1];
+                    stream.read_exact(&mut byte).await?;
+                    Ok::<u8, std::io::Error>(byte[0])
+                });
+                let connector = tokio_rustls::TlsConnector::from(client_config);
+                let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+                let client = async {
+                    let mut stream = connector.connect(name, client_io).await?;
+                    stream.write_all(&[7]).await?;
+                    stream.flush().await?;
+                    Ok::<_, std::io::Error>(stream)
+                };
+                let _stream = client.await;
+                server.await.expect("join")
+            }
+        };
+        assert_eq!(handshake(client_config).await.expect("peer accepted"), 7);
+
+        let admin = crate::node_proxy::client_config(&first.admin_cert_pem, &first.admin_key_pem)
+            .expect("admin client");
+        assert!(
+            handshake(admin).await.is_err(),
+            "a cluster-CA certificate was accepted"
+        );
     }
 }

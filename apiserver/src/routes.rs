@@ -133,6 +133,11 @@ pub fn router(api: Arc<Api>) -> Router {
             shoal_common::join::NODE_CREDENTIALS_PATH,
             axum::routing::post(crate::join::node_credentials),
         )
+        .route(
+            shoal_common::join::SERVER_BOOTSTRAP_PATH,
+            axum::routing::post(crate::join::server_bootstrap),
+        )
+        .route(shoal_common::join::MEMBERS_PATH, any(crate::join::members))
         .route("/api/v1/namespaces/{namespace}/pods/{name}/exec", any(stream_exec))
         .route("/api/v1/namespaces/{namespace}/pods/{name}/attach", any(stream_attach))
         .route("/api/v1/namespaces/{namespace}/pods/{name}/portforward", any(stream_portforward))

@@ -57,6 +57,44 @@ pub fn tls_config(pki: &ClusterPki) -> Result<Arc<rustls::ServerConfig>, ServeEr
     Ok(Arc::new(config))
 }
 
+/// TLS for the store's peer (Raft) traffic, both ends authenticated with certificates of the
+/// peer CA (which signs nothing but servers' peer certificates): what the listener accepts
+/// and how this server dials the others.
+pub fn peer_tls_configs(
+    pki: &ClusterPki,
+) -> Result<(Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>), ServeError> {
+    let tls = |e: &dyn std::fmt::Display| ServeError::Tls(format!("peer TLS: {e}"));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pki.peer_ca_cert_pem.as_bytes()) {
+        roots.add(cert.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
+    }
+    let roots = Arc::new(roots);
+    let chain = || {
+        CertificateDer::pem_slice_iter(pki.peer_cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| tls(&e))
+    };
+    let key = || PrivateKeyDer::from_pem_slice(pki.peer_key_pem.as_bytes()).map_err(|e| tls(&e));
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), provider.clone())
+            .build()
+            .map_err(|e| tls(&e))?;
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(&e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain()?, key()?)
+        .map_err(|e| tls(&e))?;
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(&e))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain()?, key()?)
+        .map_err(|e| tls(&e))?;
+    Ok((Arc::new(server), Arc::new(client)))
+}
+
 /// Binds the API port.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr)

@@ -18,6 +18,12 @@ pub const CACERTS_PATH: &str = "/cacerts";
 pub const NODE_CREDENTIALS_PATH: &str = "/v1-shoal/node-credentials";
 /// The Basic-auth user a node presents with the token's secret (k3s's).
 pub const JOIN_USER: &str = "node";
+/// Gives a joining server the cluster's keys (CA, peer CA, ServiceAccount signing key).
+pub const SERVER_BOOTSTRAP_PATH: &str = "/v1-shoal/server-bootstrap";
+/// Lists (GET), adds (POST) and removes (DELETE `?id=N`) the store's members.
+pub const MEMBERS_PATH: &str = "/v1-shoal/members";
+/// The Basic-auth user a server presents with the token's secret (k3s's token names it).
+pub const SERVER_USER: &str = "server";
 /// The group node client certificates name (Kubernetes' node authorizer's).
 pub const NODES_GROUP: &str = "system:nodes";
 /// The user-name prefix of node client certificates.
@@ -125,6 +131,43 @@ pub struct JoinedCluster {
     #[serde(rename = "clusterDNS")]
     pub cluster_dns: String,
     pub cluster_domain: String,
+}
+
+/// What a joining server is given: the keys every server of a cluster shares. Sent only over
+/// TLS verified against the token's CA hash, to a caller presenting the token's secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerBootstrap {
+    pub ca_cert: String,
+    pub ca_key: String,
+    /// The CA of the store's peer (Raft) traffic, apart from the cluster CA so that no node
+    /// or user certificate can reach the peer port.
+    pub peer_ca_cert: String,
+    pub peer_ca_key: String,
+    pub service_account_key: String,
+    pub cluster: JoinedCluster,
+}
+
+impl std::fmt::Debug for ServerBootstrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBootstrap")
+            .field("cluster", &self.cluster)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One member of the servers' replicated store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreMember {
+    pub id: u64,
+    /// Where the other members reach its peer port (`IP:port`).
+    pub peer_address: String,
+    /// A voter (counts for quorum) or a learner still catching up.
+    #[serde(default)]
+    pub voter: bool,
+    #[serde(default)]
+    pub leader: bool,
 }
 
 /// A kubeconfig with one cluster, one client-certificate user and one context, all "default"
