@@ -1,6 +1,7 @@
-//! The agent's half of joining a cluster (the exchange is described in `shoal_common::join`):
-//! fetch the CA and check it against the token, ask for a node client certificate for this
-//! node's own key, and keep the result under `<data-dir>/agent` — `client-kubelet.key` (made
+//! Joining a cluster from the outside (the exchange is described in `shoal_common::join`):
+//! [`JoinClient`] fetches the CA, checks it against the token and then talks to the server
+//! verified, as agents and joining servers both need. [`join`] is the agent's half: ask for a
+//! node client certificate for this node's own key, and keep the result under `<data-dir>/agent` — `client-kubelet.key` (made
 //! once, never sent), `client-kubelet.crt`, `server-ca.crt` and `kubelet.kubeconfig`, which
 //! the agent's API client is built from (and which `kubectl --kubeconfig` can use to see what
 //! the node sees).
@@ -78,6 +79,90 @@ pub struct Joined {
     pub kubeconfig: PathBuf,
 }
 
+/// A verified line to a cluster's server for joining it: the CA was fetched and checked
+/// against the token, and later calls verify the server against it and present the token's
+/// secret with HTTP Basic. Agents use it for their certificate, servers for the cluster's
+/// keys and their store membership.
+#[derive(Debug, Clone)]
+pub struct JoinClient {
+    target: Target,
+    token: JoinToken,
+    ca_pem: String,
+    verified: Arc<rustls::ClientConfig>,
+}
+
+impl JoinClient {
+    /// Fetches the CA of the server at `server_url` (`https://HOST:6443`) and checks it
+    /// against `token`.
+    pub async fn connect(server_url: &str, token: &str) -> Result<JoinClient, JoinError> {
+        let token = parse_join_token(token)?;
+        let target = Target::parse(server_url)?;
+        let (status, body) = target
+            .request(unverified_tls()?, "GET", CACERTS_PATH, None, None)
+            .await?;
+        if status != 200 {
+            return Err(target.server_error(status, &body));
+        }
+        let ca_pem = String::from_utf8_lossy(&body).to_string();
+        check_ca(&token, &ca_pem, &target.url)?;
+        let verified = verified_tls(&ca_pem)?;
+        Ok(JoinClient {
+            target,
+            token,
+            ca_pem,
+            verified,
+        })
+    }
+
+    /// The server's normalised URL.
+    pub fn url(&self) -> &str {
+        &self.target.url
+    }
+
+    /// The cluster CA (PEM), as checked against the token.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// Whether `ca_pem` is the CA this client checked (a server's answer repeating it must).
+    pub fn check_ca(&self, ca_pem: &str) -> Result<(), JoinError> {
+        check_ca(&self.token, ca_pem, &self.target.url)
+    }
+
+    /// One call as `user` with the token's secret; the body of a 2xx answer. A 401/403 is
+    /// [`JoinError::Rejected`], any other failure [`JoinError::Server`].
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        user: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, JoinError> {
+        let authorization = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("{user}:{}", self.token.secret))
+        );
+        let (status, answer) = self
+            .target
+            .request(
+                Arc::clone(&self.verified),
+                method,
+                path,
+                Some(&authorization),
+                body,
+            )
+            .await?;
+        match status {
+            200..=299 => Ok(answer),
+            401 | 403 => Err(JoinError::Rejected {
+                url: self.target.url.clone(),
+            }),
+            _ => Err(self.target.server_error(status, &answer)),
+        }
+    }
+}
+
 /// Joins the cluster at `server_url` (`https://HOST:6443`) as `node_name`.
 pub async fn join(
     server_url: &str,
@@ -85,19 +170,7 @@ pub async fn join(
     node_name: &str,
     agent_dir: &Path,
 ) -> Result<Joined, JoinError> {
-    let token = parse_join_token(token)?;
-    let target = Target::parse(server_url)?;
-
-    let unverified = unverified_tls()?;
-    let (status, body) = target
-        .request(unverified, "GET", CACERTS_PATH, None, None)
-        .await?;
-    if status != 200 {
-        return Err(target.server_error(status, &body));
-    }
-    let ca_pem = String::from_utf8_lossy(&body).to_string();
-    check_ca(&token, &ca_pem, &target.url)?;
-
+    let server = JoinClient::connect(server_url, token).await?;
     let key = load_or_create_key(agent_dir)?;
     let csr = rcgen::CertificateParams::default()
         .serialize_request(&key)?
@@ -107,36 +180,16 @@ pub async fn join(
         csr,
     })
     .map_err(|e| JoinError::Kubeconfig(e.to_string()))?;
-    let authorization = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{JOIN_USER}:{}", token.secret))
-    );
-    let verified = verified_tls(&ca_pem)?;
-    let (status, body) = target
-        .request(
-            verified,
-            "POST",
-            NODE_CREDENTIALS_PATH,
-            Some(&authorization),
-            Some(request),
-        )
+    let body = server
+        .call("POST", NODE_CREDENTIALS_PATH, JOIN_USER, Some(request))
         .await?;
-    match status {
-        200 => {}
-        401 | 403 => {
-            return Err(JoinError::Rejected {
-                url: target.url.clone(),
-            })
-        }
-        _ => return Err(target.server_error(status, &body)),
-    }
     let credentials: NodeCredentials =
         serde_json::from_slice(&body).map_err(|e| JoinError::Server {
-            url: target.url.clone(),
-            status,
+            url: server.url().to_string(),
+            status: 200,
             message: format!("an answer that is not node credentials: {e}"),
         })?;
-    check_ca(&token, &credentials.ca_cert, &target.url)?;
+    server.check_ca(&credentials.ca_cert)?;
 
     let key_pem = key.serialize_pem();
     write(
@@ -146,7 +199,7 @@ pub async fn join(
     )?;
     write(&agent_dir.join(SERVER_CA), &credentials.ca_cert, 0o644)?;
     let kubeconfig_text = shoal_common::join::kubeconfig(
-        &target.url,
+        server.url(),
         &credentials.ca_cert,
         &credentials.client_cert,
         &key_pem,
