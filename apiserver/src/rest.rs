@@ -27,6 +27,9 @@ use crate::selectors::Selection;
 use crate::status::ApiError;
 use crate::table;
 
+mod kubernetes_service;
+pub use kubernetes_service::{SERVER_LEASE_RENEW, SERVER_LEASE_SECONDS};
+
 /// The API's shared state.
 pub struct Api {
     pub store: Arc<dyn Store>,
@@ -506,89 +509,6 @@ impl Api {
         Ok(())
     }
     // --- end cluster DNS ---
-
-    /// The `default/kubernetes` Service (the first address of the service range, port 443)
-    /// and its Endpoints and EndpointSlice pointing at this server, as kube-apiserver keeps them.
-    async fn publish_kubernetes_service(&self) -> Result<(), ApiError> {
-        let server: std::net::SocketAddr = self.server_address.parse().map_err(|_| {
-            bad_request(format!(
-                "server address {:?} is not IP:PORT",
-                self.server_address
-            ))
-        })?;
-        let cluster_ip = self
-            .service_ranges
-            .cluster_ips
-            .nth(1)
-            .map(|ip| ip.to_string())
-            .unwrap_or_default();
-        let ports = json!([{"name": "https", "port": server.port(), "protocol": "TCP"}]);
-        let family = if server.is_ipv4() { "IPv4" } else { "IPv6" };
-        let labels = json!({"component": "apiserver", "provider": "kubernetes"});
-        let objects = [
-            (
-                "",
-                "services",
-                json!({"apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": "kubernetes", "labels": labels},
-                "spec": {"type": "ClusterIP", "clusterIP": cluster_ip,
-                         "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": server.port()}]}}),
-            ),
-            (
-                "",
-                "endpoints",
-                json!({"apiVersion": "v1", "kind": "Endpoints",
-                "metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
-                "subsets": [{"addresses": [{"ip": server.ip().to_string()}], "ports": ports}]}),
-            ),
-            (
-                "discovery.k8s.io",
-                "endpointslices",
-                json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                "metadata": {"name": "kubernetes", "labels": {"kubernetes.io/service-name": "kubernetes",
-                                                            "endpointslice.kubernetes.io/managed-by": "shoal-apiserver"}},
-                "addressType": family,
-                "endpoints": [{"addresses": [server.ip().to_string()], "conditions": {"ready": true}}],
-                "ports": ports}),
-            ),
-        ];
-        for (group, plural, object) in objects {
-            let def = catalog::find(group, "v1", plural)
-                .ok_or_else(|| bad_request(format!("no {plural}")))?;
-            let target = Target {
-                def,
-                namespace: Some("default".into()),
-                name: None,
-                subresource: None,
-            };
-            let no_query = HashMap::new();
-            let named = Target {
-                name: Some("kubernetes".into()),
-                ..target.clone()
-            };
-            let exists = self
-                .store
-                .get(&named.key())
-                .await
-                .map_err(|e| store_error(&named, "kubernetes", e))?
-                .is_some();
-            let body = Bytes::from(encode(&object)?);
-            match (exists, plural) {
-                (false, _) => {
-                    self.create(&target, &no_query, SERVER_MANAGER, &body)
-                        .await?;
-                }
-                // The Service keeps its address; the endpoints follow this server's address,
-                // which may have changed since the last start.
-                (true, "services") => {}
-                (true, _) => {
-                    self.update(&named, "kubernetes", &no_query, SERVER_MANAGER, &body)
-                        .await?;
-                }
-            }
-        }
-        Ok(())
-    }
 
     async fn namespace_exists(&self, ns: &str) -> Result<bool, ApiError> {
         let key = format!("/registry/core/namespaces/{ns}");

@@ -109,6 +109,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("creating the system namespaces: {}", e.message))?;
     tokio::spawn(repair_service_allocations(Arc::clone(&api)));
+    let server_lease = tokio::spawn(keep_server_lease(Arc::clone(&api)));
 
     let listen = SocketAddr::new(args.bind_address, args.https_listen_port);
     let listener = server::bind(listen).await?;
@@ -155,6 +156,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             }
         }));
     }
+    let api_handle = Arc::clone(&api);
     let api = tokio::spawn(server::serve(listener, tls, routes::router(api), stop_rx));
 
     tracing::info!(
@@ -169,6 +171,11 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     tokio::select! {
         _ = sigterm.recv() => tracing::info!("SIGTERM received, shutting down"),
         _ = sigint.recv() => tracing::info!("SIGINT received, shutting down"),
+    }
+    // Out of the `kubernetes` endpoints first, so clients move to the other servers at once.
+    server_lease.abort();
+    if let Err(e) = api_handle.release_server_lease().await {
+        tracing::warn!(error = %e.message, "removing this server from the kubernetes endpoints");
     }
     stop_api.send_replace(true);
     for task in control_plane {
@@ -224,6 +231,21 @@ async fn repair_service_allocations(api: Arc<Api>) {
                 tracing::info!(freed, restored, "repaired service address allocations")
             }
             Err(e) => tracing::warn!(error = %e, "repairing service address allocations"),
+        }
+    }
+}
+
+/// Renews this server's Lease and points the `kubernetes` endpoints at the live servers.
+async fn keep_server_lease(api: Arc<Api>) {
+    let mut ticker = tokio::time::interval(shoal_apiserver::rest::SERVER_LEASE_RENEW);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if let Err(e) = api.renew_server_lease().await {
+            tracing::warn!(error = %e.message, "renewing this server's lease");
+        }
+        if let Err(e) = api.reconcile_kubernetes_endpoints().await {
+            tracing::warn!(error = %e.message, "updating the kubernetes endpoints");
         }
     }
 }
