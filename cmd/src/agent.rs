@@ -1,5 +1,6 @@
 //! `shoal agent`: joins the server `--server` names with `--token` (waiting while it is not
-//! up), then runs this machine's node on an HTTPS client until SIGTERM/SIGINT.
+//! up, and trying the servers it remembers), then runs this machine's node on an HTTPS client
+//! behind its API load balancer until SIGTERM/SIGINT.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -23,9 +24,18 @@ pub async fn run(args: AgentArgs, server_url: String, token: String) -> Result<(
         .unwrap_or_else(crate::node::hostname);
     let agent_dir = args.common.data_dir.join("agent");
 
+    // With several servers, a restarting agent whose `--server` is down joins through any
+    // server it remembers from its last run.
+    let remembered = shoal_agent::server_lb::remembered_servers(&agent_dir);
+    let candidates: Vec<String> = std::iter::once(server_url.clone())
+        .chain(remembered.iter().map(|s| format!("https://{s}")))
+        .collect();
+    let mut attempt_number = 0usize;
     let mut backoff = Duration::from_millis(500);
     let joined = loop {
-        let attempt = shoal_agent::join::join(&server_url, &token, &node_name, &agent_dir);
+        let url = &candidates[attempt_number % candidates.len()];
+        attempt_number += 1;
+        let attempt = shoal_agent::join::join(url, &token, &node_name, &agent_dir);
         let result = tokio::select! {
             result = attempt => result,
             _ = sigterm.recv() => return Ok(()),
@@ -78,7 +88,18 @@ pub async fn run(args: AgentArgs, server_url: String, token: String) -> Result<(
             cluster_cidrs: &cluster_cidrs,
         },
     )?;
-    let client = kube::Client::try_from(joined.client).context("building the API client")?;
+    // The node talks to the API through its own load balancer, which follows the servers.
+    let configured = server_url
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .to_string();
+    let balancer = shoal_agent::server_lb::ServerBalancer::start(&configured, &agent_dir).await?;
+    let mut client_config = joined.client;
+    client_config.cluster_url = balancer
+        .local_url()
+        .parse()
+        .context("the load balancer's URL")?;
+    let client = kube::Client::try_from(client_config).context("building the API client")?;
     tracing::info!(
         server = %server_url,
         node = %node_name,
@@ -87,6 +108,7 @@ pub async fn run(args: AgentArgs, server_url: String, token: String) -> Result<(
     );
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(balancer.follow(client.clone(), stopped.clone()));
     let mut node = tokio::spawn(shoal_agent::node_agent::run(config, client, stopped));
     tokio::select! {
         _ = sigterm.recv() => tracing::info!("SIGTERM received, shutting down"),
