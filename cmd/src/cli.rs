@@ -38,6 +38,9 @@ pub enum Command {
     /// Images on this node: import archives, list what is present.
     #[command(subcommand)]
     Images(ImagesCommand),
+    /// The servers' replicated store: its members.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// The pod sandbox process (the pause image's entrypoint).
     #[command(hide = true)]
     Pause,
@@ -220,6 +223,37 @@ pub enum ImagesCommand {
         /// Directory holding all state.
         #[arg(long, env = "SHOAL_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
+    },
+}
+
+/// Where a `shoal store` command finds a server: `--server` (default this machine's) and the
+/// cluster token (default the one in the server's data dir).
+#[derive(Debug, Clone, Args)]
+pub struct StoreTarget {
+    /// Directory holding all state.
+    #[arg(long, env = "SHOAL_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// A server of the cluster (default: this machine's, on the default port).
+    #[arg(long, short = 's', env = "SHOAL_URL")]
+    pub server: Option<String>,
+    /// The cluster's token (default: <data-dir>/server/token).
+    #[arg(long, short = 't', env = "SHOAL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// List the store's members (id, peer address, voter or learner, leader).
+    Members {
+        #[command(flatten)]
+        target: StoreTarget,
+    },
+    /// Remove a member from the store (it then refuses to start on its old data).
+    RemoveMember {
+        #[command(flatten)]
+        target: StoreTarget,
+        /// The member's id, as `shoal store members` shows it.
+        id: u64,
     },
 }
 

@@ -8,6 +8,7 @@ mod controller_manager;
 mod node;
 mod server;
 mod simulate;
+mod store;
 
 use std::process::ExitCode;
 
@@ -90,6 +91,7 @@ fn main() -> ExitCode {
         Command::Kubectl { data_dir, args } => node::kubectl(&data_dir, &args),
         Command::Pause => ExitCode::from(u8::try_from(shoal_agent::pause::run()).unwrap_or(1)),
         Command::Images(command) => run(node::images(command)),
+        Command::Store(command) => run(store::run(command)),
         Command::SimulateNodes(args) => match simulate::config(&args) {
             Ok(config) => run(simulate::run(args, config)),
             Err(err) => usage_error(&format!("{err:#}")),

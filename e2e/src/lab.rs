@@ -56,6 +56,11 @@ impl LabNode {
     pub fn running(&self) -> bool {
         self.child.is_some()
     }
+
+    /// Whether it runs a node agent (and so registers a Node).
+    pub fn has_agent(&self) -> bool {
+        !(self.server && self.extra.iter().any(|f| f == "--disable-agent"))
+    }
 }
 
 /// A running multi-node cluster.
@@ -181,6 +186,18 @@ impl Lab {
         std::fs::write(&self.kubectl.kubeconfig, kubeconfig).expect("lab kubeconfig");
     }
 
+    /// Starts another server (`server-N`) joining server 0's cluster with its token (server 0
+    /// must have been started with `--cluster-init`) and waits until it serves; returns its
+    /// index.
+    pub fn add_joining_server(&mut self, flags: &[&str]) -> usize {
+        assert!(!self.nodes.is_empty(), "start the first server first");
+        let index = self.nodes.len();
+        let extra = flags.iter().map(|s| s.to_string()).collect();
+        self.add_node(&format!("server-{index}"), true, extra);
+        self.start_node(index);
+        index
+    }
+
     /// Starts another agent (`agent-N`) joining the server; returns its index. Does not wait.
     pub fn add_agent(&mut self, flags: &[&str]) -> usize {
         assert!(!self.nodes.is_empty(), "start the server first");
@@ -283,6 +300,9 @@ impl Lab {
                 "--advertise-address",
                 &node.ip,
             ]);
+            if index > 0 {
+                command.args(["--server", &server_url, "--token", &token]);
+            }
         } else {
             command.args(["agent", "--server", &server_url, "--token", &token]);
         }
@@ -335,7 +355,12 @@ impl Lab {
 
     /// Waits until every node of the lab is registered and Ready.
     pub fn wait_ready(&self, timeout: Duration) {
-        let names: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
+        let names: Vec<&str> = self
+            .nodes
+            .iter()
+            .filter(|n| n.has_agent())
+            .map(|n| n.name.as_str())
+            .collect();
         let deadline = Instant::now() + timeout;
         loop {
             let out = self.kubectl.run(&["get", "nodes", "-o", "json"], None);
@@ -367,7 +392,7 @@ impl Lab {
 
     /// Imports an image archive into every running node's containerd.
     pub fn import_image(&self, archive: &Path) {
-        for node in self.nodes.iter().filter(|n| n.running()) {
+        for node in self.nodes.iter().filter(|n| n.running() && n.has_agent()) {
             crate::images::import(&self.binary, &node.data_dir, archive);
         }
     }
@@ -380,6 +405,27 @@ impl Lab {
             .args(args)
             .output()
             .expect("nsenter")
+    }
+
+    /// kubectl against server `index` (through its LAN address), with the admin credentials.
+    pub fn kubectl_for(&self, index: usize) -> Kubectl {
+        let node = &self.nodes[index];
+        assert!(node.server, "{} is not a server", node.name);
+        let text = std::fs::read_to_string(&self.kubectl.kubeconfig).expect("lab kubeconfig");
+        let text = text.replace(
+            &format!("https://{}:{API_PORT}", self.nodes[0].ip),
+            &format!("https://{}:{API_PORT}", node.ip),
+        );
+        let path = self
+            .dir
+            .path()
+            .join(format!("kubeconfig-{}.yaml", node.name));
+        std::fs::write(&path, text).expect("server kubeconfig");
+        Kubectl {
+            binary: self.kubectl.binary.clone(),
+            kubeconfig: path,
+            home: self.dir.path().to_path_buf(),
+        }
     }
 
     /// The index of the node named `name`.
