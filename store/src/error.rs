@@ -57,6 +57,23 @@ pub enum StoreError {
     #[error("store unavailable: {0}")]
     Unavailable(String),
 
+    /// No leader could be reached, or the leader could not confirm its leadership with a
+    /// majority of the cluster, within the store's request timeout: this member is cut off
+    /// (a minority side of a partition) or the cluster is electing. Retrying later may
+    /// succeed. For a write the outcome is unknown: it may still be applied.
+    #[error("no leader or no quorum: {0}")]
+    NoQuorum(String),
+
+    /// This server was removed from its cluster: it refuses to serve and to start again on
+    /// the same data (which belongs to a cluster that no longer counts it as a member).
+    #[error("this server was removed from the store cluster: {0}")]
+    Removed(String),
+
+    /// A membership change that cannot be made as asked (an unknown member, an id taken by
+    /// another address, removing the last voter).
+    #[error("store membership: {0}")]
+    Membership(String),
+
     /// The data on disk cannot be trusted; the server must not start on it.
     #[error("store data is corrupt or unreadable: {0}")]
     Corrupt(String),
@@ -69,7 +86,7 @@ pub enum StoreError {
 impl StoreError {
     /// True for errors where retrying the same call later may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(self, StoreError::Unavailable(_) | StoreError::NoQuorum(_))
     }
 }
 

@@ -21,7 +21,10 @@ pub use api::Store;
 pub use error::{Result, StoreError};
 pub use mem::{MemState, MemStore};
 pub use mvcc::Retention;
-pub use raft::{RaftStore, RaftStoreConfig, TypeConfig};
+pub use raft::{
+    Bootstrap, Member, Members, NetworkFaults, PeerConfig, RaftStatus, RaftStore, RaftStoreConfig,
+    TypeConfig,
+};
 pub use types::{
     validate_key, validate_prefix, validate_value, ContinueToken, Event, EventKind, KeyValue,
     RangeRequest, RangeResponse, Revision, MAX_KEY_BYTES, MAX_VALUE_BYTES,

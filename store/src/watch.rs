@@ -62,6 +62,17 @@ impl WatchHub {
         }
     }
 
+    /// Forgets the recent events and moves the head to `revision`: the store's state was
+    /// replaced (a Raft snapshot installed) and its history now starts there. Watchers behind
+    /// it read durable history next, which answers `Compacted`.
+    pub fn reset(&self, revision: Revision) {
+        self.recent
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.head.send_replace(revision);
+    }
+
     /// The latest published revision.
     pub fn head(&self) -> Revision {
         *self.head.borrow()

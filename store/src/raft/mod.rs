@@ -1,18 +1,35 @@
-//! The durable, replicated [`Store`]: openraft over sled. One server is a one-member Raft
-//! cluster; writes are proposed through Raft and acknowledged once the log entry is fsync'd
-//! (group-committed with concurrent writes) and applied; reads are linearizable via Raft's
-//! read-index on the leader.
+//! The durable, replicated [`Store`]: openraft over sled. Writes are proposed through Raft and
+//! acknowledged once the log entry is fsync'd on a majority (group-committed with concurrent
+//! writes) and applied; reads are linearizable via Raft's read index.
 //!
-//! On disk, `<dir>/FORMAT` names the store's format and cluster id, `<dir>/db` is the sled
-//! database (Raft log, vote, state machine), `<dir>/snapshot.bin` the latest Raft snapshot.
+//! A store is one member of a store cluster. Without a [`PeerConfig`] it is a one-member
+//! cluster, as every server was before replication. With one, it listens on its peer port for
+//! the other members (mutual TLS with the configuration it is given: this crate knows no PKI)
+//! and either starts a new cluster ([`Bootstrap::Init`]) or waits to be added by a member of
+//! an existing one ([`Bootstrap::Join`], then [`RaftStore::add_member`] on any member). Every
+//! member serves the whole [`Store`] API: writes and membership changes are forwarded to the
+//! leader, linearizable reads ask the leader for a read index and then read locally, and
+//! watches run from the member's own applied history.
+//!
+//! On disk, `<dir>/FORMAT` names the store's format, node id and cluster id (see
+//! `identity.rs`), `<dir>/db` is the sled database (Raft log, vote, state machine),
+//! `<dir>/snapshot.bin` the latest Raft snapshot, and `<dir>/REMOVED` marks a member its
+//! cluster removed.
 
+mod client;
+mod cluster;
 mod disk;
+mod identity;
+mod local;
 mod log;
 mod network;
 mod proposer;
+mod server;
 mod sm;
+mod wire;
 
 use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,13 +46,19 @@ use crate::types::{
 };
 use crate::watch::{check_start, HistorySource, WatchStream};
 
+use self::cluster::{Core, Limits};
+use self::identity::{Identity, Parsed, FORMAT_FILE};
+use self::local::LocalMember;
+
+pub use self::client::NetworkFaults;
+pub use self::cluster::{Member, Members};
 pub use self::disk::DiskSync;
 pub use self::log::LogStore;
-pub use self::network::SingleNodeNetwork;
+pub use self::network::{PeerNetwork, SingleNodeNetwork};
 pub use self::sm::StateMachine;
 
 openraft::declare_raft_types!(
-    /// Shoal's Raft types: commands in, outcomes out, nodes addressed by URL.
+    /// Shoal's Raft types: commands in, outcomes out, nodes addressed by `host:port`.
     pub TypeConfig:
         D = Command,
         R = Outcome,
@@ -46,18 +69,59 @@ openraft::declare_raft_types!(
         AsyncRuntime = openraft::TokioRuntime,
 );
 
-const FORMAT_FILE: &str = "FORMAT";
-const FORMAT_VERSION: &str = "shoal-store 1";
 const DB_DIR: &str = "db";
+
+/// How a store with no cluster yet gets one. Ignored once the store belongs to a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Bootstrap {
+    /// Start a new cluster with this member as its only voter (`--cluster-init`; also what a
+    /// store without a [`PeerConfig`] always does).
+    #[default]
+    Init,
+    /// Start empty and wait to be added by a member of an existing cluster
+    /// ([`RaftStore::add_member`] called on any member with this store's
+    /// [`node_id`](RaftStore::node_id) and advertised address). Needs a [`PeerConfig`].
+    Join,
+}
+
+/// The peer transport: where this member listens for the others and the mutual TLS both ways.
+#[derive(Clone)]
+pub struct PeerConfig {
+    /// The address to listen on for other members (Raft and forwarded requests).
+    pub listen: SocketAddr,
+    /// TLS for connections from other members. It must verify client certificates (against
+    /// the cluster's CA, or a CA only store members get); the store also refuses any
+    /// connection whose client presented no certificate.
+    pub tls_server: Arc<rustls::ServerConfig>,
+    /// TLS for connections to other members: trusts the CA their certificates come from and
+    /// presents this member's client certificate. The server name checked is the host part
+    /// of the member's address (an IP address or DNS name).
+    pub tls_client: Arc<rustls::ClientConfig>,
+    /// Fault injection for partition tests; leave the default.
+    pub faults: NetworkFaults,
+}
+
+impl std::fmt::Debug for PeerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerConfig")
+            .field("listen", &self.listen)
+            .finish_non_exhaustive()
+    }
+}
 
 /// How to open a [`RaftStore`].
 #[derive(Debug, Clone)]
 pub struct RaftStoreConfig {
     /// Directory holding everything the store writes.
     pub dir: PathBuf,
-    /// This server's Raft node id.
-    pub node_id: u64,
-    /// The address other servers would reach this one at (recorded in the membership).
+    /// This member's Raft node id. Recorded in `FORMAT` when the store is created and read
+    /// from there afterwards; `None` takes the recorded one, or for a new store 1 when it
+    /// starts a cluster and a random id when it joins one. An id that differs from the
+    /// recorded one is refused.
+    pub node_id: Option<u64>,
+    /// The address (`host:port` of the peer port) other members reach this one at; recorded in
+    /// the membership when this member starts a cluster (when it joins, the caller of
+    /// `add_member` names it).
     pub advertise: String,
     /// Count-based history retention, applied deterministically with every write.
     pub retention: Retention,
@@ -67,45 +131,83 @@ pub struct RaftStoreConfig {
     pub compact_interval: Duration,
     /// Memory sled may use for its page cache.
     pub cache_bytes: u64,
+    /// The peer transport; `None` is a one-member store.
+    pub peer: Option<PeerConfig>,
+    /// What a store without a cluster does.
+    pub bootstrap: Bootstrap,
+    /// How long a write or linearizable read waits for a leader and a quorum before it fails
+    /// with [`StoreError::NoQuorum`] (with a peer transport; a one-member store has no
+    /// peers to wait for).
+    pub request_timeout: Duration,
+    /// How long adding a member may take, its catching up included, and removing one.
+    pub membership_timeout: Duration,
+    /// A Raft snapshot is taken every this many log entries; the log before it is then
+    /// dropped, except the last `logs_kept_after_snapshot` entries (a member lagging further
+    /// behind is sent the snapshot).
+    pub snapshot_every: u64,
+    /// See `snapshot_every`.
+    pub logs_kept_after_snapshot: u64,
 }
 
 impl RaftStoreConfig {
-    /// Defaults for a store in `dir`: node 1, 100,000 revisions or 5 minutes of history.
+    /// Defaults for a one-member store in `dir`: 100,000 revisions or 5 minutes of history.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         RaftStoreConfig {
             dir: dir.into(),
-            node_id: 1,
+            node_id: None,
             advertise: "127.0.0.1:6444".into(),
             retention: Retention::default(),
             history_ttl: Duration::from_secs(300),
             compact_interval: Duration::from_secs(60),
             cache_bytes: 64 * 1024 * 1024,
+            peer: None,
+            bootstrap: Bootstrap::Init,
+            request_timeout: Duration::from_secs(5),
+            membership_timeout: Duration::from_secs(300),
+            snapshot_every: 20_000,
+            logs_kept_after_snapshot: 1_000,
         }
     }
+}
+
+/// A member's Raft state at one moment (see [`RaftStore::raft_status`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftStatus {
+    pub node_id: u64,
+    /// The member this one believes leads.
+    pub leader: Option<u64>,
+    pub term: u64,
+    /// The last entry in this member's log.
+    pub last_log_index: Option<u64>,
+    /// The last entry applied to its state machine.
+    pub applied_index: Option<u64>,
+    /// The last entry its latest snapshot covers (built here or installed from the leader).
+    pub snapshot_index: Option<u64>,
+    /// The last entry dropped from its log (log compaction).
+    pub purged_index: Option<u64>,
 }
 
 /// The replicated store. Cheap to clone.
 #[derive(Clone)]
 pub struct RaftStore {
-    raft: Raft<TypeConfig>,
-    shared: Arc<sm::SmShared>,
-    proposer: proposer::Proposer,
+    core: Arc<Core>,
     disk: Arc<DiskSync>,
-    node_id: u64,
+    peer_addr: Option<SocketAddr>,
     stop: Arc<tokio_watch::Sender<bool>>,
 }
 
 impl std::fmt::Debug for RaftStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RaftStore")
-            .field("node_id", &self.node_id)
+            .field("node_id", &self.core.node_id())
             .finish_non_exhaustive()
     }
 }
 
 /// Checks the data directory before anything is opened, so a damaged one stops the server
-/// instead of being silently replaced by an empty store. Returns whether the store is new.
-fn check_data_dir(dir: &Path) -> Result<bool> {
+/// instead of being silently replaced by an empty store. Returns what `FORMAT` says, or
+/// `None` for a new store.
+fn check_data_dir(dir: &Path) -> Result<Option<Parsed>> {
     let corrupt = |why: String| Err(StoreError::Corrupt(format!("{}: {why}", dir.display())));
     let format_path = dir.join(FORMAT_FILE);
     let db_path = dir.join(DB_DIR);
@@ -113,7 +215,7 @@ fn check_data_dir(dir: &Path) -> Result<bool> {
         (false, false) => {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Io(format!("creating {}: {e}", dir.display())))?;
-            Ok(true)
+            Ok(None)
         }
         (false, true) => corrupt(format!(
             "{DB_DIR}/ exists but {FORMAT_FILE} is missing; this is not a complete Shoal store"
@@ -125,34 +227,92 @@ fn check_data_dir(dir: &Path) -> Result<bool> {
             let text = std::fs::read_to_string(&format_path).map_err(|e| {
                 StoreError::Corrupt(format!("reading {}: {e}", format_path.display()))
             })?;
-            if text.trim() != FORMAT_VERSION {
-                return corrupt(format!("unknown store format {:?}", text.trim()));
-            }
+            let parsed = match identity::parse(&text) {
+                Ok(parsed) => parsed,
+                Err(why) => return corrupt(format!("{FORMAT_FILE}: {why}")),
+            };
             if !db_path.is_dir() {
                 return corrupt(format!("{DB_DIR} is not a directory"));
             }
-            Ok(false)
+            Ok(Some(parsed))
         }
     }
 }
 
-fn write_format(dir: &Path) -> Result<()> {
-    use std::io::Write;
-    let io = |e: std::io::Error| StoreError::Io(format!("writing {FORMAT_FILE}: {e}"));
-    let mut file = std::fs::File::create(dir.join(FORMAT_FILE)).map_err(io)?;
-    file.write_all(format!("{FORMAT_VERSION}\n").as_bytes())
-        .map_err(io)?;
-    file.sync_all().map_err(io)?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io)
+/// This store's identity, and whether `FORMAT` must be (re)written.
+fn resolve_identity(config: &RaftStoreConfig, found: Option<Parsed>) -> Result<(Identity, bool)> {
+    let io = |e: std::io::Error| StoreError::Io(format!("making an id: {e}"));
+    let joining = config.peer.is_some() && config.bootstrap == Bootstrap::Join;
+    let (identity, write) = match found {
+        None => {
+            let node_id = match config.node_id {
+                Some(id) => id,
+                None if joining => identity::new_node_id().map_err(io)?,
+                None => 1,
+            };
+            let cluster_id = if joining {
+                None
+            } else {
+                Some(identity::new_cluster_id().map_err(io)?)
+            };
+            (
+                Identity {
+                    node_id,
+                    cluster_id,
+                },
+                true,
+            )
+        }
+        Some(Parsed::V1) => (
+            Identity {
+                node_id: 1,
+                cluster_id: Some(identity::new_cluster_id().map_err(io)?),
+            },
+            true,
+        ),
+        Some(Parsed::V2(identity)) => (identity, false),
+    };
+    if identity.node_id == 0 {
+        return Err(StoreError::Membership("node id 0 is not allowed".into()));
+    }
+    if let Some(wanted) = config.node_id {
+        if wanted != identity.node_id {
+            return Err(StoreError::Membership(format!(
+                "the store in {} is node {}, not node {wanted}",
+                config.dir.display(),
+                identity.node_id
+            )));
+        }
+    }
+    Ok((identity, write))
 }
 
 impl RaftStore {
-    /// Opens (or creates) the store in `config.dir` and waits until it can serve: this node is
-    /// the leader of its one-member cluster, with everything committed applied.
+    /// Opens (or creates) the store in `config.dir`.
+    ///
+    /// A store that is (or becomes) the only voter of its cluster is serving when this
+    /// returns: it leads, with everything committed applied. A member of a larger cluster, or
+    /// one waiting to join, returns as soon as it runs and listens; its requests wait for a
+    /// leader and a quorum (see [`RaftStore::wait_ready`]).
+    ///
+    /// Fails with [`StoreError::Removed`] if this member was removed from its cluster, and
+    /// with [`StoreError::Corrupt`] if the data directory is damaged.
     pub async fn open(config: RaftStoreConfig) -> Result<RaftStore> {
-        let fresh = check_data_dir(&config.dir)?;
+        let found = check_data_dir(&config.dir)?;
+        if let Some(why) = identity::read_removed(&config.dir)
+            .map_err(|e| StoreError::Io(format!("reading {}: {e}", identity::REMOVED_FILE)))?
+        {
+            return Err(StoreError::Removed(identity::removed_message(
+                &config.dir,
+                &why,
+            )));
+        }
+        if config.peer.is_none() && config.bootstrap == Bootstrap::Join {
+            return Err(StoreError::Membership(
+                "joining a cluster needs a peer transport (PeerConfig)".into(),
+            ));
+        }
+        let (mut identity, mut write_identity) = resolve_identity(&config, found)?;
         let db = sled::Config::new()
             .path(config.dir.join(DB_DIR))
             .cache_capacity(config.cache_bytes)
@@ -170,9 +330,6 @@ impl RaftStore {
                     config.dir.display()
                 )),
             })?;
-        if fresh {
-            write_format(&config.dir)?;
-        }
 
         let disk = DiskSync::open(&db, &config.dir.join(DB_DIR))
             .map_err(|e| StoreError::Corrupt(format!("opening the database files: {e}")))?;
@@ -184,55 +341,151 @@ impl RaftStore {
             config.retention,
         )?;
         let shared = state_machine.shared();
+        // A member that never joined may be told to start a cluster after all.
+        let never_joined = shared.applied().1.log_id().is_none();
+        if identity.cluster_id.is_none() && never_joined && config.bootstrap == Bootstrap::Init {
+            identity.cluster_id = Some(
+                identity::new_cluster_id()
+                    .map_err(|e| StoreError::Io(format!("making an id: {e}")))?,
+            );
+            write_identity = true;
+        }
+        if write_identity {
+            identity::write(&config.dir, &identity)
+                .map_err(|e| StoreError::Io(format!("writing {FORMAT_FILE}: {e}")))?;
+        }
+        let node_id = identity.node_id;
+        let local = Arc::new(LocalMember::new(config.dir.clone(), identity));
 
         let raft_config = Config {
             cluster_name: "shoal".into(),
             heartbeat_interval: 150,
             election_timeout_min: 300,
             election_timeout_max: 600,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(20_000),
-            max_in_snapshot_log_to_keep: 1_000,
+            // Appends are bounded in entries (each entry is a batch of writes of up to a few
+            // MiB) so that one append fits its deadline; snapshot chunks get more time.
+            max_payload_entries: 64,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every.max(1)),
+            max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
+            // A member further behind than the kept log gets the snapshot.
+            replication_lag_threshold: config.snapshot_every.max(1)
+                + config.logs_kept_after_snapshot,
             ..Default::default()
         }
         .validate()
         .map_err(|e| StoreError::Io(format!("raft config: {e}")))?;
-        let raft = Raft::new(
-            config.node_id,
-            Arc::new(raft_config),
-            SingleNodeNetwork,
-            log_store,
-            state_machine,
-        )
-        .await
+        let raft_config = Arc::new(raft_config);
+
+        let peers = config.peer.as_ref().map(|peer| {
+            Arc::new(client::Peers::new(
+                Arc::clone(&local),
+                Arc::clone(&peer.tls_client),
+                peer.faults.clone(),
+                tokio::runtime::Handle::current(),
+            ))
+        });
+        let raft = match &peers {
+            None => {
+                Raft::new(
+                    node_id,
+                    raft_config,
+                    SingleNodeNetwork,
+                    log_store,
+                    state_machine,
+                )
+                .await
+            }
+            Some(peers) => {
+                Raft::new(
+                    node_id,
+                    raft_config,
+                    PeerNetwork::new(Arc::clone(peers), Arc::clone(&local)),
+                    log_store,
+                    state_machine,
+                )
+                .await
+            }
+        }
         .map_err(|e| StoreError::Unavailable(format!("starting raft: {e}")))?;
+        local.set_raft(raft.clone());
+
+        let (stop, stop_rx) = tokio_watch::channel(false);
+        let core = Arc::new(Core {
+            proposer: proposer::Proposer::start(raft.clone()),
+            raft: raft.clone(),
+            shared,
+            local,
+            peers,
+            limits: Limits {
+                request: config.request_timeout,
+                membership: config.membership_timeout,
+            },
+            membership_lock: tokio::sync::Mutex::new(()),
+        });
+
+        let mut peer_addr = None;
+        if let Some(peer) = &config.peer {
+            let listener = tokio::net::TcpListener::bind(peer.listen)
+                .await
+                .map_err(|e| {
+                    StoreError::Io(format!(
+                        "listening on the store peer port {}: {e}",
+                        peer.listen
+                    ))
+                })?;
+            peer_addr = listener.local_addr().ok();
+            tokio::spawn(server::serve(
+                listener,
+                tokio_rustls::TlsAcceptor::from(Arc::clone(&peer.tls_server)),
+                Arc::clone(&core),
+                peer.faults.clone(),
+                stop_rx.clone(),
+            ));
+        }
 
         let initialized = raft
             .is_initialized()
             .await
             .map_err(|e| StoreError::Unavailable(format!("raft: {e}")))?;
-        if !initialized {
-            let members = BTreeMap::from([(config.node_id, BasicNode::new(&config.advertise))]);
+        if !initialized && config.bootstrap == Bootstrap::Init {
+            let members = BTreeMap::from([(node_id, BasicNode::new(&config.advertise))]);
             raft.initialize(members)
                 .await
                 .map_err(|e| StoreError::Unavailable(format!("initializing raft: {e}")))?;
         }
-        raft.wait(Some(Duration::from_secs(30)))
-            .current_leader(config.node_id, "store leader")
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("no raft leader: {e}")))?;
 
-        let (stop, stop_rx) = tokio_watch::channel(false);
         let store = RaftStore {
-            proposer: proposer::Proposer::start(raft.clone()),
-            raft,
-            shared,
+            core,
             disk,
-            node_id: config.node_id,
+            peer_addr,
             stop: Arc::new(stop),
         };
-        // Waits for the leader's first-term blank entry so that everything logged before a
-        // restart is applied before the first request is served.
-        store.linearize().await?;
+        // Metrics show the stored membership shortly after Raft starts (at once when it was
+        // just initialized here).
+        let sole_voter = if initialized {
+            let metrics = raft
+                .wait(Some(Duration::from_secs(5)))
+                .metrics(
+                    |m| m.membership_config.log_id().is_some(),
+                    "stored membership loaded",
+                )
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("starting raft: {e}")))?;
+            let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
+            voters == [node_id]
+        } else {
+            config.bootstrap == Bootstrap::Init
+        };
+        if sole_voter {
+            raft.wait(Some(Duration::from_secs(30)))
+                .current_leader(node_id, "store leader")
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("no raft leader: {e}")))?;
+            // Waits for the leader's first-term blank entry so that everything logged before
+            // a restart is applied before the first request is served.
+            store.core.linearize().await?;
+        }
         tokio::spawn(compact_by_age(
             store.clone(),
             config.history_ttl,
@@ -243,24 +496,20 @@ impl RaftStore {
     }
 
     async fn linearize(&self) -> Result<()> {
-        self.raft
-            .ensure_linearizable()
-            .await
-            .map(|_| ())
-            .map_err(|e| StoreError::Unavailable(format!("linearizable read: {e}")))
+        self.core.linearize().await
     }
 
     async fn propose(&self, command: Command) -> Result<Outcome> {
-        self.proposer.propose(command).await
+        self.core.propose(command).await
     }
 
     /// Stops Raft and flushes everything to disk. Other clones stop working.
     pub async fn shutdown(&self) -> Result<()> {
         self.stop.send_replace(true);
-        self.raft
-            .shutdown()
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("raft shutdown: {e}")))?;
+        let stopped = self.core.raft.shutdown().await;
+        if self.core.local.removed_error().is_none() {
+            stopped.map_err(|e| StoreError::Unavailable(format!("raft shutdown: {e}")))?;
+        }
         self.disk
             .sync()
             .await
@@ -268,15 +517,101 @@ impl RaftStore {
         Ok(())
     }
 
+    /// This member's Raft node id (what [`RaftStore::add_member`] is given for it).
+    pub fn node_id(&self) -> u64 {
+        self.core.node_id()
+    }
+
+    /// The id of the cluster this member belongs to (`None` while it waits to join).
+    pub fn cluster_id(&self) -> Option<String> {
+        self.core.local.cluster_id()
+    }
+
+    /// The address the peer port listens on (with a [`PeerConfig`]).
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer_addr
+    }
+
     /// The index of the last entry in the Raft log (writes are batched, so it grows slower
     /// than the revision under concurrent load).
     pub fn last_log_index(&self) -> u64 {
-        self.raft.metrics().borrow().last_log_index.unwrap_or(0)
+        self.core
+            .raft
+            .metrics()
+            .borrow()
+            .last_log_index
+            .unwrap_or(0)
     }
 
-    /// Whether this server currently leads the Raft cluster.
+    /// Where this member's Raft stands, from its own metrics (no network).
+    pub fn raft_status(&self) -> RaftStatus {
+        let metrics = self.core.raft.metrics().borrow().clone();
+        RaftStatus {
+            node_id: self.core.node_id(),
+            leader: metrics.current_leader,
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index,
+            applied_index: metrics.last_applied.map(|id| id.index),
+            snapshot_index: metrics.snapshot.map(|id| id.index),
+            purged_index: metrics.purged.map(|id| id.index),
+        }
+    }
+
+    /// Whether this member currently leads the store cluster (as far as it knows: a leader cut
+    /// off from the others believes so until it hears otherwise).
     pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader == Some(self.node_id)
+        self.core.is_leader()
+    }
+
+    /// The member this one believes leads, if any.
+    pub fn leader(&self) -> Option<u64> {
+        self.core.raft.metrics().borrow().current_leader
+    }
+
+    /// Adds member `id`, reachable at `addr` (`host:port` of its peer port), to the cluster:
+    /// first as a learner that receives the log (or a snapshot, when the log it needs was
+    /// compacted), then — once it has caught up — as a voter. Returns when it votes. Callable
+    /// on any member (forwarded to the leader). Adding a member that is already a voter at
+    /// the same address does nothing; a known id at another address is refused.
+    ///
+    /// The new member must be running ([`Bootstrap::Join`]) with a certificate the others
+    /// accept, or this fails after [`RaftStoreConfig::membership_timeout`] with it left a
+    /// learner (adding it again resumes).
+    pub async fn add_member(&self, id: u64, addr: impl Into<String>) -> Result<()> {
+        self.core.add_member(id, addr.into()).await
+    }
+
+    /// Removes member `id` (voter or learner) from the cluster. Callable on any member
+    /// (forwarded to the leader), also for the leader itself, which then steps down. The
+    /// removed member is told, and from then on refuses to serve or to open its store again
+    /// ([`StoreError::Removed`]); one that was unreachable learns it when it next contacts
+    /// the others.
+    pub async fn remove_member(&self, id: u64) -> Result<()> {
+        self.core.remove_member(id).await
+    }
+
+    /// The members and who leads, as the leader sees them (forwarded to the leader).
+    pub async fn members(&self) -> Result<Members> {
+        self.core.members().await
+    }
+
+    /// Waits until this member can serve a linearizable read — a leader is known, reachable
+    /// and backed by a quorum, and this member has caught up with it — or fails with the last
+    /// error after `timeout`. For a member that just joined, or the first start of a cluster
+    /// member after a restart.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let err = match self.core.linearize().await {
+                Ok(()) => return Ok(()),
+                Err(err @ (StoreError::Removed(_) | StoreError::Corrupt(_))) => return Err(err),
+                Err(err) => err,
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(err);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
@@ -298,7 +633,7 @@ async fn compact_by_age(
             return;
         }
         let now = Instant::now();
-        samples.push_back((now, store.shared.revision()));
+        samples.push_back((now, store.core.shared.revision()));
         let mut target = None;
         while let Some(&(at, revision)) = samples.front() {
             if now.duration_since(at) < ttl {
@@ -308,7 +643,7 @@ async fn compact_by_age(
             samples.pop_front();
         }
         if let Some(revision) = target {
-            if store.is_leader() && revision > store.shared.compacted() {
+            if store.is_leader() && revision > store.core.shared.compacted() {
                 match store.compact(revision).await {
                     Ok(()) => tracing::debug!(revision, "compacted store history"),
                     Err(err) => tracing::warn!(%err, revision, "history compaction failed"),
@@ -323,13 +658,14 @@ impl Store for RaftStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         validate_key(key)?;
         self.linearize().await?;
-        self.shared.get(key)
+        self.core.shared.get(key)
     }
 
     async fn range(&self, request: RangeRequest) -> Result<RangeResponse> {
         validate_prefix(&request.prefix)?;
         self.linearize().await?;
-        self.shared
+        self.core
+            .shared
             .consistent(|source| mvcc::read_range(source, &request))
     }
 
@@ -390,9 +726,14 @@ impl Store for RaftStore {
         if after.is_none() {
             self.linearize().await?;
         }
-        let start = check_start(after, self.shared.revision(), self.shared.compacted())?;
-        let history: Arc<dyn HistorySource> = self.shared.clone();
+        let start = check_start(
+            after,
+            self.core.shared.revision(),
+            self.core.shared.compacted(),
+        )?;
+        let history: Arc<dyn HistorySource> = self.core.shared.clone();
         Ok(self
+            .core
             .shared
             .hub
             .subscribe(history, prefix.to_string(), start))
@@ -400,11 +741,11 @@ impl Store for RaftStore {
 
     async fn current_revision(&self) -> Result<Revision> {
         self.linearize().await?;
-        Ok(self.shared.revision())
+        Ok(self.core.shared.revision())
     }
 
     async fn compacted_revision(&self) -> Result<Revision> {
-        Ok(self.shared.compacted())
+        Ok(self.core.shared.compacted())
     }
 
     async fn compact(&self, revision: Revision) -> Result<()> {

@@ -1,18 +1,31 @@
-//! Raft transport for a one-member cluster: there are no peers to reach, so every RPC reports
-//! the target unreachable. Joining servers over mutual TLS replaces this (the HA issue); the
-//! store's Raft code path is the same either way.
+//! Raft's transport, as openraft sees it. [`SingleNodeNetwork`] is a one-member cluster's: there
+//! are no peers, so every RPC reports the target unreachable. [`PeerNetwork`] sends append
+//! entries, vote and install snapshot over the peer connections of `client.rs` (mutual TLS),
+//! each with the deadline openraft gives it. The store's Raft code path is the same either way.
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
+use openraft::network::{Backoff, RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
 
+use super::client::{CallError, Peers};
+use super::local::LocalMember;
+use super::wire::{Rejection, Request, Response};
 use super::TypeConfig;
 
 type NodeId = u64;
+
+/// How long openraft waits before trying an unreachable peer again. Short: a restarted member
+/// should be caught up soon after it is back.
+const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(200);
 
 /// Hands out [`NoPeer`] connections.
 #[derive(Debug, Clone, Default)]
@@ -71,5 +84,151 @@ impl RaftNetwork<TypeConfig> for NoPeer {
         _option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         Err(self.unreachable())
+    }
+}
+
+/// Raft over the peer connections. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct PeerNetwork {
+    peers: Arc<Peers>,
+    local: Arc<LocalMember>,
+}
+
+impl PeerNetwork {
+    pub(crate) fn new(peers: Arc<Peers>, local: Arc<LocalMember>) -> PeerNetwork {
+        PeerNetwork { peers, local }
+    }
+}
+
+/// One peer, as openraft's replication and election address it.
+#[derive(Debug)]
+pub struct PeerLink {
+    peers: Arc<Peers>,
+    local: Arc<LocalMember>,
+    target: NodeId,
+    addr: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerLink;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerLink {
+        PeerLink {
+            peers: Arc::clone(&self.peers),
+            local: Arc::clone(&self.local),
+            target,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+impl PeerLink {
+    async fn call<E: std::error::Error>(
+        &self,
+        action: RPCTypes,
+        request: Request,
+        option: &RPCOption,
+    ) -> Result<Response, RPCError<NodeId, BasicNode, E>> {
+        let result = self
+            .peers
+            .call(self.target, &self.addr, request, option.hard_ttl())
+            .await;
+        result.map_err(|err| match err {
+            CallError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&err)),
+            CallError::Lost { .. } => RPCError::Network(NetworkError::new(&err)),
+            CallError::Timeout { .. } => RPCError::Timeout(Timeout {
+                action,
+                id: self.local.node_id,
+                target: self.target,
+                timeout: option.hard_ttl(),
+            }),
+            CallError::Rejected {
+                rejection: Rejection::SenderRemoved { ref why },
+                ..
+            } => {
+                self.local.mark_removed(why);
+                RPCError::Unreachable(Unreachable::new(&err))
+            }
+            CallError::Rejected { .. } => RPCError::Unreachable(Unreachable::new(&err)),
+        })
+    }
+
+    fn unexpected<E: std::error::Error>(
+        &self,
+        response: &Response,
+    ) -> RPCError<NodeId, BasicNode, E> {
+        let err = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "node {} answered with an unexpected message: {response:?}",
+                self.target
+            ),
+        );
+        RPCError::Network(NetworkError::new(&err))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerLink {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        match self
+            .call(
+                RPCTypes::AppendEntries,
+                Request::AppendEntries(rpc),
+                &option,
+            )
+            .await?
+        {
+            Response::AppendEntries(result) => {
+                result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        match self
+            .call(
+                RPCTypes::InstallSnapshot,
+                Request::InstallSnapshot(rpc),
+                &option,
+            )
+            .await?
+        {
+            Response::InstallSnapshot(result) => {
+                result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        match self
+            .call(RPCTypes::Vote, Request::Vote(rpc), &option)
+            .await?
+        {
+            Response::Vote(result) => {
+                result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(UNREACHABLE_BACKOFF))
     }
 }

@@ -4,6 +4,9 @@
 //! whatever has gathered as one [`Command::Batch`] while earlier batches are in flight: under
 //! load many writes share an fsync (as etcd's proposal batching does); a lone writer pays
 //! nothing extra because a batch of one is sent as the plain command.
+//!
+//! Each write learns its outcome and the index of the log entry that carried it (a member that
+//! forwarded the write waits to have applied that index before it answers its caller).
 
 use std::sync::Arc;
 
@@ -11,8 +14,9 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::wire::Applied;
 use super::TypeConfig;
-use crate::error::{Result, StoreError};
+use crate::error::StoreError;
 use crate::mvcc::{Command, Outcome};
 
 /// Batches in flight at once: one being made durable while the next gathers and queues.
@@ -22,7 +26,32 @@ const MAX_BATCH_COMMANDS: usize = 1024;
 /// Bytes of keys and values in one batch at most (one value alone may exceed it).
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
-type Reply = oneshot::Sender<Result<Outcome>>;
+type Reply = oneshot::Sender<Result<Applied, ProposeError>>;
+
+/// Why a proposal failed.
+#[derive(Debug, Clone)]
+pub enum ProposeError {
+    /// Raft answered that this member does not lead (any more). That happens when the
+    /// proposal reached Raft after leadership moved, but also when leadership moved after it
+    /// was appended and the new leader overwrote it — then a later leader may still commit it
+    /// — so the write's outcome is unknown and it must not be retried blindly.
+    LeaderChanged(Option<u64>),
+    Failed(StoreError),
+}
+
+impl ProposeError {
+    /// The error a caller of this member sees.
+    pub fn into_store_error(self) -> StoreError {
+        match self {
+            ProposeError::LeaderChanged(leader) => StoreError::NoQuorum(format!(
+                "leadership moved (to {}) while the write was in flight; it may or may not \
+                 have been applied",
+                leader.map_or_else(|| "an unknown node".to_string(), |id| format!("node {id}"))
+            )),
+            ProposeError::Failed(err) => err,
+        }
+    }
+}
 
 /// The handle writes go through. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -39,14 +68,16 @@ impl Proposer {
     }
 
     /// Proposes one command and waits for its outcome once it is durable and applied.
-    pub async fn propose(&self, command: Command) -> Result<Outcome> {
+    pub async fn propose(&self, command: Command) -> Result<Applied, ProposeError> {
         let (reply, outcome) = oneshot::channel();
-        self.queue
-            .send((command, reply))
-            .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
-        outcome
-            .await
-            .map_err(|_| StoreError::Unavailable("the store stopped before answering".into()))?
+        self.queue.send((command, reply)).map_err(|_| {
+            ProposeError::Failed(StoreError::Unavailable("the store is shutting down".into()))
+        })?;
+        outcome.await.map_err(|_| {
+            ProposeError::Failed(StoreError::Unavailable(
+                "the store stopped before answering".into(),
+            ))
+        })?
     }
 }
 
@@ -95,18 +126,24 @@ async fn batch_loop(raft: Raft<TypeConfig>, mut rx: mpsc::UnboundedReceiver<(Com
             let result = raft.client_write(command).await;
             drop(permit);
             match result {
-                Ok(response) => match response.data {
-                    Outcome::Batch(outcomes) if replies.len() > 1 => {
-                        for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                            let _ = reply.send(Ok(outcome));
+                Ok(response) => {
+                    let index = response.log_id.index;
+                    match response.data {
+                        Outcome::Batch(outcomes) if replies.len() > 1 => {
+                            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                                let _ = reply.send(Ok(Applied { outcome, index }));
+                            }
+                        }
+                        outcome => {
+                            for reply in replies {
+                                let _ = reply.send(Ok(Applied {
+                                    outcome: outcome.clone(),
+                                    index,
+                                }));
+                            }
                         }
                     }
-                    outcome => {
-                        for reply in replies {
-                            let _ = reply.send(Ok(outcome.clone()));
-                        }
-                    }
-                },
+                }
                 Err(err) => {
                     let err = raft_write_error(err);
                     for reply in replies {
@@ -119,14 +156,16 @@ async fn batch_loop(raft: Raft<TypeConfig>, mut rx: mpsc::UnboundedReceiver<(Com
 }
 
 /// Maps Raft's write errors to the store's.
-fn raft_write_error(err: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> StoreError {
+fn raft_write_error(err: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> ProposeError {
     match err {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => StoreError::Unavailable(
-            format!("this server is not the leader (leader: {:?})", f.leader_id),
-        ),
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-            StoreError::Unavailable(e.to_string())
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            ProposeError::LeaderChanged(f.leader_id)
         }
-        RaftError::Fatal(fatal) => StoreError::Unavailable(format!("raft stopped: {fatal}")),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            ProposeError::Failed(StoreError::Unavailable(e.to_string()))
+        }
+        RaftError::Fatal(fatal) => {
+            ProposeError::Failed(StoreError::Unavailable(format!("raft stopped: {fatal}")))
+        }
     }
 }

@@ -92,7 +92,8 @@ impl SmShared {
         read(self)
     }
 
-    fn applied(&self) -> (Option<LogId<NodeId>>, Membership) {
+    /// The last applied log id and the membership applied with it (a committed one).
+    pub(super) fn applied(&self) -> (Option<LogId<NodeId>>, Membership) {
         self.applied
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -350,6 +351,9 @@ impl StateMachine {
             *shared.applied.lock().unwrap_or_else(|e| e.into_inner()) =
                 (meta.last_log_id, meta.last_membership.clone());
         }
+        // The history before the snapshot is gone: watchers that still need it must get
+        // `Compacted` from the history read rather than a gap.
+        shared.hub.reset(snapshot.revision);
         Ok(())
     }
 }

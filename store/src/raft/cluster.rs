@@ -1,0 +1,667 @@
+//! One member of a store cluster at work: where each request goes and what the leader does
+//! with the ones it is sent.
+//!
+//! Writes, read indexes and membership changes run at the leader. When this member leads it
+//! runs them itself; otherwise it forwards them over the peer connection, and a write comes
+//! back with the log index that carried it, which this member waits to have applied before it
+//! answers — so a client sees its own writes on the member it wrote through. A linearizable
+//! read asks the leader for a read index (the leader confirms its leadership with a quorum, as
+//! `Raft::ensure_linearizable` does), waits to have applied it, then reads locally.
+//!
+//! Every such request has a deadline (`request_timeout`, longer for membership changes). A
+//! request is retried while it surely was not acted on (no leader known yet, leader
+//! unreachable, the receiver no longer leads); a write whose fate is unknown is never retried:
+//! it fails with [`StoreError::NoQuorum`] saying so.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, Raft, RaftMetrics};
+use serde::{Deserialize, Serialize};
+use tokio::time::{timeout_at, Instant};
+
+use super::client::{server_name, CallError, Peers};
+use super::local::LocalMember;
+use super::proposer::{ProposeError, Proposer};
+use super::server::Handler;
+use super::sm::SmShared;
+use super::wire::{Applied, Header, Refusal, Rejection, Request, Response};
+use super::TypeConfig;
+use crate::error::{Result, StoreError};
+use crate::mvcc::{Command, Outcome};
+
+type NodeId = u64;
+
+/// How long to wait before asking again when the leader is unknown or just changed.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// How long a removed member is given to hear the news.
+const REMOVED_NOTICE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One member of the store cluster, as [`crate::RaftStore::members`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Its Raft node id.
+    pub id: u64,
+    /// The peer address (`host:port`) the others reach it at.
+    pub addr: String,
+    /// A voter counts towards quorums; a learner only receives the log (a member being
+    /// added is a learner until it has caught up).
+    pub voter: bool,
+}
+
+/// The cluster's membership as its leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Members {
+    /// The leader's node id.
+    pub leader: Option<u64>,
+    /// Every member, by id.
+    pub members: Vec<Member>,
+}
+
+impl Members {
+    fn from_metrics(metrics: &RaftMetrics<NodeId, BasicNode>) -> Members {
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        Members {
+            leader: metrics.current_leader,
+            members: membership
+                .nodes()
+                .map(|(id, node)| Member {
+                    id: *id,
+                    addr: node.addr.clone(),
+                    voter: voters.contains(id),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Timeouts of requests that depend on other members.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Writes and linearizable reads.
+    pub request: Duration,
+    /// Adding a member (which includes its catching up) and removing one.
+    pub membership: Duration,
+}
+
+/// Where a leader-side request runs.
+enum Route {
+    Here,
+    Remote { id: NodeId, addr: String },
+}
+
+/// What a member shares between its store handle and its peer server.
+pub(crate) struct Core {
+    pub raft: Raft<TypeConfig>,
+    pub shared: Arc<SmShared>,
+    pub proposer: Proposer,
+    pub local: Arc<LocalMember>,
+    /// `None` for a one-member store without a peer transport.
+    pub peers: Option<Arc<Peers>>,
+    pub limits: Limits,
+    /// One membership change at a time on this member (Raft allows one in flight anyway).
+    pub membership_lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("node_id", &self.local.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn no_quorum(what: &str, limit: Duration) -> StoreError {
+    StoreError::NoQuorum(format!("{what} within {limit:?}"))
+}
+
+/// The refusal a leader-side answer carries, if any.
+fn refusal(response: &Response) -> Option<&Refusal> {
+    match response {
+        Response::Write(Err(r))
+        | Response::ReadIndex(Err(r))
+        | Response::Changed(Err(r))
+        | Response::Members(Err(r)) => Some(r),
+        _ => None,
+    }
+}
+
+fn unexpected(response: &Response) -> StoreError {
+    StoreError::Unavailable(format!("unexpected answer from the leader: {response:?}"))
+}
+
+impl Core {
+    pub fn node_id(&self) -> NodeId {
+        self.local.node_id
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.node_id())
+    }
+
+    fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Proposes a write and returns its outcome once this member has applied it.
+    pub async fn propose(&self, command: Command) -> Result<Outcome> {
+        self.local.check_not_removed()?;
+        if self.peers.is_none() {
+            // A one-member store leads for as long as it runs: no deadline, as before.
+            return self
+                .proposer
+                .propose(command)
+                .await
+                .map(|applied| applied.outcome)
+                .map_err(ProposeError::into_store_error);
+        }
+        let deadline = Instant::now() + self.limits.request;
+        let response = self
+            .at_leader(deadline, false, "the write was not committed", || {
+                Request::Write(command.clone())
+            })
+            .await?;
+        match response {
+            Response::Write(Ok(Applied { outcome, index })) => {
+                self.wait_applied(index, deadline, "the write").await?;
+                Ok(outcome)
+            }
+            Response::Write(Err(refusal)) => {
+                Err(refusal.into_store_error(self.leader().unwrap_or(0)))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Returns once a read of this member's state machine is linearizable.
+    pub async fn linearize(&self) -> Result<()> {
+        self.local.check_not_removed()?;
+        if self.peers.is_none() {
+            return self
+                .raft
+                .ensure_linearizable()
+                .await
+                .map(|_| ())
+                .map_err(|e| StoreError::Unavailable(format!("linearizable read: {e}")));
+        }
+        let deadline = Instant::now() + self.limits.request;
+        let response = self
+            .at_leader(deadline, true, "no leader confirmed a read index", || {
+                Request::ReadIndex
+            })
+            .await?;
+        match response {
+            Response::ReadIndex(Ok(index)) => self.wait_applied(index, deadline, "the read").await,
+            Response::ReadIndex(Err(refusal)) => {
+                Err(refusal.into_store_error(self.leader().unwrap_or(0)))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// See [`crate::RaftStore::add_member`].
+    pub async fn add_member(&self, id: NodeId, addr: String) -> Result<()> {
+        self.local.check_not_removed()?;
+        if id == 0 {
+            return Err(StoreError::Membership("node id 0 is not allowed".into()));
+        }
+        server_name(&addr).map_err(StoreError::Membership)?;
+        if self.peers.is_none() {
+            return Err(StoreError::Membership(
+                "this store runs without a peer transport: it cannot have other members".into(),
+            ));
+        }
+        let deadline = Instant::now() + self.limits.membership;
+        let response = self
+            .at_leader(deadline, true, "the member was not added", || {
+                Request::AddMember {
+                    id,
+                    addr: addr.clone(),
+                }
+            })
+            .await?;
+        self.changed(response)
+    }
+
+    /// See [`crate::RaftStore::remove_member`].
+    pub async fn remove_member(&self, id: NodeId) -> Result<()> {
+        self.local.check_not_removed()?;
+        let deadline = Instant::now() + self.limits.membership;
+        let response = self
+            .at_leader(deadline, false, "the member was not removed", || {
+                Request::RemoveMember { id }
+            })
+            .await?;
+        self.changed(response)
+    }
+
+    fn changed(&self, response: Response) -> Result<()> {
+        match response {
+            Response::Changed(Ok(())) => Ok(()),
+            Response::Changed(Err(refusal)) => {
+                Err(refusal.into_store_error(self.leader().unwrap_or(0)))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// See [`crate::RaftStore::members`].
+    pub async fn members(&self) -> Result<Members> {
+        self.local.check_not_removed()?;
+        if self.peers.is_none() {
+            return Ok(Members::from_metrics(&self.raft.metrics().borrow()));
+        }
+        let deadline = Instant::now() + self.limits.request;
+        match self
+            .at_leader(deadline, true, "no leader answered", || Request::Members)
+            .await?
+        {
+            Response::Members(Ok(members)) => Ok(members),
+            Response::Members(Err(refusal)) => {
+                Err(refusal.into_store_error(self.leader().unwrap_or(0)))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Waits until a leader is known: this member or a peer.
+    async fn route(&self, deadline: Instant) -> Result<Route> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                if let Some(leader) = m.current_leader {
+                    if leader == self.node_id() {
+                        return Ok(Route::Here);
+                    }
+                    if let Some(node) = m.membership_config.membership().get_node(&leader) {
+                        return Ok(Route::Remote {
+                            id: leader,
+                            addr: node.addr.clone(),
+                        });
+                    }
+                }
+            }
+            self.local.check_not_removed()?;
+            match timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    return Err(self
+                        .local
+                        .removed_error()
+                        .unwrap_or_else(|| StoreError::Unavailable("raft stopped".into())))
+                }
+                Err(_) => {
+                    return Err(no_quorum(
+                        "no leader was known to this member",
+                        self.limits.request,
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Runs a leader-side request at the leader, here or over the peer connection, retrying
+    /// until `deadline` while it surely was not acted on (and, when `idempotent`, also when
+    /// that is unknown).
+    async fn at_leader(
+        &self,
+        deadline: Instant,
+        idempotent: bool,
+        failure: &str,
+        request: impl Fn() -> Request,
+    ) -> Result<Response> {
+        let limit = deadline.saturating_duration_since(Instant::now());
+        loop {
+            let response = match self.route(deadline).await? {
+                Route::Here => match timeout_at(deadline, self.lead(request())).await {
+                    Ok(response) => response,
+                    Err(_) => return Err(no_quorum(failure, limit)),
+                },
+                Route::Remote { id, addr } => {
+                    let Some(peers) = &self.peers else {
+                        return Err(StoreError::Unavailable(format!(
+                            "node {id} leads but this member has no peer transport"
+                        )));
+                    };
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match peers.call(id, &addr, request(), left).await {
+                        Ok(response) => response,
+                        Err(CallError::Unreachable { .. }) => {
+                            self.pause(deadline, failure, limit).await?;
+                            continue;
+                        }
+                        Err(CallError::Rejected {
+                            rejection: Rejection::SenderRemoved { why },
+                            ..
+                        }) => {
+                            self.local.mark_removed(&why);
+                            return Err(StoreError::Removed(why));
+                        }
+                        Err(CallError::Rejected {
+                            rejection: Rejection::Stopped(_),
+                            ..
+                        }) => {
+                            self.pause(deadline, failure, limit).await?;
+                            continue;
+                        }
+                        Err(err @ CallError::Rejected { .. }) => {
+                            return Err(StoreError::Unavailable(err.to_string()))
+                        }
+                        Err(_) if idempotent => {
+                            self.pause(deadline, failure, limit).await?;
+                            continue;
+                        }
+                        Err(err) => {
+                            return Err(StoreError::NoQuorum(format!(
+                                "{err}; the write may or may not have been applied"
+                            )))
+                        }
+                    }
+                }
+            };
+            match refusal(&response) {
+                Some(Refusal::NotLeader { .. }) => {}
+                Some(Refusal::NoQuorum(_)) if idempotent => {}
+                _ => return Ok(response),
+            }
+            self.pause(deadline, failure, limit).await?;
+        }
+    }
+
+    async fn pause(&self, deadline: Instant, failure: &str, limit: Duration) -> Result<()> {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(no_quorum(failure, limit));
+        }
+        tokio::time::sleep_until((now + RETRY_PAUSE).min(deadline)).await;
+        self.local.check_not_removed()
+    }
+
+    /// Waits until this member has applied the log up to `index`.
+    async fn wait_applied(&self, index: u64, deadline: Instant, what: &str) -> Result<()> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(index), what)
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                openraft::metrics::WaitError::Timeout(..) => StoreError::NoQuorum(format!(
+                    "{what} was committed at log index {index} but this member did not apply \
+                     it within {:?}",
+                    self.limits.request
+                )),
+                openraft::metrics::WaitError::ShuttingDown => self
+                    .local
+                    .removed_error()
+                    .unwrap_or_else(|| StoreError::Unavailable("raft stopped".into())),
+            })
+    }
+
+    /// Runs a leader-side request on this member, which must lead: anything else is refused
+    /// with `NotLeader` before it is acted on.
+    async fn lead(&self, request: Request) -> Response {
+        match request {
+            Request::Write(command) => Response::Write(self.lead_write(command).await),
+            Request::ReadIndex => Response::ReadIndex(self.lead_read_index().await),
+            Request::AddMember { id, addr } => Response::Changed(self.lead_add(id, addr).await),
+            Request::RemoveMember { id } => Response::Changed(self.lead_remove(id).await),
+            Request::Members => Response::Members(self.lead_members()),
+            other => Response::Rejected(Rejection::Stopped(format!(
+                "{} is not a request for the leader",
+                other.kind()
+            ))),
+        }
+    }
+
+    fn not_leader(&self) -> Option<Refusal> {
+        let leader = self.leader();
+        (leader != Some(self.node_id())).then_some(Refusal::NotLeader { leader })
+    }
+
+    async fn lead_write(&self, command: Command) -> std::result::Result<Applied, Refusal> {
+        if let Some(refusal) = self.not_leader() {
+            return Err(refusal);
+        }
+        match tokio::time::timeout(self.limits.request, self.proposer.propose(command)).await {
+            Ok(Ok(applied)) => Ok(applied),
+            Ok(Err(err)) => Err(err.into_store_error().into()),
+            Err(_) => Err(Refusal::NoQuorum(format!(
+                "the leader could not commit the write within {:?}; it may still be applied",
+                self.limits.request
+            ))),
+        }
+    }
+
+    async fn lead_read_index(&self) -> std::result::Result<u64, Refusal> {
+        if let Some(refusal) = self.not_leader() {
+            return Err(refusal);
+        }
+        match tokio::time::timeout(self.limits.request, self.raft.get_read_log_id()).await {
+            Ok(Ok((read, _applied))) => Ok(read.map_or(0, |id| id.index)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(Refusal::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
+                Err(Refusal::NoQuorum(q.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(f))) => Err(Refusal::Unavailable(format!("raft stopped: {f}"))),
+            Err(_) => Err(Refusal::NoQuorum(format!(
+                "the leader could not confirm its leadership within {:?}",
+                self.limits.request
+            ))),
+        }
+    }
+
+    fn lead_members(&self) -> std::result::Result<Members, Refusal> {
+        if let Some(refusal) = self.not_leader() {
+            return Err(refusal);
+        }
+        Ok(Members::from_metrics(&self.raft.metrics().borrow()))
+    }
+
+    /// Runs a membership change, waiting out one still in progress.
+    async fn change(
+        &self,
+        changes: ChangeMembers<NodeId, BasicNode>,
+        deadline: Instant,
+    ) -> std::result::Result<(), Refusal> {
+        loop {
+            let result = match changes.clone() {
+                ChangeMembers::AddNodes(nodes) if nodes.len() == 1 => {
+                    let Some((id, node)) = nodes.into_iter().next() else {
+                        return Ok(());
+                    };
+                    self.raft.add_learner(id, node, false).await
+                }
+                changes => self.raft.change_membership(changes, false).await,
+            };
+            match result {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    return Err(Refusal::NotLeader {
+                        leader: f.leader_id,
+                    })
+                }
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(_),
+                ))) if Instant::now() < deadline => {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                    return Err(Refusal::Membership(e.to_string()))
+                }
+                Err(RaftError::Fatal(f)) => {
+                    return Err(Refusal::Unavailable(format!("raft stopped: {f}")))
+                }
+            }
+        }
+    }
+
+    async fn lead_add(&self, id: NodeId, addr: String) -> std::result::Result<(), Refusal> {
+        if let Some(refusal) = self.not_leader() {
+            return Err(refusal);
+        }
+        let _one_at_a_time = self.membership_lock.lock().await;
+        let deadline = Instant::now() + self.limits.membership;
+        let (known, voter) = {
+            let metrics = self.raft.metrics().borrow().clone();
+            let membership = metrics.membership_config.membership();
+            let known = membership.get_node(&id).map(|node| node.addr.clone());
+            (known, membership.voter_ids().any(|v| v == id))
+        };
+        match known {
+            Some(current) if current != addr => {
+                return Err(Refusal::Membership(format!(
+                    "node {id} is already a member at {current}, not {addr}"
+                )))
+            }
+            Some(_) if voter => return Ok(()),
+            Some(_) => {}
+            None => {
+                let node = BasicNode::new(&addr);
+                self.change(ChangeMembers::AddNodes([(id, node)].into()), deadline)
+                    .await?;
+                tracing::info!(node = id, %addr, "added a store learner");
+            }
+        }
+        // A learner becomes a voter once it has the log up to where the leader was when it
+        // was added (or later), so it does not hold up commits while it catches up.
+        let target = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(left))
+            .metrics(
+                |m| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id).cloned().flatten())
+                        .is_some_and(|matched| matched.index >= target)
+                },
+                "new member caught up",
+            )
+            .await
+            .map_err(|e| {
+                Refusal::Membership(format!(
+                    "node {id} at {addr} did not catch up with the log ({e}); is it running, \
+                     reachable, and does it hold a certificate of the cluster's CA?"
+                ))
+            })?;
+        self.change(ChangeMembers::AddVoterIds([id].into()), deadline)
+            .await?;
+        tracing::info!(node = id, %addr, "store learner promoted to voter");
+        Ok(())
+    }
+
+    async fn lead_remove(&self, id: NodeId) -> std::result::Result<(), Refusal> {
+        if let Some(refusal) = self.not_leader() {
+            return Err(refusal);
+        }
+        let _one_at_a_time = self.membership_lock.lock().await;
+        let deadline = Instant::now() + self.limits.membership;
+        let (addr, voters) = {
+            let metrics = self.raft.metrics().borrow().clone();
+            let membership = metrics.membership_config.membership();
+            let addr = membership.get_node(&id).map(|node| node.addr.clone());
+            (addr, membership.voter_ids().collect::<BTreeSet<_>>())
+        };
+        let Some(addr) = addr else {
+            return Err(Refusal::Membership(format!("node {id} is not a member")));
+        };
+        if voters.contains(&id) {
+            if voters.len() == 1 {
+                return Err(Refusal::Membership(format!(
+                    "node {id} is the only voter: a cluster cannot remove its last voter"
+                )));
+            }
+            self.change(ChangeMembers::RemoveVoters([id].into()), deadline)
+                .await?;
+        } else {
+            self.change(ChangeMembers::RemoveNodes([id].into()), deadline)
+                .await?;
+        }
+        let why = format!(
+            "node {id} was removed from store cluster {} by node {}",
+            self.local.cluster_id().unwrap_or_default(),
+            self.node_id()
+        );
+        tracing::info!(node = id, %addr, "removed a store member");
+        if id == self.node_id() {
+            self.local.mark_removed(&why);
+        } else if let Some(peers) = &self.peers {
+            // Best effort: a member that misses this learns it from the first peer it asks
+            // for a vote (see `sender_removed`).
+            let peers = Arc::clone(peers);
+            tokio::spawn(async move {
+                let notice = Request::Removed { why };
+                if let Err(err) = peers.call(id, &addr, notice, REMOVED_NOTICE_TIMEOUT).await {
+                    tracing::info!(node = id, %err, "could not tell a removed member");
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses a Raft message from a member that this member's committed membership — newer
+    /// than the one the sender acts on — leaves out: the sender was removed, and the refusal
+    /// tells it so. A member that is only being added is never refused: its membership
+    /// names it and is at least as new as the receiver's.
+    fn sender_removed(&self, header: &Header) -> Option<Response> {
+        let (_, committed) = self.shared.applied();
+        let committed_at = *committed.log_id();
+        if committed_at.is_none()
+            || committed.membership().get_node(&header.from).is_some()
+            || header.membership >= committed_at
+        {
+            return None;
+        }
+        Some(Response::Rejected(Rejection::SenderRemoved {
+            why: format!(
+                "node {} was removed from store cluster {}: node {} has committed a membership \
+                 without it",
+                header.from,
+                self.local.cluster_id().unwrap_or_default(),
+                self.node_id()
+            ),
+        }))
+    }
+}
+
+impl Handler for Core {
+    async fn handle(&self, header: Header, request: Request) -> Response {
+        if let Some(err) = self.local.removed_error() {
+            return Response::Rejected(Rejection::Stopped(err.to_string()));
+        }
+        if let Err((ours, theirs)) = self.local.check_cluster(header.cluster.as_deref()) {
+            return Response::Rejected(Rejection::ClusterMismatch { ours, theirs });
+        }
+        match request {
+            Request::AppendEntries(rpc) => match self.sender_removed(&header) {
+                Some(refused) => refused,
+                None => Response::AppendEntries(self.raft.append_entries(rpc).await),
+            },
+            Request::Vote(rpc) => match self.sender_removed(&header) {
+                Some(refused) => refused,
+                None => Response::Vote(self.raft.vote(rpc).await),
+            },
+            Request::InstallSnapshot(rpc) => {
+                Response::InstallSnapshot(self.raft.install_snapshot(rpc).await)
+            }
+            Request::Removed { why } => {
+                // Only the leader removes members; a notice from anyone else is ignored (a
+                // member really removed learns it anyway when it next asks for votes).
+                if self.leader() == Some(header.from) {
+                    self.local.mark_removed(&why);
+                }
+                Response::Ack
+            }
+            leader_side => self.lead(leader_side).await,
+        }
+    }
+}
