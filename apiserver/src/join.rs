@@ -37,6 +37,37 @@ pub trait StoreMembership: Send + Sync + 'static {
     async fn remove(&self, id: u64) -> Result<(), MembershipError>;
 }
 
+#[async_trait::async_trait]
+impl StoreMembership for shoal_store::RaftStore {
+    async fn members(&self) -> Result<Vec<StoreMember>, MembershipError> {
+        let members = shoal_store::RaftStore::members(self)
+            .await
+            .map_err(|e| MembershipError(e.to_string()))?;
+        Ok(members
+            .members
+            .into_iter()
+            .map(|m| StoreMember {
+                id: m.id,
+                leader: members.leader == Some(m.id),
+                peer_address: m.addr,
+                voter: m.voter,
+            })
+            .collect())
+    }
+
+    async fn add(&self, id: u64, peer_address: &str) -> Result<(), MembershipError> {
+        self.add_member(id, peer_address)
+            .await
+            .map_err(|e| MembershipError(e.to_string()))
+    }
+
+    async fn remove(&self, id: u64) -> Result<(), MembershipError> {
+        self.remove_member(id)
+            .await
+            .map_err(|e| MembershipError(e.to_string()))
+    }
+}
+
 /// What the server needs to admit nodes and servers.
 pub struct JoinAuthority {
     pki: ClusterPki,

@@ -375,6 +375,8 @@ fn store_error(target: &Target, name: &str, err: StoreError) -> ApiError {
             format!("Too large resource version: {requested}"),
         ),
         StoreError::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", m),
+        // Kubernetes answers 504 when etcd gives no answer in time (no leader, no quorum).
+        StoreError::NoQuorum(m) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "Timeout", m),
         other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", other.to_string()),
     };
     e.details = details;

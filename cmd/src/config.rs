@@ -148,6 +148,9 @@ pub fn validate_server(args: &ServerArgs) -> Result<()> {
         if !server.starts_with("https://") {
             bail!("--server must be an https:// URL, got {server:?}");
         }
+        if args.cluster_init {
+            bail!("--cluster-init starts a new cluster and --server joins one: give one of them");
+        }
     }
     Ok(())
 }

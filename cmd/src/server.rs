@@ -7,18 +7,20 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use shoal_agent::join::JoinClient;
 use shoal_apiserver::allocator::ServiceRanges;
 use shoal_apiserver::pki::{ClusterPki, ServingIdentity};
 use shoal_apiserver::rest::Api;
 use shoal_apiserver::{routes, server};
+use shoal_common::join::{JoinedCluster, ServerBootstrap};
 use shoal_controllers::leader::{LeaderElector, Timings};
-use shoal_store::{RaftStore, RaftStoreConfig, Store};
+use shoal_store::{Bootstrap, PeerConfig, RaftStore, RaftStoreConfig, Store};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::ServerArgs;
 use crate::config;
 
-pub async fn run(args: ServerArgs) -> Result<()> {
+pub async fn run(mut args: ServerArgs) -> Result<()> {
     let token = config::read_token(&args.common.token, &args.common.token_file)?;
     let server_dir = args.common.data_dir.join("server");
     let store_dir = server_dir.join("store");
@@ -34,26 +36,99 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         } else {
             args.bind_address
         });
-    store_config.advertise = format!("{advertise}:{}", args.https_listen_port + 1);
+    let peer_port = args
+        .https_listen_port
+        .checked_add(1)
+        .context("--https-listen-port leaves no room for the store's peer port (the next one)")?;
+    store_config.advertise = SocketAddr::new(advertise, peer_port).to_string();
     let node_name = args
         .common
         .node_name
         .clone()
         .unwrap_or_else(crate::node::hostname);
 
+    // Joining another server's cluster: its keys and settings come first. Nothing is open yet,
+    // so a signal meanwhile may end the process the default way.
+    let joining = match args.common.server.clone() {
+        Some(url) => Some(prepare_join(&url, token.as_deref(), &server_dir, &mut args).await?),
+        None => None,
+    };
+    // Once replicated, always: a member restarted without the flags keeps its peers.
+    let replicated_marker = server_dir.join(REPLICATED_MARKER);
+    let replicated = args.cluster_init || joining.is_some() || replicated_marker.exists();
+
     // Both handlers exist before anything is opened: a signal that arrives at any point after
     // this is a clean shutdown, never the default (immediate) death.
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let store = RaftStore::open(store_config)
-        .await
-        .with_context(|| format!("opening the store in {}", store_dir.display()))?;
-    let revision = store.current_revision().await?;
 
     let identity =
         ServingIdentity::kubernetes(&node_name, &args.cluster_domain, serving_ips(&args));
     let pki = ClusterPki::load_or_create(&server_dir, &identity, token.as_deref())
         .context("loading the cluster certificates")?;
+    if replicated {
+        let (tls_server, tls_client) = server::peer_tls_configs(&pki)?;
+        store_config.peer = Some(PeerConfig {
+            listen: SocketAddr::new(args.bind_address, peer_port),
+            tls_server,
+            tls_client,
+            faults: Default::default(),
+        });
+        store_config.bootstrap = if joining.is_some() {
+            Bootstrap::Join
+        } else {
+            Bootstrap::Init
+        };
+        std::fs::write(&replicated_marker, "")
+            .with_context(|| format!("writing {}", replicated_marker.display()))?;
+    }
+    let advertised_peer = store_config.advertise.clone();
+    let store = RaftStore::open(store_config)
+        .await
+        .with_context(|| format!("opening the store in {}", store_dir.display()))?;
+    if let Some(join) = &joining {
+        if store.cluster_id().is_none() {
+            let member = shoal_common::join::StoreMember {
+                id: store.node_id(),
+                peer_address: advertised_peer.clone(),
+                voter: false,
+                leader: false,
+            };
+            tracing::info!(
+                server = join.url(),
+                id = member.id,
+                "asking to join the store"
+            );
+            let ask = join.call(
+                "POST",
+                shoal_common::join::MEMBERS_PATH,
+                shoal_common::join::SERVER_USER,
+                Some(serde_json::to_vec(&member)?),
+            );
+            tokio::select! {
+                added = ask => { added.context("joining the store")?; }
+                _ = sigterm.recv() => return shut_down_store(&store).await,
+                _ = sigint.recv() => return shut_down_store(&store).await,
+            }
+        }
+    }
+    if replicated {
+        // A member serves once it has a leader backed by a quorum and has caught up.
+        loop {
+            tokio::select! {
+                ready = store.wait_ready(std::time::Duration::from_secs(10)) => match ready {
+                    Ok(()) => break,
+                    Err(e @ (shoal_store::StoreError::Removed(_) | shoal_store::StoreError::Corrupt(_))) => {
+                        return Err(e).context("the store");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "waiting for the store's quorum"),
+                },
+                _ = sigterm.recv() => return shut_down_store(&store).await,
+                _ = sigint.recv() => return shut_down_store(&store).await,
+            }
+        }
+    }
+    let revision = store.current_revision().await?;
     let local_url = format!(
         "https://{}",
         SocketAddr::new(client_ip(args.bind_address), args.https_listen_port)
@@ -95,15 +170,22 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             shoal_apiserver::node_proxy::client_config(&pki.admin_cert_pem, &pki.admin_key_pem)
                 .map_err(|e| anyhow::anyhow!("node client TLS: {e}"))?,
         ),
-        join: Some(Arc::new(shoal_apiserver::join::JoinAuthority::new(
-            pki.clone(),
-            shoal_common::join::JoinedCluster {
-                cluster_cidr: args.cluster_cidr.to_string(),
-                service_cidr: args.service_cidr.to_string(),
-                cluster_dns: args.cluster_dns.to_string(),
-                cluster_domain: args.cluster_domain.clone(),
-            },
-        ))),
+        join: Some(Arc::new({
+            let authority = shoal_apiserver::join::JoinAuthority::new(
+                pki.clone(),
+                shoal_common::join::JoinedCluster {
+                    cluster_cidr: args.cluster_cidr.to_string(),
+                    service_cidr: args.service_cidr.to_string(),
+                    cluster_dns: args.cluster_dns.to_string(),
+                    cluster_domain: args.cluster_domain.clone(),
+                },
+            );
+            if replicated {
+                authority.with_members(Arc::new(store.clone()))
+            } else {
+                authority
+            }
+        })),
     });
     api.bootstrap()
         .await
@@ -185,6 +267,89 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     store.shutdown().await.context("flushing the store")?;
     tracing::info!("store flushed; bye");
     Ok(())
+}
+
+/// Marks a server whose store has peers (`--cluster-init` or joined), so later starts keep the
+/// peer transport without the flags, as k3s keeps etcd once it has it.
+const REPLICATED_MARKER: &str = "replicated";
+/// The cluster-wide settings a joined server took from the cluster, for its restarts.
+const JOINED_SETTINGS: &str = "cluster.json";
+
+/// A server joining the cluster of the server at `url`: checks that server's CA against the
+/// token, takes the cluster's shared keys on the first start, and uses the cluster's
+/// settings (CIDRs, DNS) instead of its own flags, as a new server's flags describe a new
+/// cluster. Retries while that server is unreachable.
+async fn prepare_join(
+    url: &str,
+    token: Option<&str>,
+    server_dir: &std::path::Path,
+    args: &mut ServerArgs,
+) -> Result<JoinClient> {
+    let token = token.context("joining another server's cluster (--server) needs --token")?;
+    let mut backoff = std::time::Duration::from_millis(500);
+    let client = loop {
+        match JoinClient::connect(url, token).await {
+            Ok(client) => break client,
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, "waiting for the server to join");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let settings_path = server_dir.join(JOINED_SETTINGS);
+    let cluster: JoinedCluster = match std::fs::read(&settings_path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("reading {}", settings_path.display()))?,
+        Err(_) => {
+            let body = client
+                .call(
+                    "POST",
+                    shoal_common::join::SERVER_BOOTSTRAP_PATH,
+                    shoal_common::join::SERVER_USER,
+                    None,
+                )
+                .await
+                .context("getting the cluster's keys")?;
+            let bundle: ServerBootstrap =
+                serde_json::from_slice(&body).context("the cluster's keys")?;
+            client.check_ca(&bundle.ca_cert)?;
+            shoal_apiserver::pki::install_bootstrap(server_dir, &bundle)
+                .context("installing the cluster's keys")?;
+            shoal_apiserver::pki::write_file_atomic(
+                &settings_path,
+                &serde_json::to_string(&bundle.cluster)?,
+                0o644,
+            )
+            .with_context(|| format!("writing {}", settings_path.display()))?;
+            tracing::info!(
+                server = client.url(),
+                "took the cluster's keys and settings"
+            );
+            bundle.cluster
+        }
+    };
+    let first_cidr = cluster.cluster_cidr.split(',').next().unwrap_or_default();
+    args.cluster_cidr = first_cidr
+        .trim()
+        .parse()
+        .with_context(|| format!("the cluster's CIDR {:?}", cluster.cluster_cidr))?;
+    args.service_cidr = cluster
+        .service_cidr
+        .parse()
+        .with_context(|| format!("the cluster's service CIDR {:?}", cluster.service_cidr))?;
+    args.cluster_dns = cluster
+        .cluster_dns
+        .parse()
+        .with_context(|| format!("the cluster's DNS address {:?}", cluster.cluster_dns))?;
+    args.cluster_domain = cluster.cluster_domain;
+    Ok(client)
+}
+
+async fn shut_down_store(store: &RaftStore) -> Result<()> {
+    tracing::info!("signal received before serving; closing the store");
+    store.shutdown().await.context("flushing the store")
 }
 
 /// The addresses the serving certificate must carry.
