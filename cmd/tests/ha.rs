@@ -4,8 +4,9 @@
 //! new one takes over, every acknowledged write is still there, and the killed server rejoins.
 //! Then the leader is cut off from its peers with nftables: the minority stops accepting
 //! writes, the majority goes on, and after healing the old leader serves what the majority
-//! wrote. Finally the agent's own `--server` is stopped and the agent keeps renewing its
-//! node's Lease through another server. Needs root, containerd and runc (CI has them).
+//! wrote. Every server is restarted in turn under load, losing nothing. Finally the agent's
+//! own `--server` is stopped and the agent keeps renewing its node's Lease through another
+//! server. Needs root, containerd and runc (CI has them).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -307,6 +308,28 @@ fn three_servers_survive_a_dead_leader_and_a_partition() {
             .is_none(),
         "a write refused during the partition appeared later"
     );
+
+    // Every server restarted in turn under a write load through all of them: writes through
+    // a server that is down fail, nothing acknowledged is lost.
+    let writer = Writer::start(
+        servers.iter().map(|&i| lab.kubectl_for(i)).collect(),
+        "rolling",
+    );
+    for &index in &servers {
+        let acked_before = writer.acked_count();
+        let _ = lab.stop_node(index);
+        lab.start_node(index);
+        eventually(
+            "writes while the servers restart in turn",
+            Duration::from_secs(60),
+            || (writer.acked_count() >= acked_before + 5).then_some(()),
+        );
+    }
+    let acked = writer.finish();
+    wait_for_leader(&lab, first_joined, 3);
+    for &index in &servers {
+        assert_all_readable(&lab.kubectl_for(index), &acked, "rolling");
+    }
 
     // The agent's --server (server 0) stops: it keeps its node alive through the others.
     let agent_name = lab.nodes[agent].name.clone();
