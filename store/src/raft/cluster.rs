@@ -27,6 +27,7 @@ use super::local::LocalMember;
 use super::proposer::{ProposeError, Proposer};
 use super::server::Handler;
 use super::sm::SmShared;
+use super::space::DiskSpace;
 use super::wire::{Applied, Header, Refusal, Rejection, Request, Response};
 use super::TypeConfig;
 use crate::error::{Result, StoreError};
@@ -104,6 +105,7 @@ pub(crate) struct Core {
     pub limits: Limits,
     /// One membership change at a time on this member (Raft allows one in flight anyway).
     pub membership_lock: tokio::sync::Mutex<()>,
+    pub space: DiskSpace,
 }
 
 impl std::fmt::Debug for Core {
@@ -205,6 +207,8 @@ impl Core {
     /// Proposes a write and returns its outcome once this member has applied it.
     pub async fn propose(&self, command: Command) -> Result<Outcome> {
         self.local.check_not_removed()?;
+        // This member must be able to store the write too (it answers once it applied it).
+        self.space.check(Some(&command))?;
         if self.peers.is_none() {
             // A one-member store leads for as long as it runs: no deadline, as before.
             return self
@@ -454,6 +458,7 @@ impl Core {
         if let Some(refusal) = self.not_leader() {
             return Err(refusal);
         }
+        self.space.check(Some(&command))?;
         match tokio::time::timeout(self.limits.request, self.proposer.propose(command)).await {
             Ok(Ok(applied)) => Ok(applied),
             Ok(Err(err)) => Err(err.into_store_error().into()),
@@ -663,15 +668,27 @@ impl Handler for Core {
             return Response::Rejected(Rejection::ClusterMismatch { ours, theirs });
         }
         match request {
-            Request::AppendEntries(rpc) => match self.sender_removed(&header) {
-                Some(refused) => refused,
-                None => Response::AppendEntries(self.raft.append_entries(rpc).await),
-            },
+            Request::AppendEntries(rpc) => {
+                if let Some(refused) = self.sender_removed(&header) {
+                    return refused;
+                }
+                // Turned away rather than failing in the log store, which would stop Raft;
+                // the leader retries until there is room again.
+                if !rpc.entries.is_empty() {
+                    if let Err(err) = self.space.check(None) {
+                        return Response::Rejected(Rejection::Stopped(err.to_string()));
+                    }
+                }
+                Response::AppendEntries(self.raft.append_entries(rpc).await)
+            }
             Request::Vote(rpc) => match self.sender_removed(&header) {
                 Some(refused) => refused,
                 None => Response::Vote(self.raft.vote(rpc).await),
             },
             Request::InstallSnapshot(rpc) => {
+                if let Err(err) = self.space.check(None) {
+                    return Response::Rejected(Rejection::Stopped(err.to_string()));
+                }
                 Response::InstallSnapshot(self.raft.install_snapshot(rpc).await)
             }
             Request::Removed { why } => {
