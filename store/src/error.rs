@@ -69,6 +69,11 @@ pub enum StoreError {
     #[error("this server was removed from the store cluster: {0}")]
     Removed(String),
 
+    /// The disk holding the store is (nearly) full: writes that add data are refused until
+    /// space is freed; reads, deletes and compactions still work.
+    #[error("store disk full: {0}")]
+    NoSpace(String),
+
     /// A membership change that cannot be made as asked (an unknown member, an id taken by
     /// another address, removing the last voter).
     #[error("store membership: {0}")]

@@ -17,15 +17,18 @@ use crate::types::{
 pub enum Command {
     Create {
         key: String,
+        #[serde(with = "crate::types::bytes")]
         value: Vec<u8>,
     },
     Update {
         key: String,
+        #[serde(with = "crate::types::bytes")]
         value: Vec<u8>,
         expected: Revision,
     },
     Put {
         key: String,
+        #[serde(with = "crate::types::bytes")]
         value: Vec<u8>,
     },
     Delete {

@@ -27,6 +27,7 @@ use super::local::LocalMember;
 use super::proposer::{ProposeError, Proposer};
 use super::server::Handler;
 use super::sm::SmShared;
+use super::space::DiskSpace;
 use super::wire::{Applied, Header, Refusal, Rejection, Request, Response};
 use super::TypeConfig;
 use crate::error::{Result, StoreError};
@@ -104,6 +105,7 @@ pub(crate) struct Core {
     pub limits: Limits,
     /// One membership change at a time on this member (Raft allows one in flight anyway).
     pub membership_lock: tokio::sync::Mutex<()>,
+    pub space: DiskSpace,
 }
 
 impl std::fmt::Debug for Core {
@@ -133,6 +135,62 @@ fn unexpected(response: &Response) -> StoreError {
     StoreError::Unavailable(format!("unexpected answer from the leader: {response:?}"))
 }
 
+/// What to do with one attempt's answer to a leader-side request.
+#[derive(Debug)]
+enum Step {
+    Done(Response),
+    /// Ask again (the leader, once known): the request surely was not acted on, or acting on
+    /// it twice does no harm.
+    Retry,
+    /// The leader's side says this member was removed.
+    Removed(String),
+    Fail(StoreError),
+}
+
+/// Decides [`Step`] from an attempt's answer: retry what surely was not acted on (no
+/// connection, a receiver that does not lead or is stopping) and, for idempotent requests,
+/// what may have been (no answer, no quorum yet); anything else is the answer.
+fn next_step(answer: std::result::Result<Response, CallError>, idempotent: bool) -> Step {
+    match answer {
+        Ok(response) => match refusal(&response) {
+            Some(Refusal::NotLeader { .. }) => Step::Retry,
+            Some(Refusal::NoQuorum(_)) if idempotent => Step::Retry,
+            _ => Step::Done(response),
+        },
+        Err(CallError::Unreachable { .. }) => Step::Retry,
+        Err(CallError::Rejected {
+            rejection: Rejection::SenderRemoved { why },
+            ..
+        }) => Step::Removed(why),
+        Err(CallError::Rejected {
+            rejection: Rejection::Stopped(_),
+            ..
+        }) => Step::Retry,
+        Err(err @ CallError::Rejected { .. }) => {
+            Step::Fail(StoreError::Unavailable(err.to_string()))
+        }
+        Err(CallError::Lost { .. } | CallError::Timeout { .. }) if idempotent => Step::Retry,
+        Err(err) => Step::Fail(StoreError::NoQuorum(format!(
+            "{err}; the request may or may not have taken effect"
+        ))),
+    }
+}
+
+/// Whether `committed` — this member's committed membership — shows that the sender of a
+/// Raft message, acting on the membership at `sender_membership`, was removed: it leaves the
+/// sender out and is newer. A member being added always acts on a membership naming it that
+/// is at least as new, so it is never taken for a removed one.
+fn sender_was_removed(
+    committed: &openraft::StoredMembership<NodeId, BasicNode>,
+    sender: NodeId,
+    sender_membership: Option<openraft::LogId<NodeId>>,
+) -> bool {
+    let committed_at = *committed.log_id();
+    committed_at.is_some()
+        && committed.membership().get_node(&sender).is_none()
+        && sender_membership < committed_at
+}
+
 impl Core {
     pub fn node_id(&self) -> NodeId {
         self.local.node_id
@@ -149,6 +207,8 @@ impl Core {
     /// Proposes a write and returns its outcome once this member has applied it.
     pub async fn propose(&self, command: Command) -> Result<Outcome> {
         self.local.check_not_removed()?;
+        // This member must be able to store the write too (it answers once it applied it).
+        self.space.check(Some(&command))?;
         if self.peers.is_none() {
             // A one-member store leads for as long as it runs: no deadline, as before.
             return self
@@ -316,9 +376,9 @@ impl Core {
     ) -> Result<Response> {
         let limit = deadline.saturating_duration_since(Instant::now());
         loop {
-            let response = match self.route(deadline).await? {
+            let answer = match self.route(deadline).await? {
                 Route::Here => match timeout_at(deadline, self.lead(request())).await {
-                    Ok(response) => response,
+                    Ok(response) => Ok(response),
                     Err(_) => return Err(no_quorum(failure, limit)),
                 },
                 Route::Remote { id, addr } => {
@@ -328,47 +388,18 @@ impl Core {
                         )));
                     };
                     let left = deadline.saturating_duration_since(Instant::now());
-                    match peers.call(id, &addr, request(), left).await {
-                        Ok(response) => response,
-                        Err(CallError::Unreachable { .. }) => {
-                            self.pause(deadline, failure, limit).await?;
-                            continue;
-                        }
-                        Err(CallError::Rejected {
-                            rejection: Rejection::SenderRemoved { why },
-                            ..
-                        }) => {
-                            self.local.mark_removed(&why);
-                            return Err(StoreError::Removed(why));
-                        }
-                        Err(CallError::Rejected {
-                            rejection: Rejection::Stopped(_),
-                            ..
-                        }) => {
-                            self.pause(deadline, failure, limit).await?;
-                            continue;
-                        }
-                        Err(err @ CallError::Rejected { .. }) => {
-                            return Err(StoreError::Unavailable(err.to_string()))
-                        }
-                        Err(_) if idempotent => {
-                            self.pause(deadline, failure, limit).await?;
-                            continue;
-                        }
-                        Err(err) => {
-                            return Err(StoreError::NoQuorum(format!(
-                                "{err}; the write may or may not have been applied"
-                            )))
-                        }
-                    }
+                    peers.call(id, &addr, request(), left).await
                 }
             };
-            match refusal(&response) {
-                Some(Refusal::NotLeader { .. }) => {}
-                Some(Refusal::NoQuorum(_)) if idempotent => {}
-                _ => return Ok(response),
+            match next_step(answer, idempotent) {
+                Step::Done(response) => return Ok(response),
+                Step::Retry => self.pause(deadline, failure, limit).await?,
+                Step::Removed(why) => {
+                    self.local.mark_removed(&why);
+                    return Err(StoreError::Removed(why));
+                }
+                Step::Fail(err) => return Err(err),
             }
-            self.pause(deadline, failure, limit).await?;
         }
     }
 
@@ -427,6 +458,7 @@ impl Core {
         if let Some(refusal) = self.not_leader() {
             return Err(refusal);
         }
+        self.space.check(Some(&command))?;
         match tokio::time::timeout(self.limits.request, self.proposer.propose(command)).await {
             Ok(Ok(applied)) => Ok(applied),
             Ok(Err(err)) => Err(err.into_store_error().into()),
@@ -608,17 +640,11 @@ impl Core {
         Ok(())
     }
 
-    /// Refuses a Raft message from a member that this member's committed membership — newer
-    /// than the one the sender acts on — leaves out: the sender was removed, and the refusal
-    /// tells it so. A member that is only being added is never refused: its membership
-    /// names it and is at least as new as the receiver's.
+    /// Refuses a Raft message from a member that was removed (see [`sender_was_removed`]);
+    /// the refusal tells it so.
     fn sender_removed(&self, header: &Header) -> Option<Response> {
         let (_, committed) = self.shared.applied();
-        let committed_at = *committed.log_id();
-        if committed_at.is_none()
-            || committed.membership().get_node(&header.from).is_some()
-            || header.membership >= committed_at
-        {
+        if !sender_was_removed(&committed, header.from, header.membership) {
             return None;
         }
         Some(Response::Rejected(Rejection::SenderRemoved {
@@ -642,15 +668,27 @@ impl Handler for Core {
             return Response::Rejected(Rejection::ClusterMismatch { ours, theirs });
         }
         match request {
-            Request::AppendEntries(rpc) => match self.sender_removed(&header) {
-                Some(refused) => refused,
-                None => Response::AppendEntries(self.raft.append_entries(rpc).await),
-            },
+            Request::AppendEntries(rpc) => {
+                if let Some(refused) = self.sender_removed(&header) {
+                    return refused;
+                }
+                // Turned away rather than failing in the log store, which would stop Raft;
+                // the leader retries until there is room again.
+                if !rpc.entries.is_empty() {
+                    if let Err(err) = self.space.check(None) {
+                        return Response::Rejected(Rejection::Stopped(err.to_string()));
+                    }
+                }
+                Response::AppendEntries(self.raft.append_entries(rpc).await)
+            }
             Request::Vote(rpc) => match self.sender_removed(&header) {
                 Some(refused) => refused,
                 None => Response::Vote(self.raft.vote(rpc).await),
             },
             Request::InstallSnapshot(rpc) => {
+                if let Err(err) = self.space.check(None) {
+                    return Response::Rejected(Rejection::Stopped(err.to_string()));
+                }
                 Response::InstallSnapshot(self.raft.install_snapshot(rpc).await)
             }
             Request::Removed { why } => {
@@ -663,5 +701,142 @@ impl Handler for Core {
             }
             leader_side => self.lead(leader_side).await,
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use openraft::{CommittedLeaderId, LogId, Membership, StoredMembership};
+
+    use super::*;
+
+    fn log_id(term: u64, index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(term, 1), index)
+    }
+
+    fn membership(
+        at: Option<LogId<NodeId>>,
+        voters: &[NodeId],
+    ) -> StoredMembership<NodeId, BasicNode> {
+        let nodes: BTreeMap<NodeId, BasicNode> = voters
+            .iter()
+            .map(|id| (*id, BasicNode::new(format!("10.0.0.{id}:6444"))))
+            .collect();
+        StoredMembership::new(
+            at,
+            Membership::new(vec![voters.iter().copied().collect()], nodes),
+        )
+    }
+
+    #[test]
+    fn a_sender_is_removed_only_by_a_newer_membership_without_it() {
+        let committed = membership(Some(log_id(2, 10)), &[1, 2]);
+        // Node 3 acts on an older membership that still had it: removed.
+        assert!(sender_was_removed(&committed, 3, Some(log_id(1, 5))));
+        assert!(sender_was_removed(&committed, 3, None));
+        // A member of the committed membership is not.
+        assert!(!sender_was_removed(&committed, 2, Some(log_id(1, 5))));
+        // A member being added acts on a membership at least as new: not removed, even though
+        // this member has not committed the membership that adds it yet.
+        assert!(!sender_was_removed(&committed, 3, Some(log_id(2, 10))));
+        assert!(!sender_was_removed(&committed, 3, Some(log_id(2, 11))));
+        // A member that never joined anything knows no one as removed.
+        assert!(!sender_was_removed(&membership(None, &[]), 3, None));
+    }
+
+    fn unreachable() -> CallError {
+        CallError::Unreachable {
+            target: 1,
+            addr: "a:1".into(),
+            why: "refused".into(),
+        }
+    }
+
+    #[test]
+    fn only_what_surely_was_not_done_is_retried_for_writes() {
+        let write = false;
+        assert!(matches!(next_step(Err(unreachable()), write), Step::Retry));
+        assert!(matches!(
+            next_step(
+                Ok(Response::Write(Err(Refusal::NotLeader { leader: Some(2) }))),
+                write
+            ),
+            Step::Retry
+        ));
+        for unknown in [
+            CallError::Lost { target: 1 },
+            CallError::Timeout {
+                target: 1,
+                timeout: Duration::from_secs(1),
+            },
+        ] {
+            match next_step(Err(unknown), write) {
+                Step::Fail(StoreError::NoQuorum(m)) => assert!(m.contains("may or may not")),
+                other => panic!("{other:?}"),
+            }
+        }
+        // The leader's own "no quorum" is the answer: the write may be in its log.
+        assert!(matches!(
+            next_step(
+                Ok(Response::Write(Err(Refusal::NoQuorum("x".into())))),
+                write
+            ),
+            Step::Done(_)
+        ));
+    }
+
+    #[test]
+    fn idempotent_requests_are_retried_until_answered() {
+        let read = true;
+        for unknown in [
+            CallError::Lost { target: 1 },
+            CallError::Timeout {
+                target: 1,
+                timeout: Duration::from_secs(1),
+            },
+            unreachable(),
+        ] {
+            assert!(matches!(next_step(Err(unknown), read), Step::Retry));
+        }
+        assert!(matches!(
+            next_step(
+                Ok(Response::ReadIndex(Err(Refusal::NoQuorum("x".into())))),
+                read
+            ),
+            Step::Retry
+        ));
+        assert!(matches!(
+            next_step(Ok(Response::ReadIndex(Ok(7))), read),
+            Step::Done(Response::ReadIndex(Ok(7)))
+        ));
+    }
+
+    #[test]
+    fn rejections_end_the_request_or_wait_for_the_leader() {
+        let rejected = |rejection| CallError::Rejected {
+            target: 1,
+            rejection,
+        };
+        assert!(matches!(
+            next_step(Err(rejected(Rejection::SenderRemoved { why: "gone".into() })), true),
+            Step::Removed(why) if why == "gone"
+        ));
+        assert!(matches!(
+            next_step(Err(rejected(Rejection::Stopped("stopping".into()))), false),
+            Step::Retry
+        ));
+        assert!(matches!(
+            next_step(
+                Err(rejected(Rejection::ClusterMismatch {
+                    ours: "a".into(),
+                    theirs: "b".into()
+                })),
+                true
+            ),
+            Step::Fail(StoreError::Unavailable(_))
+        ));
     }
 }

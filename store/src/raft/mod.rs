@@ -26,6 +26,7 @@ mod network;
 mod proposer;
 mod server;
 mod sm;
+mod space;
 mod wire;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -147,6 +148,10 @@ pub struct RaftStoreConfig {
     pub snapshot_every: u64,
     /// See `snapshot_every`.
     pub logs_kept_after_snapshot: u64,
+    /// Free space kept in reserve on the file system holding `dir`: with less free, writes
+    /// that add data fail with [`StoreError::NoSpace`] (reads, deletes and compactions go on)
+    /// instead of running the disk full, which would stop Raft. `0` turns the check off.
+    pub reserved_disk_bytes: u64,
 }
 
 impl RaftStoreConfig {
@@ -166,6 +171,7 @@ impl RaftStoreConfig {
             membership_timeout: Duration::from_secs(300),
             snapshot_every: 20_000,
             logs_kept_after_snapshot: 1_000,
+            reserved_disk_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -422,6 +428,7 @@ impl RaftStore {
                 membership: config.membership_timeout,
             },
             membership_lock: tokio::sync::Mutex::new(()),
+            space: space::DiskSpace::new(config.dir.clone(), config.reserved_disk_bytes),
         });
 
         let mut peer_addr = None;

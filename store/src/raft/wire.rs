@@ -135,6 +135,7 @@ pub(crate) enum Refusal {
         leader: Option<NodeId>,
     },
     NoQuorum(String),
+    NoSpace(String),
     Membership(String),
     Removed(String),
     Unavailable(String),
@@ -144,6 +145,7 @@ impl From<StoreError> for Refusal {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::NoQuorum(m) => Refusal::NoQuorum(m),
+            StoreError::NoSpace(m) => Refusal::NoSpace(m),
             StoreError::Membership(m) => Refusal::Membership(m),
             StoreError::Removed(m) => Refusal::Removed(m),
             StoreError::Unavailable(m) => Refusal::Unavailable(m),
@@ -161,6 +163,7 @@ impl Refusal {
                 now.map_or_else(|| "unknown".to_string(), |id| id.to_string())
             )),
             Refusal::NoQuorum(m) => StoreError::NoQuorum(m),
+            Refusal::NoSpace(m) => StoreError::NoSpace(format!("on the leader: {m}")),
             Refusal::Membership(m) => StoreError::Membership(m),
             Refusal::Removed(m) => StoreError::Unavailable(format!("the leader: {m}")),
             Refusal::Unavailable(m) => StoreError::Unavailable(format!("the leader: {m}")),
