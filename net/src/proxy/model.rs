@@ -128,6 +128,9 @@ pub struct ServicePort {
     pub any_endpoints: bool,
     /// `externalTrafficPolicy: Local`: external traffic keeps its source (no masquerade).
     pub external_local: bool,
+    /// The addresses among its endpoints of pods that may run on this node (on it, or with
+    /// no node named): the only ones that can reach themselves through the Service (hairpin).
+    pub local_ips: Vec<IpAddr>,
 }
 
 impl ServicePort {
@@ -166,6 +169,8 @@ struct Candidate {
     ready: bool,
     serving_terminating: bool,
     local: bool,
+    /// On this node or on none named.
+    maybe_local: bool,
 }
 
 /// The ports the proxy programs for `service`, given the EndpointSlices that name it: for each
@@ -283,6 +288,18 @@ pub fn service_ports<'a>(
                 },
                 external: Vec::new(),
                 any_endpoints: !cluster.is_empty(),
+                local_ips: {
+                    let chosen: BTreeSet<IpAddr> =
+                        cluster.iter().chain(&local).map(|e| e.ip).collect();
+                    let mut ips: Vec<IpAddr> = candidates
+                        .iter()
+                        .filter(|c| c.maybe_local && chosen.contains(&c.endpoint.ip))
+                        .map(|c| c.endpoint.ip)
+                        .collect();
+                    ips.sort();
+                    ips.dedup();
+                    ips
+                },
                 external_local,
             };
             if service_port.has_external() {
@@ -341,6 +358,10 @@ fn candidates<'a>(
                 ready: ready && !terminating,
                 serving_terminating: serving && terminating,
                 local: endpoint.node_name.as_deref() == Some(node.node_name.as_str()),
+                maybe_local: endpoint
+                    .node_name
+                    .as_deref()
+                    .is_none_or(|n| n == node.node_name),
             });
         }
     }
@@ -436,6 +457,11 @@ pub(crate) mod tests {
         );
         assert!(p.external.is_empty(), "no NodePort, no external IPs");
         assert!(p.any_endpoints);
+        assert_eq!(
+            p.local_ips,
+            vec!["10.42.0.5".parse::<IpAddr>().unwrap()],
+            "this node's chosen endpoints"
+        );
     }
 
     #[test]

@@ -5,10 +5,15 @@
 //! The kernel handles a batch inside the `sendmsg` call, so every answer is queued when it
 //! returns; they are read without waiting. Every message asks for an acknowledgement, so a
 //! batch counts as applied only once the last one is acknowledged and nothing was refused.
+//!
+//! The socket is kept open between transactions: closing a netfilter netlink socket costs
+//! the kernel ~15 ms (measured: it was most of an incremental update's time, and is part of
+//! why every `nft` run takes that long).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 use nix::sched::{setns, CloneFlags};
@@ -39,10 +44,20 @@ pub enum ApplyError {
     Unacknowledged { seen: Option<u32>, expected: u32 },
 }
 
-/// Where transactions are applied: this thread's network namespace or a named one.
+/// Where transactions are applied: this thread's network namespace or a named one. Clones
+/// share one socket, opened on first use (in the namespace of the thread that first applies,
+/// for [`Nftables::current`]) and again after a failure.
 #[derive(Debug, Clone, Default)]
 pub struct Nftables {
     netns: Option<PathBuf>,
+    socket: Arc<Mutex<Option<Open>>>,
+}
+
+#[derive(Debug)]
+struct Open {
+    socket: Socket,
+    /// The send buffer size set so far.
+    sndbuf: usize,
 }
 
 /// Sequence numbers for batches, distinct across the process's batches.
@@ -62,6 +77,7 @@ impl Nftables {
     pub fn in_netns(name: &str) -> Self {
         Nftables {
             netns: Some(Path::new("/var/run/netns").join(name)),
+            socket: Arc::default(),
         }
     }
 
@@ -73,12 +89,29 @@ impl Nftables {
         let messages = tx.ops.len() as u32 + 2 + tx.element_count() as u32 / 100;
         let first = NEXT_SEQ.fetch_add(messages.saturating_mul(2), Ordering::Relaxed);
         let batch = wire::encode(tx, first);
-        let socket = self.open(batch.bytes.len())?;
-        socket.send_to(&batch.bytes, &SocketAddr::new(0, 0), 0)?;
-        read_answers(&socket, &batch, tx)
+        let mut guard = self
+            .socket
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let open = match guard.take() {
+            Some(open) => open,
+            None => Open {
+                socket: self.open()?,
+                sndbuf: 0,
+            },
+        };
+        let result = send(&open, &batch, tx);
+        // A socket that failed may hold a half-read answer: the next apply opens a new one.
+        if result.is_ok() {
+            *guard = Some(Open {
+                sndbuf: open.sndbuf.max(batch.bytes.len() + 64 * 1024),
+                socket: open.socket,
+            });
+        }
+        result
     }
 
-    fn open(&self, batch_len: usize) -> Result<Socket, ApplyError> {
+    fn open(&self) -> Result<Socket, ApplyError> {
         let socket = match &self.netns {
             None => Socket::new(NETLINK_NETFILTER)?,
             // A socket belongs to the namespace it was made in: make it on a thread that
@@ -105,10 +138,6 @@ impl Nftables {
         };
         let mut socket = socket;
         socket.bind_auto()?;
-        // A batch must fit one send; raising the limit past `wmem_max` needs CAP_NET_ADMIN,
-        // which programming nf_tables needs anyway.
-        let size = batch_len + 64 * 1024;
-        setsockopt(&socket, sockopt::SndBufForce, &size).map_err(std::io::Error::from)?;
         setsockopt(&socket, sockopt::RcvBufForce, &(1024 * 1024)).map_err(std::io::Error::from)?;
         // Refusals quote only the message header, not the whole message, plus the reason.
         socket.set_cap_ack(true)?;
@@ -116,6 +145,18 @@ impl Nftables {
         socket.set_non_blocking(true)?;
         Ok(socket)
     }
+}
+
+fn send(open: &Open, batch: &Batch, tx: &Transaction) -> Result<(), ApplyError> {
+    let size = batch.bytes.len() + 64 * 1024;
+    if size > open.sndbuf {
+        // A batch must fit one send; raising the limit past `wmem_max` needs CAP_NET_ADMIN,
+        // which programming nf_tables needs anyway.
+        setsockopt(&open.socket, sockopt::SndBufForce, &size).map_err(std::io::Error::from)?;
+    }
+    open.socket
+        .send_to(&batch.bytes, &SocketAddr::new(0, 0), 0)?;
+    read_answers(&open.socket, batch, tx)
 }
 
 fn shorten(text: String) -> String {
@@ -144,6 +185,10 @@ fn read_answers(socket: &Socket, batch: &Batch, tx: &Transaction) -> Result<(), 
             Err(e) => return Err(e.into()),
         }
         for answer in parse_answers(&buf) {
+            // Answers to an earlier batch (none are expected: they are all read) are not ours.
+            if answer.seq < batch.first_seq || answer.seq > batch.last_seq() + 1 {
+                continue;
+            }
             if answer.errno == 0 {
                 last_acked = last_acked.max(Some(answer.seq));
                 continue;

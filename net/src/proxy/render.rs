@@ -75,6 +75,9 @@ const SERVICE_MARKS: &str = "service-marks";
 const NODEPORT_MARKS: &str = "nodeport-marks";
 /// Connection mark (the list's block) . endpoint index → endpoint address and port.
 const BACKENDS: &str = "backends";
+/// `address . address` of this node's endpoints: a connection with such source and
+/// destination is a pod reaching itself through a Service.
+const HAIRPIN: &str = "hairpin";
 const REJECT_CHAIN: &str = "reject-chain";
 
 /// How the tables are named and what they need to know about the cluster network.
@@ -92,6 +95,13 @@ pub struct TableConfig {
     /// Whether the `ip6` table is written; IPv6 ports are left out when not (a kernel without
     /// IPv6 would refuse the table, and with it the whole transaction).
     pub ipv6: bool,
+    /// `br_netfilter`'s `bridge-nf-call-iptables` is on: bridged IPv4 packets go through
+    /// conntrack, so a reply bridged from one pod to another is un-NATed without help, and
+    /// connections DNATed back onto the pod bridge are masqueraded only when a pod reaches
+    /// itself (kube-proxy's requirement and behaviour); off, all of them are.
+    pub bridge_calls_iptables: bool,
+    /// The same for IPv6 (`bridge-nf-call-ip6tables`).
+    pub bridge_calls_ip6tables: bool,
 }
 
 impl TableConfig {
@@ -102,6 +112,16 @@ impl TableConfig {
             cluster_cidr6: None,
             pod_bridge: None,
             ipv6: true,
+            bridge_calls_iptables: false,
+            bridge_calls_ip6tables: false,
+        }
+    }
+
+    /// Whether same-bridge traffic of `family` is masqueraded only for hairpin.
+    fn bridge_netfilter(&self, family: Family) -> bool {
+        match family {
+            Family::V4 => self.bridge_calls_iptables,
+            Family::V6 => self.bridge_calls_ip6tables,
         }
     }
 
@@ -135,6 +155,9 @@ pub struct Fragment {
     pub blocks: BTreeSet<String>,
     /// The shared pick chains it goes to: (external, endpoint count).
     pub picks: BTreeSet<(bool, usize)>,
+    /// Its endpoints that may reach themselves through it (shared with other ports, so
+    /// counted in [`Blocks`]).
+    pub hairpin: BTreeSet<IpAddr>,
 }
 
 impl Fragment {
@@ -146,6 +169,7 @@ impl Fragment {
             elements: BTreeMap::new(),
             blocks: BTreeSet::new(),
             picks: BTreeSet::new(),
+            hairpin: BTreeSet::new(),
         }
     }
 }
@@ -202,6 +226,8 @@ pub struct BlockAllocator {
     next: u32,
     /// The shared pick chains the table has (created as needed, removed by a full sync).
     picks: BTreeSet<(bool, usize)>,
+    /// How many ports name each address of `hairpin`.
+    hairpin: BTreeMap<IpAddr, usize>,
 }
 
 impl BlockAllocator {
@@ -224,6 +250,28 @@ impl BlockAllocator {
     fn release(&mut self, name: &str) {
         if let Some(block) = self.by_name.remove(name) {
             self.free.insert(block);
+        }
+    }
+
+    /// Counts a port naming `ip`; true when it is the first (its element is to be added).
+    fn hold_hairpin(&mut self, ip: IpAddr) -> bool {
+        let count = self.hairpin.entry(ip).or_insert(0);
+        *count += 1;
+        *count == 1
+    }
+
+    /// Uncounts one; true when it was the last (its element is to be deleted).
+    fn drop_hairpin(&mut self, ip: IpAddr) -> bool {
+        match self.hairpin.get_mut(&ip) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                false
+            }
+            Some(_) => {
+                self.hairpin.remove(&ip);
+                true
+            }
+            None => false,
         }
     }
 }
@@ -423,6 +471,9 @@ fn target(
 pub fn fragment(port: &ServicePort, config: &TableConfig, blocks: &mut Blocks) -> Fragment {
     let key = port.key();
     let mut f = Fragment::new(port.family);
+    if config.bridge_netfilter(port.family) && config.pod_bridge.is_some() {
+        f.hairpin.extend(port.local_ips.iter().copied());
+    }
     let address = |ip: &IpAddr| Key::Address(*ip, port.protocol, port.port);
     if port.internal.is_empty() {
         for ip in &port.cluster_ips {
@@ -510,13 +561,29 @@ fn base(config: &TableConfig, family: Family, tx: &mut Transaction) {
     };
     let mut masquerading = Vec::new();
     if let Some(bridge) = &config.pod_bridge {
-        masquerading.push(rule![
-            Stmt::CtMarkAny(FROM_BRIDGE_BIT),
-            Stmt::Oifname(bridge.clone()),
-            Stmt::Masquerade
-        ]);
+        if config.bridge_netfilter(family) {
+            // Only a pod reaching itself: its own address as the source would be dropped.
+            masquerading.push(rule![
+                Stmt::CtMarkAny(FROM_BRIDGE_BIT),
+                Stmt::PairInSet(family, HAIRPIN.into()),
+                Stmt::Masquerade
+            ]);
+        } else {
+            masquerading.push(rule![
+                Stmt::CtMarkAny(FROM_BRIDGE_BIT),
+                Stmt::Oifname(bridge.clone()),
+                Stmt::Masquerade
+            ]);
+        }
     }
     masquerading.push(rule![Stmt::CtMarkAny(MASQUERADE_BIT), Stmt::Masquerade]);
+    tx.push(
+        family,
+        Op::AddSet(SetDecl {
+            name: HAIRPIN.into(),
+            kind: SetKind::Hairpin,
+        }),
+    );
     chain(tx, "masquerading", None, masquerading);
     for (name, kind) in [
         (BACKENDS, SetKind::Backends),
@@ -622,6 +689,11 @@ fn base(config: &TableConfig, family: Family, tx: &mut Transaction) {
 
 type ElementsByMap<T> = BTreeMap<(Family, &'static str), Vec<T>>;
 
+/// `ip . ip`, in the hairpin set.
+fn hairpin_element(ip: IpAddr) -> (Key, Option<Value>) {
+    (Key::Pair(ip), None)
+}
+
 /// A transaction being built in the phases one transaction needs.
 #[derive(Debug, Default)]
 struct Phases {
@@ -631,7 +703,7 @@ struct Phases {
     delete_sets: Vec<(Family, Op)>,
     create_sets: Vec<(Family, Op)>,
     rules: Vec<(Family, Op)>,
-    add_elements: ElementsByMap<(Key, Value)>,
+    add_elements: ElementsByMap<(Key, Option<Value>)>,
     delete_chains: Vec<(Family, Op)>,
 }
 
@@ -646,7 +718,9 @@ impl Phases {
         tx.ops.extend(self.create_sets);
         tx.ops.extend(self.rules);
         for ((family, map), elements) in self.add_elements {
-            tx.push(family, Op::AddElements(map, elements));
+            if !elements.is_empty() {
+                tx.push(family, Op::AddElements(map, elements));
+            }
         }
         tx.ops.extend(self.delete_chains);
     }
@@ -692,6 +766,15 @@ pub fn full<'a>(
         }
         let f = fragment(port, config, blocks);
         add_picks(&f, config, blocks, &mut phases);
+        for ip in &f.hairpin {
+            if blocks.of(f.family).hold_hairpin(*ip) {
+                phases
+                    .add_elements
+                    .entry((f.family, HAIRPIN))
+                    .or_default()
+                    .push(hairpin_element(*ip));
+            }
+        }
         add_fragment(f, &mut phases);
     }
     phases.finish(&mut tx);
@@ -726,7 +809,7 @@ fn add_fragment(f: Fragment, phases: &mut Phases) {
             .add_elements
             .entry((f.family, map))
             .or_default()
-            .push((key, value));
+            .push((key, Some(value)));
     }
 }
 
@@ -764,6 +847,31 @@ pub fn incremental(
             for gone in old.blocks.difference(&new.blocks) {
                 blocks.of(family).release(gone);
             }
+            for ip in old.hairpin.difference(&new.hairpin) {
+                if blocks.of(family).drop_hairpin(*ip) {
+                    // Added by an earlier change of this transaction: not added after all
+                    // (deletions go first, so deleting it would fail).
+                    let added = phases.add_elements.entry((family, HAIRPIN)).or_default();
+                    let before = added.len();
+                    added.retain(|(key, _)| *key != Key::Pair(*ip));
+                    if added.len() == before {
+                        phases
+                            .delete_elements
+                            .entry((family, HAIRPIN))
+                            .or_default()
+                            .push(Key::Pair(*ip));
+                    }
+                }
+            }
+            for ip in new.hairpin.difference(&old.hairpin) {
+                if blocks.of(family).hold_hairpin(*ip) {
+                    phases
+                        .add_elements
+                        .entry((family, HAIRPIN))
+                        .or_default()
+                        .push(hairpin_element(*ip));
+                }
+            }
             add_picks(&new, config, blocks, &mut phases);
             diff(&old, &new, &mut phases);
         }
@@ -781,6 +889,7 @@ fn merge(family: Family, fragments: impl Iterator<Item = Fragment>) -> Fragment 
         all.elements.extend(f.elements);
         all.blocks.extend(f.blocks);
         all.picks.extend(f.picks);
+        all.hairpin.extend(f.hairpin);
     }
     all
 }
@@ -852,7 +961,7 @@ fn diff(old: &Fragment, new: &Fragment, phases: &mut Phases) {
                 .add_elements
                 .entry((family, map))
                 .or_default()
-                .push((key.clone(), value.clone()));
+                .push((key.clone(), Some(value.clone())));
         }
     }
 }
@@ -1198,6 +1307,93 @@ mod tests {
         let first_rule = script.find("add rule ip shoal-proxy pick-").unwrap();
         let element = script.find("add element").unwrap();
         assert!(last_chain < first_rule && first_rule < element);
+    }
+
+    #[test]
+    fn hairpin_only_masquerade_with_br_netfilter() {
+        let config = TableConfig {
+            bridge_calls_iptables: true,
+            ..config()
+        };
+        let web_ports = two_ready();
+        let mut other = web();
+        other.metadata.name = Some("other".into());
+        let spec = other.spec.as_mut().unwrap();
+        spec.cluster_ip = Some("10.43.0.21".into());
+        spec.cluster_ips = None;
+        let s = web_slice(&[("10.42.0.5", "n1", true, true, false)]);
+        let other_ports = service_ports(&other, [&s], &node());
+        let mut blocks = Blocks::default();
+        let script = full(&config, web_ports.iter().chain(&other_ports), &mut blocks).to_string();
+        assert!(script.contains(
+            "add rule ip shoal-proxy masquerading ct mark and 0x40000000 != 0 ip saddr . ip daddr @hairpin masquerade fully-random"
+        ), "{script}");
+        assert!(
+            !script.contains("ip shoal-proxy masquerading ct mark and 0x40000000 != 0 oifname"),
+            "{script}"
+        );
+        assert!(script.contains(
+            "add element ip shoal-proxy hairpin { 10.42.0.5 . 10.42.0.5, 10.42.0.6 . 10.42.0.6 }"
+        ), "each address once, though two Services name 10.42.0.5: {script}");
+        assert!(
+            script.contains("add rule ip6 shoal-proxy masquerading ct mark and 0x40000000 != 0 oifname \"shoal0\" masquerade"),
+            "IPv6 still masquerades same-bridge traffic: {script}"
+        );
+
+        // `other` goes: 10.42.0.5 stays, web still names it.
+        let gone = incremental(
+            &config,
+            &[Change {
+                old: &other_ports,
+                new: &[],
+            }],
+            &mut blocks,
+        )
+        .to_string();
+        assert!(!gone.contains("hairpin"), "{gone}");
+        // web goes too, and `other` comes back in the same transaction: 10.42.0.6's element
+        // goes, 10.42.0.5's stays (dropped and held again).
+        let swap = incremental(
+            &config,
+            &[
+                Change {
+                    old: &web_ports,
+                    new: &[],
+                },
+                Change {
+                    old: &[],
+                    new: &other_ports,
+                },
+            ],
+            &mut blocks,
+        )
+        .to_string();
+        assert!(swap.contains("delete element ip shoal-proxy hairpin { 10.42.0.5 . 10.42.0.5, 10.42.0.6 . 10.42.0.6 }") && swap.contains("add element ip shoal-proxy hairpin { 10.42.0.5 . 10.42.0.5 }"), "{swap}");
+        // Held by a change, dropped by a later one of the same transaction: neither added
+        // nor deleted.
+        let mut third = other.clone();
+        third.metadata.name = Some("third".into());
+        third.spec.as_mut().unwrap().cluster_ip = Some("10.43.0.22".into());
+        let s7 = web_slice(&[("10.42.0.7", "n1", true, true, false)]);
+        let third_ports = service_ports(&third, [&s7], &node());
+        let mut third_gone = third_ports.clone();
+        third_gone[0].local_ips.clear();
+        let noop = incremental(
+            &config,
+            &[
+                Change {
+                    old: &[],
+                    new: &third_ports,
+                },
+                Change {
+                    old: &third_ports,
+                    new: &third_gone,
+                },
+            ],
+            &mut blocks,
+        )
+        .to_string();
+        assert!(!noop.contains("hairpin"), "{noop}");
     }
 
     /// The scripts are accepted by nft itself (check mode: nothing is applied).

@@ -104,6 +104,8 @@ pub enum Key {
     Port(Protocol, u16),
     /// `block . index` in `backends` (a connection mark's block and a random index).
     Backend(u32, u32),
+    /// `address . address`: a pod reaching itself (`hairpin`).
+    Pair(IpAddr),
 }
 
 impl fmt::Display for Key {
@@ -112,6 +114,7 @@ impl fmt::Display for Key {
             Key::Address(ip, proto, port) => write!(f, "{ip} . {} . {port}", proto.nft()),
             Key::Port(proto, port) => write!(f, "{} . {port}", proto.nft()),
             Key::Backend(block, index) => write!(f, "{block} . {index}"),
+            Key::Pair(ip) => write!(f, "{ip} . {ip}"),
         }
     }
 }
@@ -150,6 +153,8 @@ pub enum SetKind {
     PortVerdicts,
     /// Client addresses that used an endpoint lately (ClientIP affinity), timing out.
     Affinity { timeout_secs: u32 },
+    /// `address . address`: source and destination of a pod reaching itself.
+    Hairpin,
 }
 
 /// A named set or map of a table.
@@ -178,12 +183,13 @@ impl SetDecl {
             SetKind::Affinity { timeout_secs } => {
                 format!("type {addr} ; flags dynamic,timeout ; timeout {timeout_secs}s ;")
             }
+            SetKind::Hairpin => format!("type {addr} . {addr} ;"),
         }
     }
 
     /// Whether it is a map (elements carry a value).
     pub fn is_map(&self) -> bool {
-        !matches!(self.kind, SetKind::Affinity { .. })
+        !matches!(self.kind, SetKind::Affinity { .. } | SetKind::Hairpin)
     }
 }
 
@@ -234,6 +240,8 @@ pub enum Stmt {
     SaddrNotIn(IpAddr, u8),
     /// `ip saddr @<set>`
     SaddrInSet(Family, String),
+    /// `ip saddr . ip daddr @<set>`
+    PairInSet(Family, String),
     /// `update @<set> { ip saddr }`
     UpdateSaddr(Family, String),
     /// `numgen random mod <n> 0`
@@ -274,6 +282,10 @@ impl fmt::Display for Stmt {
                 write!(f, "{} saddr != {net}/{prefix}", Family::of(net).nft())
             }
             Stmt::SaddrInSet(family, set) => write!(f, "{} saddr @{set}", family.nft()),
+            Stmt::PairInSet(family, set) => {
+                let ip = family.nft();
+                write!(f, "{ip} saddr . {ip} daddr @{set}")
+            }
             Stmt::UpdateSaddr(family, set) => {
                 write!(f, "update @{set} {{ {} saddr }}", family.nft())
             }
@@ -334,8 +346,8 @@ pub enum Op {
     AddSet(SetDecl),
     DeleteSet(String),
     AddRule(String, Rule),
-    /// Map elements (every set the proxy fills statically is a map).
-    AddElements(&'static str, Vec<(Key, Value)>),
+    /// Elements of a map (with values) or a set (without).
+    AddElements(&'static str, Vec<(Key, Option<Value>)>),
     DeleteElements(&'static str, Vec<Key>),
 }
 
@@ -403,8 +415,13 @@ impl Transaction {
             Op::AddElements(map, elements) => {
                 let mut out = String::new();
                 for chunk in elements.chunks(ELEMENTS_PER_LINE) {
-                    let items: Vec<String> =
-                        chunk.iter().map(|(k, v)| format!("{k} : {v}")).collect();
+                    let items: Vec<String> = chunk
+                        .iter()
+                        .map(|(k, v)| match v {
+                            Some(v) => format!("{k} : {v}"),
+                            None => k.to_string(),
+                        })
+                        .collect();
                     out.push_str(&format!(
                         "add element {t} {map} {{ {} }}\n",
                         items.join(", ")
@@ -494,8 +511,8 @@ mod tests {
                 }),
             ),
         );
-        let elements: Vec<(Key, Value)> = (0..1001)
-            .map(|i| (Key::Backend(4096, i), Value::Mark(i)))
+        let elements: Vec<(Key, Option<Value>)> = (0..1001)
+            .map(|i| (Key::Backend(4096, i), Some(Value::Mark(i))))
             .collect();
         tx.push(Family::V4, Op::AddElements("m", elements));
         let text = tx.to_string();

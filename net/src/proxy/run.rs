@@ -43,6 +43,7 @@ impl ProxyConfig {
         // A kernel booted without IPv6 would refuse the `ip6` table, and with it the
         // transaction that also carries the IPv4 one.
         table.ipv6 = Path::new("/proc/sys/net/ipv6").exists();
+        (table.bridge_calls_iptables, table.bridge_calls_ip6tables) = bridge_netfilter();
         ProxyConfig {
             node_name: node_name.into(),
             table,
@@ -52,6 +53,22 @@ impl ProxyConfig {
         }
     }
 }
+
+/// Whether bridged IPv4 and IPv6 packets go through the IP hooks (`br_netfilter`'s
+/// `bridge-nf-call-iptables` / `-ip6tables` in this network namespace).
+pub fn bridge_netfilter() -> (bool, bool) {
+    let on = |key: &str| {
+        std::fs::read_to_string(Path::new("/proc/sys/net/bridge").join(key))
+            .is_ok_and(|v| v.trim() == "1")
+    };
+    (
+        on("bridge-nf-call-iptables"),
+        on("bridge-nf-call-ip6tables"),
+    )
+}
+
+/// How often the loop looks at `br_netfilter` when nothing else happens.
+const RECHECK: Duration = Duration::from_secs(30);
 
 /// What a watch event means for the loop.
 enum Update {
@@ -128,7 +145,7 @@ pub async fn run(client: kube::Client, config: ProxyConfig, mut shutdown: watch:
     };
     let mut retry: Option<Instant> = None;
     loop {
-        let retry_at = retry.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let retry_at = retry.unwrap_or_else(|| Instant::now() + RECHECK);
         tokio::select! {
             update = updates.next() => match update {
                 Some(update) => proxy.note(update),
@@ -212,6 +229,19 @@ impl Proxy {
     async fn sync(&mut self) -> Result<(), ApplyError> {
         if self.listed != (true, true) {
             return Ok(());
+        }
+        // Same-bridge masquerade depends on br_netfilter (render.rs), which can be loaded or
+        // switched after start: the tables follow it with a full sync.
+        let bridge = bridge_netfilter();
+        let table = &mut self.config.table;
+        if bridge != (table.bridge_calls_iptables, table.bridge_calls_ip6tables) {
+            tracing::info!(
+                iptables = bridge.0,
+                ip6tables = bridge.1,
+                "br_netfilter changed; rewriting the Service tables"
+            );
+            (table.bridge_calls_iptables, table.bridge_calls_ip6tables) = bridge;
+            self.applied = None;
         }
         let node = self.node();
         let index = self.slices_by_service();

@@ -259,6 +259,11 @@ fn key_bytes(key: &Key) -> Vec<u8> {
             b.extend_from_slice(&index.to_ne_bytes());
             b
         }
+        Key::Pair(ip) => {
+            let mut b = addr_bytes(ip);
+            b.extend_from_slice(&addr_bytes(ip));
+            b
+        }
     }
 }
 
@@ -485,6 +490,13 @@ fn stmt(w: &mut Writer, family: Family, s: &Stmt) {
         Stmt::SaddrInSet(family, set) => {
             let (offset, len) = saddr(*family);
             payload(w, NFT_PAYLOAD_NETWORK_HEADER, offset, len, 0);
+            lookup(w, set, None);
+        }
+        Stmt::PairInSet(family, set) => {
+            let (offset, len) = saddr(*family);
+            payload(w, NFT_PAYLOAD_NETWORK_HEADER, offset, len, 0);
+            let (offset, len) = daddr(*family);
+            payload(w, NFT_PAYLOAD_NETWORK_HEADER, offset, len, len / 4);
             lookup(w, set, None);
         }
         Stmt::UpdateSaddr(family, set) => {
@@ -719,6 +731,16 @@ fn set_spec(family: Family, kind: SetKind) -> SetSpec {
             timeout_ms: Some(u64::from(timeout_secs) * 1000),
             udata: Udata::new().u32(UDATA_KEYBYTEORDER, BYTEORDER_BIG),
         },
+        SetKind::Hairpin => SetSpec {
+            flags: 0,
+            key_type: concat_type(&[addr_type, addr_type]),
+            key_len: addr_len * 2,
+            data: None,
+            timeout_ms: None,
+            udata: Udata::new()
+                .u32(UDATA_KEYBYTEORDER, BYTEORDER_INVALID)
+                .nest(UDATA_KEY_TYPEOF, concat(Vec::new())),
+        },
     }
 }
 
@@ -825,11 +847,12 @@ pub fn encode(tx: &Transaction, first_seq: u32) -> Batch {
                         taken = element_list(w, table, map, rest, |w, (key, value)| {
                             w.data(NFTA_SET_ELEM_KEY, &key_bytes(key));
                             match value {
-                                Value::Verdict(v) => w.verdict(NFTA_SET_ELEM_DATA, v),
-                                Value::Mark(mark) => {
+                                None => {}
+                                Some(Value::Verdict(v)) => w.verdict(NFTA_SET_ELEM_DATA, v),
+                                Some(Value::Mark(mark)) => {
                                     w.data(NFTA_SET_ELEM_DATA, &mark.to_ne_bytes())
                                 }
-                                Value::Endpoint(ip, port) => {
+                                Some(Value::Endpoint(ip, port)) => {
                                     let mut b = addr_bytes(ip);
                                     b.extend_from_slice(&port_slot(*port));
                                     w.data(NFTA_SET_ELEM_DATA, &b);
@@ -1098,7 +1121,7 @@ mod tests {
                 "backends",
                 vec![(
                     Key::Backend(4096, 1),
-                    Value::Endpoint("10.42.0.6".parse().unwrap(), 8080),
+                    Some(Value::Endpoint("10.42.0.6".parse().unwrap(), 8080)),
                 )],
             ),
         ));
@@ -1115,7 +1138,7 @@ mod tests {
                 "services",
                 vec![(
                     Key::Address("10.43.0.20".parse().unwrap(), Protocol::Tcp, 80),
-                    Value::Verdict(Verdict::Goto("pick-internal-2".into())),
+                    Some(Value::Verdict(Verdict::Goto("pick-internal-2".into()))),
                 )],
             ),
         ));
@@ -1133,8 +1156,8 @@ mod tests {
     fn big_element_lists_are_split_and_numbered() {
         let mut tx = Transaction::new("t");
         tx.push(Family::V4, Op::AddTable);
-        let elements: Vec<(Key, Value)> = (0..10_000)
-            .map(|i| (Key::Backend(4096, i), Value::Mark(i)))
+        let elements: Vec<(Key, Option<Value>)> = (0..10_000)
+            .map(|i| (Key::Backend(4096, i), Some(Value::Mark(i))))
             .collect();
         tx.push(Family::V4, Op::AddElements("m", elements));
         tx.push(
