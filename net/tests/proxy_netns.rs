@@ -271,25 +271,55 @@ fn services_with_br_netfilter() {
     scenario("brnf", true);
 }
 
-/// ClusterIP balancing, NodePort, reject, readiness through an incremental update, hairpin, UDP,
-/// endpoints appearing, affinity and a stale table replaced.
-fn scenario(tag: &str, br_netfilter: bool) {
+/// Applies the incremental transaction taking one Service from `old` to `new`.
+fn update(
+    tables: &Nftables,
+    config: &TableConfig,
+    blocks: &mut Blocks,
+    old: &[ServicePort],
+    new: &[ServicePort],
+    what: &str,
+) {
+    tables
+        .apply(&render::incremental(config, &[Change { old, new }], blocks))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+}
+
+/// A "node" namespace with an uplink holding the default routes (ClusterIPs are routable from
+/// it, as on a real node) and a bridge `br0` (10.88.0.1/24, and fd88::1/64 with `ipv6`), and
+/// three "pod" namespaces a, b, c on hairpin bridge ports at 10.88.0.2–4 (and fd88::2–4).
+fn bridged_node(tag: &str, br_netfilter: bool, ipv6: bool) -> (Netns, Vec<Netns>) {
     let node = Netns::add(&format!("{tag}-node"));
     node.sysctl("net.ipv4.ip_forward", "1");
-    if Path::new(BR_NETFILTER).exists() {
-        node.sysctl(
-            "net.bridge.bridge-nf-call-iptables",
-            if br_netfilter { "1" } else { "0" },
-        );
+    if ipv6 {
+        node.sysctl("net.ipv6.conf.all.forwarding", "1");
     }
-    // An uplink with the default route, as a real node has: ClusterIPs are routable from it.
+    for key in ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables"] {
+        if Path::new("/proc/sys/net/bridge").join(key).exists() {
+            node.sysctl(
+                &format!("net.bridge.{key}"),
+                if br_netfilter { "1" } else { "0" },
+            );
+        }
+    }
+    // IPv6 addresses skip duplicate detection, or they would not be usable for a while.
+    let add6 = |ns: &Netns, address: &str, dev: &str| {
+        if ipv6 {
+            ns.ip(&["addr", "add", address, "dev", dev, "nodad"]);
+        }
+    };
     node.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up1"]);
     node.ip(&["addr", "add", "192.168.250.1/24", "dev", "up0"]);
+    add6(&node, "fd99::1/64", "up0");
     node.ip(&["link", "set", "up0", "up"]);
     node.ip(&["link", "set", "up1", "up"]);
     node.ip(&["route", "add", "default", "via", "192.168.250.2"]);
+    if ipv6 {
+        node.ip(&["-6", "route", "add", "default", "via", "fd99::2"]);
+    }
     node.ip(&["link", "add", "br0", "type", "bridge"]);
     node.ip(&["addr", "add", "10.88.0.1/24", "dev", "br0"]);
+    add6(&node, "fd88::1/64", "br0");
     node.ip(&["link", "set", "br0", "up"]);
     let mut pods = Vec::new();
     for (i, name) in ["a", "b", "c"].iter().enumerate() {
@@ -308,12 +338,28 @@ fn scenario(tag: &str, br_netfilter: bool) {
             "hairpin",
             "on",
         ]);
-        let address = format!("10.88.0.{}/24", i + 2);
-        pod.ip(&["addr", "add", &address, "dev", "eth0"]);
+        pod.ip(&[
+            "addr",
+            "add",
+            &format!("10.88.0.{}/24", i + 2),
+            "dev",
+            "eth0",
+        ]);
+        add6(&pod, &format!("fd88::{}/64", i + 2), "eth0");
         pod.ip(&["link", "set", "eth0", "up"]);
         pod.ip(&["route", "add", "default", "via", "10.88.0.1"]);
+        if ipv6 {
+            pod.ip(&["-6", "route", "add", "default", "via", "fd88::1"]);
+        }
         pods.push(pod);
     }
+    (node, pods)
+}
+
+/// ClusterIP balancing, NodePort, reject, readiness through an incremental update, hairpin, UDP,
+/// endpoints appearing, affinity and a stale table replaced.
+fn scenario(tag: &str, br_netfilter: bool) {
+    let (node, pods) = bridged_node(tag, br_netfilter, false);
     let (a, b, c) = (&pods[0], &pods[1], &pods[2]);
     let _backends = [
         Backend::start(a, addr("10.88.0.2", 8080), "a"),
@@ -405,17 +451,14 @@ fn scenario(tag: &str, br_netfilter: bool) {
 
     // b turns unready: an incremental update sends everything to a.
     let web_a = ports(&web, &[&only_a]);
-    let update = render::incremental(
+    update(
+        &tables,
         &config,
-        &[Change {
-            old: &web_both,
-            new: &web_a,
-        }],
         &mut blocks,
+        &web_both,
+        &web_a,
+        "incremental update",
     );
-    let started = Instant::now();
-    tables.apply(&update).expect("incremental update");
-    eprintln!("incremental update: {:?}", started.elapsed());
     assert_eq!(tally(c, cluster_ip, 20), [("a".to_string(), 20)].into());
     assert_eq!(
         tally(&node, addr("10.88.0.1", 30080), 10),
@@ -438,16 +481,14 @@ fn scenario(tag: &str, br_netfilter: bool) {
 
     // The Service with no endpoints gets one: the reject is replaced by a DNAT.
     let empty_now = service_ports(&empty, [&slice(&[("10.88.0.3", true)])], &context);
-    tables
-        .apply(&render::incremental(
-            &config,
-            &[Change {
-                old: &empty_ports,
-                new: &empty_now,
-            }],
-            &mut blocks,
-        ))
-        .expect("endpoints appear");
+    update(
+        &tables,
+        &config,
+        &mut blocks,
+        &empty_ports,
+        &empty_now,
+        "endpoints appear",
+    );
     assert_eq!(
         tally(c, addr("10.43.0.21", 80), 5),
         [("b".to_string(), 5)].into()
@@ -469,16 +510,14 @@ fn scenario(tag: &str, br_netfilter: bool) {
     }))
     .expect("slice fixture");
     let dns_ports = ports(&dns, &[&dns_slice]);
-    tables
-        .apply(&render::incremental(
-            &config,
-            &[Change {
-                old: &[],
-                new: &dns_ports,
-            }],
-            &mut blocks,
-        ))
-        .expect("add UDP Service");
+    update(
+        &tables,
+        &config,
+        &mut blocks,
+        &[],
+        &dns_ports,
+        "add UDP Service",
+    );
     assert_eq!(
         ask_udp(c, addr("10.43.0.53", 53)).as_deref(),
         Some("b-udp"),
@@ -494,16 +533,14 @@ fn scenario(tag: &str, br_netfilter: bool) {
     spec.type_ = None;
     spec.session_affinity = Some("ClientIP".into());
     let sticky_ports = ports(&sticky, &[&both]);
-    tables
-        .apply(&render::incremental(
-            &config,
-            &[Change {
-                old: &[],
-                new: &sticky_ports,
-            }],
-            &mut blocks,
-        ))
-        .expect("add sticky Service");
+    update(
+        &tables,
+        &config,
+        &mut blocks,
+        &[],
+        &sticky_ports,
+        "add sticky Service",
+    );
     let counts = tally(c, addr("10.43.0.30", 80), 20);
     assert_eq!(counts.len(), 1, "affinity kept one backend: {counts:?}");
 
@@ -697,66 +734,7 @@ fn slice6(endpoints: &[(&str, bool)]) -> EndpointSlice {
 /// dual-stack Service: balancing over IPv6 and IPv4 at once, NodePort over IPv6, reject,
 /// readiness through an incremental update, hairpin and ClientIP affinity over IPv6.
 fn scenario6(tag: &str, br_netfilter: bool) {
-    let node = Netns::add(&format!("{tag}-node"));
-    node.sysctl("net.ipv4.ip_forward", "1");
-    node.sysctl("net.ipv6.conf.all.forwarding", "1");
-    for key in ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables"] {
-        if Path::new("/proc/sys/net/bridge").join(key).exists() {
-            node.sysctl(
-                &format!("net.bridge.{key}"),
-                if br_netfilter { "1" } else { "0" },
-            );
-        }
-    }
-    // An uplink with default routes: ClusterIPs are routable from the node.
-    node.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up1"]);
-    node.ip(&["addr", "add", "192.168.250.1/24", "dev", "up0"]);
-    node.ip(&["addr", "add", "fd99::1/64", "dev", "up0", "nodad"]);
-    node.ip(&["link", "set", "up0", "up"]);
-    node.ip(&["link", "set", "up1", "up"]);
-    node.ip(&["route", "add", "default", "via", "192.168.250.2"]);
-    node.ip(&["-6", "route", "add", "default", "via", "fd99::2"]);
-    node.ip(&["link", "add", "br0", "type", "bridge"]);
-    node.ip(&["addr", "add", "10.88.0.1/24", "dev", "br0"]);
-    node.ip(&["addr", "add", "fd88::1/64", "dev", "br0", "nodad"]);
-    node.ip(&["link", "set", "br0", "up"]);
-    let mut pods = Vec::new();
-    for (i, name) in ["a", "b", "c"].iter().enumerate() {
-        let pod = Netns::add(&format!("{tag}-{name}"));
-        let host = format!("v6{}{name}", std::process::id() % 100_000);
-        node.ip(&[
-            "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &pod.name,
-        ]);
-        node.ip(&["link", "set", &host, "master", "br0", "up"]);
-        node.ip(&[
-            "link",
-            "set",
-            &host,
-            "type",
-            "bridge_slave",
-            "hairpin",
-            "on",
-        ]);
-        pod.ip(&[
-            "addr",
-            "add",
-            &format!("10.88.0.{}/24", i + 2),
-            "dev",
-            "eth0",
-        ]);
-        pod.ip(&[
-            "addr",
-            "add",
-            &format!("fd88::{}/64", i + 2),
-            "dev",
-            "eth0",
-            "nodad",
-        ]);
-        pod.ip(&["link", "set", "eth0", "up"]);
-        pod.ip(&["route", "add", "default", "via", "10.88.0.1"]);
-        pod.ip(&["-6", "route", "add", "default", "via", "fd88::1"]);
-        pods.push(pod);
-    }
+    let (node, pods) = bridged_node(tag, br_netfilter, true);
     let (a, b, c) = (&pods[0], &pods[1], &pods[2]);
     // `[::]` takes both families.
     let _backends = [
@@ -842,7 +820,7 @@ fn scenario6(tag: &str, br_netfilter: bool) {
 
     // b turns unready over IPv6 only: IPv6 goes to a, IPv4 still to both.
     let web_a6 = service_ports(&web, [&v4, &only_a6], &context);
-    let update = render::incremental(
+    let tx = render::incremental(
         &config,
         &[Change {
             old: &web_both,
@@ -851,10 +829,10 @@ fn scenario6(tag: &str, br_netfilter: bool) {
         &mut blocks,
     );
     assert!(
-        update.ops.iter().all(|(family, _)| *family == Family::V6),
-        "only the IPv6 table changes: {update}"
+        tx.ops.iter().all(|(family, _)| *family == Family::V6),
+        "only the IPv6 table changes: {tx}"
     );
-    tables.apply(&update).expect("incremental update");
+    tables.apply(&tx).expect("incremental update");
     assert_eq!(
         tally(c, addr("fd43::20", 80), 20),
         [("a".to_string(), 20)].into()
@@ -884,16 +862,14 @@ fn scenario6(tag: &str, br_netfilter: bool) {
     sticky_slice.metadata.labels =
         Some([("kubernetes.io/service-name".into(), "sticky".into())].into());
     let sticky_ports = service_ports(&sticky, [&sticky_slice], &context);
-    tables
-        .apply(&render::incremental(
-            &config,
-            &[Change {
-                old: &[],
-                new: &sticky_ports,
-            }],
-            &mut blocks,
-        ))
-        .expect("add sticky Service");
+    update(
+        &tables,
+        &config,
+        &mut blocks,
+        &[],
+        &sticky_ports,
+        "add sticky Service",
+    );
     let counts = tally(c, addr("fd43::30", 80), 20);
     assert_eq!(counts.len(), 1, "affinity kept one backend: {counts:?}");
 }

@@ -31,9 +31,13 @@
 //! - masquerade: ClusterIP traffic from outside the pod network (in `pick-internal-N`) and
 //!   external traffic under `externalTrafficPolicy: Cluster` (its mark carries the bit) set
 //!   the masquerade bit of the connection mark; `masquerading` in nat `postrouting`
-//!   masquerades those, and connections DNATed from the pod bridge back onto it (replies
-//!   between two pods on one bridge are bridged, never routed, so without this they would
-//!   skip conntrack's reverse NAT unless `br_netfilter` is on; this also covers hairpin).
+//!   masquerades those, and connections DNATed from the pod bridge back onto it: replies
+//!   between two pods on one bridge are bridged, never routed, so without `br_netfilter`
+//!   they would skip conntrack's reverse NAT. With it on (`bridge-nf-call-iptables`, as
+//!   k3s and kube-proxy require) they do not, and only a pod reaching itself needs it (its
+//!   own address as the source would be dropped): `hairpin` holds `ip . ip` for this node's
+//!   endpoints, counted across ports. Masquerading is a second NAT per connection — it was
+//!   half of a ClusterIP connection's extra cost in `shoal-bench proxy`.
 //! - ClientIP affinity (rare, so sets are affordable): kube-proxy's scheme — a chain per port,
 //!   one timeout set and one chain per endpoint, the set refreshed by the chain and checked
 //!   before a random pick (`numgen random mod N-k 0` rules, uniform).
