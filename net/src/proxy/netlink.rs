@@ -86,8 +86,19 @@ impl Nftables {
         if tx.is_empty() {
             return Ok(());
         }
-        let messages = tx.ops.len() as u32 + 2 + tx.element_count() as u32 / 100;
-        let first = NEXT_SEQ.fetch_add(messages.saturating_mul(2), Ordering::Relaxed);
+        // More than the batch's messages (element lists are split every ~1,800), and kept far
+        // below the wrap of the 32-bit sequence numbers.
+        let messages = (tx.ops.len() + 2 + tx.element_count() / 100).min(1 << 24) as u32;
+        let step = |seq: u32| {
+            Some(if seq > u32::MAX / 2 {
+                1
+            } else {
+                seq + messages * 2
+            })
+        };
+        let first = match NEXT_SEQ.fetch_update(Ordering::Relaxed, Ordering::Relaxed, step) {
+            Ok(seq) | Err(seq) => seq,
+        };
         let batch = wire::encode(tx, first);
         let mut guard = self
             .socket
