@@ -780,10 +780,10 @@ fn scenario6(tag: &str, br_netfilter: bool) {
         ))
         .expect("full sync");
 
-    // The node talks to the pods once first: with bridge-nf-call-ip6tables on, a connection
-    // DNATed back onto the bridge towards a pod the node has no neighbour entry for yet is
-    // lost (its retransmission too), seen here on kernel 6.18 whether or not it is
-    // masqueraded; IPv4 has no such gap.
+    // The node talks to the pods once first: with bridge-nf-call-ip6tables on, the first
+    // SYNs of a connection DNATed back onto the bridge towards a pod the node has no
+    // neighbour entry for yet are lost, so it takes 1–2 s of retransmissions (seen on kernel
+    // 6.18, masqueraded or not; without br_netfilter, or over IPv4, it takes 0.3 ms).
     for pod in ["fd88::2", "fd88::3"] {
         assert!(fetch(&node, addr(pod, 8080)).is_ok(), "node to {pod}");
     }
