@@ -102,8 +102,9 @@ where
     })
 }
 
-/// Turns on forwarding in this network namespace: DNAT to a pod is routed. IPv6's only where
-/// the kernel has IPv6.
+/// Turns on forwarding in this network namespace: DNAT to a pod is routed. IPv6's only with
+/// `ipv6` (an IPv6 pod network), as k3s does: on a host that configures itself from router
+/// advertisements, forwarding makes the kernel ignore them, and with them its IPv6 route.
 pub fn enable_forwarding(ipv6: bool) -> std::io::Result<()> {
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
     if ipv6 {
@@ -115,7 +116,8 @@ pub fn enable_forwarding(ipv6: bool) -> std::io::Result<()> {
 /// Runs the proxy until `shutdown` turns true. Failures are logged and retried (a failed
 /// incremental sync is followed by a full one).
 pub async fn run(client: kube::Client, config: ProxyConfig, mut shutdown: watch::Receiver<bool>) {
-    if let Err(err) = enable_forwarding(config.table.ipv6) {
+    let ipv6_pods = config.table.ipv6 && config.table.cluster_cidr6.is_some();
+    if let Err(err) = enable_forwarding(ipv6_pods) {
         tracing::warn!(%err, "cannot enable forwarding; Services will not reach pods");
     }
     let (svc_store, svc_writer) = reflector::store();
