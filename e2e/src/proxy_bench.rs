@@ -1,16 +1,21 @@
 //! `shoal-bench proxy`: the nftables Service proxy in a scratch network namespace (a "node"
 //! with a bridge, one backend pod and one client pod, all deleted at the end).
 //!
-//! - Full sync: N Services × M endpoints from objects to a live table — model, render and
-//!   `nft -f -` timed apart; then again over the existing table (an agent restart).
+//! - Full sync: N Services × M endpoints from objects to live tables — model, render and the
+//!   netlink transaction (encoding and the kernel's work) timed apart; then again over the
+//!   existing tables (an agent restart); then, for comparison, the same transaction as a
+//!   script through `nft -f -` (how the proxy programmed it before).
 //! - Incremental: one endpoint of one Service turns unready with N Services present, until
-//!   nft's transaction is committed (the rule is live then), repeated.
+//!   the kernel has committed the transaction (the rule is live then), repeated.
 //! - Per-connection cost: new TCP connections (connect, read a short reply, close) from the
-//!   client pod to the backend directly and through a ClusterIP, alternating in rounds.
+//!   client pod to the backend directly, through a ClusterIP, and through a peer's rule — a
+//!   plain `dnat` to the backend in a table of its own, as kube-proxy programs a Service with
+//!   one endpoint (plus the masquerade kube-proxy would need without `br_netfilter`) —
+//!   alternating in rounds; then 1-byte round trips on a kept-alive connection each way.
 //!
 //! The node's `bridge-nf-call-iptables` is off unless `--br-netfilter`: the direct path is
-//! then plain bridging and the ClusterIP path is routed, DNATed and masqueraded, so the
-//! difference is everything a Service adds; with it on, both go through conntrack.
+//! then plain bridging and the Service paths are routed, DNATed and masqueraded, so the
+//! difference is everything a Service adds; with it on, every path goes through conntrack.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -27,6 +32,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use nix::sched::{setns, CloneFlags};
 use serde_json::json;
 use shoal_net::proxy::model::{service_ports, NodeContext, ServicePort};
+use shoal_net::proxy::netlink::Nftables;
 use shoal_net::proxy::nft::Nft;
 use shoal_net::proxy::render::{self, Blocks, Change, TableConfig};
 
@@ -35,7 +41,7 @@ use crate::latency::Latencies;
 /// Flags of `shoal-bench proxy`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProxyArgs {
-    /// Services in the table.
+    /// Services in the tables.
     #[arg(long, default_value_t = 10_000)]
     pub services: usize,
     /// Endpoints per Service.
@@ -44,13 +50,17 @@ pub struct ProxyArgs {
     /// Incremental changes timed.
     #[arg(long, default_value_t = 20)]
     pub changes: usize,
-    /// Connections per target (direct and ClusterIP) in the per-connection comparison; 0 skips.
+    /// Connections per target (direct, ClusterIP, peer) in the per-connection comparison; 0
+    /// skips.
     #[arg(long, default_value_t = 4_000)]
     pub connections: usize,
     /// Leave `br_netfilter` on in the node namespace (bridged pod traffic then goes through
     /// conntrack too, as on most hosts); off by default.
     #[arg(long)]
     pub br_netfilter: bool,
+    /// Also apply the full sync's transaction as a script through `nft -f -`, for comparison.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub compare_nft: bool,
 }
 
 struct Netns {
@@ -117,6 +127,8 @@ const BACKEND_PORT: u16 = 8080;
 /// The backend's echo server (one byte back for each byte, on a kept-alive connection).
 const ECHO_PORT: u16 = 8081;
 const ECHO_SERVICE_PORT: u16 = 81;
+/// The peer's Service address (a plain `dnat` rule in a table of its own).
+const PEER_VIP: &str = "10.97.0.1";
 
 fn vip(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 1)) + i as u32)
@@ -139,7 +151,7 @@ fn service(i: usize) -> Result<Service> {
 }
 
 /// Service `i`'s slice; endpoint `unready` (if any) is not ready. Service 0 has the real
-/// backend as its only endpoint.
+/// backend, on this node, as its only endpoint; the others' are on another node.
 fn slice(i: usize, per: usize, unready: Option<usize>) -> Result<EndpointSlice> {
     let endpoints: Vec<_> = if i == 0 {
         vec![json!({"addresses": [BACKEND], "nodeName": "bench"})]
@@ -147,7 +159,8 @@ fn slice(i: usize, per: usize, unready: Option<usize>) -> Result<EndpointSlice> 
         (0..per)
             .map(|j| {
                 let ready = unready != Some(j);
-                json!({"addresses": [endpoint_ip(i, j, per).to_string()], "nodeName": "bench",
+                // Elsewhere in the cluster, as nearly all of 100,000 endpoints are.
+                json!({"addresses": [endpoint_ip(i, j, per).to_string()], "nodeName": "other",
                        "conditions": {"ready": ready, "serving": ready, "terminating": false}})
             })
             .collect()
@@ -162,23 +175,34 @@ fn slice(i: usize, per: usize, unready: Option<usize>) -> Result<EndpointSlice> 
     }))?)
 }
 
-/// CPU time (user + system) of this process's waited-for children so far (`nft`), from
-/// `/proc/self/stat` (clock ticks, 100 per second on Linux).
-fn children_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which ends with the last ')'): cutime and cstime are
-    // the 14th and 15th of them.
-    let ticks: u64 = stat
+/// CPU times from a `/proc/…/stat` file: the two fields `skip` places after the command name
+/// (which ends with the last ')'), in clock ticks (100 per second on Linux).
+fn stat_cpu(path: &str, skip: usize) -> (Duration, Duration) {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    let fields: Vec<u64> = stat
         .rsplit_once(')')
         .map(|(_, rest)| {
             rest.split_whitespace()
-                .skip(13)
+                .skip(skip)
                 .take(2)
                 .filter_map(|t| t.parse::<u64>().ok())
-                .sum()
+                .collect()
         })
-        .unwrap_or(0);
-    Duration::from_millis(ticks * 10)
+        .unwrap_or_default();
+    let tick = |i: usize| Duration::from_millis(fields.get(i).copied().unwrap_or(0) * 10);
+    (tick(0), tick(1))
+}
+
+/// User and system CPU time of the calling thread: the kernel handles a netlink batch inside
+/// `sendmsg`, so its work on the transaction is this thread's system time.
+fn thread_cpu() -> (Duration, Duration) {
+    stat_cpu("/proc/thread-self/stat", 11)
+}
+
+/// CPU time (user + system) of this process's waited-for children so far (`nft`).
+fn children_cpu() -> Duration {
+    let (user, system) = stat_cpu("/proc/self/stat", 13);
+    user + system
 }
 
 fn ms(d: Duration) -> f64 {
@@ -218,10 +242,13 @@ pub fn run(args: &ProxyArgs) -> Result<String> {
     }
 
     let mut report = String::new();
+    // As the proxy configures itself (run.rs): same-bridge traffic is masqueraded only
+    // without br_netfilter, or for hairpin.
     let table = TableConfig {
-        table: "shoal-proxy".into(),
         cluster_cidr: Some((Ipv4Addr::new(10, 88, 0, 0), 16)),
         pod_bridge: Some("br0".into()),
+        bridge_calls_iptables: args.br_netfilter,
+        ..TableConfig::new("shoal-proxy")
     };
     let context = NodeContext {
         node_name: "bench".into(),
@@ -233,9 +260,9 @@ pub fn run(args: &ProxyArgs) -> Result<String> {
         .collect::<Result<_>>()?;
 
     node.enter(|| {
-        let nft = Nft::default();
+        let tables = Nftables::current();
         let mut blocks = Blocks::default();
-        for round in ["from scratch", "over the existing table"] {
+        for round in ["from scratch", "over the existing tables"] {
             let started = Instant::now();
             let model: Vec<Vec<ServicePort>> = services
                 .iter()
@@ -243,21 +270,41 @@ pub fn run(args: &ProxyArgs) -> Result<String> {
                 .map(|(s, sl)| service_ports(s, [sl], &context))
                 .collect();
             let modelled = started.elapsed();
-            let script = render::full(&table, model.iter().flatten(), &mut blocks);
+            let tx = render::full(&table, model.iter().flatten(), &mut blocks);
             let rendered = started.elapsed();
-            let cpu_before = children_cpu();
-            nft.apply(&script)?;
+            let (user_before, sys_before) = thread_cpu();
+            tables.apply(&tx)?;
             let total = started.elapsed();
-            let nft_cpu = children_cpu().saturating_sub(cpu_before);
+            let (user_after, sys_after) = thread_cpu();
             report.push_str(&format!(
-                "full sync {round}: {} Services x {} endpoints: {:.0} ms (model {:.0} ms, render {:.0} ms, nft {:.0} ms of which {:.0} ms CPU; script {:.1} MiB)\n",
+                "full sync {round}: {} Services x {} endpoints: {:.0} ms (model {:.0} ms, render {:.0} ms, netlink transaction {:.0} ms: {:.0} ms CPU encoding, {:.0} ms CPU in the kernel; {} map elements)\n",
                 args.services,
                 args.endpoints,
                 ms(total),
                 ms(modelled),
                 ms(rendered - modelled),
                 ms(total - rendered),
-                ms(nft_cpu),
+                ms(user_after.saturating_sub(user_before)),
+                ms(sys_after.saturating_sub(sys_before)),
+                tx.element_count(),
+            ));
+        }
+        if args.compare_nft {
+            // The same transaction as an nft script, as the proxy applied it before.
+            let model: Vec<Vec<ServicePort>> = services
+                .iter()
+                .zip(&slices)
+                .map(|(s, sl)| service_ports(s, [sl], &context))
+                .collect();
+            let script = render::full(&table, model.iter().flatten(), &mut blocks).to_string();
+            let cpu_before = children_cpu();
+            let started = Instant::now();
+            Nft::default().apply(&script)?;
+            let took = started.elapsed();
+            report.push_str(&format!(
+                "  the same transaction through `nft -f -`: {:.0} ms (nft {:.0} ms CPU; script {:.1} MiB)\n",
+                ms(took),
+                ms(children_cpu().saturating_sub(cpu_before)),
                 script.len() as f64 / (1024.0 * 1024.0),
             ));
         }
@@ -273,7 +320,7 @@ pub fn run(args: &ProxyArgs) -> Result<String> {
             let started = Instant::now();
             slices[i] = slice(i, args.endpoints, Some(k % args.endpoints))?;
             let new = service_ports(&services[i], [&slices[i]], &context);
-            let script = render::incremental(
+            let tx = render::incremental(
                 &table,
                 &[Change {
                     old: &current[i],
@@ -281,7 +328,7 @@ pub fn run(args: &ProxyArgs) -> Result<String> {
                 }],
                 &mut blocks,
             );
-            nft.apply(&script)?;
+            tables.apply(&tx)?;
             latencies.record(started.elapsed());
             current[i] = new;
         }
@@ -343,15 +390,31 @@ pub fn run(args: &ProxyArgs) -> Result<String> {
                 .context("backend did not start")?;
             thread
         };
+        // The peer: a plain DNAT to the backend, as kube-proxy programs a one-endpoint Service,
+        // ahead of our table (a connection is DNATed by the first NAT chain that binds it).
+        // Without br_netfilter the reply of a same-bridge pod is bridged past conntrack, so
+        // the peer needs the masquerade kube-proxy would need too.
+        let mut peer = format!(
+            "table ip shoal-bench-peer {{\n  chain prerouting {{ type nat hook prerouting priority -110 ;\n    ip daddr {PEER_VIP} tcp dport 80 dnat to {BACKEND}:{BACKEND_PORT}\n    ip daddr {PEER_VIP} tcp dport {ECHO_SERVICE_PORT} dnat to {BACKEND}:{ECHO_PORT}\n  }}\n"
+        );
+        if !args.br_netfilter {
+            peer.push_str("  chain postrouting { type nat hook postrouting priority 90 ;\n    ct status dnat ct original ip daddr 10.97.0.1 masquerade fully-random\n  }\n");
+        }
+        peer.push_str("}\n");
+        Nft::in_netns(&node.name).apply(&peer)?;
         let direct = SocketAddrV4::new(BACKEND.parse()?, BACKEND_PORT);
         let cluster_ip = SocketAddrV4::new(vip(0), 80);
+        let peer_ip: Ipv4Addr = PEER_VIP.parse()?;
+        let peer_vip = SocketAddrV4::new(peer_ip, 80);
         let measured = client.enter(|| {
             let rounds = 10;
             let per_round = args.connections.div_ceil(rounds);
-            let mut direct_l = Latencies::with_capacity(args.connections);
-            let mut vip_l = Latencies::with_capacity(args.connections);
+            let mut conns: [Latencies; 3] = Default::default();
             for _ in 0..rounds {
-                for (target, out) in [(direct, &mut direct_l), (cluster_ip, &mut vip_l)] {
+                for (target, out) in [direct, cluster_ip, peer_vip]
+                    .into_iter()
+                    .zip(conns.iter_mut())
+                {
                     for _ in 0..per_round {
                         let started = Instant::now();
                         let mut conn = TcpStream::connect_timeout(
@@ -366,57 +429,61 @@ pub fn run(args: &ProxyArgs) -> Result<String> {
                 }
             }
             // Round trips of one byte on one kept-alive connection per target.
-            let mut echo_direct = Latencies::with_capacity(args.connections);
-            let mut echo_vip = Latencies::with_capacity(args.connections);
-            let mut conns = [
+            let mut echoes: [Latencies; 3] = Default::default();
+            let mut streams = [
                 TcpStream::connect((BACKEND, ECHO_PORT))?,
                 TcpStream::connect((vip(0), ECHO_SERVICE_PORT))?,
+                TcpStream::connect((peer_ip, ECHO_SERVICE_PORT))?,
             ];
-            for conn in &conns {
-                conn.set_nodelay(true)?;
+            for stream in &streams {
+                stream.set_nodelay(true)?;
             }
             for _ in 0..rounds {
-                for (k, out) in [&mut echo_direct, &mut echo_vip].into_iter().enumerate() {
+                for (stream, out) in streams.iter_mut().zip(echoes.iter_mut()) {
                     for _ in 0..per_round {
                         let started = Instant::now();
-                        conns[k].write_all(b"x")?;
+                        stream.write_all(b"x")?;
                         let mut byte = [0u8; 1];
-                        conns[k].read_exact(&mut byte)?;
+                        stream.read_exact(&mut byte)?;
                         out.record(started.elapsed());
                     }
                 }
             }
-            Ok((direct_l, vip_l, echo_direct, echo_vip))
+            Ok((conns, echoes))
         });
         stop.store(true, Ordering::Relaxed);
         let served = server.join().map_err(|_| anyhow!("backend panicked"))?;
-        let (mut direct_l, mut vip_l, mut echo_direct, mut echo_vip) = measured?;
+        let (mut conns, mut echoes) = measured?;
         served?;
-        let (Some(d), Some(v)) = (direct_l.summary(), vip_l.summary()) else {
-            bail!("no connections measured");
-        };
         let us = |d: Duration| d.as_secs_f64() * 1e6;
-        report.push_str(&format!(
-            "per connection (connect + 2-byte reply + close, {} each, {} Services in the table): direct p50 {:.0} µs p99 {:.0} µs; ClusterIP p50 {:.0} µs p99 {:.0} µs; ClusterIP overhead at p50 {:+.1}%\n",
-            d.count,
-            args.services,
-            us(d.p50),
-            us(d.p99),
-            us(v.p50),
-            us(v.p99),
-            (us(v.p50) / us(d.p50) - 1.0) * 100.0
-        ));
-        if let (Some(d), Some(v)) = (echo_direct.summary(), echo_vip.summary()) {
-            report.push_str(&format!(
-                "per request on a kept-alive connection (1-byte echo, {} each): direct p50 {:.0} µs p99 {:.0} µs; ClusterIP p50 {:.0} µs p99 {:.0} µs; ClusterIP overhead at p50 {:+.1}%\n",
-                d.count,
+        let line = |what: &str, all: &mut [Latencies; 3]| -> Result<String> {
+            let [Some(d), Some(v), Some(p)] = all.each_mut().map(|l| l.summary()) else {
+                bail!("nothing measured");
+            };
+            Ok(format!(
+                "{what}: direct p50 {:.0} µs p99 {:.0} µs; ClusterIP p50 {:.0} µs p99 {:.0} µs ({:+.1}% at p50); peer's plain DNAT p50 {:.0} µs p99 {:.0} µs ({:+.1}%)\n",
                 us(d.p50),
                 us(d.p99),
                 us(v.p50),
                 us(v.p99),
-                (us(v.p50) / us(d.p50) - 1.0) * 100.0
-            ));
-        }
+                (us(v.p50) / us(d.p50) - 1.0) * 100.0,
+                us(p.p50),
+                us(p.p99),
+                (us(p.p50) / us(d.p50) - 1.0) * 100.0,
+            ))
+        };
+        report.push_str(&line(
+            &format!(
+                "per connection (connect + 2-byte reply + close, {} each, {} Services in the table)",
+                conns[0].len(),
+                args.services
+            ),
+            &mut conns,
+        )?);
+        report.push_str(&line(
+            "per request on a kept-alive connection (1-byte echo)",
+            &mut echoes,
+        )?);
     }
     Ok(report)
 }

@@ -6,12 +6,19 @@
 //! Endpoint choice follows kube-proxy (`pkg/proxy/topology.go`): ready endpoints; when a set
 //! has none ready, the serving ones that are terminating (so connections drain to them);
 //! `internalTrafficPolicy: Local` / `externalTrafficPolicy: Local` keep only endpoints on this
-//! node. IPv4 only for now: IPv6 addresses are ignored, and the render mirrors this model for
-//! an `ip6` table when IPv6 comes.
+//! node.
+//!
+//! Dual-stack as kube-proxy does it (one proxier per family): a Service gets a
+//! [`ServicePort`] per port *and family* of its ClusterIPs, each with that family's external
+//! addresses and the endpoints of that family's EndpointSlices (`addressType`). A family's
+//! ports know nothing of the other's: an IPv6 ClusterIP whose Service has only IPv4 endpoints
+//! has none.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
+
+use super::ruleset::Family;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -92,7 +99,7 @@ impl Protocol {
 /// A backend address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Endpoint {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
 }
 
@@ -100,14 +107,16 @@ pub struct Endpoint {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServicePort {
     pub service: ServiceName,
+    /// The family of every address below.
+    pub family: Family,
     /// The port's name, or its number when unnamed.
     pub port_name: String,
     pub protocol: Protocol,
     pub port: u16,
-    pub cluster_ips: Vec<Ipv4Addr>,
+    pub cluster_ips: Vec<IpAddr>,
     pub node_port: Option<u16>,
     /// `spec.externalIPs` and the load-balancer ingress addresses (reached on `port`).
-    pub external_ips: Vec<Ipv4Addr>,
+    pub external_ips: Vec<IpAddr>,
     /// ClientIP affinity's timeout, when the Service asks for it.
     pub affinity_seconds: Option<u32>,
     /// Where ClusterIP traffic goes (sorted, no duplicates).
@@ -119,6 +128,9 @@ pub struct ServicePort {
     pub any_endpoints: bool,
     /// `externalTrafficPolicy: Local`: external traffic keeps its source (no masquerade).
     pub external_local: bool,
+    /// The addresses among its endpoints of pods that may run on this node (on it, or with
+    /// no node named): the only ones that can reach themselves through the Service (hairpin).
+    pub local_ips: Vec<IpAddr>,
 }
 
 impl ServicePort {
@@ -145,7 +157,7 @@ pub struct NodeContext {
     pub node_name: String,
     /// ClusterIPs answered on the node by something else (the built-in DNS server): Services
     /// holding one are left alone, even without endpoints.
-    pub node_local_ips: BTreeSet<Ipv4Addr>,
+    pub node_local_ips: BTreeSet<IpAddr>,
 }
 
 /// The whole desired state: every Service's ports, by Service.
@@ -157,11 +169,13 @@ struct Candidate {
     ready: bool,
     serving_terminating: bool,
     local: bool,
+    /// On this node or on none named.
+    maybe_local: bool,
 }
 
-/// The ports the proxy programs for `service`, given the EndpointSlices that name it. Empty
-/// for Services the proxy does not handle (ExternalName, headless, IPv6-only, or holding a
-/// node-local ClusterIP).
+/// The ports the proxy programs for `service`, given the EndpointSlices that name it: for each
+/// family of its ClusterIPs (IPv4 first), one per port. Empty for Services the proxy does not
+/// handle (ExternalName, headless, or holding a node-local ClusterIP).
 pub fn service_ports<'a>(
     service: &Service,
     slices: impl IntoIterator<Item = &'a EndpointSlice> + Clone,
@@ -176,7 +190,7 @@ pub fn service_ports<'a>(
     if spec.type_.as_deref() == Some("ExternalName") {
         return Vec::new();
     }
-    let mut cluster_ips: Vec<Ipv4Addr> = spec
+    let mut cluster_ips: Vec<IpAddr> = spec
         .cluster_ips
         .iter()
         .flatten()
@@ -193,7 +207,7 @@ pub fn service_ports<'a>(
         return Vec::new();
     }
     let with_node_ports = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
-    let mut external_ips: Vec<Ipv4Addr> = spec
+    let mut external_ips: Vec<IpAddr> = spec
         .external_ips
         .iter()
         .flatten()
@@ -208,7 +222,7 @@ pub fn service_ports<'a>(
                 .and_then(|lb| lb.ingress.as_ref())
                 .into_iter()
                 .flatten()
-                .filter_map(|i| i.ip.as_deref()?.parse::<Ipv4Addr>().ok()),
+                .filter_map(|i| i.ip.as_deref()?.parse::<IpAddr>().ok()),
         );
     }
     external_ips.sort();
@@ -226,54 +240,82 @@ pub fn service_ports<'a>(
     let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
 
     let mut ports = Vec::new();
-    for port in spec.ports.iter().flatten() {
-        let Some(protocol) = Protocol::parse(port.protocol.as_deref()) else {
+    for family in Family::ALL {
+        let of_family = |ips: &[IpAddr]| -> Vec<IpAddr> {
+            ips.iter()
+                .filter(|ip| Family::of(ip) == family)
+                .copied()
+                .collect()
+        };
+        let cluster_ips = of_family(&cluster_ips);
+        if cluster_ips.is_empty() {
             continue;
-        };
-        let Ok(number) = u16::try_from(port.port) else {
-            continue;
-        };
-        let candidates = candidates(slices.clone(), port.name.as_deref(), protocol, node);
-        let cluster = select(&candidates, false);
-        let local = select(&candidates, true);
-        let mut service_port = ServicePort {
-            service: name.clone(),
-            port_name: port
-                .name
-                .clone()
-                .filter(|n| !n.is_empty())
-                .unwrap_or_else(|| number.to_string()),
-            protocol,
-            port: number,
-            cluster_ips: cluster_ips.clone(),
-            node_port: port
-                .node_port
-                .filter(|_| with_node_ports)
-                .and_then(|p| u16::try_from(p).ok())
-                .filter(|p| *p != 0),
-            external_ips: external_ips.clone(),
-            affinity_seconds,
-            internal: if internal_local {
-                local.clone()
-            } else {
-                cluster.clone()
-            },
-            external: Vec::new(),
-            any_endpoints: !cluster.is_empty(),
-            external_local,
-        };
-        if service_port.has_external() {
-            service_port.external = if external_local { local } else { cluster };
         }
-        ports.push(service_port);
+        let external_ips = of_family(&external_ips);
+        for port in spec.ports.iter().flatten() {
+            let Some(protocol) = Protocol::parse(port.protocol.as_deref()) else {
+                continue;
+            };
+            let Ok(number) = u16::try_from(port.port) else {
+                continue;
+            };
+            let candidates =
+                candidates(slices.clone(), family, port.name.as_deref(), protocol, node);
+            let cluster = select(&candidates, false);
+            let local = select(&candidates, true);
+            let mut service_port = ServicePort {
+                service: name.clone(),
+                family,
+                port_name: port
+                    .name
+                    .clone()
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| number.to_string()),
+                protocol,
+                port: number,
+                cluster_ips: cluster_ips.clone(),
+                node_port: port
+                    .node_port
+                    .filter(|_| with_node_ports)
+                    .and_then(|p| u16::try_from(p).ok())
+                    .filter(|p| *p != 0),
+                external_ips: external_ips.clone(),
+                affinity_seconds,
+                internal: if internal_local {
+                    local.clone()
+                } else {
+                    cluster.clone()
+                },
+                external: Vec::new(),
+                any_endpoints: !cluster.is_empty(),
+                local_ips: {
+                    let chosen: BTreeSet<IpAddr> =
+                        cluster.iter().chain(&local).map(|e| e.ip).collect();
+                    let mut ips: Vec<IpAddr> = candidates
+                        .iter()
+                        .filter(|c| c.maybe_local && chosen.contains(&c.endpoint.ip))
+                        .map(|c| c.endpoint.ip)
+                        .collect();
+                    ips.sort();
+                    ips.dedup();
+                    ips
+                },
+                external_local,
+            };
+            if service_port.has_external() {
+                service_port.external = if external_local { local } else { cluster };
+            }
+            ports.push(service_port);
+        }
     }
     ports
 }
 
-/// The endpoints of `slices` serving the Service port named `port_name` (Kubernetes matches
-/// a slice's port to a Service port by name and protocol).
+/// The endpoints of `family`'s `slices` serving the Service port named `port_name`
+/// (Kubernetes matches a slice's port to a Service port by name and protocol).
 fn candidates<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    family: Family,
     port_name: Option<&str>,
     protocol: Protocol,
     node: &NodeContext,
@@ -281,7 +323,11 @@ fn candidates<'a>(
     let wanted = port_name.unwrap_or("");
     let mut out = Vec::new();
     for slice in slices {
-        if slice.address_type != "IPv4" {
+        let address_type = match family {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        };
+        if slice.address_type != address_type {
             continue;
         }
         let Some(target) = slice.ports.iter().flatten().find(|p| {
@@ -297,7 +343,8 @@ fn candidates<'a>(
             let Some(ip) = endpoint
                 .addresses
                 .first()
-                .and_then(|a| a.parse::<Ipv4Addr>().ok())
+                .and_then(|a| a.parse::<IpAddr>().ok())
+                .filter(|ip| Family::of(ip) == family)
             else {
                 continue;
             };
@@ -311,6 +358,10 @@ fn candidates<'a>(
                 ready: ready && !terminating,
                 serving_terminating: serving && terminating,
                 local: endpoint.node_name.as_deref() == Some(node.node_name.as_str()),
+                maybe_local: endpoint
+                    .node_name
+                    .as_deref()
+                    .is_none_or(|n| n == node.node_name),
             });
         }
     }
@@ -399,16 +450,18 @@ pub(crate) mod tests {
         let p = &ports[0];
         assert_eq!(p.key(), "default/web/tcp/http");
         assert_eq!(p.port, 80);
-        assert_eq!(
-            p.cluster_ips,
-            vec!["10.43.0.20".parse::<Ipv4Addr>().unwrap()]
-        );
+        assert_eq!(p.cluster_ips, vec!["10.43.0.20".parse::<IpAddr>().unwrap()]);
         assert_eq!(
             p.internal,
             vec![ep("10.42.0.5", 8080), ep("10.42.0.7", 8080)]
         );
         assert!(p.external.is_empty(), "no NodePort, no external IPs");
         assert!(p.any_endpoints);
+        assert_eq!(
+            p.local_ips,
+            vec!["10.42.0.5".parse::<IpAddr>().unwrap()],
+            "this node's chosen endpoints"
+        );
     }
 
     #[test]
@@ -501,7 +554,7 @@ pub(crate) mod tests {
         assert_eq!(
             p.external_ips,
             vec![
-                "192.0.2.1".parse::<Ipv4Addr>().unwrap(),
+                "192.0.2.1".parse::<IpAddr>().unwrap(),
                 "192.0.2.7".parse().unwrap()
             ]
         );
@@ -560,6 +613,67 @@ pub(crate) mod tests {
             Some(60)
         );
         assert_eq!(service_ports(&web(), [], &node())[0].affinity_seconds, None);
+    }
+
+    #[test]
+    fn dual_stack_ports_per_family() {
+        let svc = service(json!({
+            "metadata": {"namespace": "default", "name": "web"},
+            "spec": {"type": "NodePort", "clusterIP": "10.43.0.20",
+                     "clusterIPs": ["10.43.0.20", "fd43::20"],
+                     "ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "PreferDualStack",
+                     "externalIPs": ["192.0.2.7", "2001:db8::7"],
+                     "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}
+        }));
+        let v4 = web_slice(&[("10.42.0.5", "n1", true, true, false)]);
+        let v6 = slice(json!({
+            "metadata": {"namespace": "default", "name": "web-v6",
+                         "labels": {SERVICE_NAME_LABEL: "web"}},
+            "addressType": "IPv6",
+            "endpoints": [{"addresses": ["fd42::5"], "nodeName": "n1"},
+                          {"addresses": ["10.42.0.9"], "nodeName": "n1"}],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+        }));
+        let ports = service_ports(&svc, [&v4, &v6], &node());
+        assert_eq!(ports.len(), 2);
+        let (p4, p6) = (&ports[0], &ports[1]);
+        assert_eq!(p4.family, Family::V4);
+        assert_eq!(
+            p4.cluster_ips,
+            vec!["10.43.0.20".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(
+            p4.external_ips,
+            vec!["192.0.2.7".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(p4.internal, vec![ep("10.42.0.5", 8080)]);
+        assert_eq!(p6.family, Family::V6);
+        assert_eq!(p6.cluster_ips, vec!["fd43::20".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            p6.external_ips,
+            vec!["2001:db8::7".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(
+            p6.internal,
+            vec![ep("fd42::5", 8080)],
+            "only IPv6 slices, only IPv6 addresses"
+        );
+        assert_eq!(
+            p6.node_port,
+            Some(30080),
+            "a NodePort answers on both families"
+        );
+        assert_eq!(p4.key(), p6.key());
+
+        // IPv6 single-stack: one port, with no endpoints when only IPv4 slices exist.
+        let only6 = service(json!({
+            "metadata": {"namespace": "default", "name": "web"},
+            "spec": {"clusterIP": "fd43::21", "clusterIPs": ["fd43::21"],
+                     "ports": [{"name": "http", "port": 80}]}
+        }));
+        let ports = service_ports(&only6, [&v4], &node());
+        assert_eq!(ports.len(), 1);
+        assert!(ports[0].internal.is_empty() && !ports[0].any_endpoints);
     }
 
     #[test]

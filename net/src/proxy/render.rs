@@ -1,8 +1,18 @@
-//! The model as nftables scripts, with no IO: [`full`] writes the whole table (one
-//! transaction that deletes and recreates it, so whatever an earlier run left is gone), and
-//! [`incremental`] writes only what changed between two states of some Services.
+//! The model as nftables transactions, with no IO: [`full`] writes the whole tables (one
+//! transaction that deletes and recreates them, so whatever an earlier run left is gone), and
+//! [`incremental`] writes only what changed between two states of some Services. The result
+//! is a typed [`Transaction`] (`super::ruleset`), applied over netlink (`super::netlink`) and
+//! printable as an nft script.
 //!
-//! The table follows kube-proxy's nftables mode (`pkg/proxy/nftables/proxier.go`) where the
+//! Two tables, `ip shoal-proxy` and `ip6 shoal-proxy`, of the same shape, written in the same
+//! transactions: kube-proxy's choice for dual-stack (a proxier, and a table, per family).
+//! An `inet` table would share the hooks and helper chains, but every rule matching an
+//! address would then need its family checked and every map would exist twice anyway (keys
+//! are typed by family), and IPv4 packets would walk IPv6 rules; per-family tables keep each
+//! packet on rules of its family, and keep the IPv4 table exactly as it is on single-stack
+//! nodes. Connection marks, `backends` key blocks and pick chains are per table.
+//!
+//! Each table follows kube-proxy's nftables mode (`pkg/proxy/nftables/proxier.go`) where the
 //! kernel allows it at scale:
 //! - `services`: a verdict map `daddr . l4proto . dport` → where the connection goes, looked
 //!   up from the nat `prerouting` and `output` hooks; `service-nodeports` (`l4proto . dport`)
@@ -21,9 +31,13 @@
 //! - masquerade: ClusterIP traffic from outside the pod network (in `pick-internal-N`) and
 //!   external traffic under `externalTrafficPolicy: Cluster` (its mark carries the bit) set
 //!   the masquerade bit of the connection mark; `masquerading` in nat `postrouting`
-//!   masquerades those, and connections DNATed from the pod bridge back onto it (replies
-//!   between two pods on one bridge are bridged, never routed, so without this they would
-//!   skip conntrack's reverse NAT unless `br_netfilter` is on; this also covers hairpin).
+//!   masquerades those, and connections DNATed from the pod bridge back onto it: replies
+//!   between two pods on one bridge are bridged, never routed, so without `br_netfilter`
+//!   they would skip conntrack's reverse NAT. With it on (`bridge-nf-call-iptables`, as
+//!   k3s and kube-proxy require) they do not, and only a pod reaching itself needs it (its
+//!   own address as the source would be dropped): `hairpin` holds `ip . ip` for this node's
+//!   endpoints, counted across ports. Masquerading is a second NAT per connection — it was
+//!   half of a ClusterIP connection's extra cost in `shoal-bench proxy`.
 //! - ClientIP affinity (rare, so sets are affordable): kube-proxy's scheme — a chain per port,
 //!   one timeout set and one chain per endpoint, the set refreshed by the chain and checked
 //!   before a random pick (`numgen random mod N-k 0` rules, uniform).
@@ -33,16 +47,19 @@
 //!   while other nodes have some.
 //!
 //! Every Service port renders to a [`Fragment`] (its elements, key blocks, the pick chains it
-//! uses, its affinity chains and sets); the incremental script is the difference of two
+//! uses, its affinity chains and sets); the incremental transaction is the difference of two
 //! fragments, in an order the kernel accepts in one transaction (elements go before the
 //! chains they jump to disappear; chains are flushed before sets their rules name are
 //! deleted).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::model::{Endpoint, ServicePort};
+use super::model::{Endpoint, Protocol, ServicePort};
+use super::ruleset::{
+    rule, Family, Hook, HookPoint, Key, Op, Rule, Selector, SetDecl, SetKind, Stmt, Transaction,
+    Value, Verdict,
+};
 
 /// The connection mark bit that asks `masquerading` to masquerade.
 pub const MASQUERADE_BIT: u32 = 0x8000_0000;
@@ -52,7 +69,7 @@ pub const FROM_BRIDGE_BIT: u32 = 0x4000_0000;
 /// The bits of the connection mark that name an endpoint list.
 const BLOCK_MASK: u32 = FROM_BRIDGE_BIT - 1;
 
-/// The verdict maps of the table.
+/// The verdict maps of each table.
 const SERVICES: &str = "services";
 const NODEPORTS: &str = "service-nodeports";
 const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
@@ -62,17 +79,33 @@ const SERVICE_MARKS: &str = "service-marks";
 const NODEPORT_MARKS: &str = "nodeport-marks";
 /// Connection mark (the list's block) . endpoint index → endpoint address and port.
 const BACKENDS: &str = "backends";
+/// `address . address` of this node's endpoints: a connection with such source and
+/// destination is a pod reaching itself through a Service.
+const HAIRPIN: &str = "hairpin";
+const REJECT_CHAIN: &str = "reject-chain";
 
-/// How the table is named and what it needs to know about the cluster network.
+/// How the tables are named and what they need to know about the cluster network.
 #[derive(Debug, Clone)]
 pub struct TableConfig {
-    /// The table's name (family `ip`).
+    /// The tables' name (families `ip` and `ip6`).
     pub table: String,
-    /// The pod network: ClusterIP traffic from outside it is masqueraded (kube-proxy's
+    /// The IPv4 pod network: ClusterIP traffic from outside it is masqueraded (kube-proxy's
     /// `--cluster-cidr`). `None`: only hairpin and external traffic are.
     pub cluster_cidr: Option<(Ipv4Addr, u8)>,
+    /// The same for IPv6.
+    pub cluster_cidr6: Option<(Ipv6Addr, u8)>,
     /// The pod bridge: connections DNATed from it back onto it are masqueraded.
     pub pod_bridge: Option<String>,
+    /// Whether the `ip6` table is written; IPv6 ports are left out when not (a kernel without
+    /// IPv6 would refuse the table, and with it the whole transaction).
+    pub ipv6: bool,
+    /// `br_netfilter`'s `bridge-nf-call-iptables` is on: bridged IPv4 packets go through
+    /// conntrack, so a reply bridged from one pod to another is un-NATed without help, and
+    /// connections DNATed back onto the pod bridge are masqueraded only when a pod reaches
+    /// itself (kube-proxy's requirement and behaviour); off, all of them are.
+    pub bridge_calls_iptables: bool,
+    /// The same for IPv6 (`bridge-nf-call-ip6tables`).
+    pub bridge_calls_ip6tables: bool,
 }
 
 impl TableConfig {
@@ -80,24 +113,69 @@ impl TableConfig {
         TableConfig {
             table: table.into(),
             cluster_cidr: None,
+            cluster_cidr6: None,
             pod_bridge: None,
+            ipv6: true,
+            bridge_calls_iptables: false,
+            bridge_calls_ip6tables: false,
         }
+    }
+
+    /// Whether same-bridge traffic of `family` is masqueraded only for hairpin.
+    fn bridge_netfilter(&self, family: Family) -> bool {
+        match family {
+            Family::V4 => self.bridge_calls_iptables,
+            Family::V6 => self.bridge_calls_ip6tables,
+        }
+    }
+
+    fn families(&self) -> impl Iterator<Item = Family> + '_ {
+        Family::ALL
+            .into_iter()
+            .filter(|f| *f == Family::V4 || self.ipv6)
+    }
+
+    /// The pod network of `family`; a /0 is everything, so nothing is from outside it.
+    fn cluster_cidr(&self, family: Family) -> Option<(IpAddr, u8)> {
+        match family {
+            Family::V4 => self.cluster_cidr.map(|(net, p)| (IpAddr::V4(net), p)),
+            Family::V6 => self.cluster_cidr6.map(|(net, p)| (IpAddr::V6(net), p)),
+        }
+        .filter(|(_, prefix)| *prefix > 0)
     }
 }
 
-/// The nft objects one Service port owns.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The nft objects one Service port owns, all in the table of its family.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fragment {
+    pub family: Family,
     /// Chain name → its rules.
-    pub chains: BTreeMap<String, Vec<String>>,
-    /// Set name → its declaration body.
-    pub sets: BTreeMap<String, String>,
+    pub chains: BTreeMap<String, Vec<Rule>>,
+    /// Set name → what it holds.
+    pub sets: BTreeMap<String, SetKind>,
     /// (map, key) → value.
-    pub elements: BTreeMap<(&'static str, String), String>,
+    pub elements: BTreeMap<(&'static str, Key), Value>,
     /// The [`Blocks`] its endpoint lists hold.
     pub blocks: BTreeSet<String>,
     /// The shared pick chains it goes to: (external, endpoint count).
     pub picks: BTreeSet<(bool, usize)>,
+    /// Its endpoints that may reach themselves through it (shared with other ports, so
+    /// counted in [`Blocks`]).
+    pub hairpin: BTreeSet<IpAddr>,
+}
+
+impl Fragment {
+    fn new(family: Family) -> Self {
+        Fragment {
+            family,
+            chains: BTreeMap::new(),
+            sets: BTreeMap::new(),
+            elements: BTreeMap::new(),
+            blocks: BTreeSet::new(),
+            picks: BTreeSet::new(),
+            hairpin: BTreeSet::new(),
+        }
+    }
 }
 
 /// A short, stable hash of `text` (FNV-1a, 40 bits, base32): chain names stay unique and
@@ -123,7 +201,8 @@ fn external_chain(key: &str) -> String {
 }
 
 fn endpoint_id(key: &str, ep: &Endpoint) -> String {
-    let id = format!("{key}__{}/{}", ep.ip, ep.port);
+    // nft's names cannot hold ':' (IPv6 addresses); the hash keeps them unique anyway.
+    let id = format!("{key}__{}/{}", ep.ip, ep.port).replace(':', "-");
     format!("{}-{id}", hash(&id))
 }
 
@@ -141,20 +220,22 @@ const INDEX_BITS: u32 = 12;
 pub const MAX_ENDPOINTS: usize = 1 << INDEX_BITS;
 const MAX_BLOCK: u32 = (FROM_BRIDGE_BIT >> INDEX_BITS) - 1;
 
-/// The `backends` map's key ranges handed to endpoint lists: list `name` owns the keys
-/// `block << 12 ..` for as long as it exists, so an incremental change rewrites only its own
-/// elements. Deterministic: the lowest free block first.
+/// The `backends` key ranges of one table handed to endpoint lists: list `name` owns the
+/// keys `block << 12 ..` for as long as it exists, so an incremental change rewrites only its
+/// own elements. Deterministic: the lowest free block first.
 #[derive(Debug, Clone, Default)]
-pub struct Blocks {
+pub struct BlockAllocator {
     by_name: BTreeMap<String, u32>,
     free: BTreeSet<u32>,
     next: u32,
     /// The shared pick chains the table has (created as needed, removed by a full sync).
     picks: BTreeSet<(bool, usize)>,
+    /// How many ports name each address of `hairpin`.
+    hairpin: BTreeMap<IpAddr, usize>,
 }
 
-impl Blocks {
-    fn get(&mut self, name: &str) -> Option<u32> {
+impl BlockAllocator {
+    pub fn get(&mut self, name: &str) -> Option<u32> {
         if let Some(block) = self.by_name.get(name) {
             return Some(*block);
         }
@@ -176,6 +257,41 @@ impl Blocks {
         }
     }
 
+    /// Counts a port naming `ip`; true when it is the first (its element is to be added).
+    fn hold_hairpin(&mut self, ip: IpAddr) -> bool {
+        let count = self.hairpin.entry(ip).or_insert(0);
+        *count += 1;
+        *count == 1
+    }
+
+    /// Uncounts one; true when it was the last (its element is to be deleted).
+    fn drop_hairpin(&mut self, ip: IpAddr) -> bool {
+        match self.hairpin.get_mut(&ip) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                false
+            }
+            Some(_) => {
+                self.hairpin.remove(&ip);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The key blocks and pick chains of both tables (their marks never meet: a connection
+/// is of one family).
+#[derive(Debug, Clone, Default)]
+pub struct Blocks {
+    families: [BlockAllocator; 2],
+}
+
+impl Blocks {
+    pub fn of(&mut self, family: Family) -> &mut BlockAllocator {
+        &mut self.families[family.index()]
+    }
+
     /// Forgets every block (before a full sync).
     pub fn clear(&mut self) {
         *self = Blocks::default();
@@ -183,11 +299,11 @@ impl Blocks {
 }
 
 /// Where a port without usable endpoints sends new connections.
-fn no_endpoint_verdict(port: &ServicePort) -> &'static str {
+fn no_endpoint_verdict(port: &ServicePort) -> Verdict {
     if port.any_endpoints {
-        "drop"
+        Verdict::Drop
     } else {
-        "goto reject-chain"
+        Verdict::Goto(REJECT_CHAIN.into())
     }
 }
 
@@ -206,7 +322,7 @@ struct List<'a> {
 /// Where the lookup of a Service address sends a new connection.
 struct Target {
     /// The `services` / `service-nodeports` verdict.
-    verdict: String,
+    verdict: Verdict,
     /// The connection mark to set first (`service-marks` / `nodeport-marks`), if any.
     mark: Option<u32>,
 }
@@ -216,12 +332,26 @@ struct Target {
 /// and never un-NATed: when routed, it would skip the IP hooks entirely; with `br_netfilter`,
 /// a packet DNATed back onto its bridge is bridged, and postrouting then has no input device
 /// to match — so the input is noted in the connection mark at DNAT time.
-fn from_bridge(config: &TableConfig) -> Vec<String> {
+fn from_bridge(config: &TableConfig) -> Vec<Rule> {
     config
         .pod_bridge
         .iter()
-        .map(|bridge| format!("iifname \"{bridge}\" ct mark set ct mark or {FROM_BRIDGE_BIT:#x}"))
+        .map(|bridge| {
+            rule![
+                Stmt::Iifname(bridge.clone()),
+                Stmt::CtMarkOr(FROM_BRIDGE_BIT)
+            ]
+        })
         .collect()
+}
+
+/// ClusterIP traffic from outside the pod network is marked for masquerade.
+fn masquerade_outsiders(config: &TableConfig, family: Family) -> Option<Rule> {
+    let (net, prefix) = config.cluster_cidr(family)?;
+    Some(rule![
+        Stmt::SaddrNotIn(net, prefix),
+        Stmt::CtMarkOr(MASQUERADE_BIT)
+    ])
 }
 
 fn pick_chain(external: bool, n: usize) -> String {
@@ -230,20 +360,23 @@ fn pick_chain(external: bool, n: usize) -> String {
 }
 
 /// The rules of a shared pick chain: a random key of the connection's block in `backends`.
-/// ClusterIP traffic from outside the pod network is marked for masquerade here.
-fn pick_rules(config: &TableConfig, external: bool, n: usize) -> Vec<String> {
+fn pick_rules(config: &TableConfig, family: Family, external: bool, n: usize) -> Vec<Rule> {
     let mut rules = from_bridge(config);
-    if let (false, Some((net, prefix))) = (external, config.cluster_cidr) {
-        rules.push(format!(
-            "ip saddr != {net}/{prefix} ct mark set ct mark or {MASQUERADE_BIT:#x}"
-        ));
+    if !external {
+        rules.extend(masquerade_outsiders(config, family));
     }
     // One rule per protocol: a map typed by `tcp dport` cannot be bound behind an anonymous
     // protocol set (nft reports conflicting protocols).
-    for proto in ["tcp", "udp", "sctp"] {
-        rules.push(format!(
-            "meta l4proto {proto} dnat ip to ct mark and {BLOCK_MASK:#x} . numgen random mod {n} map @{BACKENDS}"
-        ));
+    for proto in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
+        rules.push(rule![
+            Stmt::L4proto(proto),
+            Stmt::DnatBackends {
+                family,
+                mask: BLOCK_MASK,
+                modulus: n as u32,
+                map: BACKENDS.into(),
+            }
+        ]);
     }
     rules
 }
@@ -261,13 +394,13 @@ fn target(
     blocks: &mut Blocks,
 ) -> Target {
     let key = &port.key();
+    let family = port.family;
     let endpoints = &list.endpoints[..list.endpoints.len().min(MAX_ENDPOINTS)];
-    let masquerade = format!("ct mark set ct mark or {MASQUERADE_BIT:#x}");
     let Some(seconds) = port.affinity_seconds else {
-        let Some(block) = blocks.get(list.block_name) else {
+        let Some(block) = blocks.of(family).get(list.block_name) else {
             // Out of blocks (half a million endpoint lists): unreachable rather than wrong.
             return Target {
-                verdict: "goto reject-chain".into(),
+                verdict: Verdict::Goto(REJECT_CHAIN.into()),
                 mark: None,
             };
         };
@@ -276,12 +409,12 @@ fn target(
         let base = block << INDEX_BITS;
         for (i, ep) in endpoints.iter().enumerate() {
             f.elements.insert(
-                (BACKENDS, format!("{base} . {i}")),
-                format!("{} . {}", ep.ip, ep.port),
+                (BACKENDS, Key::Backend(base, i as u32)),
+                Value::Endpoint(ep.ip, ep.port),
             );
         }
         return Target {
-            verdict: format!("goto {}", pick_chain(list.external, endpoints.len())),
+            verdict: Verdict::Goto(pick_chain(list.external, endpoints.len())),
             mark: Some(if list.masquerade {
                 base | MASQUERADE_BIT
             } else {
@@ -291,42 +424,38 @@ fn target(
     };
     let mut rules = from_bridge(config);
     if list.masquerade {
-        rules.push(masquerade);
-    } else if let (false, Some((net, prefix))) = (list.external, config.cluster_cidr) {
-        rules.push(format!("ip saddr != {net}/{prefix} {masquerade}"));
+        rules.push(rule![Stmt::CtMarkOr(MASQUERADE_BIT)]);
+    } else if !list.external {
+        rules.extend(masquerade_outsiders(config, family));
     }
     for ep in endpoints {
-        rules.push(format!(
-            "ip saddr @{} goto {}",
-            affinity_set(key, ep),
-            endpoint_chain(key, ep)
-        ));
+        rules.push(rule![
+            Stmt::SaddrInSet(family, affinity_set(key, ep)),
+            Stmt::Verdict(Verdict::Goto(endpoint_chain(key, ep)))
+        ]);
     }
     for (k, ep) in endpoints.iter().enumerate() {
         let left = endpoints.len() - k;
-        let chance = if left > 1 {
-            format!("numgen random mod {left} 0 ")
+        let goto = Stmt::Verdict(Verdict::Goto(endpoint_chain(key, ep)));
+        rules.push(if left > 1 {
+            rule![Stmt::RandomIsZero(left as u32), goto]
         } else {
-            String::new()
-        };
-        rules.push(format!("{chance}goto {}", endpoint_chain(key, ep)));
+            rule![goto]
+        });
     }
     for ep in endpoints {
         let set = affinity_set(key, ep);
         f.sets.insert(
             set.clone(),
-            format!("type ipv4_addr ; flags dynamic,timeout ; timeout {seconds}s ;"),
+            SetKind::Affinity {
+                timeout_secs: seconds,
+            },
         );
         f.chains.insert(
             endpoint_chain(key, ep),
             vec![
-                format!("update @{set} {{ ip saddr }}"),
-                format!(
-                    "meta l4proto {} dnat to {}:{}",
-                    port.protocol.nft(),
-                    ep.ip,
-                    ep.port
-                ),
+                rule![Stmt::UpdateSaddr(family, set)],
+                rule![Stmt::L4proto(port.protocol), Stmt::DnatTo(ep.ip, ep.port)],
             ],
         );
     }
@@ -337,7 +466,7 @@ fn target(
     };
     f.chains.insert(chain.clone(), rules);
     Target {
-        verdict: format!("goto {chain}"),
+        verdict: Verdict::Goto(chain),
         mark: None,
     }
 }
@@ -345,14 +474,16 @@ fn target(
 /// The objects `port` needs; endpoint lists get their `backends` keys from `blocks`.
 pub fn fragment(port: &ServicePort, config: &TableConfig, blocks: &mut Blocks) -> Fragment {
     let key = port.key();
-    let proto = port.protocol.nft();
-    let mut f = Fragment::default();
-    let address = |ip: &Ipv4Addr| format!("{ip} . {proto} . {}", port.port);
+    let mut f = Fragment::new(port.family);
+    if config.bridge_netfilter(port.family) && config.pod_bridge.is_some() {
+        f.hairpin.extend(port.local_ips.iter().copied());
+    }
+    let address = |ip: &IpAddr| Key::Address(*ip, port.protocol, port.port);
     if port.internal.is_empty() {
         for ip in &port.cluster_ips {
             f.elements.insert(
                 (NO_ENDPOINT_SERVICES, address(ip)),
-                no_endpoint_verdict(port).to_string(),
+                Value::Verdict(no_endpoint_verdict(port)),
             );
         }
     } else {
@@ -364,20 +495,22 @@ pub fn fragment(port: &ServicePort, config: &TableConfig, blocks: &mut Blocks) -
         };
         let target = target(port, &list, config, &mut f, blocks);
         for ip in &port.cluster_ips {
-            f.elements
-                .insert((SERVICES, address(ip)), target.verdict.clone());
+            f.elements.insert(
+                (SERVICES, address(ip)),
+                Value::Verdict(target.verdict.clone()),
+            );
             if let Some(mark) = target.mark {
                 f.elements
-                    .insert((SERVICE_MARKS, address(ip)), mark.to_string());
+                    .insert((SERVICE_MARKS, address(ip)), Value::Mark(mark));
             }
         }
     }
     if !port.has_external() {
         return f;
     }
-    let node_port = port.node_port.map(|p| format!("{proto} . {p}"));
+    let node_port = port.node_port.map(|p| Key::Port(port.protocol, p));
     if port.external.is_empty() {
-        let verdict = no_endpoint_verdict(port).to_string();
+        let verdict = Value::Verdict(no_endpoint_verdict(port));
         for ip in &port.external_ips {
             f.elements
                 .insert((NO_ENDPOINT_SERVICES, address(ip)), verdict.clone());
@@ -402,313 +535,437 @@ pub fn fragment(port: &ServicePort, config: &TableConfig, blocks: &mut Blocks) -
     };
     let target = target(port, &list, config, &mut f, blocks);
     for ip in &port.external_ips {
-        f.elements
-            .insert((SERVICES, address(ip)), target.verdict.clone());
+        f.elements.insert(
+            (SERVICES, address(ip)),
+            Value::Verdict(target.verdict.clone()),
+        );
         if let Some(mark) = target.mark {
             f.elements
-                .insert((SERVICE_MARKS, address(ip)), mark.to_string());
+                .insert((SERVICE_MARKS, address(ip)), Value::Mark(mark));
         }
     }
     if let Some(node_port) = node_port {
         if let Some(mark) = target.mark {
             f.elements
-                .insert((NODEPORT_MARKS, node_port.clone()), mark.to_string());
+                .insert((NODEPORT_MARKS, node_port.clone()), Value::Mark(mark));
         }
-        f.elements.insert((NODEPORTS, node_port), target.verdict);
+        f.elements
+            .insert((NODEPORTS, node_port), Value::Verdict(target.verdict));
     }
     f
 }
 
-/// The fixed part of the table: hooks, helper chains and the (empty) maps.
-fn base(config: &TableConfig, out: &mut String) {
-    let t = format!("ip {}", config.table);
-    let _ = writeln!(out, "add chain {t} masquerading");
+/// The fixed part of `family`'s table: hooks, helper chains and the (empty) maps.
+fn base(config: &TableConfig, family: Family, tx: &mut Transaction) {
+    let chain = |tx: &mut Transaction, name: &str, hook: Option<Hook>, rules: Vec<Rule>| {
+        tx.push(family, Op::AddChain(name.into(), hook));
+        for rule in rules {
+            tx.push(family, Op::AddRule(name.into(), rule));
+        }
+    };
+    let mut masquerading = Vec::new();
     if let Some(bridge) = &config.pod_bridge {
-        let _ = writeln!(
-            out,
-            "add rule {t} masquerading ct mark and {FROM_BRIDGE_BIT:#x} != 0 oifname \"{bridge}\" masquerade fully-random"
+        if config.bridge_netfilter(family) {
+            // Only a pod reaching itself: its own address as the source would be dropped.
+            masquerading.push(rule![
+                Stmt::CtMarkAny(FROM_BRIDGE_BIT),
+                Stmt::PairInSet(family, HAIRPIN.into()),
+                Stmt::Masquerade
+            ]);
+        } else {
+            masquerading.push(rule![
+                Stmt::CtMarkAny(FROM_BRIDGE_BIT),
+                Stmt::Oifname(bridge.clone()),
+                Stmt::Masquerade
+            ]);
+        }
+    }
+    masquerading.push(rule![Stmt::CtMarkAny(MASQUERADE_BIT), Stmt::Masquerade]);
+    tx.push(
+        family,
+        Op::AddSet(SetDecl {
+            name: HAIRPIN.into(),
+            kind: SetKind::Hairpin,
+        }),
+    );
+    chain(tx, "masquerading", None, masquerading);
+    for (name, kind) in [
+        (BACKENDS, SetKind::Backends),
+        (SERVICE_MARKS, SetKind::AddressMarks),
+        (NODEPORT_MARKS, SetKind::PortMarks),
+        (SERVICES, SetKind::AddressVerdicts),
+        (NO_ENDPOINT_SERVICES, SetKind::AddressVerdicts),
+        (NODEPORTS, SetKind::PortVerdicts),
+        (NO_ENDPOINT_NODEPORTS, SetKind::PortVerdicts),
+    ] {
+        tx.push(
+            family,
+            Op::AddSet(SetDecl {
+                name: name.into(),
+                kind,
+            }),
         );
     }
-    let _ = writeln!(
-        out,
-        "add rule {t} masquerading ct mark and {MASQUERADE_BIT:#x} != 0 masquerade fully-random"
-    );
-    let _ = writeln!(
-        out,
-        "add map {t} {BACKENDS} {{ typeof ct mark . numgen random mod 1 : ip daddr . tcp dport ; }}"
-    );
-    let _ = writeln!(
-        out,
-        "add map {t} {SERVICE_MARKS} {{ type ipv4_addr . inet_proto . inet_service : mark ; }}"
-    );
-    let _ = writeln!(
-        out,
-        "add map {t} {NODEPORT_MARKS} {{ type inet_proto . inet_service : mark ; }}"
-    );
-    for map in [SERVICES, NO_ENDPOINT_SERVICES] {
-        let _ = writeln!(
-            out,
-            "add map {t} {map} {{ type ipv4_addr . inet_proto . inet_service : verdict ; }}"
-        );
-    }
-    for map in [NODEPORTS, NO_ENDPOINT_NODEPORTS] {
-        let _ = writeln!(
-            out,
-            "add map {t} {map} {{ type inet_proto . inet_service : verdict ; }}"
-        );
-    }
-    let local = "fib daddr type local ip daddr != 127.0.0.0/8";
+    let address = Selector::Address(family);
+    let local = || [Stmt::DaddrLocal, Stmt::DaddrNotLoopback(family)];
+    let with_local = |last: Stmt| {
+        let mut stmts = local().to_vec();
+        stmts.push(last);
+        Rule(stmts)
+    };
     // The mark first (a miss leaves it alone), then the verdict.
-    let _ = writeln!(out, "add chain {t} services");
-    let _ = writeln!(
-        out,
-        "add rule {t} services ct mark set ip daddr . meta l4proto . th dport map @{SERVICE_MARKS}"
+    chain(
+        tx,
+        "services",
+        None,
+        vec![
+            rule![Stmt::CtMarkFromMap(address, SERVICE_MARKS.into())],
+            rule![Stmt::VerdictMap(address, SERVICES.into())],
+            with_local(Stmt::CtMarkFromMap(Selector::Port, NODEPORT_MARKS.into())),
+            with_local(Stmt::VerdictMap(Selector::Port, NODEPORTS.into())),
+        ],
     );
-    let _ = writeln!(
-        out,
-        "add rule {t} services ip daddr . meta l4proto . th dport vmap @{SERVICES}"
+    chain(
+        tx,
+        REJECT_CHAIN,
+        None,
+        vec![
+            rule![Stmt::L4proto(Protocol::Tcp), Stmt::RejectTcpReset],
+            rule![Stmt::RejectPortUnreachable],
+        ],
     );
-    let _ = writeln!(
-        out,
-        "add rule {t} services {local} ct mark set meta l4proto . th dport map @{NODEPORT_MARKS}"
-    );
-    let _ = writeln!(
-        out,
-        "add rule {t} services {local} meta l4proto . th dport vmap @{NODEPORTS}"
-    );
-    let _ = writeln!(out, "add chain {t} reject-chain");
-    let _ = writeln!(
-        out,
-        "add rule {t} reject-chain meta l4proto tcp reject with tcp reset"
-    );
-    let _ = writeln!(out, "add rule {t} reject-chain reject");
-    let _ = writeln!(out, "add chain {t} endpoints-check");
-    let _ = writeln!(
-        out,
-        "add rule {t} endpoints-check ip daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES}"
-    );
-    let _ = writeln!(
-        out,
-        "add rule {t} endpoints-check {local} meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS}"
+    chain(
+        tx,
+        "endpoints-check",
+        None,
+        vec![
+            rule![Stmt::VerdictMap(address, NO_ENDPOINT_SERVICES.into())],
+            with_local(Stmt::VerdictMap(
+                Selector::Port,
+                NO_ENDPOINT_NODEPORTS.into(),
+            )),
+        ],
     );
     // Filter hooks run before NAT (-110 < -100), so they see the address the client used.
-    for hook in ["input", "forward", "output"] {
-        let _ = writeln!(
-            out,
-            "add chain {t} filter-{hook} {{ type filter hook {hook} priority -110 ; }}"
-        );
-        let _ = writeln!(
-            out,
-            "add rule {t} filter-{hook} ct state new jump endpoints-check"
+    for (name, point) in [
+        ("filter-input", HookPoint::Input),
+        ("filter-forward", HookPoint::Forward),
+        ("filter-output", HookPoint::Output),
+    ] {
+        let hook = Hook {
+            nat: false,
+            point,
+            priority: -110,
+        };
+        chain(
+            tx,
+            name,
+            Some(hook),
+            vec![rule![
+                Stmt::CtStateNew,
+                Stmt::Verdict(Verdict::Jump("endpoints-check".into()))
+            ]],
         );
     }
-    for hook in ["prerouting", "output"] {
-        let _ = writeln!(
-            out,
-            "add chain {t} nat-{hook} {{ type nat hook {hook} priority -100 ; }}"
+    for (name, point, priority, to) in [
+        ("nat-prerouting", HookPoint::Prerouting, -100, "services"),
+        ("nat-output", HookPoint::Output, -100, "services"),
+        (
+            "nat-postrouting",
+            HookPoint::Postrouting,
+            100,
+            "masquerading",
+        ),
+    ] {
+        let hook = Hook {
+            nat: true,
+            point,
+            priority,
+        };
+        chain(
+            tx,
+            name,
+            Some(hook),
+            vec![rule![Stmt::Verdict(Verdict::Jump(to.into()))]],
         );
-        let _ = writeln!(out, "add rule {t} nat-{hook} jump services");
     }
-    let _ = writeln!(
-        out,
-        "add chain {t} nat-postrouting {{ type nat hook postrouting priority 100 ; }}"
-    );
-    let _ = writeln!(out, "add rule {t} nat-postrouting jump masquerading");
 }
 
-/// A script being built in the phases one transaction needs.
+type ElementsByMap<T> = BTreeMap<(Family, &'static str), Vec<T>>;
+
+/// `ip . ip`, in the hairpin set.
+fn hairpin_element(ip: IpAddr) -> (Key, Option<Value>) {
+    (Key::Pair(ip), None)
+}
+
+/// A transaction being built in the phases one transaction needs.
 #[derive(Debug, Default)]
 struct Phases {
-    create: String,
-    delete_elements: BTreeMap<&'static str, Vec<String>>,
-    flush: String,
-    delete_sets: String,
-    create_sets: String,
-    rules: String,
-    add_elements: BTreeMap<&'static str, Vec<String>>,
-    delete_chains: String,
+    create: Vec<(Family, Op)>,
+    delete_elements: ElementsByMap<Key>,
+    flush: Vec<(Family, Op)>,
+    delete_sets: Vec<(Family, Op)>,
+    create_sets: Vec<(Family, Op)>,
+    rules: Vec<(Family, Op)>,
+    add_elements: ElementsByMap<(Key, Option<Value>)>,
+    delete_chains: Vec<(Family, Op)>,
 }
 
 impl Phases {
-    fn finish(self, table: &str) -> String {
-        let mut out = self.create;
-        elements(&mut out, "delete", table, &self.delete_elements);
-        out.push_str(&self.flush);
-        out.push_str(&self.delete_sets);
-        out.push_str(&self.create_sets);
-        out.push_str(&self.rules);
-        elements(&mut out, "add", table, &self.add_elements);
-        out.push_str(&self.delete_chains);
-        out
+    fn finish(self, tx: &mut Transaction) {
+        tx.ops.extend(self.create);
+        for ((family, map), keys) in self.delete_elements {
+            tx.push(family, Op::DeleteElements(map, keys));
+        }
+        tx.ops.extend(self.flush);
+        tx.ops.extend(self.delete_sets);
+        tx.ops.extend(self.create_sets);
+        tx.ops.extend(self.rules);
+        for ((family, map), elements) in self.add_elements {
+            if !elements.is_empty() {
+                tx.push(family, Op::AddElements(map, elements));
+            }
+        }
+        tx.ops.extend(self.delete_chains);
     }
-}
 
-/// `add element` / `delete element` lines, many elements to a command.
-fn elements(out: &mut String, verb: &str, table: &str, by_map: &BTreeMap<&str, Vec<String>>) {
-    for (map, items) in by_map {
-        for chunk in items.chunks(1000) {
-            let _ = writeln!(
-                out,
-                "{verb} element ip {table} {map} {{ {} }}",
-                chunk.join(", ")
-            );
+    fn add_rules(&mut self, family: Family, chain: &str, rules: &[Rule]) {
+        for rule in rules {
+            self.rules
+                .push((family, Op::AddRule(chain.to_string(), rule.clone())));
         }
     }
-}
 
-fn add_rules(out: &mut String, table: &str, chain: &str, rules: &[String]) {
-    for rule in rules {
-        let _ = writeln!(out, "add rule ip {table} {chain} {rule}");
+    fn add_set(&mut self, family: Family, name: &str, kind: SetKind) {
+        self.create.push((
+            family,
+            Op::AddSet(SetDecl {
+                name: name.to_string(),
+                kind,
+            }),
+        ));
     }
 }
 
-/// The whole table for `ports`: one transaction replacing whatever table of that name exists.
-/// `blocks` starts afresh.
+/// The whole tables for `ports`: one transaction replacing whatever tables of that name
+/// exist. `blocks` starts afresh.
 pub fn full<'a>(
     config: &TableConfig,
     ports: impl IntoIterator<Item = &'a ServicePort>,
     blocks: &mut Blocks,
-) -> String {
+) -> Transaction {
     blocks.clear();
-    let t = &config.table;
-    // `add` first so that `delete` cannot fail on a table that does not exist yet.
-    let mut out = format!("add table ip {t}\ndelete table ip {t}\nadd table ip {t}\n");
-    base(config, &mut out);
+    let mut tx = Transaction::new(config.table.clone());
+    for family in config.families() {
+        // `add` first so that `delete` cannot fail on a table that does not exist yet.
+        tx.push(family, Op::AddTable);
+        tx.push(family, Op::DeleteTable);
+        tx.push(family, Op::AddTable);
+        base(config, family, &mut tx);
+    }
     let mut phases = Phases::default();
     for port in ports {
+        if port.family == Family::V6 && !config.ipv6 {
+            continue;
+        }
         let f = fragment(port, config, blocks);
         add_picks(&f, config, blocks, &mut phases);
-        add_fragment(&f, t, &mut phases);
+        for ip in &f.hairpin {
+            if blocks.of(f.family).hold_hairpin(*ip) {
+                phases
+                    .add_elements
+                    .entry((f.family, HAIRPIN))
+                    .or_default()
+                    .push(hairpin_element(*ip));
+            }
+        }
+        add_fragment(f, &mut phases);
     }
-    out.push_str(&phases.finish(t));
-    out
+    phases.finish(&mut tx);
+    tx
 }
 
-/// Creates the pick chains `f` needs that the table does not have yet.
+/// Creates the pick chains `f` needs that its table does not have yet.
 fn add_picks(f: &Fragment, config: &TableConfig, blocks: &mut Blocks, phases: &mut Phases) {
     for &(external, n) in &f.picks {
-        if blocks.picks.insert((external, n)) {
+        if blocks.of(f.family).picks.insert((external, n)) {
             let chain = pick_chain(external, n);
-            let _ = writeln!(phases.create, "add chain ip {} {chain}", config.table);
-            add_rules(
-                &mut phases.rules,
-                &config.table,
-                &chain,
-                &pick_rules(config, external, n),
-            );
+            phases
+                .create
+                .push((f.family, Op::AddChain(chain.clone(), None)));
+            phases.add_rules(f.family, &chain, &pick_rules(config, f.family, external, n));
         }
     }
 }
 
-fn add_fragment(f: &Fragment, table: &str, phases: &mut Phases) {
-    for (name, body) in &f.sets {
-        let _ = writeln!(phases.create, "add set ip {table} {name} {{ {body} }}");
+fn add_fragment(f: Fragment, phases: &mut Phases) {
+    for (name, kind) in &f.sets {
+        phases.add_set(f.family, name, *kind);
     }
     for (name, rules) in &f.chains {
-        let _ = writeln!(phases.create, "add chain ip {table} {name}");
-        add_rules(&mut phases.rules, table, name, rules);
+        phases
+            .create
+            .push((f.family, Op::AddChain(name.clone(), None)));
+        phases.add_rules(f.family, name, rules);
     }
-    for ((map, key), verdict) in &f.elements {
+    for ((map, key), value) in f.elements {
         phases
             .add_elements
-            .entry(map)
+            .entry((f.family, map))
             .or_default()
-            .push(format!("{key} : {verdict}"));
+            .push((key, Some(value)));
     }
 }
 
-/// One Service port's change: its objects before and after.
+/// One Service's change: its ports before and after.
 #[derive(Debug, Clone, Copy)]
 pub struct Change<'a> {
     pub old: &'a [ServicePort],
     pub new: &'a [ServicePort],
 }
 
-/// The script taking the table from the old to the new state of the changed Services (all of
-/// them in one transaction), with `blocks` as the table's current ones. Empty when nothing
+/// The transaction taking the tables from the old to the new state of the changed Services
+/// (all of them at once), with `blocks` as the tables' current ones. Empty when nothing
 /// differs.
-pub fn incremental(config: &TableConfig, changes: &[Change<'_>], blocks: &mut Blocks) -> String {
-    let t = &config.table;
+pub fn incremental(
+    config: &TableConfig,
+    changes: &[Change<'_>],
+    blocks: &mut Blocks,
+) -> Transaction {
     let mut phases = Phases::default();
     for change in changes {
-        let old = merge(change.old.iter().map(|p| fragment(p, config, blocks)));
-        let new = merge(change.new.iter().map(|p| fragment(p, config, blocks)));
-        for gone in old.blocks.difference(&new.blocks) {
-            blocks.release(gone);
+        for family in config.families() {
+            let of_family = |ports: &'_ [ServicePort]| {
+                ports
+                    .iter()
+                    .filter(|p| p.family == family)
+                    .cloned()
+                    .collect::<Vec<_>>()
+            };
+            let (old, new) = (of_family(change.old), of_family(change.new));
+            if old.is_empty() && new.is_empty() {
+                continue;
+            }
+            let old = merge(family, old.iter().map(|p| fragment(p, config, blocks)));
+            let new = merge(family, new.iter().map(|p| fragment(p, config, blocks)));
+            for gone in old.blocks.difference(&new.blocks) {
+                blocks.of(family).release(gone);
+            }
+            for ip in old.hairpin.difference(&new.hairpin) {
+                if blocks.of(family).drop_hairpin(*ip) {
+                    // Added by an earlier change of this transaction: not added after all
+                    // (deletions go first, so deleting it would fail).
+                    let added = phases.add_elements.entry((family, HAIRPIN)).or_default();
+                    let before = added.len();
+                    added.retain(|(key, _)| *key != Key::Pair(*ip));
+                    if added.len() == before {
+                        phases
+                            .delete_elements
+                            .entry((family, HAIRPIN))
+                            .or_default()
+                            .push(Key::Pair(*ip));
+                    }
+                }
+            }
+            for ip in new.hairpin.difference(&old.hairpin) {
+                if blocks.of(family).hold_hairpin(*ip) {
+                    phases
+                        .add_elements
+                        .entry((family, HAIRPIN))
+                        .or_default()
+                        .push(hairpin_element(*ip));
+                }
+            }
+            add_picks(&new, config, blocks, &mut phases);
+            diff(&old, &new, &mut phases);
         }
-        add_picks(&new, config, blocks, &mut phases);
-        diff(&old, &new, t, &mut phases);
     }
-    phases.finish(t)
+    let mut tx = Transaction::new(config.table.clone());
+    phases.finish(&mut tx);
+    tx
 }
 
-fn merge(fragments: impl Iterator<Item = Fragment>) -> Fragment {
-    let mut all = Fragment::default();
+fn merge(family: Family, fragments: impl Iterator<Item = Fragment>) -> Fragment {
+    let mut all = Fragment::new(family);
     for f in fragments {
         all.chains.extend(f.chains);
         all.sets.extend(f.sets);
         all.elements.extend(f.elements);
         all.blocks.extend(f.blocks);
         all.picks.extend(f.picks);
+        all.hairpin.extend(f.hairpin);
     }
     all
 }
 
-fn diff(old: &Fragment, new: &Fragment, table: &str, phases: &mut Phases) {
+fn diff(old: &Fragment, new: &Fragment, phases: &mut Phases) {
+    let family = new.family;
     // A set whose declaration changed is deleted and recreated, which needs every rule
     // naming it gone first: then every chain is rewritten.
     let sets_changed = old
         .sets
         .iter()
-        .any(|(name, body)| new.sets.get(name).is_some_and(|b| b != body));
-    for (name, body) in &new.sets {
+        .any(|(name, kind)| new.sets.get(name).is_some_and(|k| k != kind));
+    for (name, kind) in &new.sets {
         match old.sets.get(name) {
-            None => {
-                let _ = writeln!(phases.create, "add set ip {table} {name} {{ {body} }}");
-            }
-            Some(before) if before != body => {
-                let _ = writeln!(phases.delete_sets, "delete set ip {table} {name}");
-                let _ = writeln!(phases.create_sets, "add set ip {table} {name} {{ {body} }}");
+            None => phases.add_set(family, name, *kind),
+            Some(before) if before != kind => {
+                phases
+                    .delete_sets
+                    .push((family, Op::DeleteSet(name.clone())));
+                phases.create_sets.push((
+                    family,
+                    Op::AddSet(SetDecl {
+                        name: name.clone(),
+                        kind: *kind,
+                    }),
+                ));
             }
             Some(_) => {}
         }
     }
     for name in old.sets.keys().filter(|n| !new.sets.contains_key(*n)) {
-        let _ = writeln!(phases.delete_sets, "delete set ip {table} {name}");
+        phases
+            .delete_sets
+            .push((family, Op::DeleteSet(name.clone())));
     }
     for (name, rules) in &new.chains {
         match old.chains.get(name) {
             None => {
-                let _ = writeln!(phases.create, "add chain ip {table} {name}");
-                add_rules(&mut phases.rules, table, name, rules);
+                phases
+                    .create
+                    .push((family, Op::AddChain(name.clone(), None)));
+                phases.add_rules(family, name, rules);
             }
             Some(before) if sets_changed || before != rules => {
-                let _ = writeln!(phases.flush, "flush chain ip {table} {name}");
-                add_rules(&mut phases.rules, table, name, rules);
+                phases.flush.push((family, Op::FlushChain(name.clone())));
+                phases.add_rules(family, name, rules);
             }
             Some(_) => {}
         }
     }
     for name in old.chains.keys().filter(|n| !new.chains.contains_key(*n)) {
-        let _ = writeln!(phases.flush, "flush chain ip {table} {name}");
-        let _ = writeln!(phases.delete_chains, "delete chain ip {table} {name}");
+        phases.flush.push((family, Op::FlushChain(name.clone())));
+        phases
+            .delete_chains
+            .push((family, Op::DeleteChain(name.clone())));
     }
-    for ((map, key), verdict) in &old.elements {
-        if new.elements.get(&(*map, key.clone())) != Some(verdict) {
+    for ((map, key), value) in &old.elements {
+        if new.elements.get(&(*map, key.clone())) != Some(value) {
             phases
                 .delete_elements
-                .entry(map)
+                .entry((family, map))
                 .or_default()
                 .push(key.clone());
         }
     }
-    for ((map, key), verdict) in &new.elements {
-        if old.elements.get(&(*map, key.clone())) != Some(verdict) {
+    for ((map, key), value) in &new.elements {
+        if old.elements.get(&(*map, key.clone())) != Some(value) {
             phases
                 .add_elements
-                .entry(map)
+                .entry((family, map))
                 .or_default()
-                .push(format!("{key} : {verdict}"));
+                .push((key.clone(), Some(value.clone())));
         }
     }
 }
@@ -723,10 +980,23 @@ mod tests {
 
     fn config() -> TableConfig {
         TableConfig {
-            table: "shoal-proxy".into(),
             cluster_cidr: Some(("10.42.0.0".parse().unwrap(), 16)),
+            cluster_cidr6: Some(("fd42::".parse().unwrap(), 48)),
             pod_bridge: Some("shoal0".into()),
+            ..TableConfig::new("shoal-proxy")
         }
+    }
+
+    /// The value of `map`'s element whose key reads `key`, in nft syntax.
+    fn element(f: &Fragment, map: &str, key: &str) -> Option<String> {
+        f.elements
+            .iter()
+            .find(|((m, k), _)| *m == map && k.to_string() == key)
+            .map(|(_, v)| v.to_string())
+    }
+
+    fn texts(rules: &[Rule]) -> Vec<String> {
+        rules.iter().map(Rule::to_string).collect()
     }
 
     fn two_ready() -> Vec<ServicePort> {
@@ -741,7 +1011,7 @@ mod tests {
         f.elements
             .iter()
             .filter(|((m, _), _)| *m == BACKENDS)
-            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .map(|((_, k), v)| (k.to_string(), v.to_string()))
             .collect()
     }
 
@@ -756,15 +1026,12 @@ mod tests {
     fn cluster_ip_with_endpoints() {
         let ports = two_ready();
         let f = fragment(&ports[0], &config(), &mut Blocks::default());
-        let address = "10.43.0.20 . tcp . 80".to_string();
+        let address = "10.43.0.20 . tcp . 80";
         assert_eq!(
-            f.elements.get(&(SERVICES, address.clone())),
-            Some(&"goto pick-internal-2".to_string())
+            element(&f, SERVICES, address).as_deref(),
+            Some("goto pick-internal-2")
         );
-        assert_eq!(
-            f.elements.get(&(SERVICE_MARKS, address)),
-            Some(&"4096".to_string())
-        );
+        assert_eq!(element(&f, SERVICE_MARKS, address).as_deref(), Some("4096"));
         assert_eq!(
             backends(&f),
             vec![
@@ -776,7 +1043,7 @@ mod tests {
         assert!(f.sets.is_empty());
         assert_eq!(f.picks, [(false, 2)].into());
         assert_eq!(
-            pick_rules(&config(), false, 2)[..3],
+            texts(&pick_rules(&config(), Family::V4, false, 2))[..3],
             [
                 "iifname \"shoal0\" ct mark set ct mark or 0x40000000".to_string(),
                 "ip saddr != 10.42.0.0/16 ct mark set ct mark or 0x80000000".to_string(),
@@ -791,7 +1058,7 @@ mod tests {
 
     #[test]
     fn blocks_are_stable_and_reused() {
-        let mut blocks = Blocks::default();
+        let mut blocks = BlockAllocator::default();
         assert_eq!(blocks.get("a"), Some(1));
         assert_eq!(blocks.get("b"), Some(2));
         assert_eq!(blocks.get("a"), Some(1));
@@ -805,13 +1072,10 @@ mod tests {
         let ports = service_ports(&web(), [], &node());
         let f = fragment(&ports[0], &config(), &mut Blocks::default());
         assert!(f.chains.is_empty());
+        assert_eq!(f.elements.len(), 1);
         assert_eq!(
-            f.elements,
-            [(
-                (NO_ENDPOINT_SERVICES, "10.43.0.20 . tcp . 80".to_string()),
-                "goto reject-chain".to_string()
-            )]
-            .into()
+            element(&f, NO_ENDPOINT_SERVICES, "10.43.0.20 . tcp . 80").as_deref(),
+            Some("goto reject-chain")
         );
     }
 
@@ -830,27 +1094,29 @@ mod tests {
         );
         let masq_mark = (4096 | MASQUERADE_BIT).to_string();
         assert_eq!(
-            f.elements.get(&(NODEPORTS, "tcp . 30080".to_string())),
-            Some(&"goto pick-external-1".to_string())
+            element(&f, NODEPORTS, "tcp . 30080").as_deref(),
+            Some("goto pick-external-1")
         );
         assert_eq!(
-            f.elements.get(&(NODEPORT_MARKS, "tcp . 30080".to_string())),
-            Some(&masq_mark)
+            element(&f, NODEPORT_MARKS, "tcp . 30080"),
+            Some(masq_mark.clone())
         );
         assert_eq!(
-            f.elements
-                .get(&(SERVICES, "192.0.2.7 . tcp . 80".to_string())),
-            Some(&"goto pick-external-1".to_string())
+            element(&f, SERVICES, "192.0.2.7 . tcp . 80").as_deref(),
+            Some("goto pick-external-1")
         );
         assert_eq!(
-            f.elements
-                .get(&(SERVICE_MARKS, "192.0.2.7 . tcp . 80".to_string())),
-            Some(&masq_mark)
+            element(&f, SERVICE_MARKS, "192.0.2.7 . tcp . 80"),
+            Some(masq_mark)
         );
         // Same endpoints as the ClusterIP: same keys.
         assert_eq!(backends(&f).len(), 1);
         assert_eq!(f.picks, [(false, 1), (true, 1)].into());
-        assert_eq!(pick_rules(&config(), true, 1).len(), 4, "no source check");
+        assert_eq!(
+            pick_rules(&config(), Family::V4, true, 1).len(),
+            4,
+            "no source check"
+        );
 
         // Local policy with no endpoint here: dropped, not rejected.
         let mut local = svc.clone();
@@ -861,14 +1127,12 @@ mod tests {
             &mut Blocks::default(),
         );
         assert_eq!(
-            f.elements
-                .get(&(NO_ENDPOINT_NODEPORTS, "tcp . 30080".to_string())),
-            Some(&"drop".to_string())
+            element(&f, NO_ENDPOINT_NODEPORTS, "tcp . 30080").as_deref(),
+            Some("drop")
         );
         assert_eq!(
-            f.elements
-                .get(&(NO_ENDPOINT_SERVICES, "192.0.2.7 . tcp . 80".to_string())),
-            Some(&"drop".to_string())
+            element(&f, NO_ENDPOINT_SERVICES, "192.0.2.7 . tcp . 80").as_deref(),
+            Some("drop")
         );
         // Local policy with a local endpoint among remote ones: its own keys, no masquerade.
         let mixed = web_slice(&[
@@ -881,8 +1145,8 @@ mod tests {
             &mut Blocks::default(),
         );
         assert_eq!(
-            f.elements.get(&(NODEPORT_MARKS, "tcp . 30080".to_string())),
-            Some(&"8192".to_string())
+            element(&f, NODEPORT_MARKS, "tcp . 30080").as_deref(),
+            Some("8192")
         );
         assert_eq!(backends(&f).len(), 3);
     }
@@ -908,10 +1172,12 @@ mod tests {
         let (a, b) = (ep("10.42.0.5"), ep("10.42.0.6"));
         assert_eq!(
             f.sets[&affinity_set(key, &a)],
-            "type ipv4_addr ; flags dynamic,timeout ; timeout 10800s ;"
+            SetKind::Affinity {
+                timeout_secs: 10_800
+            }
         );
         assert_eq!(
-            f.chains[&service_chain(key)],
+            texts(&f.chains[&service_chain(key)]),
             vec![
                 "iifname \"shoal0\" ct mark set ct mark or 0x40000000".to_string(),
                 "ip saddr != 10.42.0.0/16 ct mark set ct mark or 0x80000000".to_string(),
@@ -930,7 +1196,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            f.chains[&endpoint_chain(key, &a)],
+            texts(&f.chains[&endpoint_chain(key, &a)]),
             vec![
                 format!("update @{} {{ ip saddr }}", affinity_set(key, &a)),
                 "meta l4proto tcp dnat to 10.42.0.5:8080".to_string()
@@ -956,7 +1222,8 @@ mod tests {
                 new: &after,
             }],
             &mut blocks,
-        );
+        )
+        .to_string();
         let lines: Vec<&str> = script.lines().collect();
         assert_eq!(
             lines,
@@ -972,17 +1239,15 @@ mod tests {
                 "add element ip shoal-proxy services { 10.43.0.20 . tcp . 80 : goto pick-internal-1 }",
             ]
         );
-        assert_eq!(
-            incremental(
-                &config(),
-                &[Change {
-                    old: &after,
-                    new: &after
-                }],
-                &mut blocks,
-            ),
-            ""
-        );
+        assert!(incremental(
+            &config(),
+            &[Change {
+                old: &after,
+                new: &after
+            }],
+            &mut blocks,
+        )
+        .is_empty());
     }
 
     #[test]
@@ -998,7 +1263,8 @@ mod tests {
                 new: &ready,
             }],
             &mut blocks,
-        );
+        )
+        .to_string();
         let first_rule = script.find("add rule").unwrap();
         let delete = script
             .find("delete element ip shoal-proxy no-endpoint-services { 10.43.0.20 . tcp . 80 }")
@@ -1015,20 +1281,25 @@ mod tests {
                 new: &empty,
             }],
             &mut blocks,
-        );
+        )
+        .to_string();
         assert!(back.contains("delete element ip shoal-proxy backends { 4096 . 0, 4096 . 1 }"));
         assert!(back.contains("delete element ip shoal-proxy services {"));
         assert!(back.contains(
             "add element ip shoal-proxy no-endpoint-services { 10.43.0.20 . tcp . 80 : goto reject-chain }"
         ));
         assert!(!back.contains("chain ip"), "pick chains stay: {back}");
-        assert_eq!(blocks.get("other"), Some(1), "the block was freed");
+        assert_eq!(
+            blocks.of(Family::V4).get("other"),
+            Some(1),
+            "the block was freed"
+        );
     }
 
     #[test]
     fn full_script_shape() {
         let ports = two_ready();
-        let script = full(&config(), &ports, &mut Blocks::default());
+        let script = full(&config(), &ports, &mut Blocks::default()).to_string();
         assert!(script.starts_with(
             "add table ip shoal-proxy\ndelete table ip shoal-proxy\nadd table ip shoal-proxy\n"
         ));
@@ -1040,6 +1311,93 @@ mod tests {
         let first_rule = script.find("add rule ip shoal-proxy pick-").unwrap();
         let element = script.find("add element").unwrap();
         assert!(last_chain < first_rule && first_rule < element);
+    }
+
+    #[test]
+    fn hairpin_only_masquerade_with_br_netfilter() {
+        let config = TableConfig {
+            bridge_calls_iptables: true,
+            ..config()
+        };
+        let web_ports = two_ready();
+        let mut other = web();
+        other.metadata.name = Some("other".into());
+        let spec = other.spec.as_mut().unwrap();
+        spec.cluster_ip = Some("10.43.0.21".into());
+        spec.cluster_ips = None;
+        let s = web_slice(&[("10.42.0.5", "n1", true, true, false)]);
+        let other_ports = service_ports(&other, [&s], &node());
+        let mut blocks = Blocks::default();
+        let script = full(&config, web_ports.iter().chain(&other_ports), &mut blocks).to_string();
+        assert!(script.contains(
+            "add rule ip shoal-proxy masquerading ct mark and 0x40000000 != 0 ip saddr . ip daddr @hairpin masquerade fully-random"
+        ), "{script}");
+        assert!(
+            !script.contains("ip shoal-proxy masquerading ct mark and 0x40000000 != 0 oifname"),
+            "{script}"
+        );
+        assert!(script.contains(
+            "add element ip shoal-proxy hairpin { 10.42.0.5 . 10.42.0.5, 10.42.0.6 . 10.42.0.6 }"
+        ), "each address once, though two Services name 10.42.0.5: {script}");
+        assert!(
+            script.contains("add rule ip6 shoal-proxy masquerading ct mark and 0x40000000 != 0 oifname \"shoal0\" masquerade"),
+            "IPv6 still masquerades same-bridge traffic: {script}"
+        );
+
+        // `other` goes: 10.42.0.5 stays, web still names it.
+        let gone = incremental(
+            &config,
+            &[Change {
+                old: &other_ports,
+                new: &[],
+            }],
+            &mut blocks,
+        )
+        .to_string();
+        assert!(!gone.contains("hairpin"), "{gone}");
+        // web goes too, and `other` comes back in the same transaction: 10.42.0.6's element
+        // goes, 10.42.0.5's stays (dropped and held again).
+        let swap = incremental(
+            &config,
+            &[
+                Change {
+                    old: &web_ports,
+                    new: &[],
+                },
+                Change {
+                    old: &[],
+                    new: &other_ports,
+                },
+            ],
+            &mut blocks,
+        )
+        .to_string();
+        assert!(swap.contains("delete element ip shoal-proxy hairpin { 10.42.0.5 . 10.42.0.5, 10.42.0.6 . 10.42.0.6 }") && swap.contains("add element ip shoal-proxy hairpin { 10.42.0.5 . 10.42.0.5 }"), "{swap}");
+        // Held by a change, dropped by a later one of the same transaction: neither added
+        // nor deleted.
+        let mut third = other.clone();
+        third.metadata.name = Some("third".into());
+        third.spec.as_mut().unwrap().cluster_ip = Some("10.43.0.22".into());
+        let s7 = web_slice(&[("10.42.0.7", "n1", true, true, false)]);
+        let third_ports = service_ports(&third, [&s7], &node());
+        let mut third_gone = third_ports.clone();
+        third_gone[0].local_ips.clear();
+        let noop = incremental(
+            &config,
+            &[
+                Change {
+                    old: &[],
+                    new: &third_ports,
+                },
+                Change {
+                    old: &third_ports,
+                    new: &third_gone,
+                },
+            ],
+            &mut blocks,
+        )
+        .to_string();
+        assert!(!noop.contains("hairpin"), "{noop}");
     }
 
     /// The scripts are accepted by nft itself (check mode: nothing is applied).
@@ -1079,7 +1437,7 @@ mod tests {
         let empty = service_ports(&web(), [], &node());
         let mut blocks = Blocks::default();
         let script = full(&config(), ready.iter().chain(&lb).chain(&udp), &mut blocks);
-        nft.check(&script).unwrap();
+        nft.check(&script.to_string()).unwrap();
         let update = incremental(
             &config(),
             &[Change {

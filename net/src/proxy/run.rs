@@ -4,7 +4,8 @@
 //! the others send only the difference for the Services named since the last sync.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,8 +20,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::model::{service_ports, Model, NodeContext, ServiceName, ServicePort};
-use super::nft::{Nft, NftError};
+use super::netlink::{ApplyError, Nftables};
 use super::render::{self, Blocks, Change, TableConfig};
+use super::ruleset::Transaction;
 
 /// How the proxy runs on this node.
 #[derive(Debug, Clone)]
@@ -31,20 +33,42 @@ pub struct ProxyConfig {
     pub node_local_ips: BTreeSet<Ipv4Addr>,
     /// How long to gather changes before a sync.
     pub debounce: Duration,
-    pub nft: Nft,
+    /// Where the tables are written.
+    pub nftables: Nftables,
 }
 
 impl ProxyConfig {
     pub fn new(node_name: impl Into<String>) -> Self {
+        let mut table = TableConfig::new(super::TABLE);
+        // A kernel booted without IPv6 would refuse the `ip6` table, and with it the
+        // transaction that also carries the IPv4 one.
+        table.ipv6 = Path::new("/proc/sys/net/ipv6").exists();
+        (table.bridge_calls_iptables, table.bridge_calls_ip6tables) = bridge_netfilter();
         ProxyConfig {
             node_name: node_name.into(),
-            table: TableConfig::new(super::TABLE),
+            table,
             node_local_ips: BTreeSet::new(),
             debounce: Duration::from_millis(20),
-            nft: Nft::default(),
+            nftables: Nftables::current(),
         }
     }
 }
+
+/// Whether bridged IPv4 and IPv6 packets go through the IP hooks (`br_netfilter`'s
+/// `bridge-nf-call-iptables` / `-ip6tables` in this network namespace).
+pub fn bridge_netfilter() -> (bool, bool) {
+    let on = |key: &str| {
+        std::fs::read_to_string(Path::new("/proc/sys/net/bridge").join(key))
+            .is_ok_and(|v| v.trim() == "1")
+    };
+    (
+        on("bridge-nf-call-iptables"),
+        on("bridge-nf-call-ip6tables"),
+    )
+}
+
+/// How often the loop looks at `br_netfilter` when nothing else happens.
+const RECHECK: Duration = Duration::from_secs(30);
 
 /// What a watch event means for the loop.
 enum Update {
@@ -78,16 +102,23 @@ where
     })
 }
 
-/// Turns on IPv4 forwarding in this network namespace: DNAT to a pod is routed.
-pub fn enable_forwarding() -> std::io::Result<()> {
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+/// Turns on forwarding in this network namespace: DNAT to a pod is routed. IPv6's only with
+/// `ipv6` (an IPv6 pod network), as k3s does: on a host that configures itself from router
+/// advertisements, forwarding makes the kernel ignore them, and with them its IPv6 route.
+pub fn enable_forwarding(ipv6: bool) -> std::io::Result<()> {
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
+    if ipv6 {
+        std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")?;
+    }
+    Ok(())
 }
 
 /// Runs the proxy until `shutdown` turns true. Failures are logged and retried (a failed
 /// incremental sync is followed by a full one).
 pub async fn run(client: kube::Client, config: ProxyConfig, mut shutdown: watch::Receiver<bool>) {
-    if let Err(err) = enable_forwarding() {
-        tracing::warn!(%err, "cannot enable IPv4 forwarding; Services will not reach pods");
+    let ipv6_pods = config.table.ipv6 && config.table.cluster_cidr6.is_some();
+    if let Err(err) = enable_forwarding(ipv6_pods) {
+        tracing::warn!(%err, "cannot enable forwarding; Services will not reach pods");
     }
     let (svc_store, svc_writer) = reflector::store();
     let (slice_store, slice_writer) = reflector::store();
@@ -116,7 +147,7 @@ pub async fn run(client: kube::Client, config: ProxyConfig, mut shutdown: watch:
     };
     let mut retry: Option<Instant> = None;
     loop {
-        let retry_at = retry.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let retry_at = retry.unwrap_or_else(|| Instant::now() + RECHECK);
         tokio::select! {
             update = updates.next() => match update {
                 Some(update) => proxy.note(update),
@@ -178,7 +209,12 @@ impl Proxy {
     fn node(&self) -> NodeContext {
         NodeContext {
             node_name: self.config.node_name.clone(),
-            node_local_ips: self.config.node_local_ips.clone(),
+            node_local_ips: self
+                .config
+                .node_local_ips
+                .iter()
+                .map(|ip| IpAddr::V4(*ip))
+                .collect(),
         }
     }
 
@@ -192,9 +228,22 @@ impl Proxy {
         index
     }
 
-    async fn sync(&mut self) -> Result<(), NftError> {
+    async fn sync(&mut self) -> Result<(), ApplyError> {
         if self.listed != (true, true) {
             return Ok(());
+        }
+        // Same-bridge masquerade depends on br_netfilter (render.rs), which can be loaded or
+        // switched after start: the tables follow it with a full sync.
+        let bridge = bridge_netfilter();
+        let table = &mut self.config.table;
+        if bridge != (table.bridge_calls_iptables, table.bridge_calls_ip6tables) {
+            tracing::info!(
+                iptables = bridge.0,
+                ip6tables = bridge.1,
+                "br_netfilter changed; rewriting the Service tables"
+            );
+            (table.bridge_calls_iptables, table.bridge_calls_ip6tables) = bridge;
+            self.applied = None;
         }
         let node = self.node();
         let index = self.slices_by_service();
@@ -206,13 +255,13 @@ impl Proxy {
                     model.insert(name, ports);
                 }
             }
-            let script = render::full(
+            let tx = render::full(
                 &self.config.table,
                 model.values().flatten(),
                 &mut self.blocks,
             );
             let started = std::time::Instant::now();
-            apply(&self.config.nft, script).await?;
+            apply(&self.config.nftables, tx).await?;
             tracing::info!(
                 services = model.len(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
@@ -241,9 +290,9 @@ impl Proxy {
                 new: ports,
             })
             .collect();
-        let script = render::incremental(&self.config.table, &changes, &mut self.blocks);
-        if !script.is_empty() {
-            if let Err(err) = apply(&self.config.nft, script).await {
+        let tx = render::incremental(&self.config.table, &changes, &mut self.blocks);
+        if !tx.is_empty() {
+            if let Err(err) = apply(&self.config.nftables, tx).await {
                 self.applied = None;
                 return Err(err);
             }
@@ -271,13 +320,10 @@ fn service_ports_arc(
     service_ports(service, slices.iter().map(Arc::as_ref), node)
 }
 
-async fn apply(nft: &Nft, script: String) -> Result<(), NftError> {
-    let nft = nft.clone();
-    match tokio::task::spawn_blocking(move || nft.apply(&script)).await {
+async fn apply(nftables: &Nftables, tx: Transaction) -> Result<(), ApplyError> {
+    let nftables = nftables.clone();
+    match tokio::task::spawn_blocking(move || nftables.apply(&tx)).await {
         Ok(result) => result,
-        Err(join) => Err(NftError::Spawn {
-            program: "nft".into(),
-            source: std::io::Error::other(join.to_string()),
-        }),
+        Err(join) => Err(ApplyError::Io(std::io::Error::other(join.to_string()))),
     }
 }
