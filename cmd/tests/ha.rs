@@ -6,7 +6,8 @@
 //! writes, the majority goes on, and after healing the old leader serves what the majority
 //! wrote. Every server is restarted in turn under load, losing nothing. Finally the agent's
 //! own `--server` is stopped and the agent keeps renewing its node's Lease through another
-//! server. Needs root, containerd and runc (CI has them).
+//! server; with it back, deleting a server's Node removes that server from the store, and the
+//! server stops. Needs root, containerd and runc (CI has them).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -201,7 +202,8 @@ fn three_servers_survive_a_dead_leader_and_a_partition() {
     let mut lab = Lab::new(binary());
     lab.add_server(&["--cluster-init", "--disable-agent"]);
     let first_joined = lab.add_joining_server(&["--disable-agent"]);
-    let second_joined = lab.add_joining_server(&["--disable-agent"]);
+    // This one runs an agent too: its Node is how it is removed at the end.
+    let second_joined = lab.add_joining_server(&[]);
     let agent = lab.add_agent(&[]);
     lab.wait_ready(Duration::from_secs(120));
     let servers = [0, first_joined, second_joined];
@@ -345,4 +347,32 @@ fn three_servers_survive_a_dead_leader_and_a_partition() {
                 .map(|_| ())
         },
     );
+
+    // Deleting a server's Node removes its store member; the removed server stops.
+    lab.start_node(0);
+    wait_for_leader(&lab, first_joined, 3);
+    let removed_name = lab.nodes[second_joined].name.clone();
+    lab.kubectl
+        .ok(&["delete", "node", &removed_name, "--wait=false"]);
+    let status = eventually(
+        "the removed server to stop",
+        Duration::from_secs(60),
+        || lab.exited(second_joined),
+    );
+    assert!(!status.success(), "a removed server exited 0");
+    assert!(
+        lab.nodes[second_joined]
+            .log_text()
+            .contains("removed from the cluster"),
+        "{}",
+        lab.nodes[second_joined].log_text()
+    );
+    let remaining = members(&lab, first_joined).expect("members");
+    assert_eq!(
+        remaining.iter().filter(|m| m.voter).count(),
+        2,
+        "{remaining:?}"
+    );
+    lab.kubectl_for(0)
+        .ok(&["create", "configmap", "after-removal", "--from-literal=n=1"]);
 }

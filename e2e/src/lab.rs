@@ -354,6 +354,14 @@ impl Lab {
         }
     }
 
+    /// Whether node `index`'s process has exited on its own (and how); `None` while it runs.
+    pub fn exited(&mut self, index: usize) -> Option<std::process::ExitStatus> {
+        let child = self.nodes[index].child.as_mut()?;
+        let status = child.try_wait().ok()??;
+        self.nodes[index].child = None;
+        Some(status)
+    }
+
     /// SIGTERM and wait (SIGKILL after 30 s); the exit code.
     pub fn stop_node(&mut self, index: usize) -> Option<i32> {
         crate::process::stop(self.nodes[index].child.take()?, Duration::from_secs(30))

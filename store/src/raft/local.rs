@@ -112,6 +112,20 @@ impl LocalMember {
         self.removed.borrow().clone().map(StoreError::Removed)
     }
 
+    /// Resolves once this member learns it was removed, with the error it then gives.
+    pub async fn removed(&self) -> StoreError {
+        let mut receiver = self.removed.subscribe();
+        loop {
+            if let Some(why) = receiver.borrow_and_update().clone() {
+                return StoreError::Removed(why);
+            }
+            if receiver.changed().await.is_err() {
+                // The sender lives as long as this member: unreachable, but never a busy loop.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     pub fn check_not_removed(&self) -> Result<()> {
         match self.removed_error() {
             Some(err) => Err(err),

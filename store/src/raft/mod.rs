@@ -597,6 +597,13 @@ impl RaftStore {
         self.core.remove_member(id).await
     }
 
+    /// Resolves once this member learns it was removed from its cluster (by
+    /// [`RaftStore::remove_member`] anywhere), with the error every request now gets: a server
+    /// stops then, as its data can no longer serve.
+    pub async fn removed(&self) -> StoreError {
+        self.core.local.removed().await
+    }
+
     /// The members and who leads, as the leader sees them (forwarded to the leader).
     pub async fn members(&self) -> Result<Members> {
         self.core.members().await
