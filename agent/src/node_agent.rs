@@ -148,6 +148,10 @@ pub async fn run(
             IpAddr::V4(v4) => Some((v4, c.prefix())),
             IpAddr::V6(_) => None,
         });
+        proxy.table.cluster_cidr6 = config.cluster_cidrs.iter().find_map(|c| match c.addr() {
+            IpAddr::V6(v6) => Some((v6, c.prefix())),
+            IpAddr::V4(_) => None,
+        });
         // The cluster DNS address is answered on the node itself, not through a Service.
         if let IpAddr::V4(dns) = config.cluster_dns {
             proxy.node_local_ips.insert(dns);

@@ -15,14 +15,16 @@ use shoal_e2e::kubectl::is_ready as ready;
 
 const IMAGE: &str = "localhost/test/busybox:1";
 
-/// Deletes the proxy's nftables table when the test ends, however it ends.
+/// Deletes the proxy's nftables tables (one per family) when the test ends, however it ends.
 struct ProxyTable;
 
 impl Drop for ProxyTable {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("nft")
-            .args(["delete", "table", "ip", "shoal-proxy"])
-            .status();
+        for family in ["ip", "ip6"] {
+            let _ = std::process::Command::new("nft")
+                .args(["delete", "table", family, "shoal-proxy"])
+                .status();
+        }
     }
 }
 
