@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::join_all;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, ObjectReference, Pod, PodStatus, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
@@ -214,8 +215,10 @@ async fn sync(
             break;
         }
     }
-    refresh_volumes(shared, &pod, &runtime).await;
+    // The status first: a pod that just started is reported Running without waiting for the
+    // refresh (which re-reads what the start has just written).
     write_status(shared, &pod, &runtime, memory).await?;
+    refresh_volumes(shared, &pod, &runtime).await;
     Ok(Some(wake))
 }
 
@@ -497,22 +500,25 @@ async fn lookups(shared: &Shared, pod: &Pod, runtime: &PodRuntime) -> Lookups {
         out.pod_ips = vec![out.node_ip.clone()];
     }
     let now = crate::kubelet::tokens::unix_now();
-    for source in crate::kubelet::tokens::sources(pod) {
-        if let Some(token) = shared.tokens.get(&shared.client, pod, source, now).await {
-            out.tokens
-                .insert(crate::kubelet::tokens::source_key(source), token);
-        }
-    }
-    for name in config_maps {
-        if let Ok(Some(cm)) = cm_api.get_opt(&name).await {
-            out.config_maps.insert(name, cm);
-        }
-    }
-    for name in secrets {
-        if let Ok(Some(secret)) = secret_api.get_opt(&name).await {
-            out.secrets.insert(name, secret);
-        }
-    }
+    // All at once: each is an API round trip on the way to starting a container.
+    let tokens = join_all(crate::kubelet::tokens::sources(pod).into_iter().map(
+        |source| async move {
+            let token = shared.tokens.get(&shared.client, pod, source, now).await?;
+            Some((crate::kubelet::tokens::source_key(source), token))
+        },
+    ));
+    let config_maps = join_all(config_maps.into_iter().map(|name| {
+        let api = cm_api.clone();
+        async move { Some((name.clone(), api.get_opt(&name).await.ok()??)) }
+    }));
+    let secrets = join_all(secrets.into_iter().map(|name| {
+        let api = secret_api.clone();
+        async move { Some((name.clone(), api.get_opt(&name).await.ok()??)) }
+    }));
+    let (tokens, config_maps, secrets) = futures::join!(tokens, config_maps, secrets);
+    out.tokens.extend(tokens.into_iter().flatten());
+    out.config_maps.extend(config_maps.into_iter().flatten());
+    out.secrets.extend(secrets.into_iter().flatten());
     out
 }
 
