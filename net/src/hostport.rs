@@ -261,6 +261,18 @@ mod tests {
 
     const T0: &str = "2026-01-01T00:00:00Z";
 
+    /// A pod with a host port on every address and a UDP one on 192.0.2.1.
+    fn web() -> Pod {
+        pod(
+            "web",
+            T0,
+            serde_json::json!([
+                {"containerPort": 80, "hostPort": 8080},
+                {"containerPort": 53, "hostPort": 5353, "protocol": "UDP", "hostIP": "192.0.2.1"},
+            ]),
+        )
+    }
+
     fn config() -> TableConfig {
         TableConfig {
             bridge: "shoal0".into(),
@@ -357,14 +369,7 @@ mod tests {
 
     #[test]
     fn the_ruleset_replaces_only_our_table() {
-        let web = pod(
-            "web",
-            T0,
-            serde_json::json!([
-                {"containerPort": 80, "hostPort": 8080},
-                {"containerPort": 53, "hostPort": 5353, "protocol": "UDP", "hostIP": "192.0.2.1"},
-            ]),
-        );
+        let web = web();
         let script = ruleset(
             &mappings([(&web, Some("10.42.0.7".parse().unwrap()))]),
             &config(),
@@ -395,14 +400,7 @@ mod tests {
     #[test]
     fn the_ruleset_is_accepted_by_the_kernel() {
         crate::proxy::nft::tests::assert_root();
-        let web = pod(
-            "web",
-            T0,
-            serde_json::json!([
-                {"containerPort": 80, "hostPort": 8080},
-                {"containerPort": 53, "hostPort": 5353, "protocol": "UDP", "hostIP": "192.0.2.1"},
-            ]),
-        );
+        let web = web();
         let nft = Nft::default();
         nft.check(&ruleset(
             &mappings([(&web, Some("10.42.0.7".parse().unwrap()))]),

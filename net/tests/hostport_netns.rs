@@ -1,6 +1,6 @@
 //! Host ports in a real kernel: a "node" network namespace with an uplink to a "client"
 //! namespace (two node addresses) and a pod bridge with two "pod" namespaces on hairpin
-//! ports, as the CNI plugin makes them; all named `shoalhp-<pid>-…` and deleted at the end,
+//! ports, as the CNI plugin makes them; all named `shoaltest-<pid>-hp-…` and deleted at the end,
 //! also when the test fails. The table is rendered from Pod fixtures and applied with `nft` in
 //! the node namespace; pod `a` answers every TCP connection and UDP datagram with the address
 //! it came from, so the test sees both that a host port leads to the pod and what source
@@ -11,9 +11,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::Command as Process;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,64 +21,23 @@ use nix::sched::{setns, CloneFlags};
 use shoal_net::hostport::{self, TableConfig, TABLE};
 use shoal_net::proxy::nft::Nft;
 
-struct Netns {
-    name: String,
+mod support;
+
+use support::{in_netns, is_root, Netns};
+
+/// A throwaway namespace with `lo` up.
+fn netns(suffix: &str) -> Netns {
+    let ns = Netns::add(&format!("hp-{suffix}"));
+    ns.ip(&["link", "set", "lo", "up"]);
+    ns
 }
 
-impl Netns {
-    fn add(suffix: &str) -> Netns {
-        let name = format!("shoalhp-{}-{suffix}", std::process::id());
-        ip(&["netns", "add", &name]);
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn path(&self) -> PathBuf {
-        Path::new("/var/run/netns").join(&self.name)
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        ip(&all);
-    }
-
-    fn sysctl(&self, key: &str, value: &str) {
-        let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        in_netns(&self.path(), || {
-            std::fs::write(&path, value).unwrap_or_else(|e| panic!("{path}: {e}"))
-        });
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Process::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn ip(args: &[&str]) {
-    let out = Process::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = File::open(netns).expect("open netns");
-            setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("thread in netns")
-    })
+/// Writes a sysctl of the namespace (`/proc/sys/net` acts on the reader's namespace).
+fn sysctl(ns: &Netns, key: &str, value: &str) {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    in_netns(&ns.path(), || {
+        std::fs::write(&path, value).unwrap_or_else(|e| panic!("{path}: {e}"))
+    });
 }
 
 /// Pod `a`'s servers: TCP and UDP on `port` of every address, answering with the peer's
@@ -179,7 +136,7 @@ fn udp(from: &Netns, to: &str) -> Option<String> {
 
 fn assert_root() {
     assert!(
-        std::fs::metadata("/proc/self").map(|m| m.uid()).ok() == Some(0),
+        is_root(),
         "this test builds network namespaces and nftables rules: run it as root"
     );
 }
@@ -219,16 +176,17 @@ fn web_pod() -> Pod {
 /// reach `web` through its host ports; `hostIP` limits a port to that address; an empty table
 /// closes them; removal leaves nothing behind.
 fn scenario(tag: &str, br_netfilter: bool) {
-    let node = Netns::add(&format!("{tag}-node"));
-    node.sysctl("net.ipv4.ip_forward", "1");
+    let node = netns(&format!("{tag}-node"));
+    sysctl(&node, "net.ipv4.ip_forward", "1");
     if Path::new(BR_NETFILTER).exists() {
-        node.sysctl(
+        sysctl(
+            &node,
             "net.bridge.bridge-nf-call-iptables",
             if br_netfilter { "1" } else { "0" },
         );
     }
     // The uplink to a client off the node; the node has two addresses on it.
-    let client = Netns::add(&format!("{tag}-client"));
+    let client = netns(&format!("{tag}-client"));
     node.ip(&[
         "link",
         "add",
@@ -252,7 +210,7 @@ fn scenario(tag: &str, br_netfilter: bool) {
     node.ip(&["link", "set", "shoal0", "up"]);
     let mut pods = Vec::new();
     for (i, name) in ["a", "b"].iter().enumerate() {
-        let pod = Netns::add(&format!("{tag}-{name}"));
+        let pod = netns(&format!("{tag}-{name}"));
         let host = format!("vhp{}{name}", std::process::id() % 100_000);
         node.ip(&[
             "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &pod.name,
