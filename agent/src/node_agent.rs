@@ -1,6 +1,7 @@
 //! Bringing a node up, in order: directories and the CNI plugin link, registries, containerd
-//! (our own, supervised, unless an endpoint is given), the CRI connection, the pause image,
-//! the air-gap folder, then the kubelet. The pod network's configuration is written once the
+//! (our own, supervised, unless an endpoint is given), the CRI connection, the air-gap folder,
+//! then the kubelet; the pause image is built and imported meanwhile (sandboxes wait for it,
+//! registration does not). The pod network's configuration is written once the
 //! server has given the node its pod subnet; until then the node reports NotReady with
 //! Kubernetes' "network not ready" reason.
 
@@ -113,8 +114,19 @@ pub async fn run(
     };
     let cri = Cri::connect(&socket)?;
     cri.wait_ready(Duration::from_secs(60)).await?;
-    images::ensure_pause_image(&cri, &agent_dir).await?;
-    tracing::info!(image = %pause, "pause image ready");
+    // Building and importing the pause image takes seconds on a fresh node; the node
+    // registers and sets up its network meanwhile, and only sandboxes wait for it.
+    let (image_ready, sandbox_image_ready) = watch::channel(false);
+    let mut pause_image = {
+        let (cri, agent_dir) = (cri.clone(), agent_dir.clone());
+        tokio::spawn(async move {
+            let name = images::ensure_pause_image(&cri, &agent_dir).await?;
+            tracing::info!(image = %name, "pause image ready");
+            image_ready.send_replace(true);
+            // Kept open so sandboxes never take a closed channel for a failure.
+            Ok::<_, ImageError>(image_ready)
+        })
+    };
     let airgap = agent_dir.join("images");
     std::fs::create_dir_all(&airgap).map_err(io(&airgap))?;
     tokio::spawn(images::watch_airgap_folder(
@@ -212,6 +224,8 @@ pub async fn run(
         kubelet_port: config.kubelet_port,
         client_ca_pem: config.client_ca_pem.clone(),
         log_limits: config.log_limits,
+        sandbox_image_ready,
+        pod_networks: config.cluster_cidrs.clone(),
         network_ready: Arc::new(move || {
             if ready_flag.load(Ordering::Acquire) {
                 Ok(())
@@ -247,7 +261,25 @@ pub async fn run(
     };
     // --- end cluster DNS ---
 
-    kubelet::run(client, cri, settings, shutdown).await?;
+    let kubelet = kubelet::run(client, cri, settings, shutdown);
+    tokio::pin!(kubelet);
+    // Held until the kubelet ends, so the sandboxes' "image ready" channel stays open.
+    let mut image_sender = None;
+    loop {
+        tokio::select! {
+            ended = &mut kubelet => {
+                ended?;
+                break;
+            }
+            built = &mut pause_image, if image_sender.is_none() => match built {
+                Ok(Ok(sender)) => image_sender = Some(sender),
+                // As before the image was built concurrently: a node that cannot make
+                // sandboxes stops with the reason.
+                Ok(Err(err)) => return Err(err.into()),
+                Err(err) => return Err(ImageError::Build(std::io::Error::other(err)).into()),
+            },
+        }
+    }
     // The DNS service takes its interface down on the way out.
     let _ = tokio::time::timeout(Duration::from_secs(3), cluster_dns).await;
     Ok(())
@@ -281,17 +313,27 @@ async fn configure_network(
     shutdown: watch::Receiver<bool>,
 ) {
     let nodes: Api<Node> = Api::all(client.clone());
+    let pod_cidr = |node: Option<&Node>| {
+        node.and_then(|n| n.spec.as_ref())
+            .and_then(|s| s.pod_cidr.as_deref())
+            .and_then(|c| c.parse::<Cidr>().ok())
+    };
+    // Watched rather than polled: the node IPAM controller assigns it moments after the Node
+    // is registered, and the node is NotReady until then.
     let subnet = loop {
-        let cidr = nodes
-            .get_opt(&overlay.node_name)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|n| n.spec)
-            .and_then(|s| s.pod_cidr)
-            .and_then(|c| c.parse::<Cidr>().ok());
-        if let Some(cidr) = cidr {
-            break cidr;
+        let assigned = kube::runtime::wait::await_condition(
+            nodes.clone(),
+            &overlay.node_name,
+            move |node: Option<&Node>| pod_cidr(node).is_some(),
+        )
+        .await;
+        match assigned {
+            Ok(node) => {
+                if let Some(cidr) = pod_cidr(node.as_ref()) {
+                    break cidr;
+                }
+            }
+            Err(err) => tracing::debug!(%err, "waiting for the node's pod CIDR"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };

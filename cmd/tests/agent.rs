@@ -1,8 +1,9 @@
 //! The node agent with real containerd and runc: the server's own agent registers the node,
 //! runs pods from a busybox image imported as an archive, reports their status, restarts
 //! crashing containers with back-off, reports OOM kills, gates readiness on probes, mounts
-//! ConfigMap volumes, and adopts running containers across a restart. Needs root and
-//! containerd (CI has both; scripts/setup-debian.sh installs containerd, runc and busybox).
+//! ConfigMap volumes, publishes host ports, and adopts running containers across a restart.
+//! Needs root and containerd (CI has both; scripts/setup-debian.sh installs containerd, runc
+//! and busybox).
 
 use std::path::Path;
 use std::time::Duration;
@@ -87,6 +88,8 @@ fn pods_run_in_real_containers() {
         String::from_utf8_lossy(&list.stdout)
     );
 
+    // web's httpd is also published on a host port of the node (hostPort, as CNI portmap).
+    let host_port = shoal_e2e::server::free_port().expect("free port");
     cluster.apply(&format!(
         r#"
 apiVersion: v1
@@ -102,6 +105,7 @@ spec:
   - name: app
     image: {IMAGE}
     command: ["sh", "-c", "echo hello from $POD_NAME; echo second line; httpd -p 8080 -h /etc/cfg; sleep 3600"]
+    ports: [{{containerPort: 8080, hostPort: {host_port}}}]
     env:
     - {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
     volumeMounts: [{{name: cfg, mountPath: /etc/cfg}}]
@@ -222,6 +226,14 @@ spec:
         reply.starts_with("HTTP/1.") && reply.ends_with("hello"),
         "{reply}"
     );
+    // The host port: the node's address reaches the pod's httpd (nat output, as any process
+    // on the node; traffic from other machines takes prerouting, see net's hostport test).
+    let node_ip = node_address(&cluster);
+    assert_eq!(
+        http_get(&node_ip, host_port).as_deref(),
+        Some("hello"),
+        "{node_ip}:{host_port} reaches web"
+    );
     // `kubectl logs` goes through the API server to the node's own API.
     assert_eq!(
         cluster.kubectl(&["logs", "web"]),
@@ -338,6 +350,12 @@ spec:
         "the container was not restarted"
     );
     assert_eq!(after["restartCount"], 0);
+    // The restarted agent rewrote the host ports table with the adopted pod in it.
+    assert_eq!(
+        http_get(&node_ip, host_port).as_deref(),
+        Some("hello"),
+        "the host port after a restart"
+    );
 
     // Pulled through the mirror; an archive dropped into the air-gap folder is imported; a
     // Secret volume follows updates; a failing liveness probe restarts its container.
@@ -545,4 +563,42 @@ spec:
         "--timeout=60s",
     ]);
     assert!(cluster.items(&["get", "pods"]).is_empty());
+    // web's host port went with it.
+    until("the host port is closed", Duration::from_secs(10), || {
+        http_get(&node_ip, host_port).is_none()
+    });
+    // The agent leaves its (now empty) host ports table, as kube-proxy leaves its rules; this
+    // test made it, so it goes (unless another agent on this machine has ports in it).
+    let table = ["list", "table", "ip", "shoal-hostport"];
+    let listed = std::process::Command::new("nft").args(table).output();
+    if listed.is_ok_and(|out| !String::from_utf8_lossy(&out.stdout).contains("elements")) {
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "ip", "shoal-hostport"])
+            .status();
+    }
+}
+
+/// The node's InternalIP.
+fn node_address(cluster: &Cluster) -> String {
+    let node = &cluster.items(&["get", "nodes"])[0];
+    node["status"]["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["type"] == "InternalIP")
+        .and_then(|a| a["address"].as_str())
+        .unwrap_or_else(|| panic!("no InternalIP: {node}"))
+        .to_string()
+}
+
+/// The body of `GET /greeting` from `ip:port`, if anything answered.
+fn http_get(ip: &str, port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::new(ip.parse().ok()?, port);
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    conn.write_all(b"GET /greeting HTTP/1.0\r\n\r\n").ok()?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).ok()?;
+    reply.split("\r\n\r\n").nth(1).map(str::to_string)
 }

@@ -49,7 +49,7 @@ fn pause_entries() -> std::io::Result<Vec<oci::Entry>> {
     }
     // The dynamic loader must sit at the path the executable names (PT_INTERP), which on
     // merged-/usr systems is reached through symlinks the image does not have.
-    if let Some(interpreter) = elf_interpreter(&std::fs::read(&exe)?) {
+    if let Some(interpreter) = elf_interpreter(&elf_head(&exe)?) {
         let source = std::fs::canonicalize(&interpreter)?;
         files.insert(interpreter, source);
     }
@@ -78,6 +78,20 @@ fn pause_entries() -> std::io::Result<Vec<oci::Entry>> {
     });
     Ok(entries)
 }
+
+/// The start of an ELF file: enough for its program headers and the interpreter's path,
+/// which linkers place right after them (reading the whole 40+ MB binary only for that
+/// would leave the agent's heap that much bigger).
+fn elf_head(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(ELF_HEAD);
+    std::fs::File::open(path)?
+        .take(ELF_HEAD as u64)
+        .read_to_end(&mut head)?;
+    Ok(head)
+}
+
+const ELF_HEAD: usize = 64 * 1024;
 
 /// The program interpreter (PT_INTERP) a 64-bit little-endian ELF executable names.
 pub fn elf_interpreter(elf: &[u8]) -> Option<String> {
@@ -242,7 +256,8 @@ mod tests {
 
     #[test]
     fn the_loader_of_this_executable_is_found() {
-        let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let exe = elf_head(&std::env::current_exe().unwrap()).unwrap();
+        assert!(exe.len() <= ELF_HEAD);
         let interpreter = elf_interpreter(&exe).unwrap();
         assert!(
             interpreter.starts_with('/') && interpreter.contains("ld-"),

@@ -9,10 +9,12 @@
 //! Modules: `node` (the Node and its measurements), `plan` (what to do, pure), `status` (what
 //! to report, pure), `containers` (CRI configs, pure), `env` and `volumes` (what containers
 //! get), `images` (pull policy and credentials), `probes`, `runtime` (CRI state per pod),
-//! `worker` (one pod's loop), `log_rotation` (the kubelet's container log manager).
+//! `worker` (one pod's loop), `log_rotation` (the kubelet's container log manager),
+//! `hostports` (pods' `hostPort`s in nftables).
 
 pub mod containers;
 pub mod env;
+pub mod hostports;
 pub mod images;
 pub mod log_rotation;
 pub mod logs;
@@ -70,6 +72,11 @@ pub struct KubeletSettings {
     pub network_ready: NetworkCheck,
     /// When container logs rotate.
     pub log_limits: log_rotation::LogLimits,
+    /// The whole pod network (`--cluster-cidr`).
+    pub pod_networks: Vec<shoal_common::Cidr>,
+    /// Turns true once the sandbox (pause) image is in the runtime: it is built while the node
+    /// registers, and sandboxes wait for it.
+    pub sandbox_image_ready: watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for KubeletSettings {
@@ -96,6 +103,8 @@ pub struct Shared {
     pub memory_capacity: u64,
     /// ServiceAccount tokens of projected volumes.
     pub tokens: tokens::TokenCache,
+    /// Pods' host ports.
+    pub hostports: hostports::HostPorts,
 }
 
 impl std::fmt::Debug for Shared {
@@ -169,6 +178,23 @@ impl Shared {
         }
     }
 
+    /// Brings the host ports table in step with the pods, once the pod watch has listed them
+    /// (before that, what an earlier agent wrote stays).
+    pub(crate) async fn sync_host_ports(&self) {
+        if !self.pods_listed.load(Ordering::Acquire) {
+            return;
+        }
+        let desired = {
+            let pods = self
+                .pods
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.hostports
+                .desired(pods.iter().map(|(uid, pod)| (uid, pod.as_ref())))
+        };
+        self.hostports.apply(desired).await;
+    }
+
     /// Records an Event about `pod`.
     pub fn event(&self, pod: &Pod, type_: EventType, reason: &str, message: &str) {
         self.recorder
@@ -239,6 +265,7 @@ pub async fn run(
     let (listener, port) = server::bind(settings.kubelet_port).await?;
     settings.node.kubelet_port = port;
     let agent_dir_for_machine = settings.agent_dir.clone();
+    let settings_pod_networks = settings.pod_networks.clone();
     let shared = Arc::new(Shared {
         recorder: Recorder::new(client.clone(), "kubelet"),
         client,
@@ -251,6 +278,10 @@ pub async fn run(
         pods_listed: AtomicBool::new(false),
         memory_capacity: node::read_machine(&agent_dir_for_machine).memory_bytes,
         tokens: tokens::TokenCache::default(),
+        hostports: hostports::HostPorts::new(shoal_net::hostport::TableConfig {
+            bridge: shoal_net::cni::config::DEFAULT_BRIDGE.to_string(),
+            pod_networks: settings_pod_networks,
+        }),
     });
     register(&shared).await?;
     tracing::info!(node = %shared.settings.node.name, "node registered");
@@ -462,6 +493,9 @@ async fn watch_pods(shared: Arc<Shared>) {
                     shared.wake(&uid);
                 }
                 shared.pods_listed.store(true, Ordering::Release);
+                // The first complete listing replaces what an earlier agent left.
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move { shared.sync_host_ports().await });
             }
         }
     }

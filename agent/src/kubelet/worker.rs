@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::join_all;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, ObjectReference, Pod, PodStatus, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
@@ -23,7 +24,7 @@ use crate::kubelet::env::{environment, referenced, Lookups};
 use crate::kubelet::plan::{plan, Action, KillReason, PlanInput};
 use crate::kubelet::runtime::{instance_from, sandbox_from, PodRuntime, LABEL_POD_UID};
 use crate::kubelet::status::{pod_status, StatusInput};
-use crate::kubelet::{images, volumes, Shared};
+use crate::kubelet::{hostports, images, volumes, Shared};
 
 /// How often a pod is synced even when nothing told its worker to.
 const RESYNC: Duration = Duration::from_secs(10);
@@ -61,6 +62,9 @@ pub async fn run(shared: Arc<Shared>, uid: String, notify: Arc<Notify>) {
     }
     shared.probes.forget_pod(&uid);
     shared.tokens.forget_pod(&uid);
+    if shared.hostports.forget(&uid) {
+        shared.sync_host_ports().await;
+    }
     shared
         .workers
         .lock()
@@ -141,13 +145,7 @@ async fn sync(
 ) -> Result<Option<Duration>, SyncError> {
     let pod = shared.pod(uid);
     let mut runtime = runtime_of(shared, uid, memory).await?;
-    shared.set_pod_ip(
-        uid,
-        runtime
-            .latest_sandbox()
-            .filter(|s| s.ready)
-            .and_then(|s| s.ip.clone()),
-    );
+    note_sandbox(shared, uid, pod.as_ref(), &runtime).await;
     let Some(pod) = pod else {
         // Not (or no longer) ours in the API: everything of it goes.
         return orphan(shared, uid, runtime).await;
@@ -197,7 +195,10 @@ async fn sync(
         }
         let mut progressed = false;
         for action in step.actions {
-            match execute(shared, &pod, &runtime, &action, memory).await {
+            let began = std::time::Instant::now();
+            let outcome = execute(shared, &pod, &runtime, &action, memory).await;
+            tracing::debug!(pod = %pod_name(&pod), ?action, ms = began.elapsed().as_millis(), "step");
+            match outcome {
                 Ok(Outcome::Done) => progressed = true,
                 Ok(Outcome::Waiting(retry)) => wake = wake.min(retry),
                 Ok(Outcome::PodRemoved) => return Ok(None),
@@ -208,13 +209,33 @@ async fn sync(
             }
         }
         runtime = runtime_of(shared, uid, memory).await?;
+        // A new sandbox's host ports lead to it before its containers are reported running.
+        note_sandbox(shared, uid, Some(&pod), &runtime).await;
         if !progressed {
             break;
         }
     }
-    refresh_volumes(shared, &pod, &runtime).await;
+    // The status first: a pod that just started is reported Running without waiting for the
+    // refresh (which re-reads what the start has just written).
     write_status(shared, &pod, &runtime, memory).await?;
+    refresh_volumes(shared, &pod, &runtime).await;
     Ok(Some(wake))
+}
+
+/// Records the pod's sandbox address (its ready sandbox's, if any) and, for a pod with host
+/// ports, brings the host ports table in step (a no-op when nothing changed).
+async fn note_sandbox(shared: &Arc<Shared>, uid: &str, pod: Option<&Pod>, runtime: &PodRuntime) {
+    let ip = runtime
+        .latest_sandbox()
+        .filter(|s| s.ready)
+        .and_then(|s| s.ip.clone());
+    if pod.is_some_and(hostports::wants_host_ports) {
+        shared
+            .hostports
+            .report(uid, ip.as_deref().and_then(|ip| ip.parse().ok()));
+        shared.sync_host_ports().await;
+    }
+    shared.set_pod_ip(uid, ip);
 }
 
 /// Probes running containers this agent did not start (it was restarted and adopted them).
@@ -336,6 +357,11 @@ async fn execute(
     let cri = &shared.cri;
     match action {
         Action::CreateSandbox { attempt } => {
+            let mut image = shared.settings.sandbox_image_ready.clone();
+            if image.wait_for(|ready| *ready).await.is_err() {
+                // The agent is stopping: its pause image was never made.
+                return Ok(Outcome::Waiting(Duration::from_secs(2)));
+            }
             let config = sandbox_config(pod, *attempt, &shared.settings.sandbox);
             std::fs::create_dir_all(&config.log_directory).ok();
             match cri.run_pod_sandbox(config, runtime_handler(pod)).await {
@@ -474,22 +500,25 @@ async fn lookups(shared: &Shared, pod: &Pod, runtime: &PodRuntime) -> Lookups {
         out.pod_ips = vec![out.node_ip.clone()];
     }
     let now = crate::kubelet::tokens::unix_now();
-    for source in crate::kubelet::tokens::sources(pod) {
-        if let Some(token) = shared.tokens.get(&shared.client, pod, source, now).await {
-            out.tokens
-                .insert(crate::kubelet::tokens::source_key(source), token);
-        }
-    }
-    for name in config_maps {
-        if let Ok(Some(cm)) = cm_api.get_opt(&name).await {
-            out.config_maps.insert(name, cm);
-        }
-    }
-    for name in secrets {
-        if let Ok(Some(secret)) = secret_api.get_opt(&name).await {
-            out.secrets.insert(name, secret);
-        }
-    }
+    // All at once: each is an API round trip on the way to starting a container.
+    let tokens = join_all(crate::kubelet::tokens::sources(pod).into_iter().map(
+        |source| async move {
+            let token = shared.tokens.get(&shared.client, pod, source, now).await?;
+            Some((crate::kubelet::tokens::source_key(source), token))
+        },
+    ));
+    let config_maps = join_all(config_maps.into_iter().map(|name| {
+        let api = cm_api.clone();
+        async move { Some((name.clone(), api.get_opt(&name).await.ok()??)) }
+    }));
+    let secrets = join_all(secrets.into_iter().map(|name| {
+        let api = secret_api.clone();
+        async move { Some((name.clone(), api.get_opt(&name).await.ok()??)) }
+    }));
+    let (tokens, config_maps, secrets) = futures::join!(tokens, config_maps, secrets);
+    out.tokens.extend(tokens.into_iter().flatten());
+    out.config_maps.extend(config_maps.into_iter().flatten());
+    out.secrets.extend(secrets.into_iter().flatten());
     out
 }
 
@@ -518,6 +547,7 @@ async fn start_container(
             )));
         }
     }
+    let began = std::time::Instant::now();
     match images::ensure(shared, pod, container).await {
         Ok(()) => {
             memory.pull_failures.remove(&name);
@@ -542,6 +572,7 @@ async fn start_container(
             return Ok(Outcome::Waiting(delay.max(Duration::from_secs(1))));
         }
     }
+    let image_checked = began.elapsed();
     let lookups = lookups(
         shared,
         pod,
@@ -551,6 +582,7 @@ async fn start_container(
         },
     )
     .await;
+    let looked_up = began.elapsed();
     let pod_dir = shared.pod_dir(pod.metadata.uid.as_deref().unwrap_or_default());
     let volumes = match volumes::prepare(pod, &pod_dir, &lookups) {
         Ok(v) => v,
@@ -598,6 +630,7 @@ async fn start_container(
     let sandbox_config = sandbox_config(pod, sandbox.attempt, &shared.settings.sandbox);
     let log_dir = PathBuf::from(&sandbox_config.log_directory).join(&name);
     std::fs::create_dir_all(&log_dir).ok();
+    let prepared = began.elapsed();
     let id = match shared
         .cri
         .create_container(&sandbox.id, config, sandbox_config)
@@ -625,6 +658,16 @@ async fn start_container(
         return Ok(Outcome::Done);
     }
     memory.waiting.remove(&name);
+    // Where a start's time goes (image check, API lookups, volumes and config, CRI calls).
+    tracing::debug!(
+        pod = %pod_name(pod),
+        container = %name,
+        image_ms = image_checked.as_millis(),
+        lookups_ms = (looked_up - image_checked).as_millis(),
+        prepare_ms = (prepared - looked_up).as_millis(),
+        create_start_ms = (began.elapsed() - prepared).as_millis(),
+        "container started"
+    );
     shared.event(
         pod,
         EventType::Normal,
