@@ -17,6 +17,7 @@ use super::TypeConfig;
 type NodeId = u64;
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
+const ENTRIES_TREE: &str = "raft_log";
 const VOTE: &[u8] = b"vote";
 const LAST_PURGED: &[u8] = b"last_purged";
 const COMMITTED: &[u8] = b"committed";
@@ -45,7 +46,7 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, AnyError> {
 impl LogStore {
     /// Opens the log trees in `db` and starts the group-commit flusher.
     pub fn open(db: &sled::Db, disk: Arc<DiskSync>) -> Result<LogStore, sled::Error> {
-        let entries = db.open_tree("raft_log")?;
+        let entries = db.open_tree(ENTRIES_TREE)?;
         let meta = db.open_tree("raft_meta")?;
         let (flusher, rx) = std::sync::mpsc::channel();
         let disk_for_flusher = Arc::clone(&disk);
@@ -107,6 +108,36 @@ fn flush_loop(disk: &DiskSync, rx: &std::sync::mpsc::Receiver<LogFlushed<TypeCon
 
 fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
+}
+
+/// The entries of the log in `db` (not open as a [`LogStore`]) after index `after`, in order.
+pub(super) fn entries_after(
+    db: &sled::Db,
+    after: Option<u64>,
+) -> crate::Result<Vec<Entry<TypeConfig>>> {
+    let entries = db.open_tree(ENTRIES_TREE)?;
+    let range = match after {
+        Some(index) => entries.range((Bound::Excluded(index_key(index)), Bound::Unbounded)),
+        None => entries.iter(),
+    };
+    let mut out = Vec::new();
+    for item in range {
+        let (_, bytes) = item?;
+        out.push(decode(&bytes).map_err(|e| {
+            crate::StoreError::Corrupt(format!("a Raft log entry does not decode: {e}"))
+        })?);
+    }
+    Ok(out)
+}
+
+/// Writes `entry` at its index into the log in `db` (not open as a [`LogStore`]). The first
+/// entry of an empty log, with no vote and nothing purged, is a log openraft reads as
+/// initialized, as `Raft::initialize` leaves it.
+pub(super) fn write_entry(db: &sled::Db, entry: &Entry<TypeConfig>) -> crate::Result<()> {
+    let entries = db.open_tree(ENTRIES_TREE)?;
+    let bytes = encode(entry).map_err(|e| crate::StoreError::Io(format!("encoding: {e}")))?;
+    entries.insert(index_key(entry.get_log_id().index), bytes)?;
+    Ok(())
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {

@@ -15,6 +15,11 @@
 //! `identity.rs`), `<dir>/db` is the sled database (Raft log, vote, state machine),
 //! `<dir>/snapshot.bin` the latest Raft snapshot, and `<dir>/REMOVED` marks a member its
 //! cluster removed.
+//!
+//! Store snapshots — files an operator keeps, unlike the Raft snapshot — are written by
+//! [`RaftStore::save_snapshot`] while the store serves and restored by [`reset_cluster`],
+//! which also makes a stopped member the only one of a new cluster after quorum loss
+//! (`snapshots.rs`, `reset.rs`).
 
 mod client;
 mod cluster;
@@ -24,8 +29,10 @@ mod local;
 mod log;
 mod network;
 mod proposer;
+mod reset;
 mod server;
 mod sm;
+mod snapshots;
 mod space;
 mod wire;
 
@@ -56,7 +63,12 @@ pub use self::cluster::{Member, Members};
 pub use self::disk::DiskSync;
 pub use self::log::LogStore;
 pub use self::network::{PeerNetwork, SingleNodeNetwork};
+pub use self::reset::{reset_cluster, ResetReport};
 pub use self::sm::StateMachine;
+pub use self::snapshots::{
+    list_snapshots, read_snapshot_info, validate_snapshot_name, Listed, SnapshotError,
+    SnapshotHeader, SnapshotInfo,
+};
 
 openraft::declare_raft_types!(
     /// Shoal's Raft types: commands in, outcomes out, nodes addressed by `host:port`.
@@ -71,6 +83,8 @@ openraft::declare_raft_types!(
 );
 
 const DB_DIR: &str = "db";
+/// The sled tree of the state machine.
+const STATE_TREE: &str = "state";
 
 /// How a store with no cluster yet gets one. Ignored once the store belongs to a cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -219,6 +233,13 @@ fn check_data_dir(dir: &Path) -> Result<Option<Parsed>> {
     let db_path = dir.join(DB_DIR);
     match (format_path.exists(), db_path.exists()) {
         (false, false) => {
+            if let Some(left) = reset::interrupted_reset(dir) {
+                return corrupt(format!(
+                    "the store directory is missing and an interrupted cluster reset left {}; \
+                     run the reset again",
+                    left.display()
+                ));
+            }
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Io(format!("creating {}: {e}", dir.display())))?;
             Ok(None)
@@ -243,6 +264,23 @@ fn check_data_dir(dir: &Path) -> Result<Option<Parsed>> {
             Ok(Some(parsed))
         }
     }
+}
+
+/// Opens the sled database of the store in `dir`.
+fn open_db(dir: &Path, cache_bytes: u64) -> std::result::Result<sled::Db, sled::Error> {
+    sled::Config::new()
+        .path(dir.join(DB_DIR))
+        .cache_capacity(cache_bytes)
+        .mode(sled::Mode::HighThroughput)
+        .open()
+}
+
+/// Whether opening the database failed because another process has it open (sled holds an
+/// exclusive `flock` on it for as long as it runs). sled 0.34 reports that as an error of kind
+/// `Other` whose text wraps the `WouldBlock` one: only the text tells.
+fn is_locked(err: &sled::Error) -> bool {
+    matches!(err, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
+        || io.to_string().contains("could not acquire lock"))
 }
 
 /// This store's identity, and whether `FORMAT` must be (re)written.
@@ -319,29 +357,25 @@ impl RaftStore {
             ));
         }
         let (mut identity, mut write_identity) = resolve_identity(&config, found)?;
-        let db = sled::Config::new()
-            .path(config.dir.join(DB_DIR))
-            .cache_capacity(config.cache_bytes)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                    StoreError::Io(format!(
-                        "{} is locked by another running process",
-                        config.dir.display()
-                    ))
-                }
-                other => StoreError::Corrupt(format!(
-                    "cannot open the database in {}: {other}",
+        let db = open_db(&config.dir, config.cache_bytes).map_err(|e| {
+            if is_locked(&e) {
+                StoreError::Io(format!(
+                    "{} is locked by another running process",
                     config.dir.display()
-                )),
-            })?;
+                ))
+            } else {
+                StoreError::Corrupt(format!(
+                    "cannot open the database in {}: {e}",
+                    config.dir.display()
+                ))
+            }
+        })?;
 
         let disk = DiskSync::open(&db, &config.dir.join(DB_DIR))
             .map_err(|e| StoreError::Corrupt(format!("opening the database files: {e}")))?;
         let log_store = LogStore::open(&db, Arc::clone(&disk))?;
         let state_machine = StateMachine::open(
-            db.open_tree("state")?,
+            db.open_tree(STATE_TREE)?,
             Arc::clone(&disk),
             &config.dir,
             config.retention,

@@ -99,6 +99,23 @@ impl SmShared {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+
+    /// The current state at one revision, with the log position and membership it reflects:
+    /// what a Raft snapshot and a store snapshot file hold. Applies wait while it is taken.
+    pub(super) fn capture(&self) -> Result<(SnapshotData, Option<LogId<NodeId>>, Membership)> {
+        let _guard = self.apply_lock.read().unwrap_or_else(|e| e.into_inner());
+        let mut kvs = Vec::new();
+        RangeSource::scan_current(self, "", None, &mut |kv| {
+            kvs.push(kv);
+            true
+        })?;
+        let data = SnapshotData {
+            revision: self.revision(),
+            kvs,
+        };
+        let (applied, membership) = self.applied();
+        Ok((data, applied, membership))
+    }
 }
 
 impl RangeSource for SmShared {
@@ -214,10 +231,98 @@ impl KvState for Pending<'_> {
 }
 
 /// The snapshot payload: current state only; history starts at the snapshot's revision.
-#[derive(Debug, Serialize, Deserialize)]
-struct SnapshotData {
-    revision: Revision,
-    kvs: Vec<KeyValue>,
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct SnapshotData {
+    pub revision: Revision,
+    pub kvs: Vec<KeyValue>,
+}
+
+impl SnapshotData {
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        encode(self)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<SnapshotData> {
+        decode(bytes)
+    }
+}
+
+/// A batch that makes `tree` hold exactly `snapshot`'s state: every key at its revision, no
+/// history before it (compacted up to it), no log position or membership.
+fn snapshot_batch(tree: &sled::Tree, snapshot: &SnapshotData) -> Result<sled::Batch> {
+    let mut batch = sled::Batch::default();
+    for item in tree.iter() {
+        batch.remove(item?.0);
+    }
+    for kv in &snapshot.kvs {
+        batch.insert(kv_key(&kv.key), encode(kv)?);
+    }
+    batch.insert(META_REVISION, encode(&snapshot.revision)?);
+    batch.insert(META_COMPACTED, encode(&snapshot.revision)?);
+    Ok(batch)
+}
+
+/// Fills `tree` (a state machine not yet opened) with `snapshot`'s state.
+pub(super) fn seed(tree: &sled::Tree, snapshot: &SnapshotData) -> Result<()> {
+    tree.apply_batch(snapshot_batch(tree, snapshot)?)?;
+    Ok(())
+}
+
+/// Copies a whole state machine (current keys, history, bookkeeping) from `from` into the
+/// empty `to`.
+pub(super) fn copy_state(from: &sled::Tree, to: &sled::Tree) -> Result<()> {
+    const CHUNK: usize = 10_000;
+    let mut batch = sled::Batch::default();
+    let mut in_batch = 0;
+    for item in from.iter() {
+        let (key, value) = item?;
+        batch.insert(key, value);
+        in_batch += 1;
+        if in_batch == CHUNK {
+            to.apply_batch(std::mem::take(&mut batch))?;
+            in_batch = 0;
+        }
+    }
+    to.apply_batch(batch)?;
+    Ok(())
+}
+
+/// The membership a state machine (not open) last applied.
+pub(super) fn applied_membership(tree: &sled::Tree) -> Result<Membership> {
+    Ok(tree
+        .get(META_MEMBERSHIP)?
+        .map(|b| decode(&b))
+        .transpose()?
+        .unwrap_or_default())
+}
+
+/// The revision of a state machine (not open).
+pub(super) fn revision(tree: &sled::Tree) -> Result<Revision> {
+    Ok(tree
+        .get(META_REVISION)?
+        .map(|b| decode(&b))
+        .transpose()?
+        .unwrap_or(0))
+}
+
+/// How many keys a state machine (not open) holds.
+pub(super) fn key_count(tree: &sled::Tree) -> Result<u64> {
+    let mut count = 0;
+    for item in tree.scan_prefix([KV]) {
+        item?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Makes a state machine (not open) forget which log entries it applied and the membership
+/// they carried, keeping its data: the start of a new log for a new cluster.
+pub(super) fn forget_log_position(tree: &sled::Tree) -> Result<()> {
+    let mut batch = sled::Batch::default();
+    batch.remove(META_APPLIED);
+    batch.remove(META_MEMBERSHIP);
+    tree.apply_batch(batch)?;
+    Ok(())
 }
 
 /// A snapshot as kept on disk next to the database.
@@ -281,7 +386,10 @@ impl StateMachine {
         Arc::clone(&self.shared)
     }
 
-    fn apply_entries(&mut self, entries: Vec<Entry<TypeConfig>>) -> Result<Vec<Outcome>> {
+    pub(super) fn apply_entries(
+        &mut self,
+        entries: Vec<Entry<TypeConfig>>,
+    ) -> Result<Vec<Outcome>> {
         let shared = &*self.shared;
         let (mut last_applied, mut membership) = shared.applied();
         let mut pending = Pending {
@@ -332,15 +440,7 @@ impl StateMachine {
     fn install(&mut self, meta: &SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> Result<()> {
         let snapshot: SnapshotData = decode(data)?;
         let shared = &*self.shared;
-        let mut batch = sled::Batch::default();
-        for item in shared.tree.iter() {
-            batch.remove(item?.0);
-        }
-        for kv in &snapshot.kvs {
-            batch.insert(kv_key(&kv.key), encode(kv)?);
-        }
-        batch.insert(META_REVISION, encode(&snapshot.revision)?);
-        batch.insert(META_COMPACTED, encode(&snapshot.revision)?);
+        let mut batch = snapshot_batch(&shared.tree, &snapshot)?;
         batch.insert(META_APPLIED, encode(&meta.last_log_id)?);
         batch.insert(META_MEMBERSHIP, encode(&meta.last_membership)?);
         {
@@ -392,26 +492,10 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let shared = &*self.shared;
-        let (data, last_applied, membership) = {
-            let _guard = shared.apply_lock.read().unwrap_or_else(|e| e.into_inner());
-            let mut kvs = Vec::new();
-            let mut failure = None;
-            RangeSource::scan_current(shared, "", None, &mut |kv| {
-                kvs.push(kv);
-                true
-            })
-            .unwrap_or_else(|e| failure = Some(e));
-            if let Some(e) = failure {
-                return Err(StorageIOError::read_state_machine(any(e)).into());
-            }
-            let data = SnapshotData {
-                revision: shared.revision(),
-                kvs,
-            };
-            let (applied, membership) = shared.applied();
-            (data, applied, membership)
-        };
+        let (data, last_applied, membership) = self
+            .shared
+            .capture()
+            .map_err(|e| StorageIOError::read_state_machine(any(e)))?;
         let bytes = encode(&data).map_err(|e| StorageIOError::read_state_machine(any(e)))?;
         let snapshot_id = match last_applied {
             Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, data.revision),
