@@ -50,6 +50,7 @@ fn is_public(path: &str) -> bool {
         || path == shoal_common::join::NODE_CREDENTIALS_PATH
         || path == shoal_common::join::SERVER_BOOTSTRAP_PATH
         || path == shoal_common::join::MEMBERS_PATH
+        || path == crate::join::STORE_SNAPSHOTS_PATH
         || path.starts_with("/healthz/")
         || path.starts_with("/livez/")
         || path.starts_with("/readyz/")

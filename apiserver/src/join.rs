@@ -3,7 +3,8 @@
 //! `POST /v1-shoal/node-credentials` signs a node client certificate for a caller presenting
 //! the join token's secret with HTTP Basic. A joining server (Basic `server:<secret>`) gets the
 //! cluster's shared keys from `POST /v1-shoal/server-bootstrap` and asks to be added to the
-//! store at `/v1-shoal/members`, which also lists and removes members.
+//! store at `/v1-shoal/members`, which also lists and removes members. The same credentials
+//! ask a server for a store snapshot at [`STORE_SNAPSHOTS_PATH`] (`shoal store snapshot save`).
 //! All of them sit outside client-certificate authentication, since a joiner has none yet.
 
 use std::sync::Arc;
@@ -68,12 +69,48 @@ impl StoreMembership for shoal_store::RaftStore {
     }
 }
 
+/// `POST` asks the server for a snapshot of its store, written to its snapshot directory:
+/// a [`SnapshotRequest`] in, the file's [`shoal_store::SnapshotInfo`] out.
+pub const STORE_SNAPSHOTS_PATH: &str = "/v1-shoal/store-snapshots";
+
+/// What `POST` [`STORE_SNAPSHOTS_PATH`] carries.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotRequest {
+    /// How the file's name starts (the server adds its node name and the time); the
+    /// server's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Why a snapshot was not saved.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SnapshotSaveError {
+    /// The request cannot be honoured as asked (a bad name): a 422.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store or the disk failed: a 503.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The server's store snapshots as the snapshot endpoint sees them (implemented where the
+/// server is wired: it knows the snapshot directory and the node name).
+#[async_trait::async_trait]
+pub trait StoreSnapshots: Send + Sync + 'static {
+    /// Saves a snapshot whose file name starts with `name` (or the default).
+    async fn save(
+        &self,
+        name: Option<&str>,
+    ) -> Result<shoal_store::SnapshotInfo, SnapshotSaveError>;
+}
+
 /// What the server needs to admit nodes and servers.
 pub struct JoinAuthority {
     pki: ClusterPki,
     token: JoinToken,
     cluster: JoinedCluster,
     members: Option<Arc<dyn StoreMembership>>,
+    snapshots: Option<Arc<dyn StoreSnapshots>>,
 }
 
 impl std::fmt::Debug for JoinAuthority {
@@ -95,7 +132,26 @@ impl JoinAuthority {
             token,
             cluster,
             members: None,
+            snapshots: None,
         }
+    }
+
+    /// Lets holders of the token as a server ask for store snapshots.
+    pub fn with_snapshots(mut self, snapshots: Arc<dyn StoreSnapshots>) -> Self {
+        self.snapshots = Some(snapshots);
+        self
+    }
+
+    fn snapshots_for(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<&Arc<dyn StoreSnapshots>, ApiError> {
+        if !authorization.is_some_and(|value| self.authorized(value, SERVER_USER)) {
+            return Err(ApiError::unauthorized());
+        }
+        self.snapshots
+            .as_ref()
+            .ok_or_else(|| ApiError::not_found_path(STORE_SNAPSHOTS_PATH))
     }
 
     /// Lets servers join through this one (without it only nodes can).
@@ -301,6 +357,53 @@ pub async fn members(
     }
 }
 
+/// `POST /v1-shoal/store-snapshots`: saves a snapshot of this server's store.
+pub async fn store_snapshots(
+    State(api): State<Arc<Api>>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(join) = &api.join else {
+        return ApiError::not_found_path(STORE_SNAPSHOTS_PATH).into_response();
+    };
+    let snapshots = match join.snapshots_for(authorization(&headers)) {
+        Ok(snapshots) => snapshots,
+        Err(err) => return err.into_response(),
+    };
+    if method != axum::http::Method::POST {
+        return StatusCode::METHOD_NOT_ALLOWED.into_response();
+    }
+    let request: SnapshotRequest = if body.is_empty() {
+        SnapshotRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(request) => request,
+            Err(e) => {
+                return ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!("the snapshot request is not valid JSON: {e}"),
+                )
+                .into_response()
+            }
+        }
+    };
+    match snapshots.save(request.name.as_deref()).await {
+        Ok(info) => {
+            tracing::info!(file = %info.path.display(), revision = info.header.revision, "saved a store snapshot");
+            axum::Json(info).into_response()
+        }
+        Err(SnapshotSaveError::Invalid(m)) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", m).into_response()
+        }
+        Err(SnapshotSaveError::Failed(m)) => {
+            tracing::warn!(error = %m, "a store snapshot failed");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", m).into_response()
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -408,6 +511,38 @@ mod tests {
         assert_eq!(bundle.peer_ca_cert, join.pki.peer_ca_cert_pem);
         assert_ne!(bundle.peer_ca_cert, bundle.ca_cert);
         assert_eq!(bundle.cluster.cluster_cidr, "10.42.0.0/16");
+    }
+
+    #[test]
+    fn only_a_server_holding_the_token_may_ask_for_snapshots() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let join = authority(dir.path());
+        let err = join
+            .snapshots_for(Some(&basic("server", "s3cret")))
+            .err()
+            .unwrap();
+        assert_eq!(err.code, StatusCode::NOT_FOUND);
+
+        struct Saves;
+        #[async_trait::async_trait]
+        impl StoreSnapshots for Saves {
+            async fn save(
+                &self,
+                _: Option<&str>,
+            ) -> Result<shoal_store::SnapshotInfo, SnapshotSaveError> {
+                Err(SnapshotSaveError::Failed("not here".into()))
+            }
+        }
+        let join = join.with_snapshots(Arc::new(Saves));
+        assert!(join.snapshots_for(Some(&basic("server", "s3cret"))).is_ok());
+        for auth in [
+            None,
+            Some(basic("node", "s3cret")),
+            Some(basic("server", "wrong")),
+        ] {
+            let err = join.snapshots_for(auth.as_deref()).err().unwrap();
+            assert_eq!(err.code, StatusCode::UNAUTHORIZED, "{auth:?}");
+        }
     }
 
     #[test]

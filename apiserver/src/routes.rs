@@ -138,6 +138,7 @@ pub fn router(api: Arc<Api>) -> Router {
             axum::routing::post(crate::join::server_bootstrap),
         )
         .route(shoal_common::join::MEMBERS_PATH, any(crate::join::members))
+        .route(crate::join::STORE_SNAPSHOTS_PATH, any(crate::join::store_snapshots))
         .route("/api/v1/namespaces/{namespace}/pods/{name}/exec", any(stream_exec))
         .route("/api/v1/namespaces/{namespace}/pods/{name}/attach", any(stream_attach))
         .route("/api/v1/namespaces/{namespace}/pods/{name}/portforward", any(stream_portforward))

@@ -142,8 +142,40 @@ pub struct ServerArgs {
     #[arg(long = "kube-controller-manager-arg", value_name = "KEY=VALUE")]
     pub kube_controller_manager_args: Vec<String>,
 
+    /// Scheduled store snapshots: a cron expression (five fields in local time, or a
+    /// descriptor such as @daily); "" turns them off.
+    #[arg(long, env = "SHOAL_STORE_SNAPSHOT_SCHEDULE", default_value = "0 */12 * * *",
+          value_parser = parse_schedule)]
+    pub store_snapshot_schedule: String,
+
+    /// How many scheduled store snapshots to keep (the newest).
+    #[arg(long, env = "SHOAL_STORE_SNAPSHOT_RETENTION", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub store_snapshot_retention: u32,
+
+    /// Where store snapshots are written (default: <data-dir>/server/store-snapshots).
+    #[arg(long, env = "SHOAL_STORE_SNAPSHOT_DIR")]
+    pub store_snapshot_dir: Option<PathBuf>,
+
+    /// Make this server's store the only member of a new store cluster (after the cluster lost
+    /// quorum for good), then exit: start it again without the flag.
+    #[arg(long, env = "SHOAL_CLUSTER_RESET")]
+    pub cluster_reset: bool,
+
+    /// With --cluster-reset: replace the store's data with this snapshot file's.
+    #[arg(
+        long,
+        env = "SHOAL_CLUSTER_RESET_RESTORE_PATH",
+        requires = "cluster_reset"
+    )]
+    pub cluster_reset_restore_path: Option<PathBuf>,
+
     #[command(flatten)]
     pub node: NodeArgs,
+}
+
+fn parse_schedule(text: &str) -> Result<String, String> {
+    crate::store::parse_schedule(text).map(|_| text.to_string())
 }
 
 /// Flags of the node part (the agent), for `shoal agent` and the server's own agent.
@@ -254,6 +286,41 @@ pub enum StoreCommand {
         target: StoreTarget,
         /// The member's id, as `shoal store members` shows it.
         id: u64,
+    },
+    /// Store snapshots: save one through the running server, list or restore them.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Ask the running server for a snapshot of its store; prints the file it wrote.
+    Save {
+        #[command(flatten)]
+        target: StoreTarget,
+        /// How the file name starts (the server adds its node name and the time).
+        #[arg(long, default_value = crate::store::ON_DEMAND)]
+        name: String,
+    },
+    /// List the snapshots of a data dir (works with the server stopped).
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Directory holding all state.
+        #[arg(long, env = "SHOAL_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// The snapshot directory (default: <data-dir>/server/store-snapshots).
+        #[arg(long, env = "SHOAL_STORE_SNAPSHOT_DIR")]
+        store_snapshot_dir: Option<PathBuf>,
+    },
+    /// Restore a stopped server's store from FILE, as the only member of a new store cluster
+    /// (shoal server --cluster-reset --cluster-reset-restore-path FILE); the store it replaces
+    /// is kept beside it.
+    Restore {
+        /// Directory holding all state.
+        #[arg(long, env = "SHOAL_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// The snapshot file.
+        file: PathBuf,
     },
 }
 

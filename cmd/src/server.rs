@@ -47,6 +47,20 @@ pub async fn run(mut args: ServerArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(crate::node::hostname);
 
+    // --- store snapshots and cluster reset ---
+    // A reset works on the stopped store before anything else opens, then the server exits.
+    if args.cluster_reset {
+        return crate::store::cluster_reset(
+            &store_config,
+            args.cluster_reset_restore_path.as_deref(),
+        );
+    }
+    let snapshot_dir =
+        crate::store::snapshot_dir(&args.common.data_dir, args.store_snapshot_dir.as_deref());
+    let snapshot_schedule =
+        crate::store::parse_schedule(&args.store_snapshot_schedule).map_err(anyhow::Error::msg)?;
+    // --- end store snapshots ---
+
     // Joining another server's cluster: its keys and settings come first. Nothing is open yet,
     // so a signal meanwhile may end the process the default way.
     let joining = match args.common.server.clone() {
@@ -141,6 +155,8 @@ pub async fn run(mut args: ServerArgs) -> Result<()> {
             .with_context(|| format!("writing the kubeconfig {}", path.display()))?;
     }
 
+    let snapshots =
+        crate::store::SnapshotTaker::new(store.clone(), snapshot_dir, node_name.clone());
     let store_handle: Arc<dyn Store> = Arc::new(store.clone());
     let crds = Arc::new(shoal_apiserver::crd::CrdRegistry::default());
     crds.reload(store_handle.as_ref())
@@ -179,7 +195,8 @@ pub async fn run(mut args: ServerArgs) -> Result<()> {
                     cluster_dns: args.cluster_dns.to_string(),
                     cluster_domain: args.cluster_domain.clone(),
                 },
-            );
+            )
+            .with_snapshots(Arc::new(snapshots.clone()));
             if replicated {
                 authority.with_members(Arc::new(store.clone()))
             } else {
@@ -208,6 +225,14 @@ pub async fn run(mut args: ServerArgs) -> Result<()> {
         pki.ca_cert_pem.clone(),
         stop_rx.clone(),
     );
+    if let Some(schedule) = snapshot_schedule {
+        control_plane.push(tokio::spawn(crate::store::run_schedule(
+            snapshots,
+            schedule,
+            args.store_snapshot_retention as usize,
+            stop_rx.clone(),
+        )));
+    }
     if !args.disable_agent {
         let config = crate::node::agent_config(
             &args.node,

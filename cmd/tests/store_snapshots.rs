@@ -1,0 +1,251 @@
+//! Store snapshots with the real binary and one `--cluster-init` server on loopback: a
+//! snapshot saved through the running server (`shoal store snapshot save`), more writes, the
+//! server stopped, the snapshot restored (`shoal store snapshot restore`, refused while the
+//! server runs): the server starts again without the later writes and with everything
+//! before. `shoal server --cluster-reset` resets from the server's own data and exits; a
+//! schedule keeps only the newest scheduled snapshots.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use shoal_e2e::cluster::eventually;
+use shoal_e2e::kubectl::{kubectl_binary, Kubectl};
+use shoal_e2e::server::{free_port, ShoalServer};
+use tempfile::TempDir;
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_shoal"))
+}
+
+fn shoal(args: &[&str], data_dir: &Path) -> Output {
+    Command::new(binary())
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .expect("run shoal")
+}
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn kubectl(data_dir: &Path, home: &Path) -> Kubectl {
+    Kubectl {
+        binary: kubectl_binary(),
+        kubeconfig: data_dir.join("kubeconfig.yaml"),
+        home: home.to_path_buf(),
+    }
+}
+
+/// The names in `shoal store snapshot ls`.
+fn listed(data_dir: &Path) -> Vec<String> {
+    ok(shoal(&["store", "snapshot", "ls"], data_dir), "snapshot ls")
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+/// Directories beside the store (`store.old-…` after a reset).
+fn beside_store(data_dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(data_dir.join("server"))
+        .expect("server dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("store.old-"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_restored_snapshot_brings_the_server_back_to_when_it_was_taken() {
+    let data = TempDir::new().expect("tempdir");
+    let home = TempDir::new().expect("home");
+    let data_dir = data.path();
+    let port = free_port().expect("port");
+    let server =
+        ShoalServer::start(binary(), data_dir, port, &["--cluster-init"]).expect("server starts");
+    let kubectl = kubectl(data_dir, home.path());
+    kubectl.ok(&["create", "configmap", "before", "--from-literal=k=v"]);
+
+    let url = format!("https://127.0.0.1:{port}");
+    let saved = ok(
+        shoal(
+            &[
+                "store",
+                "snapshot",
+                "save",
+                "--server",
+                &url,
+                "--name",
+                "pre-change",
+            ],
+            data_dir,
+        ),
+        "snapshot save",
+    );
+    let file = PathBuf::from(saved.trim());
+    let name = file
+        .file_name()
+        .expect("a file")
+        .to_string_lossy()
+        .into_owned();
+    assert!(name.starts_with("pre-change-"), "{name}");
+    assert_eq!(
+        file.parent(),
+        Some(data_dir.join("server").join("store-snapshots").as_path())
+    );
+    assert!(file.is_file());
+    // Names are the server's to choose: scheduled ones are off limits.
+    let refused = shoal(
+        &[
+            "store",
+            "snapshot",
+            "save",
+            "--server",
+            &url,
+            "--name",
+            "scheduled",
+        ],
+        data_dir,
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("scheduled"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    kubectl.ok(&["create", "configmap", "after", "--from-literal=k=v"]);
+    // Listed while the server runs; not restored while it does.
+    assert_eq!(listed(data_dir), [name]);
+    let path = file.to_string_lossy().into_owned();
+    let busy = shoal(&["store", "snapshot", "restore", &path], data_dir);
+    assert!(!busy.status.success(), "a restore under a running server");
+    let message = String::from_utf8_lossy(&busy.stderr);
+    assert!(message.contains("in use by a running server"), "{message}");
+
+    server.stop().expect("server stops");
+    let restored = ok(
+        shoal(&["store", "snapshot", "restore", &path], data_dir),
+        "snapshot restore",
+    );
+    assert!(restored.contains("only member"), "{restored}");
+    assert!(restored.contains("without --cluster-reset"), "{restored}");
+    assert_eq!(beside_store(data_dir).len(), 1, "the old store is kept");
+
+    let server = ShoalServer::start(binary(), data_dir, port, &[]).expect("server restarts");
+    kubectl.ok(&["get", "configmap", "before"]);
+    assert!(
+        kubectl.get(&["get", "configmap", "after"]).is_none(),
+        "a write after the snapshot survived its restore"
+    );
+    kubectl.ok(&["create", "configmap", "again", "--from-literal=k=v"]);
+    server.stop().expect("server stops");
+}
+
+#[test]
+fn cluster_reset_keeps_the_servers_data_and_exits() {
+    let data = TempDir::new().expect("tempdir");
+    let home = TempDir::new().expect("home");
+    let data_dir = data.path();
+    let port = free_port().expect("port");
+    let server =
+        ShoalServer::start(binary(), data_dir, port, &["--cluster-init"]).expect("server starts");
+    let kubectl = kubectl(data_dir, home.path());
+    kubectl.ok(&["create", "configmap", "kept", "--from-literal=k=v"]);
+    server.stop().expect("server stops");
+
+    // The flag's companion alone, and a bad schedule, are usage errors.
+    let config = data_dir.join("test-config.yaml");
+    let server_flags = |extra: &[&str]| {
+        let mut command = Command::new(binary());
+        command
+            .args(["server", "--disable-agent", "--bind-address", "127.0.0.1"])
+            .arg(format!("--https-listen-port={port}"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra);
+        command
+    };
+    for bad in [
+        &["--cluster-reset-restore-path", "/x"][..],
+        &["--store-snapshot-schedule", "0 */12 * *"][..],
+        &["--store-snapshot-retention", "0"][..],
+    ] {
+        let out = server_flags(bad).output().expect("run");
+        assert_eq!(out.status.code(), Some(64), "{bad:?}");
+    }
+
+    let reset = ShoalServer::spawn(&mut server_flags(&["--cluster-reset"])).expect("spawn");
+    reset
+        .wait_for("without --cluster-reset", Duration::from_secs(30))
+        .expect("the reset says what to do next");
+    let status = reset.wait_exit(Duration::from_secs(30)).expect("exits");
+    assert!(status.success(), "{status}");
+    assert_eq!(beside_store(data_dir).len(), 1, "the old store is kept");
+
+    let server = ShoalServer::start(binary(), data_dir, port, &[]).expect("server restarts");
+    kubectl.ok(&["get", "configmap", "kept"]);
+    server.stop().expect("server stops");
+}
+
+#[test]
+fn scheduled_snapshots_keep_the_newest() {
+    let data = TempDir::new().expect("tempdir");
+    let data_dir = data.path();
+    let snapshots = data_dir.join("elsewhere");
+    let dir_flag = snapshots.to_string_lossy().into_owned();
+    let server = ShoalServer::start(
+        binary(),
+        data_dir,
+        free_port().expect("port"),
+        &[
+            "--store-snapshot-schedule",
+            "@every 1s",
+            "--store-snapshot-retention",
+            "2",
+            "--store-snapshot-dir",
+            &dir_flag,
+        ],
+    )
+    .expect("server starts");
+    let scheduled = || -> Vec<String> {
+        let out = Command::new(binary())
+            .args(["store", "snapshot", "ls", "--store-snapshot-dir", &dir_flag])
+            .output()
+            .expect("ls");
+        ok(out, "snapshot ls")
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split_whitespace().next().map(str::to_string))
+            .collect()
+    };
+    let first = eventually("two scheduled snapshots", Duration::from_secs(20), || {
+        let names = scheduled();
+        (names.len() == 2).then_some(names)
+    });
+    assert!(
+        first.iter().all(|n| n.starts_with("scheduled-")),
+        "{first:?}"
+    );
+    // Later ones replace them.
+    eventually("newer scheduled snapshots", Duration::from_secs(20), || {
+        let names = scheduled();
+        (names.len() == 2 && !names.contains(&first[0]) && !names.contains(&first[1])).then_some(())
+    });
+    server.stop().expect("server stops");
+    // Between a snapshot and the pruning after it there are three; once stopped, two.
+    assert_eq!(scheduled().len(), 2, "{:?}", scheduled());
+}
