@@ -146,9 +146,7 @@ impl JoinAuthority {
         &self,
         authorization: Option<&str>,
     ) -> Result<&Arc<dyn StoreSnapshots>, ApiError> {
-        if !authorization.is_some_and(|value| self.authorized(value, SERVER_USER)) {
-            return Err(ApiError::unauthorized());
-        }
+        self.check_server(authorization)?;
         self.snapshots
             .as_ref()
             .ok_or_else(|| ApiError::not_found_path(STORE_SNAPSHOTS_PATH))
@@ -162,9 +160,7 @@ impl JoinAuthority {
 
     /// The shared keys, for a caller holding the token as a server.
     pub fn bootstrap(&self, authorization: Option<&str>) -> Result<ServerBootstrap, ApiError> {
-        if !authorization.is_some_and(|value| self.authorized(value, SERVER_USER)) {
-            return Err(ApiError::unauthorized());
-        }
+        self.check_server(authorization)?;
         if self.members.is_none() {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -179,9 +175,7 @@ impl JoinAuthority {
         &self,
         authorization: Option<&str>,
     ) -> Result<&Arc<dyn StoreMembership>, ApiError> {
-        if !authorization.is_some_and(|value| self.authorized(value, SERVER_USER)) {
-            return Err(ApiError::unauthorized());
-        }
+        self.check_server(authorization)?;
         self.members.as_ref().ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -224,6 +218,15 @@ impl JoinAuthority {
             ca_cert: self.pki.ca_cert_pem.clone(),
             cluster: self.cluster.clone(),
         })
+    }
+
+    /// Only a caller holding the token as a server gets past this.
+    fn check_server(&self, authorization: Option<&str>) -> Result<(), ApiError> {
+        if authorization.is_some_and(|value| self.authorized(value, SERVER_USER)) {
+            Ok(())
+        } else {
+            Err(ApiError::unauthorized())
+        }
     }
 
     /// `Basic base64(<user>:<secret>)`.

@@ -126,8 +126,9 @@ fn reset_message(report: &ResetReport) -> String {
         ));
     }
     out.push_str(
-        "start the server again without --cluster-reset; other servers of the old cluster must \
-         be stopped, their <data-dir>/server/store removed, and joined again with --server\n",
+        "start the server again without --cluster-reset (and without --server: it leads a new \
+         cluster); other servers of the old cluster must be stopped, their \
+         <data-dir>/server/store removed, and joined again with --server\n",
     );
     out
 }

@@ -37,11 +37,35 @@ fn ok(out: Output, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn kubectl(data_dir: &Path, home: &Path) -> Kubectl {
-    Kubectl {
-        binary: kubectl_binary(),
-        kubeconfig: data_dir.join("kubeconfig.yaml"),
-        home: home.to_path_buf(),
+/// A data dir, kubectl for it, and the port its server listens on.
+struct Fixture {
+    data: TempDir,
+    _home: TempDir,
+    port: u16,
+    kubectl: Kubectl,
+}
+
+impl Fixture {
+    /// A new `--cluster-init` server, running, holding the ConfigMap `first`.
+    fn start(first: &str) -> (Fixture, ShoalServer) {
+        let data = TempDir::new().expect("tempdir");
+        let home = TempDir::new().expect("home");
+        let port = free_port().expect("port");
+        let server = ShoalServer::start(binary(), data.path(), port, &["--cluster-init"])
+            .expect("server starts");
+        let kubectl = Kubectl {
+            binary: kubectl_binary(),
+            kubeconfig: data.path().join("kubeconfig.yaml"),
+            home: home.path().to_path_buf(),
+        };
+        kubectl.ok(&["create", "configmap", first, "--from-literal=k=v"]);
+        let fixture = Fixture {
+            data,
+            _home: home,
+            port,
+            kubectl,
+        };
+        (fixture, server)
     }
 }
 
@@ -68,31 +92,17 @@ fn beside_store(data_dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn a_restored_snapshot_brings_the_server_back_to_when_it_was_taken() {
-    let data = TempDir::new().expect("tempdir");
-    let home = TempDir::new().expect("home");
-    let data_dir = data.path();
-    let port = free_port().expect("port");
-    let server =
-        ShoalServer::start(binary(), data_dir, port, &["--cluster-init"]).expect("server starts");
-    let kubectl = kubectl(data_dir, home.path());
-    kubectl.ok(&["create", "configmap", "before", "--from-literal=k=v"]);
+    let (fixture, server) = Fixture::start("before");
+    let (data_dir, port, kubectl) = (fixture.data.path(), fixture.port, &fixture.kubectl);
 
     let url = format!("https://127.0.0.1:{port}");
-    let saved = ok(
-        shoal(
-            &[
-                "store",
-                "snapshot",
-                "save",
-                "--server",
-                &url,
-                "--name",
-                "pre-change",
-            ],
-            data_dir,
-        ),
-        "snapshot save",
-    );
+    let save = |name: &str| {
+        let args = [
+            "store", "snapshot", "save", "--server", &url, "--name", name,
+        ];
+        shoal(&args, data_dir)
+    };
+    let saved = ok(save("pre-change"), "snapshot save");
     let file = PathBuf::from(saved.trim());
     let name = file
         .file_name()
@@ -106,18 +116,7 @@ fn a_restored_snapshot_brings_the_server_back_to_when_it_was_taken() {
     );
     assert!(file.is_file());
     // Names are the server's to choose: scheduled ones are off limits.
-    let refused = shoal(
-        &[
-            "store",
-            "snapshot",
-            "save",
-            "--server",
-            &url,
-            "--name",
-            "scheduled",
-        ],
-        data_dir,
-    );
+    let refused = save("scheduled");
     assert!(!refused.status.success());
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("scheduled"),
@@ -155,14 +154,8 @@ fn a_restored_snapshot_brings_the_server_back_to_when_it_was_taken() {
 
 #[test]
 fn cluster_reset_keeps_the_servers_data_and_exits() {
-    let data = TempDir::new().expect("tempdir");
-    let home = TempDir::new().expect("home");
-    let data_dir = data.path();
-    let port = free_port().expect("port");
-    let server =
-        ShoalServer::start(binary(), data_dir, port, &["--cluster-init"]).expect("server starts");
-    let kubectl = kubectl(data_dir, home.path());
-    kubectl.ok(&["create", "configmap", "kept", "--from-literal=k=v"]);
+    let (fixture, server) = Fixture::start("kept");
+    let (data_dir, port, kubectl) = (fixture.data.path(), fixture.port, &fixture.kubectl);
     server.stop().expect("server stops");
 
     // The flag's companion alone, and a bad schedule, are usage errors.
