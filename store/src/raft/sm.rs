@@ -101,20 +101,52 @@ impl SmShared {
     }
 
     /// The current state at one revision, with the log position and membership it reflects:
-    /// what a Raft snapshot and a store snapshot file hold. Applies wait while it is taken.
-    pub(super) fn capture(&self) -> Result<(SnapshotData, Option<LogId<NodeId>>, Membership)> {
+    /// what a Raft snapshot and a store snapshot file hold. Applies wait while the keys are
+    /// gathered, so only the stored bytes are taken then (cheap handles); decoding is left to
+    /// whoever needs it.
+    pub(super) fn capture(&self) -> Result<Captured> {
         let _guard = self.apply_lock.read().unwrap_or_else(|e| e.into_inner());
-        let mut kvs = Vec::new();
-        RangeSource::scan_current(self, "", None, &mut |kv| {
-            kvs.push(kv);
-            true
-        })?;
-        let data = SnapshotData {
-            revision: self.revision(),
-            kvs,
-        };
+        let mut values = Vec::new();
+        for item in self.tree.scan_prefix([KV]) {
+            values.push(item?.1);
+        }
         let (applied, membership) = self.applied();
-        Ok((data, applied, membership))
+        Ok(Captured {
+            revision: self.revision(),
+            values,
+            applied,
+            membership,
+        })
+    }
+}
+
+/// The state machine at one moment (see [`SmShared::capture`]).
+#[derive(Debug)]
+pub(super) struct Captured {
+    pub revision: Revision,
+    /// Every current key-value as stored: `encode(&KeyValue)`, in key order.
+    values: Vec<sled::IVec>,
+    pub applied: Option<LogId<NodeId>>,
+    pub membership: Membership,
+}
+
+impl Captured {
+    pub fn keys(&self) -> usize {
+        self.values.len()
+    }
+
+    /// The encoded [`SnapshotData`], assembled from the stored bytes without decoding them:
+    /// bincode writes a struct as its fields in order, an `i64` as 8 little-endian bytes and
+    /// a `Vec` as its length (`u64`, little-endian) followed by its elements.
+    pub fn payload(&self) -> Vec<u8> {
+        let size = 16 + self.values.iter().map(|v| v.len()).sum::<usize>();
+        let mut out = Vec::with_capacity(size);
+        out.extend_from_slice(&self.revision.to_le_bytes());
+        out.extend_from_slice(&(self.values.len() as u64).to_le_bytes());
+        for value in &self.values {
+            out.extend_from_slice(value);
+        }
+        out
     }
 }
 
@@ -238,6 +270,8 @@ pub(super) struct SnapshotData {
 }
 
 impl SnapshotData {
+    /// What [`Captured::payload`] assembles without decoding (for tests of that).
+    #[cfg(test)]
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         encode(self)
     }
@@ -492,14 +526,16 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let (data, last_applied, membership) = self
+        let captured = self
             .shared
             .capture()
             .map_err(|e| StorageIOError::read_state_machine(any(e)))?;
-        let bytes = encode(&data).map_err(|e| StorageIOError::read_state_machine(any(e)))?;
+        let bytes = captured.payload();
+        let (revision, last_applied, membership) =
+            (captured.revision, captured.applied, captured.membership);
         let snapshot_id = match last_applied {
-            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, data.revision),
-            None => format!("0-0-{}", data.revision),
+            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, revision),
+            None => format!("0-0-{revision}"),
         };
         let meta = SnapshotMeta {
             last_log_id: last_applied,
@@ -577,5 +613,48 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: s.meta,
             snapshot: Box::new(Cursor::new(s.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn kv(key: &str, value: Vec<u8>, revision: Revision) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value,
+            create_revision: revision,
+            mod_revision: revision,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn a_capture_encodes_as_the_snapshot_data_it_holds() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .open()
+            .unwrap();
+        let tree = db.open_tree("state").unwrap();
+        // In key order, as the tree returns them; a value large enough for a sled blob.
+        let data = SnapshotData {
+            revision: 9,
+            kvs: vec![
+                kv("/a", b"1".to_vec(), 2),
+                kv("/b", vec![0, 255, 10, 13], 5),
+                kv("/c/big", vec![7; 300 * 1024], 9),
+            ],
+        };
+        seed(&tree, &data).unwrap();
+        let disk = DiskSync::open(&db, &dir.path().join("db")).unwrap();
+        let machine = StateMachine::open(tree, disk, dir.path(), Retention::default()).unwrap();
+        let captured = machine.shared().capture().unwrap();
+        assert_eq!(captured.revision, 9);
+        assert_eq!(captured.keys(), 3);
+        assert_eq!(captured.payload(), data.to_bytes().unwrap());
+        assert_eq!(SnapshotData::from_bytes(&captured.payload()).unwrap(), data);
     }
 }

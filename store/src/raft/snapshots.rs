@@ -425,12 +425,13 @@ fn check_payload(header: &SnapshotHeader, data: &SnapshotData) -> Result<(), Str
     Ok(())
 }
 
-/// Writes `data` as the snapshot `dir/name` (see the module docs); `dir` is created if needed.
+/// Writes `payload` (an encoded [`SnapshotData`] that `header` describes) as the snapshot
+/// `dir/name` (see the module docs); `dir` is created if needed.
 fn write_snapshot(
     dir: &Path,
     name: &str,
-    mut header: SnapshotHeader,
-    data: &SnapshotData,
+    header: SnapshotHeader,
+    payload: &[u8],
 ) -> Result<SnapshotInfo, SnapshotError> {
     validate_snapshot_name(name)?;
     std::fs::create_dir_all(dir).map_err(|e| SnapshotError::io("creating", dir, e))?;
@@ -438,18 +439,15 @@ fn write_snapshot(
     if path.exists() {
         return Err(SnapshotError::Exists { path });
     }
-    header.keys = data.kvs.len() as u64;
-    header.revision = data.revision;
-    let payload = data.to_bytes()?;
     let signed = render_header(&header, payload.len());
-    let digest = checksum(signed.as_bytes(), &payload);
+    let digest = checksum(signed.as_bytes(), payload);
     let head = format!("{signed}sha256 {}\n\n", hex(&digest));
 
     let tmp = dir.join(format!(".{name}.tmp"));
     let written = (|| -> std::io::Result<()> {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(head.as_bytes())?;
-        file.write_all(&payload)?;
+        file.write_all(payload)?;
         file.sync_all()
     })();
     if let Err(e) = written {
@@ -530,17 +528,18 @@ impl RaftStore {
         validate_snapshot_name(name)?;
         self.core.linearize().await?;
         let shared = Arc::clone(&self.core.shared);
-        let header = SnapshotHeader {
-            cluster_id: self.cluster_id(),
-            node_id: self.node_id(),
-            revision: 0,
-            created: now_unix(),
-            keys: 0,
-        };
+        let (cluster_id, node_id) = (self.cluster_id(), self.node_id());
         let (dir, name) = (dir.to_path_buf(), name.to_string());
         tokio::task::spawn_blocking(move || {
-            let (data, _, _) = shared.capture()?;
-            write_snapshot(&dir, &name, header, &data)
+            let captured = shared.capture()?;
+            let header = SnapshotHeader {
+                cluster_id,
+                node_id,
+                revision: captured.revision,
+                created: now_unix(),
+                keys: captured.keys() as u64,
+            };
+            write_snapshot(&dir, &name, header, &captured.payload())
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("saving a snapshot: {e}")))?
@@ -574,16 +573,24 @@ mod tests {
         SnapshotHeader {
             cluster_id: Some("3f6c0d2e9b1a4c5d8e7f60718293a4b5".into()),
             node_id: 3,
-            revision: 0,
+            revision: 7,
             created: 1_700_000_000,
-            keys: 0,
+            keys: 2,
         }
+    }
+
+    fn write(
+        dir: &Path,
+        name: &str,
+        header: SnapshotHeader,
+    ) -> Result<SnapshotInfo, SnapshotError> {
+        write_snapshot(dir, name, header, &sample().to_bytes().unwrap())
     }
 
     #[test]
     fn a_written_snapshot_reads_back_whole() {
         let dir = tempfile::TempDir::new().unwrap();
-        let info = write_snapshot(dir.path(), "one", header(), &sample()).unwrap();
+        let info = write(dir.path(), "one", header()).unwrap();
         assert_eq!(info.header.revision, 7);
         assert_eq!(info.header.keys, 2);
         assert_eq!(info.size, std::fs::metadata(&info.path).unwrap().len());
@@ -598,7 +605,7 @@ mod tests {
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
         assert!(matches!(
-            write_snapshot(dir.path(), "one", header(), &sample()),
+            write(dir.path(), "one", header()),
             Err(SnapshotError::Exists { .. })
         ));
     }
@@ -606,7 +613,7 @@ mod tests {
     #[test]
     fn every_damaged_byte_is_caught() {
         let dir = tempfile::TempDir::new().unwrap();
-        let info = write_snapshot(dir.path(), "s", header(), &sample()).unwrap();
+        let info = write(dir.path(), "s", header()).unwrap();
         let good = std::fs::read(&info.path).unwrap();
         let damaged = dir.path().join("damaged");
         for at in 0..good.len() {
@@ -696,8 +703,8 @@ mod tests {
             created: 1_800_000_000,
             ..header()
         };
-        write_snapshot(dir.path(), "b-newer", newer, &sample()).unwrap();
-        write_snapshot(dir.path(), "c-older", header(), &sample()).unwrap();
+        write(dir.path(), "b-newer", newer).unwrap();
+        write(dir.path(), "c-older", header()).unwrap();
         std::fs::write(dir.path().join("notes.txt"), "hello").unwrap();
         std::fs::write(dir.path().join(".x.tmp"), "partial").unwrap();
         let listed = list_snapshots(dir.path()).unwrap();
