@@ -16,7 +16,7 @@ use shoal_store::{
     list_snapshots, reset_cluster, Bootstrap, KeyValue, Listed, RaftStore, RaftStoreConfig,
     RangeRequest, Revision, SnapshotError, Store, StoreError,
 };
-use support::{open_member, Cluster};
+use support::{free_port, open_member, Cluster};
 use tempfile::TempDir;
 
 async fn open(dir: &Path) -> RaftStore {
@@ -337,7 +337,7 @@ async fn a_member_left_alone_is_reset_and_serves_every_acknowledged_write() {
     // One follower is cut off: every write acknowledged from now on is in the survivor's log.
     cluster.partition(&[lost]);
     let writer = cluster.node(leader).store().clone();
-    let acknowledged = cluster
+    let acknowledged: Vec<KeyValue> = cluster
         .node(leader)
         .on_runtime(async move {
             let mut acknowledged = Vec::new();
@@ -384,24 +384,56 @@ async fn a_member_left_alone_is_reset_and_serves_every_acknowledged_write() {
     .await
     .unwrap();
     let store = node.store().clone();
-    node.on_runtime(async move {
-        store.wait_ready(Duration::from_secs(30)).await.unwrap();
-        assert_ne!(store.cluster_id(), old_cluster);
-        let members = store.members().await.unwrap();
-        assert_eq!(members.leader, Some(survivor));
-        assert_eq!(members.members.len(), 1);
-        for kv in &acknowledged {
-            let got = store.get(&kv.key).await.unwrap();
-            assert_eq!(got.as_ref(), Some(kv), "acknowledged write of {}", kv.key);
-        }
-        assert!(store.get("/early").await.unwrap().is_some());
-        let revision = store.current_revision().await.unwrap();
-        let newest = acknowledged.iter().map(|kv| kv.mod_revision).max().unwrap();
-        assert!(revision >= newest, "{revision} < {newest}");
-        let kv = store.put("/after-reset", b"v".to_vec()).await.unwrap();
-        assert_eq!(kv.mod_revision, revision + 1);
-    })
-    .await;
-    let mut node = node;
+    let acknowledged = node
+        .on_runtime(async move {
+            store.wait_ready(Duration::from_secs(30)).await.unwrap();
+            assert_ne!(store.cluster_id(), old_cluster);
+            let members = store.members().await.unwrap();
+            assert_eq!(members.leader, Some(survivor));
+            assert_eq!(members.members.len(), 1);
+            for kv in &acknowledged {
+                let got = store.get(&kv.key).await.unwrap();
+                assert_eq!(got.as_ref(), Some(kv), "acknowledged write of {}", kv.key);
+            }
+            assert!(store.get("/early").await.unwrap().is_some());
+            let revision = store.current_revision().await.unwrap();
+            let newest = acknowledged.iter().map(|kv| kv.mod_revision).max().unwrap();
+            assert!(revision >= newest, "{revision} < {newest}");
+            let kv = store.put("/after-reset", b"v".to_vec()).await.unwrap();
+            assert_eq!(kv.mod_revision, revision + 1);
+            acknowledged
+        })
+        .await;
+
+    // A new member of the new cluster gets everything, the data from before the reset too.
+    let joiner_dir = TempDir::new().unwrap();
+    let joiner = open_member(
+        joiner_dir.path(),
+        &cluster.ca.member("joiner"),
+        free_port(),
+        Bootstrap::Join,
+        None,
+        &cluster.tweak,
+    )
+    .await
+    .unwrap();
+    let (store, id, joiner_addr) = (node.store().clone(), joiner.id, joiner.addr.clone());
+    node.on_runtime(async move { store.add_member(id, joiner_addr).await })
+        .await
+        .unwrap();
+    let store = joiner.store().clone();
+    joiner
+        .on_runtime(async move {
+            store.wait_ready(Duration::from_secs(30)).await.unwrap();
+            for kv in &acknowledged {
+                let got = store.get(&kv.key).await.unwrap();
+                assert_eq!(got.as_ref(), Some(kv), "{} on the new member", kv.key);
+            }
+            assert!(store.get("/early").await.unwrap().is_some());
+            assert!(store.get("/after-reset").await.unwrap().is_some());
+        })
+        .await;
+    let (mut node, mut joiner) = (node, joiner);
+    joiner.stop().await;
     node.stop().await;
 }

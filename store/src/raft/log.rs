@@ -130,9 +130,9 @@ pub(super) fn entries_after(
     Ok(out)
 }
 
-/// Writes `entry` at its index into the log in `db` (not open as a [`LogStore`]). The first
-/// entry of an empty log, with no vote and nothing purged, is a log openraft reads as
-/// initialized, as `Raft::initialize` leaves it.
+/// Writes `entry` at its index into the log in `db` (not open as a [`LogStore`]): what a
+/// member that logged an entry and stopped before applying it holds.
+#[cfg(test)]
 pub(super) fn write_entry(db: &sled::Db, entry: &Entry<TypeConfig>) -> crate::Result<()> {
     let entries = db.open_tree(ENTRIES_TREE)?;
     let bytes = encode(entry).map_err(|e| crate::StoreError::Io(format!("encoding: {e}")))?;

@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use openraft::{BasicNode, Entry, EntryPayload, LogId, Membership};
+use openraft::{BasicNode, LogId, Membership, StoredMembership};
 
 use super::disk::DiskSync;
 use super::identity::{self, Identity, Parsed, FORMAT_FILE};
@@ -209,7 +209,7 @@ struct Built {
 }
 
 /// Builds the new store's database in `staging`: the state (the snapshot's, or the old
-/// store's with its log applied) and a log whose only entry makes `node_id` the one voter.
+/// store's with its log applied) as a one-member cluster of `node_id` has it.
 fn build(
     config: &RaftStoreConfig,
     staging: &Path,
@@ -260,16 +260,20 @@ fn build(
         .unwrap_or_else(|| config.advertise.clone());
     let revision = sm::revision(&tree)?;
     let keys = sm::key_count(&tree)?;
-    sm::forget_log_position(&tree)?;
-    // What `Raft::initialize` writes: the first entry, at the very first log id.
-    let first = Entry::<super::TypeConfig> {
-        log_id: LogId::default(),
-        payload: EntryPayload::Membership(Membership::new(
+    // The state is what the new cluster's first log entry — the membership naming this member
+    // alone, at the very first log id, as `Raft::initialize` writes it — has been applied to;
+    // the log itself starts empty. On start openraft purges the log up to that entry and
+    // builds a Raft snapshot of the state, so a member added later is sent the state (a
+    // log from index 0 would not carry it).
+    let first = LogId::default();
+    let membership = StoredMembership::new(
+        Some(first),
+        Membership::new(
             vec![BTreeSet::from([node_id])],
             BTreeMap::from([(node_id, BasicNode::new(&address))]),
-        )),
-    };
-    log::write_entry(&db, &first)?;
+        ),
+    );
+    sm::set_log_position(&tree, Some(first), &membership)?;
     disk.sync_blocking()
         .map_err(|e| SnapshotError::io("syncing", &db_path, e))?;
     Ok(Built {
@@ -391,6 +395,7 @@ mod tests {
     use super::*;
     use crate::mvcc::Command;
     use crate::{RaftStore, Store};
+    use openraft::{Entry, EntryPayload};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn entries_logged_but_not_applied_are_kept() {

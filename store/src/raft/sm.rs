@@ -349,12 +349,16 @@ pub(super) fn key_count(tree: &sled::Tree) -> Result<u64> {
     Ok(count)
 }
 
-/// Makes a state machine (not open) forget which log entries it applied and the membership
-/// they carried, keeping its data: the start of a new log for a new cluster.
-pub(super) fn forget_log_position(tree: &sled::Tree) -> Result<()> {
+/// Sets the log entry a state machine (not open) applied last and the membership applied
+/// with it, keeping its data.
+pub(super) fn set_log_position(
+    tree: &sled::Tree,
+    applied: Option<LogId<NodeId>>,
+    membership: &Membership,
+) -> Result<()> {
     let mut batch = sled::Batch::default();
-    batch.remove(META_APPLIED);
-    batch.remove(META_MEMBERSHIP);
+    batch.insert(META_APPLIED, encode(&applied)?);
+    batch.insert(META_MEMBERSHIP, encode(membership)?);
     tree.apply_batch(batch)?;
     Ok(())
 }
