@@ -211,9 +211,20 @@ async fn a_reset_from_its_own_data_keeps_keys_revisions_and_history() {
     let mut watch = store.watch("/", Some(0)).await.unwrap();
     let event = watch.next().await.unwrap().unwrap();
     assert_eq!(event.revision(), first.mod_revision);
+    // A watcher holds the database open.
+    drop(watch);
     let members = store.members().await.unwrap();
     assert_eq!(members.members.len(), 1);
     assert_eq!(members.leader, Some(node));
+    let written = store.put("/c", b"1".to_vec()).await.unwrap();
+    store.shutdown().await.unwrap();
+    drop(store);
+
+    // Later restarts are ordinary ones.
+    let store = open(&dir).await;
+    assert_eq!(store.get("/c").await.unwrap(), Some(written));
+    assert_eq!(store.get("/a").await.unwrap().unwrap().value, b"2");
+    assert_eq!(Some(report.cluster_id), store.cluster_id());
     store.shutdown().await.unwrap();
 }
 
