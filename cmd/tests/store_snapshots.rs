@@ -37,6 +37,28 @@ fn ok(out: Output, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// One server at a time: free ports are only free when picked.
+static ONE_SERVER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_server() -> std::sync::MutexGuard<'static, ()> {
+    ONE_SERVER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A free loopback port whose successor is free too: a `--cluster-init` server's store peer
+/// port is its API port + 1.
+fn free_port_pair() -> u16 {
+    loop {
+        let port = free_port().expect("port");
+        let both = port.checked_add(1).is_some_and(|next| {
+            std::net::TcpListener::bind(("127.0.0.1", next)).is_ok()
+                && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        });
+        if both {
+            return port;
+        }
+    }
+}
+
 /// A data dir, kubectl for it, and the port its server listens on.
 struct Fixture {
     data: TempDir,
@@ -50,7 +72,7 @@ impl Fixture {
     fn start(first: &str) -> (Fixture, ShoalServer) {
         let data = TempDir::new().expect("tempdir");
         let home = TempDir::new().expect("home");
-        let port = free_port().expect("port");
+        let port = free_port_pair();
         let server = ShoalServer::start(binary(), data.path(), port, &["--cluster-init"])
             .expect("server starts");
         let kubectl = Kubectl {
@@ -92,6 +114,7 @@ fn beside_store(data_dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn a_restored_snapshot_brings_the_server_back_to_when_it_was_taken() {
+    let _serial = one_server();
     let (fixture, server) = Fixture::start("before");
     let (data_dir, port, kubectl) = (fixture.data.path(), fixture.port, &fixture.kubectl);
 
@@ -154,6 +177,7 @@ fn a_restored_snapshot_brings_the_server_back_to_when_it_was_taken() {
 
 #[test]
 fn cluster_reset_keeps_the_servers_data_and_exits() {
+    let _serial = one_server();
     let (fixture, server) = Fixture::start("kept");
     let (data_dir, port, kubectl) = (fixture.data.path(), fixture.port, &fixture.kubectl);
     server.stop().expect("server stops");
@@ -196,6 +220,7 @@ fn cluster_reset_keeps_the_servers_data_and_exits() {
 
 #[test]
 fn scheduled_snapshots_keep_the_newest() {
+    let _serial = one_server();
     let data = TempDir::new().expect("tempdir");
     let data_dir = data.path();
     let snapshots = data_dir.join("elsewhere");
