@@ -61,12 +61,16 @@ pub async fn run(mut args: ServerArgs) -> Result<()> {
         crate::store::parse_schedule(&args.store_snapshot_schedule).map_err(anyhow::Error::msg)?;
     // --- end store snapshots ---
 
-    // Joining another server's cluster: its keys and settings come first. Nothing is open yet,
-    // so a signal meanwhile may end the process the default way.
-    let joining = match args.common.server.clone() {
-        Some(url) => Some(prepare_join(&url, token.as_deref(), &server_dir, &mut args).await?),
-        None => None,
-    };
+    // Joining another server's cluster: its keys and settings come first (from the server
+    // named, on the first start only: a restarted member needs no one server in particular).
+    // Nothing is open yet, so a signal meanwhile may end the process the default way.
+    let joining = args.common.server.clone();
+    if let Some(url) = &joining {
+        let token = token
+            .as_deref()
+            .context("joining another server's cluster (--server) needs --token")?;
+        take_cluster_settings(url, token, &server_dir, &mut args).await?;
+    }
     // Once replicated, always: a member restarted without the flags keeps its peers.
     let replicated_marker = server_dir.join(REPLICATED_MARKER);
     let replicated = args.cluster_init || joining.is_some() || replicated_marker.exists();
@@ -100,8 +104,13 @@ pub async fn run(mut args: ServerArgs) -> Result<()> {
     let store = RaftStore::open(store_config)
         .await
         .with_context(|| format!("opening the store in {}", store_dir.display()))?;
-    if let Some(join) = &joining {
+    if let (Some(url), Some(token)) = (&joining, token.as_deref()) {
         if store.cluster_id().is_none() {
+            let join = tokio::select! {
+                join = connect_for_joining(url, token) => join?,
+                _ = sigterm.recv() => return shut_down_store(&store).await,
+                _ = sigint.recv() => return shut_down_store(&store).await,
+            };
             let member = shoal_common::join::StoreMember {
                 id: store.node_id(),
                 peer_address: advertised_peer.clone(),
@@ -371,21 +380,13 @@ const REPLICATED_MARKER: &str = "replicated";
 /// The cluster-wide settings a joined server took from the cluster, for its restarts.
 const JOINED_SETTINGS: &str = "cluster.json";
 
-/// A server joining the cluster of the server at `url`: checks that server's CA against the
-/// token, takes the cluster's shared keys on the first start, and uses the cluster's
-/// settings (CIDRs, DNS) instead of its own flags, as a new server's flags describe a new
-/// cluster. Retries while that server is unreachable.
-async fn prepare_join(
-    url: &str,
-    token: Option<&str>,
-    server_dir: &std::path::Path,
-    args: &mut ServerArgs,
-) -> Result<JoinClient> {
-    let token = token.context("joining another server's cluster (--server) needs --token")?;
+/// A verified line to the server at `url` (its CA checked against the token), retried while
+/// that server is unreachable.
+async fn connect_for_joining(url: &str, token: &str) -> Result<JoinClient> {
     let mut backoff = std::time::Duration::from_millis(500);
-    let client = loop {
+    loop {
         match JoinClient::connect(url, token).await {
-            Ok(client) => break client,
+            Ok(client) => return Ok(client),
             Err(e) if e.is_retryable() => {
                 tracing::warn!(error = %e, "waiting for the server to join");
                 tokio::time::sleep(backoff).await;
@@ -393,12 +394,25 @@ async fn prepare_join(
             }
             Err(e) => return Err(e.into()),
         }
-    };
+    }
+}
+
+/// A server joining the cluster of the server at `url` uses the cluster's settings (CIDRs,
+/// DNS) instead of its own flags, as a new server's flags describe a new cluster. On the first
+/// start it takes them, with the cluster's shared keys, from that server and keeps them; later
+/// starts read what was kept and contact no one.
+async fn take_cluster_settings(
+    url: &str,
+    token: &str,
+    server_dir: &std::path::Path,
+    args: &mut ServerArgs,
+) -> Result<()> {
     let settings_path = server_dir.join(JOINED_SETTINGS);
     let cluster: JoinedCluster = match std::fs::read(&settings_path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .with_context(|| format!("reading {}", settings_path.display()))?,
         Err(_) => {
+            let client = connect_for_joining(url, token).await?;
             let body = client
                 .call(
                     "POST",
@@ -440,7 +454,7 @@ async fn prepare_join(
         .parse()
         .with_context(|| format!("the cluster's DNS address {:?}", cluster.cluster_dns))?;
     args.cluster_domain = cluster.cluster_domain;
-    Ok(client)
+    Ok(())
 }
 
 async fn shut_down_store(store: &RaftStore) -> Result<()> {

@@ -348,6 +348,16 @@ fn three_servers_survive_a_dead_leader_and_a_partition() {
         },
     );
 
+    // A joined server restarts while the server it joined through (its --server) is down.
+    let _ = lab.stop_node(first_joined);
+    lab.start_node(first_joined);
+    lab.kubectl_for(first_joined).ok(&[
+        "create",
+        "configmap",
+        "without-server-0",
+        "--from-literal=n=1",
+    ]);
+
     // Deleting a server's Node removes its store member; the removed server stops.
     lab.start_node(0);
     wait_for_leader(&lab, first_joined, 3);
