@@ -17,3 +17,4 @@ pub mod pod_bench;
 pub mod process;
 pub mod proxy_bench;
 pub mod server;
+pub mod store_ha_bench;

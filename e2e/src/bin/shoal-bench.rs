@@ -55,6 +55,11 @@ struct Cli {
 enum Command {
     /// Shoal's store (embedded RaftStore) against etcd (child process, gRPC v3 over loopback).
     Store(StoreArgs),
+    /// A 3-member Shoal store against a 3-member etcd: writes via leader and follower, failover.
+    StoreHa(shoal_e2e::store_ha_bench::StoreHaArgs),
+    /// One member of `store-ha`'s Shoal cluster (started by it, driven over stdin).
+    #[command(hide = true)]
+    StoreMember(shoal_e2e::store_ha_bench::MemberArgs),
     /// The API server (`shoal server` on loopback) driven with kube-rs.
     Api(shoal_e2e::api_bench::ApiArgs),
     /// The scheduler and controllers with a fleet of simulated nodes.
@@ -174,6 +179,12 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Store(args) => bench_store(args).await,
+        Command::StoreHa(args) => {
+            let report = shoal_e2e::store_ha_bench::run(args).await?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::StoreMember(args) => shoal_e2e::store_ha_bench::run_member(args).await,
         Command::Api(args) => {
             let report = shoal_e2e::api_bench::run(args).await?;
             println!("{report}");
