@@ -18,3 +18,4 @@ pub mod process;
 pub mod proxy_bench;
 pub mod server;
 pub mod store_ha_bench;
+pub mod store_load;

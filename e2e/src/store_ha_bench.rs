@@ -13,28 +13,26 @@
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use clap::ValueEnum;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use shoal_store::{Bootstrap, NetworkFaults, PeerConfig, RaftStore, RaftStoreConfig, Store};
+use shoal_store::{Bootstrap, NetworkFaults, PeerConfig, RaftStore, RaftStoreConfig};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::task::JoinSet;
 
-use crate::etcd::{self, EtcdClient, EtcdCluster};
-use crate::latency::{millis, Latencies, Summary};
+use crate::etcd::{EtcdClient, EtcdCluster};
+use crate::latency::millis;
+use crate::store_load::{puts, value_bytes, PutResult, Putter, Systems};
 
-/// Longest a single put may take before it counts as failed.
-const OP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Value size of every put.
 const VALUE_BYTES: usize = 1024;
 /// Unmeasured puts first, so connections and caches are warm.
@@ -57,22 +55,8 @@ pub struct StoreHaArgs {
     /// Seconds of load before and after the leader is killed.
     #[arg(long, default_value_t = 3)]
     failover_seconds: u64,
-    /// Benchmark only one of the two systems.
-    #[arg(long, value_enum)]
-    only: Option<System>,
-    /// Where the temporary data directories go; must be a real disk, not tmpfs.
-    #[arg(long, default_value = "/var/tmp")]
-    dir: PathBuf,
-    /// The etcd binary.
-    #[arg(long, default_value = "/usr/bin/etcd")]
-    etcd: PathBuf,
-}
-
-/// One of the two systems compared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum System {
-    Shoal,
-    Etcd,
+    #[command(flatten)]
+    systems: Systems,
 }
 
 /// What `shoal-bench store-member` (a child of `store-ha`) runs: one store member that
@@ -91,13 +75,6 @@ pub struct MemberArgs {
     /// Start a new cluster instead of waiting to be added.
     #[arg(long)]
     init: bool,
-}
-
-/// Throughput and latencies of one put workload.
-#[derive(Debug, Clone, Copy)]
-struct PutResult {
-    writes_per_sec: f64,
-    latency: Summary,
 }
 
 /// The writes around a killed leader.
@@ -119,72 +96,26 @@ struct Results {
     failover: Failover,
 }
 
-/// Something to put to.
-#[derive(Debug, Clone)]
-enum Client {
-    Shoal(RaftStore),
-    Etcd(EtcdClient),
-}
-
-impl Client {
-    async fn put(&mut self, key: String, value: Vec<u8>) -> Result<()> {
-        let put = async {
-            match self {
-                Client::Shoal(store) => {
-                    store.put(&key, value).await?;
-                }
-                Client::Etcd(client) => {
-                    client.put(key.into_bytes(), value).await?;
-                }
-            }
-            Ok::<(), anyhow::Error>(())
-        };
-        tokio::time::timeout(OP_TIMEOUT, put)
-            .await
-            .map_err(|_| anyhow!("a put took longer than {OP_TIMEOUT:?}"))?
-    }
-}
-
 /// Runs the benchmark and returns the Markdown report.
 pub async fn run(args: StoreHaArgs) -> Result<String> {
     if args.clients == 0 || args.seq == 0 || args.concurrent == 0 {
         bail!("--clients, --seq and --concurrent must be at least 1");
     }
-    let fs_type = check_data_dir(&args.dir)?;
+    let (fs_type, etcd_version) = args.systems.check()?;
     let value = value_bytes(VALUE_BYTES);
-    let etcd_version = match args.only {
-        Some(System::Shoal) => None,
-        _ => {
-            if !args.etcd.is_file() {
-                bail!(
-                    "etcd not found at {}: install Debian's etcd-server (apt-get install \
-                     etcd-server), pass --etcd PATH, or run with --only shoal",
-                    args.etcd.display()
-                );
-            }
-            Some(etcd::version(&args.etcd)?)
-        }
-    };
-    let shoal = if args.only != Some(System::Etcd) {
-        eprintln!("== shoal: 3 members (1 embedded, 2 child processes), mutual TLS on loopback");
-        Some(
-            bench_shoal(&args, &value)
-                .await
-                .context("benchmarking Shoal")?,
+    let (shoal, etcd) = args
+        .systems
+        .each(
+            async {
+                eprintln!("== shoal: 3 members (1 embedded, 2 child processes), mutual TLS");
+                bench_shoal(&args, &value).await
+            },
+            async {
+                eprintln!("== etcd: 3 member processes on loopback");
+                bench_etcd(&args, &value).await
+            },
         )
-    } else {
-        None
-    };
-    let etcd = if args.only != Some(System::Shoal) {
-        eprintln!("== etcd: 3 member processes on loopback");
-        Some(
-            bench_etcd(&args, &value)
-                .await
-                .context("benchmarking etcd")?,
-        )
-    } else {
-        None
-    };
+        .await?;
     Ok(report(
         &args,
         shoal,
@@ -192,40 +123,6 @@ pub async fn run(args: StoreHaArgs) -> Result<String> {
         etcd_version.as_deref(),
         &fs_type,
     ))
-}
-
-/// Checks that `dir` exists and is not tmpfs (fsync there would be free); returns its
-/// filesystem type.
-fn check_data_dir(dir: &Path) -> Result<String> {
-    if !dir.is_dir() {
-        bail!("--dir {} is not a directory", dir.display());
-    }
-    let output = std::process::Command::new("stat")
-        .args(["-f", "-c", "%T"])
-        .arg(dir)
-        .output()
-        .context("running stat -f")?;
-    let fs_type = String::from_utf8_lossy(&output.stdout).trim().to_string();
-    if fs_type == "tmpfs" || fs_type == "ramfs" {
-        bail!(
-            "--dir {} is on {fs_type}: fsync would cost nothing there; use a directory on disk",
-            dir.display()
-        );
-    }
-    Ok(fs_type)
-}
-
-/// Incompressible pseudo-random bytes.
-fn value_bytes(len: usize) -> Vec<u8> {
-    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state.to_le_bytes()[0]
-        })
-        .collect()
 }
 
 fn free_port() -> Result<u16> {
@@ -439,7 +336,7 @@ impl MemberProcess {
 
 // ---- workloads ----
 
-async fn warm_up(client: &Client, value: &[u8], prefix: &str) -> Result<()> {
+async fn warm_up(client: &Putter, value: &[u8], prefix: &str) -> Result<()> {
     let mut client = client.clone();
     for i in 0..WARMUP_PUTS {
         client
@@ -450,49 +347,24 @@ async fn warm_up(client: &Client, value: &[u8], prefix: &str) -> Result<()> {
     Ok(())
 }
 
-/// `total` puts from `clients` concurrent clients, each with its own handle.
-async fn puts(
-    client: &Client,
+/// `total` puts from `clients` concurrent clients sharing `client`, reported as they end.
+async fn measured_puts(
+    client: &Putter,
     clients: usize,
     total: usize,
-    prefix: &str,
+    workload: &str,
     value: &[u8],
 ) -> Result<PutResult> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut tasks = JoinSet::new();
-    let start = Instant::now();
-    for _ in 0..clients {
-        let mut client = client.clone();
-        let (next, value, prefix) = (Arc::clone(&next), value.to_vec(), prefix.to_string());
-        tasks.spawn(async move {
-            let mut latencies = Latencies::with_capacity(total / clients + 1);
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    return Ok::<Latencies, anyhow::Error>(latencies);
-                }
-                let t = Instant::now();
-                client
-                    .put(format!("/bench/{prefix}/{i:08}"), value.clone())
-                    .await?;
-                latencies.record(t.elapsed());
-            }
-        });
-    }
-    let mut latencies = Latencies::with_capacity(total);
-    while let Some(joined) = tasks.join_next().await {
-        latencies.merge(joined.context("a client task failed")??);
-    }
-    let elapsed = start.elapsed();
-    let latency = latencies
-        .summary()
-        .ok_or_else(|| anyhow!("no puts were measured"))?;
-    let result = PutResult {
-        writes_per_sec: total as f64 / elapsed.as_secs_f64(),
-        latency,
-    };
+    let result = puts(
+        std::slice::from_ref(client),
+        clients,
+        total,
+        &format!("/bench/{workload}/"),
+        value,
+    )
+    .await?;
     eprintln!(
-        "   {prefix}: {total} puts, {clients} client(s): {:.0} writes/s, p99 {:.2} ms",
+        "   {workload}: {total} puts, {clients} client(s): {:.0} writes/s, p99 {:.2} ms",
         result.writes_per_sec,
         millis(result.latency.p99)
     );
@@ -502,13 +374,13 @@ async fn puts(
 /// The 1-client and many-client workloads through `client`.
 async fn put_workloads(
     args: &StoreHaArgs,
-    client: &Client,
+    client: &Putter,
     via: &str,
     value: &[u8],
 ) -> Result<(PutResult, PutResult)> {
     warm_up(client, value, via).await?;
-    let seq = puts(client, 1, args.seq, &format!("{via}-seq"), value).await?;
-    let concurrent = puts(
+    let seq = measured_puts(client, 1, args.seq, &format!("{via}-seq"), value).await?;
+    let concurrent = measured_puts(
         client,
         args.clients,
         args.concurrent,
@@ -522,7 +394,7 @@ async fn put_workloads(
 /// Keeps `clients` clients writing through `client`, runs `kill` after `seconds`, keeps
 /// writing `seconds` more, and measures the longest stretch without an acknowledged write.
 async fn failover(
-    client: &Client,
+    client: &Putter,
     clients: usize,
     seconds: u64,
     value: &[u8],
@@ -586,10 +458,7 @@ async fn failover(
 // ---- the two systems ----
 
 async fn bench_shoal(args: &StoreHaArgs, value: &[u8]) -> Result<Results> {
-    let dir = tempfile::Builder::new()
-        .prefix("shoal-bench-store-ha-")
-        .tempdir_in(&args.dir)
-        .with_context(|| format!("creating a temporary directory in {}", args.dir.display()))?;
+    let dir = args.systems.temp_dir("shoal-bench-store-ha-")?;
     let pki = write_pki(dir.path(), 2 * MEMBERS)?;
     let pki_of = |n: usize| {
         pki.get(n)
@@ -618,7 +487,7 @@ async fn bench_shoal(args: &StoreHaArgs, value: &[u8]) -> Result<Results> {
             .context("adding a member")?;
         children.push(child);
     }
-    let client = Client::Shoal(store.clone());
+    let client = Putter::Shoal(store.clone());
     let (leader_seq, leader_concurrent) = put_workloads(args, &client, "leader", value).await?;
     store.shutdown().await?;
     drop(store);
@@ -649,7 +518,7 @@ async fn bench_shoal(args: &StoreHaArgs, value: &[u8]) -> Result<Results> {
     if store.is_leader() {
         bail!("the embedded member leads cluster 2; it was meant to follow");
     }
-    let client = Client::Shoal(store.clone());
+    let client = Putter::Shoal(store.clone());
     let (follower_seq, follower_concurrent) =
         put_workloads(args, &client, "follower", value).await?;
     let mut children = [leader, other];
@@ -680,7 +549,7 @@ async fn bench_shoal(args: &StoreHaArgs, value: &[u8]) -> Result<Results> {
 }
 
 async fn bench_etcd(args: &StoreHaArgs, value: &[u8]) -> Result<Results> {
-    let mut cluster = EtcdCluster::start(&args.etcd, &args.dir, MEMBERS)?;
+    let mut cluster = EtcdCluster::start(&args.systems.etcd, &args.systems.dir, MEMBERS)?;
     let result = async {
         cluster.wait_ready(Duration::from_secs(30)).await?;
         let leader = cluster.leader().await?;
@@ -691,10 +560,10 @@ async fn bench_etcd(args: &StoreHaArgs, value: &[u8]) -> Result<Results> {
                 .map(str::to_string)
                 .ok_or_else(|| anyhow!("no etcd member {i}"))
         };
-        let to_leader = Client::Etcd(EtcdClient::connect(&url(leader)?).await?);
+        let to_leader = Putter::Etcd(EtcdClient::connect(&url(leader)?).await?);
         let (leader_seq, leader_concurrent) =
             put_workloads(args, &to_leader, "leader", value).await?;
-        let to_follower = Client::Etcd(EtcdClient::connect(&url(follower)?).await?);
+        let to_follower = Putter::Etcd(EtcdClient::connect(&url(follower)?).await?);
         let (follower_seq, follower_concurrent) =
             put_workloads(args, &to_follower, "follower", value).await?;
         let cluster_ref = &mut cluster;
@@ -748,98 +617,111 @@ fn report(
          gRPC connection from the benchmark. Data under {} ({fs_type}); both sync every commit \
          on every member. Values {VALUE_BYTES} B, {WARMUP_PUTS} warm-up puts first. Failover: \
          {} clients write through a follower for {} s, the leader is SIGKILLed, {} s more.\n\n",
-        args.dir.display(),
+        args.systems.dir.display(),
         args.clients,
         args.failover_seconds,
         args.failover_seconds,
     ));
     out.push_str("| workload | metric | Shoal | etcd | Shoal/etcd (latency: etcd/Shoal; >1 = Shoal better) |\n");
     out.push_str("|---|---|---:|---:|---:|\n");
-    let put_rows = |out: &mut String, name: String, pick: fn(&Results) -> PutResult| {
-        let s = shoal.as_ref().map(pick);
-        let e = etcd.as_ref().map(pick);
-        row(
-            out,
-            &name,
-            "writes/s",
-            s.map(|r| r.writes_per_sec),
-            e.map(|r| r.writes_per_sec),
-            false,
-            0,
-        );
-        row(
-            out,
-            "",
-            "p50 (ms)",
-            s.map(|r| millis(r.latency.p50)),
-            e.map(|r| millis(r.latency.p50)),
-            true,
-            2,
-        );
-        row(
-            out,
-            "",
-            "p99 (ms)",
-            s.map(|r| millis(r.latency.p99)),
-            e.map(|r| millis(r.latency.p99)),
-            true,
-            2,
-        );
-    };
-    put_rows(
-        &mut out,
-        format!("through the leader, 1 client ({} puts)", args.seq),
-        |r| r.leader_seq,
-    );
-    put_rows(
-        &mut out,
-        format!(
-            "through the leader, {} clients ({} puts)",
-            args.clients, args.concurrent
+    type Pick = fn(&Results) -> PutResult;
+    let workloads: [(String, Pick); 4] = [
+        (
+            format!("through the leader, 1 client ({} puts)", args.seq),
+            |r| r.leader_seq,
         ),
-        |r| r.leader_concurrent,
-    );
-    put_rows(
-        &mut out,
-        format!("through a follower, 1 client ({} puts)", args.seq),
-        |r| r.follower_seq,
-    );
-    put_rows(
-        &mut out,
-        format!(
-            "through a follower, {} clients ({} puts)",
-            args.clients, args.concurrent
+        (
+            format!(
+                "through the leader, {} clients ({} puts)",
+                args.clients, args.concurrent
+            ),
+            |r| r.leader_concurrent,
         ),
-        |r| r.follower_concurrent,
-    );
-    row(
-        &mut out,
-        "leader SIGKILLed under load",
-        "longest write gap (ms)",
-        shoal.map(|r| millis(r.failover.gap)),
-        etcd.map(|r| millis(r.failover.gap)),
-        true,
-        0,
-    );
-    row(
-        &mut out,
-        "",
-        "failed writes",
-        shoal.map(|r| r.failover.failed as f64),
-        etcd.map(|r| r.failover.failed as f64),
-        true,
-        0,
-    );
-    row(
-        &mut out,
-        "",
-        "acknowledged writes",
-        shoal.map(|r| r.failover.acked as f64),
-        etcd.map(|r| r.failover.acked as f64),
-        false,
-        0,
-    );
+        (
+            format!("through a follower, 1 client ({} puts)", args.seq),
+            |r| r.follower_seq,
+        ),
+        (
+            format!(
+                "through a follower, {} clients ({} puts)",
+                args.clients, args.concurrent
+            ),
+            |r| r.follower_concurrent,
+        ),
+    ];
+    let metrics: [Metric<PutResult>; 3] = [
+        Metric::new("writes/s", |r| r.writes_per_sec, false, 0),
+        Metric::new("p50 (ms)", |r| millis(r.latency.p50), true, 2),
+        Metric::new("p99 (ms)", |r| millis(r.latency.p99), true, 2),
+    ];
+    for (name, workload) in &workloads {
+        for (i, metric) in metrics.iter().enumerate() {
+            let label = if i == 0 { name.as_str() } else { "" };
+            let pick = |r: &Results| (metric.pick)(&workload(r));
+            metric.row(
+                &mut out,
+                label,
+                shoal.as_ref().map(pick),
+                etcd.as_ref().map(pick),
+            );
+        }
+    }
+    let failover: [Metric<Failover>; 3] = [
+        Metric::new("longest write gap (ms)", |f| millis(f.gap), true, 0),
+        Metric::new("failed writes", |f| f.failed as f64, true, 0),
+        Metric::new("acknowledged writes", |f| f.acked as f64, false, 0),
+    ];
+    for (i, metric) in failover.iter().enumerate() {
+        let label = if i == 0 {
+            "leader SIGKILLed under load"
+        } else {
+            ""
+        };
+        let pick = |r: &Results| (metric.pick)(&r.failover);
+        metric.row(
+            &mut out,
+            label,
+            shoal.as_ref().map(pick),
+            etcd.as_ref().map(pick),
+        );
+    }
     out
+}
+
+/// One figure of the report, read from a result of type `T`.
+struct Metric<T> {
+    name: &'static str,
+    pick: fn(&T) -> f64,
+    lower_is_better: bool,
+    decimals: usize,
+}
+
+impl<T> Metric<T> {
+    fn new(
+        name: &'static str,
+        pick: fn(&T) -> f64,
+        lower_is_better: bool,
+        decimals: usize,
+    ) -> Self {
+        Metric {
+            name,
+            pick,
+            lower_is_better,
+            decimals,
+        }
+    }
+
+    fn row(&self, out: &mut String, workload: &str, shoal: Option<f64>, etcd: Option<f64>) {
+        row(
+            out,
+            workload,
+            self.name,
+            shoal,
+            etcd,
+            self.lower_is_better,
+            self.decimals,
+        );
+    }
 }
 
 fn row(
