@@ -406,7 +406,7 @@ async fn failover(
         let mut client = client.clone();
         let (stop, value) = (Arc::clone(&stop), value.to_vec());
         tasks.spawn(async move {
-            let (mut acks, mut failed) = (Vec::new(), 0usize);
+            let (mut acks, mut failed, mut first_error) = (Vec::new(), 0usize, None);
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 match client
@@ -414,15 +414,16 @@ async fn failover(
                     .await
                 {
                     Ok(()) => acks.push(Instant::now()),
-                    Err(_) => {
+                    Err(err) => {
                         failed += 1;
+                        first_error.get_or_insert_with(|| format!("{err:#}"));
                         // A member that fails fast must not spin.
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 }
                 i += 1;
             }
-            (acks, failed)
+            (acks, failed, first_error)
         });
     }
     tokio::time::sleep(Duration::from_secs(seconds)).await;
@@ -430,11 +431,15 @@ async fn failover(
     let killed = kill.await;
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     stop.store(true, Ordering::Relaxed);
-    let (mut acks, mut failed) = (Vec::new(), 0);
+    let (mut acks, mut failed, mut error) = (Vec::new(), 0, None);
     while let Some(joined) = tasks.join_next().await {
-        let (a, f) = joined.context("a client task failed")?;
+        let (a, f, e) = joined.context("a client task failed")?;
         acks.extend(a);
         failed += f;
+        error = error.or(e);
+    }
+    if let Some(error) = error {
+        eprintln!("   failover: a failed write said: {error}");
     }
     killed?;
     acks.sort();
