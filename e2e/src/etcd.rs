@@ -1,5 +1,6 @@
 //! Just enough of etcd for the benchmarks: a throwaway single-member etcd server run as a child
-//! process on loopback ([`EtcdServer`]), and a client for its gRPC v3 API ([`EtcdClient`]) —
+//! process on loopback ([`EtcdServer`]), a throwaway multi-member cluster of such processes
+//! ([`EtcdCluster`]), and a client for its gRPC v3 API ([`EtcdClient`]) —
 //! the API kube-apiserver uses — over tonic, with the few protobuf messages it needs written
 //! by hand (no protoc, no build script).
 //!
@@ -183,6 +184,23 @@ pub mod pb {
     }
 }
 
+/// `etcdserverpb.StatusRequest` (empty) and `etcdserverpb.StatusResponse`, the fields read.
+pub mod status {
+    /// `etcdserverpb.StatusRequest`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct StatusRequest {}
+
+    /// `etcdserverpb.StatusResponse`: the header names the answering member, `leader` the
+    /// member it believes leads.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct StatusResponse {
+        #[prost(message, optional, tag = "1")]
+        pub header: Option<super::pb::ResponseHeader>,
+        #[prost(uint64, tag = "4")]
+        pub leader: u64,
+    }
+}
+
 /// The end of the key range holding every key that starts with `prefix` (etcd's `WithPrefix`).
 pub fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
@@ -263,6 +281,16 @@ impl EtcdClient {
             .await
     }
 
+    /// `Maintenance/Status`: this member's id and the leader it knows.
+    pub async fn status(&mut self) -> Result<status::StatusResponse> {
+        self.unary(
+            "/etcdserverpb.Maintenance/Status",
+            status::StatusRequest {},
+            "etcd Status",
+        )
+        .await
+    }
+
     /// Opens a `Watch/Watch` bidirectional stream fed by `requests`.
     ///
     /// etcd sends the response headers only with its first message, so the caller must have
@@ -313,8 +341,6 @@ impl EtcdServer {
             .with_context(|| format!("creating a temporary directory in {}", base.display()))?;
         let data_dir = dir.path().join("data");
         let log_path = dir.path().join("etcd.log");
-        let log = std::fs::File::create(&log_path)
-            .with_context(|| format!("creating {}", log_path.display()))?;
         let client_port = free_port()?;
         let mut peer_port = free_port()?;
         while peer_port == client_port {
@@ -322,36 +348,13 @@ impl EtcdServer {
         }
         let client_url = format!("http://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let child = Command::new(binary)
-            .arg("--name")
-            .arg("default")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .arg("--listen-client-urls")
-            .arg(&client_url)
-            .arg("--advertise-client-urls")
-            .arg(&client_url)
-            .arg("--listen-peer-urls")
-            .arg(&peer_url)
-            .arg("--initial-advertise-peer-urls")
-            .arg(&peer_url)
-            .arg("--initial-cluster")
-            .arg(format!("default={peer_url}"))
-            .arg("--initial-cluster-state")
-            .arg("new")
-            .arg("--quota-backend-bytes")
-            .arg("8589934592")
-            .arg("--logger")
-            .arg("zap")
-            .arg("--log-outputs")
-            .arg("stderr")
-            .arg("--log-level")
-            .arg("warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().context("duplicating the log file handle")?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
+        let member = MemberSpec {
+            name: "default",
+            client_url: &client_url,
+            peer_url: &peer_url,
+            initial_cluster: &format!("default={peer_url}"),
+        };
+        let child = spawn_member(binary, &data_dir, &member, &log_path)?;
         Ok(EtcdServer {
             child,
             client_url,
@@ -402,12 +405,232 @@ impl EtcdServer {
 
     /// The last lines of the server's log, for error messages.
     pub fn log_tail(&self) -> String {
-        let mut text = String::new();
-        if let Ok(mut file) = std::fs::File::open(&self.log_path) {
-            let _ = file.read_to_string(&mut text);
+        log_tail(&self.log_path)
+    }
+}
+
+/// One member's names and addresses, as `etcd` takes them on its command line.
+struct MemberSpec<'a> {
+    name: &'a str,
+    client_url: &'a str,
+    peer_url: &'a str,
+    /// `name=peer_url,…` of every member.
+    initial_cluster: &'a str,
+}
+
+/// Starts one etcd member of a new cluster, logging to `log_path`.
+fn spawn_member(
+    binary: &Path,
+    data_dir: &Path,
+    member: &MemberSpec<'_>,
+    log_path: &Path,
+) -> Result<Child> {
+    let log = std::fs::File::create(log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    Command::new(binary)
+        .arg("--name")
+        .arg(member.name)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--listen-client-urls")
+        .arg(member.client_url)
+        .arg("--advertise-client-urls")
+        .arg(member.client_url)
+        .arg("--listen-peer-urls")
+        .arg(member.peer_url)
+        .arg("--initial-advertise-peer-urls")
+        .arg(member.peer_url)
+        .arg("--initial-cluster")
+        .arg(member.initial_cluster)
+        .arg("--initial-cluster-state")
+        .arg("new")
+        .arg("--quota-backend-bytes")
+        .arg("8589934592")
+        .arg("--logger")
+        .arg("zap")
+        .arg("--log-outputs")
+        .arg("stderr")
+        .arg("--log-level")
+        .arg("warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().context("duplicating the log file handle")?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))
+}
+
+/// The last lines of a log file, for error messages.
+fn log_tail(path: &Path) -> String {
+    let mut text = String::new();
+    if let Ok(mut file) = std::fs::File::open(path) {
+        let _ = file.read_to_string(&mut text);
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// A multi-member etcd cluster on loopback, one child process per member, all data in one
+/// fresh temporary directory. Dropping it kills every member and removes the directory.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    members: Vec<ClusterMember>,
+    // Dropped after `drop` has killed the children.
+    dir: tempfile::TempDir,
+}
+
+#[derive(Debug)]
+struct ClusterMember {
+    child: Option<Child>,
+    client_url: String,
+    log_path: PathBuf,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members of a new cluster under `base`; call [`EtcdCluster::wait_ready`].
+    pub fn start(binary: &Path, base: &Path, size: usize) -> Result<EtcdCluster> {
+        let dir = tempfile::Builder::new()
+            .prefix("shoal-bench-etcd-cluster-")
+            .tempdir_in(base)
+            .with_context(|| format!("creating a temporary directory in {}", base.display()))?;
+        let mut ports: Vec<u16> = Vec::with_capacity(2 * size);
+        while ports.len() < 2 * size {
+            let port = free_port()?;
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
         }
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        let urls: Vec<(String, String)> = ports
+            .chunks(2)
+            .map(|p| {
+                (
+                    format!("http://127.0.0.1:{}", p[0]),
+                    format!("http://127.0.0.1:{}", p[1]),
+                )
+            })
+            .collect();
+        let initial_cluster = urls
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}={peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = EtcdCluster {
+            members: Vec::with_capacity(size),
+            dir,
+        };
+        for (i, (client_url, peer_url)) in urls.iter().enumerate() {
+            let name = format!("m{i}");
+            let log_path = cluster.dir.path().join(format!("{name}.log"));
+            let member = MemberSpec {
+                name: &name,
+                client_url,
+                peer_url,
+                initial_cluster: &initial_cluster,
+            };
+            let data_dir = cluster.dir.path().join(&name);
+            let child = spawn_member(binary, &data_dir, &member, &log_path)?;
+            cluster.members.push(ClusterMember {
+                child: Some(child),
+                client_url: client_url.clone(),
+                log_path,
+            });
+        }
+        Ok(cluster)
+    }
+
+    /// The URL clients reach member `index` at.
+    pub fn client_url(&self, index: usize) -> Option<&str> {
+        self.members.get(index).map(|m| m.client_url.as_str())
+    }
+
+    /// The temporary directory holding the members' data and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Waits until every live member answers a linearizable read, for at most `timeout`.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        for index in 0..self.members.len() {
+            loop {
+                let member = &mut self.members[index];
+                let Some(child) = member.child.as_mut() else {
+                    break;
+                };
+                if let Some(status) = child.try_wait().context("checking on etcd")? {
+                    bail!(
+                        "etcd member {index} exited early ({status}); its log:\n{}",
+                        log_tail(&member.log_path)
+                    );
+                }
+                let url = member.client_url.clone();
+                let attempt = async {
+                    let mut client = EtcdClient::connect(&url).await?;
+                    client.get(b"/bench/ready".to_vec()).await
+                };
+                match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+                    Ok(Ok(_)) => break,
+                    Ok(Err(err)) if Instant::now() >= deadline => {
+                        bail!("etcd member {index} did not serve within {timeout:?}: {err:#}")
+                    }
+                    Err(_) if Instant::now() >= deadline => {
+                        bail!("etcd member {index} did not serve within {timeout:?}")
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The index of the member the live members agree leads.
+    pub async fn leader(&self) -> Result<usize> {
+        let mut ids = Vec::with_capacity(self.members.len());
+        let mut leaders = Vec::new();
+        for member in &self.members {
+            if member.child.is_none() {
+                ids.push(None);
+                continue;
+            }
+            let mut client = EtcdClient::connect(&member.client_url).await?;
+            let status = client.status().await?;
+            ids.push(status.header.map(|h| h.member_id));
+            leaders.push(status.leader);
+        }
+        let leader = leaders
+            .first()
+            .copied()
+            .filter(|first| *first != 0 && leaders.iter().all(|l| l == first))
+            .ok_or_else(|| anyhow::anyhow!("etcd members disagree on the leader: {leaders:?}"))?;
+        ids.iter()
+            .position(|id| *id == Some(leader))
+            .ok_or_else(|| anyhow::anyhow!("etcd's leader {leader:x} is not a live member"))
+    }
+
+    /// Kills member `index` (SIGKILL), as a crash would.
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.members.get_mut(index).and_then(|m| m.child.take()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The last lines of every member's log.
+    pub fn log_tails(&self) -> String {
+        self.members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| format!("-- member {i}:\n{}", log_tail(&m.log_path)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for index in 0..self.members.len() {
+            self.kill(index);
+        }
     }
 }
 

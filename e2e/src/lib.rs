@@ -17,3 +17,5 @@ pub mod pod_bench;
 pub mod process;
 pub mod proxy_bench;
 pub mod server;
+pub mod store_ha_bench;
+pub mod store_load;

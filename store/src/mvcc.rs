@@ -42,6 +42,32 @@ pub enum Command {
     /// one log append and one fsync serve them all. Each still gets its own revision and
     /// outcome, in order, as if proposed one by one.
     Batch(Vec<Command>),
+    /// A command marked by the member that proposed it, so that member can recognise its own
+    /// write when it applies it — also when it lost track of the proposal (the leader it went
+    /// through died with the answer). Applies exactly as the command inside.
+    Tagged {
+        tag: u128,
+        command: Box<Command>,
+    },
+}
+
+impl Command {
+    /// The tags this command carries and where their outcomes are: `None` for the whole
+    /// command's outcome, `Some(i)` for the `i`-th outcome of a batch.
+    pub fn tags(&self) -> Vec<(Option<usize>, u128)> {
+        match self {
+            Command::Tagged { tag, .. } => vec![(None, *tag)],
+            Command::Batch(commands) => commands
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| match c {
+                    Command::Tagged { tag, .. } => Some((Some(i), *tag)),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// What applying a [`Command`] did.
@@ -134,13 +160,17 @@ pub fn execute(
     command: Command,
     retention: Retention,
 ) -> Result<Outcome> {
-    if let Command::Batch(commands) = command {
-        return commands
-            .into_iter()
-            .map(|c| execute(state, c, retention))
-            .collect::<Result<Vec<_>>>()
-            .map(Outcome::Batch);
-    }
+    let command = match command {
+        Command::Batch(commands) => {
+            return commands
+                .into_iter()
+                .map(|c| execute(state, c, retention))
+                .collect::<Result<Vec<_>>>()
+                .map(Outcome::Batch);
+        }
+        Command::Tagged { command, .. } => return execute(state, *command, retention),
+        other => other,
+    };
     let next = state.revision() + 1;
     let outcome = match command {
         Command::Create { key, value } => match state.current(&key)? {
@@ -189,7 +219,7 @@ pub fn execute(
                 Outcome::Written(event)
             }
         },
-        Command::Batch(_) => return Ok(Outcome::Nothing), // handled above
+        Command::Batch(_) | Command::Tagged { .. } => return Ok(Outcome::Nothing), // handled above
         Command::Compact { revision } => {
             if revision > state.revision() {
                 return Ok(Outcome::Rejected(Rejection::FutureRevision {
@@ -475,6 +505,37 @@ mod tests {
             Outcome::Rejected(Rejection::NotFound)
         ));
         assert_eq!(KvState::revision(&state), 2);
+    }
+
+    #[test]
+    fn a_tagged_command_applies_as_the_command_inside_and_names_its_outcome() {
+        let put = |key: &str| Command::Put {
+            key: key.into(),
+            value: b"v".to_vec(),
+        };
+        let tagged = |tag, key: &str| Command::Tagged {
+            tag,
+            command: Box::new(put(key)),
+        };
+        let mut plain = MemState::default();
+        let mut marked = MemState::default();
+        let batch = Command::Batch(vec![put("/t/1"), tagged(7, "/t/2"), tagged(9, "/t/1")]);
+        assert_eq!(batch.tags(), vec![(Some(1), 7), (Some(2), 9)]);
+        assert_eq!(tagged(5, "/t/3").tags(), vec![(None, 5)]);
+        assert!(put("/t/3").tags().is_empty());
+        let with_tags = execute(&mut marked, batch, Retention::default()).expect("batch");
+        let without = execute(
+            &mut plain,
+            Command::Batch(vec![put("/t/1"), put("/t/2"), put("/t/1")]),
+            Retention::default(),
+        )
+        .expect("batch");
+        assert_eq!(with_tags, without);
+        assert_eq!(KvState::revision(&marked), 3);
+        assert_eq!(
+            marked.current("/t/1").expect("read"),
+            plain.current("/t/1").expect("read")
+        );
     }
 
     #[test]

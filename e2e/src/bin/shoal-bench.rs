@@ -8,15 +8,16 @@
 //! (under `--dir`, `/var/tmp` by default) and both fsync every commit (grouping concurrent
 //! ones), so an acknowledged write survives a crash on either side.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use shoal_e2e::etcd::{self, pb, EtcdClient, EtcdServer};
 use shoal_e2e::latency::{millis, Latencies, Summary};
+use shoal_e2e::store_load::{command_output, puts, value_bytes, PutResult, Putter, Systems};
 use shoal_store::{RaftStore, RaftStoreConfig, Store};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
@@ -26,8 +27,6 @@ use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Longest a single put may take before the benchmark gives up.
-const OP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest all watchers may take to receive one event.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest setting up the watchers may take.
@@ -55,6 +54,11 @@ struct Cli {
 enum Command {
     /// Shoal's store (embedded RaftStore) against etcd (child process, gRPC v3 over loopback).
     Store(StoreArgs),
+    /// A 3-member Shoal store against a 3-member etcd: writes via leader and follower, failover.
+    StoreHa(shoal_e2e::store_ha_bench::StoreHaArgs),
+    /// One member of `store-ha`'s Shoal cluster (started by it, driven over stdin).
+    #[command(hide = true)]
+    StoreMember(shoal_e2e::store_ha_bench::MemberArgs),
     /// The API server (`shoal server` on loopback) driven with kube-rs.
     Api(shoal_e2e::api_bench::ApiArgs),
     /// The scheduler and controllers with a fleet of simulated nodes.
@@ -90,15 +94,8 @@ struct StoreArgs {
     /// Puts (events) in the watch-latency workload, one at a time.
     #[arg(long, default_value_t = 100)]
     watch_events: usize,
-    /// Benchmark only one of the two systems.
-    #[arg(long, value_enum)]
-    only: Option<System>,
-    /// Where the temporary data directories go; must be a real disk, not tmpfs.
-    #[arg(long, default_value = "/var/tmp")]
-    dir: PathBuf,
-    /// The etcd binary.
-    #[arg(long, default_value = "/usr/bin/etcd")]
-    etcd: PathBuf,
+    #[command(flatten)]
+    systems: Systems,
     /// HTTP/2 connections to etcd shared by all clients (kube-apiserver uses one).
     #[arg(long, default_value_t = 1)]
     etcd_conns: usize,
@@ -107,51 +104,12 @@ struct StoreArgs {
     watch_streams: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum System {
-    Shoal,
-    Etcd,
-}
-
-/// Throughput and latencies of a put workload.
-#[derive(Debug, Clone, Copy)]
-struct PutResult {
-    writes_per_sec: f64,
-    latency: Summary,
-}
-
 /// Everything measured for one system.
 #[derive(Debug, Clone, Copy)]
 struct Results {
     seq: PutResult,
     concurrent: PutResult,
     watch: Summary,
-}
-
-/// Something to put to: the embedded store or an etcd client.
-#[derive(Debug, Clone)]
-enum Putter {
-    Shoal(RaftStore),
-    Etcd(EtcdClient),
-}
-
-impl Putter {
-    async fn put(&mut self, key: String, value: Vec<u8>) -> Result<()> {
-        let put = async {
-            match self {
-                Putter::Shoal(store) => {
-                    store.put(&key, value).await?;
-                }
-                Putter::Etcd(client) => {
-                    client.put(key.into_bytes(), value).await?;
-                }
-            }
-            Ok::<(), anyhow::Error>(())
-        };
-        tokio::time::timeout(OP_TIMEOUT, put)
-            .await
-            .map_err(|_| anyhow!("a put took longer than {OP_TIMEOUT:?}"))?
-    }
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -174,6 +132,12 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Store(args) => bench_store(args).await,
+        Command::StoreHa(args) => {
+            let report = shoal_e2e::store_ha_bench::run(args).await?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::StoreMember(args) => shoal_e2e::store_ha_bench::run_member(args).await,
         Command::Api(args) => {
             let report = shoal_e2e::api_bench::run(args).await?;
             println!("{report}");
@@ -217,86 +181,28 @@ async fn bench_store(args: StoreArgs) -> Result<()> {
     if args.clients == 0 || args.etcd_conns == 0 || args.watch_streams == 0 {
         bail!("--clients, --etcd-conns and --watch-streams must be at least 1");
     }
-    let run_shoal = args.only != Some(System::Etcd);
-    let run_etcd = args.only != Some(System::Shoal);
-    let fs_type = check_data_dir(&args.dir)?;
-    let etcd_version = if run_etcd {
-        if !args.etcd.is_file() {
-            bail!(
-                "etcd not found at {}: install Debian's etcd-server (apt-get install etcd-server), \
-                 pass --etcd PATH, or run with --only shoal",
-                args.etcd.display()
-            );
-        }
-        Some(etcd::version(&args.etcd)?)
-    } else {
-        None
-    };
+    let (fs_type, etcd_version) = args.systems.check()?;
     let value = value_bytes(VALUE_BYTES);
-
-    let shoal = if run_shoal {
-        eprintln!("== shoal (embedded RaftStore)");
-        Some(
-            bench_shoal(&args, &value)
-                .await
-                .context("benchmarking Shoal")?,
+    let (shoal, etcd) = args
+        .systems
+        .each(
+            async {
+                eprintln!("== shoal (embedded RaftStore)");
+                bench_shoal(&args, &value).await
+            },
+            async {
+                eprintln!("== etcd (child process, gRPC over loopback)");
+                bench_etcd(&args, &value).await
+            },
         )
-    } else {
-        None
-    };
-    let etcd = if run_etcd {
-        eprintln!("== etcd (child process, gRPC over loopback)");
-        Some(
-            bench_etcd(&args, &value)
-                .await
-                .context("benchmarking etcd")?,
-        )
-    } else {
-        None
-    };
+        .await?;
 
     print_report(&args, shoal, etcd, etcd_version.as_deref(), &fs_type);
     Ok(())
 }
 
-/// Checks that `dir` exists and is not tmpfs (fsync there would be free); returns its
-/// filesystem type.
-fn check_data_dir(dir: &Path) -> Result<String> {
-    if !dir.is_dir() {
-        bail!("--dir {} is not a directory", dir.display());
-    }
-    let dir_arg = dir.to_string_lossy();
-    let fs_type = command_output("findmnt", &["-n", "-o", "FSTYPE", "-T", &dir_arg])
-        .or_else(|| command_output("stat", &["-f", "-c", "%T", &dir_arg]))
-        .unwrap_or_else(|| "unknown".into());
-    if fs_type == "tmpfs" || fs_type == "ramfs" {
-        bail!(
-            "--dir {} is on {fs_type}: fsync would cost nothing there, so the numbers would not \
-             mean durable writes; use a directory on disk such as /var/tmp",
-            dir.display()
-        );
-    }
-    Ok(fs_type)
-}
-
-/// 1 KiB of pseudo-random bytes (so nothing on either side compresses it away).
-fn value_bytes(len: usize) -> Vec<u8> {
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state.to_le_bytes()[0]
-        })
-        .collect()
-}
-
 async fn bench_shoal(args: &StoreArgs, value: &[u8]) -> Result<Results> {
-    let dir = tempfile::Builder::new()
-        .prefix("shoal-bench-shoal-")
-        .tempdir_in(&args.dir)
-        .with_context(|| format!("creating a temporary directory in {}", args.dir.display()))?;
+    let dir = args.systems.temp_dir("shoal-bench-shoal-")?;
     let store = RaftStore::open(RaftStoreConfig::new(dir.path().join("store")))
         .await
         .context("opening the store")?;
@@ -320,7 +226,7 @@ async fn bench_shoal(args: &StoreArgs, value: &[u8]) -> Result<Results> {
 }
 
 async fn bench_etcd(args: &StoreArgs, value: &[u8]) -> Result<Results> {
-    let mut server = EtcdServer::start(&args.etcd, &args.dir)?;
+    let mut server = EtcdServer::start(&args.systems.etcd, &args.systems.dir)?;
     eprintln!(
         "   etcd at {}, data in {}",
         server.client_url(),
@@ -368,67 +274,26 @@ async fn put_workloads(
     }
 
     eprintln!("   seq-put: {} puts, 1 client", args.seq);
-    let mut single = first.clone();
-    let mut latencies = Latencies::with_capacity(args.seq);
-    let start = Instant::now();
-    for i in 0..args.seq {
-        let key = format!("{SEQ_PREFIX}{i:08}");
-        let value = value.to_vec();
-        let t = Instant::now();
-        single.put(key, value).await.context("seq-put")?;
-        latencies.record(t.elapsed());
-    }
-    let seq = put_result(args.seq, start.elapsed(), latencies)?;
+    let seq = puts(std::slice::from_ref(first), 1, args.seq, SEQ_PREFIX, value)
+        .await
+        .context("seq-put")?;
     eprintln!("     {:.0} writes/s", seq.writes_per_sec);
 
     eprintln!(
         "   concurrent-put: {} puts, {} clients",
         args.concurrent, args.clients
     );
-    let next = Arc::new(AtomicUsize::new(0));
-    let total = args.concurrent;
-    let clients = args.clients;
-    let mut tasks = JoinSet::new();
-    let start = Instant::now();
-    for client in 0..clients {
-        let mut putter = putters
-            .get(client % putters.len())
-            .ok_or_else(|| anyhow!("no client to put with"))?
-            .clone();
-        let next = Arc::clone(&next);
-        let value = value.to_vec();
-        tasks.spawn(async move {
-            let mut latencies = Latencies::with_capacity(total / clients + 1);
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    return Ok::<Latencies, anyhow::Error>(latencies);
-                }
-                let key = format!("{CONCURRENT_PREFIX}{i:08}");
-                let value = value.clone();
-                let t = Instant::now();
-                putter.put(key, value).await.context("concurrent-put")?;
-                latencies.record(t.elapsed());
-            }
-        });
-    }
-    let mut latencies = Latencies::with_capacity(total);
-    while let Some(joined) = tasks.join_next().await {
-        latencies.merge(joined.context("a client task failed")??);
-    }
-    let concurrent = put_result(total, start.elapsed(), latencies)?;
+    let concurrent = puts(
+        putters,
+        args.clients,
+        args.concurrent,
+        CONCURRENT_PREFIX,
+        value,
+    )
+    .await
+    .context("concurrent-put")?;
     eprintln!("     {:.0} writes/s", concurrent.writes_per_sec);
     Ok((seq, concurrent))
-}
-
-fn put_result(count: usize, elapsed: Duration, mut latencies: Latencies) -> Result<PutResult> {
-    let latency = latencies
-        .summary()
-        .ok_or_else(|| anyhow!("no puts were measured (count 0?)"))?;
-    Ok(PutResult {
-        writes_per_sec: count as f64 / elapsed.as_secs_f64(),
-        latency,
-    })
 }
 
 /// Counts, per event, how many watchers have received it, and wakes the put driver when all
@@ -682,17 +547,6 @@ async fn watch_etcd(clients: &[EtcdClient], args: &StoreArgs, value: &[u8]) -> R
 }
 
 /// A command's trimmed standard output, if it ran and succeeded.
-fn command_output(program: &str, args: &[&str]) -> Option<String> {
-    let output = std::process::Command::new(program)
-        .args(args)
-        .output()
-        .ok()?;
-    if !output.status.success() {
-        return None;
-    }
-    Some(String::from_utf8_lossy(&output.stdout).trim().to_string())
-}
-
 fn cpu_model() -> Option<String> {
     let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
     text.lines()
@@ -827,7 +681,7 @@ fn print_report(
         args.etcd_conns,
         if args.etcd_conns == 1 { "" } else { "s" },
         args.watch_streams,
-        args.dir.display(),
+        args.systems.dir.display(),
     );
     println!();
     println!("| workload | metric | shoal | etcd | shoal/etcd (latencies: etcd/shoal; >1 = Shoal better) |");

@@ -106,6 +106,9 @@ pub(crate) struct Core {
     /// One membership change at a time on this member (Raft allows one in flight anyway).
     pub membership_lock: tokio::sync::Mutex<()>,
     pub space: DiskSpace,
+    /// See [`Core::next_tag`].
+    pub tag_prefix: u64,
+    pub tag_count: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Core {
@@ -219,21 +222,55 @@ impl Core {
                 .map_err(ProposeError::into_store_error);
         }
         let deadline = Instant::now() + self.limits.request;
-        let response = self
+        // Tagged, so that this member recognises the write when it applies it even if the
+        // answer is lost with a leader that dies (see the end).
+        let tag = self.next_tag();
+        let mut applied_here = self.shared.expect(tag);
+        let tagged = Command::Tagged {
+            tag,
+            command: Box::new(command),
+        };
+        let answer = self
             .at_leader(deadline, false, "the write was not committed", || {
-                Request::Write(command.clone())
+                Request::Write(tagged.clone())
             })
-            .await?;
-        match response {
-            Response::Write(Ok(Applied { outcome, index })) => {
-                self.wait_applied(index, deadline, "the write").await?;
-                Ok(outcome)
-            }
-            Response::Write(Err(refusal)) => {
+            .await;
+        let result = match answer {
+            Ok(Response::Write(Ok(Applied { outcome, index }))) => self
+                .wait_applied(index, deadline, "the write")
+                .await
+                .map(|()| outcome),
+            Ok(Response::Write(Err(refusal))) => {
                 Err(refusal.into_store_error(self.leader().unwrap_or(0)))
             }
-            other => Err(unexpected(&other)),
+            Ok(other) => Err(unexpected(&other)),
+            Err(err) => Err(err),
+        };
+        match result {
+            // The fate of the write is unknown (its leader died or lost its quorum with it),
+            // but a later leader may still commit it: then this member applies it, and it
+            // happened.
+            Err(StoreError::NoQuorum(why)) => match timeout_at(deadline, &mut applied_here).await {
+                Ok(Ok(outcome)) => Ok(outcome),
+                _ => {
+                    self.shared.forget(tag);
+                    Err(StoreError::NoQuorum(why))
+                }
+            },
+            other => {
+                self.shared.forget(tag);
+                other
+            }
         }
+    }
+
+    /// A tag no other write of this cluster carries: this run's random prefix and a count.
+    fn next_tag(&self) -> u128 {
+        (u128::from(self.tag_prefix) << 64)
+            | u128::from(
+                self.tag_count
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            )
     }
 
     /// Returns once a read of this member's state machine is linearizable.

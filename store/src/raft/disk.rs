@@ -38,8 +38,6 @@ impl DiskSync {
     pub fn sync_blocking(&self) -> io::Result<()> {
         self.db.flush().map_err(io::Error::other)?;
         let mut synced = self.synced_blobs.lock().unwrap_or_else(|e| e.into_inner());
-        let mut present = HashSet::new();
-        let mut new_blobs = false;
         let entries = match std::fs::read_dir(&self.blob_dir) {
             Ok(entries) => entries,
             // sled makes the directory only when it first needs it.
@@ -49,14 +47,10 @@ impl DiskSync {
             }
             Err(e) => return Err(e),
         };
-        for entry in entries {
-            let name = entry?.file_name();
-            if !synced.contains(&name) {
-                File::open(self.blob_dir.join(&name))?.sync_all()?;
-                new_blobs = true;
-            }
-            present.insert(name);
-        }
+        let names = entries
+            .map(|entry| entry.map(|e| e.file_name()))
+            .collect::<io::Result<Vec<_>>>()?;
+        let (present, new_blobs) = sync_blobs(&self.blob_dir, names, &synced)?;
         if new_blobs {
             File::open(&self.blob_dir)?.sync_all()?;
         }
@@ -72,5 +66,49 @@ impl DiskSync {
         tokio::task::spawn_blocking(move || this.sync_blocking())
             .await
             .map_err(io::Error::other)?
+    }
+}
+
+/// Fsyncs the blob files in `names` not in `synced`; returns the files still there and whether
+/// any was new. A listed file that is gone by the time it is opened was garbage-collected by
+/// sled: it held a superseded version, so nothing of it needs to be durable.
+fn sync_blobs(
+    dir: &Path,
+    names: Vec<OsString>,
+    synced: &HashSet<OsString>,
+) -> io::Result<(HashSet<OsString>, bool)> {
+    let mut present = HashSet::new();
+    let mut new_blobs = false;
+    for name in names {
+        if !synced.contains(&name) {
+            match File::open(dir.join(&name)) {
+                Ok(file) => file.sync_all()?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+            new_blobs = true;
+        }
+        present.insert(name);
+    }
+    Ok((present, new_blobs))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blobs_removed_while_syncing_are_skipped() {
+        let dir = tempfile::TempDir::new().unwrap();
+        std::fs::write(dir.path().join("10"), b"blob").unwrap();
+        std::fs::write(dir.path().join("11"), b"blob").unwrap();
+        let names = ["10", "11", "12"].map(OsString::from).to_vec();
+        let synced = HashSet::from([OsString::from("11")]);
+        let (present, new_blobs) = sync_blobs(dir.path(), names, &synced).unwrap();
+        assert!(new_blobs);
+        assert_eq!(present, HashSet::from(["10", "11"].map(OsString::from)));
+        let (_, again) = sync_blobs(dir.path(), vec![OsString::from("10")], &present).unwrap();
+        assert!(!again, "an already synced blob was synced again");
     }
 }

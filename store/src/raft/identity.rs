@@ -151,10 +151,15 @@ fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
     Ok(bytes)
 }
 
+/// 64 random bits.
+pub(crate) fn random_u64() -> std::io::Result<u64> {
+    Ok(u64::from_be_bytes(random_bytes::<8>()?))
+}
+
 /// A random id for a member that joins without one chosen for it. Kept below 2^53 so that it
 /// survives any JSON parser, and never 0.
 pub(crate) fn new_node_id() -> std::io::Result<u64> {
-    let id = u64::from_be_bytes(random_bytes::<8>()?) & ((1 << 53) - 1);
+    let id = random_u64()? & ((1 << 53) - 1);
     Ok(id.max(1))
 }
 

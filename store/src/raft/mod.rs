@@ -463,6 +463,9 @@ impl RaftStore {
             },
             membership_lock: tokio::sync::Mutex::new(()),
             space: space::DiskSpace::new(config.dir.clone(), config.reserved_disk_bytes),
+            tag_prefix: identity::random_u64()
+                .map_err(|e| StoreError::Io(format!("making an id: {e}")))?,
+            tag_count: std::sync::atomic::AtomicU64::new(0),
         });
 
         let mut peer_addr = None;

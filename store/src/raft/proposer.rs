@@ -88,6 +88,7 @@ fn command_bytes(command: &Command) -> usize {
         Command::Delete { key, .. } => key.len(),
         Command::Compact { .. } => 8,
         Command::Batch(commands) => commands.iter().map(command_bytes).sum(),
+        Command::Tagged { command, .. } => 16 + command_bytes(command),
     }
 }
 

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use tokio::sync::oneshot;
+
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     AnyError, BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta,
@@ -71,6 +73,9 @@ pub struct SmShared {
     /// Last applied log id and membership, changed together with the data under `apply_lock`.
     applied: Mutex<(Option<LogId<NodeId>>, Membership)>,
     pub(super) hub: Arc<WatchHub>,
+    /// Members waiting to see their own tagged writes applied (see
+    /// [`crate::mvcc::Command::Tagged`]).
+    waiters: Mutex<HashMap<u128, oneshot::Sender<Outcome>>>,
 }
 
 impl SmShared {
@@ -90,6 +95,25 @@ impl SmShared {
     pub fn consistent<T>(&self, read: impl FnOnce(&dyn RangeSource) -> T) -> T {
         let _guard = self.apply_lock.read().unwrap_or_else(|e| e.into_inner());
         read(self)
+    }
+
+    /// Resolves with the outcome of the write tagged `tag` once this machine applies it.
+    /// Dropping the receiver withdraws the wait (see [`SmShared::forget`]).
+    pub(super) fn expect(&self, tag: u128) -> oneshot::Receiver<Outcome> {
+        let (tx, rx) = oneshot::channel();
+        self.waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tag, tx);
+        rx
+    }
+
+    /// Stops waiting for `tag`.
+    pub(super) fn forget(&self, tag: u128) {
+        self.waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&tag);
     }
 
     /// The last applied log id and the membership applied with it (a committed one).
@@ -411,6 +435,7 @@ impl StateMachine {
             apply_lock: RwLock::new(()),
             applied: Mutex::new((last_applied, membership)),
             hub: Arc::new(WatchHub::new(revision)),
+            waiters: Mutex::new(HashMap::new()),
         });
         Ok(StateMachine {
             shared,
@@ -439,12 +464,25 @@ impl StateMachine {
             events: Vec::new(),
         };
         let mut outcomes = Vec::with_capacity(entries.len());
+        let mut applied_tags = Vec::new();
         for entry in entries {
             last_applied = Some(entry.log_id);
             let outcome = match entry.payload {
                 EntryPayload::Blank => Outcome::Nothing,
                 EntryPayload::Normal(command) => {
-                    mvcc::execute(&mut pending, command, self.retention)?
+                    let tags = command.tags();
+                    let outcome = mvcc::execute(&mut pending, command, self.retention)?;
+                    for (position, tag) in tags {
+                        let tagged = match (position, &outcome) {
+                            (None, outcome) => Some(outcome),
+                            (Some(i), Outcome::Batch(outcomes)) => outcomes.get(i),
+                            (Some(_), _) => None,
+                        };
+                        if let Some(tagged) = tagged {
+                            applied_tags.push((tag, tagged.clone()));
+                        }
+                    }
+                    outcome
                 }
                 EntryPayload::Membership(m) => {
                     membership = StoredMembership::new(Some(entry.log_id), m);
@@ -472,6 +510,14 @@ impl StateMachine {
             *shared.applied.lock().unwrap_or_else(|e| e.into_inner()) = (last_applied, membership);
         }
         shared.hub.publish(events);
+        if !applied_tags.is_empty() {
+            let mut waiters = shared.waiters.lock().unwrap_or_else(|e| e.into_inner());
+            for (tag, outcome) in applied_tags {
+                if let Some(waiter) = waiters.remove(&tag) {
+                    let _ = waiter.send(outcome);
+                }
+            }
+        }
         Ok(outcomes)
     }
 
@@ -623,7 +669,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
     use super::*;
+    use crate::mvcc::Command;
+
+    fn entry(index: u64, command: Command) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(command),
+        }
+    }
+
+    fn tagged(tag: u128, key: &str) -> Command {
+        Command::Tagged {
+            tag,
+            command: Box::new(Command::Put {
+                key: key.into(),
+                value: b"v".to_vec(),
+            }),
+        }
+    }
 
     fn kv(key: &str, value: Vec<u8>, revision: Revision) -> KeyValue {
         KeyValue {
@@ -660,5 +726,55 @@ mod tests {
         assert_eq!(captured.keys(), 3);
         assert_eq!(captured.payload(), data.to_bytes().unwrap());
         assert_eq!(SnapshotData::from_bytes(&captured.payload()).unwrap(), data);
+    }
+
+    #[test]
+    fn applying_a_tagged_write_hands_its_outcome_to_whoever_waits_for_it() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("db");
+        let db = sled::open(&path).unwrap();
+        let disk = DiskSync::open(&db, &path).unwrap();
+        let mut sm = StateMachine::open(
+            db.open_tree("state").unwrap(),
+            disk,
+            dir.path(),
+            Retention::default(),
+        )
+        .unwrap();
+        let shared = sm.shared();
+        let mut alone = shared.expect(1);
+        let mut in_batch = shared.expect(2);
+        let mut withdrawn = shared.expect(3);
+        shared.forget(3);
+        let mut never = shared.expect(4);
+
+        sm.apply_entries(vec![
+            entry(1, tagged(1, "/a")),
+            entry(
+                2,
+                Command::Batch(vec![
+                    Command::Put {
+                        key: "/b".into(),
+                        value: b"v".to_vec(),
+                    },
+                    tagged(2, "/c"),
+                    tagged(3, "/d"),
+                ]),
+            ),
+        ])
+        .unwrap();
+
+        let revision = |outcome: Outcome| match outcome {
+            Outcome::Written(event) => event.revision(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(revision(alone.try_recv().unwrap()), 1);
+        assert_eq!(revision(in_batch.try_recv().unwrap()), 3);
+        assert!(withdrawn.try_recv().is_err());
+        assert!(matches!(
+            never.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        ));
+        assert_eq!(shared.revision(), 4);
     }
 }

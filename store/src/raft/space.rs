@@ -26,6 +26,7 @@ pub(crate) fn allows(free: u64, reserve: u64, command: Option<&Command>) -> bool
     match command {
         Some(Command::Delete { .. } | Command::Compact { .. }) => true,
         Some(Command::Batch(commands)) => commands.iter().all(|c| allows(free, reserve, Some(c))),
+        Some(Command::Tagged { command, .. }) => allows(free, reserve, Some(command)),
         Some(Command::Create { .. } | Command::Update { .. } | Command::Put { .. }) | None => false,
     }
 }
