@@ -226,6 +226,7 @@ impl Core {
         // answer is lost with a leader that dies (see the end).
         let tag = self.next_tag();
         let mut applied_here = self.shared.expect(tag);
+        let term_at_send = self.raft.metrics().borrow().current_term;
         let tagged = Command::Tagged {
             tag,
             command: Box::new(command),
@@ -250,13 +251,34 @@ impl Core {
             // The fate of the write is unknown (its leader died or lost its quorum with it),
             // but a later leader may still commit it: then this member applies it, and it
             // happened.
-            Err(StoreError::NoQuorum(why)) => match timeout_at(deadline, &mut applied_here).await {
-                Ok(Ok(outcome)) => Ok(outcome),
-                _ => {
-                    self.shared.forget(tag);
-                    Err(StoreError::NoQuorum(why))
+            //
+            // It can only have been appended in the term the request went out in (or before),
+            // so once this member applies an entry of a later term — the next leader's first
+            // — every such entry that will ever commit has been applied: the wait is over.
+            Err(StoreError::NoQuorum(why)) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let wait = self.raft.wait(Some(left));
+                let later_term = wait.metrics(
+                    move |m| {
+                        m.last_applied
+                            .is_some_and(|id| id.leader_id.term > term_at_send)
+                    },
+                    "an entry of a later term applied",
+                );
+                let outcome = tokio::select! {
+                    biased;
+                    outcome = &mut applied_here => outcome.ok(),
+                    // Applied in the same batch as that entry, the write is there already.
+                    _ = later_term => applied_here.try_recv().ok(),
+                };
+                match outcome {
+                    Some(outcome) => Ok(outcome),
+                    None => {
+                        self.shared.forget(tag);
+                        Err(StoreError::NoQuorum(why))
+                    }
                 }
-            },
+            }
             other => {
                 self.shared.forget(tag);
                 other
