@@ -10,8 +10,10 @@
 //!
 //! Every such request has a deadline (`request_timeout`, longer for membership changes). A
 //! request is retried while it surely was not acted on (no leader known yet, leader
-//! unreachable, the receiver no longer leads); a write whose fate is unknown is never retried:
-//! it fails with [`StoreError::NoQuorum`] saying so.
+//! unreachable, the receiver no longer leads); a write whose fate is unknown is never retried.
+//! Forwarded writes carry a tag: when the answer is lost with a leader that dies, the member
+//! still answers success if a later leader commits the write (it sees its tag applied), and
+//! fails with [`StoreError::NoQuorum`] saying the outcome is unknown otherwise.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -252,9 +254,11 @@ impl Core {
             // but a later leader may still commit it: then this member applies it, and it
             // happened.
             //
-            // It can only have been appended in the term the request went out in (or before),
+            // The leader it went to appended it in the term this member knew of when sending,
             // so once this member applies an entry of a later term — the next leader's first
-            // — every such entry that will ever commit has been applied: the wait is over.
+            // — every entry of that term that will ever commit has been applied: the wait is
+            // over. (Should that leader have been in a later term unknown here, stopping early
+            // only gives the answer the write would have had without its tag.)
             Err(StoreError::NoQuorum(why)) => {
                 let left = deadline.saturating_duration_since(Instant::now());
                 let wait = self.raft.wait(Some(left));
