@@ -6,7 +6,12 @@
 //! the in-memory one for tests. Both run the same MVCC logic ([`mvcc`]) and pass the same
 //! conformance suite ([`conformance`]).
 //!
-//! This crate knows nothing of HTTP or Kubernetes objects: keys are strings, values bytes.
+//! A [`RaftStore`] is one member of a store cluster: alone (no [`PeerConfig`]) or with others
+//! over mutual TLS, any member serving the whole [`Store`] API (see the `raft` module's docs on
+//! [`RaftStore::open`], [`RaftStore::add_member`] and [`RaftStore::remove_member`]).
+//!
+//! This crate knows nothing of HTTP, Kubernetes objects or PKI: keys are strings, values bytes,
+//! and peers are authenticated by the rustls configurations the caller builds.
 
 mod api;
 pub mod conformance;

@@ -10,8 +10,10 @@
 //!
 //! Every such request has a deadline (`request_timeout`, longer for membership changes). A
 //! request is retried while it surely was not acted on (no leader known yet, leader
-//! unreachable, the receiver no longer leads); a write whose fate is unknown is never retried:
-//! it fails with [`StoreError::NoQuorum`] saying so.
+//! unreachable, the receiver no longer leads); a write whose fate is unknown is never retried.
+//! Forwarded writes carry a tag: when the answer is lost with a leader that dies, the member
+//! still answers success if a later leader commits the write (it sees its tag applied), and
+//! fails with [`StoreError::NoQuorum`] saying the outcome is unknown otherwise.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -226,6 +228,7 @@ impl Core {
         // answer is lost with a leader that dies (see the end).
         let tag = self.next_tag();
         let mut applied_here = self.shared.expect(tag);
+        let term_at_send = self.raft.metrics().borrow().current_term;
         let tagged = Command::Tagged {
             tag,
             command: Box::new(command),
@@ -250,13 +253,36 @@ impl Core {
             // The fate of the write is unknown (its leader died or lost its quorum with it),
             // but a later leader may still commit it: then this member applies it, and it
             // happened.
-            Err(StoreError::NoQuorum(why)) => match timeout_at(deadline, &mut applied_here).await {
-                Ok(Ok(outcome)) => Ok(outcome),
-                _ => {
-                    self.shared.forget(tag);
-                    Err(StoreError::NoQuorum(why))
+            //
+            // The leader it went to appended it in the term this member knew of when sending,
+            // so once this member applies an entry of a later term — the next leader's first
+            // — every entry of that term that will ever commit has been applied: the wait is
+            // over. (Should that leader have been in a later term unknown here, stopping early
+            // only gives the answer the write would have had without its tag.)
+            Err(StoreError::NoQuorum(why)) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let wait = self.raft.wait(Some(left));
+                let later_term = wait.metrics(
+                    move |m| {
+                        m.last_applied
+                            .is_some_and(|id| id.leader_id.term > term_at_send)
+                    },
+                    "an entry of a later term applied",
+                );
+                let outcome = tokio::select! {
+                    biased;
+                    outcome = &mut applied_here => outcome.ok(),
+                    // Applied in the same batch as that entry, the write is there already.
+                    _ = later_term => applied_here.try_recv().ok(),
+                };
+                match outcome {
+                    Some(outcome) => Ok(outcome),
+                    None => {
+                        self.shared.forget(tag);
+                        Err(StoreError::NoQuorum(why))
+                    }
                 }
-            },
+            }
             other => {
                 self.shared.forget(tag);
                 other
