@@ -536,12 +536,7 @@ impl Api {
         target: &Target,
         name: &str,
     ) -> Result<(Value, String, Arc<rustls::ClientConfig>), ApiError> {
-        let kv = self
-            .store
-            .get(&target.key())
-            .await
-            .map_err(|e| store_error(target, name, e))?;
-        let pod = decode(target.def, &kv.ok_or_else(|| not_found(target, name))?)?;
+        let pod = decode(target.def, &self.existing(target, name).await?)?;
         let Some(node_name) = pod.pointer("/spec/nodeName").and_then(Value::as_str) else {
             return Err(bad_request(format!(
                 "pod {name} does not have a host assigned"
@@ -622,13 +617,17 @@ impl Api {
         crate::node_proxy::get(tls, &address, &path).await
     }
 
-    async fn get(&self, target: &Target, name: &str, accept: &str) -> Result<Response, ApiError> {
-        let kv = self
-            .store
+    /// The stored object `target` names, or NotFound.
+    async fn existing(&self, target: &Target, name: &str) -> Result<KeyValue, ApiError> {
+        self.store
             .get(&target.key())
             .await
-            .map_err(|e| store_error(target, name, e))?;
-        let object = decode(target.def, &kv.ok_or_else(|| not_found(target, name))?)?;
+            .map_err(|e| store_error(target, name, e))?
+            .ok_or_else(|| not_found(target, name))
+    }
+
+    async fn get(&self, target: &Target, name: &str, accept: &str) -> Result<Response, ApiError> {
+        let object = decode(target.def, &self.existing(target, name).await?)?;
         let rendering = table::Rendering::from_accept(accept);
         match target.subresource.as_deref() {
             None if rendering == table::Rendering::Table => {
@@ -891,12 +890,7 @@ impl Api {
                 )));
             }
         }
-        let current = self
-            .store
-            .get(&target.key())
-            .await
-            .map_err(|e| store_error(target, name, e))?;
-        let current = current.ok_or_else(|| not_found(target, name))?;
+        let current = self.existing(target, name).await?;
         let stored: Value = serde_json::from_slice(&current.value)
             .map(|o| convert::to_served(target.def, o))
             .map_err(|e| {
@@ -980,12 +974,7 @@ impl Api {
             return self.apply(target, name, query, body).await;
         }
         for _attempt in 0..5 {
-            let current = self
-                .store
-                .get(&target.key())
-                .await
-                .map_err(|e| store_error(target, name, e))?;
-            let current = current.ok_or_else(|| not_found(target, name))?;
+            let current = self.existing(target, name).await?;
             let stored = decode(target.def, &current)?;
             let mut patched = match target.subresource.as_deref() {
                 Some("scale") => scale_of(&stored),
@@ -1046,12 +1035,7 @@ impl Api {
         // when a controller's write lands between the read and the conditional delete: the
         // client asked to delete the object, whatever version it is now.
         for _attempt in 0..5 {
-            let current = self
-                .store
-                .get(&target.key())
-                .await
-                .map_err(|e| store_error(target, name, e))?;
-            let current = current.ok_or_else(|| not_found(target, name))?;
+            let current = self.existing(target, name).await?;
             let object = decode(target.def, &current)?;
             preconditions.check(&object, current.mod_revision)?;
             let now = OffsetDateTime::now_utc().unix_timestamp();

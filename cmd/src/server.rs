@@ -512,7 +512,9 @@ async fn repair_service_allocations(api: Arc<Api>) {
 
 /// Renews this server's Lease and points the `kubernetes` endpoints at the live servers.
 async fn keep_server_lease(api: Arc<Api>) {
-    let mut ticker = tokio::time::interval(shoal_apiserver::rest::SERVER_LEASE_RENEW);
+    // The API's bootstrap made the first renewal and reconcile: the loop starts one period on.
+    let period = shoal_apiserver::rest::SERVER_LEASE_RENEW;
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;

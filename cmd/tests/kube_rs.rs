@@ -631,7 +631,13 @@ async fn kube_rs_metadata_only_get_list_and_watch() {
         .expect("list resourceVersion");
 
     let mut events = cms
-        .watch_metadata(&WatchParams::default().timeout(10), &rv)
+        // Narrowed to the object: the root-CA publisher may add `kube-root-ca.crt` meanwhile.
+        .watch_metadata(
+            &WatchParams::default()
+                .fields("metadata.name=meta")
+                .timeout(10),
+            &rv,
+        )
         .await
         .expect("watch_metadata")
         .boxed();
