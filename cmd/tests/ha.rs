@@ -7,7 +7,11 @@
 //! wrote. Every server is restarted in turn under load, losing nothing. Finally the agent's
 //! own `--server` is stopped and the agent keeps renewing its node's Lease through another
 //! server; with it back, deleting a server's Node removes that server from the store, and the
-//! server stops. Needs root, containerd and runc (CI has them).
+//! server stops. Throughout the kill, partition and restarts, two clients write and read
+//! single-key registers through every server, and their history must be linearizable. The
+//! server running the controllers and the scheduler is killed and another takes over. A
+//! second lab loses quorum for good and recovers with `--cluster-reset` on the survivor.
+//! Needs root, containerd and runc (CI has them).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -17,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shoal_e2e::cluster::eventually;
+use shoal_e2e::history::{violations, Operation, Outcome};
 use shoal_e2e::kubectl::Kubectl;
 use shoal_e2e::lab::{Lab, API_PORT};
 
@@ -128,6 +133,20 @@ impl Writer {
         }
     }
 
+    /// Writes until `count` creates are acknowledged (within a minute); returns them.
+    fn until_acked(
+        kubectls: Vec<Kubectl>,
+        prefix: &str,
+        count: usize,
+        what: &str,
+    ) -> Vec<(String, Instant)> {
+        let writer = Writer::start(kubectls, prefix);
+        eventually(what, Duration::from_secs(60), || {
+            (writer.acked_count() >= count).then_some(())
+        });
+        writer.finish()
+    }
+
     fn acked_count(&self) -> usize {
         self.acked.lock().expect("acked").len()
     }
@@ -140,6 +159,157 @@ impl Writer {
         }
         self.acked.lock().expect("acked").clone()
     }
+}
+
+/// Single-key registers (ConfigMaps `reg-N`, value in `data.v`) written and read by two
+/// clients through the given servers at random, recording a history for
+/// [`shoal_e2e::history::violations`]: writes store unique values with a merge patch, reads
+/// are kubectl gets (quorum reads, as Kubernetes serves a GET without a resourceVersion).
+struct Registers {
+    stop: Arc<AtomicBool>,
+    history: Arc<Mutex<Vec<Operation>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+const REGISTERS: usize = 3;
+
+impl Registers {
+    /// Starts the clients on registers whose creation `initial` records.
+    fn start(kubectls: &[Kubectl], initial: Vec<Operation>) -> Registers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let history = Arc::new(Mutex::new(initial));
+        let threads = (0..2)
+            .map(|client| {
+                let (stop, history) = (Arc::clone(&stop), Arc::clone(&history));
+                let kubectls = kubectls.to_vec();
+                std::thread::spawn(move || {
+                    let mut n = 0usize;
+                    while !stop.load(Ordering::SeqCst) {
+                        // A cheap deterministic spread over servers, keys and kinds.
+                        let kubectl = &kubectls[(n * 7 + client) % kubectls.len()];
+                        let key = format!("reg-{}", (n * 5 + client) % REGISTERS);
+                        let op = if (n + client) % 3 == 0 {
+                            write_register(kubectl, &key, &format!("c{client}-{n}"))
+                        } else {
+                            read_register(kubectl, &key)
+                        };
+                        history.lock().expect("history").extend(op);
+                        n += 1;
+                    }
+                })
+            })
+            .collect();
+        Registers {
+            stop,
+            history,
+            threads,
+        }
+    }
+
+    /// Stops the clients and checks their history; returns how many operations it held.
+    fn finish_and_check(self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        for thread in self.threads {
+            thread.join().expect("register client");
+        }
+        let history = self.history.lock().expect("history").clone();
+        let found = violations(&history);
+        assert!(
+            found.is_empty(),
+            "the register history is not linearizable:\n{}",
+            found.join("\n")
+        );
+        history.len()
+    }
+}
+
+fn create_registers(kubectl: &Kubectl) -> Vec<Operation> {
+    (0..REGISTERS)
+        .map(|n| {
+            let key = format!("reg-{n}");
+            let invoked = Instant::now();
+            let rv = kubectl.ok(&[
+                "create",
+                "configmap",
+                &key,
+                "--from-literal=v=initial",
+                "-o",
+                "jsonpath={.metadata.resourceVersion}",
+            ]);
+            Operation {
+                key,
+                written: "initial".into(),
+                invoked,
+                completed: Instant::now(),
+                outcome: Outcome::Written {
+                    revision: rv.trim().parse().expect("a resourceVersion"),
+                },
+            }
+        })
+        .collect()
+}
+
+fn write_register(kubectl: &Kubectl, key: &str, value: &str) -> Option<Operation> {
+    let invoked = Instant::now();
+    let out = kubectl.run(
+        &[
+            "patch",
+            "configmap",
+            key,
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"data":{{"v":"{value}"}}}}"#),
+            "-o",
+            "jsonpath={.metadata.resourceVersion}",
+            "--request-timeout=8s",
+        ],
+        None,
+    );
+    let completed = Instant::now();
+    let revision = String::from_utf8_lossy(&out.stdout).trim().parse().ok();
+    let outcome = match revision {
+        Some(revision) if out.status.success() => Outcome::Written { revision },
+        _ => Outcome::Unknown,
+    };
+    Some(Operation {
+        key: key.into(),
+        written: value.into(),
+        invoked,
+        completed,
+        outcome,
+    })
+}
+
+/// A failed read tells nothing: `None`.
+fn read_register(kubectl: &Kubectl, key: &str) -> Option<Operation> {
+    let invoked = Instant::now();
+    let out = kubectl.run(
+        &[
+            "get",
+            "configmap",
+            key,
+            "-o",
+            "jsonpath={.data.v} {.metadata.resourceVersion}",
+            "--request-timeout=8s",
+        ],
+        None,
+    );
+    let completed = Instant::now();
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (value, revision) = text.trim().split_once(' ')?;
+    Some(Operation {
+        key: key.into(),
+        written: String::new(),
+        invoked,
+        completed,
+        outcome: Outcome::Read {
+            value: value.into(),
+            revision: revision.parse().ok()?,
+        },
+    })
 }
 
 /// Every name in `acked` is readable through `kubectl`.
@@ -227,6 +397,11 @@ fn three_servers_survive_a_dead_leader_and_a_partition() {
         || (endpoint_ips() == all_ips).then_some(()),
     );
 
+    // Single-key registers are written and read through every server from here until after
+    // the rolling restart; their history must be linearizable.
+    let all_kubectls: Vec<Kubectl> = servers.iter().map(|&i| lab.kubectl_for(i)).collect();
+    let registers = Registers::start(&all_kubectls, create_registers(&lab.kubectl));
+
     // SIGKILL the leader under a write load through the two others.
     let others: Vec<usize> = servers.iter().copied().filter(|&i| i != leader).collect();
     let writer = Writer::start(others.iter().map(|&i| lab.kubectl_for(i)).collect(), "kill");
@@ -278,16 +453,12 @@ fn three_servers_survive_a_dead_leader_and_a_partition() {
         !minority_write.status.success(),
         "the isolated server accepted a write"
     );
-    let writer = Writer::start(
+    let acked = Writer::until_acked(
         majority.iter().map(|&i| lab.kubectl_for(i)).collect(),
         "split",
-    );
-    eventually(
+        10,
         "the majority to go on writing",
-        Duration::from_secs(60),
-        || (writer.acked_count() >= 10).then_some(()),
     );
-    let acked = writer.finish();
     heal(&lab, isolated);
     let isolated_kubectl = lab.kubectl_for(isolated);
     eventually(
@@ -332,6 +503,63 @@ fn three_servers_survive_a_dead_leader_and_a_partition() {
     for &index in &servers {
         assert_all_readable(&lab.kubectl_for(index), &acked, "rolling");
     }
+    let operations = registers.finish_and_check();
+    eprintln!("register history: {operations} operations, linearizable");
+
+    // The server running the controllers dies: another server takes both Leases over and
+    // its controllers and scheduler do the work (a Deployment's pods are made and bound).
+    let holder = |kubectl: &Kubectl, lease: &str| -> Option<String> {
+        kubectl.get(&["-n", "kube-system", "get", "lease", lease, "-o", "json"])?["spec"]
+            ["holderIdentity"]
+            .as_str()
+            .and_then(|id| id.rsplit_once('_'))
+            .map(|(node, _pid)| node.to_string())
+    };
+    let controlling = holder(&lab.kubectl_for(first_joined), "kube-controller-manager")
+        .expect("a controller leader");
+    let controlling = lab.node_index(&controlling);
+    let survivor = *servers
+        .iter()
+        .find(|&&i| i != controlling)
+        .expect("another server");
+    let survivor_kubectl = lab.kubectl_for(survivor);
+    let killed_at = Instant::now();
+    lab.kill_node(controlling);
+    let dead_name = lab.nodes[controlling].name.clone();
+    eventually(
+        "another server to take the control-plane Leases over",
+        Duration::from_secs(30),
+        || {
+            let taken =
+                |lease| holder(&survivor_kubectl, lease).is_some_and(|node| node != dead_name);
+            (taken("kube-controller-manager") && taken("kube-scheduler")).then_some(())
+        },
+    );
+    eprintln!(
+        "control plane taken over {:?} after its server was killed",
+        killed_at.elapsed()
+    );
+    survivor_kubectl.ok(&[
+        "create",
+        "deployment",
+        "takeover",
+        "--image=registry.invalid/none:1",
+        "--replicas=2",
+    ]);
+    eventually(
+        "the new leader's controllers and scheduler to make and bind the pods",
+        Duration::from_secs(30),
+        || {
+            let bound = survivor_kubectl
+                .items(&["get", "pods", "-l", "app=takeover"])
+                .iter()
+                .filter(|pod| pod["spec"]["nodeName"].as_str().is_some())
+                .count();
+            (bound == 2).then_some(())
+        },
+    );
+    survivor_kubectl.ok(&["delete", "deployment", "takeover"]);
+    lab.start_node(controlling);
 
     // The agent's --server (server 0) stops: it keeps its node alive through the others.
     let agent_name = lab.nodes[agent].name.clone();
@@ -385,4 +613,72 @@ fn three_servers_survive_a_dead_leader_and_a_partition() {
     );
     lab.kubectl_for(0)
         .ok(&["create", "configmap", "after-removal", "--from-literal=n=1"]);
+}
+
+/// Quorum lost for good (two of three servers gone): `shoal server --cluster-reset` on the
+/// survivor makes it a one-member cluster with everything it had, and the two others, their
+/// stores removed, join it again — k3s's recovery after losing etcd's quorum.
+#[test]
+fn a_survivor_resets_the_cluster_after_quorum_loss() {
+    let mut lab = Lab::new(binary());
+    lab.add_server(&["--cluster-init", "--disable-agent"]);
+    let first = lab.add_joining_server(&["--disable-agent"]);
+    let second = lab.add_joining_server(&["--disable-agent"]);
+    wait_for_leader(&lab, 0, 3);
+    let acked = Writer::until_acked(
+        [0, first, second]
+            .iter()
+            .map(|&i| lab.kubectl_for(i))
+            .collect(),
+        "before",
+        15,
+        "writes through all servers",
+    );
+
+    // Two servers die for good: the survivor alone has no quorum.
+    lab.kill_node(first);
+    lab.kill_node(second);
+    let refused = lab.kubectl_for(0).run(
+        &[
+            "create",
+            "configmap",
+            "no-quorum",
+            "--from-literal=n=1",
+            "--request-timeout=20s",
+        ],
+        None,
+    );
+    assert!(
+        !refused.status.success(),
+        "a server without quorum accepted a write"
+    );
+
+    // The survivor is reset and started as before.
+    let _ = lab.stop_node(0);
+    let status = lab.run_once(0, &["--cluster-reset"]);
+    let log = lab.nodes[0].log_text();
+    assert!(status.success(), "the reset failed: {status}\n{log}");
+    assert!(log.contains("without --cluster-reset"), "{log}");
+    lab.start_node(0);
+    let alone = members(&lab, 0).expect("members");
+    assert_eq!(alone.len(), 1, "{alone:?}");
+    assert!(alone[0].voter && alone[0].leader, "{alone:?}");
+    assert_all_readable(&lab.kubectl_for(0), &acked, "before");
+    lab.kubectl_for(0)
+        .ok(&["create", "configmap", "after-reset", "--from-literal=n=1"]);
+
+    // The others join the new cluster with their old stores removed.
+    for index in [first, second] {
+        let store = lab.nodes[index].data_dir.join("server").join("store");
+        std::fs::remove_dir_all(&store).expect("remove the old store");
+        lab.start_node(index);
+    }
+    wait_for_leader(&lab, second, 3);
+    for index in [first, second] {
+        let kubectl = lab.kubectl_for(index);
+        assert_all_readable(&kubectl, &acked, "before");
+        kubectl.ok(&["get", "configmap", "after-reset"]);
+    }
+    lab.kubectl_for(first)
+        .ok(&["create", "configmap", "rejoined", "--from-literal=n=1"]);
 }

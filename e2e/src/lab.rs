@@ -278,12 +278,11 @@ impl Lab {
         });
     }
 
-    /// Starts node `index` (again) with the flags it was created with.
-    pub fn start_node(&mut self, index: usize) {
+    /// The command that starts node `index` with the flags it was created with.
+    fn node_command(&self, index: usize) -> Command {
         let server_url = format!("https://{}:{API_PORT}", self.nodes[0].ip);
-        let token = self.token.clone();
-        let node = &mut self.nodes[index];
-        assert!(node.child.is_none(), "{} is already running", node.name);
+        let token = &self.token;
+        let node = &self.nodes[index];
         let config = node.data_dir.join("test-config.yaml");
         std::fs::write(&config, "").expect("empty config file");
         // nsenter enters the network namespace only: `ip netns exec` would also mount a sysfs
@@ -301,10 +300,10 @@ impl Lab {
                 &node.ip,
             ]);
             if index > 0 {
-                command.args(["--server", &server_url, "--token", &token]);
+                command.args(["--server", &server_url, "--token", token]);
             }
         } else {
-            command.args(["agent", "--server", &server_url, "--token", &token]);
+            command.args(["agent", "--server", &server_url, "--token", token]);
         }
         command
             .args(["--node-name", &node.name, "--node-ip", &node.ip, "--config"])
@@ -313,6 +312,33 @@ impl Lab {
             .arg(&node.data_dir)
             .args(NODE_FLAGS)
             .args(&node.extra);
+        command
+    }
+
+    /// Runs node `index`'s command once more with `extra` flags (e.g. `--cluster-reset`) while
+    /// the node is stopped, and waits for it to exit; its log goes to the node's log.
+    pub fn run_once(&mut self, index: usize, extra: &[&str]) -> std::process::ExitStatus {
+        let node = &self.nodes[index];
+        assert!(node.child.is_none(), "{} is running", node.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("node log");
+        self.node_command(index)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .status()
+            .expect("run a lab node's command")
+    }
+
+    /// Starts node `index` (again) with the flags it was created with.
+    pub fn start_node(&mut self, index: usize) {
+        let mut command = self.node_command(index);
+        let node = &mut self.nodes[index];
+        assert!(node.child.is_none(), "{} is already running", node.name);
         // A restart appends to the log: only what this start writes counts.
         let log_start = std::fs::metadata(&node.log).map_or(0, |m| m.len() as usize);
         let log = std::fs::OpenOptions::new()

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod control_bench;
 pub mod dns_bench;
 pub mod etcd;
+pub mod history;
 pub mod images;
 pub mod kubectl;
 pub mod lab;
