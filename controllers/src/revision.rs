@@ -30,10 +30,10 @@ pub const CONTROLLER_REVISION_HASH_LABEL: &str = "controller-revision-hash";
 const MAX_PREFIX_LENGTH: usize = 223;
 
 /// `rand.SafeEncodeString`'s alphabet: no vowels (no words) and no look-alikes.
-const SAFE_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+pub(crate) const SAFE_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 /// Drops what JSON cannot tell from absent: nulls, empty lists and empty objects.
-fn prune(value: &mut serde_json::Value) -> bool {
+pub(crate) fn prune(value: &mut serde_json::Value) -> bool {
     match value {
         serde_json::Value::Null => true,
         serde_json::Value::Array(items) => {
@@ -101,7 +101,7 @@ fn fnv1_32(parts: &[&[u8]]) -> u32 {
 }
 
 /// `rand.SafeEncodeString`: each character mapped into [`SAFE_ALPHABET`].
-fn safe_encode(text: &str) -> String {
+pub(crate) fn safe_encode(text: &str) -> String {
     text.chars()
         .map(|c| char::from(SAFE_ALPHABET[(c as usize) % SAFE_ALPHABET.len()]))
         .collect()

@@ -9,11 +9,10 @@
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 
+use crate::revision::{prune, safe_encode};
+
 /// The label carrying the hash on ReplicaSets, their selectors, templates and pods.
 pub const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
-
-/// `rand.SafeEncodeString`'s alphabet: no vowels (no words) and no look-alikes.
-const SAFE_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 fn fnv1a32(parts: &[&[u8]]) -> u32 {
     const OFFSET_BASIS: u32 = 0x811c_9dc5;
@@ -26,34 +25,9 @@ fn fnv1a32(parts: &[&[u8]]) -> u32 {
     hash
 }
 
-/// `rand.SafeEncodeString`: each character mapped into [`SAFE_ALPHABET`].
-fn safe_encode(text: &str) -> String {
-    text.chars()
-        .map(|c| char::from(SAFE_ALPHABET[(c as usize) % SAFE_ALPHABET.len()]))
-        .collect()
-}
-
-/// Drops what JSON cannot tell from absent: nulls, empty lists and empty objects (Go's
-/// semantic equality also treats nil and empty slices and maps alike).
-fn prune(value: &mut serde_json::Value) -> bool {
-    match value {
-        serde_json::Value::Null => true,
-        serde_json::Value::Array(items) => {
-            for item in items.iter_mut() {
-                prune(item);
-            }
-            items.is_empty()
-        }
-        serde_json::Value::Object(fields) => {
-            fields.retain(|_, v| !prune(v));
-            fields.is_empty()
-        }
-        _ => false,
-    }
-}
-
 /// The template's canonical JSON: k8s-openapi writes fields in a fixed order and maps
-/// sorted; pruned as [`prune`] says.
+/// sorted; pruned as [`prune`] says (Go's semantic equality also treats nil and empty
+/// slices and maps alike).
 fn canonical(template: &PodTemplateSpec, drop_hash_label: bool) -> serde_json::Value {
     let mut value = serde_json::to_value(template).unwrap_or(serde_json::Value::Null);
     if drop_hash_label {
@@ -91,6 +65,7 @@ pub fn equal_ignore_hash(a: &PodTemplateSpec, b: &PodTemplateSpec) -> bool {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::revision::SAFE_ALPHABET;
 
     fn template(json: serde_json::Value) -> PodTemplateSpec {
         serde_json::from_value(json).unwrap()
