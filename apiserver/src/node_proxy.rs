@@ -99,27 +99,37 @@ pub fn node_address(node: &Value) -> Option<String> {
     })
 }
 
+/// The error for a node that cannot be reached, as kube-apiserver answers it.
+fn unavailable(message: String) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ServiceUnavailable",
+        message,
+    )
+}
+
+/// A TLS connection to the node's kubelet endpoint at `address`.
+async fn dial(
+    tls: Arc<rustls::ClientConfig>,
+    address: &str,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ApiError> {
+    let tcp = tokio::net::TcpStream::connect(address)
+        .await
+        .map_err(|e| unavailable(format!("dial tcp {address}: {e}")))?;
+    let server_name = ServerName::try_from("kubelet").map_err(|e| unavailable(e.to_string()))?;
+    tokio_rustls::TlsConnector::from(tls)
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| unavailable(format!("node {address}: TLS: {e}")))
+}
+
 /// Streams `GET https://{address}{path_and_query}` from the node back to the client.
 pub async fn get(
     tls: Arc<rustls::ClientConfig>,
     address: &str,
     path_and_query: &str,
 ) -> Result<Response, ApiError> {
-    let unavailable = |message: String| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceUnavailable",
-            message,
-        )
-    };
-    let tcp = tokio::net::TcpStream::connect(address)
-        .await
-        .map_err(|e| unavailable(format!("dial tcp {address}: {e}")))?;
-    let server_name = ServerName::try_from("kubelet").map_err(|e| unavailable(e.to_string()))?;
-    let stream = tokio_rustls::TlsConnector::from(tls)
-        .connect(server_name, tcp)
-        .await
-        .map_err(|e| unavailable(format!("node {address}: TLS: {e}")))?;
+    let stream = dial(tls, address).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| unavailable(format!("node {address}: {e}")))?;
@@ -172,22 +182,8 @@ pub async fn upgrade(
     path_and_query: &str,
     mut request: Request<Body>,
 ) -> Result<Response, ApiError> {
-    let unavailable = |message: String| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceUnavailable",
-            message,
-        )
-    };
     let client_side = hyper::upgrade::on(&mut request);
-    let tcp = tokio::net::TcpStream::connect(address)
-        .await
-        .map_err(|e| unavailable(format!("dial tcp {address}: {e}")))?;
-    let server_name = ServerName::try_from("kubelet").map_err(|e| unavailable(e.to_string()))?;
-    let stream = tokio_rustls::TlsConnector::from(tls)
-        .connect(server_name, tcp)
-        .await
-        .map_err(|e| unavailable(format!("node {address}: TLS: {e}")))?;
+    let stream = dial(tls, address).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| unavailable(format!("node {address}: {e}")))?;
