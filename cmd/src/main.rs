@@ -7,6 +7,7 @@ mod config;
 mod controller_manager;
 mod node;
 mod server;
+mod server_nodes;
 mod simulate;
 mod store;
 

@@ -291,7 +291,7 @@ pub async fn run(mut args: ServerArgs) -> Result<()> {
             &[],
         );
         let own_node = (!args.disable_agent).then(|| node_name.clone());
-        tokio::spawn(follow_server_nodes(client, store.clone(), own_node));
+        tokio::spawn(crate::server_nodes::follow(client, store.clone(), own_node));
     }
     let removed = tokio::select! {
         _ = sigterm.recv() => { tracing::info!("SIGTERM received, shutting down"); None }
@@ -318,60 +318,6 @@ pub async fn run(mut args: ServerArgs) -> Result<()> {
     store.shutdown().await.context("flushing the store")?;
     tracing::info!("store flushed; bye");
     Ok(())
-}
-
-/// The annotation a server's Node carries with its store member id.
-const STORE_MEMBER_ANNOTATION: &str = "shoal.io/store-member-id";
-
-/// Store membership follows server Nodes, as k3s's etcd members follow theirs: this server's
-/// Node (when it runs an agent) carries its member id, and deleting a server's Node removes
-/// that member. A deletion while no server runs is not seen (a gap k3s closes with a
-/// finalizer); `shoal store remove-member` covers it.
-async fn follow_server_nodes(client: kube::Client, store: RaftStore, own_node: Option<String>) {
-    use futures::StreamExt as _;
-    use k8s_openapi::api::core::v1::Node;
-    use kube::runtime::watcher;
-    let nodes: kube::Api<Node> = kube::Api::all(client);
-    if let Some(name) = own_node {
-        let id = store.node_id().to_string();
-        let annotate = kube::api::Patch::Merge(serde_json::json!({
-            "metadata": {"annotations": {STORE_MEMBER_ANNOTATION: id}}
-        }));
-        let nodes = nodes.clone();
-        tokio::spawn(async move {
-            // The node registers itself a moment after the server starts.
-            loop {
-                match nodes
-                    .patch(&name, &kube::api::PatchParams::default(), &annotate)
-                    .await
-                {
-                    Ok(_) => return,
-                    Err(e) => tracing::debug!(error = %e, "annotating this server's Node"),
-                }
-                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-            }
-        });
-    }
-    let mut events = watcher(nodes, watcher::Config::default()).boxed();
-    while let Some(event) = events.next().await {
-        let Ok(watcher::Event::Delete(node)) = event else {
-            continue;
-        };
-        let Some(id) = node
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(STORE_MEMBER_ANNOTATION))
-            .and_then(|id| id.parse::<u64>().ok())
-        else {
-            continue;
-        };
-        let name = node.metadata.name.unwrap_or_default();
-        tracing::info!(node = %name, id, "a server's Node was deleted: removing its store member");
-        if let Err(e) = store.remove_member(id).await {
-            tracing::warn!(node = %name, id, error = %e, "removing a deleted server's store member");
-        }
-    }
 }
 
 /// Marks a server whose store has peers (`--cluster-init` or joined), so later starts keep the

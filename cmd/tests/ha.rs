@@ -590,6 +590,12 @@ fn three_servers_survive_a_dead_leader_and_a_partition() {
     lab.start_node(0);
     wait_for_leader(&lab, first_joined, 3);
     let removed_name = lab.nodes[second_joined].name.clone();
+    let finalizers = lab.kubectl.json(&["get", "node", &removed_name])["metadata"]["finalizers"]
+        .to_string();
+    assert!(
+        finalizers.contains("shoal.io/store-member"),
+        "a server's Node holds its member: {finalizers}"
+    );
     lab.kubectl
         .ok(&["delete", "node", &removed_name, "--wait=false"]);
     let status = eventually(
@@ -610,6 +616,16 @@ fn three_servers_survive_a_dead_leader_and_a_partition() {
         remaining.iter().filter(|m| m.voter).count(),
         2,
         "{remaining:?}"
+    );
+    eventually(
+        "the deleted server's Node to go once its member is removed",
+        Duration::from_secs(30),
+        || {
+            lab.kubectl
+                .get(&["get", "node", &removed_name])
+                .is_none()
+                .then_some(())
+        },
     );
     lab.kubectl_for(0)
         .ok(&["create", "configmap", "after-removal", "--from-literal=n=1"]);
