@@ -23,6 +23,7 @@ pub mod protobuf;
 pub mod rest;
 pub mod routes;
 pub mod schema;
+pub mod sealed_bootstrap;
 pub mod selectors;
 pub mod server;
 pub mod service_account;

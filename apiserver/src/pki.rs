@@ -425,6 +425,11 @@ fn load_or_issue_leaf(
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// Whether `server_dir` (`<data-dir>/server`) already holds a cluster CA.
+pub fn has_cluster_ca(server_dir: &Path) -> bool {
+    server_dir.join("tls").join(CA_CERT).exists()
+}
+
 /// Writes what an existing server gave a joining one into `server_dir`, before
 /// [`ClusterPki::load_or_create`] loads it and issues this server's own certificates and
 /// token file. A data directory that already holds other keys is refused: joining never

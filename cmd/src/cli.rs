@@ -321,6 +321,10 @@ pub enum SnapshotCommand {
         data_dir: PathBuf,
         /// The snapshot file.
         file: PathBuf,
+        /// The cluster's token: restoring into a data dir without the cluster's keys (a new
+        /// machine) takes them from the snapshot, sealed with it.
+        #[arg(long, env = "SHOAL_TOKEN")]
+        token: Option<String>,
     },
 }
 

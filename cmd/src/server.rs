@@ -53,6 +53,8 @@ pub async fn run(mut args: ServerArgs) -> Result<()> {
         return crate::store::cluster_reset(
             &store_config,
             args.cluster_reset_restore_path.as_deref(),
+            &server_dir,
+            token.as_deref(),
         );
     }
     let snapshot_dir =
@@ -167,6 +169,13 @@ pub async fn run(mut args: ServerArgs) -> Result<()> {
     let snapshots =
         crate::store::SnapshotTaker::new(store.clone(), snapshot_dir, node_name.clone());
     let store_handle: Arc<dyn Store> = Arc::new(store.clone());
+    let cluster_settings = JoinedCluster {
+        cluster_cidr: args.cluster_cidr.to_string(),
+        service_cidr: args.service_cidr.to_string(),
+        cluster_dns: args.cluster_dns.to_string(),
+        cluster_domain: args.cluster_domain.clone(),
+    };
+    keep_sealed_keys(store_handle.as_ref(), &pki, cluster_settings.clone()).await;
     let crds = Arc::new(shoal_apiserver::crd::CrdRegistry::default());
     crds.reload(store_handle.as_ref())
         .await
@@ -196,16 +205,9 @@ pub async fn run(mut args: ServerArgs) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("node client TLS: {e}"))?,
         ),
         join: Some(Arc::new({
-            let authority = shoal_apiserver::join::JoinAuthority::new(
-                pki.clone(),
-                shoal_common::join::JoinedCluster {
-                    cluster_cidr: args.cluster_cidr.to_string(),
-                    service_cidr: args.service_cidr.to_string(),
-                    cluster_dns: args.cluster_dns.to_string(),
-                    cluster_domain: args.cluster_domain.clone(),
-                },
-            )
-            .with_snapshots(Arc::new(snapshots.clone()));
+            let authority =
+                shoal_apiserver::join::JoinAuthority::new(pki.clone(), cluster_settings)
+                    .with_snapshots(Arc::new(snapshots.clone()));
             if replicated {
                 authority.with_members(Arc::new(store.clone()))
             } else {
@@ -318,6 +320,36 @@ pub async fn run(mut args: ServerArgs) -> Result<()> {
     store.shutdown().await.context("flushing the store")?;
     tracing::info!("store flushed; bye");
     Ok(())
+}
+
+/// Keeps the cluster's shared keys sealed with the token's secret in the store, so that its
+/// snapshots carry them (see `shoal_apiserver::sealed_bootstrap`). Written when missing or
+/// different; a failure only costs that, so it is logged, not fatal.
+async fn keep_sealed_keys(store: &dyn Store, pki: &ClusterPki, cluster: JoinedCluster) {
+    use shoal_apiserver::sealed_bootstrap::{open, seal, SEALED_BOOTSTRAP_KEY};
+    let bundle = pki.bootstrap(cluster);
+    let current = match store.get(SEALED_BOOTSTRAP_KEY).await {
+        Ok(current) => current,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the sealed cluster keys");
+            return;
+        }
+    };
+    if current.is_some_and(|kv| open(&kv.value, &pki.token_secret).is_ok_and(|kept| kept == bundle))
+    {
+        return;
+    }
+    let written = match seal(&bundle, &pki.token_secret) {
+        Ok(sealed) => store
+            .put(SEALED_BOOTSTRAP_KEY, sealed)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "keeping the sealed cluster keys in the store");
+    }
 }
 
 /// Marks a server whose store has peers (`--cluster-init` or joined), so later starts keep the

@@ -15,7 +15,8 @@ use shoal_agent::join::JoinClient;
 use shoal_apiserver::join::{
     SnapshotRequest, SnapshotSaveError, StoreSnapshots, STORE_SNAPSHOTS_PATH,
 };
-use shoal_common::join::{StoreMember, MEMBERS_PATH, SERVER_USER};
+use shoal_apiserver::sealed_bootstrap::{self, SEALED_BOOTSTRAP_KEY};
+use shoal_common::join::{ServerBootstrap, StoreMember, MEMBERS_PATH, SERVER_USER};
 use shoal_controllers::cronjob::Schedule;
 use shoal_store::{Listed, RaftStore, RaftStoreConfig, ResetReport, SnapshotError, SnapshotInfo};
 
@@ -71,7 +72,11 @@ async fn snapshot(command: SnapshotCommand) -> Result<()> {
             print!("{}", snapshots_table(&listed));
             Ok(())
         }
-        SnapshotCommand::Restore { data_dir, file } => {
+        SnapshotCommand::Restore {
+            data_dir,
+            file,
+            token,
+        } => {
             let mut config = RaftStoreConfig::new(data_dir.join("server").join("store"));
             // Only for a data dir without a store: one that has a store keeps the address
             // its membership records (what the server advertised).
@@ -80,7 +85,9 @@ async fn snapshot(command: SnapshotCommand) -> Result<()> {
                 shoal_common::DEFAULT_HTTPS_PORT + 1,
             )
             .to_string();
+            let keys = keys_to_restore(&data_dir.join("server"), &file, token.as_deref())?;
             let report = shoal_store::reset_cluster(&config, Some(&file))?;
+            install_restored_keys(&data_dir.join("server"), keys.as_ref())?;
             println!("{}", reset_message(&report));
             Ok(())
         }
@@ -89,11 +96,56 @@ async fn snapshot(command: SnapshotCommand) -> Result<()> {
 
 /// `--cluster-reset`: makes the stopped store a one-member cluster (from `from`, else from
 /// its own data) and says what to do next. The server exits after it, as k3s does.
-pub fn cluster_reset(config: &RaftStoreConfig, from: Option<&Path>) -> Result<()> {
+/// A restore into a data dir that has no cluster keys yet (a new machine) takes them from the
+/// snapshot, opened with `token`.
+pub fn cluster_reset(
+    config: &RaftStoreConfig,
+    from: Option<&Path>,
+    server_dir: &Path,
+    token: Option<&str>,
+) -> Result<()> {
+    let keys = match from {
+        Some(file) => keys_to_restore(server_dir, file, token)?,
+        None => None,
+    };
     let report = shoal_store::reset_cluster(config, from)
         .with_context(|| format!("resetting the store in {}", config.dir.display()))?;
+    install_restored_keys(server_dir, keys.as_ref())?;
     for line in reset_message(&report).lines() {
         tracing::info!("{line}");
+    }
+    Ok(())
+}
+
+/// The cluster keys sealed in the snapshot `file`, when `server_dir` has none of its own
+/// (checked before anything changes, so a wrong token leaves everything as it was).
+fn keys_to_restore(
+    server_dir: &Path,
+    file: &Path,
+    token: Option<&str>,
+) -> Result<Option<ServerBootstrap>> {
+    if shoal_apiserver::pki::has_cluster_ca(server_dir) {
+        return Ok(None);
+    }
+    let sealed = shoal_store::snapshot_value(file, SEALED_BOOTSTRAP_KEY)?.with_context(|| {
+        format!(
+            "{} carries no cluster keys (taken before they were kept in the store); restore it \
+             into the data dir of a server of its cluster",
+            file.display()
+        )
+    })?;
+    let token = token.context(
+        "this data dir has no cluster keys yet: give --token (the cluster's) to take them from \
+         the snapshot",
+    )?;
+    let secret = shoal_common::join::parse_join_token(token)?.secret;
+    Ok(Some(sealed_bootstrap::open(&sealed, &secret)?))
+}
+
+fn install_restored_keys(server_dir: &Path, keys: Option<&ServerBootstrap>) -> Result<()> {
+    if let Some(keys) = keys {
+        shoal_apiserver::pki::install_bootstrap(server_dir, keys)?;
+        tracing::info!("the cluster's keys were restored from the snapshot");
     }
     Ok(())
 }

@@ -590,8 +590,8 @@ fn three_servers_survive_a_dead_leader_and_a_partition() {
     lab.start_node(0);
     wait_for_leader(&lab, first_joined, 3);
     let removed_name = lab.nodes[second_joined].name.clone();
-    let finalizers = lab.kubectl.json(&["get", "node", &removed_name])["metadata"]["finalizers"]
-        .to_string();
+    let finalizers =
+        lab.kubectl.json(&["get", "node", &removed_name])["metadata"]["finalizers"].to_string();
     assert!(
         finalizers.contains("shoal.io/store-member"),
         "a server's Node holds its member: {finalizers}"

@@ -267,3 +267,74 @@ fn scheduled_snapshots_keep_the_newest() {
     // Between a snapshot and the pruning after it there are three; once stopped, two.
     assert_eq!(scheduled().len(), 2, "{:?}", scheduled());
 }
+
+/// A snapshot carries the cluster's keys sealed with the token: restored with
+/// `--cluster-reset-restore-path` into an empty data dir (a new machine) and the cluster's
+/// token, the server comes back with the same CA, so the old admin kubeconfig still works. A
+/// wrong or missing token is refused with nothing written.
+#[test]
+fn a_snapshot_restores_the_cluster_keys_on_a_new_machine() {
+    let _serial = one_server();
+    let (fixture, server) = Fixture::start("kept");
+    let (data_dir, port, kubectl) = (fixture.data.path(), fixture.port, &fixture.kubectl);
+    let url = format!("https://127.0.0.1:{port}");
+    let saved = ok(
+        shoal(
+            &[
+                "store", "snapshot", "save", "--server", &url, "--name", "moving",
+            ],
+            data_dir,
+        ),
+        "snapshot save",
+    );
+    let file = saved.trim().to_string();
+    server.stop().expect("server stops");
+    let token = std::fs::read_to_string(data_dir.join("server").join("token"))
+        .expect("the token")
+        .trim()
+        .to_string();
+
+    let fresh = TempDir::new().expect("tempdir");
+    for (bad, says) in [
+        (&["--token", "K10wrong::server:nope"][..], "token"),
+        (&["--token", "nope"][..], "does not open"),
+        (&[][..], "give --token"),
+    ] {
+        let mut args = vec!["store", "snapshot", "restore", &file];
+        args.extend_from_slice(bad);
+        let out = shoal(&args, fresh.path());
+        assert!(!out.status.success(), "{bad:?}");
+        let message = String::from_utf8_lossy(&out.stderr);
+        assert!(message.contains(says), "{bad:?}: {message}");
+        assert!(
+            !fresh.path().join("server").join("store").exists(),
+            "a refused restore wrote a store"
+        );
+    }
+
+    let config = fresh.path().join("test-config.yaml");
+    std::fs::write(&config, "").expect("config");
+    let mut reset = Command::new(binary());
+    reset
+        .args(["server", "--disable-agent", "--bind-address", "127.0.0.1"])
+        .arg(format!("--https-listen-port={port}"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(fresh.path())
+        .args(["--cluster-reset", "--cluster-reset-restore-path", &file])
+        .args(["--token", &token]);
+    let reset = ShoalServer::spawn(&mut reset).expect("spawn");
+    let status = reset.wait_exit(Duration::from_secs(60)).expect("exits");
+    assert!(status.success(), "{status}");
+
+    let ca = |dir: &Path| {
+        std::fs::read_to_string(dir.join("server").join("tls").join("server-ca.crt")).expect("a CA")
+    };
+    assert_eq!(ca(fresh.path()), ca(data_dir), "the cluster CA came back");
+    let server = ShoalServer::start(binary(), fresh.path(), port, &["--token", &token])
+        .expect("the restored server starts");
+    // The old machine's admin kubeconfig: same CA, same API port.
+    kubectl.ok(&["get", "configmap", "kept"]);
+    server.stop().expect("server stops");
+}

@@ -27,9 +27,9 @@ pub use error::{Result, StoreError};
 pub use mem::{MemState, MemStore};
 pub use mvcc::Retention;
 pub use raft::{
-    list_snapshots, read_snapshot_info, reset_cluster, validate_snapshot_name, Bootstrap, Listed,
-    Member, Members, NetworkFaults, PeerConfig, RaftStatus, RaftStore, RaftStoreConfig,
-    ResetReport, SnapshotError, SnapshotHeader, SnapshotInfo, TypeConfig,
+    list_snapshots, read_snapshot_info, reset_cluster, snapshot_value, validate_snapshot_name,
+    Bootstrap, Listed, Member, Members, NetworkFaults, PeerConfig, RaftStatus, RaftStore,
+    RaftStoreConfig, ResetReport, SnapshotError, SnapshotHeader, SnapshotInfo, TypeConfig,
 };
 pub use types::{
     validate_key, validate_prefix, validate_value, ContinueToken, Event, EventKind, KeyValue,

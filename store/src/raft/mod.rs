@@ -66,8 +66,8 @@ pub use self::network::{PeerNetwork, SingleNodeNetwork};
 pub use self::reset::{reset_cluster, ResetReport};
 pub use self::sm::StateMachine;
 pub use self::snapshots::{
-    list_snapshots, read_snapshot_info, validate_snapshot_name, Listed, SnapshotError,
-    SnapshotHeader, SnapshotInfo,
+    list_snapshots, read_snapshot_info, snapshot_value, validate_snapshot_name, Listed,
+    SnapshotError, SnapshotHeader, SnapshotInfo,
 };
 
 openraft::declare_raft_types!(

@@ -361,6 +361,17 @@ pub fn read_snapshot_info(path: &Path) -> Result<SnapshotInfo, SnapshotError> {
     })
 }
 
+/// The value of `key` in the snapshot at `path` (read whole and checked as a restore would
+/// check it), for what a restore must take from a snapshot before any store opens.
+pub fn snapshot_value(path: &Path, key: &str) -> Result<Option<Vec<u8>>, SnapshotError> {
+    let (_, data) = read_verified(path)?;
+    Ok(data
+        .kvs
+        .into_iter()
+        .find(|kv| kv.key == key)
+        .map(|kv| kv.value))
+}
+
 /// Reads the snapshot at `path` whole and checks it: header, length, checksum, and a payload
 /// that decodes into keys the store accepts at revisions no later than the snapshot's.
 pub(super) fn read_verified(path: &Path) -> Result<(SnapshotInfo, SnapshotData), SnapshotError> {
