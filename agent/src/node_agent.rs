@@ -384,7 +384,7 @@ async fn write_network(
         .collect();
     std::fs::create_dir_all(ipam_dir).map_err(|e| e.to_string())?;
     shoal_net::cni::ipam::reconcile(ipam_dir, &live).map_err(|e| e.to_string())?;
-    let conf = shoal_net::cni::network_config(subnet, mtu, ipam_dir);
+    let conf = shoal_net::cni::network_config(std::slice::from_ref(subnet), mtu, ipam_dir);
     let path = conf_dir.join("10-shoal.conflist");
     let tmp = conf_dir.join(".10-shoal.conflist.tmp");
     std::fs::write(&tmp, conf).map_err(|e| e.to_string())?;

@@ -2,12 +2,12 @@
 //! repeated ADD needs it: an existing bridge, address or route is accepted as it is.
 
 use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use futures::TryStreamExt;
-use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags};
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo};
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
@@ -115,13 +115,13 @@ impl Netlink {
         })
     }
 
-    /// Makes sure the bridge `name` exists, holds `gateway/prefix` and is up.
+    /// Makes sure the bridge `name` exists, holds each `gateway/prefix` (one per family)
+    /// and is up.
     pub async fn ensure_bridge(
         &self,
         name: &str,
         mtu: Option<u32>,
-        gateway: Ipv4Addr,
-        prefix: u8,
+        gateways: &[(IpAddr, u8)],
     ) -> Result<Link, CniError> {
         let mut bridge = LinkBridge::new(name);
         if let Some(mtu) = mtu {
@@ -137,8 +137,10 @@ impl Netlink {
                 "link {name} exists and is not a bridge"
             )));
         }
-        self.add_address(link.index, IpAddr::V4(gateway), prefix, name)
-            .await?;
+        for (gateway, prefix) in gateways {
+            self.add_address(link.index, *gateway, *prefix, name)
+                .await?;
+        }
         self.set_up(link.index, name).await?;
         Ok(link)
     }
@@ -188,7 +190,9 @@ impl Netlink {
             .map_err(nl_err(format!("setting {name} up")))
     }
 
-    /// Adds `ip/prefix` to link `index`; an address already there is fine.
+    /// Adds `ip/prefix` to link `index`; an address already there is fine. IPv6 addresses
+    /// skip duplicate address detection (IPAM made them unique), so they are usable at once
+    /// instead of tentative for a second or two.
     pub async fn add_address(
         &self,
         index: u32,
@@ -196,8 +200,12 @@ impl Netlink {
         prefix: u8,
         name: &str,
     ) -> Result<(), CniError> {
+        let mut request = self.handle.address().add(index, ip, prefix);
+        if ip.is_ipv6() {
+            request.message_mut().header.flags = AddressHeaderFlags::Nodad;
+        }
         exists_ok(
-            self.handle.address().add(index, ip, prefix).execute().await,
+            request.execute().await,
             &format!("adding {ip}/{prefix} to {name}"),
         )
     }
@@ -231,12 +239,19 @@ impl Netlink {
             .collect())
     }
 
-    /// Adds the default route via `gateway` out of link `index`; one already there is fine.
-    pub async fn add_default_route(&self, index: u32, gateway: Ipv4Addr) -> Result<(), CniError> {
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(gateway)
-            .output_interface(index)
-            .build();
+    /// Adds the default route of `gateway`'s family via `gateway` out of link `index`; one
+    /// already there is fine.
+    pub async fn add_default_route(&self, index: u32, gateway: IpAddr) -> Result<(), CniError> {
+        let route = match gateway {
+            IpAddr::V4(v4) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(v4)
+                .output_interface(index)
+                .build(),
+            IpAddr::V6(v6) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .gateway(v6)
+                .output_interface(index)
+                .build(),
+        };
         exists_ok(
             self.handle.route().add(route).execute().await,
             &format!("adding the default route via {gateway}"),
