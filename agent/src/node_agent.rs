@@ -344,12 +344,12 @@ async fn configure_network(
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     // --- overlay: VXLAN to the other nodes, forwarding, masquerade (shoal_net::overlay) ---
-    // The overlay carries the families the node has an address of (flannel's rule: its
-    // IPv6 device needs an IPv6 node address); pods of another family reach only this node.
+    // An IPv4 node address carries both families (IPv6 pods ride on the IPv4 VXLAN device);
+    // an IPv6 one only IPv6 (`--node-ip` is one address, and the IPv4 device needs one).
     let overlaid: Vec<Cidr> = subnets
         .iter()
         .copied()
-        .filter(|c| c.is_ipv4() == overlay.node_ip.is_ipv4())
+        .filter(|c| overlay.node_ip.is_ipv4() || !c.is_ipv4())
         .collect();
     let vxlan = loop {
         match crate::overlay::start(&client, &overlay, &overlaid).await {

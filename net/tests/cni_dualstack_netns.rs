@@ -140,6 +140,14 @@ fn dual_stack_add_check_del_in_network_namespaces() {
         [("fd00:98:0:7::1".to_string(), 64)]
     );
 
+    // No duplicate address detection on the bridge: its link-local address is never
+    // tentative, so the node resolves pods' addresses for routed traffic at once.
+    let accept_dad = in_netns(&node.path(), || {
+        std::fs::read_to_string("/proc/sys/net/ipv6/conf/shoaldsbr0/accept_dad")
+    })
+    .expect("accept_dad");
+    assert_eq!(accept_dad.trim(), "0");
+
     // A second pod, in a 0.4.0 configuration: each IP says its version.
     let out = run(request(Command::Add, "pod-b", Some(&pod_b)), &conf_040).expect("ADD b");
     let result_b: Value = serde_json::from_str(&out).expect("json");

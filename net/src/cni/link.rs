@@ -137,6 +137,9 @@ impl Netlink {
                 "link {name} exists and is not a bridge"
             )));
         }
+        if gateways.iter().any(|(gateway, _)| gateway.is_ipv6()) {
+            disable_dad(name)?;
+        }
         for (gateway, prefix) in gateways {
             self.add_address(link.index, *gateway, *prefix, name)
                 .await?;
@@ -269,4 +272,19 @@ impl Netlink {
             Err(e) => Err(nl_err(format!("deleting link {name}"))(e)),
         }
     }
+}
+
+/// Turns IPv6 duplicate address detection off on the bridge `name` (in the calling thread's
+/// namespace), before its first port gives it a carrier: while its link-local address is
+/// tentative the node sends no neighbour solicitation from it, so the first packets routed
+/// to a pod on it (from another node, through a Service) are dropped for a second or two.
+fn disable_dad(name: &str) -> Result<(), CniError> {
+    let path = format!("/proc/sys/net/ipv6/conf/{name}/accept_dad");
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
+        return Ok(());
+    }
+    std::fs::write(&path, "0").map_err(|source| CniError::Io {
+        context: format!("writing 0 to {path}"),
+        source,
+    })
 }
