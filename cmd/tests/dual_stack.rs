@@ -1,8 +1,9 @@
-//! A dual-stack cluster with real containers (e2e's lab: the node in its own network
-//! namespace, with its own containerd): `--cluster-cidr` and `--service-cidr` of both
-//! families give the Node a /24 and a /64, each pod an IPv4 and an IPv6 address
-//! (`status.podIPs`, IPv4 first as `status.podIP`), and a pod reaches another over IPv6 with
-//! its own IPv6 address as the source. A `RequireDualStack` Service gets a ClusterIP per
+//! A dual-stack cluster with real containers (e2e's lab: a server and an agent, each node in
+//! its own network namespace with its own containerd, one IPv4 address each):
+//! `--cluster-cidr` and `--service-cidr` of both families (the agent learns them when it
+//! joins) give each Node a /24 and a /64, each pod an IPv4 and an IPv6 address
+//! (`status.podIPs`, IPv4 first as `status.podIP`), and a pod reaches a pod on the other node
+//! over IPv6 (inside the IPv4 VXLAN overlay) with its own IPv6 address as the source. A `RequireDualStack` Service gets a ClusterIP per
 //! family, an EndpointSlice per family, answers on its IPv6 ClusterIP through the proxy's
 //! `ip6` table, and its name resolves to the IPv6 ClusterIP (AAAA) at the cluster DNS.
 //! Needs root, containerd and runc (CI has them).
@@ -20,12 +21,13 @@ const IMAGE: &str = "localhost/test/busybox:1";
 /// A busybox httpd whose `/cgi-bin/ip` answers with the caller's address.
 const WHOAMI: &str = r#"mkdir -p /www/cgi-bin && printf '#!/bin/sh\necho Content-Type: text/plain\necho\necho $REMOTE_ADDR\n' > /www/cgi-bin/ip && busybox chmod +x /www/cgi-bin/ip && exec httpd -f -p 8080 -h /www"#;
 
-fn pod(name: &str, labels: Value, script: &str) -> String {
+fn pod(name: &str, node: &str, labels: Value, script: &str) -> String {
     json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "labels": labels},
         "spec": {
+            "nodeName": node,
             "terminationGracePeriodSeconds": 0,
             "containers": [{
                 "name": "main",
@@ -85,7 +87,7 @@ fn dual_stack_pods_and_services() {
     let binary = Path::new(env!("CARGO_BIN_EXE_shoal"));
     let lab = Lab::start(
         binary,
-        0,
+        1,
         &[
             "--cluster-cidr",
             "10.42.0.0/16,fd00:42::/56",
@@ -94,20 +96,33 @@ fn dual_stack_pods_and_services() {
         ],
         &[],
     );
-    let node = &lab.kubectl.items(&["get", "nodes"])[0];
-    assert_eq!(node["spec"]["podCIDR"], "10.42.0.0/24", "{node}");
-    assert_eq!(
-        node["spec"]["podCIDRs"],
-        json!(["10.42.0.0/24", "fd00:42::/64"]),
-        "{node}"
-    );
+    let nodes = lab.kubectl.items(&["get", "nodes"]);
+    assert_eq!(nodes.len(), 2);
+    let mut v6_subnets = Vec::new();
+    for node in &nodes {
+        let cidrs = node["spec"]["podCIDRs"].as_array().expect("podCIDRs");
+        assert_eq!(cidrs.len(), 2, "{node}");
+        assert_eq!(node["spec"]["podCIDR"], cidrs[0], "{node}");
+        let (v4, v6) = (
+            cidrs[0].as_str().unwrap_or_default(),
+            cidrs[1].as_str().unwrap_or_default(),
+        );
+        assert!(v4.starts_with("10.42.") && v4.ends_with(".0/24"), "{node}");
+        assert!(
+            v6.starts_with("fd00:42:") && v6.ends_with("::/64"),
+            "{node}"
+        );
+        v6_subnets.push(v6.to_string());
+    }
+    assert_ne!(v6_subnets[0], v6_subnets[1], "each node its own /64");
 
     let archive = shoal_e2e::images::busybox_archive(lab.dir.path(), IMAGE);
     lab.import_image(&archive);
     lab.kubectl
-        .apply(&pod("whoami", json!({"app": "whoami"}), WHOAMI));
+        .apply(&pod("whoami", "agent-1", json!({"app": "whoami"}), WHOAMI));
     lab.kubectl.apply(&pod(
         "client",
+        "server-0",
         json!({"app": "client"}),
         "exec httpd -f -p 8080 -h /tmp",
     ));
@@ -116,11 +131,11 @@ fn dual_stack_pods_and_services() {
     });
     for ips in [&server_ips, &client_ips] {
         assert_eq!(ips.len(), 2, "{ips:?}");
-        assert!(ips[0].starts_with("10.42.0."), "{ips:?}");
-        assert!(ips[1].starts_with("fd00:42::"), "{ips:?}");
+        assert!(ips[0].starts_with("10.42."), "{ips:?}");
+        assert!(ips[1].starts_with("fd00:42:"), "{ips:?}");
     }
 
-    // Pod to pod over IPv6 on the node's bridge: the server sees the client's IPv6 address.
+    // Pod to pod across nodes over IPv6: the server sees the client's IPv6 address.
     let seen = fetch(&lab, "client", &server_ips[1], 8080, "/cgi-bin/ip");
     let seen = seen.trim_start_matches('[').trim_end_matches(']');
     assert_eq!(
@@ -180,8 +195,8 @@ fn dual_stack_pods_and_services() {
             (address("IPv4")? == server_ips[0] && address("IPv6")? == server_ips[1]).then_some(())
         },
     );
-    // Through the proxy's ip6 table: the IPv6 ClusterIP reaches the pod, which sees the
-    // client's own IPv6 address (pod to pod on one node is not masqueraded).
+    // Through the proxy's ip6 table: the IPv6 ClusterIP reaches the pod on the other node,
+    // which sees the client's own IPv6 address (pod traffic is not masqueraded).
     let seen = fetch(&lab, "client", &cluster_ips[1], 80, "/cgi-bin/ip");
     let seen = seen.trim_start_matches('[').trim_end_matches(']');
     assert!(is_v6(seen), "{seen}");
