@@ -16,14 +16,7 @@ use shoal_net::cni::{self, Command, Request};
 use support::{in_netns, ip_json, is_root, Netns};
 
 fn request(command: Command, id: &str, netns: Option<&Netns>) -> Request {
-    Request {
-        command,
-        container_id: id.to_string(),
-        netns: netns.map(Netns::path),
-        ifname: "eth0".to_string(),
-        args: vec![("K8S_POD_NAME".into(), id.into())],
-        path: Vec::new(),
-    }
+    support::cni_request(command, id, netns)
 }
 
 /// The addresses of `family` (`inet`/`inet6`) with global scope on `dev` in `ns`.
@@ -140,13 +133,16 @@ fn dual_stack_add_check_del_in_network_namespaces() {
         [("fd00:98:0:7::1".to_string(), 64)]
     );
 
-    // No duplicate address detection on the bridge: its link-local address is never
-    // tentative, so the node resolves pods' addresses for routed traffic at once.
-    let accept_dad = in_netns(&node.path(), || {
-        std::fs::read_to_string("/proc/sys/net/ipv6/conf/shoaldsbr0/accept_dad")
-    })
-    .expect("accept_dad");
-    assert_eq!(accept_dad.trim(), "0");
+    // The bridge's own link-local address is usable at once (not tentative), so the node
+    // resolves pods' addresses for traffic it routes.
+    let bridge = ip_json(&node, &["-6", "addr", "show", "dev", "shoaldsbr0"]).expect("bridge");
+    let link_local = bridge[0]["addr_info"]
+        .as_array()
+        .expect("addr_info")
+        .iter()
+        .find(|a| a["local"] == "fe80::1")
+        .expect("fe80::1 on the bridge");
+    assert_ne!(link_local["tentative"], true, "{link_local}");
 
     // A second pod, in a 0.4.0 configuration: each IP says its version.
     let out = run(request(Command::Add, "pod-b", Some(&pod_b)), &conf_040).expect("ADD b");

@@ -14,6 +14,10 @@ use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteM
 use super::error::CniError;
 use super::netns;
 
+/// The bridge's own link-local address on a dual-stack node (no pod takes it: theirs are
+/// derived from their MAC addresses).
+pub const BRIDGE_LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
 const EEXIST: i32 = 17;
 const ENODEV: i32 = 19;
 
@@ -137,8 +141,13 @@ impl Netlink {
                 "link {name} exists and is not a bridge"
             )));
         }
+        // A link-local address usable at once: the one the kernel makes for the bridge stays
+        // tentative for a second or two after its first port comes up (also with accept_dad
+        // off), and meanwhile the node sends no neighbour solicitation for traffic it routes
+        // to a pod (from another node, through a Service), which is then dropped.
         if gateways.iter().any(|(gateway, _)| gateway.is_ipv6()) {
-            disable_dad(name)?;
+            self.add_address(link.index, IpAddr::V6(BRIDGE_LINK_LOCAL), 64, name)
+                .await?;
         }
         for (gateway, prefix) in gateways {
             self.add_address(link.index, *gateway, *prefix, name)
@@ -272,19 +281,4 @@ impl Netlink {
             Err(e) => Err(nl_err(format!("deleting link {name}"))(e)),
         }
     }
-}
-
-/// Turns IPv6 duplicate address detection off on the bridge `name` (in the calling thread's
-/// namespace), before its first port gives it a carrier: while its link-local address is
-/// tentative the node sends no neighbour solicitation from it, so the first packets routed
-/// to a pod on it (from another node, through a Service) are dropped for a second or two.
-fn disable_dad(name: &str) -> Result<(), CniError> {
-    let path = format!("/proc/sys/net/ipv6/conf/{name}/accept_dad");
-    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
-        return Ok(());
-    }
-    std::fs::write(&path, "0").map_err(|source| CniError::Io {
-        context: format!("writing 0 to {path}"),
-        source,
-    })
 }
