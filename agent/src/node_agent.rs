@@ -41,8 +41,8 @@ pub struct AgentConfig {
     pub private_registry: PathBuf,
     pub cluster_dns: IpAddr,
     pub cluster_domain: String,
-    /// The Service and pod ranges (the cluster DNS answers their reverse names).
-    pub service_cidr: Cidr,
+    /// The Service ranges, one per family (the cluster DNS answers their reverse names).
+    pub service_cidrs: Vec<Cidr>,
     /// The `kubernetes` Service's address, for containers' `KUBERNETES_SERVICE_HOST`.
     pub kubernetes_service: IpAddr,
     /// The node API's port (0: any free one).
@@ -241,8 +241,11 @@ pub async fn run(
             zone: shoal_net::dns::ZoneConfig {
                 domain: config.cluster_domain.clone(),
                 dns_ip: config.cluster_dns,
-                reverse_cidrs: std::iter::once(config.service_cidr)
-                    .chain(config.cluster_cidrs.iter().copied())
+                reverse_cidrs: config
+                    .service_cidrs
+                    .iter()
+                    .chain(&config.cluster_cidrs)
+                    .copied()
                     .collect(),
                 ttl: shoal_net::dns::records::DEFAULT_TTL,
             },
@@ -300,9 +303,9 @@ fn link_cni_plugin(bin_dir: &Path) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// Waits for the node's pod subnet, brings the overlay to the other nodes up (its MTU is the
-/// pods'), releases addresses of sandboxes that no longer exist, and writes the network
-/// configuration containerd's CRI plugin loads.
+/// Waits for the node's pod subnets (one per family of a dual-stack cluster), brings the
+/// overlay to the other nodes up (its MTU is the pods'), releases addresses of sandboxes that
+/// no longer exist, and writes the network configuration containerd's CRI plugin loads.
 async fn configure_network(
     client: kube::Client,
     cri: Cri,
@@ -313,24 +316,27 @@ async fn configure_network(
     shutdown: watch::Receiver<bool>,
 ) {
     let nodes: Api<Node> = Api::all(client.clone());
-    let pod_cidr = |node: Option<&Node>| {
-        node.and_then(|n| n.spec.as_ref())
-            .and_then(|s| s.pod_cidr.as_deref())
-            .and_then(|c| c.parse::<Cidr>().ok())
+    let pod_cidrs = |node: Option<&Node>| {
+        let spec = node.and_then(|n| n.spec.as_ref());
+        let cidrs = node_pod_cidrs(
+            spec.and_then(|s| s.pod_cidr.as_deref()),
+            spec.and_then(|s| s.pod_cidrs.as_deref()),
+        );
+        (!cidrs.is_empty()).then_some(cidrs)
     };
     // Watched rather than polled: the node IPAM controller assigns it moments after the Node
     // is registered, and the node is NotReady until then.
-    let subnet = loop {
+    let subnets = loop {
         let assigned = kube::runtime::wait::await_condition(
             nodes.clone(),
             &overlay.node_name,
-            move |node: Option<&Node>| pod_cidr(node).is_some(),
+            move |node: Option<&Node>| pod_cidrs(node).is_some(),
         )
         .await;
         match assigned {
             Ok(node) => {
-                if let Some(cidr) = pod_cidr(node.as_ref()) {
-                    break cidr;
+                if let Some(cidrs) = pod_cidrs(node.as_ref()) {
+                    break cidrs;
                 }
             }
             Err(err) => tracing::debug!(%err, "waiting for the node's pod CIDR"),
@@ -338,8 +344,15 @@ async fn configure_network(
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     // --- overlay: VXLAN to the other nodes, forwarding, masquerade (shoal_net::overlay) ---
+    // An IPv4 node address carries both families (IPv6 pods ride on the IPv4 VXLAN device);
+    // an IPv6 one only IPv6 (`--node-ip` is one address, and the IPv4 device needs one).
+    let overlaid: Vec<Cidr> = subnets
+        .iter()
+        .copied()
+        .filter(|c| overlay.node_ip.is_ipv4() || !c.is_ipv4())
+        .collect();
     let vxlan = loop {
-        match crate::overlay::start(&client, &overlay, &[subnet]).await {
+        match crate::overlay::start(&client, &overlay, &overlaid).await {
             Ok(vxlan) => break vxlan,
             Err(err) => {
                 tracing::warn!(%err, "bringing the overlay up; retrying");
@@ -356,7 +369,7 @@ async fn configure_network(
     ));
     // --- end overlay ---
     loop {
-        match write_network(&cri, &subnet, pod_mtu, &conf_dir, &ipam_dir).await {
+        match write_network(&cri, &subnets, pod_mtu, &conf_dir, &ipam_dir).await {
             Ok(()) => break,
             Err(err) => {
                 tracing::warn!(%err, "configuring the pod network; retrying");
@@ -364,13 +377,14 @@ async fn configure_network(
             }
         }
     }
-    tracing::info!(%subnet, mtu = pod_mtu, "pod network configured");
+    let subnets_text: Vec<String> = subnets.iter().map(Cidr::to_string).collect();
+    tracing::info!(subnets = %subnets_text.join(","), mtu = pod_mtu, "pod network configured");
     ready.store(true, Ordering::Release);
 }
 
 async fn write_network(
     cri: &Cri,
-    subnet: &Cidr,
+    subnets: &[Cidr],
     mtu: u32,
     conf_dir: &Path,
     ipam_dir: &Path,
@@ -384,9 +398,43 @@ async fn write_network(
         .collect();
     std::fs::create_dir_all(ipam_dir).map_err(|e| e.to_string())?;
     shoal_net::cni::ipam::reconcile(ipam_dir, &live).map_err(|e| e.to_string())?;
-    let conf = shoal_net::cni::network_config(subnet, mtu, ipam_dir);
+    let conf = shoal_net::cni::network_config(subnets, mtu, ipam_dir);
     let path = conf_dir.join("10-shoal.conflist");
     let tmp = conf_dir.join(".10-shoal.conflist.tmp");
     std::fs::write(&tmp, conf).map_err(|e| e.to_string())?;
     std::fs::rename(&tmp, &path).map_err(|e| e.to_string())
+}
+
+/// A Node's pod subnets: `spec.podCIDRs` (one per family, the primary first), or
+/// `spec.podCIDR` alone when the list is missing (a Node written before dual-stack). Entries
+/// that do not parse are left out.
+pub fn node_pod_cidrs(pod_cidr: Option<&str>, pod_cidrs: Option<&[String]>) -> Vec<Cidr> {
+    let listed: Vec<&str> = pod_cidrs
+        .unwrap_or_default()
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let texts = if listed.is_empty() {
+        pod_cidr.into_iter().collect()
+    } else {
+        listed
+    };
+    texts.iter().filter_map(|c| c.parse().ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_cidrs_come_from_the_list_or_the_single_field() {
+        let dual = ["10.42.1.0/24".to_string(), "fd00:42:0:1::/64".to_string()];
+        let got = node_pod_cidrs(Some("10.42.1.0/24"), Some(&dual));
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[1].to_string(), "fd00:42:0:1::/64");
+        let old = node_pod_cidrs(Some("10.42.1.0/24"), None);
+        assert_eq!(old.len(), 1);
+        assert!(node_pod_cidrs(None, Some(&[])).is_empty());
+        assert!(node_pod_cidrs(Some("junk"), None).is_empty());
+    }
 }

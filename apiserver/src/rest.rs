@@ -1288,9 +1288,9 @@ impl Api {
                            "time": OffsetDateTime::now_utc().unix_timestamp()});
         let owner = encode(&owner)?;
         let result = async {
-            let mut ip = None;
-            if let Some(want) = plan.cluster_ip {
-                let allocation = match want {
+            let mut ips = Vec::new();
+            for (index, cidr, want) in &plan.cluster_ips {
+                let allocation = match *want {
                     Want::Exactly(ip) => {
                         let allocation = Allocation::ClusterIp(ip);
                         if !self.try_reserve(&allocation, &owner).await? {
@@ -1302,7 +1302,6 @@ impl Api {
                         allocation
                     }
                     Want::Any => {
-                        let cidr = &self.service_ranges.cluster_ips;
                         let seed = u64::from_le_bytes(random());
                         let mut found = None;
                         for offset in allocator::ip_candidates(cidr, seed) {
@@ -1321,8 +1320,9 @@ impl Api {
                     }
                 };
                 if let Allocation::ClusterIp(chosen) = allocation {
-                    ip = Some(chosen);
+                    ips.push((*index, chosen));
                 }
+                // Pushed before the next reservation, so a failure frees this one too.
                 reserved.push(allocation);
             }
             let mut node_ports = Vec::new();
@@ -1356,7 +1356,7 @@ impl Api {
                 reserved.push(Allocation::NodePort(port));
                 node_ports.push((*index, port));
             }
-            allocator::record(service, plan, ip, &node_ports);
+            allocator::record(service, &ips, &node_ports);
             Ok(())
         }
         .await;

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use shoal_common::Cidr;
+use shoal_common::CidrList;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::AgentArgs;
@@ -56,7 +56,8 @@ pub async fn run(args: AgentArgs, server_url: String, token: String) -> Result<(
         }
     };
     let cluster = &joined.credentials.cluster;
-    let service_cidr: Cidr = cluster
+    // Comma-separated when dual-stack, as k3s's --cluster-cidr and --service-cidr.
+    let service_cidrs: CidrList = cluster
         .service_cidr
         .parse()
         .with_context(|| format!("the server's service CIDR {:?}", cluster.service_cidr))?;
@@ -64,14 +65,12 @@ pub async fn run(args: AgentArgs, server_url: String, token: String) -> Result<(
         .cluster_dns
         .parse()
         .with_context(|| format!("the server's cluster DNS {:?}", cluster.cluster_dns))?;
-    // Comma-separated when dual-stack, as k3s's --cluster-cidr.
-    let cluster_cidrs = cluster
+    let cluster_cidrs: CidrList = cluster
         .cluster_cidr
-        .split(',')
-        .map(|c| c.trim().parse::<Cidr>())
-        .collect::<Result<Vec<_>, _>>()
+        .parse()
         .with_context(|| format!("the server's cluster CIDR {:?}", cluster.cluster_cidr))?;
-    let kubernetes_service = service_cidr
+    let kubernetes_service = service_cidrs
+        .primary()
         .nth(1)
         .context("the server's service CIDR has no first address")?;
     let config = crate::node::agent_config(
@@ -82,10 +81,10 @@ pub async fn run(args: AgentArgs, server_url: String, token: String) -> Result<(
         crate::node::ClusterFacts {
             cluster_dns,
             cluster_domain: &cluster.cluster_domain,
-            service_cidr,
+            service_cidrs: service_cidrs.cidrs(),
             kubernetes_service,
             ca_pem: &joined.credentials.ca_cert,
-            cluster_cidrs: &cluster_cidrs,
+            cluster_cidrs: cluster_cidrs.cidrs(),
         },
     )?;
     // The node talks to the API through its own load balancer, which follows the servers.

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use shoal_common::{
-    Cidr, DEFAULT_CLUSTER_CIDR, DEFAULT_CLUSTER_DNS, DEFAULT_CLUSTER_DOMAIN, DEFAULT_CONFIG_FILE,
-    DEFAULT_DATA_DIR,
+    CidrList, DEFAULT_CLUSTER_CIDR, DEFAULT_CLUSTER_DNS, DEFAULT_CLUSTER_DOMAIN,
+    DEFAULT_CONFIG_FILE, DEFAULT_DATA_DIR,
 };
 
 /// Shoal: a Kubernetes-compatible cluster with a built-in service mesh, in one binary.
@@ -109,13 +109,15 @@ pub struct ServerArgs {
     #[arg(long, env = "SHOAL_ADVERTISE_ADDRESS")]
     pub advertise_address: Option<IpAddr>,
 
-    /// The range pod IPs come from.
+    /// The range pod IPs come from; two, comma-separated, one per IP family, for a dual-stack
+    /// cluster (e.g. 10.42.0.0/16,fd00:42::/56).
     #[arg(long, env = "SHOAL_CLUSTER_CIDR", default_value = DEFAULT_CLUSTER_CIDR)]
-    pub cluster_cidr: Cidr,
+    pub cluster_cidr: CidrList,
 
-    /// The range Service cluster IPs come from.
+    /// The range Service cluster IPs come from; two, comma-separated, for a dual-stack
+    /// cluster, in --cluster-cidr's family order (e.g. 10.43.0.0/16,fd00:43::/112).
     #[arg(long, env = "SHOAL_SERVICE_CIDR", default_value = shoal_common::DEFAULT_SERVICE_CIDR)]
-    pub service_cidr: Cidr,
+    pub service_cidr: CidrList,
 
     /// The cluster DNS Service's address (inside the service CIDR).
     #[arg(long, env = "SHOAL_CLUSTER_DNS", default_value = DEFAULT_CLUSTER_DNS)]

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::CommandFactory;
+use shoal_common::CidrList;
 
 use crate::cli::{Cli, ServerArgs, CONFIGURABLE_SUBCOMMANDS};
 
@@ -112,26 +113,52 @@ fn flags_from_yaml(text: &str, subcommand: &str) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// `--cluster-cidr` and `--service-cidr` together: the same IP families in the same order (a
+/// dual-stack cluster needs both lists dual-stack), room for one node subnet (a /24 of IPv4, a
+/// /64 of IPv6), and an IPv6 service range no larger than Kubernetes allows (/108).
+pub fn check_cidrs(cluster: &CidrList, service: &CidrList) -> Result<()> {
+    if !cluster.same_families(service) {
+        bail!(
+            "--cluster-cidr {cluster} and --service-cidr {service} must have the same IP families in the same order"
+        );
+    }
+    for cidr in cluster.cidrs() {
+        let (node, family) = if cidr.is_ipv4() {
+            (24, "/24")
+        } else {
+            (64, "/64")
+        };
+        if cidr.prefix() > node {
+            bail!("--cluster-cidr {cidr} is too small: it must hold at least one {family}");
+        }
+    }
+    for cidr in service.cidrs() {
+        if !cidr.is_ipv4() && cidr.prefix() < 108 {
+            bail!(
+                "--service-cidr {cidr} is too large: an IPv6 service range must be /108 or smaller"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Checks that need several flags together.
 pub fn validate_server(args: &ServerArgs) -> Result<()> {
     crate::controller_manager::node_lifecycle(&args.kube_controller_manager_args)
         .map_err(anyhow::Error::msg)?;
-    if !args.service_cidr.contains(args.cluster_dns) {
+    if !args
+        .service_cidr
+        .cidrs()
+        .iter()
+        .any(|c| c.contains(args.cluster_dns))
+    {
         bail!(
             "--cluster-dns {} is not inside --service-cidr {}",
             args.cluster_dns,
             args.service_cidr
         );
     }
-    if args.cluster_cidr.is_ipv4() != args.service_cidr.is_ipv4() {
-        bail!("--cluster-cidr and --service-cidr must be of the same IP family");
-    }
-    if args.cluster_cidr.is_ipv4() && args.cluster_cidr.prefix() > 24 {
-        bail!(
-            "--cluster-cidr {} is too small: it must hold at least one /24",
-            args.cluster_cidr
-        );
-    }
+    check_cidrs(&args.cluster_cidr, &args.service_cidr)?;
     if args.cluster_domain.is_empty()
         || !args.cluster_domain.split('.').all(|l| {
             !l.is_empty()
@@ -177,6 +204,44 @@ fn read_token_file(path: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cidr_lists_must_agree_and_leave_room() {
+        let list = |s: &str| s.parse::<CidrList>().expect("list");
+        let ok = |c: &str, s: &str| check_cidrs(&list(c), &list(s));
+        assert!(ok("10.42.0.0/16", "10.43.0.0/16").is_ok());
+        assert!(ok("10.42.0.0/16,fd00:42::/56", "10.43.0.0/16,fd00:43::/112").is_ok());
+        assert!(ok("fd00:42::/56", "fd00:43::/112").is_ok());
+        assert!(ok("fd00:42::/56,10.42.0.0/16", "fd00:43::/108,10.43.0.0/16").is_ok());
+        for (cluster, service, needle) in [
+            (
+                "10.42.0.0/16,fd00:42::/56",
+                "10.43.0.0/16",
+                "same IP families",
+            ),
+            (
+                "10.42.0.0/16,fd00:42::/56",
+                "fd00:43::/112,10.43.0.0/16",
+                "same IP families",
+            ),
+            ("fd00:42::/56", "10.43.0.0/16", "same IP families"),
+            ("10.42.0.0/25", "10.43.0.0/16", "at least one /24"),
+            (
+                "10.42.0.0/16,fd00:42::/65",
+                "10.43.0.0/16,fd00:43::/112",
+                "at least one /64",
+            ),
+            (
+                "10.42.0.0/16,fd00:42::/56",
+                "10.43.0.0/16,fd00:43::/64",
+                "/108 or smaller",
+            ),
+        ] {
+            let err = ok(cluster, service).expect_err(cluster).to_string();
+            assert!(err.contains(needle), "{cluster} {service}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
 
     #[test]
     fn yaml_becomes_flags() {

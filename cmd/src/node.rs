@@ -33,7 +33,8 @@ pub fn hostname() -> String {
 pub struct ClusterFacts<'a> {
     pub cluster_dns: IpAddr,
     pub cluster_domain: &'a str,
-    pub service_cidr: Cidr,
+    /// The Service ranges (`--service-cidr`, one per family).
+    pub service_cidrs: &'a [Cidr],
     /// The `kubernetes` Service's ClusterIP.
     pub kubernetes_service: IpAddr,
     /// The cluster CA (PEM).
@@ -53,7 +54,7 @@ pub fn agent_config(
     let ClusterFacts {
         cluster_dns,
         cluster_domain,
-        service_cidr,
+        service_cidrs,
         kubernetes_service,
         ca_pem: client_ca_pem,
         cluster_cidrs,
@@ -76,7 +77,7 @@ pub fn agent_config(
         private_registry: args.private_registry.clone(),
         cluster_dns,
         cluster_domain: cluster_domain.to_string(),
-        service_cidr,
+        service_cidrs: service_cidrs.to_vec(),
         kubernetes_service,
         kubelet_port: args.kubelet_port,
         eviction: args.eviction_hard,

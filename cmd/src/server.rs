@@ -193,7 +193,8 @@ pub async fn run(mut args: ServerArgs) -> Result<()> {
         store: store_handle,
         server_address: format!("{}:{}", client_ip(advertise), args.https_listen_port),
         service_ranges: ServiceRanges {
-            cluster_ips: args.service_cidr,
+            cluster_ips: args.service_cidr.primary(),
+            secondary_cluster_ips: args.service_cidr.secondary(),
             node_ports: ServiceRanges::default().node_ports,
             cluster_dns: Some(args.cluster_dns),
         },
@@ -232,7 +233,7 @@ pub async fn run(mut args: ServerArgs) -> Result<()> {
         &api,
         &node_name,
         node_lifecycle,
-        args.cluster_cidr,
+        args.cluster_cidr.cidrs().to_vec(),
         pki.ca_cert_pem.clone(),
         stop_rx.clone(),
     );
@@ -253,13 +254,14 @@ pub async fn run(mut args: ServerArgs) -> Result<()> {
             crate::node::ClusterFacts {
                 cluster_dns: args.cluster_dns,
                 cluster_domain: &args.cluster_domain,
-                service_cidr: args.service_cidr,
+                service_cidrs: args.service_cidr.cidrs(),
                 kubernetes_service: args
                     .service_cidr
+                    .primary()
                     .nth(1)
                     .unwrap_or(IpAddr::V4(Ipv4Addr::new(10, 43, 0, 1))),
                 ca_pem: &pki.ca_cert_pem,
-                cluster_cidrs: &[args.cluster_cidr],
+                cluster_cidrs: args.cluster_cidr.cidrs(),
             },
         )?;
         let kubelet_client = shoal_apiserver::in_process::client(
@@ -418,9 +420,10 @@ async fn take_cluster_settings(
             bundle.cluster
         }
     };
-    let first_cidr = cluster.cluster_cidr.split(',').next().unwrap_or_default();
-    args.cluster_cidr = first_cidr
-        .trim()
+    // Comma-separated for a dual-stack cluster, as the flags are (and a single CIDR as kept
+    // by servers from before dual-stack).
+    args.cluster_cidr = cluster
+        .cluster_cidr
         .parse()
         .with_context(|| format!("the cluster's CIDR {:?}", cluster.cluster_cidr))?;
     args.service_cidr = cluster
@@ -446,7 +449,8 @@ fn serving_ips(args: &ServerArgs) -> Vec<IpAddr> {
         IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(Ipv6Addr::LOCALHOST),
     ];
-    ips.extend(args.service_cidr.nth(1)); // the `kubernetes` Service's ClusterIP
+    // The `kubernetes` Service's ClusterIPs (one per family of a dual-stack cluster).
+    ips.extend(args.service_cidr.cidrs().iter().filter_map(|c| c.nth(1)));
     ips.extend(args.advertise_address);
     // Agents on other machines reach the server at its node address.
     ips.push(
@@ -512,7 +516,7 @@ fn start_control_plane(
     api: &Arc<Api>,
     node_name: &str,
     node_lifecycle: shoal_controllers::node_lifecycle::NodeLifecycleConfig,
-    cluster_cidr: shoal_common::Cidr,
+    cluster_cidrs: Vec<shoal_common::Cidr>,
     ca_pem: String,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
@@ -532,10 +536,15 @@ fn start_control_plane(
         let client = controllers_client.clone();
         let node_lifecycle = node_lifecycle.clone();
         let ca_pem = ca_pem.clone();
+        let cluster_cidrs = cluster_cidrs.clone();
         async move {
             tokio::join!(
                 shoal_controllers::run::run(client.clone(), node_lifecycle, drain.clone()),
-                shoal_controllers::run::node_ipam::run(client.clone(), cluster_cidr, drain.clone()),
+                shoal_controllers::run::node_ipam::run(
+                    client.clone(),
+                    cluster_cidrs,
+                    drain.clone()
+                ),
                 shoal_controllers::run::service_lb::run(client.clone(), drain.clone()),
                 shoal_controllers::run::root_ca::run(client, ca_pem, drain),
             );

@@ -106,6 +106,48 @@ fn bad_flags_are_usage_errors() {
 }
 
 #[test]
+fn bad_dual_stack_cidrs_are_usage_errors() {
+    let dual = "10.42.0.0/16,fd00:42::/56";
+    for (flags, needle) in [
+        (
+            vec!["--cluster-cidr", "10.42.0.0/16,fd00:42::/56,10.44.0.0/16"],
+            "at most two CIDRs",
+        ),
+        (
+            vec!["--cluster-cidr", "10.42.0.0/16,10.44.0.0/16"],
+            "two CIDRs of one IP family",
+        ),
+        (
+            vec!["--service-cidr", "fd00:43::/112,fd00:44::/112"],
+            "two CIDRs of one IP family",
+        ),
+        (vec!["--cluster-cidr", dual], "same IP families"),
+        (
+            vec![
+                "--cluster-cidr",
+                "10.42.0.0/16,fd00:42::/80",
+                "--service-cidr",
+                "10.43.0.0/16,fd00:43::/112",
+            ],
+            "at least one /64",
+        ),
+        (
+            vec![
+                "--cluster-cidr",
+                dual,
+                "--service-cidr",
+                "10.43.0.0/16,fd00:43::/64",
+            ],
+            "/108 or smaller",
+        ),
+    ] {
+        let mut cmd = shoal();
+        cmd.arg("server").args(&flags);
+        assert_usage_error(run(&mut cmd), needle);
+    }
+}
+
+#[test]
 fn bad_config_files_are_usage_errors() {
     let dir = TempDir::new().expect("tempdir");
     let write = |name: &str, text: &str| {

@@ -48,22 +48,8 @@ fn pod_ip(lab: &Lab, name: &str) -> Option<String> {
     pod["status"]["podIP"].as_str().map(str::to_string)
 }
 
-/// An HTTP GET of `path` from pod `from` to `ip:port`, with busybox `nc` (its static `wget`
-/// crashes resolving even numeric addresses): the body, once it answers.
 fn fetch(lab: &Lab, from: &str, ip: &str, port: u16, path: &str) -> String {
-    let script = format!("printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} {port}");
-    eventually(
-        &format!("{from} fetches http://{ip}:{port}{path}"),
-        Duration::from_secs(60),
-        || {
-            let out = lab
-                .kubectl
-                .run(&["exec", from, "--", "sh", "-c", &script], None);
-            let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
-            let (head, body) = text.split_once("\n\n")?;
-            (out.status.success() && head.starts_with("HTTP/1.")).then(|| body.trim().to_string())
-        },
-    )
+    lab.kubectl.http_get_in_pod(from, ip, port, path)
 }
 
 /// An address as busybox httpd's `REMOTE_ADDR` gives it (`[::ffff:10.42.0.2]` on its IPv6

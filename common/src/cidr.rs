@@ -1,5 +1,5 @@
-//! An IP network in CIDR notation (IPv4 or IPv6), as taken by `--cluster-cidr` and
-//! `--service-cidr`.
+//! An IP network in CIDR notation (IPv4 or IPv6), and the one-or-two list of them
+//! (dual-stack) that `--cluster-cidr` and `--service-cidr` take.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -131,6 +131,92 @@ impl fmt::Display for Cidr {
     }
 }
 
+/// One CIDR, or two of different families for a dual-stack cluster, written comma-separated
+/// as k3s's `--cluster-cidr 10.42.0.0/16,fd00:42::/56`. The first is the primary family's
+/// (`Node.spec.podCIDR`, a Service's default family).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CidrList {
+    cidrs: Vec<Cidr>,
+}
+
+impl CidrList {
+    /// A list of one.
+    pub fn single(cidr: Cidr) -> Self {
+        CidrList { cidrs: vec![cidr] }
+    }
+
+    pub fn cidrs(&self) -> &[Cidr] {
+        &self.cidrs
+    }
+
+    /// The primary family's CIDR.
+    pub fn primary(&self) -> Cidr {
+        self.cidrs[0]
+    }
+
+    /// The other family's CIDR of a dual-stack list.
+    pub fn secondary(&self) -> Option<Cidr> {
+        self.cidrs.get(1).copied()
+    }
+
+    pub fn is_dual_stack(&self) -> bool {
+        self.cidrs.len() == 2
+    }
+
+    /// The CIDR of IPv4 (`true`) or IPv6 (`false`), if the list has one.
+    pub fn of_family(&self, ipv4: bool) -> Option<Cidr> {
+        self.cidrs.iter().copied().find(|c| c.is_ipv4() == ipv4)
+    }
+
+    /// Whether both lists have the same families in the same order.
+    pub fn same_families(&self, other: &CidrList) -> bool {
+        self.cidrs.len() == other.cidrs.len()
+            && self
+                .cidrs
+                .iter()
+                .zip(&other.cidrs)
+                .all(|(a, b)| a.is_ipv4() == b.is_ipv4())
+    }
+}
+
+impl FromStr for CidrList {
+    type Err = CidrError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |reason| CidrError {
+            input: s.to_string(),
+            reason,
+        };
+        let cidrs = s
+            .split(',')
+            .map(|part| part.trim().parse::<Cidr>())
+            .collect::<Result<Vec<_>, _>>()?;
+        match cidrs.as_slice() {
+            [_] => {}
+            [a, b] if a.is_ipv4() != b.is_ipv4() => {}
+            [_, _] => {
+                return Err(err(
+                    "two CIDRs of one IP family (dual-stack needs one of each)",
+                ))
+            }
+            _ => return Err(err("at most two CIDRs, one per IP family")),
+        }
+        Ok(CidrList { cidrs })
+    }
+}
+
+impl fmt::Display for CidrList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, cidr) in self.cidrs.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            cidr.fmt(f)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +264,35 @@ mod tests {
             "::1/129",
         ] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn lists_of_one_or_two_families() {
+        let single: CidrList = crate::DEFAULT_CLUSTER_CIDR.parse().expect("list");
+        assert_eq!(single.cidrs(), [cidr("10.42.0.0/16")]);
+        assert!(!single.is_dual_stack());
+        assert_eq!(single.to_string(), "10.42.0.0/16");
+        let dual: CidrList = "10.42.0.0/16, fd00:42::/56".parse().expect("list");
+        assert_eq!(dual.primary(), cidr("10.42.0.0/16"));
+        assert_eq!(dual.secondary(), Some(cidr("fd00:42::/56")));
+        assert_eq!(dual.of_family(false), Some(cidr("fd00:42::/56")));
+        assert_eq!(dual.to_string(), "10.42.0.0/16,fd00:42::/56");
+        let v6_first: CidrList = "fd00:43::/112,10.43.0.0/16".parse().expect("list");
+        assert!(!dual.same_families(&v6_first));
+        assert!(dual.same_families(&"10.1.0.0/16,fd01::/48".parse().expect("list")));
+        assert!(!dual.same_families(&single));
+        let v6_only: CidrList = "fd00:42::/56".parse().expect("list");
+        assert_eq!(v6_only.of_family(true), None);
+        for (bad, reason) in [
+            ("10.42.0.0/16,10.44.0.0/16", "two CIDRs of one IP family"),
+            ("fd00::/56,fd01::/56", "two CIDRs of one IP family"),
+            ("10.42.0.0/16,fd00::/56,10.44.0.0/16", "at most two CIDRs"),
+            ("10.42.0.0/16,", "expected ADDRESS/PREFIX"),
+            ("10.42.0.1/16,fd00::/56", "host bits are set"),
+        ] {
+            let err = bad.parse::<CidrList>().expect_err(bad).to_string();
+            assert!(err.contains(reason), "{bad}: {err}");
         }
     }
 }

@@ -124,8 +124,11 @@ pub struct NodeCredentials {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JoinedCluster {
+    /// `--cluster-cidr` as written ([`crate::CidrList`]): one CIDR, or two comma-separated
+    /// for a dual-stack cluster — so what servers before dual-stack kept still reads.
     #[serde(rename = "clusterCIDR")]
     pub cluster_cidr: String,
+    /// `--service-cidr`, the same way.
     #[serde(rename = "serviceCIDR")]
     pub service_cidr: String,
     #[serde(rename = "clusterDNS")]

@@ -9,7 +9,7 @@ pub mod quantity;
 pub mod tls;
 
 pub use catalog::ResourceDef;
-pub use cidr::{Cidr, CidrError};
+pub use cidr::{Cidr, CidrError, CidrList};
 
 /// Where a server or agent keeps its state.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/shoal";
@@ -17,7 +17,8 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/shoal";
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/shoal/config.yaml";
 /// The Kubernetes API port.
 pub const DEFAULT_HTTPS_PORT: u16 = 6443;
-/// The range pod IPs come from (each node gets a /24 of it).
+/// The range pod IPs come from (each node gets a /24 of it; a dual-stack cluster's
+/// `--cluster-cidr` adds an IPv6 range, of which each node gets a /64).
 pub const DEFAULT_CLUSTER_CIDR: &str = "10.42.0.0/16";
 /// The range Service cluster IPs come from.
 pub const DEFAULT_SERVICE_CIDR: &str = "10.43.0.0/16";

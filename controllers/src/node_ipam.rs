@@ -1,9 +1,12 @@
-//! Node IPAM: each Node gets a pod subnet (`spec.podCIDR`/`podCIDRs`, a /24 for IPv4 by default)
-//! carved from the cluster CIDR, as kube-controller-manager's range allocator does. Pure: given
-//! the nodes, which subnet each unassigned node gets; subnets already assigned are never moved.
+//! Node IPAM: each Node gets a pod subnet per cluster CIDR (`spec.podCIDRs`, the primary
+//! family's also as `spec.podCIDR`; a /24 for IPv4 and a /64 for IPv6 by default) carved from
+//! the cluster CIDRs, as kube-controller-manager's range allocator does, dual-stack included.
+//! Pure: given the nodes, which subnets each unassigned node gets. Subnets already assigned
+//! are never moved, and a node that has any gets none added (Kubernetes' podCIDRs only go
+//! from empty to set); the Nodes themselves are the allocator's state, so a restart or a new
+//! leader recomputes the same free set.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 
 use shoal_common::Cidr;
 
@@ -16,54 +19,90 @@ pub const NODE_MASK_V6: u8 = 64;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeRange {
     pub name: String,
-    pub pod_cidr: Option<String>,
+    /// `spec.podCIDRs`, or `spec.podCIDR` alone when the list is missing.
+    pub pod_cidrs: Vec<String>,
 }
 
-/// Subnets for the nodes that have none, lowest free first, in the order given; nodes past
-/// the cluster CIDR's capacity get nothing (Kubernetes reports CIDRNotAvailable).
-pub fn assign(cluster: &Cidr, nodes: &[NodeRange]) -> Vec<(String, Cidr)> {
-    let mask = if cluster.is_ipv4() {
+/// The node subnet size of `cluster`'s family (never larger than the cluster CIDR).
+pub fn node_mask(cluster: &Cidr) -> u8 {
+    if cluster.is_ipv4() {
         NODE_MASK_V4
     } else {
         NODE_MASK_V6
     }
-    .max(cluster.prefix());
-    let shift = u32::from(mask - cluster.prefix());
-    let count: u128 = if shift >= 127 {
-        u128::MAX
-    } else {
-        1u128 << shift
-    };
-    let block = cluster.size() >> shift;
-    let used: BTreeSet<u128> = nodes
-        .iter()
-        .filter_map(|n| n.pod_cidr.as_deref())
-        .filter_map(|c| c.parse::<Cidr>().ok())
-        .filter_map(|c| cluster.offset(c.addr()))
-        .map(|offset| offset / block.max(1))
-        .collect();
-    let mut next = 0u128;
-    let mut out = Vec::new();
-    for node in nodes.iter().filter(|n| n.pod_cidr.is_none()) {
-        while used.contains(&next) {
-            next += 1;
-        }
-        if next >= count {
-            break;
-        }
-        let Some(addr) = cluster.nth(next * block) else {
-            break;
-        };
-        if let Ok(cidr) = format!("{}/{mask}", addr_text(addr)).parse::<Cidr>() {
-            out.push((node.name.clone(), cidr));
-        }
-        next += 1;
-    }
-    out
+    .max(cluster.prefix())
 }
 
-fn addr_text(addr: IpAddr) -> String {
-    addr.to_string()
+/// The free node subnets of one cluster CIDR, lowest first.
+struct Slots {
+    cluster: Cidr,
+    mask: u8,
+    block: u128,
+    count: u128,
+    used: BTreeSet<u128>,
+    next: u128,
+}
+
+impl Slots {
+    fn new(cluster: Cidr, nodes: &[NodeRange]) -> Self {
+        let mask = node_mask(&cluster);
+        let shift = u32::from(mask - cluster.prefix());
+        let count: u128 = if shift >= 127 {
+            u128::MAX
+        } else {
+            1u128 << shift
+        };
+        let block = (cluster.size() >> shift).max(1);
+        let used = nodes
+            .iter()
+            .flat_map(|n| &n.pod_cidrs)
+            .filter_map(|c| c.parse::<Cidr>().ok())
+            .filter_map(|c| cluster.offset(c.addr()))
+            .map(|offset| offset / block)
+            .collect();
+        Slots {
+            cluster,
+            mask,
+            block,
+            count,
+            used,
+            next: 0,
+        }
+    }
+
+    fn take(&mut self) -> Option<Cidr> {
+        while self.used.contains(&self.next) {
+            self.next += 1;
+        }
+        if self.next >= self.count {
+            return None;
+        }
+        let addr = self.cluster.nth(self.next * self.block)?;
+        self.next += 1;
+        format!("{addr}/{}", self.mask).parse().ok()
+    }
+}
+
+/// Subnets for the nodes that have none — one of each cluster CIDR, in the clusters' order —
+/// lowest free first, in the order given; a node for which any cluster CIDR is full gets
+/// nothing, and nor do the nodes after it (Kubernetes reports CIDRNotAvailable).
+pub fn assign(clusters: &[Cidr], nodes: &[NodeRange]) -> Vec<(String, Vec<Cidr>)> {
+    let mut slots: Vec<Slots> = clusters.iter().map(|c| Slots::new(*c, nodes)).collect();
+    let mut out = Vec::new();
+    if slots.is_empty() {
+        return out;
+    }
+    for node in nodes.iter().filter(|n| n.pod_cidrs.is_empty()) {
+        let Some(cidrs) = slots
+            .iter_mut()
+            .map(Slots::take)
+            .collect::<Option<Vec<_>>>()
+        else {
+            break;
+        };
+        out.push((node.name.clone(), cidrs));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -74,14 +113,21 @@ mod tests {
     fn node(name: &str, cidr: Option<&str>) -> NodeRange {
         NodeRange {
             name: name.into(),
-            pod_cidr: cidr.map(str::to_string),
+            pod_cidrs: cidr.map(str::to_string).into_iter().collect(),
         }
+    }
+
+    fn one(cluster: &Cidr, nodes: &[NodeRange]) -> Vec<(String, Cidr)> {
+        assign(std::slice::from_ref(cluster), nodes)
+            .into_iter()
+            .map(|(n, c)| (n, c[0]))
+            .collect()
     }
 
     #[test]
     fn nodes_get_the_lowest_free_slash_24() {
         let cluster: Cidr = "10.42.0.0/16".parse().unwrap();
-        let got = assign(
+        let got = one(
             &cluster,
             &[
                 node("a", Some("10.42.0.0/24")),
@@ -103,7 +149,7 @@ mod tests {
     #[test]
     fn a_full_range_assigns_nothing_more() {
         let cluster: Cidr = "10.42.0.0/23".parse().unwrap();
-        let got = assign(
+        let got = one(
             &cluster,
             &[node("a", None), node("b", None), node("c", None)],
         );
@@ -113,7 +159,66 @@ mod tests {
     #[test]
     fn ipv6_clusters_get_slash_64s() {
         let cluster: Cidr = "fd00:42::/56".parse().unwrap();
-        let got = assign(&cluster, &[node("a", None), node("b", None)]);
+        let got = one(&cluster, &[node("a", None), node("b", None)]);
         assert_eq!(got[1].1.to_string(), "fd00:42:0:1::/64");
+    }
+
+    #[test]
+    fn dual_stack_nodes_get_one_subnet_per_family() {
+        let clusters: Vec<Cidr> = vec![
+            "10.42.0.0/16".parse().unwrap(),
+            "fd00:42::/56".parse().unwrap(),
+        ];
+        let existing = NodeRange {
+            name: "a".into(),
+            pod_cidrs: vec!["10.42.0.0/24".into(), "fd00:42::/64".into()],
+        };
+        // A node from before the cluster was dual-stack keeps what it has and holds its /24.
+        let old = node("b", Some("10.42.1.0/24"));
+        let got = assign(
+            &clusters,
+            &[existing, old, node("c", None), node("d", None)],
+        );
+        let got: Vec<(String, Vec<String>)> = got
+            .into_iter()
+            .map(|(n, c)| (n, c.iter().map(ToString::to_string).collect()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "c".into(),
+                    vec!["10.42.2.0/24".into(), "fd00:42:0:1::/64".into()]
+                ),
+                (
+                    "d".into(),
+                    vec!["10.42.3.0/24".into(), "fd00:42:0:2::/64".into()]
+                ),
+            ]
+        );
+        // IPv6 first (an IPv6-primary cluster): the order of the clusters is kept.
+        let v6_first = [clusters[1], clusters[0]];
+        let got = assign(&v6_first, &[node("a", None)]);
+        let want: Vec<Cidr> = vec![
+            "fd00:42::/64".parse().unwrap(),
+            "10.42.0.0/24".parse().unwrap(),
+        ];
+        assert_eq!(got[0].1, want);
+    }
+
+    #[test]
+    fn one_full_family_assigns_nothing() {
+        // Two /64s of IPv6 but 4 /24s of IPv4: the third node gets neither.
+        let clusters: Vec<Cidr> = vec![
+            "10.42.0.0/22".parse().unwrap(),
+            "fd00:42::/63".parse().unwrap(),
+        ];
+        let got = assign(
+            &clusters,
+            &[node("a", None), node("b", None), node("c", None)],
+        );
+        assert_eq!(got.len(), 2);
+        assert!(got.iter().all(|(_, c)| c.len() == 2));
+        assert!(assign(&[], &[node("a", None)]).is_empty());
     }
 }

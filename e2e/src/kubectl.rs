@@ -51,6 +51,24 @@ impl Kubectl {
         child.wait_with_output().expect("kubectl output")
     }
 
+    /// An HTTP GET of `path` from pod `from` to `ip:port` (IPv4 or IPv6), with busybox `nc`
+    /// (its static `wget` crashes resolving even numeric addresses): the body, once it
+    /// answers within a minute.
+    pub fn http_get_in_pod(&self, from: &str, ip: &str, port: u16, path: &str) -> String {
+        let script = format!("printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} {port}");
+        crate::cluster::eventually(
+            &format!("{from} fetches http://{ip}:{port}{path}"),
+            std::time::Duration::from_secs(60),
+            || {
+                let out = self.run(&["exec", from, "--", "sh", "-c", &script], None);
+                let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+                let (head, body) = text.split_once("\n\n")?;
+                (out.status.success() && head.starts_with("HTTP/1."))
+                    .then(|| body.trim().to_string())
+            },
+        )
+    }
+
     /// Runs kubectl and returns its stdout, failing the test if it fails.
     pub fn ok(&self, args: &[&str]) -> String {
         ok(self.run(args, None), &args.join(" "))

@@ -16,14 +16,7 @@ use shoal_net::cni::{self, Command, Request};
 use support::{in_netns, ip, ip_json, is_root, Netns};
 
 fn request(command: Command, id: &str, netns: Option<&Netns>) -> Request {
-    Request {
-        command,
-        container_id: id.to_string(),
-        netns: netns.map(Netns::path),
-        ifname: "eth0".to_string(),
-        args: vec![("K8S_POD_NAME".into(), id.into())],
-        path: Vec::new(),
-    }
+    support::cni_request(command, id, netns)
 }
 
 fn checksum(data: &[u8]) -> u16 {

@@ -89,7 +89,7 @@ fn node_object(node: &TestNode, annotations: &BTreeMap<String, String>) -> Node 
         },
         spec: Some(NodeSpec {
             pod_cidr: Some(node.subnet().to_string()),
-            pod_cidrs: Some(vec![node.subnet().to_string()]),
+            pod_cidrs: Some(node.config.pod_cidrs.iter().map(Cidr::to_string).collect()),
             ..NodeSpec::default()
         }),
         status: None,
@@ -158,12 +158,19 @@ fn make_node(lan: &Netns, tag: &str, n: u8, ipv6: bool) -> TestNode {
 
 /// Attaches the node's pod through the CNI plugin; returns the pod's address.
 fn attach_pod(node: &TestNode, mtu: u32) -> IpAddr {
+    attach_pod_ips(node, mtu)[0]
+}
+
+/// Attaches the node's pod through the CNI plugin, with an address of each of the node's
+/// pod CIDRs; returns them.
+fn attach_pod_ips(node: &TestNode, mtu: u32) -> Vec<IpAddr> {
+    let subnets: Vec<String> = node.config.pod_cidrs.iter().map(Cidr::to_string).collect();
     let conf = serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "shoaltest",
         "type": "shoal-cni",
         "bridge": "shoal0",
-        "subnet": node.subnet().to_string(),
+        "subnets": subnets,
         "mtu": mtu,
         "dataDir": node.ipam.path(),
     })
@@ -179,12 +186,18 @@ fn attach_pod(node: &TestNode, mtu: u32) -> IpAddr {
     let out =
         in_netns(&node.ns.path(), || cni::execute(&request, conf.as_bytes())).expect("CNI ADD");
     let result: Value = serde_json::from_str(&out).expect("result json");
-    let address = result["ips"][0]["address"].as_str().expect("address");
-    address
-        .split('/')
-        .next()
-        .and_then(|a| a.parse().ok())
-        .expect("pod address")
+    result["ips"]
+        .as_array()
+        .expect("ips")
+        .iter()
+        .map(|ip| {
+            ip["address"]
+                .as_str()
+                .and_then(|a| a.split('/').next())
+                .and_then(|a| a.parse().ok())
+                .expect("pod address")
+        })
+        .collect()
 }
 
 fn listen(ns: &Netns, at: SocketAddr) -> TcpListener {
@@ -462,4 +475,77 @@ fn ipv6_nodes_reach_each_other_across_the_vxlan_overlay() {
         "fd00:42:1::".parse::<IpAddr>().expect("ip"),
         "the source is node 1's VTEP address, not masqueraded"
     );
+}
+
+#[test]
+fn dual_stack_pods_reach_each_other_over_the_ipv4_vxlan() {
+    assert!(
+        is_root(),
+        "dual_stack_pods_reach_each_other_over_the_ipv4_vxlan needs root (network namespaces, \
+         VXLAN, nftables); run the tests as root"
+    );
+    let lan = make_lan("ds", None);
+    let mut one = make_node(&lan, "ds", 1, false);
+    let mut two = make_node(&lan, "ds", 2, false);
+    // Dual-stack nodes with one (IPv4) address each, as `--node-ip` gives them.
+    for (node, n) in [(&mut one, 1), (&mut two, 2)] {
+        node.config
+            .pod_cidrs
+            .push(format!("fd00:42:0:{n}::/64").parse().expect("cidr"));
+        node.config
+            .cluster_cidrs
+            .push("fd00:42::/56".parse().expect("cidr"));
+    }
+    let (notes1, mtu1, _) = overlay(&one, None).expect("overlay setup on node 1");
+    let (notes2, mtu2, _) = overlay(&two, None).expect("overlay setup on node 2");
+    assert!(
+        !notes1.contains_key("flannel.alpha.coreos.com/backend-v6-data"),
+        "no IPv6 VTEP without an IPv6 node address: {notes1:?}"
+    );
+    assert!(ip_json(&one.ns, &["link", "show", "dev", DEVICE_V6]).is_none());
+    let pod1 = attach_pod_ips(&one, mtu1);
+    let pod2 = attach_pod_ips(&two, mtu2);
+    assert!(pod1[1].is_ipv6() && pod2[1].is_ipv6(), "{pod1:?} {pod2:?}");
+    let nodes = [node_object(&one, &notes1), node_object(&two, &notes2)];
+    let (_, _, report) = overlay(&one, Some(&nodes)).expect("sync node 1");
+    assert_eq!(
+        report.expect("report").changes.len(),
+        5,
+        "a route and a neighbour per family, one FDB entry"
+    );
+    overlay(&two, Some(&nodes)).expect("sync node 2");
+    let routes = ip_json(&one.ns, &["-6", "route", "show", "dev", DEVICE_V4]);
+    assert!(has(&routes, "dst", "fd00:42:0:2::/64"), "{routes:?}");
+    let neigh = ip_json(&one.ns, &["-6", "neigh", "show", "dev", DEVICE_V4]);
+    assert!(has(&neigh, "dst", "fd00:42:0:2::"), "{neigh:?}");
+    // What the kernel holds is read back for both families: a second sync changes nothing.
+    let (_, _, again) = overlay(&one, Some(&nodes)).expect("sync node 1 again");
+    let again = again.expect("report").changes;
+    assert!(again.is_empty(), "{again:?}");
+
+    // Pod to pod across nodes over IPv6 (inside IPv4 VXLAN), keeping the source address,
+    // and over IPv4 alongside.
+    let at2 = SocketAddr::new(pod2[1], 7101);
+    let listener2 = listen(&two.pod, at2);
+    let seen = exchange(&one.pod, &listener2, at2, 1 << 20).expect("pod 1 → pod 2 over IPv6");
+    assert_eq!(seen, pod1[1], "pod 2 sees pod 1's IPv6 address");
+    let at1 = SocketAddr::new(pod1[1], 7102);
+    let listener1 = listen(&one.pod, at1);
+    assert_eq!(
+        exchange(&two.pod, &listener1, at1, 1 << 20).expect("pod 2 → pod 1 over IPv6"),
+        pod2[1]
+    );
+    let at2v4 = SocketAddr::new(pod2[0], 7103);
+    let listener2v4 = listen(&two.pod, at2v4);
+    assert_eq!(
+        exchange(&one.pod, &listener2v4, at2v4, 1024).expect("pod 1 → pod 2 over IPv4"),
+        pod1[0]
+    );
+
+    // Node 2 leaves: both families' entries go.
+    let (_, _, gone) = overlay(&one, Some(&nodes[..1])).expect("sync without node 2");
+    assert_eq!(gone.expect("report").changes.len(), 5);
+    assert!(exchange(&one.pod, &listener2, at2, 1024).is_err());
+    teardown(&one).expect("teardown node 1");
+    teardown(&two).expect("teardown node 2");
 }

@@ -1,6 +1,7 @@
-//! The node IPAM loop: watches Nodes and gives each one without a pod subnet the next free one
-//! from the cluster CIDR ([`crate::node_ipam`]), written with a merge patch of `spec.podCIDR`
-//! and `spec.podCIDRs`.
+//! The node IPAM loop: watches Nodes and gives each one without pod subnets the next free one
+//! of each cluster CIDR ([`crate::node_ipam`]), written in one merge patch of `spec.podCIDR`
+//! (the primary family's) and `spec.podCIDRs` (all), so a node never has one family without
+//! the other.
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
@@ -13,7 +14,7 @@ use tokio::sync::watch;
 use crate::node_ipam::{assign, NodeRange};
 
 /// Runs the loop until `drain` turns true.
-pub async fn run(client: kube::Client, cluster_cidr: Cidr, mut drain: watch::Receiver<bool>) {
+pub async fn run(client: kube::Client, cluster_cidrs: Vec<Cidr>, mut drain: watch::Receiver<bool>) {
     let nodes: Api<Node> = Api::all(client);
     let (store, writer) = reflector::store();
     let mut changes = watcher(nodes.clone(), watcher::Config::default())
@@ -32,15 +33,24 @@ pub async fn run(client: kube::Client, cluster_cidr: Cidr, mut drain: watch::Rec
         let mut all: Vec<NodeRange> = store
             .state()
             .iter()
-            .map(|n| NodeRange {
-                name: n.metadata.name.clone().unwrap_or_default(),
-                pod_cidr: n.spec.as_ref().and_then(|s| s.pod_cidr.clone()),
+            .map(|n| {
+                let spec = n.spec.as_ref();
+                let listed = spec.and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
+                NodeRange {
+                    name: n.metadata.name.clone().unwrap_or_default(),
+                    pod_cidrs: if listed.is_empty() {
+                        spec.and_then(|s| s.pod_cidr.clone()).into_iter().collect()
+                    } else {
+                        listed
+                    },
+                }
             })
             .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
-        for (name, cidr) in assign(&cluster_cidr, &all) {
-            let patch =
-                json!({"spec": {"podCIDR": cidr.to_string(), "podCIDRs": [cidr.to_string()]}});
+        for (name, cidrs) in assign(&cluster_cidrs, &all) {
+            let texts: Vec<String> = cidrs.iter().map(Cidr::to_string).collect();
+            let cidr = texts.join(",");
+            let patch = json!({"spec": {"podCIDR": texts[0], "podCIDRs": texts}});
             match nodes
                 .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await

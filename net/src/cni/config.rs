@@ -1,11 +1,12 @@
 //! The network configuration: the plugin's JSON on stdin, and the `.conflist` the agent writes.
 //!
 //! A plugin of type `shoal-cni` takes `bridge` (default `shoal0`), `subnet` (the node's pod
-//! CIDR, IPv4; its first address is the gateway, on the bridge), `mtu` (optional), `dataDir`
+//! CIDR; its first address is the gateway, on the bridge) or `subnets` (a dual-stack node's
+//! pod CIDRs, one per family, the primary first), `mtu` (optional), `dataDir`
 //! (the IPAM state directory) and `hairpinMode` (default true), besides CNI's own `cniVersion`
 //! and `name`. Unknown fields (`prevResult`, `runtimeConfig`, …) are ignored.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -24,57 +25,68 @@ pub const NETWORK_NAME: &str = "shoal";
 /// The bridge used when the configuration names none.
 pub const DEFAULT_BRIDGE: &str = "shoal0";
 
-/// An IPv4 subnet: the node's pod CIDR.
+/// One of the node's pod subnets (one per address family): its first address is the
+/// gateway, on the bridge; the network address (and, for IPv4, the broadcast address) is
+/// never a pod's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ipv4Net {
-    network: Ipv4Addr,
-    prefix: u8,
+pub struct Subnet {
+    cidr: Cidr,
 }
 
-impl Ipv4Net {
-    /// A subnet from its network address and prefix length; `None` when host bits are set or
-    /// the prefix is over 32.
-    pub fn new(network: Ipv4Addr, prefix: u8) -> Option<Self> {
-        let mask = Self::mask_of(prefix)?;
-        (u32::from(network) & !mask == 0).then_some(Ipv4Net { network, prefix })
+impl Subnet {
+    /// A pod subnet: IPv4 up to /30, IPv6 up to /126 (room for a gateway and one pod).
+    pub fn new(cidr: Cidr) -> Option<Self> {
+        let longest = if cidr.is_ipv4() { 30 } else { 126 };
+        (cidr.prefix() <= longest).then_some(Subnet { cidr })
     }
 
-    fn mask_of(prefix: u8) -> Option<u32> {
-        match prefix {
-            0 => Some(0),
-            1..=32 => Some(u32::MAX << (32 - u32::from(prefix))),
-            _ => None,
-        }
+    pub fn cidr(&self) -> Cidr {
+        self.cidr
     }
 
-    pub fn network(&self) -> Ipv4Addr {
-        self.network
+    pub fn network(&self) -> IpAddr {
+        self.cidr.addr()
     }
 
     pub fn prefix(&self) -> u8 {
-        self.prefix
+        self.cidr.prefix()
     }
 
-    /// The last address (the broadcast address).
-    pub fn broadcast(&self) -> Ipv4Addr {
-        let mask = Self::mask_of(self.prefix).unwrap_or(u32::MAX);
-        Ipv4Addr::from(u32::from(self.network) | !mask)
+    pub fn is_ipv4(&self) -> bool {
+        self.cidr.is_ipv4()
     }
 
     /// The first address after the network address: the gateway, on the bridge.
-    pub fn gateway(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.network).wrapping_add(1))
+    pub fn gateway(&self) -> IpAddr {
+        self.cidr.nth(1).unwrap_or(self.cidr.addr())
     }
 
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = Self::mask_of(self.prefix).unwrap_or(u32::MAX);
-        u32::from(ip) & mask == u32::from(self.network)
+    /// The offsets (0 is the network address) pods' addresses come from: after the gateway,
+    /// up to the last address (IPv4: the one before the broadcast address).
+    pub fn host_offsets(&self) -> (u128, u128) {
+        let size = self.cidr.size();
+        let last = if self.is_ipv4() { size - 2 } else { size - 1 };
+        (2, last)
+    }
+
+    /// The `n`th address of the subnet.
+    pub fn nth(&self, n: u128) -> Option<IpAddr> {
+        self.cidr.nth(n)
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.cidr.contains(ip)
+    }
+
+    /// Where `ip` lies in the subnet, if inside.
+    pub fn offset(&self, ip: IpAddr) -> Option<u128> {
+        self.cidr.offset(ip)
     }
 }
 
-impl std::fmt::Display for Ipv4Net {
+impl std::fmt::Display for Subnet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix)
+        self.cidr.fmt(f)
     }
 }
 
@@ -84,7 +96,8 @@ pub struct NetConf {
     pub cni_version: String,
     pub name: String,
     pub bridge: String,
-    pub subnet: Ipv4Net,
+    /// The node's pod subnets, one per address family; the first is the primary one.
+    pub subnets: Vec<Subnet>,
     pub mtu: Option<u32>,
     pub data_dir: PathBuf,
     pub hairpin_mode: bool,
@@ -96,6 +109,7 @@ struct Raw {
     name: String,
     bridge: Option<String>,
     subnet: Option<String>,
+    subnets: Option<Vec<String>>,
     mtu: Option<u32>,
     data_dir: Option<PathBuf>,
     hairpin_mode: Option<bool>,
@@ -153,24 +167,7 @@ impl NetConf {
                 "bridge {bridge:?} is not a valid interface name"
             )));
         }
-        let subnet = raw
-            .subnet
-            .ok_or_else(|| CniError::InvalidConfig("subnet is missing".into()))?;
-        let cidr: Cidr = subnet
-            .parse()
-            .map_err(|e| CniError::InvalidConfig(format!("subnet: {e}")))?;
-        let subnet = match cidr.addr() {
-            IpAddr::V4(network) if cidr.prefix() <= 30 => Ipv4Net::new(network, cidr.prefix()),
-            IpAddr::V4(_) => None,
-            IpAddr::V6(_) => {
-                return Err(CniError::InvalidConfig(format!(
-                    "subnet {cidr}: only IPv4 is supported"
-                )))
-            }
-        }
-        .ok_or_else(|| {
-            CniError::InvalidConfig(format!("subnet {cidr}: the prefix must be at most /30"))
-        })?;
+        let subnets = parse_subnets(raw.subnet.iter().chain(raw.subnets.iter().flatten()))?;
         if let Some(mtu) = raw.mtu {
             if !(68..=65535).contains(&mtu) {
                 return Err(CniError::InvalidConfig(format!(
@@ -189,12 +186,37 @@ impl NetConf {
             cni_version: version,
             name: raw.name,
             bridge,
-            subnet,
+            subnets,
             mtu: raw.mtu,
             data_dir,
             hairpin_mode: raw.hairpin_mode.unwrap_or(true),
         })
     }
+}
+
+/// The pod subnets of `subnet` and `subnets` together: at least one, at most one per family.
+fn parse_subnets<'a>(texts: impl Iterator<Item = &'a String>) -> Result<Vec<Subnet>, CniError> {
+    let mut subnets: Vec<Subnet> = Vec::new();
+    for text in texts {
+        let cidr: Cidr = text
+            .parse()
+            .map_err(|e| CniError::InvalidConfig(format!("subnet: {e}")))?;
+        let subnet = Subnet::new(cidr).ok_or_else(|| {
+            CniError::InvalidConfig(format!(
+                "subnet {cidr}: the prefix must be at most /30 (IPv4) or /126 (IPv6)"
+            ))
+        })?;
+        if subnets.iter().any(|s| s.is_ipv4() == subnet.is_ipv4()) {
+            return Err(CniError::InvalidConfig(format!(
+                "subnet {cidr}: only one subnet per address family"
+            )));
+        }
+        subnets.push(subnet);
+    }
+    if subnets.is_empty() {
+        return Err(CniError::InvalidConfig("subnet is missing".into()));
+    }
+    Ok(subnets)
 }
 
 /// Where IPAM state lives when the configuration names no `dataDir`.
@@ -205,19 +227,27 @@ pub fn default_data_dir(network: &str) -> PathBuf {
 }
 
 /// The `.conflist` the agent writes into containerd's CNI configuration directory: CNI 1.0.0,
-/// network `shoal`, one plugin of type `shoal-cni` on the default bridge.
-pub fn network_config(subnet: &Cidr, mtu: u32, data_dir: &Path) -> String {
+/// network `shoal`, one plugin of type `shoal-cni` on the default bridge. One subnet is
+/// written as `subnet`, as before dual-stack; a dual-stack node's as `subnets`.
+pub fn network_config(subnets: &[Cidr], mtu: u32, data_dir: &Path) -> String {
+    let mut plugin = serde_json::json!({
+        "type": PLUGIN_TYPE,
+        "bridge": DEFAULT_BRIDGE,
+        "mtu": mtu,
+        "dataDir": data_dir.to_string_lossy(),
+        "hairpinMode": true,
+    });
+    match subnets {
+        [one] => plugin["subnet"] = serde_json::json!(one.to_string()),
+        many => {
+            plugin["subnets"] =
+                serde_json::json!(many.iter().map(Cidr::to_string).collect::<Vec<_>>())
+        }
+    }
     let doc = serde_json::json!({
         "cniVersion": CURRENT_VERSION,
         "name": NETWORK_NAME,
-        "plugins": [{
-            "type": PLUGIN_TYPE,
-            "bridge": DEFAULT_BRIDGE,
-            "subnet": subnet.to_string(),
-            "mtu": mtu,
-            "dataDir": data_dir.to_string_lossy(),
-            "hairpinMode": true,
-        }],
+        "plugins": [plugin],
     });
     let mut text = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| doc.to_string());
     text.push('\n');
@@ -232,6 +262,10 @@ mod tests {
         NetConf::parse(json.as_bytes())
     }
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
     #[test]
     fn parses_with_defaults() {
         let conf = parse(
@@ -241,9 +275,12 @@ mod tests {
         .expect("valid");
         assert_eq!(conf.cni_version, "0.4.0");
         assert_eq!(conf.bridge, "shoal0");
-        assert_eq!(conf.subnet.to_string(), "10.42.3.0/24");
-        assert_eq!(conf.subnet.gateway(), Ipv4Addr::new(10, 42, 3, 1));
-        assert_eq!(conf.subnet.broadcast(), Ipv4Addr::new(10, 42, 3, 255));
+        assert_eq!(conf.subnets.len(), 1);
+        let subnet = conf.subnets[0];
+        assert_eq!(subnet.to_string(), "10.42.3.0/24");
+        assert_eq!(subnet.gateway(), ip("10.42.3.1"));
+        // .2 to .254: the broadcast address is nobody's.
+        assert_eq!(subnet.host_offsets(), (2, 254));
         assert_eq!(conf.mtu, None);
         assert!(conf.hairpin_mode);
         assert_eq!(
@@ -263,8 +300,31 @@ mod tests {
         assert_eq!(conf.mtu, Some(1450));
         assert_eq!(conf.data_dir, Path::new("/tmp/x"));
         assert!(!conf.hairpin_mode);
-        assert!(conf.subnet.contains(Ipv4Addr::new(10, 1, 200, 3)));
-        assert!(!conf.subnet.contains(Ipv4Addr::new(10, 2, 0, 1)));
+        assert!(conf.subnets[0].contains(ip("10.1.200.3")));
+        assert!(!conf.subnets[0].contains(ip("10.2.0.1")));
+    }
+
+    #[test]
+    fn parses_dual_stack_subnets() {
+        let conf = parse(
+            r#"{"cniVersion":"1.0.0","name":"n","subnets":["10.42.3.0/24","fd00:42:0:3::/64"]}"#,
+        )
+        .expect("valid");
+        let got: Vec<String> = conf.subnets.iter().map(ToString::to_string).collect();
+        assert_eq!(got, ["10.42.3.0/24", "fd00:42:0:3::/64"]);
+        let v6 = conf.subnets[1];
+        assert_eq!(v6.gateway(), ip("fd00:42:0:3::1"));
+        // No broadcast address in IPv6: the last address is a pod's too.
+        assert_eq!(v6.host_offsets(), (2, (1u128 << 64) - 1));
+        // IPv6 alone, and `subnet` with `subnets`, are fine too.
+        let v6_only =
+            parse(r#"{"cniVersion":"1.0.0","name":"n","subnet":"fd00::/64"}"#).expect("valid");
+        assert_eq!(v6_only.subnets[0].to_string(), "fd00::/64");
+        let both = parse(
+            r#"{"cniVersion":"1.0.0","name":"n","subnet":"fd00::/64","subnets":["10.0.0.0/24"]}"#,
+        )
+        .expect("valid");
+        assert_eq!(both.subnets[0].to_string(), "fd00::/64");
     }
 
     #[test]
@@ -291,9 +351,18 @@ mod tests {
                 7,
             ),
             (
-                r#"{"cniVersion":"1.0.0","name":"n","subnet":"fd00::/64"}"#,
+                r#"{"cniVersion":"1.0.0","name":"n","subnet":"fd00::/127"}"#,
                 7,
             ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","subnets":["10.0.0.0/24","10.1.0.0/24"]}"#,
+                7,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","subnets":["fd00::/64","fd01::/64"]}"#,
+                7,
+            ),
+            (r#"{"cniVersion":"1.0.0","name":"n","subnets":[]}"#, 7),
             (
                 r#"{"cniVersion":"1.0.0","name":"n","subnet":"10.0.0.0/24","mtu":20}"#,
                 7,
@@ -336,7 +405,7 @@ mod tests {
     #[test]
     fn conflist_round_trips_through_the_parser() {
         let subnet: Cidr = "10.42.7.0/24".parse().expect("cidr");
-        let text = network_config(&subnet, 1450, Path::new("/var/lib/shoal/agent/cni/ipam"));
+        let text = network_config(&[subnet], 1450, Path::new("/var/lib/shoal/agent/cni/ipam"));
         let list: serde_json::Value = serde_json::from_str(&text).expect("json");
         assert_eq!(list["cniVersion"], "1.0.0");
         assert_eq!(list["name"], "shoal");
@@ -348,9 +417,21 @@ mod tests {
         plugin["cniVersion"] = list["cniVersion"].clone();
         plugin["name"] = list["name"].clone();
         let conf = NetConf::parse(plugin.to_string().as_bytes()).expect("valid");
-        assert_eq!(conf.subnet.to_string(), "10.42.7.0/24");
+        assert_eq!(conf.subnets[0].to_string(), "10.42.7.0/24");
         assert_eq!(conf.mtu, Some(1450));
         assert_eq!(conf.bridge, DEFAULT_BRIDGE);
         assert_eq!(conf.data_dir, Path::new("/var/lib/shoal/agent/cni/ipam"));
+
+        // A dual-stack node's list keeps its order (the primary family first).
+        let v6: Cidr = "fd00:42:0:7::/64".parse().expect("cidr");
+        let text = network_config(&[subnet, v6], 1450, Path::new("/x"));
+        let list: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let mut plugin = list["plugins"][0].clone();
+        assert!(plugin.get("subnet").is_none());
+        plugin["cniVersion"] = list["cniVersion"].clone();
+        plugin["name"] = list["name"].clone();
+        let conf = NetConf::parse(plugin.to_string().as_bytes()).expect("valid");
+        let got: Vec<Cidr> = conf.subnets.iter().map(Subnet::cidr).collect();
+        assert_eq!(got, [subnet, v6]);
     }
 }

@@ -1,7 +1,9 @@
 //! Address management: one file per allocated address in the network's `dataDir`.
 //!
-//! A file named by the address (`10.42.0.7`) holds the container id and interface name on
-//! two lines. A file appears complete or not at all: its content is written and synced to a
+//! A file named by the address (`10.42.0.7`, `fd00:42::7`) holds the container id and
+//! interface name on two lines. A dual-stack node's two subnets share the directory: each
+//! [`Ipam`] hands out addresses of its own subnet, and a container's addresses of both
+//! families are released together. A file appears complete or not at all: its content is written and synced to a
 //! temporary file first, which is then hard-linked to the address's name — `link(2)` fails
 //! if the name exists, so the link is the create-exclusive reservation, and two plugins
 //! racing for one address cannot both win. A crash leaves at worst a temporary file
@@ -10,26 +12,27 @@
 //! releases it.
 //!
 //! The gateway (the subnet's first address), the network and broadcast addresses are never
-//! handed out. Scanning starts after the last address handed out (`last_reserved_ip`, a hint
-//! only), so a released address is not reused at once.
+//! handed out. Scanning starts after the last address handed out (`last_reserved_ip`, and
+//! `last_reserved_ip6` for IPv6; a hint only), so a released address is not reused at once.
 
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::config::Ipv4Net;
+use super::config::Subnet;
 
 const LAST_RESERVED: &str = "last_reserved_ip";
+const LAST_RESERVED_V6: &str = "last_reserved_ip6";
 const TMP_PREFIX: &str = ".tmp-";
 
 /// Why an address could not be allocated or released.
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
     #[error("no free address left in {subnet}")]
-    Exhausted { subnet: Ipv4Net },
+    Exhausted { subnet: Subnet },
     #[error("IPAM state {}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -60,7 +63,7 @@ pub enum Holder {
 /// One allocated address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub holder: Holder,
 }
 
@@ -74,7 +77,7 @@ impl Entry {
 /// The outcome of [`Ipam::allocate`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Allocated {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// False when the container already held this address (a repeated ADD).
     pub fresh: bool,
 }
@@ -83,11 +86,11 @@ pub struct Allocated {
 #[derive(Debug, Clone)]
 pub struct Ipam {
     dir: PathBuf,
-    subnet: Ipv4Net,
+    subnet: Subnet,
 }
 
 impl Ipam {
-    pub fn new(dir: impl Into<PathBuf>, subnet: Ipv4Net) -> Self {
+    pub fn new(dir: impl Into<PathBuf>, subnet: Subnet) -> Self {
         Ipam {
             dir: dir.into(),
             subnet,
@@ -99,12 +102,12 @@ impl Ipam {
         read_entries(&self.dir)
     }
 
-    /// The address `container_id`'s `ifname` holds, if any.
-    pub fn find(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>, IpamError> {
+    /// The address of this subnet `container_id`'s `ifname` holds, if any.
+    pub fn find(&self, container_id: &str, ifname: &str) -> Result<Option<IpAddr>, IpamError> {
         Ok(self
             .entries()?
             .into_iter()
-            .find(|e| e.held_by(container_id, ifname))
+            .find(|e| self.subnet.contains(e.ip) && e.held_by(container_id, ifname))
             .map(|e| e.ip))
     }
 
@@ -113,30 +116,35 @@ impl Ipam {
     pub fn allocate(&self, container_id: &str, ifname: &str) -> Result<Allocated, IpamError> {
         fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
         let entries = self.entries()?;
-        if let Some(held) = entries.iter().find(|e| e.held_by(container_id, ifname)) {
+        if let Some(held) = entries
+            .iter()
+            .find(|e| self.subnet.contains(e.ip) && e.held_by(container_id, ifname))
+        {
             return Ok(Allocated {
                 ip: held.ip,
                 fresh: false,
             });
         }
-        let taken: HashSet<Ipv4Addr> = entries.iter().map(|e| e.ip).collect();
-        // The network address and the gateway come first, the broadcast address last.
-        let first = u32::from(self.subnet.network()).saturating_add(2);
-        let last = u32::from(self.subnet.broadcast()).saturating_sub(1);
+        let taken: HashSet<IpAddr> = entries.iter().map(|e| e.ip).collect();
+        // Offsets into the subnet: the network address and the gateway come first, the
+        // IPv4 broadcast address last.
+        let (first, last) = self.subnet.host_offsets();
         if first > last {
             return Err(IpamError::Exhausted {
                 subnet: self.subnet,
             });
         }
         let count = last - first + 1;
-        let start = match self.last_reserved() {
-            Some(ip) if (first..last).contains(&u32::from(ip)) => u32::from(ip) + 1,
+        let start = match self.last_reserved().and_then(|ip| self.subnet.offset(ip)) {
+            Some(offset) if (first..last).contains(&offset) => offset + 1,
             _ => first,
         };
         let tmp = self.write_temp(&format!("{container_id}\n{ifname}\n"))?;
         let mut found = None;
         for i in 0..count {
-            let ip = Ipv4Addr::from(first + (start - first + i) % count);
+            let Some(ip) = self.subnet.nth(first + (start - first + i) % count) else {
+                continue;
+            };
             if taken.contains(&ip) {
                 continue;
             }
@@ -162,9 +170,10 @@ impl Ipam {
         Ok(Allocated { ip, fresh: true })
     }
 
-    /// Releases what `container_id`'s `ifname` holds; releasing nothing is not an error.
-    pub fn release(&self, container_id: &str, ifname: &str) -> Result<Vec<Ipv4Addr>, IpamError> {
-        let held: Vec<Ipv4Addr> = self
+    /// Releases every address `container_id`'s `ifname` holds in the directory, of either
+    /// family; releasing nothing is not an error.
+    pub fn release(&self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>, IpamError> {
+        let held: Vec<IpAddr> = self
             .entries()?
             .into_iter()
             .filter(|e| e.held_by(container_id, ifname))
@@ -174,14 +183,27 @@ impl Ipam {
         Ok(held)
     }
 
-    fn last_reserved(&self) -> Option<Ipv4Addr> {
-        let text = fs::read_to_string(self.dir.join(LAST_RESERVED)).ok()?;
+    /// Frees exactly `ips` (an ADD undoing the allocations it made itself).
+    pub fn free(&self, ips: &[IpAddr]) -> Result<(), IpamError> {
+        remove_addresses(&self.dir, ips)
+    }
+
+    fn last_reserved_path(&self) -> PathBuf {
+        self.dir.join(if self.subnet.is_ipv4() {
+            LAST_RESERVED
+        } else {
+            LAST_RESERVED_V6
+        })
+    }
+
+    fn last_reserved(&self) -> Option<IpAddr> {
+        let text = fs::read_to_string(self.last_reserved_path()).ok()?;
         text.trim().parse().ok()
     }
 
-    fn set_last_reserved(&self, ip: Ipv4Addr) -> Result<(), IpamError> {
+    fn set_last_reserved(&self, ip: IpAddr) -> Result<(), IpamError> {
         let tmp = self.write_temp(&format!("{ip}\n"))?;
-        let path = self.dir.join(LAST_RESERVED);
+        let path = self.last_reserved_path();
         fs::rename(&tmp, &path).map_err(|e| {
             let _ = fs::remove_file(&tmp);
             io_err(&path)(e)
@@ -235,7 +257,7 @@ fn read_entries(dir: &Path) -> Result<Vec<Entry>, IpamError> {
         let Some(ip) = item
             .file_name()
             .to_str()
-            .and_then(|n| n.parse::<Ipv4Addr>().ok())
+            .and_then(|n| n.parse::<IpAddr>().ok())
         else {
             continue;
         };
@@ -252,7 +274,7 @@ fn read_entries(dir: &Path) -> Result<Vec<Entry>, IpamError> {
     Ok(entries)
 }
 
-fn remove_addresses(dir: &Path, ips: &[Ipv4Addr]) -> Result<(), IpamError> {
+fn remove_addresses(dir: &Path, ips: &[IpAddr]) -> Result<(), IpamError> {
     if ips.is_empty() {
         return Ok(());
     }
@@ -275,7 +297,7 @@ fn sync_dir(dir: &Path) -> Result<(), IpamError> {
 
 /// The addresses to release because no live container holds them: those whose holder is
 /// not in `live`, and those whose file names no holder. Pure.
-pub fn stale(entries: &[Entry], live: &HashSet<String>) -> Vec<Ipv4Addr> {
+pub fn stale(entries: &[Entry], live: &HashSet<String>) -> Vec<IpAddr> {
     entries
         .iter()
         .filter(|e| match &e.holder {
@@ -289,7 +311,7 @@ pub fn stale(entries: &[Entry], live: &HashSet<String>) -> Vec<Ipv4Addr> {
 /// Releases every address in `data_dir` whose container id is not in `live` (the sandboxes
 /// the runtime still has), and removes temporary files a crash left. For the agent to call
 /// at start, before it runs any ADD. Returns the released addresses.
-pub fn reconcile(data_dir: &Path, live: &HashSet<String>) -> Result<Vec<Ipv4Addr>, IpamError> {
+pub fn reconcile(data_dir: &Path, live: &HashSet<String>) -> Result<Vec<IpAddr>, IpamError> {
     let released = stale(&read_entries(data_dir)?, live);
     remove_addresses(data_dir, &released)?;
     if let Ok(listing) = fs::read_dir(data_dir) {
@@ -306,16 +328,20 @@ pub fn reconcile(data_dir: &Path, live: &HashSet<String>) -> Result<Vec<Ipv4Addr
 mod tests {
     use super::*;
 
-    fn ip(s: &str) -> Ipv4Addr {
+    fn ip(s: &str) -> IpAddr {
         s.parse().expect("ip")
+    }
+
+    fn net(s: &str) -> Subnet {
+        Subnet::new(s.parse().expect("cidr")).expect("pod subnet")
     }
 
     /// A /29: .0 network, .1 gateway, .2–.6 for pods, .7 broadcast.
     fn ipam(dir: &Path) -> Ipam {
-        Ipam::new(dir, Ipv4Net::new(ip("10.9.0.0"), 29).expect("net"))
+        Ipam::new(dir, net("10.9.0.0/29"))
     }
 
-    fn alloc(ipam: &Ipam, id: &str) -> Ipv4Addr {
+    fn alloc(ipam: &Ipam, id: &str) -> IpAddr {
         ipam.allocate(id, "eth0").expect("allocate").ip
     }
 
@@ -369,11 +395,11 @@ mod tests {
         );
         assert_eq!(
             ipam.release("b", "eth0").expect("again"),
-            Vec::<Ipv4Addr>::new()
+            Vec::<IpAddr>::new()
         );
         assert_eq!(
             ipam.release("a", "net9").expect("other ifname"),
-            Vec::<Ipv4Addr>::new()
+            Vec::<IpAddr>::new()
         );
         assert_eq!(alloc(&ipam, "d"), ip("10.9.0.5"));
         assert_eq!(alloc(&ipam, "e"), ip("10.9.0.6"));
@@ -389,7 +415,7 @@ mod tests {
     #[test]
     fn smallest_subnet_has_one_address() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let ipam = Ipam::new(tmp.path(), Ipv4Net::new(ip("10.9.0.4"), 30).expect("net"));
+        let ipam = Ipam::new(tmp.path(), net("10.9.0.4/30"));
         assert_eq!(alloc(&ipam, "a"), ip("10.9.0.6"));
         assert!(ipam.allocate("b", "eth0").is_err());
     }
@@ -437,15 +463,15 @@ mod tests {
         // A directory that does not exist yet holds nothing.
         assert_eq!(
             reconcile(&tmp.path().join("none"), &live).expect("empty"),
-            Vec::<Ipv4Addr>::new()
+            Vec::<IpAddr>::new()
         );
     }
 
     #[test]
     fn concurrent_allocations_get_distinct_addresses() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let net = Ipv4Net::new(ip("10.9.0.0"), 28).expect("net");
-        let ips: Vec<Ipv4Addr> = std::thread::scope(|s| {
+        let net = net("10.9.0.0/28");
+        let ips: Vec<IpAddr> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..12)
                 .map(|i| {
                     let ipam = Ipam::new(tmp.path(), net);
@@ -457,11 +483,66 @@ mod tests {
                 .map(|h| h.join().expect("join"))
                 .collect()
         });
-        let distinct: HashSet<Ipv4Addr> = ips.iter().copied().collect();
+        let distinct: HashSet<IpAddr> = ips.iter().copied().collect();
         assert_eq!(distinct.len(), 12);
         assert_eq!(
             Ipam::new(tmp.path(), net).entries().expect("entries").len(),
             12
         );
+    }
+
+    #[test]
+    fn dual_stack_subnets_share_the_directory() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let v4 = ipam(tmp.path());
+        // A /125: ::0 network, ::1 gateway, ::2–::7 for pods (no broadcast address).
+        let v6 = Ipam::new(tmp.path(), net("fd00:9::/125"));
+        assert_eq!(alloc(&v4, "a"), ip("10.9.0.2"));
+        assert_eq!(alloc(&v6, "a"), ip("fd00:9::2"));
+        assert_eq!(alloc(&v6, "b"), ip("fd00:9::3"));
+        assert_eq!(alloc(&v4, "b"), ip("10.9.0.3"));
+        // Each family finds its own address; a repeated ADD keeps both.
+        assert_eq!(v4.find("a", "eth0").expect("find"), Some(ip("10.9.0.2")));
+        assert_eq!(v6.find("a", "eth0").expect("find"), Some(ip("fd00:9::2")));
+        assert!(!v6.allocate("a", "eth0").expect("again").fresh);
+        assert_eq!(
+            names(tmp.path()),
+            [
+                "10.9.0.2",
+                "10.9.0.3",
+                "fd00:9::2",
+                "fd00:9::3",
+                "last_reserved_ip",
+                "last_reserved_ip6"
+            ]
+        );
+        // Releasing frees both families at once; the v6 scan resumes after its last.
+        assert_eq!(
+            v6.release("a", "eth0").expect("release"),
+            [ip("10.9.0.2"), ip("fd00:9::2")]
+        );
+        assert_eq!(alloc(&v6, "c"), ip("fd00:9::4"));
+        for id in ["d", "e", "f"] {
+            alloc(&v6, id);
+        }
+        // The last address is a pod's in IPv6; then the scan wraps to the released one.
+        assert_eq!(alloc(&v6, "g"), ip("fd00:9::2"));
+        assert!(matches!(
+            v6.allocate("h", "eth0"),
+            Err(IpamError::Exhausted { .. })
+        ));
+        // Reconcile treats both families alike.
+        let live: HashSet<String> = ["b".to_string()].into();
+        let released = reconcile(tmp.path(), &live).expect("reconcile");
+        assert_eq!(released.len(), 5, "{released:?}");
+        assert_eq!(v4.entries().expect("entries").len(), 2);
+    }
+
+    #[test]
+    fn a_slash_64_allocates_without_scanning_it() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let v6 = Ipam::new(tmp.path(), net("fd00:42:0:3::/64"));
+        assert_eq!(alloc(&v6, "a"), ip("fd00:42:0:3::2"));
+        assert_eq!(alloc(&v6, "b"), ip("fd00:42:0:3::3"));
     }
 }

@@ -2,17 +2,21 @@
 //! repeated ADD needs it: an existing bridge, address or route is accepted as it is.
 
 use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use futures::TryStreamExt;
-use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags};
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo};
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use super::error::CniError;
 use super::netns;
+
+/// The bridge's own link-local address on a dual-stack node (no pod takes it: theirs are
+/// derived from their MAC addresses).
+pub const BRIDGE_LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 
 const EEXIST: i32 = 17;
 const ENODEV: i32 = 19;
@@ -115,13 +119,13 @@ impl Netlink {
         })
     }
 
-    /// Makes sure the bridge `name` exists, holds `gateway/prefix` and is up.
+    /// Makes sure the bridge `name` exists, holds each `gateway/prefix` (one per family)
+    /// and is up.
     pub async fn ensure_bridge(
         &self,
         name: &str,
         mtu: Option<u32>,
-        gateway: Ipv4Addr,
-        prefix: u8,
+        gateways: &[(IpAddr, u8)],
     ) -> Result<Link, CniError> {
         let mut bridge = LinkBridge::new(name);
         if let Some(mtu) = mtu {
@@ -137,8 +141,18 @@ impl Netlink {
                 "link {name} exists and is not a bridge"
             )));
         }
-        self.add_address(link.index, IpAddr::V4(gateway), prefix, name)
-            .await?;
+        // A link-local address usable at once: the one the kernel makes for the bridge stays
+        // tentative for a second or two after its first port comes up (also with accept_dad
+        // off), and meanwhile the node sends no neighbour solicitation for traffic it routes
+        // to a pod (from another node, through a Service), which is then dropped.
+        if gateways.iter().any(|(gateway, _)| gateway.is_ipv6()) {
+            self.add_address(link.index, IpAddr::V6(BRIDGE_LINK_LOCAL), 64, name)
+                .await?;
+        }
+        for (gateway, prefix) in gateways {
+            self.add_address(link.index, *gateway, *prefix, name)
+                .await?;
+        }
         self.set_up(link.index, name).await?;
         Ok(link)
     }
@@ -188,7 +202,9 @@ impl Netlink {
             .map_err(nl_err(format!("setting {name} up")))
     }
 
-    /// Adds `ip/prefix` to link `index`; an address already there is fine.
+    /// Adds `ip/prefix` to link `index`; an address already there is fine. IPv6 addresses
+    /// skip duplicate address detection (IPAM made them unique), so they are usable at once
+    /// instead of tentative for a second or two.
     pub async fn add_address(
         &self,
         index: u32,
@@ -196,8 +212,12 @@ impl Netlink {
         prefix: u8,
         name: &str,
     ) -> Result<(), CniError> {
+        let mut request = self.handle.address().add(index, ip, prefix);
+        if ip.is_ipv6() {
+            request.message_mut().header.flags = AddressHeaderFlags::Nodad;
+        }
         exists_ok(
-            self.handle.address().add(index, ip, prefix).execute().await,
+            request.execute().await,
             &format!("adding {ip}/{prefix} to {name}"),
         )
     }
@@ -231,12 +251,19 @@ impl Netlink {
             .collect())
     }
 
-    /// Adds the default route via `gateway` out of link `index`; one already there is fine.
-    pub async fn add_default_route(&self, index: u32, gateway: Ipv4Addr) -> Result<(), CniError> {
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(gateway)
-            .output_interface(index)
-            .build();
+    /// Adds the default route of `gateway`'s family via `gateway` out of link `index`; one
+    /// already there is fine.
+    pub async fn add_default_route(&self, index: u32, gateway: IpAddr) -> Result<(), CniError> {
+        let route = match gateway {
+            IpAddr::V4(v4) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(v4)
+                .output_interface(index)
+                .build(),
+            IpAddr::V6(v6) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .gateway(v6)
+                .output_interface(index)
+                .build(),
+        };
         exists_ok(
             self.handle.route().add(route).execute().await,
             &format!("adding the default route via {gateway}"),

@@ -1,12 +1,12 @@
 //! The commands: ADD, DEL, CHECK and VERSION over a parsed request and configuration.
 
 use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use super::config::{self, NetConf};
+use super::config::{self, NetConf, Subnet};
 use super::error::CniError;
-use super::ipam::Ipam;
+use super::ipam::{Allocated, Ipam};
 use super::link::{Link, Netlink};
 use super::netns;
 use super::request::{Command, Request};
@@ -65,34 +65,55 @@ async fn add(request: &Request, conf: &NetConf) -> Result<CniResult, CniError> {
     let path = netns_path(request)?;
     let ns = netns::open(path)?;
     let host = Netlink::here()?;
-    let gateway = conf.subnet.gateway();
+    let gateways: Vec<(IpAddr, u8)> = conf
+        .subnets
+        .iter()
+        .map(|s| (s.gateway(), s.prefix()))
+        .collect();
     let bridge = host
-        .ensure_bridge(&conf.bridge, conf.mtu, gateway, conf.subnet.prefix())
+        .ensure_bridge(&conf.bridge, conf.mtu, &gateways)
         .await?;
-    let ipam = Ipam::new(&conf.data_dir, conf.subnet);
-    let allocated = ipam.allocate(&request.container_id, &request.ifname)?;
+    let mut allocated = Vec::new();
+    for subnet in &conf.subnets {
+        match Ipam::new(&conf.data_dir, *subnet).allocate(&request.container_id, &request.ifname) {
+            Ok(a) => allocated.push((*subnet, a)),
+            Err(err) => {
+                undo(conf, &host, None, &allocated).await;
+                return Err(err.into());
+            }
+        }
+    }
     let veth = host_veth_name(&request.container_id, &request.ifname);
-    match wire(
-        request,
-        conf,
-        &host,
-        &bridge,
-        &ns,
-        path,
-        &veth,
-        allocated.ip,
-    )
-    .await
-    {
+    let addresses: Vec<(Subnet, IpAddr)> = allocated.iter().map(|(s, a)| (*s, a.ip)).collect();
+    match wire(request, conf, &host, &bridge, &ns, path, &veth, &addresses).await {
         Ok(result) => Ok(result),
         Err(err) => {
-            // Undo only what this ADD made; a repeated ADD leaves the first one's work.
-            if allocated.fresh {
-                let _ = host.delete(&veth).await;
-                let _ = ipam.release(&request.container_id, &request.ifname);
-            }
+            undo(conf, &host, Some(&veth), &allocated).await;
             Err(err)
         }
+    }
+}
+
+/// Undoes only what a failed ADD made: a repeated ADD leaves the first one's addresses, and
+/// its veth pair unless every address is new.
+async fn undo(
+    conf: &NetConf,
+    host: &Netlink,
+    veth: Option<&str>,
+    allocated: &[(Subnet, Allocated)],
+) {
+    let fresh: Vec<IpAddr> = allocated
+        .iter()
+        .filter(|(_, a)| a.fresh)
+        .map(|(_, a)| a.ip)
+        .collect();
+    if let Some(veth) = veth {
+        if !allocated.is_empty() && fresh.len() == allocated.len() {
+            let _ = host.delete(veth).await;
+        }
+    }
+    if let Some((subnet, _)) = allocated.first() {
+        let _ = Ipam::new(&conf.data_dir, *subnet).free(&fresh);
     }
 }
 
@@ -105,10 +126,9 @@ async fn wire(
     ns: &File,
     path: &Path,
     veth: &str,
-    ip: Ipv4Addr,
+    addresses: &[(Subnet, IpAddr)],
 ) -> Result<CniResult, CniError> {
     let ifname = request.ifname.as_str();
-    let gateway = conf.subnet.gateway();
     let container = Netlink::in_netns(ns, path)?;
     match (host.link(veth).await?, container.link(ifname).await?) {
         // A repeated ADD: the pair is there; (re)apply its settings below.
@@ -137,21 +157,38 @@ async fn wire(
         .link(ifname)
         .await?
         .ok_or_else(|| missing(ifname))?;
-    container
-        .add_address(
-            cont_link.index,
-            IpAddr::V4(ip),
-            conf.subnet.prefix(),
-            ifname,
-        )
-        .await?;
+    for (subnet, ip) in addresses {
+        container
+            .add_address(cont_link.index, *ip, subnet.prefix(), ifname)
+            .await?;
+    }
     container.set_up(cont_link.index, ifname).await?;
     if let Some(lo) = container.link("lo").await? {
         container.set_up(lo.index, "lo").await?;
     }
-    container
-        .add_default_route(cont_link.index, gateway)
-        .await?;
+    let mut ips = Vec::new();
+    let mut routes = Vec::new();
+    for (subnet, ip) in addresses {
+        let gateway = subnet.gateway();
+        container
+            .add_default_route(cont_link.index, gateway)
+            .await?;
+        ips.push(IpConfig {
+            address: *ip,
+            prefix: subnet.prefix(),
+            gateway,
+            interface: 1,
+        });
+        routes.push(Route {
+            dst: if subnet.is_ipv4() {
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+            },
+            prefix: 0,
+            gw: gateway,
+        });
+    }
 
     Ok(CniResult {
         interfaces: vec![
@@ -166,17 +203,8 @@ async fn wire(
                 sandbox: Some(path.display().to_string()),
             },
         ],
-        ips: vec![IpConfig {
-            address: ip,
-            prefix: conf.subnet.prefix(),
-            gateway,
-            interface: 1,
-        }],
-        routes: vec![Route {
-            dst: Ipv4Addr::UNSPECIFIED,
-            prefix: 0,
-            gw: gateway,
-        }],
+        ips,
+        routes,
     })
 }
 
@@ -193,7 +221,10 @@ async fn del(request: &Request, conf: &NetConf) -> Result<(), CniError> {
     let host = Netlink::here()?;
     host.delete(&host_veth_name(&request.container_id, &request.ifname))
         .await?;
-    Ipam::new(&conf.data_dir, conf.subnet).release(&request.container_id, &request.ifname)?;
+    // One release frees the container's addresses of every family (they share the directory).
+    if let Some(subnet) = conf.subnets.first() {
+        Ipam::new(&conf.data_dir, *subnet).release(&request.container_id, &request.ifname)?;
+    }
     Ok(())
 }
 
@@ -204,26 +235,28 @@ async fn check(request: &Request, conf: &NetConf) -> Result<(), CniError> {
         return Err(CniError::IncompatibleVersion(conf.cni_version.clone()));
     }
     let ifname = request.ifname.as_str();
-    let ip = Ipam::new(&conf.data_dir, conf.subnet)
-        .find(&request.container_id, ifname)?
-        .ok_or_else(|| {
-            CniError::Check(format!(
-                "no address is allocated to {} {ifname}",
-                request.container_id
-            ))
-        })?;
     let path = netns_path(request)?;
     let container = Netlink::in_netns(&netns::open(path)?, path)?;
     let link = container
         .link(ifname)
         .await?
         .ok_or_else(|| CniError::Check(format!("{ifname} is missing from {}", path.display())))?;
-    let want = (IpAddr::V4(ip), conf.subnet.prefix());
-    if !container.addresses(link.index).await?.contains(&want) {
-        return Err(CniError::Check(format!(
-            "{ifname} does not hold {ip}/{}",
-            conf.subnet.prefix()
-        )));
+    let held = container.addresses(link.index).await?;
+    for subnet in &conf.subnets {
+        let ip = Ipam::new(&conf.data_dir, *subnet)
+            .find(&request.container_id, ifname)?
+            .ok_or_else(|| {
+                CniError::Check(format!(
+                    "no address of {subnet} is allocated to {} {ifname}",
+                    request.container_id
+                ))
+            })?;
+        if !held.contains(&(ip, subnet.prefix())) {
+            return Err(CniError::Check(format!(
+                "{ifname} does not hold {ip}/{}",
+                subnet.prefix()
+            )));
+        }
     }
     let veth = host_veth_name(&request.container_id, ifname);
     if Netlink::here()?.link(&veth).await?.is_none() {

@@ -1,7 +1,8 @@
 //! The results printed on stdout: ADD's result and VERSION's answer, in the configuration's
-//! CNI version (0.3.x and 0.4.0 results carry `"version": "4"` on each IP; 1.0.0's do not).
+//! CNI version (0.3.x and 0.4.0 results carry `"version": "4"` or `"6"` on each IP; 1.0.0's
+//! do not).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use serde_json::{json, Value};
 
@@ -19,18 +20,18 @@ pub struct Interface {
 /// An address given to an interface; `interface` indexes [`CniResult::interfaces`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpConfig {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub prefix: u8,
-    pub gateway: Ipv4Addr,
+    pub gateway: IpAddr,
     pub interface: usize,
 }
 
 /// A route added inside the container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     pub prefix: u8,
-    pub gw: Ipv4Addr,
+    pub gw: IpAddr,
 }
 
 /// The result of a successful ADD.
@@ -66,7 +67,7 @@ impl CniResult {
                     "interface": ip.interface,
                 });
                 if legacy {
-                    v["version"] = json!("4");
+                    v["version"] = json!(if ip.address.is_ipv4() { "4" } else { "6" });
                 }
                 v
             })
@@ -109,7 +110,7 @@ mod tests {
     use super::*;
 
     fn sample() -> CniResult {
-        let gw = Ipv4Addr::new(10, 42, 0, 1);
+        let gw: IpAddr = "10.42.0.1".parse().expect("ip");
         CniResult {
             interfaces: vec![
                 Interface {
@@ -124,13 +125,13 @@ mod tests {
                 },
             ],
             ips: vec![IpConfig {
-                address: Ipv4Addr::new(10, 42, 0, 2),
+                address: "10.42.0.2".parse().expect("ip"),
                 prefix: 24,
                 gateway: gw,
                 interface: 1,
             }],
             routes: vec![Route {
-                dst: Ipv4Addr::UNSPECIFIED,
+                dst: "0.0.0.0".parse().expect("ip"),
                 prefix: 0,
                 gw,
             }],
@@ -163,6 +164,25 @@ mod tests {
             assert_eq!(v["ips"][0]["version"], "4");
             assert_eq!(v["ips"][0]["interface"], 1);
         }
+        // A dual-stack pod's IPv6 address says so.
+        let mut dual = sample();
+        let gw6: IpAddr = "fd00:42::1".parse().expect("ip");
+        dual.ips.push(IpConfig {
+            address: "fd00:42::2".parse().expect("ip"),
+            prefix: 64,
+            gateway: gw6,
+            interface: 1,
+        });
+        dual.routes.push(Route {
+            dst: "::".parse().expect("ip"),
+            prefix: 0,
+            gw: gw6,
+        });
+        let v = dual.to_value("0.4.0");
+        assert_eq!(v["ips"][1]["version"], "6");
+        assert_eq!(v["ips"][1]["address"], "fd00:42::2/64");
+        assert_eq!(v["routes"][1], json!({"dst": "::/0", "gw": "fd00:42::1"}));
+        assert!(dual.to_value("1.0.0")["ips"][1].get("version").is_none());
     }
 
     #[test]

@@ -6,6 +6,12 @@
 //! device, a permanent neighbour entry giving that address the peer's VTEP MAC, and an FDB
 //! entry sending frames for that MAC to the peer's public IP. [`plan`] compares the entries
 //! with what the kernel holds on our device and lists the changes, removals first.
+//!
+//! A dual-stack node's IPv6 pod CIDR goes over its IPv6 VTEP when it publishes one
+//! (flannel's `backend-v6-data`/`public-ipv6`, the `shoal-vxlan6` device); otherwise over its
+//! IPv4 VTEP, whose VXLAN device carries IPv6 frames as well (the route and neighbour are
+//! IPv6, the FDB entry the same IPv4 one) — so nodes with one IPv4 address each still connect
+//! their IPv6 pods.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -155,6 +161,14 @@ impl Desired {
             .iter()
             .filter(move |p| p.subnet.is_ipv4() == ipv4)
     }
+
+    /// The peers reached over an underlay of one family: what that family's VXLAN device
+    /// holds (an IPv6 pod CIDR may ride on the IPv4 device).
+    pub fn underlay(&self, ipv4: bool) -> impl Iterator<Item = &Peer> {
+        self.peers
+            .iter()
+            .filter(move |p| p.public_ip.is_ipv4() == ipv4)
+    }
 }
 
 /// The node's pod CIDRs: `spec.podCIDRs`, or `spec.podCIDR` when that list is empty.
@@ -179,7 +193,8 @@ fn peer(
     notes: &BTreeMap<String, String>,
     vni: u32,
 ) -> Result<Peer, String> {
-    let (data_key, ip_key) = if subnet.is_ipv4() {
+    // An IPv6 pod CIDR without an IPv6 VTEP rides on the IPv4 one.
+    let (data_key, ip_key) = if subnet.is_ipv4() || !notes.contains_key(BACKEND_V6_DATA) {
         (BACKEND_DATA, PUBLIC_IP)
     } else {
         (BACKEND_V6_DATA, PUBLIC_IPV6)
@@ -197,8 +212,8 @@ fn peer(
         .ok_or_else(|| format!("no {ip_key} annotation"))?
         .parse()
         .map_err(|_| format!("{ip_key} is not an IP address"))?;
-    if public_ip.is_ipv4() != subnet.is_ipv4() {
-        return Err(format!("{ip_key} {public_ip} is not of {subnet}'s family"));
+    if public_ip.is_ipv4() != (ip_key == PUBLIC_IP) {
+        return Err(format!("{ip_key} {public_ip} is not of its family"));
     }
     Ok(Peer {
         node: node.to_string(),
@@ -525,14 +540,26 @@ mod tests {
         assert_eq!(v6, [&peer_of("b", "fd00:42:0:1::/64", MAC_C, "fd99::2")]);
         assert_eq!(d.family(true).count(), 1);
 
-        // Without the v6 VTEP's annotations, only the IPv4 half is reachable.
+        assert_eq!(d.underlay(false).count(), 1);
+
+        // Without the v6 VTEP's annotations, the IPv6 half rides on the IPv4 VTEP: an IPv6
+        // route and neighbour, and the IPv4 FDB entry both halves share.
         if let Some(a) = dual.metadata.annotations.as_mut() {
             a.remove(BACKEND_V6_DATA);
         }
         let d = desired("a", &[dual], 1);
-        assert_eq!(d.family(true).count(), 1);
-        assert_eq!(d.family(false).count(), 0);
-        assert_eq!(d.ignored.len(), 1);
+        assert!(d.ignored.is_empty(), "{:?}", d.ignored);
+        let v6: Vec<&Peer> = d.family(false).collect();
+        assert_eq!(
+            v6,
+            [&peer_of("b", "fd00:42:0:1::/64", MAC_B, "192.168.1.2")]
+        );
+        assert_eq!(d.underlay(true).count(), 2);
+        assert_eq!(d.underlay(false).count(), 0);
+        let entries = Entries::for_peers(d.underlay(true));
+        assert_eq!(entries.routes.len(), 2);
+        assert_eq!(entries.neighbours.len(), 2);
+        assert_eq!(entries.fdb.len(), 1, "{:?}", entries.fdb);
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //! ([`desired::plan`], then [`netlink`]). Anything else on our device is removed, so a
 //! restart reconciles entries of nodes that went away meanwhile. [`masq`] owns the
 //! forwarding sysctls and the `inet shoal-masq` nftables table. IPv4 and IPv6 each get their
-//! own device, as flannel's `flannel.1`/`flannel-v6.1`; a family is used when the node has
-//! both a pod CIDR and an address of it.
+//! own device, as flannel's `flannel.1`/`flannel-v6.1`, when the node has both a pod CIDR and
+//! an address of the family; a dual-stack node with only an IPv4 address carries its IPv6
+//! pods over the IPv4 device.
 //!
 //! The device is `shoal-vxlan` (`shoal-vxlan6`), not `flannel.1`: the wire format and the
 //! annotations are flannel's, but a host that also runs flannel must not have its device
@@ -105,8 +106,18 @@ impl Overlay {
         let netlink = OverlayNetlink::here()?;
         let mut devices = Vec::new();
         let mut mtu = u32::MAX;
+        let has_ip = |ipv4: bool| config.node_ips.iter().any(|ip| ip.is_ipv4() == ipv4);
         for subnet in &config.pod_cidrs {
             let ipv4 = subnet.is_ipv4();
+            // An IPv6 pod CIDR without an IPv6 node address rides on the IPv4 device.
+            if !ipv4 && !has_ip(false) && has_ip(true) {
+                if !config.pod_cidrs.iter().any(Cidr::is_ipv4) {
+                    return Err(OverlayError::Invalid(format!(
+                        "the pod CIDR {subnet} needs an IPv6 node address, or an IPv4 pod CIDR to ride with"
+                    )));
+                }
+                continue;
+            }
             let local = config
                 .node_ips
                 .iter()
@@ -182,7 +193,7 @@ impl Overlay {
         let mut done = Vec::new();
         for device in &self.devices {
             let current = self.netlink.current(device.index, device.ipv4).await?;
-            let target = Entries::for_peers(wanted.family(device.ipv4));
+            let target = Entries::for_peers(wanted.underlay(device.ipv4));
             for change in desired::plan(&current, &target) {
                 self.netlink.apply(device.index, &change).await?;
                 done.push(change);

@@ -281,41 +281,41 @@ impl OverlayNetlink {
         )
     }
 
-    /// The routes, neighbours and FDB entries on the device `index` of one address family.
+    /// The routes, neighbours and FDB entries on the device `index` whose underlay is of one
+    /// address family (`ipv4`). Routes and neighbours of both families are read: the IPv4
+    /// device carries a dual-stack node's IPv6 pods too.
     pub async fn current(&self, index: u32, ipv4: bool) -> Result<Entries, OverlayError> {
         let mut out = Entries::default();
-        let query = if ipv4 {
-            RouteMessageBuilder::<Ipv4Addr>::new().build()
-        } else {
-            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()
-        };
-        let routes: Vec<RouteMessage> = self
-            .handle
-            .route()
-            .get(query)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl("listing routes"))?;
-        out.routes = routes
-            .iter()
-            .filter_map(|r| route_entry(r, index))
-            .collect();
+        for query in [
+            RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        ] {
+            let routes: Vec<RouteMessage> = self
+                .handle
+                .route()
+                .get(query)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(nl("listing routes"))?;
+            out.routes
+                .extend(routes.iter().filter_map(|r| route_entry(r, index)));
+        }
 
-        let family = if ipv4 {
-            AddressFamily::Inet
-        } else {
-            AddressFamily::Inet6
-        };
-        let neighbours = self.neighbours(family).await?;
-        out.neighbours = neighbours
-            .iter()
-            .filter(|n| n.header.ifindex == index && n.header.state == NeighbourState::Permanent)
-            .filter_map(|n| {
-                let (ip, mac) = neighbour_fields(n);
-                Some(NeighEntry { ip: ip?, mac: mac? })
-            })
-            .collect();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let neighbours = self.neighbours(family).await?;
+            out.neighbours.extend(
+                neighbours
+                    .iter()
+                    .filter(|n| {
+                        n.header.ifindex == index && n.header.state == NeighbourState::Permanent
+                    })
+                    .filter_map(|n| {
+                        let (ip, mac) = neighbour_fields(n);
+                        Some(NeighEntry { ip: ip?, mac: mac? })
+                    }),
+            );
+        }
 
         let fdb = self.neighbours(AddressFamily::Bridge).await?;
         out.fdb = fdb

@@ -82,3 +82,19 @@ pub fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> T + Send) -> T {
 pub fn is_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
+
+/// A CNI request for container `id`'s `eth0`, in `netns` when given.
+pub fn cni_request(
+    command: shoal_net::cni::Command,
+    id: &str,
+    netns: Option<&Netns>,
+) -> shoal_net::cni::Request {
+    shoal_net::cni::Request {
+        command,
+        container_id: id.to_string(),
+        netns: netns.map(Netns::path),
+        ifname: "eth0".to_string(),
+        args: vec![("K8S_POD_NAME".into(), id.into())],
+        path: Vec::new(),
+    }
+}
