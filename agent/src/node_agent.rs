@@ -164,10 +164,9 @@ pub async fn run(
             IpAddr::V6(v6) => Some((v6, c.prefix())),
             IpAddr::V4(_) => None,
         });
-        // The cluster DNS address is answered on the node itself, not through a Service.
-        if let IpAddr::V4(dns) = config.cluster_dns {
-            proxy.node_local_ips.insert(dns);
-        }
+        // The cluster DNS address (either family) is answered on the node itself, not
+        // through a Service.
+        proxy.node_local_ips.insert(config.cluster_dns);
         tokio::spawn(shoal_net::proxy::run(
             client.clone(),
             proxy,

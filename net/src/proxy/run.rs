@@ -4,7 +4,7 @@
 //! the others send only the difference for the Services named since the last sync.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +30,7 @@ pub struct ProxyConfig {
     pub node_name: String,
     pub table: TableConfig,
     /// ClusterIPs answered on the node by something else: their Services are left alone.
-    pub node_local_ips: BTreeSet<Ipv4Addr>,
+    pub node_local_ips: BTreeSet<IpAddr>,
     /// How long to gather changes before a sync.
     pub debounce: Duration,
     /// Where the tables are written.
@@ -209,12 +209,7 @@ impl Proxy {
     fn node(&self) -> NodeContext {
         NodeContext {
             node_name: self.config.node_name.clone(),
-            node_local_ips: self
-                .config
-                .node_local_ips
-                .iter()
-                .map(|ip| IpAddr::V4(*ip))
-                .collect(),
+            node_local_ips: self.config.node_local_ips.clone(),
         }
     }
 
