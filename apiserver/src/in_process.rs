@@ -80,14 +80,34 @@ mod tests {
     }
 
     /// A store where another writer changes a key between the API server's read and its
-    /// conditional delete, once — as a controller updating status does.
-    struct WriteBeforeFirstDelete {
+    /// conditional delete or update (`on`), once it is armed (`raced` false) — as a
+    /// controller updating status, or another server, does.
+    struct WriteBeforeFirst {
         inner: MemStore,
+        on: Op,
         raced: std::sync::atomic::AtomicBool,
     }
 
+    #[derive(PartialEq)]
+    enum Op {
+        Delete,
+        Update,
+    }
+
+    impl WriteBeforeFirst {
+        /// The other writer's write, the first time `op` comes while armed.
+        async fn race(&self, op: Op, key: &str) -> store::Result<()> {
+            if op == self.on && !self.raced.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                if let Some(current) = self.inner.get(key).await? {
+                    self.inner.put(key, current.value).await?;
+                }
+            }
+            Ok(())
+        }
+    }
+
     #[async_trait::async_trait]
-    impl Store for WriteBeforeFirstDelete {
+    impl Store for WriteBeforeFirst {
         async fn get(&self, key: &str) -> store::Result<Option<KeyValue>> {
             self.inner.get(key).await
         }
@@ -103,6 +123,7 @@ mod tests {
             value: Vec<u8>,
             expected: Revision,
         ) -> store::Result<KeyValue> {
+            self.race(Op::Update, key).await?;
             self.inner.update(key, value, expected).await
         }
         async fn put(&self, key: &str, value: Vec<u8>) -> store::Result<KeyValue> {
@@ -113,11 +134,7 @@ mod tests {
             key: &str,
             expected: Option<Revision>,
         ) -> store::Result<(KeyValue, Revision)> {
-            if !self.raced.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                if let Some(current) = self.inner.get(key).await? {
-                    self.inner.put(key, current.value).await?;
-                }
-            }
+            self.race(Op::Delete, key).await?;
             self.inner.delete(key, expected).await
         }
         async fn watch(&self, prefix: &str, after: Option<Revision>) -> store::Result<WatchStream> {
@@ -136,8 +153,9 @@ mod tests {
 
     async fn racing_config_maps(
     ) -> Result<(KubeApi<ConfigMap>, ConfigMap), Box<dyn std::error::Error>> {
-        let store = WriteBeforeFirstDelete {
+        let store = WriteBeforeFirst {
             inner: MemStore::new(Default::default()),
+            on: Op::Delete,
             raced: true.into(),
         };
         let store = Arc::new(store);
@@ -183,6 +201,42 @@ mod tests {
             other => panic!("expected a 409, got {other:?}"),
         }
         assert!(config_maps.get_opt("raced").await?.is_some());
+        Ok(())
+    }
+
+    /// Servers update the `kubernetes` endpoints concurrently: one that loses the race reads
+    /// them again and writes its own (a restarted server used to fail its start on the 409).
+    #[tokio::test]
+    async fn kubernetes_endpoints_survive_a_racing_server() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let store = Arc::new(WriteBeforeFirst {
+            inner: MemStore::new(Default::default()),
+            on: Op::Update,
+            raced: true.into(),
+        });
+        let first = Api::new(store.clone(), "10.0.0.1:6443".into());
+        first.bootstrap().await.map_err(|e| e.message)?;
+        let second = Api::new(store.clone(), "10.0.0.2:6443".into());
+        store
+            .raced
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        second.bootstrap().await.map_err(|e| e.message)?;
+        assert!(
+            store.raced.load(std::sync::atomic::Ordering::SeqCst),
+            "no race happened"
+        );
+        let client = super::client(Arc::new(second), "system:kube-controller-manager", &[]);
+        let endpoints: KubeApi<k8s_openapi::api::core::v1::Endpoints> =
+            KubeApi::namespaced(client, "default");
+        let addresses: Vec<String> = endpoints
+            .get("kubernetes")
+            .await?
+            .subsets
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|s| s.addresses.iter().flatten().map(|a| a.ip.clone()))
+            .collect();
+        assert_eq!(addresses, ["10.0.0.1", "10.0.0.2"]);
         Ok(())
     }
 }

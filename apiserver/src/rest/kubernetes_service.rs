@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 
 use axum::body::Bytes;
+use axum::http::StatusCode;
 use serde_json::{json, Value};
 use shoal_common::catalog;
 use time::OffsetDateTime;
@@ -168,22 +169,28 @@ impl Api {
         };
         let no_query = HashMap::new();
         let body = Bytes::from(encode(&object)?);
-        let stored = self
-            .store
-            .get(&named.key())
-            .await
-            .map_err(|e| store_error(&named, name, e))?;
-        match stored {
-            None => {
-                self.create(&target, &no_query, SERVER_MANAGER, &body)
-                    .await?;
-            }
-            Some(_) => {
-                self.update(&named, name, &no_query, SERVER_MANAGER, &body)
-                    .await?;
+        // Every server writes these objects: a write racing another server's (a conflict, or
+        // a create that lost) is tried again on what is stored then.
+        let mut attempts = 0;
+        loop {
+            let stored = self
+                .store
+                .get(&named.key())
+                .await
+                .map_err(|e| store_error(&named, name, e))?;
+            let written = match stored {
+                None => self.create(&target, &no_query, SERVER_MANAGER, &body).await,
+                Some(_) => {
+                    self.update(&named, name, &no_query, SERVER_MANAGER, &body)
+                        .await
+                }
+            };
+            attempts += 1;
+            match written {
+                Err(e) if e.code == StatusCode::CONFLICT && attempts < 5 => continue,
+                written => return written.map(drop),
             }
         }
-        Ok(())
     }
 
     /// The `default/kubernetes` Service (the first address of the service range, port 443),
