@@ -12,9 +12,9 @@
 //! watches run from the member's own applied history.
 //!
 //! On disk, `<dir>/FORMAT` names the store's format, node id and cluster id (see
-//! `identity.rs`), `<dir>/db` is the sled database (Raft log, vote, state machine),
-//! `<dir>/snapshot.bin` the latest Raft snapshot, and `<dir>/REMOVED` marks a member its
-//! cluster removed.
+//! `identity.rs`), `<dir>/wal/` holds the Raft log and vote (write-ahead segments, `log.rs`),
+//! `<dir>/db` is the sled database of the state machine, `<dir>/snapshot.bin` the latest Raft
+//! snapshot, and `<dir>/REMOVED` marks a member its cluster removed.
 //!
 //! Store snapshots — files an operator keeps, unlike the Raft snapshot — are written by
 //! [`RaftStore::save_snapshot`] while the store serves and restored by [`reset_cluster`],
@@ -34,6 +34,7 @@ mod server;
 mod sm;
 mod snapshots;
 mod space;
+mod wal;
 mod wire;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -373,7 +374,7 @@ impl RaftStore {
 
         let disk = DiskSync::open(&db, &config.dir.join(DB_DIR))
             .map_err(|e| StoreError::Corrupt(format!("opening the database files: {e}")))?;
-        let log_store = LogStore::open(&db, Arc::clone(&disk))?;
+        let log_store = LogStore::open(&config.dir, &db, Arc::clone(&disk))?;
         let state_machine = StateMachine::open(
             db.open_tree(STATE_TREE)?,
             Arc::clone(&disk),
