@@ -62,6 +62,9 @@ pub struct LogStore {
 
 #[derive(Debug)]
 struct Shared {
+    /// This member's node id: appends of entries it made as the leader it is are
+    /// acknowledged before their sync (see [`LogStore::durable`]).
+    node_id: NodeId,
     dir: PathBuf,
     state: Mutex<State>,
     flusher: std::sync::mpsc::Sender<Job>,
@@ -106,6 +109,8 @@ struct Job {
 }
 
 enum Done {
+    /// Told already (a leader's own entries).
+    Nobody,
     Append(LogFlushed<TypeConfig>),
     Wait(tokio::sync::oneshot::Sender<io::Result<()>>),
 }
@@ -125,18 +130,21 @@ fn io_error(what: &str, path: &Path, err: io::Error) -> StoreError {
 impl LogStore {
     /// Opens the log in `<store_dir>/wal` (moving it there from `db` first if the store
     /// predates it) and starts the flusher; `sm_disk` syncs the state machine's database.
+    /// `node_id` is this member's.
     pub fn open(
         store_dir: &Path,
         db: &sled::Db,
         sm_disk: Arc<DiskSync>,
+        node_id: NodeId,
     ) -> Result<LogStore, StoreError> {
-        Self::open_with(store_dir, db, sm_disk, wal::SEGMENT_BYTES)
+        Self::open_with(store_dir, db, sm_disk, node_id, wal::SEGMENT_BYTES)
     }
 
     fn open_with(
         store_dir: &Path,
         db: &sled::Db,
         sm_disk: Arc<DiskSync>,
+        node_id: NodeId,
         segment_bytes: u64,
     ) -> Result<LogStore, StoreError> {
         let dir = store_dir.join(WAL_DIR);
@@ -166,6 +174,7 @@ impl LogStore {
             .map_err(|e| StoreError::Io(format!("starting the log flusher: {e}")))?;
         Ok(LogStore {
             shared: Arc::new(Shared {
+                node_id,
                 dir,
                 state: Mutex::new(state),
                 flusher,
@@ -177,6 +186,16 @@ impl LogStore {
 
     /// The last entry of the log known to be on stable storage (the purge point when the log
     /// has no entries), as it changes; closed if the log fails.
+    ///
+    /// The leader's own appends are acknowledged to openraft as soon as they are written, so
+    /// that replication to the followers runs while the leader syncs (as etcd's leader writes
+    /// its WAL in parallel with sending): openraft 0.9 waits for an append's acknowledgement
+    /// before it sends the entries to anyone. openraft then counts the leader's copy in the
+    /// commit quorum before it is durable, so whatever acts on a commit must first wait for
+    /// the leader's sync — the state machine before applying and the transport before telling
+    /// followers the commit index (`sm.rs`, `network.rs`). That way every entry applied
+    /// anywhere is durable on a majority, the leader included, as an entry committed the
+    /// usual way is.
     pub fn durable(&self) -> tokio::sync::watch::Receiver<Option<LogId<NodeId>>> {
         self.shared.durable.clone()
     }
@@ -261,6 +280,15 @@ impl LogStore {
             Some((entry, ..)) => Some(*entry.get_log_id()),
             None => state.last_log_id(),
         };
+        let own = leaders_own(
+            state.vote.as_ref(),
+            self.shared.node_id,
+            framed.iter().map(|(e, ..)| e.get_log_id()),
+        );
+        let (done, told_now) = match done {
+            Done::Append(callback) if own => (Done::Nobody, Some(callback)),
+            done => (done, None),
+        };
         if let Err(err) = self.write(&mut state, &bytes, last, done, Vec::new()) {
             state.failed.get_or_insert_with(|| err.to_string());
             return Err(StoreError::Io(format!("appending to the Raft log: {err}")));
@@ -280,6 +308,10 @@ impl LogStore {
             state.forget_from(index);
             state.entries.insert(index, location);
             state.cache_insert(index, entry, len as usize);
+        }
+        drop(state);
+        if let Some(callback) = told_now {
+            callback.log_io_completed(Ok(()));
         }
         Ok(())
     }
@@ -366,6 +398,21 @@ impl State {
     }
 }
 
+/// Whether entries with these ids are the leader's own: made by this member (`node_id`) as
+/// the leader of the vote it holds. A term has one leader, and only it makes entries of that
+/// term under its id, so no other member's entries — nor this member's from an earlier term,
+/// sent back by a later leader — pass.
+fn leaders_own<'a>(
+    vote: Option<&Vote<NodeId>>,
+    node_id: NodeId,
+    mut ids: impl Iterator<Item = &'a LogId<NodeId>>,
+) -> bool {
+    vote.is_some_and(|vote| {
+        let leader = vote.leader_id();
+        leader.node_id == node_id && ids.all(|id| id.leader_id == *leader)
+    })
+}
+
 /// The records at the head of a new segment.
 fn segment_head(
     vote: Option<&Vote<NodeId>>,
@@ -410,6 +457,7 @@ fn flush_loop(
                 Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
             };
             match job.done {
+                Done::Nobody => {}
                 Done::Append(callback) => callback.log_io_completed(outcome),
                 Done::Wait(tx) => {
                     let _ = tx.send(outcome);
@@ -488,6 +536,11 @@ fn open_state(dir: &Path, segment_bytes: u64) -> Result<State, StoreError> {
                 .and_then(|()| file.sync_all())
                 .map_err(|e| io_error("truncating", &path, e))?;
         }
+        // What a previous run wrote but had not synced when it stopped may still be only in
+        // the page cache: it counts as logged from now on (openraft relies on it; so does
+        // `LogStore::durable`), so it must be on disk first.
+        file.sync_data()
+            .map_err(|e| io_error("syncing", &path, e))?;
         end = scan.end;
         segments.insert(number, Arc::new(file));
     }
@@ -905,7 +958,7 @@ mod tests {
 
         /// A log closing segments at 1 KiB, so a few entries span several.
         fn open(&self) -> LogStore {
-            LogStore::open_with(self.dir.path(), &self.db, Arc::clone(&self.disk), 1024).unwrap()
+            LogStore::open_with(self.dir.path(), &self.db, Arc::clone(&self.disk), 1, 1024).unwrap()
         }
 
         fn segments(&self) -> Vec<u64> {
@@ -1033,10 +1086,42 @@ mod tests {
             fixture.dir.path(),
             &fixture.db,
             Arc::clone(&fixture.disk),
+            1,
             1024,
         )
         .unwrap_err();
         assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+    }
+
+    #[test]
+    fn only_the_leaders_own_entries_are_acknowledged_before_their_sync() {
+        let term2_by_1 = [log_id(2, 5), log_id(2, 6)];
+        assert!(leaders_own(Some(&Vote::new(2, 1)), 1, term2_by_1.iter()));
+        assert!(leaders_own(
+            Some(&Vote::new_committed(2, 1)),
+            1,
+            term2_by_1.iter()
+        ));
+        // A follower of node 1.
+        assert!(!leaders_own(
+            Some(&Vote::new_committed(2, 1)),
+            2,
+            term2_by_1.iter()
+        ));
+        // Node 1's entries of term 2 sent back to it by the leader of term 3.
+        assert!(!leaders_own(
+            Some(&Vote::new_committed(3, 2)),
+            1,
+            term2_by_1.iter()
+        ));
+        assert!(!leaders_own(
+            Some(&Vote::new_committed(3, 1)),
+            1,
+            term2_by_1.iter()
+        ));
+        let mixed = [log_id(1, 4), log_id(2, 5)];
+        assert!(!leaders_own(Some(&Vote::new(2, 1)), 1, mixed.iter()));
+        assert!(!leaders_own(None, 1, term2_by_1.iter()));
     }
 
     #[tokio::test]
@@ -1059,8 +1144,13 @@ mod tests {
     async fn a_missing_log_beside_a_state_machine_is_refused() {
         let fixture = Fixture::new();
         fixture.db.open_tree(super::super::STATE_TREE).unwrap();
-        let err =
-            LogStore::open(fixture.dir.path(), &fixture.db, Arc::clone(&fixture.disk)).unwrap_err();
+        let err = LogStore::open(
+            fixture.dir.path(),
+            &fixture.db,
+            Arc::clone(&fixture.disk),
+            1,
+        )
+        .unwrap_err();
         assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
         assert!(!fixture.dir.path().join(WAL_DIR).exists());
     }

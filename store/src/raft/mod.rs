@@ -374,13 +374,15 @@ impl RaftStore {
 
         let disk = DiskSync::open(&db, &config.dir.join(DB_DIR))
             .map_err(|e| StoreError::Corrupt(format!("opening the database files: {e}")))?;
-        let log_store = LogStore::open(&config.dir, &db, Arc::clone(&disk))?;
-        let state_machine = StateMachine::open(
+        let log_store = LogStore::open(&config.dir, &db, Arc::clone(&disk), identity.node_id)?;
+        let log_durable = log_store.durable();
+        let mut state_machine = StateMachine::open(
             db.open_tree(STATE_TREE)?,
             Arc::clone(&disk),
             &config.dir,
             config.retention,
         )?;
+        state_machine.wait_for_log(log_durable.clone());
         let shared = state_machine.shared();
         // A member that never joined may be told to start a cluster after all.
         let never_joined = shared.applied().1.log_id().is_none();
@@ -441,7 +443,7 @@ impl RaftStore {
                 Raft::new(
                     node_id,
                     raft_config,
-                    PeerNetwork::new(Arc::clone(peers), Arc::clone(&local)),
+                    PeerNetwork::new(Arc::clone(peers), Arc::clone(&local), log_durable),
                     log_store,
                     state_machine,
                 )

@@ -14,7 +14,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
+use openraft::{BasicNode, LogId};
 
 use super::client::{CallError, Peers};
 use super::local::LocalMember;
@@ -87,16 +87,24 @@ impl RaftNetwork<TypeConfig> for NoPeer {
     }
 }
 
+/// This member's last durable log entry ([`super::LogStore::durable`]).
+type Durable = tokio::sync::watch::Receiver<Option<LogId<NodeId>>>;
+
 /// Raft over the peer connections. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct PeerNetwork {
     peers: Arc<Peers>,
     local: Arc<LocalMember>,
+    durable: Durable,
 }
 
 impl PeerNetwork {
-    pub(crate) fn new(peers: Arc<Peers>, local: Arc<LocalMember>) -> PeerNetwork {
-        PeerNetwork { peers, local }
+    pub(crate) fn new(peers: Arc<Peers>, local: Arc<LocalMember>, durable: Durable) -> PeerNetwork {
+        PeerNetwork {
+            peers,
+            local,
+            durable,
+        }
     }
 }
 
@@ -107,6 +115,7 @@ pub struct PeerLink {
     local: Arc<LocalMember>,
     target: NodeId,
     addr: String,
+    durable: Durable,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -118,6 +127,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             local: Arc::clone(&self.local),
             target,
             addr: node.addr.clone(),
+            durable: self.durable.clone(),
         }
     }
 }
@@ -168,12 +178,28 @@ impl PeerLink {
     }
 }
 
+/// The commit index to send: no further than this member's durable log.
+fn clamp_commit(
+    commit: Option<LogId<NodeId>>,
+    durable: Option<LogId<NodeId>>,
+) -> Option<LogId<NodeId>> {
+    match (commit, durable) {
+        (Some(c), Some(d)) if d.index < c.index => Some(d),
+        (Some(_), None) => None,
+        (commit, _) => commit,
+    }
+}
+
 impl RaftNetwork<TypeConfig> for PeerLink {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        // The leader counts its own copy of an entry toward the commit quorum before that
+        // copy is synced (`LogStore::durable`): followers learn only of commits it holds
+        // durably, so none applies an entry that is not yet on a majority's disks.
+        rpc.leader_commit = clamp_commit(rpc.leader_commit, *self.durable.borrow());
         match self
             .call(
                 RPCTypes::AppendEntries,
@@ -230,5 +256,23 @@ impl RaftNetwork<TypeConfig> for PeerLink {
 
     fn backoff(&self) -> Backoff {
         Backoff::new(std::iter::repeat(UNREACHABLE_BACKOFF))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::CommittedLeaderId;
+
+    fn id(index: u64) -> Option<LogId<NodeId>> {
+        Some(LogId::new(CommittedLeaderId::new(2, 1), index))
+    }
+
+    #[test]
+    fn followers_hear_only_of_commits_the_leader_holds_durably() {
+        assert_eq!(clamp_commit(id(10), id(7)), id(7));
+        assert_eq!(clamp_commit(id(10), id(12)), id(10));
+        assert_eq!(clamp_commit(id(10), None), None);
+        assert_eq!(clamp_commit(None, id(3)), None);
     }
 }
