@@ -178,7 +178,31 @@ impl PeerLink {
     }
 }
 
-/// The commit index to send: no further than this member's durable log.
+/// The commit index to send with an append: no further than this member's durable log. The
+/// leader counts its own copy of an entry toward the commit quorum before that copy is synced
+/// (`LogStore::durable`); followers learn only of commits it holds durably, so none applies an
+/// entry that is not yet on a majority's disks.
+///
+/// An append without entries is there to carry a new commit index (or it is a heartbeat): it
+/// waits, at most `wait`, for the leader's sync to reach it, since a commit index held back
+/// here would otherwise reach the follower only with the next heartbeat. An append with
+/// entries does not wait (that would serialize replication behind the leader's sync again);
+/// the commit it holds back follows with a later append.
+async fn commit_to_send(
+    rpc: &AppendEntriesRequest<TypeConfig>,
+    durable: &mut Durable,
+    wait: Duration,
+) -> Option<LogId<NodeId>> {
+    let commit = rpc.leader_commit;
+    if let (true, Some(commit)) = (rpc.entries.is_empty(), commit) {
+        let reached = durable.wait_for(|d| d.is_some_and(|d| d.index >= commit.index));
+        // A failed log or a slow sync leaves the clamp below to decide.
+        let _ = tokio::time::timeout(wait, reached).await;
+    }
+    let durable = *durable.borrow();
+    clamp_commit(commit, durable)
+}
+
 fn clamp_commit(
     commit: Option<LogId<NodeId>>,
     durable: Option<LogId<NodeId>>,
@@ -196,10 +220,7 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        // The leader counts its own copy of an entry toward the commit quorum before that
-        // copy is synced (`LogStore::durable`): followers learn only of commits it holds
-        // durably, so none applies an entry that is not yet on a majority's disks.
-        rpc.leader_commit = clamp_commit(rpc.leader_commit, *self.durable.borrow());
+        rpc.leader_commit = commit_to_send(&rpc, &mut self.durable, option.soft_ttl()).await;
         match self
             .call(
                 RPCTypes::AppendEntries,
@@ -260,12 +281,65 @@ impl RaftNetwork<TypeConfig> for PeerLink {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use openraft::CommittedLeaderId;
 
     fn id(index: u64) -> Option<LogId<NodeId>> {
         Some(LogId::new(CommittedLeaderId::new(2, 1), index))
+    }
+
+    /// An append from leader node 1 in term 2 committing `commit`, with entries from
+    /// `entries_from` to `commit + 1` (none for `None`).
+    fn append(commit: u64, entries_from: Option<u64>) -> AppendEntriesRequest<TypeConfig> {
+        let entries = entries_from.map_or(Vec::new(), |from| {
+            (from..=commit + 1)
+                .map(|index| openraft::Entry {
+                    log_id: LogId::new(CommittedLeaderId::new(2, 1), index),
+                    payload: openraft::EntryPayload::Blank,
+                })
+                .collect()
+        });
+        AppendEntriesRequest {
+            vote: openraft::Vote::new_committed(2, 1),
+            prev_log_id: id(commit),
+            leader_commit: id(commit),
+            entries,
+        }
+    }
+
+    #[tokio::test]
+    async fn commit_only_appends_wait_for_the_leaders_sync() {
+        let (durable, mut rx) = tokio::sync::watch::channel(id(5));
+        let wait = Duration::from_secs(5);
+        // With entries: sent at once, clamped.
+        assert_eq!(
+            commit_to_send(&append(8, Some(8)), &mut rx, wait).await,
+            id(5)
+        );
+        // Without: held until the sync reaches the commit.
+        let mut waiting_rx = rx.clone();
+        let waiting =
+            tokio::spawn(
+                async move { commit_to_send(&append(8, None), &mut waiting_rx, wait).await },
+            );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
+        durable.send_replace(id(9));
+        assert_eq!(waiting.await.unwrap(), id(8));
+        // A sync that does not come in time: sent clamped.
+        let short = Duration::from_millis(20);
+        assert_eq!(
+            commit_to_send(&append(12, None), &mut rx, short).await,
+            id(9)
+        );
+        // A failed log: sent clamped, not held.
+        drop(durable);
+        assert_eq!(
+            commit_to_send(&append(12, None), &mut rx, wait).await,
+            id(9)
+        );
     }
 
     #[test]
