@@ -923,23 +923,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use super::super::wal::tests::{entry, log_id};
     use super::*;
-    use crate::mvcc::Command;
-    use openraft::{CommittedLeaderId, EntryPayload};
-
-    fn log_id(term: u64, index: u64) -> LogId<NodeId> {
-        LogId::new(CommittedLeaderId::new(term, 1), index)
-    }
-
-    fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
-        Entry {
-            log_id: log_id(term, index),
-            payload: EntryPayload::Normal(Command::Put {
-                key: format!("/k{index}"),
-                value: vec![7; 100],
-            }),
-        }
-    }
 
     struct Fixture {
         dir: tempfile::TempDir,

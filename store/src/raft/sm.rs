@@ -750,19 +750,24 @@ mod tests {
         assert_eq!(SnapshotData::from_bytes(&captured.payload()).unwrap(), data);
     }
 
-    #[test]
-    fn applying_a_tagged_write_hands_its_outcome_to_whoever_waits_for_it() {
-        let dir = tempfile::TempDir::new().unwrap();
+    /// A machine on tree `tree` of a database in `dir`.
+    fn machine(dir: &tempfile::TempDir, tree: &str) -> StateMachine {
         let path = dir.path().join("db");
         let db = sled::open(&path).unwrap();
         let disk = DiskSync::open(&db, &path).unwrap();
-        let mut sm = StateMachine::open(
-            db.open_tree("state").unwrap(),
+        StateMachine::open(
+            db.open_tree(tree).unwrap(),
             disk,
             dir.path(),
             Retention::default(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn applying_a_tagged_write_hands_its_outcome_to_whoever_waits_for_it() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut sm = machine(&dir, "state");
         let shared = sm.shared();
         let mut alone = shared.expect(1);
         let mut in_batch = shared.expect(2);
@@ -803,16 +808,7 @@ mod tests {
     #[tokio::test]
     async fn entries_are_applied_only_once_durable_in_the_log() {
         let dir = tempfile::TempDir::new().unwrap();
-        let path = dir.path().join("db");
-        let db = sled::open(&path).unwrap();
-        let disk = DiskSync::open(&db, &path).unwrap();
-        let mut sm = StateMachine::open(
-            db.open_tree("state").unwrap(),
-            disk,
-            dir.path(),
-            Retention::default(),
-        )
-        .unwrap();
+        let mut sm = machine(&dir, "state");
         let (durable, durable_rx) =
             tokio::sync::watch::channel(Some(LogId::new(CommittedLeaderId::new(1, 1), 1)));
         sm.wait_for_log(durable_rx);
@@ -837,13 +833,8 @@ mod tests {
         assert_eq!(shared.revision(), 2);
 
         // A log that failed never lets them through.
-        let mut sm = StateMachine::open(
-            db.open_tree("state2").unwrap(),
-            DiskSync::open(&db, &path).unwrap(),
-            dir.path(),
-            Retention::default(),
-        )
-        .unwrap();
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut sm = machine(&dir, "state");
         let (durable, durable_rx) = tokio::sync::watch::channel(None);
         sm.wait_for_log(durable_rx);
         drop(durable);

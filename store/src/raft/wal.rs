@@ -222,21 +222,22 @@ pub(super) fn list_segments(dir: &Path) -> std::io::Result<Vec<u64>> {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::mvcc::Command;
     use openraft::{CommittedLeaderId, EntryPayload};
 
-    fn log_id(term: u64, index: u64) -> LogId<NodeId> {
+    pub(in crate::raft) fn log_id(term: u64, index: u64) -> LogId<NodeId> {
         LogId::new(CommittedLeaderId::new(term, 1), index)
     }
 
-    fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
+    /// An entry of leader 1 in `term` with a put of 100 bytes.
+    pub(in crate::raft) fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
         Entry {
             log_id: log_id(term, index),
             payload: EntryPayload::Normal(Command::Put {
                 key: format!("/k{index}"),
-                value: vec![index as u8; 3],
+                value: vec![7; 100],
             }),
         }
     }
