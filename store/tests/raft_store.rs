@@ -201,7 +201,7 @@ mod openraft_suite {
             let path = dir.path().join("db");
             let db = sled::open(&path).expect("sled");
             let disk = DiskSync::open(&db, &path).expect("disk sync");
-            let log = LogStore::open(&db, disk.clone()).expect("log store");
+            let log = LogStore::open(dir.path(), &db, disk.clone(), 1).expect("log store");
             let tree = db.open_tree("state").expect("tree");
             let sm = StateMachine::open(tree, disk, dir.path(), Retention::default())
                 .expect("state machine");

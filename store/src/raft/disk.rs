@@ -2,8 +2,10 @@
 //! `sync_file_range` on its log file — which flushes neither the device's write cache nor the
 //! file's size metadata — and never syncs the separate blob files it writes large items to
 //! (anything over about 128 KiB: big values, and tree nodes holding several of them). So every
-//! durability point of the store goes through [`DiskSync::sync`]: sled's flush, then an fsync
-//! of each blob file not yet synced and of the blob directory, then `fdatasync` of the log file.
+//! durability point of the state machine's database (installing a snapshot, before the Raft
+//! log is purged, shutdown) goes through [`DiskSync::sync`]: sled's flush, then an fsync of
+//! each blob file not yet synced and of the blob directory, then `fdatasync` of the log file.
+//! (The Raft log has files of its own, `log.rs`.)
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -12,7 +14,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// The sync step shared by the Raft log and the state machine.
+/// The sync step of the state machine's database.
 #[derive(Debug)]
 pub struct DiskSync {
     db: sled::Db,

@@ -12,9 +12,9 @@
 //! watches run from the member's own applied history.
 //!
 //! On disk, `<dir>/FORMAT` names the store's format, node id and cluster id (see
-//! `identity.rs`), `<dir>/db` is the sled database (Raft log, vote, state machine),
-//! `<dir>/snapshot.bin` the latest Raft snapshot, and `<dir>/REMOVED` marks a member its
-//! cluster removed.
+//! `identity.rs`), `<dir>/wal/` holds the Raft log and vote (write-ahead segments, `log.rs`),
+//! `<dir>/db` is the sled database of the state machine, `<dir>/snapshot.bin` the latest Raft
+//! snapshot, and `<dir>/REMOVED` marks a member its cluster removed.
 //!
 //! Store snapshots — files an operator keeps, unlike the Raft snapshot — are written by
 //! [`RaftStore::save_snapshot`] while the store serves and restored by [`reset_cluster`],
@@ -34,6 +34,7 @@ mod server;
 mod sm;
 mod snapshots;
 mod space;
+mod wal;
 mod wire;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -373,13 +374,15 @@ impl RaftStore {
 
         let disk = DiskSync::open(&db, &config.dir.join(DB_DIR))
             .map_err(|e| StoreError::Corrupt(format!("opening the database files: {e}")))?;
-        let log_store = LogStore::open(&db, Arc::clone(&disk))?;
-        let state_machine = StateMachine::open(
+        let log_store = LogStore::open(&config.dir, &db, Arc::clone(&disk), identity.node_id)?;
+        let log_durable = log_store.durable();
+        let mut state_machine = StateMachine::open(
             db.open_tree(STATE_TREE)?,
             Arc::clone(&disk),
             &config.dir,
             config.retention,
         )?;
+        state_machine.wait_for_log(log_durable.clone());
         let shared = state_machine.shared();
         // A member that never joined may be told to start a cluster after all.
         let never_joined = shared.applied().1.log_id().is_none();
@@ -440,7 +443,7 @@ impl RaftStore {
                 Raft::new(
                     node_id,
                     raft_config,
-                    PeerNetwork::new(Arc::clone(peers), Arc::clone(&local)),
+                    PeerNetwork::new(Arc::clone(peers), Arc::clone(&local), log_durable),
                     log_store,
                     state_machine,
                 )

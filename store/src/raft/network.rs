@@ -14,7 +14,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
+use openraft::{BasicNode, LogId};
 
 use super::client::{CallError, Peers};
 use super::local::LocalMember;
@@ -87,16 +87,24 @@ impl RaftNetwork<TypeConfig> for NoPeer {
     }
 }
 
+/// This member's last durable log entry ([`super::LogStore::durable`]).
+type Durable = tokio::sync::watch::Receiver<Option<LogId<NodeId>>>;
+
 /// Raft over the peer connections. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct PeerNetwork {
     peers: Arc<Peers>,
     local: Arc<LocalMember>,
+    durable: Durable,
 }
 
 impl PeerNetwork {
-    pub(crate) fn new(peers: Arc<Peers>, local: Arc<LocalMember>) -> PeerNetwork {
-        PeerNetwork { peers, local }
+    pub(crate) fn new(peers: Arc<Peers>, local: Arc<LocalMember>, durable: Durable) -> PeerNetwork {
+        PeerNetwork {
+            peers,
+            local,
+            durable,
+        }
     }
 }
 
@@ -107,6 +115,7 @@ pub struct PeerLink {
     local: Arc<LocalMember>,
     target: NodeId,
     addr: String,
+    durable: Durable,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -118,6 +127,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             local: Arc::clone(&self.local),
             target,
             addr: node.addr.clone(),
+            durable: self.durable.clone(),
         }
     }
 }
@@ -168,12 +178,49 @@ impl PeerLink {
     }
 }
 
+/// The commit index to send with an append: no further than this member's durable log. The
+/// leader counts its own copy of an entry toward the commit quorum before that copy is synced
+/// (`LogStore::durable`); followers learn only of commits it holds durably, so none applies an
+/// entry that is not yet on a majority's disks.
+///
+/// An append without entries is there to carry a new commit index (or it is a heartbeat): it
+/// waits, at most `wait`, for the leader's sync to reach it, since a commit index held back
+/// here would otherwise reach the follower only with the next heartbeat. An append with
+/// entries does not wait (that would serialize replication behind the leader's sync again);
+/// the commit it holds back follows with a later append.
+async fn commit_to_send(
+    rpc: &AppendEntriesRequest<TypeConfig>,
+    durable: &mut Durable,
+    wait: Duration,
+) -> Option<LogId<NodeId>> {
+    let commit = rpc.leader_commit;
+    if let (true, Some(commit)) = (rpc.entries.is_empty(), commit) {
+        let reached = durable.wait_for(|d| d.is_some_and(|d| d.index >= commit.index));
+        // A failed log or a slow sync leaves the clamp below to decide.
+        let _ = tokio::time::timeout(wait, reached).await;
+    }
+    let durable = *durable.borrow();
+    clamp_commit(commit, durable)
+}
+
+fn clamp_commit(
+    commit: Option<LogId<NodeId>>,
+    durable: Option<LogId<NodeId>>,
+) -> Option<LogId<NodeId>> {
+    match (commit, durable) {
+        (Some(c), Some(d)) if d.index < c.index => Some(d),
+        (Some(_), None) => None,
+        (commit, _) => commit,
+    }
+}
+
 impl RaftNetwork<TypeConfig> for PeerLink {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        rpc.leader_commit = commit_to_send(&rpc, &mut self.durable, option.soft_ttl()).await;
         match self
             .call(
                 RPCTypes::AppendEntries,
@@ -230,5 +277,76 @@ impl RaftNetwork<TypeConfig> for PeerLink {
 
     fn backoff(&self) -> Backoff {
         Backoff::new(std::iter::repeat(UNREACHABLE_BACKOFF))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use openraft::CommittedLeaderId;
+
+    fn id(index: u64) -> Option<LogId<NodeId>> {
+        Some(LogId::new(CommittedLeaderId::new(2, 1), index))
+    }
+
+    /// An append from leader node 1 in term 2 committing `commit`, with entries from
+    /// `entries_from` to `commit + 1` (none for `None`).
+    fn append(commit: u64, entries_from: Option<u64>) -> AppendEntriesRequest<TypeConfig> {
+        let entries = entries_from.map_or(Vec::new(), |from| {
+            (from..=commit + 1)
+                .map(|index| openraft::Entry {
+                    log_id: LogId::new(CommittedLeaderId::new(2, 1), index),
+                    payload: openraft::EntryPayload::Blank,
+                })
+                .collect()
+        });
+        AppendEntriesRequest {
+            vote: openraft::Vote::new_committed(2, 1),
+            prev_log_id: id(commit),
+            leader_commit: id(commit),
+            entries,
+        }
+    }
+
+    #[tokio::test]
+    async fn commit_only_appends_wait_for_the_leaders_sync() {
+        let (durable, mut rx) = tokio::sync::watch::channel(id(5));
+        let wait = Duration::from_secs(5);
+        // With entries: sent at once, clamped.
+        assert_eq!(
+            commit_to_send(&append(8, Some(8)), &mut rx, wait).await,
+            id(5)
+        );
+        // Without: held until the sync reaches the commit.
+        let mut waiting_rx = rx.clone();
+        let waiting =
+            tokio::spawn(
+                async move { commit_to_send(&append(8, None), &mut waiting_rx, wait).await },
+            );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
+        durable.send_replace(id(9));
+        assert_eq!(waiting.await.unwrap(), id(8));
+        // A sync that does not come in time: sent clamped.
+        let short = Duration::from_millis(20);
+        assert_eq!(
+            commit_to_send(&append(12, None), &mut rx, short).await,
+            id(9)
+        );
+        // A failed log: sent clamped, not held.
+        drop(durable);
+        assert_eq!(
+            commit_to_send(&append(12, None), &mut rx, wait).await,
+            id(9)
+        );
+    }
+
+    #[test]
+    fn followers_hear_only_of_commits_the_leader_holds_durably() {
+        assert_eq!(clamp_commit(id(10), id(7)), id(7));
+        assert_eq!(clamp_commit(id(10), id(12)), id(10));
+        assert_eq!(clamp_commit(id(10), None), None);
+        assert_eq!(clamp_commit(None, id(3)), None);
     }
 }

@@ -242,7 +242,7 @@ fn build(
             let mut machine =
                 StateMachine::open(tree.clone(), Arc::clone(&disk), staging, config.retention)?;
             let applied = machine.shared().applied().0.map(|id| id.index);
-            let tail = log::entries_after(old_db, applied)?;
+            let tail = log::entries_after(&config.dir, old_db, applied)?;
             let count = tail.len();
             machine.apply_entries(tail)?;
             (Some(machine.shared().applied().1), count)
@@ -274,6 +274,7 @@ fn build(
         ),
     );
     sm::set_log_position(&tree, Some(first), &membership)?;
+    log::create(staging)?;
     disk.sync_blocking()
         .map_err(|e| SnapshotError::io("syncing", &db_path, e))?;
     Ok(Built {
@@ -409,7 +410,11 @@ mod tests {
         // alone may hold.
         {
             let db = open_db(&dir, 1 << 20).unwrap();
-            let last = log::entries_after(&db, None).unwrap().pop().unwrap().log_id;
+            let last = log::entries_after(&dir, &db, None)
+                .unwrap()
+                .pop()
+                .unwrap()
+                .log_id;
             let entry = Entry::<super::super::TypeConfig> {
                 log_id: LogId::new(last.leader_id, last.index + 1),
                 payload: EntryPayload::Normal(Command::Put {
@@ -417,7 +422,7 @@ mod tests {
                     value: b"2".to_vec(),
                 }),
             };
-            log::write_entry(&db, &entry).unwrap();
+            log::write_entry(&dir, &entry).unwrap();
             db.flush().unwrap();
         }
         let report = reset_cluster(&RaftStoreConfig::new(&dir), None).unwrap();

@@ -401,9 +401,18 @@ pub struct StateMachine {
     disk: Arc<DiskSync>,
     retention: Retention,
     snapshot_path: PathBuf,
+    /// The log's last durable entry (see [`StateMachine::wait_for_log`]).
+    log_durable: Option<tokio::sync::watch::Receiver<Option<LogId<NodeId>>>>,
 }
 
 impl StateMachine {
+    /// Makes applying wait until the entries applied are durable in the log
+    /// ([`super::LogStore::durable`]): the leader acknowledges its own appends before they
+    /// are synced, and nothing may act on an entry before it is.
+    pub fn wait_for_log(&mut self, durable: tokio::sync::watch::Receiver<Option<LogId<NodeId>>>) {
+        self.log_durable = Some(durable);
+    }
+
     /// Loads the machine from `tree`; `dir` holds the current snapshot file.
     pub fn open(
         tree: sled::Tree,
@@ -442,6 +451,7 @@ impl StateMachine {
             disk,
             retention,
             snapshot_path: dir.join("snapshot.bin"),
+            log_durable: None,
         })
     }
 
@@ -617,7 +627,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
     {
-        self.apply_entries(entries.into_iter().collect())
+        let entries: Vec<_> = entries.into_iter().collect();
+        if let (Some(durable), Some(last)) = (&mut self.log_durable, entries.last()) {
+            let index = last.log_id.index;
+            durable
+                .wait_for(|d| d.is_some_and(|d| d.index >= index))
+                .await
+                .map_err(|_| {
+                    StorageIOError::write_state_machine(AnyError::error(
+                        "the Raft log failed before the entries to apply were durable",
+                    ))
+                })?;
+        }
+        self.apply_entries(entries)
             .map_err(|e| StorageIOError::write_state_machine(any(e)).into())
     }
 
@@ -728,19 +750,24 @@ mod tests {
         assert_eq!(SnapshotData::from_bytes(&captured.payload()).unwrap(), data);
     }
 
-    #[test]
-    fn applying_a_tagged_write_hands_its_outcome_to_whoever_waits_for_it() {
-        let dir = tempfile::TempDir::new().unwrap();
+    /// A machine on tree `tree` of a database in `dir`.
+    fn machine(dir: &tempfile::TempDir, tree: &str) -> StateMachine {
         let path = dir.path().join("db");
         let db = sled::open(&path).unwrap();
         let disk = DiskSync::open(&db, &path).unwrap();
-        let mut sm = StateMachine::open(
-            db.open_tree("state").unwrap(),
+        StateMachine::open(
+            db.open_tree(tree).unwrap(),
             disk,
             dir.path(),
             Retention::default(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn applying_a_tagged_write_hands_its_outcome_to_whoever_waits_for_it() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut sm = machine(&dir, "state");
         let shared = sm.shared();
         let mut alone = shared.expect(1);
         let mut in_batch = shared.expect(2);
@@ -776,5 +803,41 @@ mod tests {
             Err(oneshot::error::TryRecvError::Empty)
         ));
         assert_eq!(shared.revision(), 4);
+    }
+
+    #[tokio::test]
+    async fn entries_are_applied_only_once_durable_in_the_log() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut sm = machine(&dir, "state");
+        let (durable, durable_rx) =
+            tokio::sync::watch::channel(Some(LogId::new(CommittedLeaderId::new(1, 1), 1)));
+        sm.wait_for_log(durable_rx);
+        let shared = sm.shared();
+        let put = |key: &str| Command::Put {
+            key: key.into(),
+            value: b"v".to_vec(),
+        };
+        let applying = tokio::spawn(async move {
+            sm.apply(vec![entry(1, put("/a")), entry(2, put("/b"))])
+                .await
+                .map(|outcomes| outcomes.len())
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !applying.is_finished(),
+            "applied before entry 2 was durable"
+        );
+        assert_eq!(shared.revision(), 0);
+        durable.send_replace(Some(LogId::new(CommittedLeaderId::new(1, 1), 2)));
+        assert_eq!(applying.await.unwrap().unwrap(), 2);
+        assert_eq!(shared.revision(), 2);
+
+        // A log that failed never lets them through.
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut sm = machine(&dir, "state");
+        let (durable, durable_rx) = tokio::sync::watch::channel(None);
+        sm.wait_for_log(durable_rx);
+        drop(durable);
+        assert!(sm.apply(vec![entry(1, put("/a"))]).await.is_err());
     }
 }
