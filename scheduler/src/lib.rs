@@ -66,6 +66,7 @@ mod node_info;
 mod node_selector;
 mod pod_index;
 mod pod_info;
+mod queueing;
 pub use shoal_common::quantity;
 mod resources;
 pub mod runner;

@@ -2,11 +2,12 @@
 //! into a [`Snapshot`], schedules pending pods one at a time (each decision sees the previous
 //! ones through [`Snapshot::assume`]), binds them through the `binding` subresource with many
 //! binds in flight, and explains the pods that fit nowhere with a `PodScheduled=False`
-//! condition and a `FailedScheduling` event. Unschedulable pods are retried with backoff when
-//! the cluster changes, as kube-scheduler's queue does.
+//! condition and a `FailedScheduling` event. Unschedulable pods are retried, with backoff,
+//! only after a cluster change one of the filters that rejected them says can help
+//! ([`crate::queueing`]), as kube-scheduler's queue does with queueing hints.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,10 @@ use shoal_controllers::events::{EventType, Recorder};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 
+use crate::filters::FilterKind;
+use crate::node_info::NodeInfo;
+use crate::pod_info::PodInfo;
+use crate::queueing::{should_requeue, ClusterEvent, Requeue};
 use crate::{needs_scheduling, Scheduler, SchedulerConfig, Snapshot, DEFAULT_SCHEDULER_NAME};
 
 /// Binds in flight at once: binding is an API round trip, deciding is microseconds.
@@ -51,10 +56,9 @@ struct Bound {
     result: Result<(), kube::Error>,
 }
 
-/// One pod's retry state.
+/// When a pod may be tried again.
 #[derive(Debug, Clone, Copy)]
 struct Retry {
-    attempts: u32,
     not_before: Instant,
 }
 
@@ -87,10 +91,6 @@ impl Backoff {
         self.retries.remove(key)
     }
 
-    fn get(&self, key: &PodKey) -> Option<&Retry> {
-        self.retries.get(key)
-    }
-
     fn contains_key(&self, key: &PodKey) -> bool {
         self.retries.contains_key(key)
     }
@@ -118,6 +118,19 @@ impl Backoff {
         due
     }
 
+    /// Takes out the pod whose backoff ends first, ended or not: kube-scheduler pops the
+    /// backoff queue when nothing else is waiting (`SchedulerPopFromBackoffQ`), since the
+    /// backoff is there to let other pods go first, not to keep the scheduler idle.
+    fn pop_earliest(&mut self) -> Option<PodKey> {
+        while let Some(Reverse((end, key))) = self.timeline.pop() {
+            if self.is_current(end, &key) {
+                self.retries.remove(&key);
+                return Some(key);
+            }
+        }
+        None
+    }
+
     /// When the next backoff ends.
     fn next_due(&mut self) -> Option<Instant> {
         while let Some(Reverse((end, key))) = self.timeline.peek() {
@@ -127,6 +140,24 @@ impl Backoff {
             self.timeline.pop();
         }
         None
+    }
+}
+
+/// An unschedulable pod waiting for a change that can help it.
+#[derive(Debug)]
+struct Parked {
+    retry: Retry,
+    /// The pod as read for its last attempt.
+    pod: PodInfo,
+    /// The filters that rejected a node in that attempt (kube-scheduler's
+    /// `UnschedulablePlugins`).
+    rejected: BTreeSet<FilterKind>,
+}
+
+impl Parked {
+    /// Rejected by a filter that looks beyond one node: bound pods anywhere may concern it.
+    fn is_wide(&self) -> bool {
+        self.rejected.iter().any(|f| !f.is_node_local())
     }
 }
 
@@ -141,7 +172,11 @@ struct State {
     queued: HashSet<PodKey>,
     binding: HashSet<PodKey>,
     /// Pods that fit nowhere, waiting for a change in the cluster.
-    unschedulable: HashMap<PodKey, Retry>,
+    unschedulable: HashMap<PodKey, Parked>,
+    /// Those of them a cluster-wide filter (PodTopologySpread, InterPodAffinity) rejected.
+    wide: HashSet<PodKey>,
+    /// Failed attempts of each pod not bound yet, which set its backoff.
+    attempts: HashMap<PodKey, u32>,
     /// Pods waiting out a backoff before their next attempt.
     backing_off: Backoff,
     /// The message last written to each unschedulable pod (to avoid rewriting it).
@@ -167,6 +202,8 @@ impl State {
             queued: HashSet::new(),
             binding: HashSet::new(),
             unschedulable: HashMap::new(),
+            wide: HashSet::new(),
+            attempts: HashMap::new(),
             backing_off: Backoff::default(),
             explained: HashMap::new(),
             explaining: Arc::new(Semaphore::new(MAX_EXPLANATIONS_IN_FLIGHT)),
@@ -185,17 +222,78 @@ impl State {
         }
     }
 
-    /// The cluster changed in a way that may let unschedulable pods fit: retry them once
-    /// their backoff has passed.
-    fn cluster_changed(&mut self) {
-        let now = Instant::now();
-        for (key, retry) in std::mem::take(&mut self.unschedulable) {
-            if retry.not_before <= now {
-                self.enqueue(key);
-            } else {
-                self.backing_off.insert(key, retry);
+    /// Retries every unschedulable pod once its backoff has passed (after a re-list, and
+    /// periodically in case a change was missed).
+    fn flush_unschedulable(&mut self) {
+        self.wide.clear();
+        for (key, parked) in std::mem::take(&mut self.unschedulable) {
+            self.unpark(key, parked.retry);
+        }
+    }
+
+    fn unpark(&mut self, key: PodKey, retry: Retry) {
+        if retry.not_before <= Instant::now() {
+            self.enqueue(key);
+        } else {
+            self.backing_off.insert(key, retry);
+        }
+    }
+
+    fn forget(&mut self, key: &PodKey) {
+        self.attempts.remove(key);
+        self.unschedulable.remove(key);
+        self.wide.remove(key);
+        self.backing_off.remove(key);
+        self.explained.remove(key);
+    }
+
+    /// Sends back to the queue the unschedulable pods `event` may help, as their rejecting
+    /// filters' queueing hints say.
+    fn cluster_event(&mut self, event: ClusterEvent<'_>) {
+        let candidates: Box<dyn Iterator<Item = &PodKey>> = if event.concerns_node_local_filters() {
+            Box::new(self.unschedulable.keys())
+        } else {
+            Box::new(self.wide.iter())
+        };
+        let decided: Vec<(PodKey, Requeue)> = candidates
+            .filter_map(|key| {
+                let parked = self.unschedulable.get(key)?;
+                match should_requeue(&self.snapshot, &parked.pod, &parked.rejected, &event) {
+                    Requeue::No => None,
+                    requeue => Some((key.clone(), requeue)),
+                }
+            })
+            .collect();
+        for (key, requeue) in decided {
+            match requeue {
+                Requeue::RejectedBy(filter) => {
+                    if let Some(parked) = self.unschedulable.get_mut(&key) {
+                        parked.rejected.insert(filter);
+                    }
+                }
+                Requeue::Yes | Requeue::No => {
+                    self.wide.remove(&key);
+                    if let Some(parked) = self.unschedulable.remove(&key) {
+                        self.unpark(key, parked.retry);
+                    }
+                }
             }
         }
+    }
+
+    fn park(&mut self, key: PodKey, pod: PodInfo, rejected: BTreeSet<FilterKind>) {
+        let retry = self.next_retry(&key);
+        let parked = Parked {
+            retry,
+            pod,
+            rejected,
+        };
+        if parked.is_wide() {
+            self.wide.insert(key.clone());
+        } else {
+            self.wide.remove(&key);
+        }
+        self.unschedulable.insert(key, parked);
     }
 
     fn rebuild(&mut self) {
@@ -226,14 +324,36 @@ impl State {
             .and_then(|s| s.node_name.as_ref())
             .is_some();
         if bound {
+            self.forget(&key);
+            let old = self.snapshot.pod_info(&key.0, &key.1).cloned();
             self.snapshot.upsert_pod(&pod);
-            self.unschedulable.remove(&key);
-            self.backing_off.remove(&key);
-            self.explained.remove(&key);
-        } else if needs_scheduling(&pod, DEFAULT_SCHEDULER_NAME)
-            && !self.unschedulable.contains_key(&key)
-        {
-            self.enqueue(key.clone());
+            let new = self.snapshot.pod_info(&key.0, &key.1).cloned();
+            match (&old, &new) {
+                (None, Some(new)) => self.cluster_event(ClusterEvent::AssignedPodAdded(new)),
+                (Some(old), None) => self.cluster_event(ClusterEvent::AssignedPodRemoved(old)),
+                (Some(old), Some(new))
+                    if old.labels != new.labels
+                        || old.requests.requested != new.requests.requested =>
+                {
+                    self.cluster_event(ClusterEvent::AssignedPodUpdated { old, new })
+                }
+                _ => {}
+            }
+        } else if needs_scheduling(&pod, DEFAULT_SCHEDULER_NAME) {
+            // A parked pod is only retried for a change to itself that can matter (not,
+            // say, the PodScheduled condition this loop wrote).
+            let changed = self.pods.get(&key).is_none_or(|old| {
+                old.spec != pod.spec || old.metadata.labels != pod.metadata.labels
+            });
+            if changed {
+                if let Some(parked) = self.unschedulable.remove(&key) {
+                    self.wide.remove(&key);
+                    self.unpark(key.clone(), parked.retry);
+                }
+            }
+            if !self.unschedulable.contains_key(&key) {
+                self.enqueue(key.clone());
+            }
         }
         self.pods.insert(key, pod);
     }
@@ -241,11 +361,9 @@ impl State {
     fn on_pod_deleted(&mut self, pod: &Pod) {
         let key = key_of(pod);
         self.pods.remove(&key);
-        self.unschedulable.remove(&key);
-        self.backing_off.remove(&key);
-        self.explained.remove(&key);
-        if self.snapshot.remove_pod(&key.0, &key.1) {
-            self.cluster_changed();
+        self.forget(&key);
+        if let Some(gone) = self.snapshot.take_pod(&key.0, &key.1) {
+            self.cluster_event(ClusterEvent::AssignedPodRemoved(&gone));
         }
     }
 
@@ -266,18 +384,29 @@ impl State {
     fn on_node_event(&mut self, event: watcher::Event<Node>) {
         match event {
             watcher::Event::Apply(node) => {
-                // Only a change the scheduler reads sends unschedulable pods back to the
-                // queue: with a thousand nodes, heartbeats alone would retry every pending
-                // pod many times a second and push them all to the longest backoff.
-                let changed = self.snapshot.upsert_node(&node).changed;
-                self.nodes.insert(node.name_any(), node);
-                if changed {
-                    self.cluster_changed();
+                // Only a change the scheduler reads is an event: with a thousand nodes,
+                // heartbeats alone would retry every pending pod many times a second.
+                let name = node.name_any();
+                let (upsert, old) = self.snapshot.replace_node(&node);
+                self.nodes.insert(name.clone(), node);
+                if upsert.changed {
+                    let new: Option<NodeInfo> =
+                        self.snapshot.node_with_usage(&name).map(|(n, _)| n.clone());
+                    match (&old, &new) {
+                        (None, Some(new)) => self.cluster_event(ClusterEvent::NodeAdded(new)),
+                        (Some(old), Some(new)) => {
+                            self.cluster_event(ClusterEvent::NodeUpdated { old, new })
+                        }
+                        _ => {}
+                    }
                 }
             }
             watcher::Event::Delete(node) => {
-                self.snapshot.remove_node(&node.name_any());
-                self.nodes.remove(&node.name_any());
+                let name = node.name_any();
+                self.nodes.remove(&name);
+                if let Some(gone) = self.snapshot.take_node(&name) {
+                    self.cluster_event(ClusterEvent::NodeRemoved(&gone));
+                }
             }
             watcher::Event::Init => self.node_init = Some(Vec::new()),
             watcher::Event::InitApply(node) => {
@@ -287,7 +416,7 @@ impl State {
                 let nodes = self.node_init.take().unwrap_or_default();
                 self.nodes = nodes.into_iter().map(|n| (n.name_any(), n)).collect();
                 self.rebuild();
-                self.cluster_changed();
+                self.flush_unschedulable();
             }
         }
     }
@@ -295,7 +424,13 @@ impl State {
     fn on_namespace_event(&mut self, event: watcher::Event<Namespace>) {
         match event {
             watcher::Event::Apply(ns) | watcher::Event::InitApply(ns) => {
-                self.snapshot.upsert_namespace(&ns)
+                let name = ns.name_any();
+                let changed = self.snapshot.namespace_labels(&name)
+                    != ns.metadata.labels.as_ref().unwrap_or(&Default::default());
+                self.snapshot.upsert_namespace(&ns);
+                if changed {
+                    self.cluster_event(ClusterEvent::NamespaceChanged);
+                }
             }
             watcher::Event::Delete(ns) => self.snapshot.remove_namespace(&ns.name_any()),
             watcher::Event::Init | watcher::Event::InitDone => {}
@@ -311,7 +446,7 @@ impl State {
         }
         if self.last_flush.elapsed() >= UNSCHEDULABLE_FLUSH {
             self.last_flush = now;
-            self.cluster_changed();
+            self.flush_unschedulable();
         }
     }
 
@@ -320,22 +455,20 @@ impl State {
         self.backing_off.next_due().map_or(flush, |t| t.min(flush))
     }
 
-    fn retry_later(&mut self, key: PodKey, unschedulable: bool) {
-        let attempts = self
-            .unschedulable
-            .get(&key)
-            .or_else(|| self.backing_off.get(&key))
-            .map_or(0, |r| r.attempts)
-            + 1;
-        let retry = Retry {
-            attempts,
+    /// The backoff after one more failed attempt.
+    fn next_retry(&mut self, key: &PodKey) -> Retry {
+        let attempts = self.attempts.entry(key.clone()).or_default();
+        *attempts = attempts.saturating_add(1);
+        let attempts = *attempts;
+        Retry {
             not_before: Instant::now() + backoff(attempts),
-        };
-        if unschedulable {
-            self.unschedulable.insert(key, retry);
-        } else {
-            self.backing_off.insert(key, retry);
         }
+    }
+
+    /// Retries the pod after a backoff (its binding failed).
+    fn retry_later(&mut self, key: PodKey) {
+        let retry = self.next_retry(&key);
+        self.backing_off.insert(key, retry);
     }
 }
 
@@ -406,19 +539,29 @@ fn schedule_queued(
         if state.binding.len() >= MAX_BINDS_IN_FLIGHT {
             return false; // a bind result frees a slot and wakes the loop
         }
-        let Some(key) = state.queue.pop_front() else {
-            return false;
+        let key = match state.queue.pop_front() {
+            Some(key) => {
+                state.queued.remove(&key);
+                key
+            }
+            None => match state.backing_off.pop_earliest() {
+                Some(key) => key,
+                None => return false,
+            },
         };
-        state.queued.remove(&key);
         let Some(pod) = state.pods.get(&key).cloned() else {
             continue;
         };
         if !needs_scheduling(&pod, DEFAULT_SCHEDULER_NAME) {
             continue;
         }
-        match state.scheduler.schedule(&state.snapshot, &pod) {
+        let info = PodInfo::from_pod(&pod);
+        match state.scheduler.schedule_info(&state.snapshot, &info, false) {
             Ok(placement) => {
-                state.snapshot.assume(&pod, &placement.node_name);
+                state.snapshot.assume_info(info, &placement.node_name);
+                if let Some(assumed) = state.snapshot.pod_info(&key.0, &key.1).cloned() {
+                    state.cluster_event(ClusterEvent::AssignedPodAdded(&assumed));
+                }
                 state.binding.insert(key.clone());
                 tokio::spawn(bind(
                     client.clone(),
@@ -449,11 +592,11 @@ fn schedule_queued(
                     });
                     state.explained.insert(key.clone(), message);
                 }
-                state.retry_later(key, true);
+                state.park(key, info, unschedulable.failed_filters);
             }
         }
     }
-    !state.queue.is_empty()
+    !state.queue.is_empty() || state.backing_off.next_due().is_some()
 }
 
 async fn bind(
@@ -502,18 +645,17 @@ async fn bind(
 fn on_bound(state: &mut State, bound: Bound) {
     state.binding.remove(&bound.key);
     match bound.result {
-        Ok(()) => {
-            state.explained.remove(&bound.key);
-            state.unschedulable.remove(&bound.key);
-        }
+        Ok(()) => state.forget(&bound.key),
         Err(e) => {
             // The assumption did not hold: forget it and try again later (unless the pod is
             // gone or somebody else bound it, which the watch will show).
-            state.snapshot.remove_pod(&bound.key.0, &bound.key.1);
+            if let Some(assumed) = state.snapshot.take_pod(&bound.key.0, &bound.key.1) {
+                state.cluster_event(ClusterEvent::AssignedPodRemoved(&assumed));
+            }
             tracing::debug!(pod = ?bound.key, node = %bound.node, error = %e, "binding failed");
             let gone = matches!(&e, kube::Error::Api(s) if s.code == 404 || s.code == 409);
             if !gone {
-                state.retry_later(bound.key, false);
+                state.retry_later(bound.key);
             }
         }
     }
@@ -550,10 +692,7 @@ mod tests {
     fn backoff_queue_yields_pods_when_their_backoff_ends_and_skips_stale_entries() {
         let start = Instant::now();
         let at = |ms: u64| start + Duration::from_millis(ms);
-        let retry = |ms: u64| Retry {
-            attempts: 1,
-            not_before: at(ms),
-        };
+        let retry = |ms: u64| Retry { not_before: at(ms) };
         let mut queue = Backoff::default();
         queue.insert(key("a"), retry(300));
         queue.insert(key("b"), retry(100));
@@ -566,9 +705,26 @@ mod tests {
         assert_eq!(queue.pop_due(at(250)), Vec::<PodKey>::new());
         assert_eq!(queue.pop_due(at(300)), vec![key("a")]);
         assert!(!queue.contains_key(&key("a")));
-        assert_eq!(queue.get(&key("b")).map(|r| r.not_before), Some(at(400)));
+        assert!(queue.contains_key(&key("b")));
         assert_eq!(queue.pop_due(at(1_000)), vec![key("b")]);
         assert_eq!(queue.next_due(), None);
+    }
+
+    #[test]
+    fn an_idle_loop_takes_the_pod_whose_backoff_ends_first_before_it_ends() {
+        let start = Instant::now();
+        let retry = |ms: u64| Retry {
+            not_before: start + Duration::from_secs(60) + Duration::from_millis(ms),
+        };
+        let mut queue = Backoff::default();
+        queue.insert(key("late"), retry(300));
+        queue.insert(key("early"), retry(100));
+        queue.insert(key("gone"), retry(50));
+        assert!(queue.remove(&key("gone")).is_some());
+        assert_eq!(queue.pop_earliest(), Some(key("early")));
+        assert!(!queue.contains_key(&key("early")));
+        assert_eq!(queue.pop_earliest(), Some(key("late")));
+        assert_eq!(queue.pop_earliest(), None);
     }
 
     #[test]

@@ -15,8 +15,9 @@ pub(crate) mod node_unschedulable;
 pub(crate) mod pod_topology_spread;
 pub(crate) mod taint_toleration;
 
+use crate::node_info::NodeInfo;
 use crate::pod_info::PodInfo;
-use crate::snapshot::{NodeId, Snapshot};
+use crate::snapshot::{NodeId, NodeUsage, Snapshot};
 
 use inter_pod_affinity::InterPodAffinityState;
 use pod_topology_spread::SpreadFilterState;
@@ -35,6 +36,15 @@ pub enum FilterKind {
 }
 
 impl FilterKind {
+    /// Whether the filter reads only the node being checked and the pods on it (not other
+    /// nodes, nor pods elsewhere in its topology domain).
+    pub fn is_node_local(self) -> bool {
+        !matches!(
+            self,
+            FilterKind::PodTopologySpread | FilterKind::InterPodAffinity
+        )
+    }
+
     /// The kube-scheduler plugin name.
     pub fn plugin_name(self) -> &'static str {
         match self {
@@ -52,7 +62,7 @@ impl FilterKind {
 
 /// Why a filter rejected a node; rendered into kube-scheduler's reason strings only when the
 /// pod turns out unschedulable.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum FilterFailure {
     NodeUnschedulable,
     NodeName,
@@ -112,6 +122,21 @@ impl FilterFailure {
     }
 }
 
+/// The filters that read only the node and the pods on it, in order; the first failure
+/// wins. A change on one node can make a pod pass these only on that node.
+pub(crate) fn check_node_local(
+    pod: &PodInfo,
+    node: &NodeInfo,
+    usage: &NodeUsage,
+) -> Result<(), FilterFailure> {
+    node_unschedulable::check(pod, node)?;
+    node_name::check(pod, node)?;
+    taint_toleration::check(pod, node)?;
+    node_affinity::check(pod, node)?;
+    node_ports::check(pod, usage)?;
+    node_resources_fit::check(pod, node, usage)
+}
+
 /// What the filters precompute once per pod (kube-scheduler's PreFilter state).
 #[derive(Debug)]
 pub(crate) struct Filters<'a> {
@@ -140,12 +165,7 @@ impl<'a> Filters<'a> {
             return Err(FilterFailure::NodeName);
         };
         let pod = self.pod;
-        node_unschedulable::check(pod, node)?;
-        node_name::check(pod, node)?;
-        taint_toleration::check(pod, node)?;
-        node_affinity::check(pod, node)?;
-        node_ports::check(pod, &slot.usage)?;
-        node_resources_fit::check(pod, node, &slot.usage)?;
+        check_node_local(pod, node, &slot.usage)?;
         if let Some(spread) = &self.spread {
             spread.check(pod, node)?;
         }
