@@ -8,18 +8,17 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Binding, Namespace, Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Binding, Namespace, Node, ObjectReference, Pod, PodCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Resource, ResourceExt};
 use shoal_controllers::events::{EventType, Recorder};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::filters::FilterKind;
@@ -48,12 +47,17 @@ fn key_of(pod: &Pod) -> PodKey {
     (pod.namespace().unwrap_or_default(), pod.name_any())
 }
 
-/// The outcome of one bind, reported back to the loop.
+/// What the loop's tasks report back.
 #[derive(Debug)]
-struct Bound {
-    key: PodKey,
-    node: String,
-    result: Result<(), kube::Error>,
+enum Report {
+    /// The outcome of one bind.
+    Bound {
+        key: PodKey,
+        node: String,
+        result: Result<(), kube::Error>,
+    },
+    /// A `PodScheduled=False` write is done (whatever its outcome).
+    Explained(PodKey),
 }
 
 /// When a pod may be tried again.
@@ -143,6 +147,55 @@ impl Backoff {
     }
 }
 
+/// `PodScheduled=False` writes to make: the newest per pod, at most one per pod in flight
+/// and [`MAX_EXPLANATIONS_IN_FLIGHT`] in all. Coalescing matters when thousands of pods fail
+/// at once: a write queued behind thousands of others would otherwise land after the pod
+/// was bound and turn its `PodScheduled` back to False.
+#[derive(Debug, Default)]
+struct Explanations {
+    waiting: VecDeque<PodKey>,
+    pending: HashMap<PodKey, PodCondition>,
+    in_flight: HashSet<PodKey>,
+}
+
+impl Explanations {
+    /// Replaces any write of the pod not started yet.
+    fn push(&mut self, key: PodKey, condition: PodCondition) {
+        if self.pending.insert(key.clone(), condition).is_none() && !self.in_flight.contains(&key) {
+            self.waiting.push_back(key);
+        }
+    }
+
+    /// The pod was bound or deleted: nothing left to write.
+    fn cancel(&mut self, key: &PodKey) {
+        self.pending.remove(key);
+    }
+
+    /// The next write to start, while fewer than the limit are in flight.
+    fn next(&mut self) -> Option<(PodKey, PodCondition)> {
+        if self.in_flight.len() >= MAX_EXPLANATIONS_IN_FLIGHT {
+            return None;
+        }
+        while let Some(key) = self.waiting.pop_front() {
+            if self.in_flight.contains(&key) {
+                continue; // requeued when that write is done
+            }
+            if let Some(condition) = self.pending.remove(&key) {
+                self.in_flight.insert(key.clone());
+                return Some((key, condition));
+            }
+        }
+        None
+    }
+
+    fn done(&mut self, key: &PodKey) {
+        self.in_flight.remove(key);
+        if self.pending.contains_key(key) {
+            self.waiting.push_back(key.clone());
+        }
+    }
+}
+
 /// An unschedulable pod waiting for a change that can help it.
 #[derive(Debug)]
 struct Parked {
@@ -181,8 +234,8 @@ struct State {
     backing_off: Backoff,
     /// The message last written to each unschedulable pod (to avoid rewriting it).
     explained: HashMap<PodKey, String>,
-    /// Bounds the `PodScheduled=False` writes in flight.
-    explaining: Arc<Semaphore>,
+    /// `PodScheduled=False` writes waiting or in flight.
+    explanations: Explanations,
     pod_init: Option<Vec<Pod>>,
     node_init: Option<Vec<Node>>,
     last_flush: Instant,
@@ -206,7 +259,7 @@ impl State {
             attempts: HashMap::new(),
             backing_off: Backoff::default(),
             explained: HashMap::new(),
-            explaining: Arc::new(Semaphore::new(MAX_EXPLANATIONS_IN_FLIGHT)),
+            explanations: Explanations::default(),
             pod_init: None,
             node_init: None,
             last_flush: Instant::now(),
@@ -245,6 +298,7 @@ impl State {
         self.wide.remove(key);
         self.backing_off.remove(key);
         self.explained.remove(key);
+        self.explanations.cancel(key);
     }
 
     /// Sends back to the queue the unschedulable pods `event` may help, as their rejecting
@@ -482,10 +536,10 @@ pub async fn run(client: kube::Client, mut drain: watch::Receiver<bool>) {
     let mut pod_events = watch_all::<Pod>(&client);
     let mut node_events = watch_all::<Node>(&client);
     let mut namespace_events = watch_all::<Namespace>(&client);
-    let (bound_tx, mut bound_rx) = mpsc::unbounded_channel::<Bound>();
+    let (report_tx, mut report_rx) = mpsc::unbounded_channel::<Report>();
     let mut state = State::new();
     loop {
-        let more = schedule_queued(&mut state, &client, &recorder, &bound_tx);
+        let more = schedule_queued(&mut state, &client, &recorder, &report_tx);
         let wakeup = state.next_wakeup();
         // Events first, then more decisions: a long queue is worked through a slice at a
         // time, so bind results and watch events keep flowing (a watch this loop stops
@@ -493,7 +547,7 @@ pub async fn run(client: kube::Client, mut drain: watch::Receiver<bool>) {
         tokio::select! {
             biased;
             _ = drain.wait_for(|d| *d) => break,
-            Some(bound) = bound_rx.recv() => on_bound(&mut state, bound),
+            Some(report) = report_rx.recv() => on_report(&mut state, report),
             Some(event) = node_events.next() => state.on_node_event(event),
             Some(event) = pod_events.next() => state.on_pod_event(event),
             Some(event) = namespace_events.next() => state.on_namespace_event(event),
@@ -533,7 +587,42 @@ fn schedule_queued(
     state: &mut State,
     client: &kube::Client,
     recorder: &Recorder,
-    bound_tx: &mpsc::UnboundedSender<Bound>,
+    bound_tx: &mpsc::UnboundedSender<Report>,
+) -> bool {
+    let more = decide_queued(state, client, recorder, bound_tx);
+    start_explanations(state, client, bound_tx);
+    more
+}
+
+/// Starts the `PodScheduled=False` writes there is room for, skipping pods bound since.
+fn start_explanations(
+    state: &mut State,
+    client: &kube::Client,
+    done: &mpsc::UnboundedSender<Report>,
+) {
+    while let Some((key, condition)) = state.explanations.next() {
+        let still_pending = !state.binding.contains(&key)
+            && state
+                .pods
+                .get(&key)
+                .is_some_and(|pod| needs_scheduling(pod, DEFAULT_SCHEDULER_NAME));
+        if !still_pending {
+            state.explanations.done(&key);
+            continue;
+        }
+        let (client, done) = (client.clone(), done.clone());
+        tokio::spawn(async move {
+            explain(client, &key, condition).await;
+            let _ = done.send(Report::Explained(key));
+        });
+    }
+}
+
+fn decide_queued(
+    state: &mut State,
+    client: &kube::Client,
+    recorder: &Recorder,
+    bound_tx: &mpsc::UnboundedSender<Report>,
 ) -> bool {
     for _ in 0..DECISIONS_PER_TURN {
         if state.binding.len() >= MAX_BINDS_IN_FLIGHT {
@@ -580,16 +669,9 @@ fn schedule_queued(
                         "FailedScheduling",
                         &message,
                     );
-                    let (client, condition) =
-                        (client.clone(), unschedulable.pod_scheduled_condition());
-                    // Written a bounded number at a time: thousands of pods may fail at once.
-                    let explaining = Arc::clone(&state.explaining);
-                    tokio::spawn(async move {
-                        let Ok(_permit) = explaining.acquire_owned().await else {
-                            return; // closed: the loop is gone
-                        };
-                        explain(client, pod, condition).await;
-                    });
+                    state
+                        .explanations
+                        .push(key.clone(), unschedulable.pod_scheduled_condition());
                     state.explained.insert(key.clone(), message);
                 }
                 state.park(key, info, unschedulable.failed_filters);
@@ -604,7 +686,7 @@ async fn bind(
     recorder: Recorder,
     pod: Pod,
     node: String,
-    report: mpsc::UnboundedSender<Bound>,
+    report: mpsc::UnboundedSender<Report>,
 ) {
     let key = key_of(&pod);
     let pods: Api<Pod> = Api::namespaced(client, &key.0);
@@ -639,41 +721,44 @@ async fn bind(
             &format!("Successfully assigned {}/{} to {node}", key.0, key.1),
         );
     }
-    let _ = report.send(Bound { key, node, result });
+    let _ = report.send(Report::Bound { key, node, result });
 }
 
-fn on_bound(state: &mut State, bound: Bound) {
-    state.binding.remove(&bound.key);
-    match bound.result {
-        Ok(()) => state.forget(&bound.key),
+fn on_report(state: &mut State, report: Report) {
+    match report {
+        Report::Bound { key, node, result } => on_bound(state, key, node, result),
+        Report::Explained(key) => state.explanations.done(&key),
+    }
+}
+
+fn on_bound(state: &mut State, key: PodKey, node: String, result: Result<(), kube::Error>) {
+    state.binding.remove(&key);
+    match result {
+        Ok(()) => state.forget(&key),
         Err(e) => {
             // The assumption did not hold: forget it and try again later (unless the pod is
             // gone or somebody else bound it, which the watch will show).
-            if let Some(assumed) = state.snapshot.take_pod(&bound.key.0, &bound.key.1) {
+            if let Some(assumed) = state.snapshot.take_pod(&key.0, &key.1) {
                 state.cluster_event(ClusterEvent::AssignedPodRemoved(&assumed));
             }
-            tracing::debug!(pod = ?bound.key, node = %bound.node, error = %e, "binding failed");
+            tracing::debug!(pod = ?key, node = %node, error = %e, "binding failed");
             let gone = matches!(&e, kube::Error::Api(s) if s.code == 404 || s.code == 409);
             if !gone {
-                state.retry_later(bound.key);
+                state.retry_later(key);
             }
         }
     }
 }
 
 /// Writes `PodScheduled=False` with kube-scheduler's reason and message.
-async fn explain(
-    client: kube::Client,
-    pod: Pod,
-    condition: k8s_openapi::api::core::v1::PodCondition,
-) {
-    let (namespace, name) = key_of(&pod);
-    let pods: Api<Pod> = Api::namespaced(client, &namespace);
+async fn explain(client: kube::Client, key: &PodKey, condition: PodCondition) {
+    let (namespace, name) = key;
+    let pods: Api<Pod> = Api::namespaced(client, namespace);
     let mut condition = condition;
     condition.last_transition_time = Some(Time(Timestamp::now()));
     let patch = serde_json::json!({"status": {"conditions": [condition]}});
     if let Err(e) = pods
-        .patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
+        .patch_status(name, &PatchParams::default(), &Patch::Strategic(patch))
         .await
     {
         tracing::debug!(pod = %name, error = %e, "writing PodScheduled");
@@ -708,6 +793,47 @@ mod tests {
         assert!(queue.contains_key(&key("b")));
         assert_eq!(queue.pop_due(at(1_000)), vec![key("b")]);
         assert_eq!(queue.next_due(), None);
+    }
+
+    #[test]
+    fn explanations_keep_the_newest_per_pod_one_in_flight_and_skip_cancelled_ones() {
+        let condition = |message: &str| PodCondition {
+            message: Some(message.into()),
+            ..PodCondition::default()
+        };
+        let message = |next: Option<(PodKey, PodCondition)>| {
+            next.map(|(key, c)| (key.1, c.message.unwrap_or_default()))
+        };
+        let mut writes = Explanations::default();
+        writes.push(key("a"), condition("a1"));
+        writes.push(key("b"), condition("b1"));
+        writes.push(key("a"), condition("a2"));
+        writes.push(key("c"), condition("c1"));
+        writes.cancel(&key("c"));
+        assert_eq!(message(writes.next()), Some(("a".into(), "a2".into())));
+        // A newer message while a's write is in flight waits for it to finish.
+        writes.push(key("a"), condition("a3"));
+        assert_eq!(message(writes.next()), Some(("b".into(), "b1".into())));
+        assert_eq!(
+            message(writes.next()),
+            None,
+            "c was cancelled, a is in flight"
+        );
+        writes.done(&key("a"));
+        assert_eq!(message(writes.next()), Some(("a".into(), "a3".into())));
+        writes.done(&key("a"));
+        writes.done(&key("b"));
+        assert_eq!(message(writes.next()), None);
+        for i in 0..=MAX_EXPLANATIONS_IN_FLIGHT {
+            writes.push(key(&format!("p{i}")), condition("x"));
+        }
+        let started = std::iter::from_fn(|| writes.next()).count();
+        assert_eq!(started, MAX_EXPLANATIONS_IN_FLIGHT);
+        writes.done(&key("p0"));
+        assert_eq!(
+            message(writes.next()),
+            Some((format!("p{MAX_EXPLANATIONS_IN_FLIGHT}"), "x".into()))
+        );
     }
 
     #[test]
