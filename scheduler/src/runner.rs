@@ -618,64 +618,96 @@ fn start_explanations(
     }
 }
 
+/// What one decision asks of the loop's IO.
+#[derive(Debug)]
+enum Decision {
+    /// Bind the pod (already assumed on the node).
+    Bind { pod: Pod, node: String },
+    /// The pod fits nowhere and this is news: record a `FailedScheduling` event.
+    FailedScheduling { pod: Pod, message: String },
+    /// Nothing to do outside the loop (a repeated failure, a pod gone meanwhile).
+    None,
+}
+
+/// Decides for the next queued pod — or, with none queued, the next backing-off one — and
+/// updates the state (assumed pod, parked pod, explanation to write). `None` when there is
+/// nothing to decide or the binds in flight are at their limit.
+fn decide_next(state: &mut State) -> Option<Decision> {
+    if state.binding.len() >= MAX_BINDS_IN_FLIGHT {
+        return None; // a bind result frees a slot and wakes the loop
+    }
+    let key = match state.queue.pop_front() {
+        Some(key) => {
+            state.queued.remove(&key);
+            key
+        }
+        None => state.backing_off.pop_earliest()?,
+    };
+    let Some(pod) = state.pods.get(&key).cloned() else {
+        return Some(Decision::None);
+    };
+    if !needs_scheduling(&pod, DEFAULT_SCHEDULER_NAME) {
+        return Some(Decision::None);
+    }
+    let info = PodInfo::from_pod(&pod);
+    match state.scheduler.schedule_info(&state.snapshot, &info, false) {
+        Ok(placement) => {
+            state.snapshot.assume_info(info, &placement.node_name);
+            if let Some(assumed) = state.snapshot.pod_info(&key.0, &key.1).cloned() {
+                state.cluster_event(ClusterEvent::AssignedPodAdded(&assumed));
+            }
+            state.binding.insert(key);
+            Some(Decision::Bind {
+                pod,
+                node: placement.node_name,
+            })
+        }
+        Err(unschedulable) => {
+            let message = unschedulable.message.clone();
+            let news = state.explained.get(&key) != Some(&message);
+            if news {
+                state
+                    .explanations
+                    .push(key.clone(), unschedulable.pod_scheduled_condition());
+                state.explained.insert(key.clone(), message.clone());
+            }
+            state.park(key, info, unschedulable.failed_filters);
+            Some(if news {
+                Decision::FailedScheduling { pod, message }
+            } else {
+                Decision::None
+            })
+        }
+    }
+}
+
+/// Makes up to [`DECISIONS_PER_TURN`] decisions and starts what they ask for; true if more
+/// could be decided right away.
 fn decide_queued(
     state: &mut State,
     client: &kube::Client,
     recorder: &Recorder,
-    bound_tx: &mpsc::UnboundedSender<Report>,
+    report: &mpsc::UnboundedSender<Report>,
 ) -> bool {
     for _ in 0..DECISIONS_PER_TURN {
-        if state.binding.len() >= MAX_BINDS_IN_FLIGHT {
-            return false; // a bind result frees a slot and wakes the loop
-        }
-        let key = match state.queue.pop_front() {
-            Some(key) => {
-                state.queued.remove(&key);
-                key
-            }
-            None => match state.backing_off.pop_earliest() {
-                Some(key) => key,
-                None => return false,
-            },
-        };
-        let Some(pod) = state.pods.get(&key).cloned() else {
-            continue;
-        };
-        if !needs_scheduling(&pod, DEFAULT_SCHEDULER_NAME) {
-            continue;
-        }
-        let info = PodInfo::from_pod(&pod);
-        match state.scheduler.schedule_info(&state.snapshot, &info, false) {
-            Ok(placement) => {
-                state.snapshot.assume_info(info, &placement.node_name);
-                if let Some(assumed) = state.snapshot.pod_info(&key.0, &key.1).cloned() {
-                    state.cluster_event(ClusterEvent::AssignedPodAdded(&assumed));
-                }
-                state.binding.insert(key.clone());
+        match decide_next(state) {
+            None => return false,
+            Some(Decision::Bind { pod, node }) => {
                 tokio::spawn(bind(
                     client.clone(),
                     recorder.clone(),
                     pod,
-                    placement.node_name,
-                    bound_tx.clone(),
+                    node,
+                    report.clone(),
                 ));
             }
-            Err(unschedulable) => {
-                let message = unschedulable.message.clone();
-                if state.explained.get(&key) != Some(&message) {
-                    recorder.record(
-                        pod_reference(&pod),
-                        EventType::Warning,
-                        "FailedScheduling",
-                        &message,
-                    );
-                    state
-                        .explanations
-                        .push(key.clone(), unschedulable.pod_scheduled_condition());
-                    state.explained.insert(key.clone(), message);
-                }
-                state.park(key, info, unschedulable.failed_filters);
-            }
+            Some(Decision::FailedScheduling { pod, message }) => recorder.record(
+                pod_reference(&pod),
+                EventType::Warning,
+                "FailedScheduling",
+                &message,
+            ),
+            Some(Decision::None) => {}
         }
     }
     !state.queue.is_empty() || state.backing_off.next_due().is_some()
@@ -768,6 +800,7 @@ async fn explain(client: kube::Client, key: &PodKey, condition: PodCondition) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::{bound_pod, pending_pod, ready_node};
 
     fn key(name: &str) -> PodKey {
         ("default".into(), name.into())
@@ -793,6 +826,105 @@ mod tests {
         assert!(queue.contains_key(&key("b")));
         assert_eq!(queue.pop_due(at(1_000)), vec![key("b")]);
         assert_eq!(queue.next_due(), None);
+    }
+
+    fn cordoned(name: &str, cordon: bool, taint: bool) -> Node {
+        let mut node = ready_node(name, "4", "8Gi", serde_json::json!({}));
+        let taints = if taint {
+            serde_json::json!([{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}])
+        } else {
+            serde_json::json!([])
+        };
+        node.spec =
+            serde_json::from_value(serde_json::json!({"unschedulable": cordon, "taints": taints}))
+                .ok();
+        node
+    }
+
+    /// A loop state that has listed `nodes` and `pods`.
+    fn listed(nodes: Vec<Node>, pods: Vec<Pod>) -> State {
+        let mut state = State::new();
+        state.on_node_event(watcher::Event::Init);
+        for node in nodes {
+            state.on_node_event(watcher::Event::InitApply(node));
+        }
+        state.on_node_event(watcher::Event::InitDone);
+        state.on_pod_event(watcher::Event::Init);
+        for pod in pods {
+            state.on_pod_event(watcher::Event::InitApply(pod));
+        }
+        state.on_pod_event(watcher::Event::InitDone);
+        state
+    }
+
+    /// Decides until there is nothing to decide; the pods bound (to which node) and the
+    /// pods newly found unschedulable.
+    fn decide_all(state: &mut State) -> (Vec<(String, String)>, Vec<String>) {
+        let (mut bound, mut failed) = (Vec::new(), Vec::new());
+        while let Some(decision) = decide_next(state) {
+            match decision {
+                Decision::Bind { pod, node } => {
+                    state.binding.remove(&key_of(&pod));
+                    bound.push((pod.name_any(), node));
+                }
+                Decision::FailedScheduling { pod, .. } => failed.push(pod.name_any()),
+                Decision::None => {}
+            }
+        }
+        bound.sort();
+        failed.sort();
+        (bound, failed)
+    }
+
+    #[test]
+    fn pending_pods_wait_through_an_uncordon_until_the_taint_is_gone() {
+        let pods: Vec<Pod> = (0..3)
+            .map(|i| pending_pod(&format!("p{i}"), "100m", "64Mi"))
+            .collect();
+        let nodes = vec![cordoned("n1", true, true), cordoned("n2", true, true)];
+        let mut state = listed(nodes, pods);
+        let (bound, failed) = decide_all(&mut state);
+        assert!(bound.is_empty());
+        assert_eq!(failed, ["p0", "p1", "p2"]);
+        assert_eq!(
+            state.explanations.pending.len(),
+            3,
+            "PodScheduled=False to write"
+        );
+
+        // Uncordoned; the node lifecycle controller has not removed its taint yet.
+        state.on_node_event(watcher::Event::Apply(cordoned("n1", false, true)));
+        assert_eq!(decide_all(&mut state), (vec![], vec![]), "nothing retried");
+        // A heartbeat is no change.
+        state.on_node_event(watcher::Event::Apply(cordoned("n1", false, true)));
+        assert_eq!(decide_all(&mut state), (vec![], vec![]));
+
+        state.on_node_event(watcher::Event::Apply(cordoned("n1", false, false)));
+        let (bound, failed) = decide_all(&mut state);
+        assert!(failed.is_empty());
+        let on = |node: &str| bound.iter().filter(|(_, n)| n == node).count();
+        assert_eq!((on("n1"), on("n2")), (3, 0), "{bound:?}");
+        assert!(state.unschedulable.is_empty());
+    }
+
+    #[test]
+    fn a_pod_waiting_for_room_is_retried_when_a_pod_leaves_its_node() {
+        let mut state = listed(
+            vec![ready_node("n1", "1", "8Gi", serde_json::json!({}))],
+            vec![
+                bound_pod("big", "n1", "1", "1Gi"),
+                pending_pod("waiting", "500m", "64Mi"),
+            ],
+        );
+        assert_eq!(decide_all(&mut state), (vec![], vec!["waiting".into()]));
+        state.on_pod_event(watcher::Event::Apply(bound_pod("tiny", "n1", "0", "0")));
+        state.on_pod_event(watcher::Event::Delete(bound_pod("tiny", "n1", "0", "0")));
+        assert_eq!(decide_all(&mut state), (vec![], vec![]), "no room made");
+        state.on_pod_event(watcher::Event::Delete(bound_pod("big", "n1", "1", "1Gi")));
+        assert_eq!(
+            decide_all(&mut state),
+            (vec![("waiting".into(), "n1".into())], vec![])
+        );
     }
 
     #[test]
