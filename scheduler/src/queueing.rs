@@ -648,41 +648,16 @@ mod tests {
         let zoned_info =
             crate::fixtures::node_info(json!({"metadata": {"name": "x", "labels": {"zone": "c"}}}));
         let snapshot = Snapshot::new();
-        let spread = FilterKind::PodTopologySpread;
-        assert_eq!(
-            hint(&snapshot, spread, &info, &ClusterEvent::NodeAdded(&keyless)),
-            Skip
-        );
-        assert_eq!(
-            hint(
-                &snapshot,
-                spread,
-                &info,
-                &ClusterEvent::NodeAdded(&zoned_info)
-            ),
-            Queue
-        );
-        assert_eq!(
-            hint(
-                &snapshot,
-                spread,
-                &info,
-                &ClusterEvent::NodeRemoved(&zoned_info)
-            ),
-            Queue
-        );
-        assert_eq!(
-            hint(
-                &snapshot,
-                spread,
-                &info,
-                &ClusterEvent::NodeUpdated {
-                    old: &keyless,
-                    new: &zoned_info
-                }
-            ),
-            Queue
-        );
+        let spread =
+            |event: ClusterEvent<'_>| hint(&snapshot, FilterKind::PodTopologySpread, &info, &event);
+        assert_eq!(spread(ClusterEvent::NodeAdded(&keyless)), Skip);
+        assert_eq!(spread(ClusterEvent::NodeAdded(&zoned_info)), Queue);
+        assert_eq!(spread(ClusterEvent::NodeRemoved(&zoned_info)), Queue);
+        let labelled = ClusterEvent::NodeUpdated {
+            old: &keyless,
+            new: &zoned_info,
+        };
+        assert_eq!(spread(labelled), Queue);
     }
 
     fn anti_affine(name: &str, node: Option<&str>) -> Pod {
