@@ -23,7 +23,8 @@
 use std::collections::BTreeSet;
 
 use crate::filters::{
-    check_node_local, node_affinity, node_name, node_unschedulable, taint_toleration, FilterKind,
+    first_node_local_rejection, node_affinity, node_name, node_unschedulable, taint_toleration,
+    FilterKind,
 };
 use crate::node_info::NodeInfo;
 use crate::pod_info::PodInfo;
@@ -149,10 +150,10 @@ pub(crate) fn should_requeue(
     else {
         return Requeue::No;
     };
-    match check_node_local(pod, node, usage) {
-        Ok(()) => Requeue::Yes,
-        Err(failure) if rejected.contains(&failure.filter()) => Requeue::No,
-        Err(failure) => Requeue::RejectedBy(failure.filter()),
+    match first_node_local_rejection(pod, node, usage) {
+        None => Requeue::Yes,
+        Some(filter) if rejected.contains(&filter) => Requeue::No,
+        Some(filter) => Requeue::RejectedBy(filter),
     }
 }
 
@@ -164,13 +165,17 @@ pub(crate) fn hint(
     event: &ClusterEvent<'_>,
 ) -> QueueingHint {
     match filter {
-        FilterKind::NodeUnschedulable => node_turned(pod, event, node_unschedulable::check),
+        FilterKind::NodeUnschedulable => node_turned(pod, event, |pod, node| {
+            node_unschedulable::check(pod, node).is_ok()
+        }),
         FilterKind::NodeName => match event {
             ClusterEvent::NodeAdded(node) => queue_if(node_name::check(pod, node).is_ok()),
             _ => Skip,
         },
-        FilterKind::TaintToleration => node_turned(pod, event, taint_toleration::check),
-        FilterKind::NodeAffinity => node_turned(pod, event, node_affinity::check),
+        FilterKind::TaintToleration => node_turned(pod, event, taint_toleration::tolerated),
+        FilterKind::NodeAffinity => node_turned(pod, event, |pod, node| {
+            node_affinity::check(pod, node).is_ok()
+        }),
         FilterKind::NodePorts => match event {
             ClusterEvent::NodeAdded(_) => Queue,
             ClusterEvent::AssignedPodRemoved(gone) => queue_if(pod.host_ports.iter().any(|want| {
@@ -197,16 +202,14 @@ pub(crate) fn hint(
 
 /// For filters that read only the node object: `Queue` when a new node passes, or an updated
 /// node passes now and did not before.
-fn node_turned<E>(
+fn node_turned(
     pod: &PodInfo,
     event: &ClusterEvent<'_>,
-    check: impl Fn(&PodInfo, &NodeInfo) -> Result<(), E>,
+    passes: impl Fn(&PodInfo, &NodeInfo) -> bool,
 ) -> QueueingHint {
     match event {
-        ClusterEvent::NodeAdded(node) => queue_if(check(pod, node).is_ok()),
-        ClusterEvent::NodeUpdated { old, new } => {
-            queue_if(check(pod, old).is_err() && check(pod, new).is_ok())
-        }
+        ClusterEvent::NodeAdded(node) => queue_if(passes(pod, node)),
+        ClusterEvent::NodeUpdated { old, new } => queue_if(!passes(pod, old) && passes(pod, new)),
         _ => Skip,
     }
 }

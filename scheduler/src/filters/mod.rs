@@ -137,6 +137,31 @@ pub(crate) fn check_node_local(
     node_resources_fit::check(pod, node, usage)
 }
 
+/// The first node-local filter that rejects the pod on the node, as [`check_node_local`]
+/// finds it but without building the failure's reasons: queueing hints ask this of every
+/// waiting pod for every node that changes.
+pub(crate) fn first_node_local_rejection(
+    pod: &PodInfo,
+    node: &NodeInfo,
+    usage: &NodeUsage,
+) -> Option<FilterKind> {
+    if node_unschedulable::check(pod, node).is_err() {
+        Some(FilterKind::NodeUnschedulable)
+    } else if node_name::check(pod, node).is_err() {
+        Some(FilterKind::NodeName)
+    } else if !taint_toleration::tolerated(pod, node) {
+        Some(FilterKind::TaintToleration)
+    } else if node_affinity::check(pod, node).is_err() {
+        Some(FilterKind::NodeAffinity)
+    } else if node_ports::check(pod, usage).is_err() {
+        Some(FilterKind::NodePorts)
+    } else if node_resources_fit::check(pod, node, usage).is_err() {
+        Some(FilterKind::NodeResourcesFit)
+    } else {
+        None
+    }
+}
+
 /// What the filters precompute once per pod (kube-scheduler's PreFilter state).
 #[derive(Debug)]
 pub(crate) struct Filters<'a> {
@@ -173,5 +198,59 @@ impl<'a> Filters<'a> {
             inter_pod_affinity.check(pod, node)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{bound_pod, node, pod, ready_node};
+    use serde_json::json;
+
+    #[test]
+    fn the_quick_node_local_check_names_the_filter_the_full_one_reports() {
+        let mut snapshot = Snapshot::new();
+        let nodes = [
+            ready_node("open", "4", "8Gi", json!({"disk": "ssd"})),
+            ready_node("small", "1", "8Gi", json!({"disk": "ssd"})),
+            ready_node("hdd", "4", "8Gi", json!({"disk": "hdd"})),
+            node(json!({"metadata": {"name": "cordoned"}, "spec": {"unschedulable": true}})),
+            node(json!({"metadata": {"name": "tainted"}, "spec": {"taints": [
+                {"key": "k", "effect": "NoSchedule"}]}})),
+            ready_node("ports", "4", "8Gi", json!({"disk": "ssd"})),
+        ];
+        for n in &nodes {
+            snapshot.upsert_node(n);
+        }
+        snapshot.upsert_pod(&bound_pod("busy", "small", "900m", "1Gi"));
+        snapshot.upsert_pod(&pod(json!({"metadata": {"name": "web"}, "spec": {
+            "nodeName": "ports", "containers": [{"name": "c", "ports": [{"containerPort": 80, "hostPort": 80}]}]}})));
+        let pending = PodInfo::from_pod(&pod(json!({"metadata": {"name": "p"}, "spec": {
+            "nodeSelector": {"disk": "ssd"},
+            "containers": [{"name": "c", "ports": [{"containerPort": 80, "hostPort": 80}],
+                "resources": {"requests": {"cpu": "500m"}}}]}})));
+        let mut seen = Vec::new();
+        for n in &nodes {
+            let name = n.metadata.name.as_deref().unwrap();
+            let (info, usage) = snapshot.node_with_usage(name).unwrap();
+            let quick = first_node_local_rejection(&pending, info, usage);
+            let full = check_node_local(&pending, info, usage)
+                .err()
+                .map(|f| f.filter());
+            assert_eq!(quick, full, "{name}");
+            seen.push(quick);
+        }
+        assert_eq!(
+            seen,
+            [
+                None,
+                Some(FilterKind::NodeResourcesFit),
+                Some(FilterKind::NodeAffinity),
+                Some(FilterKind::NodeUnschedulable),
+                Some(FilterKind::TaintToleration),
+                Some(FilterKind::NodePorts),
+            ]
+        );
     }
 }
