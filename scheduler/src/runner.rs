@@ -230,8 +230,11 @@ struct State {
     wide: HashSet<PodKey>,
     /// Failed attempts of each pod not bound yet, which set its backoff.
     attempts: HashMap<PodKey, u32>,
-    /// Pods waiting out a backoff before their next attempt.
+    /// Pods a cluster event sent back while their backoff was not over.
     backing_off: Backoff,
+    /// Pods whose binding failed, waiting out their backoff; never taken early, so an API
+    /// that keeps failing is not retried as fast as it answers.
+    erred: Backoff,
     /// The message last written to each unschedulable pod (to avoid rewriting it).
     explained: HashMap<PodKey, String>,
     /// `PodScheduled=False` writes waiting or in flight.
@@ -258,6 +261,7 @@ impl State {
             wide: HashSet::new(),
             attempts: HashMap::new(),
             backing_off: Backoff::default(),
+            erred: Backoff::default(),
             explained: HashMap::new(),
             explanations: Explanations::default(),
             pod_init: None,
@@ -267,7 +271,10 @@ impl State {
     }
 
     fn enqueue(&mut self, key: PodKey) {
-        if self.binding.contains(&key) || self.backing_off.contains_key(&key) {
+        if self.binding.contains(&key)
+            || self.backing_off.contains_key(&key)
+            || self.erred.contains_key(&key)
+        {
             return;
         }
         if self.queued.insert(key.clone()) {
@@ -297,6 +304,7 @@ impl State {
         self.unschedulable.remove(key);
         self.wide.remove(key);
         self.backing_off.remove(key);
+        self.erred.remove(key);
         self.explained.remove(key);
         self.explanations.cancel(key);
     }
@@ -495,7 +503,8 @@ impl State {
     /// periodically.
     fn requeue_due(&mut self) {
         let now = Instant::now();
-        for key in self.backing_off.pop_due(now) {
+        let due = [self.backing_off.pop_due(now), self.erred.pop_due(now)];
+        for key in due.into_iter().flatten() {
             self.enqueue(key);
         }
         if self.last_flush.elapsed() >= UNSCHEDULABLE_FLUSH {
@@ -506,7 +515,10 @@ impl State {
 
     fn next_wakeup(&mut self) -> Instant {
         let flush = self.last_flush + UNSCHEDULABLE_FLUSH;
-        self.backing_off.next_due().map_or(flush, |t| t.min(flush))
+        [self.backing_off.next_due(), self.erred.next_due()]
+            .into_iter()
+            .flatten()
+            .fold(flush, Instant::min)
     }
 
     /// The backoff after one more failed attempt.
@@ -522,7 +534,7 @@ impl State {
     /// Retries the pod after a backoff (its binding failed).
     fn retry_later(&mut self, key: PodKey) {
         let retry = self.next_retry(&key);
-        self.backing_off.insert(key, retry);
+        self.erred.insert(key, retry);
     }
 }
 
@@ -925,6 +937,37 @@ mod tests {
             decide_all(&mut state),
             (vec![("waiting".into(), "n1".into())], vec![])
         );
+    }
+
+    #[test]
+    fn a_failed_binding_frees_its_node_and_waits_out_its_backoff() {
+        let mut state = listed(
+            vec![ready_node("n1", "1", "8Gi", serde_json::json!({}))],
+            vec![pending_pod("a", "1", "64Mi"), pending_pod("b", "1", "64Mi")],
+        );
+        let Some(Decision::Bind { pod, node }) = decide_next(&mut state) else {
+            panic!("the first pod fits");
+        };
+        let other = if pod.name_any() == "a" { "b" } else { "a" };
+        assert_eq!(
+            decide_all(&mut state),
+            (vec![], vec![other.into()]),
+            "n1 is full"
+        );
+        let failure = kube::Error::Api(Box::new(kube::core::Status {
+            code: 500,
+            ..Default::default()
+        }));
+        on_bound(&mut state, key_of(&pod), node, Err(failure));
+        // The other pod was waiting for room on n1, which the forgotten assumption gave
+        // back; the pod whose binding failed waits out its backoff, idle loop or not.
+        assert_eq!(
+            decide_all(&mut state),
+            (vec![(other.into(), "n1".into())], vec![])
+        );
+        assert!(state.erred.contains_key(&key_of(&pod)));
+        assert!(decide_next(&mut state).is_none());
+        assert!(state.next_wakeup() <= Instant::now() + INITIAL_BACKOFF);
     }
 
     #[test]
