@@ -4,7 +4,7 @@
 //! binds in flight, and explains the pods that fit nowhere with a `PodScheduled=False`
 //! condition and a `FailedScheduling` event. Unschedulable pods are retried, with backoff,
 //! only after a cluster change one of the filters that rejected them says can help
-//! ([`crate::queueing`]), as kube-scheduler's queue does with queueing hints.
+//! (the `queueing` module), as kube-scheduler's queue does with queueing hints.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
