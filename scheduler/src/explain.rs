@@ -36,7 +36,8 @@ pub struct Unschedulable {
     /// The filters that rejected at least one node (kube-scheduler's "unschedulable
     /// plugins"): a loop can retry the pod when something relevant to them changes.
     pub failed_filters: BTreeSet<FilterKind>,
-    /// Per node, the reasons it was rejected for.
+    /// Per node, the reasons it was rejected for ([`crate::Scheduler::schedule`] fills it;
+    /// the scheduling loop, which never reads it, leaves it empty).
     pub node_reasons: BTreeMap<String, Vec<String>>,
     /// Problems met while reading the pod (e.g. an unparsable request, counted as 0).
     pub notes: Vec<String>,
@@ -75,29 +76,69 @@ impl Unschedulable {
         }
     }
 
-    /// Aggregates the per-node failures and the nodes excluded before filtering.
+    /// Aggregates the per-node failures and the nodes excluded before filtering, with the
+    /// reasons of each node by name.
     pub(crate) fn from_failures(
         node_count: usize,
         failures: Vec<(String, FilterFailure)>,
         excluded: Option<ExcludedNodes<'_>>,
     ) -> Self {
+        let excluded_count = excluded
+            .as_ref()
+            .map(|e| (e.filter, e.reason, e.names.len()));
+        let mut result = Self::summarize(
+            node_count,
+            failures.iter().map(|(_, failure)| failure),
+            excluded_count,
+        );
+        for (node, failure) in failures {
+            result.node_reasons.insert(node, failure.reasons());
+        }
+        if let Some(excluded) = excluded {
+            for name in excluded.names {
+                result
+                    .node_reasons
+                    .insert(name, vec![excluded.reason.to_string()]);
+            }
+        }
+        result
+    }
+
+    /// Aggregates the per-node failures and `(filter, reason, count)` nodes excluded before
+    /// filtering, without naming nodes: a pod that fits nowhere in a large cluster costs one
+    /// rendering per distinct failure rather than one per node.
+    pub(crate) fn summarize<'f>(
+        node_count: usize,
+        failures: impl IntoIterator<Item = &'f FilterFailure>,
+        excluded: Option<(FilterKind, &str, usize)>,
+    ) -> Self {
+        // Neighbouring nodes mostly fail alike: count runs before hashing.
+        let mut distinct: HashMap<&FilterFailure, usize> = HashMap::new();
+        let mut run: Option<(&FilterFailure, usize)> = None;
+        for failure in failures {
+            match &mut run {
+                Some((same, count)) if *same == failure => *count += 1,
+                _ => {
+                    if let Some((previous, count)) = run.replace((failure, 1)) {
+                        *distinct.entry(previous).or_default() += count;
+                    }
+                }
+            }
+        }
+        if let Some((previous, count)) = run {
+            *distinct.entry(previous).or_default() += count;
+        }
         let mut histogram: HashMap<String, usize> = HashMap::new();
         let mut failed_filters = BTreeSet::new();
-        let mut node_reasons = BTreeMap::new();
-        for (node, failure) in failures {
+        for (failure, count) in distinct {
             failed_filters.insert(failure.filter());
-            let reasons = failure.reasons();
-            for reason in &reasons {
-                *histogram.entry(reason.clone()).or_default() += 1;
+            for reason in failure.reasons() {
+                *histogram.entry(reason).or_default() += count;
             }
-            node_reasons.insert(node, reasons);
         }
-        if let Some(excluded) = excluded.filter(|e| !e.names.is_empty()) {
-            failed_filters.insert(excluded.filter);
-            *histogram.entry(excluded.reason.to_string()).or_default() += excluded.names.len();
-            for name in excluded.names {
-                node_reasons.insert(name, vec![excluded.reason.to_string()]);
-            }
+        if let Some((filter, reason, count)) = excluded.filter(|&(_, _, count)| count > 0) {
+            failed_filters.insert(filter);
+            *histogram.entry(reason.to_string()).or_default() += count;
         }
         let mut counted: Vec<(String, (String, usize))> = histogram
             .into_iter()
@@ -119,7 +160,7 @@ impl Unschedulable {
             node_count,
             reasons: counted.into_iter().map(|(_, pair)| pair).collect(),
             failed_filters,
-            node_reasons,
+            node_reasons: BTreeMap::new(),
             notes: Vec::new(),
         }
     }

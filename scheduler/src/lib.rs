@@ -54,6 +54,13 @@
 //! - Quantities are converted per container before summing (a fractional byte rounds up per
 //!   container); unparsable or negative quantities count as 0 and are reported as notes
 //!   (the API server would have rejected them).
+//! - Unschedulable pods are retried on kube-scheduler's queueing hints (`queueing`), with
+//!   the hints of PodTopologySpread and InterPodAffinity coarser than upstream's (any label
+//!   or taint change of a node with the topology keys, any pod a constraint counts), and a
+//!   change on one node is also pre-checked against the node-local filters there
+//!   (kube-scheduler's `preCheckForNode`, which upstream applies only with hints off). An
+//!   idle loop takes pods still backing off (upstream's `SchedulerPopFromBackoffQ`). Pods
+//!   that fit nowhere are flushed back every 60 s rather than after 5 minutes each.
 //! - Filters run on one thread; with more than 100 nodes the sampled nodes
 //!   (`percentageOfNodesToScore`) can differ from kube-scheduler's parallel search, and ties
 //!   are broken by a seeded generator instead of `math/rand`.
@@ -66,6 +73,7 @@ mod node_info;
 mod node_selector;
 mod pod_index;
 mod pod_info;
+mod queueing;
 pub use shoal_common::quantity;
 mod resources;
 pub mod runner;

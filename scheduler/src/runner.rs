@@ -2,25 +2,29 @@
 //! into a [`Snapshot`], schedules pending pods one at a time (each decision sees the previous
 //! ones through [`Snapshot::assume`]), binds them through the `binding` subresource with many
 //! binds in flight, and explains the pods that fit nowhere with a `PodScheduled=False`
-//! condition and a `FailedScheduling` event. Unschedulable pods are retried with backoff when
-//! the cluster changes, as kube-scheduler's queue does.
+//! condition and a `FailedScheduling` event. Unschedulable pods are retried, with backoff,
+//! only after a cluster change one of the filters that rejected them says can help
+//! (the `queueing` module), as kube-scheduler's queue does with queueing hints.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Binding, Namespace, Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Binding, Namespace, Node, ObjectReference, Pod, PodCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Resource, ResourceExt};
 use shoal_controllers::events::{EventType, Recorder};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::filters::FilterKind;
+use crate::node_info::NodeInfo;
+use crate::pod_info::PodInfo;
+use crate::queueing::{should_requeue, ClusterEvent, Requeue};
 use crate::{needs_scheduling, Scheduler, SchedulerConfig, Snapshot, DEFAULT_SCHEDULER_NAME};
 
 /// Binds in flight at once: binding is an API round trip, deciding is microseconds.
@@ -43,18 +47,22 @@ fn key_of(pod: &Pod) -> PodKey {
     (pod.namespace().unwrap_or_default(), pod.name_any())
 }
 
-/// The outcome of one bind, reported back to the loop.
+/// What the loop's tasks report back.
 #[derive(Debug)]
-struct Bound {
-    key: PodKey,
-    node: String,
-    result: Result<(), kube::Error>,
+enum Report {
+    /// The outcome of one bind.
+    Bound {
+        key: PodKey,
+        node: String,
+        result: Result<(), kube::Error>,
+    },
+    /// A `PodScheduled=False` write is done (whatever its outcome).
+    Explained(PodKey),
 }
 
-/// One pod's retry state.
+/// When a pod may be tried again.
 #[derive(Debug, Clone, Copy)]
 struct Retry {
-    attempts: u32,
     not_before: Instant,
 }
 
@@ -87,10 +95,6 @@ impl Backoff {
         self.retries.remove(key)
     }
 
-    fn get(&self, key: &PodKey) -> Option<&Retry> {
-        self.retries.get(key)
-    }
-
     fn contains_key(&self, key: &PodKey) -> bool {
         self.retries.contains_key(key)
     }
@@ -118,6 +122,19 @@ impl Backoff {
         due
     }
 
+    /// Takes out the pod whose backoff ends first, ended or not: kube-scheduler pops the
+    /// backoff queue when nothing else is waiting (`SchedulerPopFromBackoffQ`), since the
+    /// backoff is there to let other pods go first, not to keep the scheduler idle.
+    fn pop_earliest(&mut self) -> Option<PodKey> {
+        while let Some(Reverse((end, key))) = self.timeline.pop() {
+            if self.is_current(end, &key) {
+                self.retries.remove(&key);
+                return Some(key);
+            }
+        }
+        None
+    }
+
     /// When the next backoff ends.
     fn next_due(&mut self) -> Option<Instant> {
         while let Some(Reverse((end, key))) = self.timeline.peek() {
@@ -127,6 +144,73 @@ impl Backoff {
             self.timeline.pop();
         }
         None
+    }
+}
+
+/// `PodScheduled=False` writes to make: the newest per pod, at most one per pod in flight
+/// and [`MAX_EXPLANATIONS_IN_FLIGHT`] in all. Coalescing matters when thousands of pods fail
+/// at once: a write queued behind thousands of others would otherwise land after the pod
+/// was bound and turn its `PodScheduled` back to False.
+#[derive(Debug, Default)]
+struct Explanations {
+    waiting: VecDeque<PodKey>,
+    pending: HashMap<PodKey, PodCondition>,
+    in_flight: HashSet<PodKey>,
+}
+
+impl Explanations {
+    /// Replaces any write of the pod not started yet.
+    fn push(&mut self, key: PodKey, condition: PodCondition) {
+        if self.pending.insert(key.clone(), condition).is_none() && !self.in_flight.contains(&key) {
+            self.waiting.push_back(key);
+        }
+    }
+
+    /// The pod was bound or deleted: nothing left to write.
+    fn cancel(&mut self, key: &PodKey) {
+        self.pending.remove(key);
+    }
+
+    /// The next write to start, while fewer than the limit are in flight.
+    fn next(&mut self) -> Option<(PodKey, PodCondition)> {
+        if self.in_flight.len() >= MAX_EXPLANATIONS_IN_FLIGHT {
+            return None;
+        }
+        while let Some(key) = self.waiting.pop_front() {
+            if self.in_flight.contains(&key) {
+                continue; // requeued when that write is done
+            }
+            if let Some(condition) = self.pending.remove(&key) {
+                self.in_flight.insert(key.clone());
+                return Some((key, condition));
+            }
+        }
+        None
+    }
+
+    fn done(&mut self, key: &PodKey) {
+        self.in_flight.remove(key);
+        if self.pending.contains_key(key) {
+            self.waiting.push_back(key.clone());
+        }
+    }
+}
+
+/// An unschedulable pod waiting for a change that can help it.
+#[derive(Debug)]
+struct Parked {
+    retry: Retry,
+    /// The pod as read for its last attempt.
+    pod: PodInfo,
+    /// The filters that rejected a node in that attempt (kube-scheduler's
+    /// `UnschedulablePlugins`).
+    rejected: BTreeSet<FilterKind>,
+}
+
+impl Parked {
+    /// Rejected by a filter that looks beyond one node: bound pods anywhere may concern it.
+    fn is_wide(&self) -> bool {
+        self.rejected.iter().any(|f| !f.is_node_local())
     }
 }
 
@@ -141,13 +225,20 @@ struct State {
     queued: HashSet<PodKey>,
     binding: HashSet<PodKey>,
     /// Pods that fit nowhere, waiting for a change in the cluster.
-    unschedulable: HashMap<PodKey, Retry>,
-    /// Pods waiting out a backoff before their next attempt.
+    unschedulable: HashMap<PodKey, Parked>,
+    /// Those of them a cluster-wide filter (PodTopologySpread, InterPodAffinity) rejected.
+    wide: HashSet<PodKey>,
+    /// Failed attempts of each pod not bound yet, which set its backoff.
+    attempts: HashMap<PodKey, u32>,
+    /// Pods a cluster event sent back while their backoff was not over.
     backing_off: Backoff,
+    /// Pods whose binding failed, waiting out their backoff; never taken early, so an API
+    /// that keeps failing is not retried as fast as it answers.
+    erred: Backoff,
     /// The message last written to each unschedulable pod (to avoid rewriting it).
     explained: HashMap<PodKey, String>,
-    /// Bounds the `PodScheduled=False` writes in flight.
-    explaining: Arc<Semaphore>,
+    /// `PodScheduled=False` writes waiting or in flight.
+    explanations: Explanations,
     pod_init: Option<Vec<Pod>>,
     node_init: Option<Vec<Node>>,
     last_flush: Instant,
@@ -167,9 +258,12 @@ impl State {
             queued: HashSet::new(),
             binding: HashSet::new(),
             unschedulable: HashMap::new(),
+            wide: HashSet::new(),
+            attempts: HashMap::new(),
             backing_off: Backoff::default(),
+            erred: Backoff::default(),
             explained: HashMap::new(),
-            explaining: Arc::new(Semaphore::new(MAX_EXPLANATIONS_IN_FLIGHT)),
+            explanations: Explanations::default(),
             pod_init: None,
             node_init: None,
             last_flush: Instant::now(),
@@ -177,7 +271,10 @@ impl State {
     }
 
     fn enqueue(&mut self, key: PodKey) {
-        if self.binding.contains(&key) || self.backing_off.contains_key(&key) {
+        if self.binding.contains(&key)
+            || self.backing_off.contains_key(&key)
+            || self.erred.contains_key(&key)
+        {
             return;
         }
         if self.queued.insert(key.clone()) {
@@ -185,17 +282,80 @@ impl State {
         }
     }
 
-    /// The cluster changed in a way that may let unschedulable pods fit: retry them once
-    /// their backoff has passed.
-    fn cluster_changed(&mut self) {
-        let now = Instant::now();
-        for (key, retry) in std::mem::take(&mut self.unschedulable) {
-            if retry.not_before <= now {
-                self.enqueue(key);
-            } else {
-                self.backing_off.insert(key, retry);
+    /// Retries every unschedulable pod once its backoff has passed (after a re-list, and
+    /// periodically in case a change was missed).
+    fn flush_unschedulable(&mut self) {
+        self.wide.clear();
+        for (key, parked) in std::mem::take(&mut self.unschedulable) {
+            self.unpark(key, parked.retry);
+        }
+    }
+
+    fn unpark(&mut self, key: PodKey, retry: Retry) {
+        if retry.not_before <= Instant::now() {
+            self.enqueue(key);
+        } else {
+            self.backing_off.insert(key, retry);
+        }
+    }
+
+    fn forget(&mut self, key: &PodKey) {
+        self.attempts.remove(key);
+        self.unschedulable.remove(key);
+        self.wide.remove(key);
+        self.backing_off.remove(key);
+        self.erred.remove(key);
+        self.explained.remove(key);
+        self.explanations.cancel(key);
+    }
+
+    /// Sends back to the queue the unschedulable pods `event` may help, as their rejecting
+    /// filters' queueing hints say.
+    fn cluster_event(&mut self, event: ClusterEvent<'_>) {
+        let candidates: Box<dyn Iterator<Item = &PodKey>> = if event.concerns_node_local_filters() {
+            Box::new(self.unschedulable.keys())
+        } else {
+            Box::new(self.wide.iter())
+        };
+        let decided: Vec<(PodKey, Requeue)> = candidates
+            .filter_map(|key| {
+                let parked = self.unschedulable.get(key)?;
+                match should_requeue(&self.snapshot, &parked.pod, &parked.rejected, &event) {
+                    Requeue::No => None,
+                    requeue => Some((key.clone(), requeue)),
+                }
+            })
+            .collect();
+        for (key, requeue) in decided {
+            match requeue {
+                Requeue::RejectedBy(filter) => {
+                    if let Some(parked) = self.unschedulable.get_mut(&key) {
+                        parked.rejected.insert(filter);
+                    }
+                }
+                Requeue::Yes | Requeue::No => {
+                    self.wide.remove(&key);
+                    if let Some(parked) = self.unschedulable.remove(&key) {
+                        self.unpark(key, parked.retry);
+                    }
+                }
             }
         }
+    }
+
+    fn park(&mut self, key: PodKey, pod: PodInfo, rejected: BTreeSet<FilterKind>) {
+        let retry = self.next_retry(&key);
+        let parked = Parked {
+            retry,
+            pod,
+            rejected,
+        };
+        if parked.is_wide() {
+            self.wide.insert(key.clone());
+        } else {
+            self.wide.remove(&key);
+        }
+        self.unschedulable.insert(key, parked);
     }
 
     fn rebuild(&mut self) {
@@ -226,14 +386,36 @@ impl State {
             .and_then(|s| s.node_name.as_ref())
             .is_some();
         if bound {
+            self.forget(&key);
+            let old = self.snapshot.pod_info(&key.0, &key.1).cloned();
             self.snapshot.upsert_pod(&pod);
-            self.unschedulable.remove(&key);
-            self.backing_off.remove(&key);
-            self.explained.remove(&key);
-        } else if needs_scheduling(&pod, DEFAULT_SCHEDULER_NAME)
-            && !self.unschedulable.contains_key(&key)
-        {
-            self.enqueue(key.clone());
+            let new = self.snapshot.pod_info(&key.0, &key.1).cloned();
+            match (&old, &new) {
+                (None, Some(new)) => self.cluster_event(ClusterEvent::AssignedPodAdded(new)),
+                (Some(old), None) => self.cluster_event(ClusterEvent::AssignedPodRemoved(old)),
+                (Some(old), Some(new))
+                    if old.labels != new.labels
+                        || old.requests.requested != new.requests.requested =>
+                {
+                    self.cluster_event(ClusterEvent::AssignedPodUpdated { old, new })
+                }
+                _ => {}
+            }
+        } else if needs_scheduling(&pod, DEFAULT_SCHEDULER_NAME) {
+            // A parked pod is only retried for a change to itself that can matter (not,
+            // say, the PodScheduled condition this loop wrote).
+            let changed = self.pods.get(&key).is_none_or(|old| {
+                old.spec != pod.spec || old.metadata.labels != pod.metadata.labels
+            });
+            if changed {
+                if let Some(parked) = self.unschedulable.remove(&key) {
+                    self.wide.remove(&key);
+                    self.unpark(key.clone(), parked.retry);
+                }
+            }
+            if !self.unschedulable.contains_key(&key) {
+                self.enqueue(key.clone());
+            }
         }
         self.pods.insert(key, pod);
     }
@@ -241,11 +423,9 @@ impl State {
     fn on_pod_deleted(&mut self, pod: &Pod) {
         let key = key_of(pod);
         self.pods.remove(&key);
-        self.unschedulable.remove(&key);
-        self.backing_off.remove(&key);
-        self.explained.remove(&key);
-        if self.snapshot.remove_pod(&key.0, &key.1) {
-            self.cluster_changed();
+        self.forget(&key);
+        if let Some(gone) = self.snapshot.take_pod(&key.0, &key.1) {
+            self.cluster_event(ClusterEvent::AssignedPodRemoved(&gone));
         }
     }
 
@@ -266,18 +446,29 @@ impl State {
     fn on_node_event(&mut self, event: watcher::Event<Node>) {
         match event {
             watcher::Event::Apply(node) => {
-                // Only a change the scheduler reads sends unschedulable pods back to the
-                // queue: with a thousand nodes, heartbeats alone would retry every pending
-                // pod many times a second and push them all to the longest backoff.
-                let changed = self.snapshot.upsert_node(&node).changed;
-                self.nodes.insert(node.name_any(), node);
-                if changed {
-                    self.cluster_changed();
+                // Only a change the scheduler reads is an event: with a thousand nodes,
+                // heartbeats alone would retry every pending pod many times a second.
+                let name = node.name_any();
+                let (upsert, old) = self.snapshot.replace_node(&node);
+                self.nodes.insert(name.clone(), node);
+                if upsert.changed {
+                    let new: Option<NodeInfo> =
+                        self.snapshot.node_with_usage(&name).map(|(n, _)| n.clone());
+                    match (&old, &new) {
+                        (None, Some(new)) => self.cluster_event(ClusterEvent::NodeAdded(new)),
+                        (Some(old), Some(new)) => {
+                            self.cluster_event(ClusterEvent::NodeUpdated { old, new })
+                        }
+                        _ => {}
+                    }
                 }
             }
             watcher::Event::Delete(node) => {
-                self.snapshot.remove_node(&node.name_any());
-                self.nodes.remove(&node.name_any());
+                let name = node.name_any();
+                self.nodes.remove(&name);
+                if let Some(gone) = self.snapshot.take_node(&name) {
+                    self.cluster_event(ClusterEvent::NodeRemoved(&gone));
+                }
             }
             watcher::Event::Init => self.node_init = Some(Vec::new()),
             watcher::Event::InitApply(node) => {
@@ -287,7 +478,7 @@ impl State {
                 let nodes = self.node_init.take().unwrap_or_default();
                 self.nodes = nodes.into_iter().map(|n| (n.name_any(), n)).collect();
                 self.rebuild();
-                self.cluster_changed();
+                self.flush_unschedulable();
             }
         }
     }
@@ -295,7 +486,13 @@ impl State {
     fn on_namespace_event(&mut self, event: watcher::Event<Namespace>) {
         match event {
             watcher::Event::Apply(ns) | watcher::Event::InitApply(ns) => {
-                self.snapshot.upsert_namespace(&ns)
+                let name = ns.name_any();
+                let changed = self.snapshot.namespace_labels(&name)
+                    != ns.metadata.labels.as_ref().unwrap_or(&Default::default());
+                self.snapshot.upsert_namespace(&ns);
+                if changed {
+                    self.cluster_event(ClusterEvent::NamespaceChanged);
+                }
             }
             watcher::Event::Delete(ns) => self.snapshot.remove_namespace(&ns.name_any()),
             watcher::Event::Init | watcher::Event::InitDone => {}
@@ -306,36 +503,38 @@ impl State {
     /// periodically.
     fn requeue_due(&mut self) {
         let now = Instant::now();
-        for key in self.backing_off.pop_due(now) {
+        let due = [self.backing_off.pop_due(now), self.erred.pop_due(now)];
+        for key in due.into_iter().flatten() {
             self.enqueue(key);
         }
         if self.last_flush.elapsed() >= UNSCHEDULABLE_FLUSH {
             self.last_flush = now;
-            self.cluster_changed();
+            self.flush_unschedulable();
         }
     }
 
     fn next_wakeup(&mut self) -> Instant {
         let flush = self.last_flush + UNSCHEDULABLE_FLUSH;
-        self.backing_off.next_due().map_or(flush, |t| t.min(flush))
+        [self.backing_off.next_due(), self.erred.next_due()]
+            .into_iter()
+            .flatten()
+            .fold(flush, Instant::min)
     }
 
-    fn retry_later(&mut self, key: PodKey, unschedulable: bool) {
-        let attempts = self
-            .unschedulable
-            .get(&key)
-            .or_else(|| self.backing_off.get(&key))
-            .map_or(0, |r| r.attempts)
-            + 1;
-        let retry = Retry {
-            attempts,
+    /// The backoff after one more failed attempt.
+    fn next_retry(&mut self, key: &PodKey) -> Retry {
+        let attempts = self.attempts.entry(key.clone()).or_default();
+        *attempts = attempts.saturating_add(1);
+        let attempts = *attempts;
+        Retry {
             not_before: Instant::now() + backoff(attempts),
-        };
-        if unschedulable {
-            self.unschedulable.insert(key, retry);
-        } else {
-            self.backing_off.insert(key, retry);
         }
+    }
+
+    /// Retries the pod after a backoff (its binding failed).
+    fn retry_later(&mut self, key: PodKey) {
+        let retry = self.next_retry(&key);
+        self.erred.insert(key, retry);
     }
 }
 
@@ -349,10 +548,10 @@ pub async fn run(client: kube::Client, mut drain: watch::Receiver<bool>) {
     let mut pod_events = watch_all::<Pod>(&client);
     let mut node_events = watch_all::<Node>(&client);
     let mut namespace_events = watch_all::<Namespace>(&client);
-    let (bound_tx, mut bound_rx) = mpsc::unbounded_channel::<Bound>();
+    let (report_tx, mut report_rx) = mpsc::unbounded_channel::<Report>();
     let mut state = State::new();
     loop {
-        let more = schedule_queued(&mut state, &client, &recorder, &bound_tx);
+        let more = schedule_queued(&mut state, &client, &recorder, &report_tx);
         let wakeup = state.next_wakeup();
         // Events first, then more decisions: a long queue is worked through a slice at a
         // time, so bind results and watch events keep flowing (a watch this loop stops
@@ -360,7 +559,7 @@ pub async fn run(client: kube::Client, mut drain: watch::Receiver<bool>) {
         tokio::select! {
             biased;
             _ = drain.wait_for(|d| *d) => break,
-            Some(bound) = bound_rx.recv() => on_bound(&mut state, bound),
+            Some(report) = report_rx.recv() => on_report(&mut state, report),
             Some(event) = node_events.next() => state.on_node_event(event),
             Some(event) = pod_events.next() => state.on_pod_event(event),
             Some(event) = namespace_events.next() => state.on_namespace_event(event),
@@ -400,60 +599,130 @@ fn schedule_queued(
     state: &mut State,
     client: &kube::Client,
     recorder: &Recorder,
-    bound_tx: &mpsc::UnboundedSender<Bound>,
+    bound_tx: &mpsc::UnboundedSender<Report>,
+) -> bool {
+    let more = decide_queued(state, client, recorder, bound_tx);
+    start_explanations(state, client, bound_tx);
+    more
+}
+
+/// Starts the `PodScheduled=False` writes there is room for, skipping pods bound since.
+fn start_explanations(
+    state: &mut State,
+    client: &kube::Client,
+    done: &mpsc::UnboundedSender<Report>,
+) {
+    while let Some((key, condition)) = state.explanations.next() {
+        let still_pending = !state.binding.contains(&key)
+            && state
+                .pods
+                .get(&key)
+                .is_some_and(|pod| needs_scheduling(pod, DEFAULT_SCHEDULER_NAME));
+        if !still_pending {
+            state.explanations.done(&key);
+            continue;
+        }
+        let (client, done) = (client.clone(), done.clone());
+        tokio::spawn(async move {
+            explain(client, &key, condition).await;
+            let _ = done.send(Report::Explained(key));
+        });
+    }
+}
+
+/// What one decision asks of the loop's IO.
+#[derive(Debug)]
+enum Decision {
+    /// Bind the pod (already assumed on the node).
+    Bind { pod: Pod, node: String },
+    /// The pod fits nowhere and this is news: record a `FailedScheduling` event.
+    FailedScheduling { pod: Pod, message: String },
+    /// Nothing to do outside the loop (a repeated failure, a pod gone meanwhile).
+    None,
+}
+
+/// Decides for the next queued pod — or, with none queued, the next backing-off one — and
+/// updates the state (assumed pod, parked pod, explanation to write). `None` when there is
+/// nothing to decide or the binds in flight are at their limit.
+fn decide_next(state: &mut State) -> Option<Decision> {
+    if state.binding.len() >= MAX_BINDS_IN_FLIGHT {
+        return None; // a bind result frees a slot and wakes the loop
+    }
+    let key = match state.queue.pop_front() {
+        Some(key) => {
+            state.queued.remove(&key);
+            key
+        }
+        None => state.backing_off.pop_earliest()?,
+    };
+    let Some(pod) = state.pods.get(&key).cloned() else {
+        return Some(Decision::None);
+    };
+    if !needs_scheduling(&pod, DEFAULT_SCHEDULER_NAME) {
+        return Some(Decision::None);
+    }
+    let info = PodInfo::from_pod(&pod);
+    match state.scheduler.schedule_info(&state.snapshot, &info, false) {
+        Ok(placement) => {
+            state.snapshot.assume_info(info, &placement.node_name);
+            if let Some(assumed) = state.snapshot.pod_info(&key.0, &key.1).cloned() {
+                state.cluster_event(ClusterEvent::AssignedPodAdded(&assumed));
+            }
+            state.binding.insert(key);
+            Some(Decision::Bind {
+                pod,
+                node: placement.node_name,
+            })
+        }
+        Err(unschedulable) => {
+            let message = unschedulable.message.clone();
+            let news = state.explained.get(&key) != Some(&message);
+            if news {
+                state
+                    .explanations
+                    .push(key.clone(), unschedulable.pod_scheduled_condition());
+                state.explained.insert(key.clone(), message.clone());
+            }
+            state.park(key, info, unschedulable.failed_filters);
+            Some(if news {
+                Decision::FailedScheduling { pod, message }
+            } else {
+                Decision::None
+            })
+        }
+    }
+}
+
+/// Makes up to [`DECISIONS_PER_TURN`] decisions and starts what they ask for; true if more
+/// could be decided right away.
+fn decide_queued(
+    state: &mut State,
+    client: &kube::Client,
+    recorder: &Recorder,
+    report: &mpsc::UnboundedSender<Report>,
 ) -> bool {
     for _ in 0..DECISIONS_PER_TURN {
-        if state.binding.len() >= MAX_BINDS_IN_FLIGHT {
-            return false; // a bind result frees a slot and wakes the loop
-        }
-        let Some(key) = state.queue.pop_front() else {
-            return false;
-        };
-        state.queued.remove(&key);
-        let Some(pod) = state.pods.get(&key).cloned() else {
-            continue;
-        };
-        if !needs_scheduling(&pod, DEFAULT_SCHEDULER_NAME) {
-            continue;
-        }
-        match state.scheduler.schedule(&state.snapshot, &pod) {
-            Ok(placement) => {
-                state.snapshot.assume(&pod, &placement.node_name);
-                state.binding.insert(key.clone());
+        match decide_next(state) {
+            None => return false,
+            Some(Decision::Bind { pod, node }) => {
                 tokio::spawn(bind(
                     client.clone(),
                     recorder.clone(),
                     pod,
-                    placement.node_name,
-                    bound_tx.clone(),
+                    node,
+                    report.clone(),
                 ));
             }
-            Err(unschedulable) => {
-                let message = unschedulable.message.clone();
-                if state.explained.get(&key) != Some(&message) {
-                    recorder.record(
-                        pod_reference(&pod),
-                        EventType::Warning,
-                        "FailedScheduling",
-                        &message,
-                    );
-                    let (client, condition) =
-                        (client.clone(), unschedulable.pod_scheduled_condition());
-                    // Written a bounded number at a time: thousands of pods may fail at once.
-                    let explaining = Arc::clone(&state.explaining);
-                    tokio::spawn(async move {
-                        let Ok(_permit) = explaining.acquire_owned().await else {
-                            return; // closed: the loop is gone
-                        };
-                        explain(client, pod, condition).await;
-                    });
-                    state.explained.insert(key.clone(), message);
-                }
-                state.retry_later(key, true);
-            }
+            Some(Decision::FailedScheduling { pod, message }) => recorder.record(
+                pod_reference(&pod),
+                EventType::Warning,
+                "FailedScheduling",
+                &message,
+            ),
+            Some(Decision::None) => {}
         }
     }
-    !state.queue.is_empty()
+    !state.queue.is_empty() || state.backing_off.next_due().is_some()
 }
 
 async fn bind(
@@ -461,7 +730,7 @@ async fn bind(
     recorder: Recorder,
     pod: Pod,
     node: String,
-    report: mpsc::UnboundedSender<Bound>,
+    report: mpsc::UnboundedSender<Report>,
 ) {
     let key = key_of(&pod);
     let pods: Api<Pod> = Api::namespaced(client, &key.0);
@@ -496,42 +765,44 @@ async fn bind(
             &format!("Successfully assigned {}/{} to {node}", key.0, key.1),
         );
     }
-    let _ = report.send(Bound { key, node, result });
+    let _ = report.send(Report::Bound { key, node, result });
 }
 
-fn on_bound(state: &mut State, bound: Bound) {
-    state.binding.remove(&bound.key);
-    match bound.result {
-        Ok(()) => {
-            state.explained.remove(&bound.key);
-            state.unschedulable.remove(&bound.key);
-        }
+fn on_report(state: &mut State, report: Report) {
+    match report {
+        Report::Bound { key, node, result } => on_bound(state, key, node, result),
+        Report::Explained(key) => state.explanations.done(&key),
+    }
+}
+
+fn on_bound(state: &mut State, key: PodKey, node: String, result: Result<(), kube::Error>) {
+    state.binding.remove(&key);
+    match result {
+        Ok(()) => state.forget(&key),
         Err(e) => {
             // The assumption did not hold: forget it and try again later (unless the pod is
             // gone or somebody else bound it, which the watch will show).
-            state.snapshot.remove_pod(&bound.key.0, &bound.key.1);
-            tracing::debug!(pod = ?bound.key, node = %bound.node, error = %e, "binding failed");
+            if let Some(assumed) = state.snapshot.take_pod(&key.0, &key.1) {
+                state.cluster_event(ClusterEvent::AssignedPodRemoved(&assumed));
+            }
+            tracing::debug!(pod = ?key, node = %node, error = %e, "binding failed");
             let gone = matches!(&e, kube::Error::Api(s) if s.code == 404 || s.code == 409);
             if !gone {
-                state.retry_later(bound.key, false);
+                state.retry_later(key);
             }
         }
     }
 }
 
 /// Writes `PodScheduled=False` with kube-scheduler's reason and message.
-async fn explain(
-    client: kube::Client,
-    pod: Pod,
-    condition: k8s_openapi::api::core::v1::PodCondition,
-) {
-    let (namespace, name) = key_of(&pod);
-    let pods: Api<Pod> = Api::namespaced(client, &namespace);
+async fn explain(client: kube::Client, key: &PodKey, condition: PodCondition) {
+    let (namespace, name) = key;
+    let pods: Api<Pod> = Api::namespaced(client, namespace);
     let mut condition = condition;
     condition.last_transition_time = Some(Time(Timestamp::now()));
     let patch = serde_json::json!({"status": {"conditions": [condition]}});
     if let Err(e) = pods
-        .patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
+        .patch_status(name, &PatchParams::default(), &Patch::Strategic(patch))
         .await
     {
         tracing::debug!(pod = %name, error = %e, "writing PodScheduled");
@@ -541,6 +812,7 @@ async fn explain(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::{bound_pod, pending_pod, ready_node};
 
     fn key(name: &str) -> PodKey {
         ("default".into(), name.into())
@@ -550,10 +822,7 @@ mod tests {
     fn backoff_queue_yields_pods_when_their_backoff_ends_and_skips_stale_entries() {
         let start = Instant::now();
         let at = |ms: u64| start + Duration::from_millis(ms);
-        let retry = |ms: u64| Retry {
-            attempts: 1,
-            not_before: at(ms),
-        };
+        let retry = |ms: u64| Retry { not_before: at(ms) };
         let mut queue = Backoff::default();
         queue.insert(key("a"), retry(300));
         queue.insert(key("b"), retry(100));
@@ -566,9 +835,197 @@ mod tests {
         assert_eq!(queue.pop_due(at(250)), Vec::<PodKey>::new());
         assert_eq!(queue.pop_due(at(300)), vec![key("a")]);
         assert!(!queue.contains_key(&key("a")));
-        assert_eq!(queue.get(&key("b")).map(|r| r.not_before), Some(at(400)));
+        assert!(queue.contains_key(&key("b")));
         assert_eq!(queue.pop_due(at(1_000)), vec![key("b")]);
         assert_eq!(queue.next_due(), None);
+    }
+
+    fn cordoned(name: &str, cordon: bool, taint: bool) -> Node {
+        let mut node = ready_node(name, "4", "8Gi", serde_json::json!({}));
+        let taints = if taint {
+            serde_json::json!([{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}])
+        } else {
+            serde_json::json!([])
+        };
+        node.spec =
+            serde_json::from_value(serde_json::json!({"unschedulable": cordon, "taints": taints}))
+                .ok();
+        node
+    }
+
+    /// A loop state that has listed `nodes` and `pods`.
+    fn listed(nodes: Vec<Node>, pods: Vec<Pod>) -> State {
+        let mut state = State::new();
+        state.on_node_event(watcher::Event::Init);
+        for node in nodes {
+            state.on_node_event(watcher::Event::InitApply(node));
+        }
+        state.on_node_event(watcher::Event::InitDone);
+        state.on_pod_event(watcher::Event::Init);
+        for pod in pods {
+            state.on_pod_event(watcher::Event::InitApply(pod));
+        }
+        state.on_pod_event(watcher::Event::InitDone);
+        state
+    }
+
+    /// Decides until there is nothing to decide; the pods bound (to which node) and the
+    /// pods newly found unschedulable.
+    fn decide_all(state: &mut State) -> (Vec<(String, String)>, Vec<String>) {
+        let (mut bound, mut failed) = (Vec::new(), Vec::new());
+        while let Some(decision) = decide_next(state) {
+            match decision {
+                Decision::Bind { pod, node } => {
+                    state.binding.remove(&key_of(&pod));
+                    bound.push((pod.name_any(), node));
+                }
+                Decision::FailedScheduling { pod, .. } => failed.push(pod.name_any()),
+                Decision::None => {}
+            }
+        }
+        bound.sort();
+        failed.sort();
+        (bound, failed)
+    }
+
+    #[test]
+    fn pending_pods_wait_through_an_uncordon_until_the_taint_is_gone() {
+        let pods: Vec<Pod> = (0..3)
+            .map(|i| pending_pod(&format!("p{i}"), "100m", "64Mi"))
+            .collect();
+        let nodes = vec![cordoned("n1", true, true), cordoned("n2", true, true)];
+        let mut state = listed(nodes, pods);
+        let (bound, failed) = decide_all(&mut state);
+        assert!(bound.is_empty());
+        assert_eq!(failed, ["p0", "p1", "p2"]);
+        assert_eq!(
+            state.explanations.pending.len(),
+            3,
+            "PodScheduled=False to write"
+        );
+
+        // Uncordoned; the node lifecycle controller has not removed its taint yet.
+        state.on_node_event(watcher::Event::Apply(cordoned("n1", false, true)));
+        assert_eq!(decide_all(&mut state), (vec![], vec![]), "nothing retried");
+        // A heartbeat is no change.
+        state.on_node_event(watcher::Event::Apply(cordoned("n1", false, true)));
+        assert_eq!(decide_all(&mut state), (vec![], vec![]));
+
+        state.on_node_event(watcher::Event::Apply(cordoned("n1", false, false)));
+        let (bound, failed) = decide_all(&mut state);
+        assert!(failed.is_empty());
+        let on = |node: &str| bound.iter().filter(|(_, n)| n == node).count();
+        assert_eq!((on("n1"), on("n2")), (3, 0), "{bound:?}");
+        assert!(state.unschedulable.is_empty());
+    }
+
+    #[test]
+    fn a_pod_waiting_for_room_is_retried_when_a_pod_leaves_its_node() {
+        let mut state = listed(
+            vec![ready_node("n1", "1", "8Gi", serde_json::json!({}))],
+            vec![
+                bound_pod("big", "n1", "1", "1Gi"),
+                pending_pod("waiting", "500m", "64Mi"),
+            ],
+        );
+        assert_eq!(decide_all(&mut state), (vec![], vec!["waiting".into()]));
+        state.on_pod_event(watcher::Event::Apply(bound_pod("tiny", "n1", "0", "0")));
+        state.on_pod_event(watcher::Event::Delete(bound_pod("tiny", "n1", "0", "0")));
+        assert_eq!(decide_all(&mut state), (vec![], vec![]), "no room made");
+        state.on_pod_event(watcher::Event::Delete(bound_pod("big", "n1", "1", "1Gi")));
+        assert_eq!(
+            decide_all(&mut state),
+            (vec![("waiting".into(), "n1".into())], vec![])
+        );
+    }
+
+    #[test]
+    fn a_failed_binding_frees_its_node_and_waits_out_its_backoff() {
+        let mut state = listed(
+            vec![ready_node("n1", "1", "8Gi", serde_json::json!({}))],
+            vec![pending_pod("a", "1", "64Mi"), pending_pod("b", "1", "64Mi")],
+        );
+        let Some(Decision::Bind { pod, node }) = decide_next(&mut state) else {
+            panic!("the first pod fits");
+        };
+        let other = if pod.name_any() == "a" { "b" } else { "a" };
+        assert_eq!(
+            decide_all(&mut state),
+            (vec![], vec![other.into()]),
+            "n1 is full"
+        );
+        let failure = kube::Error::Api(Box::new(kube::core::Status {
+            code: 500,
+            ..Default::default()
+        }));
+        on_bound(&mut state, key_of(&pod), node, Err(failure));
+        // The other pod was waiting for room on n1, which the forgotten assumption gave
+        // back; the pod whose binding failed waits out its backoff, idle loop or not.
+        assert_eq!(
+            decide_all(&mut state),
+            (vec![(other.into(), "n1".into())], vec![])
+        );
+        assert!(state.erred.contains_key(&key_of(&pod)));
+        assert!(decide_next(&mut state).is_none());
+        assert!(state.next_wakeup() <= Instant::now() + INITIAL_BACKOFF);
+    }
+
+    #[test]
+    fn explanations_keep_the_newest_per_pod_one_in_flight_and_skip_cancelled_ones() {
+        let condition = |message: &str| PodCondition {
+            message: Some(message.into()),
+            ..PodCondition::default()
+        };
+        let message = |next: Option<(PodKey, PodCondition)>| {
+            next.map(|(key, c)| (key.1, c.message.unwrap_or_default()))
+        };
+        let mut writes = Explanations::default();
+        writes.push(key("a"), condition("a1"));
+        writes.push(key("b"), condition("b1"));
+        writes.push(key("a"), condition("a2"));
+        writes.push(key("c"), condition("c1"));
+        writes.cancel(&key("c"));
+        assert_eq!(message(writes.next()), Some(("a".into(), "a2".into())));
+        // A newer message while a's write is in flight waits for it to finish.
+        writes.push(key("a"), condition("a3"));
+        assert_eq!(message(writes.next()), Some(("b".into(), "b1".into())));
+        assert_eq!(
+            message(writes.next()),
+            None,
+            "c was cancelled, a is in flight"
+        );
+        writes.done(&key("a"));
+        assert_eq!(message(writes.next()), Some(("a".into(), "a3".into())));
+        writes.done(&key("a"));
+        writes.done(&key("b"));
+        assert_eq!(message(writes.next()), None);
+        for i in 0..=MAX_EXPLANATIONS_IN_FLIGHT {
+            writes.push(key(&format!("p{i}")), condition("x"));
+        }
+        let started = std::iter::from_fn(|| writes.next()).count();
+        assert_eq!(started, MAX_EXPLANATIONS_IN_FLIGHT);
+        writes.done(&key("p0"));
+        assert_eq!(
+            message(writes.next()),
+            Some((format!("p{MAX_EXPLANATIONS_IN_FLIGHT}"), "x".into()))
+        );
+    }
+
+    #[test]
+    fn an_idle_loop_takes_the_pod_whose_backoff_ends_first_before_it_ends() {
+        let start = Instant::now();
+        let retry = |ms: u64| Retry {
+            not_before: start + Duration::from_secs(60) + Duration::from_millis(ms),
+        };
+        let mut queue = Backoff::default();
+        queue.insert(key("late"), retry(300));
+        queue.insert(key("early"), retry(100));
+        queue.insert(key("gone"), retry(50));
+        assert!(queue.remove(&key("gone")).is_some());
+        assert_eq!(queue.pop_earliest(), Some(key("early")));
+        assert!(!queue.contains_key(&key("early")));
+        assert_eq!(queue.pop_earliest(), Some(key("late")));
+        assert_eq!(queue.pop_earliest(), None);
     }
 
     #[test]

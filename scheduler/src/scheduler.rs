@@ -65,12 +65,23 @@ impl Scheduler {
     /// Picks a node for `pod` in `snapshot`, or explains why none fits. The caller should
     /// [`Snapshot::assume`] the pod on the chosen node before the next decision.
     pub fn schedule(&mut self, snapshot: &Snapshot, pod: &Pod) -> Result<Placement, Unschedulable> {
+        self.schedule_info(snapshot, &PodInfo::from_pod(pod), true)
+    }
+
+    /// [`Scheduler::schedule`] for a pod already read; without `name_nodes` an
+    /// [`Unschedulable`] leaves `node_reasons` empty, which spares a loop that never reads
+    /// them a string per node for every pod that fits nowhere.
+    pub(crate) fn schedule_info(
+        &mut self,
+        snapshot: &Snapshot,
+        pod: &PodInfo,
+        name_nodes: bool,
+    ) -> Result<Placement, Unschedulable> {
         let all_nodes = snapshot.visit_order();
         if all_nodes.is_empty() {
             return Err(Unschedulable::no_nodes());
         }
-        let mut pod = PodInfo::from_pod(pod);
-        let notes = std::mem::take(&mut pod.notes);
+        let notes = pod.notes.clone();
 
         let restricted: Option<Vec<NodeId>> = match pod.required_node_affinity.name_restriction() {
             NodeNameRestriction::AnyNode => None,
@@ -97,7 +108,7 @@ impl Scheduler {
         };
         let nodes: &[NodeId] = restricted.as_deref().unwrap_or(all_nodes);
 
-        let filters = Filters::prepare(snapshot, &pod);
+        let filters = Filters::prepare(snapshot, pod);
         let wanted = feasible_nodes_to_find(self.config.percentage_of_nodes_to_score, nodes.len());
         let mut feasible = Vec::with_capacity(wanted.min(nodes.len()));
         let mut failures = Vec::new();
@@ -118,21 +129,33 @@ impl Scheduler {
         self.next_start_node_index = (self.next_start_node_index + evaluated) % all_nodes.len();
 
         if feasible.is_empty() {
-            let named = failures
-                .into_iter()
-                .map(|(id, failure)| (node_name(snapshot, id), failure))
-                .collect();
-            // Only a name restriction leaves nodes unvisited; it names few nodes.
-            let excluded = restricted.as_ref().map(|kept| ExcludedNodes {
-                names: all_nodes
-                    .iter()
-                    .filter(|id| !kept.contains(id))
-                    .map(|&id| node_name(snapshot, id))
-                    .collect(),
-                filter: FilterKind::NodeAffinity,
-                reason: REASON_NOT_SELECTED,
-            });
-            let mut error = Unschedulable::from_failures(all_nodes.len(), named, excluded);
+            let mut error = if name_nodes {
+                let named = failures
+                    .into_iter()
+                    .map(|(id, failure)| (node_name(snapshot, id), failure))
+                    .collect();
+                // Only a name restriction leaves nodes unvisited; it names few nodes.
+                let excluded = restricted.as_ref().map(|kept| ExcludedNodes {
+                    names: all_nodes
+                        .iter()
+                        .filter(|id| !kept.contains(id))
+                        .map(|&id| node_name(snapshot, id))
+                        .collect(),
+                    filter: FilterKind::NodeAffinity,
+                    reason: REASON_NOT_SELECTED,
+                });
+                Unschedulable::from_failures(all_nodes.len(), named, excluded)
+            } else {
+                let excluded = restricted.as_ref().map(|kept| {
+                    let count = all_nodes.len().saturating_sub(kept.len());
+                    (FilterKind::NodeAffinity, REASON_NOT_SELECTED, count)
+                });
+                Unschedulable::summarize(
+                    all_nodes.len(),
+                    failures.iter().map(|(_, failure)| failure),
+                    excluded,
+                )
+            };
             error.notes = notes;
             return Err(error);
         }
@@ -140,7 +163,7 @@ impl Scheduler {
         let (chosen, score) = if let [only] = feasible.as_slice() {
             (*only, 0)
         } else {
-            let totals = total_scores(snapshot, &pod, &feasible);
+            let totals = total_scores(snapshot, pod, &feasible);
             let best = totals.iter().copied().max().unwrap_or(0);
             let tied: Vec<usize> = (0..feasible.len()).filter(|&i| totals[i] == best).collect();
             let pick = if tied.len() == 1 {

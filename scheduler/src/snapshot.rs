@@ -184,38 +184,50 @@ impl Snapshot {
     /// properties"; a heartbeat changes none of them) and notes about values that could not
     /// be read.
     pub fn upsert_node(&mut self, node: &Node) -> NodeUpsert {
+        self.replace_node(node).0
+    }
+
+    /// [`Snapshot::upsert_node`], also returning the node as it was before when it changed
+    /// (`None` for a new node).
+    pub(crate) fn replace_node(&mut self, node: &Node) -> (NodeUpsert, Option<NodeInfo>) {
         let mut info = NodeInfo::from_node(node);
         let notes = std::mem::take(&mut info.notes);
         let id = self.node_slot(&info.name);
         let Some(slot) = self.nodes[id].as_mut() else {
-            return NodeUpsert {
+            let unchanged = NodeUpsert {
                 changed: false,
                 notes,
             };
+            return (unchanged, None);
         };
         let changed = slot.info.as_ref() != Some(&info);
+        if !changed {
+            return (NodeUpsert { changed, notes }, None);
+        }
         let order_changes = slot
             .info
             .as_ref()
             .is_none_or(|old| old.zone_key != info.zone_key);
-        slot.info = Some(info);
+        let previous = slot.info.replace(info);
         if order_changes {
             self.rebuild_visit_order();
         }
-        NodeUpsert { changed, notes }
+        (NodeUpsert { changed, notes }, previous)
     }
 
     /// Removes a node. Pods still bound to it keep being accounted (as kube-scheduler's
     /// cache does) until they are removed too.
     pub fn remove_node(&mut self, name: &str) {
-        let Some(&id) = self.node_ids.get(name) else {
-            return;
-        };
-        if let Some(slot) = self.nodes[id].as_mut() {
-            slot.info = None;
-        }
+        self.take_node(name);
+    }
+
+    /// [`Snapshot::remove_node`], returning the node removed.
+    pub(crate) fn take_node(&mut self, name: &str) -> Option<NodeInfo> {
+        let &id = self.node_ids.get(name)?;
+        let removed = self.nodes[id].as_mut().and_then(|slot| slot.info.take());
         self.release_node_slot_if_unused(id);
         self.rebuild_visit_order();
+        removed
     }
 
     /// Records a namespace's labels, which pod affinity `namespaceSelector`s match against.
@@ -254,30 +266,46 @@ impl Snapshot {
     /// Accounts `pod` on `node_name` right after deciding, before the binding is confirmed,
     /// so the next decision sees it. If binding fails, call [`Snapshot::remove_pod`].
     pub fn assume(&mut self, pod: &Pod, node_name: &str) -> Vec<String> {
-        let mut info = PodInfo::from_pod(pod);
-        info.node_name = Some(node_name.to_string());
-        self.insert_pod(info, node_name)
+        self.assume_info(PodInfo::from_pod(pod), node_name)
     }
 
     /// Removes a pod; returns whether it was there.
     pub fn remove_pod(&mut self, namespace: &str, name: &str) -> bool {
-        let Some(id) = self
+        self.take_pod(namespace, name).is_some()
+    }
+
+    /// [`Snapshot::remove_pod`], returning the pod removed (with the node it was on).
+    pub(crate) fn take_pod(&mut self, namespace: &str, name: &str) -> Option<PodInfo> {
+        let id = self
             .pod_ids
             .get_mut(namespace)
-            .and_then(|names| names.remove(name))
-        else {
-            return false;
-        };
+            .and_then(|names| names.remove(name))?;
         if self.pod_ids.get(namespace).is_some_and(HashMap::is_empty) {
             self.pod_ids.remove(namespace);
         }
-        let Some(entry) = self.pods[id].take() else {
-            return false;
-        };
+        let entry = self.pods[id].take()?;
         self.free_pod_slots.push(id);
         self.unindex_pod(id, &entry);
         self.release_node_slot_if_unused(entry.node);
-        true
+        Some(entry.info)
+    }
+
+    /// [`Snapshot::assume`] for a pod already read.
+    pub(crate) fn assume_info(&mut self, mut info: PodInfo, node_name: &str) -> Vec<String> {
+        info.node_name = Some(node_name.to_string());
+        self.insert_pod(info, node_name)
+    }
+
+    /// The pod as accounted on its node.
+    pub(crate) fn pod_info(&self, namespace: &str, name: &str) -> Option<&PodInfo> {
+        let &id = self.pod_ids.get(namespace)?.get(name)?;
+        self.pod(id).map(|entry| &entry.info)
+    }
+
+    /// An existing node and what its pods use.
+    pub(crate) fn node_with_usage(&self, name: &str) -> Option<(&NodeInfo, &NodeUsage)> {
+        let slot = self.slot(*self.node_ids.get(name)?)?;
+        Some((slot.info.as_ref()?, &slot.usage))
     }
 
     /// Number of nodes pods can be scheduled to.

@@ -1,6 +1,8 @@
 //! NodeUnschedulable: a cordoned node (`spec.unschedulable`) takes only pods that tolerate
 //! the `node.kubernetes.io/unschedulable:NoSchedule` taint.
 
+use std::sync::LazyLock;
+
 use super::FilterFailure;
 use crate::node_info::NodeInfo;
 use crate::pod_info::PodInfo;
@@ -12,12 +14,13 @@ pub(crate) fn check(pod: &PodInfo, node: &NodeInfo) -> Result<(), FilterFailure>
     if !node.unschedulable {
         return Ok(());
     }
-    let cordon = Taint {
+    // Built once: every cordoned node is checked for every pod that fits nowhere.
+    static CORDON: LazyLock<Taint> = LazyLock::new(|| Taint {
         key: TAINT_UNSCHEDULABLE.to_string(),
         value: String::new(),
         effect: NO_SCHEDULE.to_string(),
-    };
-    if pod.tolerations.iter().any(|t| t.tolerates(&cordon)) {
+    });
+    if pod.tolerations.iter().any(|t| t.tolerates(&CORDON)) {
         Ok(())
     } else {
         Err(FilterFailure::NodeUnschedulable)

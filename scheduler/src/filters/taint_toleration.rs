@@ -11,6 +11,11 @@ pub fn reason(key: &str, value: &str) -> String {
     format!("node(s) had untolerated taint {{{key}: {value}}}")
 }
 
+/// [`check`] without building the failure (queueing hints ask this of every waiting pod).
+pub(crate) fn tolerated(pod: &PodInfo, node: &NodeInfo) -> bool {
+    first_untolerated(&node.taints, &pod.tolerations, Taint::forbids_scheduling).is_none()
+}
+
 pub(crate) fn check(pod: &PodInfo, node: &NodeInfo) -> Result<(), FilterFailure> {
     match first_untolerated(&node.taints, &pod.tolerations, Taint::forbids_scheduling) {
         None => Ok(()),
