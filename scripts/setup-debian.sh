@@ -4,10 +4,11 @@
 set -eu
 
 # Debian packages: a C toolchain for crates that build C, and the peers the benchmarks and
-# integration tests drive (etcd for the store comparison), and what the node agent runs:
+# integration tests drive (etcd for the store comparison, wrk and hey for the Service proxy's),
+# and what the node agent runs:
 # containerd, runc and nftables, busybox-static for the test images, and shellcheck and ruby for the
 # installer and lab checks.
-PACKAGES="ca-certificates curl gcc libc6-dev pkg-config procps python3 python3-pip etcd-server etcd-client containerd runc busybox-static iproute2 docker-registry skopeo nftables shellcheck ruby"
+PACKAGES="ca-certificates curl gcc libc6-dev pkg-config procps python3 python3-pip etcd-server etcd-client containerd runc busybox-static iproute2 docker-registry skopeo nftables shellcheck ruby wrk hey"
 
 missing=""
 for pkg in $PACKAGES; do

@@ -12,6 +12,10 @@
 //!   plain `dnat` to the backend in a table of its own, as kube-proxy programs a Service with
 //!   one endpoint (plus the masquerade kube-proxy would need without `br_netfilter`) —
 //!   alternating in rounds; then 1-byte round trips on a kept-alive connection each way.
+//! - HTTP ([`http`]): `hey` (a new connection per request) and `wrk` (a new connection per
+//!   request, then kept-alive connections) from the client pod against a small HTTP server
+//!   in the backend pod, directly, through the ClusterIP and through the peer, alternating
+//!   in rounds: requests/s, p50/p99 and the cost per request over direct.
 //!
 //! The node's `bridge-nf-call-iptables` is off unless `--br-netfilter`: the direct path is
 //! then plain bridging and the Service paths are routed, DNATed and masqueraded, so the
@@ -38,6 +42,8 @@ use shoal_net::proxy::render::{self, Blocks, Change, TableConfig};
 
 use crate::latency::Latencies;
 
+mod http;
+
 /// Flags of `shoal-bench proxy`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProxyArgs {
@@ -54,6 +60,25 @@ pub struct ProxyArgs {
     /// skips.
     #[arg(long, default_value_t = 4_000)]
     pub connections: usize,
+    /// HTTP figure: requests per `hey` run (per target and round); 0 skips the HTTP figure.
+    #[arg(long, default_value_t = 2_000)]
+    pub http_requests: usize,
+    /// HTTP figure: seconds per `wrk` run (per target and round).
+    #[arg(long, default_value_t = 1)]
+    pub wrk_seconds: u32,
+    /// HTTP figure: rounds, each running every tool against every target in turn.
+    #[arg(long, default_value_t = 5)]
+    pub http_rounds: usize,
+    /// HTTP figure: concurrent connections of `hey` and `wrk` (1: the path's latency, with
+    /// the two cores free for client and server).
+    #[arg(long, default_value_t = 1)]
+    pub http_concurrency: usize,
+    /// HTTP figure: the CPU the load tool and the server run on (and so the packets'
+    /// softirq work): each request's cost is then paid on one CPU, in series, without the
+    /// cross-CPU wake-ups whose placement swings a run by 2x on a busy machine. `none`: no
+    /// pinning.
+    #[arg(long, default_value = "0")]
+    pub http_cpu: String,
     /// Leave `br_netfilter` on in the node namespace (bridged pod traffic then goes through
     /// conntrack too, as on most hosts); off by default.
     #[arg(long)]
@@ -127,6 +152,9 @@ const BACKEND_PORT: u16 = 8080;
 /// The backend's echo server (one byte back for each byte, on a kept-alive connection).
 const ECHO_PORT: u16 = 8081;
 const ECHO_SERVICE_PORT: u16 = 81;
+/// The backend's HTTP server, for `hey` and `wrk`.
+const HTTP_PORT: u16 = 8082;
+const HTTP_SERVICE_PORT: u16 = 82;
 /// The peer's Service address (a plain `dnat` rule in a table of its own).
 const PEER_VIP: &str = "10.97.0.1";
 
@@ -138,11 +166,12 @@ fn endpoint_ip(i: usize, j: usize, per: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 1)) + (i * per + j) as u32)
 }
 
-/// Service `i`; Service 0 also has the echo port.
+/// Service `i`; Service 0 also has the echo and HTTP ports.
 fn service(i: usize) -> Result<Service> {
     let mut ports = vec![json!({"name": "http", "port": 80, "protocol": "TCP"})];
     if i == 0 {
         ports.push(json!({"name": "echo", "port": ECHO_SERVICE_PORT, "protocol": "TCP"}));
+        ports.push(json!({"name": "web", "port": HTTP_SERVICE_PORT, "protocol": "TCP"}));
     }
     Ok(serde_json::from_value(json!({
         "metadata": {"namespace": "bench", "name": format!("svc-{i}")},
@@ -171,7 +200,8 @@ fn slice(i: usize, per: usize, unready: Option<usize>) -> Result<EndpointSlice> 
         "addressType": "IPv4",
         "endpoints": endpoints,
         "ports": [{"name": "http", "port": BACKEND_PORT, "protocol": "TCP"},
-                  {"name": "echo", "port": ECHO_PORT, "protocol": "TCP"}]
+                  {"name": "echo", "port": ECHO_PORT, "protocol": "TCP"},
+                  {"name": "web", "port": HTTP_PORT, "protocol": "TCP"}]
     }))?)
 }
 
@@ -345,6 +375,19 @@ pub fn run(args: &ProxyArgs) -> Result<String> {
         Ok(())
     })?;
 
+    // The peer: a plain DNAT to the backend, as kube-proxy programs a one-endpoint Service,
+    // ahead of our table (a connection is DNATed by the first NAT chain that binds it).
+    // Without br_netfilter the reply of a same-bridge pod is bridged past conntrack, so
+    // the peer needs the masquerade kube-proxy would need too.
+    let mut peer = format!(
+        "table ip shoal-bench-peer {{\n  chain prerouting {{ type nat hook prerouting priority -110 ;\n    ip daddr {PEER_VIP} tcp dport 80 dnat to {BACKEND}:{BACKEND_PORT}\n    ip daddr {PEER_VIP} tcp dport {ECHO_SERVICE_PORT} dnat to {BACKEND}:{ECHO_PORT}\n    ip daddr {PEER_VIP} tcp dport {HTTP_SERVICE_PORT} dnat to {BACKEND}:{HTTP_PORT}\n  }}\n"
+    );
+    if !args.br_netfilter {
+        peer.push_str("  chain postrouting { type nat hook postrouting priority 90 ;\n    ct status dnat ct original ip daddr 10.97.0.1 masquerade fully-random\n  }\n");
+    }
+    peer.push_str("}\n");
+    Nft::in_netns(&node.name).apply(&peer)?;
+
     if args.connections > 0 {
         let stop = Arc::new(AtomicBool::new(false));
         let server = {
@@ -390,18 +433,6 @@ pub fn run(args: &ProxyArgs) -> Result<String> {
                 .context("backend did not start")?;
             thread
         };
-        // The peer: a plain DNAT to the backend, as kube-proxy programs a one-endpoint Service,
-        // ahead of our table (a connection is DNATed by the first NAT chain that binds it).
-        // Without br_netfilter the reply of a same-bridge pod is bridged past conntrack, so
-        // the peer needs the masquerade kube-proxy would need too.
-        let mut peer = format!(
-            "table ip shoal-bench-peer {{\n  chain prerouting {{ type nat hook prerouting priority -110 ;\n    ip daddr {PEER_VIP} tcp dport 80 dnat to {BACKEND}:{BACKEND_PORT}\n    ip daddr {PEER_VIP} tcp dport {ECHO_SERVICE_PORT} dnat to {BACKEND}:{ECHO_PORT}\n  }}\n"
-        );
-        if !args.br_netfilter {
-            peer.push_str("  chain postrouting { type nat hook postrouting priority 90 ;\n    ct status dnat ct original ip daddr 10.97.0.1 masquerade fully-random\n  }\n");
-        }
-        peer.push_str("}\n");
-        Nft::in_netns(&node.name).apply(&peer)?;
         let direct = SocketAddrV4::new(BACKEND.parse()?, BACKEND_PORT);
         let cluster_ip = SocketAddrV4::new(vip(0), 80);
         let peer_ip: Ipv4Addr = PEER_VIP.parse()?;
@@ -484,6 +515,83 @@ pub fn run(args: &ProxyArgs) -> Result<String> {
             "per request on a kept-alive connection (1-byte echo)",
             &mut echoes,
         )?);
+    }
+    if args.http_requests > 0 {
+        report.push_str(&http_figures(args, &backend, &client)?);
+    }
+    Ok(report)
+}
+
+/// `hey` and `wrk` against the backend's HTTP server: each mode against each target in turn,
+/// for `--http-rounds` rounds.
+fn http_figures(args: &ProxyArgs, backend: &Netns, client: &Netns) -> Result<String> {
+    let tools = http::Tools::find()?;
+    let cpu = match args.http_cpu.as_str() {
+        "none" => None,
+        n => Some(
+            n.parse::<usize>()
+                .context("--http-cpu: a CPU number or `none`")?,
+        ),
+    };
+    // Kept-alive connections each hold a worker; new ones take turns.
+    let server = http::HttpServer::start(
+        backend.path(),
+        SocketAddrV4::new(BACKEND.parse()?, HTTP_PORT),
+        2 * args.http_concurrency + 2,
+        cpu,
+    )?;
+    let load = http::Load {
+        requests: args.http_requests,
+        seconds: args.wrk_seconds,
+        concurrency: args.http_concurrency,
+    };
+    let targets = [
+        SocketAddrV4::new(BACKEND.parse()?, HTTP_PORT),
+        SocketAddrV4::new(vip(0), HTTP_SERVICE_PORT),
+        SocketAddrV4::new(PEER_VIP.parse()?, HTTP_SERVICE_PORT),
+    ];
+    // Each target is reached from an address of its own: the backend sees the same address
+    // and port pairs from all three otherwise (no masquerade), and a port reused across
+    // targets would meet the previous connection's TIME_WAIT socket or conntrack entry.
+    for (address, target) in [("10.88.0.4", targets[1]), ("10.88.0.5", targets[2])] {
+        client.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
+        let to = format!("{}/32", target.ip());
+        client.ip(&["route", "add", &to, "via", "10.88.0.1", "src", address])?;
+    }
+    let runs = client.enter(|| {
+        // A new connection per request cycles through ports quickly; the client pod's range
+        // and TIME_WAIT reuse are its own (per namespace).
+        write_sysctl("net.ipv4.ip_local_port_range", "1024 65535")?;
+        write_sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+        // The tools inherit this thread's CPU.
+        if let Some(cpu) = cpu {
+            http::pin(cpu)?;
+        }
+        let mut runs: Vec<[Vec<http::HttpRun>; 3]> =
+            http::Mode::ALL.iter().map(|_| Default::default()).collect();
+        for _ in 0..args.http_rounds.max(1) {
+            for (mode, by_target) in http::Mode::ALL.into_iter().zip(runs.iter_mut()) {
+                for (target, out) in targets.into_iter().zip(by_target.iter_mut()) {
+                    out.push(tools.run(mode, target, load)?);
+                }
+            }
+        }
+        Ok(runs)
+    });
+    server.stop()?;
+    let mut report = format!(
+        "HTTP ({} rounds, concurrency {}; hey {} requests, wrk {} s per target and round):\n",
+        args.http_rounds.max(1),
+        args.http_concurrency,
+        args.http_requests,
+        args.wrk_seconds
+    );
+    for (mode, by_target) in http::Mode::ALL.into_iter().zip(runs?) {
+        let [Some(d), Some(v), Some(p)] = by_target.map(|runs| http::figure(&runs)) else {
+            bail!("nothing measured for {}", mode.describe());
+        };
+        report.push_str("  ");
+        report.push_str(&http::line(mode, &[d, v, p]));
     }
     Ok(report)
 }
