@@ -28,6 +28,12 @@
 //!   bound by many rules costs a check per binding per element, so only pick chains bind it.
 //!   A change is then element updates only (plus a pick chain for a new size). The
 //!   connection mark of a Service connection is ours.
+//! - one endpoint (ClusterIP traffic, no affinity; the common case): no mark and no pick —
+//!   `services` sends the connection to `direct-internal`, whose rule DNATs to
+//!   `service-endpoints[daddr . l4proto . dport]`, as a one-endpoint Service in kube-proxy
+//!   is a plain `dnat`. It sets a mark only where masquerading needs one (traffic from
+//!   outside the pod network; the bridge bit without `br_netfilter`). External traffic keeps
+//!   the pick chains: its mark carries its masquerade choice.
 //! - masquerade: ClusterIP traffic from outside the pod network (in `pick-internal-N`) and
 //!   external traffic under `externalTrafficPolicy: Cluster` (its mark carries the bit) set
 //!   the masquerade bit of the connection mark; `masquerading` in nat `postrouting`
@@ -36,7 +42,8 @@
 //!   they would skip conntrack's reverse NAT. With it on (`bridge-nf-call-iptables`, as
 //!   k3s and kube-proxy require) they do not, and only a pod reaching itself needs it (its
 //!   own address as the source would be dropped): `hairpin` holds `ip . ip` for this node's
-//!   endpoints, counted across ports. Masquerading is a second NAT per connection — it was
+//!   endpoints, counted across ports, matched for DNATed connections (`ct status dnat`), so
+//!   the bridge bit is not set at all then. Masquerading is a second NAT per connection — it was
 //!   half of a ClusterIP connection's extra cost in `shoal-bench proxy`.
 //! - ClientIP affinity (rare, so sets are affordable): kube-proxy's scheme — a chain per port,
 //!   one timeout set and one chain per endpoint, the set refreshed by the chain and checked
@@ -79,6 +86,11 @@ const SERVICE_MARKS: &str = "service-marks";
 const NODEPORT_MARKS: &str = "nodeport-marks";
 /// Connection mark (the list's block) . endpoint index → endpoint address and port.
 const BACKENDS: &str = "backends";
+/// Service address → its only endpoint (ClusterIP traffic to a one-endpoint list).
+const SERVICE_ENDPOINTS: &str = "service-endpoints";
+/// Where `services` sends ClusterIP traffic to a one-endpoint list: a DNAT from
+/// `service-endpoints`, without a connection mark (unless masquerading needs one).
+const DIRECT_CHAIN: &str = "direct-internal";
 /// `address . address` of this node's endpoints: a connection with such source and
 /// destination is a pod reaching itself through a Service.
 const HAIRPIN: &str = "hairpin";
@@ -325,17 +337,21 @@ struct Target {
     verdict: Verdict,
     /// The connection mark to set first (`service-marks` / `nodeport-marks`), if any.
     mark: Option<u32>,
+    /// The only endpoint, DNATed to from `service-endpoints` (ClusterIP traffic only).
+    endpoint: Option<Endpoint>,
 }
 
 /// Marks connections from the pod bridge. A pod reaching a pod on the same bridge through a
 /// Service (itself included) must be masqueraded, or the reply would be bridged straight back
 /// and never un-NATed: when routed, it would skip the IP hooks entirely; with `br_netfilter`,
 /// a packet DNATed back onto its bridge is bridged, and postrouting then has no input device
-/// to match — so the input is noted in the connection mark at DNAT time.
-fn from_bridge(config: &TableConfig) -> Vec<Rule> {
+/// to match — so the input is noted in the connection mark at DNAT time. With `br_netfilter`
+/// only a pod reaching itself is masqueraded, which needs no mark (`hairpin`).
+fn from_bridge(config: &TableConfig, family: Family) -> Vec<Rule> {
     config
         .pod_bridge
         .iter()
+        .filter(|_| !config.bridge_netfilter(family))
         .map(|bridge| {
             rule![
                 Stmt::Iifname(bridge.clone()),
@@ -361,7 +377,7 @@ fn pick_chain(external: bool, n: usize) -> String {
 
 /// The rules of a shared pick chain: a random key of the connection's block in `backends`.
 fn pick_rules(config: &TableConfig, family: Family, external: bool, n: usize) -> Vec<Rule> {
-    let mut rules = from_bridge(config);
+    let mut rules = from_bridge(config, family);
     if !external {
         rules.extend(masquerade_outsiders(config, family));
     }
@@ -381,7 +397,24 @@ fn pick_rules(config: &TableConfig, family: Family, external: bool, n: usize) ->
     rules
 }
 
-/// How new connections reach one of `list`'s endpoints. Without affinity: the list's block
+/// The rules of `direct-internal`: what a pick chain does for ClusterIP traffic, with the
+/// endpoint looked up by the Service address instead of picked from a block.
+fn direct_rules(config: &TableConfig, family: Family) -> Vec<Rule> {
+    let mut rules = from_bridge(config, family);
+    rules.extend(masquerade_outsiders(config, family));
+    // Per protocol, as in the pick chains; TCP first, the common case.
+    for proto in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
+        rules.push(rule![
+            Stmt::L4proto(proto),
+            Stmt::DnatFromMap(family, SERVICE_ENDPOINTS.into())
+        ]);
+    }
+    rules
+}
+
+/// How new connections reach one of `list`'s endpoints. ClusterIP traffic to a single
+/// endpoint without affinity: `direct-internal`, which DNATs by the Service address (no
+/// block, no mark, no random pick). Else without affinity: the list's block
 /// of `backends` keys, a connection mark naming it and a shared pick chain for its size.
 /// With ClientIP affinity (kube-proxy's scheme): a chain of the port that sends a client to
 /// the endpoint it used recently, else to a random one (rule k takes 1/(N-k) of what reaches
@@ -397,11 +430,21 @@ fn target(
     let family = port.family;
     let endpoints = &list.endpoints[..list.endpoints.len().min(MAX_ENDPOINTS)];
     let Some(seconds) = port.affinity_seconds else {
+        if let [only] = endpoints {
+            if !list.external {
+                return Target {
+                    verdict: Verdict::Goto(DIRECT_CHAIN.into()),
+                    mark: None,
+                    endpoint: Some(*only),
+                };
+            }
+        }
         let Some(block) = blocks.of(family).get(list.block_name) else {
             // Out of blocks (half a million endpoint lists): unreachable rather than wrong.
             return Target {
                 verdict: Verdict::Goto(REJECT_CHAIN.into()),
                 mark: None,
+                endpoint: None,
             };
         };
         f.blocks.insert(list.block_name.to_string());
@@ -420,9 +463,10 @@ fn target(
             } else {
                 base
             }),
+            endpoint: None,
         };
     };
-    let mut rules = from_bridge(config);
+    let mut rules = from_bridge(config, family);
     if list.masquerade {
         rules.push(rule![Stmt::CtMarkOr(MASQUERADE_BIT)]);
     } else if !list.external {
@@ -468,6 +512,7 @@ fn target(
     Target {
         verdict: Verdict::Goto(chain),
         mark: None,
+        endpoint: None,
     }
 }
 
@@ -502,6 +547,12 @@ pub fn fragment(port: &ServicePort, config: &TableConfig, blocks: &mut Blocks) -
             if let Some(mark) = target.mark {
                 f.elements
                     .insert((SERVICE_MARKS, address(ip)), Value::Mark(mark));
+            }
+            if let Some(ep) = target.endpoint {
+                f.elements.insert(
+                    (SERVICE_ENDPOINTS, address(ip)),
+                    Value::Endpoint(ep.ip, ep.port),
+                );
             }
         }
     }
@@ -567,8 +618,10 @@ fn base(config: &TableConfig, family: Family, tx: &mut Transaction) {
     if let Some(bridge) = &config.pod_bridge {
         if config.bridge_netfilter(family) {
             // Only a pod reaching itself: its own address as the source would be dropped.
+            // Its address pair is this node's endpoint twice, so any DNATed connection
+            // qualifies (no mark needed).
             masquerading.push(rule![
-                Stmt::CtMarkAny(FROM_BRIDGE_BIT),
+                Stmt::CtStatusDnat,
                 Stmt::PairInSet(family, HAIRPIN.into()),
                 Stmt::Masquerade
             ]);
@@ -591,6 +644,7 @@ fn base(config: &TableConfig, family: Family, tx: &mut Transaction) {
     chain(tx, "masquerading", None, masquerading);
     for (name, kind) in [
         (BACKENDS, SetKind::Backends),
+        (SERVICE_ENDPOINTS, SetKind::AddressEndpoints),
         (SERVICE_MARKS, SetKind::AddressMarks),
         (NODEPORT_MARKS, SetKind::PortMarks),
         (SERVICES, SetKind::AddressVerdicts),
@@ -606,6 +660,7 @@ fn base(config: &TableConfig, family: Family, tx: &mut Transaction) {
             }),
         );
     }
+    chain(tx, DIRECT_CHAIN, None, direct_rules(config, family));
     let address = Selector::Address(family);
     let local = || [Stmt::DaddrLocal, Stmt::DaddrNotLoopback(family)];
     let with_local = |last: Stmt| {
@@ -1057,6 +1112,63 @@ mod tests {
     }
 
     #[test]
+    fn one_endpoint_goes_direct() {
+        let s = web_slice(&[
+            ("10.42.0.5", "n1", true, true, false),
+            ("10.42.0.6", "n1", false, false, false),
+        ]);
+        let ports = service_ports(&web(), [&s], &node());
+        let mut blocks = Blocks::default();
+        let f = fragment(&ports[0], &config(), &mut blocks);
+        let address = "10.43.0.20 . tcp . 80";
+        assert_eq!(
+            element(&f, SERVICES, address).as_deref(),
+            Some("goto direct-internal")
+        );
+        assert_eq!(
+            element(&f, SERVICE_ENDPOINTS, address).as_deref(),
+            Some("10.42.0.5 . 8080")
+        );
+        assert_eq!(element(&f, SERVICE_MARKS, address), None, "no mark");
+        assert!(backends(&f).is_empty() && f.blocks.is_empty() && f.picks.is_empty());
+        assert_eq!(blocks.of(Family::V4).get("x"), Some(1), "no block taken");
+        // Without br_netfilter the bridge is still noted; outsiders are masqueraded.
+        assert_eq!(
+            texts(&direct_rules(&config(), Family::V4)),
+            [
+                "iifname \"shoal0\" ct mark set ct mark or 0x40000000",
+                "ip saddr != 10.42.0.0/16 ct mark set ct mark or 0x80000000",
+                "meta l4proto tcp dnat ip to ip daddr . meta l4proto . th dport map @service-endpoints",
+                "meta l4proto udp dnat ip to ip daddr . meta l4proto . th dport map @service-endpoints",
+                "meta l4proto sctp dnat ip to ip daddr . meta l4proto . th dport map @service-endpoints",
+            ]
+        );
+        let bridged = TableConfig {
+            bridge_calls_iptables: true,
+            ..config()
+        };
+        assert_eq!(
+            texts(&direct_rules(&bridged, Family::V4))[..2],
+            [
+                "ip saddr != 10.42.0.0/16 ct mark set ct mark or 0x80000000",
+                "meta l4proto tcp dnat ip to ip daddr . meta l4proto . th dport map @service-endpoints",
+            ]
+        );
+        // Affinity keeps its chains, even with one endpoint.
+        let mut sticky = web();
+        sticky.spec.as_mut().unwrap().session_affinity = Some("ClientIP".into());
+        let f = fragment(
+            &service_ports(&sticky, [&s], &node())[0],
+            &config(),
+            &mut Blocks::default(),
+        );
+        assert!(element(&f, SERVICE_ENDPOINTS, address).is_none());
+        assert!(element(&f, SERVICES, address)
+            .unwrap()
+            .starts_with("goto service-"));
+    }
+
+    #[test]
     fn blocks_are_stable_and_reused() {
         let mut blocks = BlockAllocator::default();
         assert_eq!(blocks.get("a"), Some(1));
@@ -1109,9 +1221,13 @@ mod tests {
             element(&f, SERVICE_MARKS, "192.0.2.7 . tcp . 80"),
             Some(masq_mark)
         );
-        // Same endpoints as the ClusterIP: same keys.
+        // The ClusterIP's one endpoint goes direct; external traffic needs its mark.
+        assert_eq!(
+            element(&f, SERVICES, "10.43.0.20 . tcp . 80").as_deref(),
+            Some("goto direct-internal")
+        );
         assert_eq!(backends(&f).len(), 1);
-        assert_eq!(f.picks, [(false, 1), (true, 1)].into());
+        assert_eq!(f.picks, [(true, 1)].into());
         assert_eq!(
             pick_rules(&config(), Family::V4, true, 1).len(),
             4,
@@ -1225,20 +1341,35 @@ mod tests {
         )
         .to_string();
         let lines: Vec<&str> = script.lines().collect();
+        // Down to one endpoint: the list's keys and mark go, the address goes direct.
         assert_eq!(
             lines,
             vec![
-                "add chain ip shoal-proxy pick-internal-1",
-                "delete element ip shoal-proxy backends { 4096 . 1 }",
+                "delete element ip shoal-proxy backends { 4096 . 0, 4096 . 1 }",
+                "delete element ip shoal-proxy service-marks { 10.43.0.20 . tcp . 80 }",
                 "delete element ip shoal-proxy services { 10.43.0.20 . tcp . 80 }",
-                "add rule ip shoal-proxy pick-internal-1 iifname \"shoal0\" ct mark set ct mark or 0x40000000",
-                "add rule ip shoal-proxy pick-internal-1 ip saddr != 10.42.0.0/16 ct mark set ct mark or 0x80000000",
-                "add rule ip shoal-proxy pick-internal-1 meta l4proto tcp dnat ip to ct mark and 0x3fffffff . numgen random mod 1 map @backends",
-                "add rule ip shoal-proxy pick-internal-1 meta l4proto udp dnat ip to ct mark and 0x3fffffff . numgen random mod 1 map @backends",
-                "add rule ip shoal-proxy pick-internal-1 meta l4proto sctp dnat ip to ct mark and 0x3fffffff . numgen random mod 1 map @backends",
-                "add element ip shoal-proxy services { 10.43.0.20 . tcp . 80 : goto pick-internal-1 }",
+                "add element ip shoal-proxy service-endpoints { 10.43.0.20 . tcp . 80 : 10.42.0.5 . 8080 }",
+                "add element ip shoal-proxy services { 10.43.0.20 . tcp . 80 : goto direct-internal }",
             ]
         );
+        assert_eq!(
+            blocks.of(Family::V4).get("other"),
+            Some(1),
+            "the block was freed"
+        );
+        // And back to two: a block again (the one `other` took is not its old one).
+        let script = incremental(
+            &config(),
+            &[Change {
+                old: &after,
+                new: &before,
+            }],
+            &mut blocks,
+        )
+        .to_string();
+        // (pick-internal-2 is still there.)
+        assert!(script.starts_with("delete element ip shoal-proxy service-endpoints { 10.43.0.20 . tcp . 80 }\ndelete element ip shoal-proxy services { 10.43.0.20 . tcp . 80 }\n"), "{script}");
+        assert!(script.ends_with("add element ip shoal-proxy backends { 8192 . 0 : 10.42.0.5 . 8080, 8192 . 1 : 10.42.0.6 . 8080 }\nadd element ip shoal-proxy service-marks { 10.43.0.20 . tcp . 80 : 8192 }\nadd element ip shoal-proxy services { 10.43.0.20 . tcp . 80 : goto pick-internal-2 }\n"), "{script}");
         assert!(incremental(
             &config(),
             &[Change {
@@ -1330,8 +1461,17 @@ mod tests {
         let mut blocks = Blocks::default();
         let script = full(&config, web_ports.iter().chain(&other_ports), &mut blocks).to_string();
         assert!(script.contains(
-            "add rule ip shoal-proxy masquerading ct mark and 0x40000000 != 0 ip saddr . ip daddr @hairpin masquerade fully-random"
+            "add rule ip shoal-proxy masquerading ct status dnat ip saddr . ip daddr @hairpin masquerade fully-random"
         ), "{script}");
+        assert!(
+            !script.contains("ip shoal-proxy pick-internal-2 iifname")
+                && !script.contains("ip shoal-proxy direct-internal iifname"),
+            "no bridge mark needed: {script}"
+        );
+        assert!(
+            script.contains("add rule ip6 shoal-proxy direct-internal iifname \"shoal0\""),
+            "{script}"
+        );
         assert!(
             !script.contains("ip shoal-proxy masquerading ct mark and 0x40000000 != 0 oifname"),
             "{script}"

@@ -145,6 +145,9 @@ pub enum SetKind {
     Backends,
     /// `address . inet_proto . inet_service : mark`.
     AddressMarks,
+    /// `address . inet_proto . inet_service : address . inet_service`: Services with a
+    /// single endpoint.
+    AddressEndpoints,
     /// `inet_proto . inet_service : mark`.
     PortMarks,
     /// `address . inet_proto . inet_service : verdict`.
@@ -176,6 +179,9 @@ impl SetDecl {
                 format!("type {addr} . inet_proto . inet_service : mark ;")
             }
             SetKind::PortMarks => "type inet_proto . inet_service : mark ;".into(),
+            SetKind::AddressEndpoints => {
+                format!("type {addr} . inet_proto . inet_service : {addr} . inet_service ;")
+            }
             SetKind::AddressVerdicts => {
                 format!("type {addr} . inet_proto . inet_service : verdict ;")
             }
@@ -218,6 +224,8 @@ impl fmt::Display for Selector {
 pub enum Stmt {
     /// `ct state new`
     CtStateNew,
+    /// `ct status dnat`
+    CtStatusDnat,
     /// `ct mark and <bits> != 0`
     CtMarkAny(u32),
     /// `ct mark set ct mark or <bits>`
@@ -253,6 +261,8 @@ pub enum Stmt {
         modulus: u32,
         map: String,
     },
+    /// `dnat ip to ip daddr . meta l4proto . th dport map @<map>` (after a protocol match).
+    DnatFromMap(Family, String),
     /// `dnat to <address>:<port>` (after a protocol match).
     DnatTo(IpAddr, u16),
     /// `masquerade fully-random`
@@ -268,6 +278,7 @@ impl fmt::Display for Stmt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Stmt::CtStateNew => f.write_str("ct state new"),
+            Stmt::CtStatusDnat => f.write_str("ct status dnat"),
             Stmt::CtMarkAny(bits) => write!(f, "ct mark and {bits:#x} != 0"),
             Stmt::CtMarkOr(bits) => write!(f, "ct mark set ct mark or {bits:#x}"),
             Stmt::CtMarkFromMap(sel, map) => write!(f, "ct mark set {sel} map @{map}"),
@@ -300,6 +311,10 @@ impl fmt::Display for Stmt {
                 "dnat {} to ct mark and {mask:#x} . numgen random mod {modulus} map @{map}",
                 family.nft()
             ),
+            Stmt::DnatFromMap(family, map) => {
+                let ip = family.nft();
+                write!(f, "dnat {ip} to {} map @{map}", Selector::Address(*family))
+            }
             Stmt::DnatTo(IpAddr::V4(ip), port) => write!(f, "dnat to {ip}:{port}"),
             Stmt::DnatTo(IpAddr::V6(ip), port) => write!(f, "dnat to [{ip}]:{port}"),
             Stmt::Masquerade => f.write_str("masquerade fully-random"),

@@ -274,6 +274,8 @@ const NFT_META_IIFNAME: u32 = 6;
 const NFT_META_OIFNAME: u32 = 7;
 const NFT_META_L4PROTO: u32 = 16;
 const NFT_CT_STATE: u32 = 0;
+const NFT_CT_STATUS: u32 = 2;
+const IPS_DST_NAT: u32 = 0x20;
 const NFT_CT_MARK: u32 = 3;
 const NFT_CT_STATE_NEW: u32 = 8;
 const NFT_CMP_EQ: u32 = 0;
@@ -405,11 +407,28 @@ fn ifname(name: &str) -> Vec<u8> {
     b
 }
 
+/// DNAT to the `address . port` a map lookup left from slot 0 on.
+fn dnat_mapped(w: &mut Writer, family: Family) {
+    // The port follows the address's slots.
+    let port_slot = daddr(family).1 / 4;
+    w.expr("nat", |w| {
+        w.be32(1, NFT_NAT_DNAT);
+        w.be32(2, nfproto(family));
+        w.be32(3, reg(0));
+        w.be32(5, reg(port_slot));
+    });
+}
+
 fn stmt(w: &mut Writer, family: Family, s: &Stmt) {
     match s {
         Stmt::CtStateNew => {
             ct_load(w, NFT_CT_STATE);
             bitwise(w, &NFT_CT_STATE_NEW.to_ne_bytes(), &[0; 4]);
+            cmp(w, NFT_CMP_NEQ, &[0; 4]);
+        }
+        Stmt::CtStatusDnat => {
+            ct_load(w, NFT_CT_STATUS);
+            bitwise(w, &IPS_DST_NAT.to_ne_bytes(), &[0; 4]);
             cmp(w, NFT_CMP_NEQ, &[0; 4]);
         }
         Stmt::CtMarkAny(bits) => {
@@ -522,14 +541,12 @@ fn stmt(w: &mut Writer, family: Family, s: &Stmt) {
             bitwise(w, &mask.to_ne_bytes(), &[0; 4]);
             numgen(w, *modulus, 1);
             lookup(w, map, Some(reg(0)));
-            // The value is `address . port`: the port follows the address's slots.
-            let port_slot = daddr(*family).1 / 4;
-            w.expr("nat", |w| {
-                w.be32(1, NFT_NAT_DNAT);
-                w.be32(2, nfproto(*family));
-                w.be32(3, reg(0));
-                w.be32(5, reg(port_slot));
-            });
+            dnat_mapped(w, *family);
+        }
+        Stmt::DnatFromMap(family, map) => {
+            load_selector(w, Selector::Address(*family));
+            lookup(w, map, Some(reg(0)));
+            dnat_mapped(w, *family);
         }
         Stmt::DnatTo(ip, port) => {
             w.expr("immediate", |w| {
@@ -706,6 +723,20 @@ fn set_spec(family: Family, kind: SetKind) -> SetSpec {
             data: Some((TYPE_MARK, 4)),
             timeout_ms: None,
             udata: typed(BYTEORDER_HOST),
+        },
+        // nft notes the `type` data as an empty concatenation too.
+        SetKind::AddressEndpoints => SetSpec {
+            flags: NFT_SET_MAP,
+            key_type: address_key,
+            key_len: addr_len + 8,
+            data: Some((concat_type(&[addr_type, TYPE_INET_SERVICE]), addr_len + 4)),
+            timeout_ms: None,
+            udata: Udata::new()
+                .u32(UDATA_KEYBYTEORDER, BYTEORDER_INVALID)
+                .u32(UDATA_DATABYTEORDER, BYTEORDER_INVALID)
+                .nest(UDATA_KEY_TYPEOF, concat(Vec::new()))
+                .nest(UDATA_DATA_TYPEOF, concat(Vec::new()))
+                .u32(UDATA_DATA_INTERVAL, 0),
         },
         SetKind::AddressVerdicts | SetKind::PortVerdicts => SetSpec {
             flags: NFT_SET_MAP,
@@ -1004,6 +1035,28 @@ mod tests {
         assert!(marks.ends_with(
             "20 00 0d 00 00 04 00 00 00 00 01 04 01 00 00 00 03 08 00 04 0d 00 00 00 01 00 06 04 00 00 00 00"
         ), "{marks}");
+        // `type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service`.
+        let endpoints = hex(&one(
+            Family::V4,
+            Op::AddSet(SetDecl {
+                name: "service-endpoints".into(),
+                kind: SetKind::AddressEndpoints,
+            }),
+        ));
+        assert!(
+            endpoints.contains(
+                "08 00 03 00 00 00 00 08 08 00 04 00 00 00 73 0d 08 00 05 00 00 00 00 0c \
+                 08 00 06 00 00 00 01 cd 08 00 07 00 00 00 00 08"
+            ),
+            "{endpoints}"
+        );
+        assert!(
+            endpoints.ends_with(
+                "2a 00 0d 00 00 04 00 00 00 00 01 04 00 00 00 00 03 08 00 04 0d 00 00 00 01 00 \
+                 04 08 00 04 0d 00 00 00 01 00 06 04 00 00 00 00 00 00"
+            ),
+            "{endpoints}"
+        );
         let affinity = hex(&one(
             Family::V4,
             Op::AddSet(SetDecl {
