@@ -61,13 +61,14 @@ pub struct ProxyArgs {
     #[arg(long, default_value_t = 4_000)]
     pub connections: usize,
     /// HTTP figure: requests per `hey` run (per target and round); 0 skips the HTTP figure.
-    #[arg(long, default_value_t = 2_000)]
+    #[arg(long, default_value_t = 1_500)]
     pub http_requests: usize,
     /// HTTP figure: seconds per `wrk` run (per target and round).
     #[arg(long, default_value_t = 1)]
     pub wrk_seconds: u32,
-    /// HTTP figure: rounds, each running every tool against every target in turn.
-    #[arg(long, default_value_t = 5)]
+    /// HTTP figure: rounds, each running every tool against every target in turn (the
+    /// figures are medians over rounds).
+    #[arg(long, default_value_t = 10)]
     pub http_rounds: usize,
     /// HTTP figure: concurrent connections of `hey` and `wrk` (1: the path's latency, with
     /// the two cores free for client and server).
@@ -580,7 +581,7 @@ fn http_figures(args: &ProxyArgs, backend: &Netns, client: &Netns) -> Result<Str
     });
     server.stop()?;
     let mut report = format!(
-        "HTTP ({} rounds, concurrency {}; hey {} requests, wrk {} s per target and round):\n",
+        "HTTP ({} rounds, medians over rounds; concurrency {}; hey {} requests, wrk {} s per target and round):\n",
         args.http_rounds.max(1),
         args.http_concurrency,
         args.http_requests,
