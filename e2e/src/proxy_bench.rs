@@ -114,16 +114,7 @@ impl Netns {
 
     /// Runs `f` on a thread inside the namespace (processes it starts live there too).
     fn enter<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-        let path = self.path();
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let file = File::open(&path).with_context(|| format!("open {path:?}"))?;
-                setns(&file, CloneFlags::CLONE_NEWNET).context("setns")?;
-                f()
-            })
-            .join()
-            .map_err(|_| anyhow!("thread in {} panicked", self.name))?
-        })
+        http::in_netns(&self.path(), f)
     }
 }
 
