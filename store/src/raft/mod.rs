@@ -34,6 +34,7 @@ mod server;
 mod sm;
 mod snapshots;
 mod space;
+mod trace;
 mod wal;
 mod wire;
 

@@ -628,6 +628,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: openraft::OptionalSend,
     {
         let entries: Vec<_> = entries.into_iter().collect();
+        let traced = entries.last().map_or(0, |e| e.log_id.index);
+        super::trace::mark("sm.apply", traced);
         if let (Some(durable), Some(last)) = (&mut self.log_durable, entries.last()) {
             let index = last.log_id.index;
             durable
@@ -639,8 +641,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     ))
                 })?;
         }
-        self.apply_entries(entries)
-            .map_err(|e| StorageIOError::write_state_machine(any(e)).into())
+        super::trace::mark("sm.durable", traced);
+        let applied = self.apply_entries(entries);
+        super::trace::mark("sm.applied", traced);
+        applied.map_err(|e| StorageIOError::write_state_machine(any(e)).into())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
