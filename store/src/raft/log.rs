@@ -6,12 +6,7 @@
 //!
 //! Appends are written to the current segment at once (readable from then on) and made durable
 //! by one flusher thread that serves every append waiting at the moment it runs — group
-//! commit: one `fdatasync` acknowledges many writes. An append of entries from another member
-//! (a follower's) that finds the flusher idle is synced in place instead: a follower takes one
-//! append at a time from its leader, so there is nothing to group, and the leader waits for
-//! that sync — handing it to the flusher would only add two thread wake-ups to every write's
-//! path (to the flusher, and back to openraft's core). How the rest of openraft's contract is
-//! kept:
+//! commit: one `fdatasync` acknowledges many writes. How the rest of openraft's contract is kept:
 //! - `save_vote` and `truncate` write their record and return once it is synced.
 //! - `purge` first syncs the state machine (sled), whose applied position must not fall behind
 //!   a log that no longer holds the entries after it, then writes its record and, once that is
@@ -31,7 +26,6 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -74,18 +68,10 @@ struct Shared {
     dir: PathBuf,
     state: Mutex<State>,
     flusher: std::sync::mpsc::Sender<Job>,
-    /// Jobs sent to the flusher and not yet reported: changed under the state lock when sent,
-    /// by the flusher once it reported them.
-    flusher_jobs: Arc<AtomicUsize>,
     /// The state machine's database: synced before a purge.
     sm_disk: Arc<DiskSync>,
     durable: tokio::sync::watch::Receiver<Option<LogId<NodeId>>>,
-    /// Where the flusher, and an append synced in place, report what is durable; taken (so
-    /// that `durable` closes) when a sync fails.
-    durable_tx: DurableTx,
 }
-
-type DurableTx = Arc<Mutex<Option<tokio::sync::watch::Sender<Option<LogId<NodeId>>>>>>;
 
 #[derive(Debug)]
 struct State {
@@ -181,26 +167,19 @@ impl LogStore {
         }
         let state = open_state(&dir, segment_bytes)?;
         let (durable_tx, durable) = tokio::sync::watch::channel(state.last_log_id());
-        let durable_tx: DurableTx = Arc::new(Mutex::new(Some(durable_tx)));
-        let flusher_jobs = Arc::new(AtomicUsize::new(0));
         let (flusher, jobs) = std::sync::mpsc::channel();
-        {
-            let (durable_tx, flusher_jobs) = (Arc::clone(&durable_tx), Arc::clone(&flusher_jobs));
-            std::thread::Builder::new()
-                .name("store-log-sync".into())
-                .spawn(move || flush_loop(&jobs, &durable_tx, &flusher_jobs))
-                .map_err(|e| StoreError::Io(format!("starting the log flusher: {e}")))?;
-        }
+        std::thread::Builder::new()
+            .name("store-log-sync".into())
+            .spawn(move || flush_loop(&jobs, &durable_tx))
+            .map_err(|e| StoreError::Io(format!("starting the log flusher: {e}")))?;
         Ok(LogStore {
             shared: Arc::new(Shared {
                 node_id,
                 dir,
                 state: Mutex::new(state),
                 flusher,
-                flusher_jobs,
                 sm_disk,
                 durable,
-                durable_tx,
             }),
         })
     }
@@ -244,7 +223,6 @@ impl LogStore {
         } else {
             Vec::new()
         };
-        self.shared.flusher_jobs.fetch_add(1, Ordering::AcqRel);
         self.shared
             .flusher
             .send(Job {
@@ -255,48 +233,6 @@ impl LogStore {
                 done,
             })
             .map_err(|_| io::Error::other("the log flusher stopped"))
-    }
-
-    /// Writes `bytes` (framed records) to the log and syncs them here, with the flusher idle;
-    /// `last` is the log's last entry then.
-    fn write_in_place(
-        &self,
-        state: &mut State,
-        bytes: &[u8],
-        last: Option<LogId<NodeId>>,
-    ) -> io::Result<()> {
-        if let Some(why) = &state.failed {
-            return Err(io::Error::other(format!("the log failed earlier: {why}")));
-        }
-        let file = state.write_bytes(&self.shared.dir, bytes)?;
-        super::trace::mark("log.sync", last.map_or(0, |l| l.index));
-        let synced = file.sync_data().and_then(|()| {
-            if state.dir_unsynced {
-                state.dir.sync_all()?;
-                state.dir_unsynced = false;
-            }
-            Ok(())
-        });
-        super::trace::mark("log.synced", last.map_or(0, |l| l.index));
-        let mut durable = self
-            .shared
-            .durable_tx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        match synced {
-            Ok(()) => {
-                if let Some(durable) = &*durable {
-                    durable.send_replace(last);
-                }
-                Ok(())
-            }
-            Err(err) => {
-                // As when the flusher fails: what reached the disk is unknown.
-                tracing::error!(%err, "syncing the Raft log failed; the log accepts nothing more");
-                durable.take();
-                Err(err)
-            }
-        }
     }
 
     /// Applies `update` to the state and writes `record` under one lock (a segment started
@@ -353,27 +289,14 @@ impl LogStore {
             self.shared.node_id,
             framed.iter().map(|(e, ..)| e.get_log_id()),
         );
-        let told_now = match done {
-            Done::Append(callback) if own => self
-                .write(&mut state, &bytes, last, Done::Nobody, Vec::new())
-                .map(|()| Some(callback)),
-            // With the flusher idle — and kept so by the lock held — nothing written earlier
-            // waits for a sync, so this one reports `last` durable in the order the flusher
-            // would have.
-            Done::Append(callback) if self.shared.flusher_jobs.load(Ordering::Acquire) == 0 => self
-                .write_in_place(&mut state, &bytes, last)
-                .map(|()| Some(callback)),
-            done => self
-                .write(&mut state, &bytes, last, done, Vec::new())
-                .map(|()| None),
+        let (done, told_now) = match done {
+            Done::Append(callback) if own => (Done::Nobody, Some(callback)),
+            done => (done, None),
         };
-        let told_now = match told_now {
-            Ok(told_now) => told_now,
-            Err(err) => {
-                state.failed.get_or_insert_with(|| err.to_string());
-                return Err(StoreError::Io(format!("appending to the Raft log: {err}")));
-            }
-        };
+        if let Err(err) = self.write(&mut state, &bytes, last, done, Vec::new()) {
+            state.failed.get_or_insert_with(|| err.to_string());
+            return Err(StoreError::Io(format!("appending to the Raft log: {err}")));
+        }
         // The frames landed at the end of the segment now last (the next one, if they did not
         // fit in the one before).
         let segment = state.segments.last_key_value().map_or(0, |(n, _)| *n);
@@ -517,7 +440,10 @@ fn segment_head(
 /// log store handle is dropped.
 /// After a failed sync it stops: what reached the disk is unknown, so nothing more may be
 /// acknowledged, and the closed `durable` tells those waiting on it.
-fn flush_loop(jobs: &std::sync::mpsc::Receiver<Job>, durable: &DurableTx, pending: &AtomicUsize) {
+fn flush_loop(
+    jobs: &std::sync::mpsc::Receiver<Job>,
+    durable: &tokio::sync::watch::Sender<Option<LogId<NodeId>>>,
+) {
     let mut round: Vec<Job> = Vec::new();
     while let Ok(first) = jobs.recv() {
         round.push(first);
@@ -526,18 +452,12 @@ fn flush_loop(jobs: &std::sync::mpsc::Receiver<Job>, durable: &DurableTx, pendin
         super::trace::mark("log.sync", traced);
         let result = sync_round(&round);
         super::trace::mark("log.synced", traced);
-        {
-            let mut durable = durable.lock().unwrap_or_else(|e| e.into_inner());
-            match (&result, round.last(), &*durable) {
+        if result.is_ok() {
+            if let Some(job) = round.last() {
                 // The last job's, not the highest: a truncation moves the end back.
-                (Ok(()), Some(job), Some(tx)) => {
-                    tx.send_replace(job.last);
-                }
-                (Err(_), ..) => drop(durable.take()),
-                _ => {}
+                durable.send_replace(job.last);
             }
         }
-        let reported = round.len();
         for job in round.drain(..) {
             let outcome = match &result {
                 Ok(()) => Ok(()),
@@ -551,7 +471,6 @@ fn flush_loop(jobs: &std::sync::mpsc::Receiver<Job>, durable: &DurableTx, pendin
                 }
             }
         }
-        pending.fetch_sub(reported, Ordering::AcqRel);
         if let Err(err) = result {
             tracing::error!(%err, "syncing the Raft log failed; the log accepts nothing more");
             return;

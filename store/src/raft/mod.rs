@@ -28,6 +28,7 @@ mod identity;
 mod local;
 mod log;
 mod network;
+mod outbox;
 mod proposer;
 mod reset;
 mod server;
