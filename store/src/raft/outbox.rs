@@ -96,6 +96,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Outbox<W> {
                 frames,
                 frame: 0,
                 offset: 0,
+                respawned: false,
             };
             if let Err(err) = batch.write().await {
                 self.close();
@@ -133,6 +134,9 @@ struct Batch<W: AsyncWrite + Unpin + Send + 'static> {
     frames: Vec<Vec<u8>>,
     frame: usize,
     offset: usize,
+    /// Whether this is the rest of an abandoned batch, in a task of its own: dropped unfinished
+    /// again (the runtime shutting down), it closes the outbox rather than spawn once more.
+    respawned: bool,
 }
 
 impl<W: AsyncWrite + Unpin + Send + 'static> Batch<W> {
@@ -165,12 +169,17 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Drop for Batch<W> {
         if self.writer.is_none() || self.outbox.is_closed() {
             return;
         }
+        if self.respawned {
+            self.outbox.close();
+            return;
+        }
         let rest = Batch {
             outbox: Arc::clone(&self.outbox),
             writer: self.writer.take(),
             frames: std::mem::take(&mut self.frames),
             frame: self.frame,
             offset: self.offset,
+            respawned: true,
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             self.outbox.close();
