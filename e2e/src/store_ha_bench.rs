@@ -56,6 +56,10 @@ pub struct StoreHaArgs {
     /// writes caught by the kill to time out on either side, 5 s or more).
     #[arg(long, default_value_t = 6)]
     failover_seconds: u64,
+    /// Run only the 1-client workloads (through the leader, then through a follower): no
+    /// concurrent workload, no failover. For measuring one write's latency.
+    #[arg(long)]
+    single_client: bool,
     #[command(flatten)]
     systems: Systems,
 }
@@ -93,10 +97,11 @@ struct Failover {
 #[derive(Debug, Clone, Copy)]
 struct Results {
     leader_seq: PutResult,
-    leader_concurrent: PutResult,
+    /// `None` with `--single-client`, as are the next two.
+    leader_concurrent: Option<PutResult>,
     follower_seq: PutResult,
-    follower_concurrent: PutResult,
-    failover: Failover,
+    follower_concurrent: Option<PutResult>,
+    failover: Option<Failover>,
 }
 
 /// Runs the benchmark and returns the Markdown report.
@@ -374,15 +379,18 @@ async fn measured_puts(
     Ok(result)
 }
 
-/// The 1-client and many-client workloads through `client`.
+/// The 1-client and (unless `--single-client`) many-client workloads through `client`.
 async fn put_workloads(
     args: &StoreHaArgs,
     client: &Putter,
     via: &str,
     value: &[u8],
-) -> Result<(PutResult, PutResult)> {
+) -> Result<(PutResult, Option<PutResult>)> {
     warm_up(client, value, via).await?;
     let seq = measured_puts(client, 1, args.seq, &format!("{via}-seq"), value).await?;
+    if args.single_client {
+        return Ok((seq, None));
+    }
     let concurrent = measured_puts(
         client,
         args.clients,
@@ -391,7 +399,7 @@ async fn put_workloads(
         value,
     )
     .await?;
-    Ok((seq, concurrent))
+    Ok((seq, Some(concurrent)))
 }
 
 /// Keeps `clients` clients writing through `client`, runs `kill` after `seconds`, keeps
@@ -560,7 +568,13 @@ async fn bench_shoal(args: &StoreHaArgs, value: &[u8]) -> Result<Results> {
         eprintln!("   killed the leader (node {})", child.id);
         Ok(())
     };
-    let failover = failover(&client, args.clients, args.failover_seconds, value, kill).await?;
+    let failover = match args.single_client {
+        true => {
+            drop(kill);
+            None
+        }
+        false => Some(failover(&client, args.clients, args.failover_seconds, value, kill).await?),
+    };
     store.shutdown().await?;
     drop(store);
     for child in children {
@@ -604,14 +618,19 @@ async fn bench_etcd(args: &StoreHaArgs, value: &[u8]) -> Result<Results> {
             eprintln!("   killed the leader (member {leads})");
             Ok(())
         };
-        let failover = failover(
-            &to_follower,
-            args.clients,
-            args.failover_seconds,
-            value,
-            kill,
-        )
-        .await?;
+        let failover = match args.single_client {
+            true => None,
+            false => Some(
+                failover(
+                    &to_follower,
+                    args.clients,
+                    args.failover_seconds,
+                    value,
+                    kill,
+                )
+                .await?,
+            ),
+        };
         Ok::<Results, anyhow::Error>(Results {
             leader_seq,
             leader_concurrent,
@@ -651,11 +670,11 @@ fn report(
     ));
     out.push_str("| workload | metric | Shoal | etcd | Shoal/etcd (latency: etcd/Shoal; >1 = Shoal better) |\n");
     out.push_str("|---|---|---:|---:|---:|\n");
-    type Pick = fn(&Results) -> PutResult;
+    type Pick = fn(&Results) -> Option<PutResult>;
     let workloads: [(String, Pick); 4] = [
         (
             format!("through the leader, 1 client ({} puts)", args.seq),
-            |r| r.leader_seq,
+            |r| Some(r.leader_seq),
         ),
         (
             format!(
@@ -666,7 +685,7 @@ fn report(
         ),
         (
             format!("through a follower, 1 client ({} puts)", args.seq),
-            |r| r.follower_seq,
+            |r| Some(r.follower_seq),
         ),
         (
             format!(
@@ -684,12 +703,12 @@ fn report(
     for (name, workload) in &workloads {
         for (i, metric) in metrics.iter().enumerate() {
             let label = if i == 0 { name.as_str() } else { "" };
-            let pick = |r: &Results| (metric.pick)(&workload(r));
+            let pick = |r: &Results| workload(r).map(|w| (metric.pick)(&w));
             metric.row(
                 &mut out,
                 label,
-                shoal.as_ref().map(pick),
-                etcd.as_ref().map(pick),
+                shoal.as_ref().and_then(pick),
+                etcd.as_ref().and_then(pick),
             );
         }
     }
@@ -710,12 +729,12 @@ fn report(
         } else {
             ""
         };
-        let pick = |r: &Results| (metric.pick)(&r.failover);
+        let pick = |r: &Results| r.failover.map(|f| (metric.pick)(&f));
         metric.row(
             &mut out,
             label,
-            shoal.as_ref().map(pick),
-            etcd.as_ref().map(pick),
+            shoal.as_ref().and_then(pick),
+            etcd.as_ref().and_then(pick),
         );
     }
     out
@@ -766,6 +785,10 @@ fn row(
     lower_is_better: bool,
     decimals: usize,
 ) {
+    // Not measured by either (`--single-client`).
+    if shoal.is_none() && etcd.is_none() {
+        return;
+    }
     let cell = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.decimals$}"));
     let ratio = match (shoal, etcd) {
         (Some(s), Some(e)) if s > 0.0 && e > 0.0 => {

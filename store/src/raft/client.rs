@@ -14,15 +14,16 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use tokio::time::{timeout_at, Instant};
 use tokio_rustls::TlsConnector;
 
 use super::local::LocalMember;
+use super::outbox::{Outbox, SendError};
 use super::wire::{
     encode_frame, read_frame, Rejection, Request, RequestFrame, Response, ResponseFrame,
 };
@@ -217,23 +218,25 @@ pub(crate) fn server_name(addr: &str) -> Result<ServerName<'static>, String> {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
 
-/// An open connection: a writer task sends queued frames, a reader task hands each answer to
-/// whoever waits for its id.
+/// The sending half of a peer connection, whatever the stream.
+pub(crate) type PeerWriter = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// An open connection: callers write their requests themselves (`outbox.rs`), a reader task
+/// hands each answer to whoever waits for its id.
 #[derive(Debug)]
 struct Connection {
     addr: String,
-    out: mpsc::UnboundedSender<Vec<u8>>,
+    out: Arc<Outbox<PeerWriter>>,
     pending: Pending,
     next_id: AtomicU64,
     alive: Arc<AtomicBool>,
-    tasks: [AbortHandle; 2],
+    reader: AbortHandle,
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
+        self.reader.abort();
+        self.out.close();
     }
 }
 
@@ -249,23 +252,20 @@ impl Connection {
         S: tokio::io::AsyncRead + AsyncWrite + Send + 'static,
     {
         let (mut reader, writer) = tokio::io::split(stream);
-        let (out, rx) = mpsc::unbounded_channel();
+        let out = Outbox::new(Box::new(writer) as PeerWriter);
         let pending: Pending = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
-        let write_task = {
-            let (alive, pending) = (Arc::clone(&alive), Arc::clone(&pending));
-            runtime.spawn(async move {
-                if let Err(err) = write_frames(writer, rx).await {
-                    tracing::debug!(%err, "peer connection write failed");
-                }
-                close(&alive, &pending);
-            })
-        };
         let read_task = {
-            let (alive, pending) = (Arc::clone(&alive), Arc::clone(&pending));
+            let (alive, pending, out) =
+                (Arc::clone(&alive), Arc::clone(&pending), Arc::clone(&out));
             runtime.spawn(async move {
                 loop {
-                    match read_frame::<_, ResponseFrame>(&mut reader).await {
+                    let frame = tokio::select! {
+                        frame = read_frame::<_, ResponseFrame>(&mut reader) => frame,
+                        // A write failed: the stream is unusable.
+                        () = out.closed() => break,
+                    };
+                    match frame {
                         Ok(Some(frame)) => {
                             let waiter = pending
                                 .lock()
@@ -284,6 +284,7 @@ impl Connection {
                     }
                 }
                 close(&alive, &pending);
+                out.close();
             })
         };
         Arc::new(Connection {
@@ -292,7 +293,7 @@ impl Connection {
             pending,
             next_id: AtomicU64::new(1),
             alive,
-            tasks: [write_task.abort_handle(), read_task.abort_handle()],
+            reader: read_task.abort_handle(),
         })
     }
 
@@ -323,13 +324,26 @@ impl Connection {
             .insert(id, tx);
         // Checked after registering: a connection closing concurrently either sees the entry
         // (and fails it) or is seen dead here.
-        if !self.alive() || self.out.send(frame).is_err() {
+        let unsent = || CallError::Unreachable {
+            target,
+            addr: self.addr.clone(),
+            why: "the connection closed".into(),
+        };
+        if !self.alive() {
             self.forget(id);
-            return Err(CallError::Unreachable {
-                target,
-                addr: self.addr.clone(),
-                why: "the connection closed".into(),
-            });
+            return Err(unsent());
+        }
+        match self.out.send(frame).await {
+            Ok(()) => {}
+            Err(SendError::Closed) => {
+                self.forget(id);
+                return Err(unsent());
+            }
+            // Perhaps sent: the answer is unknown.
+            Err(SendError::Failed(_)) => {
+                self.forget(id);
+                return Err(CallError::Lost { target });
+            }
         }
         match timeout_at(deadline, rx).await {
             Ok(Ok(response)) => Ok(response),
@@ -350,25 +364,6 @@ impl Connection {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
     }
-}
-
-/// Writes queued frames until the queue closes or a write fails; everything queued at one
-/// moment goes out with one flush.
-pub(crate) async fn write_frames<W>(
-    mut writer: W,
-    mut queue: mpsc::UnboundedReceiver<Vec<u8>>,
-) -> std::io::Result<()>
-where
-    W: AsyncWrite + Unpin,
-{
-    while let Some(frame) = queue.recv().await {
-        writer.write_all(&frame).await?;
-        while let Ok(more) = queue.try_recv() {
-            writer.write_all(&more).await?;
-        }
-        writer.flush().await?;
-    }
-    writer.shutdown().await
 }
 
 #[cfg(test)]

@@ -224,6 +224,7 @@ impl Core {
                 .map_err(ProposeError::into_store_error);
         }
         let deadline = Instant::now() + self.limits.request;
+        super::trace::mark("propose", 0);
         // Tagged, so that this member recognises the write when it applies it even if the
         // answer is lost with a leader that dies (see the end).
         let tag = self.next_tag();
@@ -233,22 +234,38 @@ impl Core {
             tag,
             command: Box::new(command),
         };
-        let answer = self
-            .at_leader(deadline, false, "the write was not committed", || {
-                Request::Write(tagged.clone())
-            })
-            .await;
-        let result = match answer {
-            Ok(Response::Write(Ok(Applied { outcome, index }))) => self
-                .wait_applied(index, deadline, "the write")
-                .await
-                .map(|()| outcome),
-            Ok(Response::Write(Err(refusal))) => {
-                Err(refusal.into_store_error(self.leader().unwrap_or(0)))
+        let via_leader = async {
+            let answer = self
+                .at_leader(deadline, false, "the write was not committed", || {
+                    Request::Write(tagged.clone())
+                })
+                .await;
+            match answer {
+                Ok(Response::Write(Ok(Applied { outcome, index }))) => {
+                    super::trace::mark("propose.answer", index);
+                    self.wait_applied(index, deadline, "the write")
+                        .await
+                        .map(|()| outcome)
+                }
+                Ok(Response::Write(Err(refusal))) => {
+                    Err(refusal.into_store_error(self.leader().unwrap_or(0)))
+                }
+                Ok(other) => Err(unexpected(&other)),
+                Err(err) => Err(err),
             }
-            Ok(other) => Err(unexpected(&other)),
-            Err(err) => Err(err),
         };
+        // Whichever comes first answers: the leader's answer (then this member's applying the
+        // index it names), or this member applying the write itself — which is all the answer
+        // would say, since an entry is applied only once it is committed and durable on a
+        // majority including the leader (`sm.rs`). On the leader that skips the hand-offs from
+        // the state machine back through Raft's core to the proposer; on a follower, the wait
+        // for the leader's answer when the commit reached this member first.
+        let result = tokio::select! {
+            biased;
+            Ok(outcome) = &mut applied_here => Ok(outcome),
+            result = via_leader => result,
+        };
+        super::trace::mark("propose.done", 0);
         match result {
             // The fate of the write is unknown (its leader died or lost its quorum with it),
             // but a later leader may still commit it: then this member applies it, and it
@@ -521,6 +538,7 @@ impl Core {
         if let Some(refusal) = self.not_leader() {
             return Err(refusal);
         }
+        super::trace::mark("lead.write", 0);
         self.space.check(Some(&command))?;
         match tokio::time::timeout(self.limits.request, self.proposer.propose(command)).await {
             Ok(Ok(applied)) => Ok(applied),
@@ -722,6 +740,15 @@ impl Core {
     }
 }
 
+/// The index a traced append is known by: its last entry's, or for one without entries (a
+/// commit or heartbeat) the commit index it carries, with the top bit set to tell them apart.
+pub(super) fn append_trace_index(rpc: &openraft::raft::AppendEntriesRequest<TypeConfig>) -> u64 {
+    match rpc.entries.last() {
+        Some(entry) => entry.log_id.index,
+        None => rpc.leader_commit.map_or(0, |c| c.index) | (1 << 63),
+    }
+}
+
 impl Handler for Core {
     async fn handle(&self, header: Header, request: Request) -> Response {
         if let Some(err) = self.local.removed_error() {
@@ -742,7 +769,11 @@ impl Handler for Core {
                         return Response::Rejected(Rejection::Stopped(err.to_string()));
                     }
                 }
-                Response::AppendEntries(self.raft.append_entries(rpc).await)
+                let traced = append_trace_index(&rpc);
+                super::trace::mark("srv.append", traced);
+                let response = Response::AppendEntries(self.raft.append_entries(rpc).await);
+                super::trace::mark("srv.append.done", traced);
+                response
             }
             Request::Vote(rpc) => match self.sender_removed(&header) {
                 Some(refused) => refused,

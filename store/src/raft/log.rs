@@ -276,6 +276,10 @@ impl LogStore {
             framed.push((entry, start, len));
         }
         let mut state = self.lock();
+        super::trace::mark(
+            "log.append",
+            framed.last().map_or(0, |(e, ..)| e.get_log_id().index),
+        );
         let last = match framed.last() {
             Some((entry, ..)) => Some(*entry.get_log_id()),
             None => state.last_log_id(),
@@ -444,7 +448,10 @@ fn flush_loop(
     while let Ok(first) = jobs.recv() {
         round.push(first);
         round.extend(jobs.try_iter());
+        let traced = round.last().and_then(|j| j.last).map_or(0, |l| l.index);
+        super::trace::mark("log.sync", traced);
         let result = sync_round(&round);
+        super::trace::mark("log.synced", traced);
         if result.is_ok() {
             if let Some(job) = round.last() {
                 // The last job's, not the highest: a truncation moves the end back.

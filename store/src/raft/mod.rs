@@ -28,12 +28,14 @@ mod identity;
 mod local;
 mod log;
 mod network;
+mod outbox;
 mod proposer;
 mod reset;
 mod server;
 mod sm;
 mod snapshots;
 mod space;
+mod trace;
 mod wal;
 mod wire;
 

@@ -220,15 +220,19 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let traced = super::cluster::append_trace_index(&rpc);
+        super::trace::mark("net.append", traced);
         rpc.leader_commit = commit_to_send(&rpc, &mut self.durable, option.soft_ttl()).await;
-        match self
+        super::trace::mark("net.send", traced);
+        let response = self
             .call(
                 RPCTypes::AppendEntries,
                 Request::AppendEntries(rpc),
                 &option,
             )
-            .await?
-        {
+            .await;
+        super::trace::mark("net.reply", traced);
+        match response? {
             Response::AppendEntries(result) => {
                 result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
             }

@@ -2,12 +2,15 @@
 //! own log entry and waits for that append to be durable before taking the next, so proposals
 //! sent one by one reach the disk one fsync each. The proposer queues them instead and sends
 //! whatever has gathered as one [`Command::Batch`] while earlier batches are in flight: under
-//! load many writes share an fsync (as etcd's proposal batching does); a lone writer pays
-//! nothing extra because a batch of one is sent as the plain command.
+//! load many writes share an fsync (as etcd's proposal batching does). A write that finds
+//! nothing queued and room in flight goes to Raft from its caller's task, as the plain
+//! command: a lone writer's latency is mostly hand-offs between tasks, and queueing it would
+//! add two (to the batching task and the task that waits on Raft for the batch).
 //!
 //! Each write learns its outcome and the index of the log entry that carried it (a member that
 //! forwarded the write waits to have applied that index before it answers its caller).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -54,22 +57,60 @@ impl ProposeError {
 }
 
 /// The handle writes go through. Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Proposer {
     queue: mpsc::UnboundedSender<(Command, Reply)>,
+    raft: Raft<TypeConfig>,
+    in_flight: Arc<Semaphore>,
+    /// Proposals sent to the batching task and not yet taken by it.
+    queued: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for Proposer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proposer")
+            .field("queued", &self.queued.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Proposer {
     /// Starts the batching task for `raft`; it ends when every handle is dropped.
     pub fn start(raft: Raft<TypeConfig>) -> Proposer {
         let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(batch_loop(raft, rx));
-        Proposer { queue }
+        let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let queued = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(batch_loop(
+            raft.clone(),
+            rx,
+            Arc::clone(&in_flight),
+            Arc::clone(&queued),
+        ));
+        Proposer {
+            queue,
+            raft,
+            in_flight,
+            queued,
+        }
     }
 
     /// Proposes one command and waits for its outcome once it is durable and applied.
     pub async fn propose(&self, command: Command) -> Result<Applied, ProposeError> {
+        if self.queued.load(Ordering::Acquire) == 0 {
+            if let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() {
+                super::trace::mark("proposer.direct", 0);
+                let result = self.raft.client_write(command).await;
+                drop(permit);
+                return result
+                    .map(|response| Applied {
+                        outcome: response.data,
+                        index: response.log_id.index,
+                    })
+                    .map_err(raft_write_error);
+            }
+        }
         let (reply, outcome) = oneshot::channel();
+        self.queued.fetch_add(1, Ordering::AcqRel);
         self.queue.send((command, reply)).map_err(|_| {
             ProposeError::Failed(StoreError::Unavailable("the store is shutting down".into()))
         })?;
@@ -92,8 +133,12 @@ fn command_bytes(command: &Command) -> usize {
     }
 }
 
-async fn batch_loop(raft: Raft<TypeConfig>, mut rx: mpsc::UnboundedReceiver<(Command, Reply)>) {
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+async fn batch_loop(
+    raft: Raft<TypeConfig>,
+    mut rx: mpsc::UnboundedReceiver<(Command, Reply)>,
+    in_flight: Arc<Semaphore>,
+    queued: Arc<AtomicUsize>,
+) {
     let mut carried: Option<(Command, Reply)> = None;
     loop {
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
@@ -102,14 +147,19 @@ async fn batch_loop(raft: Raft<TypeConfig>, mut rx: mpsc::UnboundedReceiver<(Com
         let first = match carried.take() {
             Some(item) => item,
             None => match rx.recv().await {
-                Some(item) => item,
+                Some(item) => {
+                    queued.fetch_sub(1, Ordering::AcqRel);
+                    item
+                }
                 None => return,
             },
         };
+        super::trace::mark("proposer.batch", 0);
         let mut bytes = command_bytes(&first.0);
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH_COMMANDS {
             let Ok(item) = rx.try_recv() else { break };
+            queued.fetch_sub(1, Ordering::AcqRel);
             bytes += command_bytes(&item.0);
             if bytes > MAX_BATCH_BYTES {
                 carried = Some(item);
@@ -124,7 +174,12 @@ async fn batch_loop(raft: Raft<TypeConfig>, mut rx: mpsc::UnboundedReceiver<(Com
                 1 => commands.pop().unwrap_or(Command::Batch(Vec::new())),
                 _ => Command::Batch(commands),
             };
+            super::trace::mark("proposer.submit", 0);
             let result = raft.client_write(command).await;
+            super::trace::mark(
+                "proposer.written",
+                result.as_ref().map_or(0, |r| r.log_id.index),
+            );
             drop(permit);
             match result {
                 Ok(response) => {

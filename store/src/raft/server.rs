@@ -1,6 +1,7 @@
 //! The answering side of peer connections: accepts mutual-TLS connections on the peer port,
 //! reads request frames and answers each as soon as its handler is done (many at once per
-//! connection). A connection whose client presented no certificate is closed whatever the TLS
+//! connection; Raft appends, which a leader sends one at a time, in turn as they are read).
+//! Answers are written by the task that made them (`outbox.rs`). A connection whose client presented no certificate is closed whatever the TLS
 //! configuration allowed: only members holding a certificate of the cluster's CA may speak.
 
 use std::future::Future;
@@ -9,10 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use super::client::{write_frames, NetworkFaults};
+use super::client::{NetworkFaults, PeerWriter};
+use super::outbox::Outbox;
 use super::wire::{
     encode_frame, read_frame, Header, Request, RequestFrame, Response, ResponseFrame,
 };
@@ -93,12 +95,13 @@ async fn connection<H: Handler>(
         return;
     }
     let (mut reader, writer) = tokio::io::split(tls);
-    let (out, queue) = mpsc::unbounded_channel();
-    let write_task = tokio::spawn(write_frames(writer, queue));
+    let out = Outbox::new(Box::new(writer) as PeerWriter);
     loop {
         let frame = tokio::select! {
             frame = read_frame::<_, RequestFrame>(&mut reader) => frame,
             () = until_stopped(&mut stop) => break,
+            // A write failed: the stream is unusable.
+            () = out.closed() => break,
         };
         let frame = match frame {
             Ok(Some(frame)) => frame,
@@ -111,19 +114,31 @@ async fn connection<H: Handler>(
         if faults.drops(frame.header.from) {
             continue;
         }
+        let inline = matches!(frame.body, Request::AppendEntries(_));
         let handler = Arc::clone(&handler);
-        let out = out.clone();
-        tokio::spawn(async move {
+        let out = Arc::clone(&out);
+        let answer = async move {
             let RequestFrame { id, header, body } = frame;
             let kind = body.kind();
             let response = handler.handle(header, body).await;
             match encode_frame(&ResponseFrame { id, body: response }) {
                 Ok(bytes) => {
-                    let _ = out.send(bytes);
+                    if let Err(err) = out.send(bytes).await {
+                        tracing::debug!(%err, kind, "answering a store peer");
+                    }
                 }
                 Err(err) => tracing::error!(%err, kind, "encoding a peer response"),
             }
-        });
+        };
+        // A leader's appends (heartbeats included) come one at a time: openraft 0.9's
+        // replication waits for each answer before it sends the next. Answered here, they hold
+        // nothing up and spare every write a hand-off to a task of its own; everything else
+        // (forwarded requests, votes, snapshots) is answered concurrently.
+        if inline {
+            answer.await;
+        } else {
+            tokio::spawn(answer);
+        }
     }
-    write_task.abort();
+    out.close();
 }

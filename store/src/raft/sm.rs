@@ -475,6 +475,7 @@ impl StateMachine {
         };
         let mut outcomes = Vec::with_capacity(entries.len());
         let mut applied_tags = Vec::new();
+        let mut membership_changed = false;
         for entry in entries {
             last_applied = Some(entry.log_id);
             let outcome = match entry.payload {
@@ -496,6 +497,7 @@ impl StateMachine {
                 }
                 EntryPayload::Membership(m) => {
                     membership = StoredMembership::new(Some(entry.log_id), m);
+                    membership_changed = true;
                     Outcome::Nothing
                 }
             };
@@ -508,10 +510,16 @@ impl StateMachine {
             events,
             ..
         } = pending;
+        // Only what changed: every key of a sled batch costs, and the usual batch is one
+        // write's two keys (its value and its history event) plus these.
         batch.insert(META_REVISION, encode(&revision)?);
-        batch.insert(META_COMPACTED, encode(&compacted)?);
+        if compacted != shared.compacted() {
+            batch.insert(META_COMPACTED, encode(&compacted)?);
+        }
         batch.insert(META_APPLIED, encode(&last_applied)?);
-        batch.insert(META_MEMBERSHIP, encode(&membership)?);
+        if membership_changed {
+            batch.insert(META_MEMBERSHIP, encode(&membership)?);
+        }
         {
             let _guard = shared.apply_lock.write().unwrap_or_else(|e| e.into_inner());
             shared.tree.apply_batch(batch)?;
@@ -628,6 +636,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: openraft::OptionalSend,
     {
         let entries: Vec<_> = entries.into_iter().collect();
+        let traced = entries.last().map_or(0, |e| e.log_id.index);
+        super::trace::mark("sm.apply", traced);
         if let (Some(durable), Some(last)) = (&mut self.log_durable, entries.last()) {
             let index = last.log_id.index;
             durable
@@ -639,8 +649,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     ))
                 })?;
         }
-        self.apply_entries(entries)
-            .map_err(|e| StorageIOError::write_state_machine(any(e)).into())
+        super::trace::mark("sm.durable", traced);
+        let applied = self.apply_entries(entries);
+        super::trace::mark("sm.applied", traced);
+        applied.map_err(|e| StorageIOError::write_state_machine(any(e)).into())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
