@@ -673,3 +673,28 @@ pub async fn run_node_loss(args: NodeLossArgs) -> Result<String> {
         seconds(replaced),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16) -> Box<kube::core::Status> {
+        Box::new(kube::core::Status {
+            code,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn only_an_expired_watch_is_re_listed() {
+        assert!(expired(&watcher::Error::WatchError(status(410))));
+        assert!(expired(&watcher::Error::WatchFailed(kube::Error::Api(
+            status(410)
+        ))));
+        assert!(!expired(&watcher::Error::WatchError(status(500))));
+        assert!(!expired(&watcher::Error::InitialListFailed(
+            kube::Error::Api(status(410))
+        )));
+        assert!(!expired(&watcher::Error::NoResourceVersion));
+    }
+}
