@@ -1779,25 +1779,38 @@ impl Api {
             subresource: None,
             ..target.clone()
         };
-        let current = self
-            .store
-            .get(&pod_target.key())
-            .await
-            .map_err(|e| store_error(target, name, e))?;
-        let current = current.ok_or_else(|| not_found(&pod_target, name))?;
-        let pod = decode(pod_target.def, &current)?;
-        let bound = objects::bind_pod(&pod, &binding, &now()).map_err(|m| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "Conflict",
-                format!("Operation cannot be fulfilled on pods/binding \"{name}\": {m}"),
-            )
-        })?;
-        self.store
-            .update(&pod_target.key(), encode(&bound)?, current.mod_revision)
-            .await
-            .map_err(|e| store_error(&pod_target, name, e))?;
-        Ok((StatusCode::CREATED, Json(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}))).into_response())
+        // As Kubernetes' binding registry (`GuaranteedUpdate`), a write to the pod between the
+        // read and the bind (the scheduler's own `PodScheduled=False`, a label) is retried: a
+        // binding is refused only when the pod is already bound or being deleted. A 409 for a
+        // mere write race made the scheduler take the pod for bound elsewhere and drop it.
+        for _attempt in 0..5 {
+            let current = self
+                .store
+                .get(&pod_target.key())
+                .await
+                .map_err(|e| store_error(target, name, e))?;
+            let current = current.ok_or_else(|| not_found(&pod_target, name))?;
+            let pod = decode(pod_target.def, &current)?;
+            let bound = objects::bind_pod(&pod, &binding, &now()).map_err(|m| {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    format!("Operation cannot be fulfilled on pods/binding \"{name}\": {m}"),
+                )
+            })?;
+            match self
+                .store
+                .update(&pod_target.key(), encode(&bound)?, current.mod_revision)
+                .await
+            {
+                Ok(_) => {
+                    return Ok((StatusCode::CREATED, Json(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}))).into_response());
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(store_error(&pod_target, name, e)),
+            }
+        }
+        Err(conflict(&pod_target, name))
     }
 
     /// Server-side field validation of a built-in kind (see [`crate::typed`]): returns the
