@@ -204,6 +204,68 @@ mod tests {
         Ok(())
     }
 
+    /// A write to a pod between the binding's read and its write (the scheduler's own
+    /// `PodScheduled=False`, say) does not fail the binding, as in Kubernetes: a 409 means the
+    /// pod is bound already.
+    #[tokio::test]
+    async fn a_binding_survives_a_racing_write() -> Result<(), Box<dyn std::error::Error>> {
+        use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
+        let store = Arc::new(WriteBeforeFirst {
+            inner: MemStore::new(Default::default()),
+            on: Op::Update,
+            raced: true.into(),
+        });
+        let api = Api::new(store.clone(), "127.0.0.1:6443".into());
+        api.bootstrap().await.map_err(|e| e.message)?;
+        let client = super::client(Arc::new(api), "system:kube-scheduler", &[]);
+        let pods: KubeApi<Pod> = KubeApi::namespaced(client, "default");
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i"}]}
+        }))?;
+        pods.create(&PostParams::default(), &pod).await?;
+        let binding = Binding {
+            metadata: kube::api::ObjectMeta {
+                name: Some("p".into()),
+                ..Default::default()
+            },
+            target: ObjectReference {
+                kind: Some("Node".into()),
+                name: Some("n1".into()),
+                ..Default::default()
+            },
+        };
+        store
+            .raced
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        pods.create_subresource::<Binding, serde_json::Value>(
+            "binding",
+            "p",
+            &PostParams::default(),
+            &binding,
+        )
+        .await?;
+        assert!(
+            store.raced.load(std::sync::atomic::Ordering::SeqCst),
+            "no race happened"
+        );
+        let bound = pods.get("p").await?;
+        assert_eq!(bound.spec.and_then(|s| s.node_name).as_deref(), Some("n1"));
+        // Bound now: a second binding is the conflict.
+        match pods
+            .create_subresource::<Binding, serde_json::Value>(
+                "binding",
+                "p",
+                &PostParams::default(),
+                &binding,
+            )
+            .await
+        {
+            Err(kube::Error::Api(status)) => assert_eq!(status.code, 409, "{status:?}"),
+            other => panic!("expected a 409, got {other:?}"),
+        }
+        Ok(())
+    }
+
     /// Servers update the `kubernetes` endpoints concurrently: one that loses the race reads
     /// them again and writes its own (a restarted server used to fail its start on the 409).
     #[tokio::test]

@@ -415,6 +415,55 @@ fn encode(object: &Value) -> Result<Vec<u8>, ApiError> {
     })
 }
 
+/// A list's items, encoded as they are read.
+#[derive(Debug, Default)]
+struct EncodedItems {
+    bytes: Vec<u8>,
+    count: usize,
+}
+
+impl EncodedItems {
+    /// Appends `object`; returns how many items there are now.
+    fn push(&mut self, object: &Value) -> Result<usize, ApiError> {
+        if self.count > 0 {
+            self.bytes.push(b',');
+        }
+        serde_json::to_writer(&mut self.bytes, object).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                e.to_string(),
+            )
+        })?;
+        self.count += 1;
+        Ok(self.count)
+    }
+
+    /// The list response, byte for byte what encoding it as one JSON tree gives (keys in
+    /// order: `apiVersion`, `items`, `kind`, `metadata`).
+    fn into_list(self, kind: &str, api_version: &str, metadata: &Value) -> Response {
+        let mut body = Vec::with_capacity(self.bytes.len() + 256);
+        body.extend_from_slice(b"{\"apiVersion\":");
+        // Strings and a `Value` always encode.
+        let _ = serde_json::to_writer(&mut body, api_version);
+        body.extend_from_slice(b",\"items\":[");
+        body.extend_from_slice(&self.bytes);
+        body.extend_from_slice(b"],\"kind\":");
+        let _ = serde_json::to_writer(&mut body, kind);
+        body.extend_from_slice(b",\"metadata\":");
+        let _ = serde_json::to_writer(&mut body, metadata);
+        body.push(b'}');
+        (
+            [(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response()
+    }
+}
+
 fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     if body.is_empty() {
         return Err(bad_request("the request body is empty"));
@@ -689,6 +738,10 @@ impl Api {
         };
         let prefix = target.collection_prefix();
         let page_size = if limit == 0 { 0 } else { limit.max(100) };
+        let rendering = table::Rendering::from_accept(accept);
+        // Plain lists are encoded item by item as they are read, each object dropped once
+        // written, instead of holding every object and then the whole list as one tree.
+        let mut encoded = (rendering == table::Rendering::Object).then(EncodedItems::default);
         let mut items = Vec::new();
         let mut revision;
         let mut next_token = None;
@@ -708,8 +761,14 @@ impl Api {
             for (i, kv) in page.kvs.iter().enumerate() {
                 let object = decode(target.def, kv)?;
                 if selection.matches(&object) {
-                    items.push(object);
-                    if limit > 0 && items.len() == limit {
+                    let matched = match &mut encoded {
+                        Some(encoded) => encoded.push(&object)?,
+                        None => {
+                            items.push(object);
+                            items.len()
+                        }
+                    };
+                    if limit > 0 && matched == limit {
                         if i + 1 < count || page.next.is_some() {
                             next_token = Some(ContinueToken {
                                 revision: page.revision,
@@ -727,13 +786,16 @@ impl Api {
         }
         let rv = revision.to_string();
         let token = next_token.map(|t| t.encode());
-        let rendering = table::Rendering::from_accept(accept);
         if rendering == table::Rendering::Table {
             return Ok(Json(self.table(target, &items, &rv, token.as_deref())).into_response());
         }
         let mut metadata = json!({"resourceVersion": rv});
         if let Some(token) = token {
             metadata["continue"] = json!(token);
+        }
+        if let Some(encoded) = encoded {
+            let kind = format!("{}List", target.def.kind);
+            return Ok(encoded.into_list(&kind, &target.def.api_version(), &metadata));
         }
         let (kind, api_version, items) = if rendering == table::Rendering::Metadata {
             let items: Vec<Value> = items.iter().map(table::partial_metadata).collect();
@@ -1717,25 +1779,38 @@ impl Api {
             subresource: None,
             ..target.clone()
         };
-        let current = self
-            .store
-            .get(&pod_target.key())
-            .await
-            .map_err(|e| store_error(target, name, e))?;
-        let current = current.ok_or_else(|| not_found(&pod_target, name))?;
-        let pod = decode(pod_target.def, &current)?;
-        let bound = objects::bind_pod(&pod, &binding, &now()).map_err(|m| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "Conflict",
-                format!("Operation cannot be fulfilled on pods/binding \"{name}\": {m}"),
-            )
-        })?;
-        self.store
-            .update(&pod_target.key(), encode(&bound)?, current.mod_revision)
-            .await
-            .map_err(|e| store_error(&pod_target, name, e))?;
-        Ok((StatusCode::CREATED, Json(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}))).into_response())
+        // As Kubernetes' binding registry (`GuaranteedUpdate`), a write to the pod between the
+        // read and the bind (the scheduler's own `PodScheduled=False`, a label) is retried: a
+        // binding is refused only when the pod is already bound or being deleted. A 409 for a
+        // mere write race made the scheduler take the pod for bound elsewhere and drop it.
+        for _attempt in 0..5 {
+            let current = self
+                .store
+                .get(&pod_target.key())
+                .await
+                .map_err(|e| store_error(target, name, e))?;
+            let current = current.ok_or_else(|| not_found(&pod_target, name))?;
+            let pod = decode(pod_target.def, &current)?;
+            let bound = objects::bind_pod(&pod, &binding, &now()).map_err(|m| {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    format!("Operation cannot be fulfilled on pods/binding \"{name}\": {m}"),
+                )
+            })?;
+            match self
+                .store
+                .update(&pod_target.key(), encode(&bound)?, current.mod_revision)
+                .await
+            {
+                Ok(_) => {
+                    return Ok((StatusCode::CREATED, Json(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}))).into_response());
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(store_error(&pod_target, name, e)),
+            }
+        }
+        Err(conflict(&pod_target, name))
     }
 
     /// Server-side field validation of a built-in kind (see [`crate::typed`]): returns the
@@ -2299,5 +2374,31 @@ mod tests {
         let uid = new_uid();
         assert_eq!(uid.len(), 36);
         assert_eq!(uid.as_bytes()[14], b'4');
+    }
+
+    #[tokio::test]
+    async fn lists_encoded_item_by_item_read_as_one_tree_would() {
+        let items = [
+            json!({"metadata": {"name": "a", "labels": {"x": "1"}}, "spec": {"n": 1.5}}),
+            json!({"metadata": {"name": "b\"q"}, "data": {"k": "v\n"}}),
+        ];
+        let metadata = json!({"resourceVersion": "42", "continue": "abc"});
+        for count in 0..=items.len() {
+            let mut encoded = EncodedItems::default();
+            for item in &items[..count] {
+                encoded.push(item).expect("encodes");
+            }
+            let response = encoded.into_list("PodList", "v1", &metadata);
+            assert_eq!(
+                response.headers().get(header::CONTENT_TYPE),
+                Some(&header::HeaderValue::from_static("application/json"))
+            );
+            let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .expect("body");
+            let tree = json!({"kind": "PodList", "apiVersion": "v1", "metadata": metadata,
+                "items": items[..count]});
+            assert_eq!(body, serde_json::to_vec(&tree).expect("encodes"));
+        }
     }
 }

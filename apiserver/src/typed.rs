@@ -41,7 +41,8 @@ pub struct Checked {
 }
 
 fn round_trip<T: DeserializeOwned + Serialize>(object: &Value) -> Result<Value, String> {
-    let typed: T = serde_json::from_value(object.clone()).map_err(|e| e.to_string())?;
+    // Decoded from the borrowed tree: no copy of the object first.
+    let typed = T::deserialize(object).map_err(|e| e.to_string())?;
     serde_json::to_value(typed).map_err(|e| e.to_string())
 }
 

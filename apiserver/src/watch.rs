@@ -90,9 +90,9 @@ const CACHE_REVISIONS: usize = 2048;
 #[derive(Debug)]
 struct Decoded {
     /// The new state of a put, with its resourceVersion.
-    new: Option<Value>,
+    new: Option<Arc<Value>>,
     /// The state before the change; for a delete, stamped with the deletion's revision.
-    old: Option<Value>,
+    old: Option<Arc<Value>>,
 }
 
 /// Decoded events and encoded event lines shared by every watch, by revision: with a thousand
@@ -110,25 +110,33 @@ type LineKey = (
     (&'static str, &'static str),
 );
 
+/// How one revision's event line was encoded: event type, table or not, and the
+/// group-version served (the same change reads differently through each version of a
+/// resource).
+type LineForm = (&'static str, table::Rendering, (&'static str, &'static str));
+
 #[derive(Debug, Default)]
 struct CacheInner {
     decoded: HashMap<i64, Arc<Decoded>>,
-    /// By revision, event type, table or not, and the group-version served (the same change
-    /// reads differently through each version of a resource).
-    lines: HashMap<LineKey, Bytes>,
+    /// By revision, then form: evicting a revision drops its lines without a scan of the
+    /// others (a scan per event cost O(cached lines) under the lock).
+    lines: HashMap<i64, Vec<(LineForm, Bytes)>>,
     order: std::collections::VecDeque<i64>,
+    /// Revisions in `order`.
+    known: std::collections::HashSet<i64>,
 }
 
 impl CacheInner {
     fn remember(&mut self, revision: i64) {
-        if self.decoded.contains_key(&revision) {
+        if !self.known.insert(revision) {
             return;
         }
         self.order.push_back(revision);
         while self.order.len() > CACHE_REVISIONS {
             if let Some(old) = self.order.pop_front() {
+                self.known.remove(&old);
                 self.decoded.remove(&old);
-                self.lines.retain(|(r, _, _, _), _| *r != old);
+                self.lines.remove(&old);
             }
         }
     }
@@ -141,17 +149,32 @@ impl EventCache {
 
     fn decoded(&self, event: &shoal_store::Event) -> Arc<Decoded> {
         let revision = event.revision();
-        if let Some(hit) = self.lock().decoded.get(&revision) {
-            return Arc::clone(hit);
-        }
+        // The state before a change is what the change that wrote it decoded: shared while
+        // that revision is cached, instead of parsed again.
+        let earlier = event
+            .prev
+            .as_ref()
+            .map(|p| p.mod_revision)
+            .filter(|_| event.kind == EventKind::Put);
+        let earlier = {
+            let inner = self.lock();
+            if let Some(hit) = inner.decoded.get(&revision) {
+                return Arc::clone(hit);
+            }
+            earlier
+                .and_then(|r| inner.decoded.get(&r))
+                .and_then(|d| d.new.clone())
+        };
         let decoded = Arc::new(Decoded {
             new: match event.kind {
-                EventKind::Put => decode(&event.kv.value, event.kv.mod_revision),
+                EventKind::Put => decode(&event.kv.value, event.kv.mod_revision).map(Arc::new),
                 EventKind::Delete => None,
             },
-            old: event.prev.as_ref().and_then(|p| match event.kind {
-                EventKind::Put => decode(&p.value, p.mod_revision),
-                EventKind::Delete => decode(&p.value, revision),
+            old: earlier.or_else(|| {
+                event.prev.as_ref().and_then(|p| match event.kind {
+                    EventKind::Put => decode(&p.value, p.mod_revision).map(Arc::new),
+                    EventKind::Delete => decode(&p.value, revision).map(Arc::new),
+                })
             }),
         });
         let mut inner = self.lock();
@@ -160,14 +183,30 @@ impl EventCache {
     }
 
     fn line(&self, key: LineKey, encode: impl FnOnce() -> Bytes) -> Bytes {
-        let revision = key.0;
-        if let Some(hit) = self.lock().lines.get(&key) {
-            return hit.clone();
+        let (revision, event_type, rendering, served) = key;
+        let form = (event_type, rendering, served);
+        let find = |inner: &CacheInner| {
+            inner
+                .lines
+                .get(&revision)
+                .and_then(|lines| lines.iter().find(|(f, _)| *f == form))
+                .map(|(_, line)| line.clone())
+        };
+        if let Some(hit) = find(&self.lock()) {
+            return hit;
         }
         let line = encode();
         let mut inner = self.lock();
+        if let Some(hit) = find(&inner) {
+            return hit;
+        }
         inner.remember(revision);
-        inner.lines.entry(key).or_insert(line).clone()
+        inner
+            .lines
+            .entry(revision)
+            .or_default()
+            .push((form, line.clone()));
+        line
     }
 }
 
@@ -181,22 +220,38 @@ impl futures_core::Stream for Lines {
     }
 }
 
-fn line(event_type: &str, object: Value) -> Bytes {
-    let mut text = json!({"type": event_type, "object": object}).to_string();
-    text.push('\n');
+/// One event line, `{"type":…,"object":…}`. The type comes first, as Kubernetes writes it:
+/// clients decoding the event as an adjacently tagged enum (kube-rs' `WatchEvent`, client-go's
+/// decoder) then decode the object straight into its type, where an `object` ahead of `type`
+/// makes them buffer the whole object first and decode it twice.
+fn line(event_type: &str, object: &Value) -> Bytes {
+    let mut text = Vec::with_capacity(1024);
+    text.extend_from_slice(b"{\"type\":\"");
+    text.extend_from_slice(event_type.as_bytes());
+    text.extend_from_slice(b"\",\"object\":");
+    // Writing a `Value` into a Vec cannot fail (its map keys are strings).
+    let _ = serde_json::to_writer(&mut text, object);
+    text.extend_from_slice(b"}\n");
     Bytes::from(text)
 }
 
-fn present(
+/// An object as the watch renders it: itself (borrowed), a Table row or its metadata.
+fn present<'a>(
     request: &WatchRequest,
     kind: &str,
     columns: Option<&[table::PrinterColumn]>,
-    object: Value,
-) -> Value {
+    object: &'a Value,
+) -> Cow<'a, Value> {
     match request.rendering {
-        table::Rendering::Object => object,
-        table::Rendering::Table => table::table(kind, columns, &[object], "", None),
-        table::Rendering::Metadata => table::partial_metadata(&object),
+        table::Rendering::Object => Cow::Borrowed(object),
+        table::Rendering::Table => Cow::Owned(table::table(
+            kind,
+            columns,
+            std::slice::from_ref(object),
+            "",
+            None,
+        )),
+        table::Rendering::Metadata => Cow::Owned(table::partial_metadata(object)),
     }
 }
 
@@ -286,11 +341,11 @@ pub async fn watch(
             if tx
                 .send(line(
                     "ADDED",
-                    present(
+                    &present(
                         &request,
                         kind,
                         columns.as_deref().map(Vec::as_slice),
-                        object,
+                        &object,
                     ),
                 ))
                 .await
@@ -310,7 +365,7 @@ pub async fn watch(
             };
             line(
                 "BOOKMARK",
-                json!({"kind": kind, "apiVersion": api_version, "metadata": metadata}),
+                &json!({"kind": kind, "apiVersion": api_version, "metadata": metadata}),
             )
         };
         let mut last = start;
@@ -337,7 +392,7 @@ pub async fn watch(
                                         last = event.revision();
                     let decoded = cache.decoded(&event);
                     // The cache holds the stored form; a converted view converts its copy.
-                    let (new, old) = (served(def, decoded.new.as_ref()), served(def, decoded.old.as_ref()));
+                    let (new, old) = (served(def, decoded.new.as_deref()), served(def, decoded.old.as_deref()));
                     let old_selected = old.as_deref().is_some_and(|o| request.selects(o));
                     let (event_type, object) = match (event.kind, new.as_deref()) {
                         (EventKind::Put, Some(new)) => match (old_selected, request.selects(new)) {
@@ -353,7 +408,7 @@ pub async fn watch(
                         (EventKind::Put, None) => continue,
                     };
                     let encoded = cache.line((last, event_type, request.rendering, (def.group, def.version)), || {
-                        line(event_type, present(&request, kind, columns.as_deref().map(Vec::as_slice), object.clone()))
+                        line(event_type, &present(&request, kind, columns.as_deref().map(Vec::as_slice), object))
                     });
                     if tx.send(encoded).await.is_err() {
                         return;
@@ -396,7 +451,7 @@ fn futures_once(line: Bytes) -> Lines {
 
 fn expired_event(err: &StoreError) -> (Bytes, ApiError) {
     let error = expired_or_internal(err);
-    (line("ERROR", error.to_status()), error)
+    (line("ERROR", &error.to_status()), error)
 }
 
 fn expired_or_internal(err: &StoreError) -> ApiError {
@@ -442,6 +497,59 @@ mod tests {
     }
 
     #[test]
+    fn the_state_before_a_change_is_shared_with_the_change_that_wrote_it() {
+        let cache = EventCache::default();
+        let created = cache.decoded(&put(5));
+        let mut update = put(9);
+        update.kv.key = "/registry/core/configmaps/ns/c5".into();
+        update.kv.create_revision = 5;
+        update.prev = Some(put(5).kv);
+        let updated = cache.decoded(&update);
+        let (Some(written), Some(before)) = (created.new.as_ref(), updated.old.as_ref()) else {
+            panic!("both states decoded");
+        };
+        assert!(Arc::ptr_eq(written, before));
+        // Not cached any more (or never seen): parsed from the event itself.
+        let mut late = update.clone();
+        late.kv.mod_revision = 10;
+        late.prev = Some(put(7).kv);
+        let before = cache.decoded(&late).old.clone();
+        assert_eq!(
+            before.map(|o| o["metadata"]["resourceVersion"].clone()),
+            Some(json!("7"))
+        );
+        // A delete's old state carries the deletion's revision, so it is never shared.
+        let deleted = cache.decoded(&Event {
+            kind: EventKind::Delete,
+            kv: KeyValue {
+                mod_revision: 11,
+                ..update.kv.clone()
+            },
+            prev: Some(update.kv.clone()),
+        });
+        assert_eq!(
+            deleted
+                .old
+                .as_ref()
+                .map(|o| o["metadata"]["resourceVersion"].clone()),
+            Some(json!("11"))
+        );
+    }
+
+    #[test]
+    fn event_lines_name_their_type_before_the_object() {
+        let encoded = line(
+            "MODIFIED",
+            &json!({"kind": "Pod", "metadata": {"name": "p"}}),
+        );
+        assert_eq!(
+            &encoded[..],
+            br#"{"type":"MODIFIED","object":{"kind":"Pod","metadata":{"name":"p"}}}
+"#
+        );
+    }
+
+    #[test]
     fn events_are_decoded_and_encoded_once_and_evicted_in_order() {
         let cache = EventCache::default();
         let first = cache.decoded(&put(1));
@@ -457,7 +565,7 @@ mod tests {
         for _ in 0..3 {
             cache.line((1, "ADDED", table::Rendering::Object, ("", "v1")), || {
                 encodes += 1;
-                line("ADDED", json!({}))
+                line("ADDED", &json!({}))
             });
         }
         assert_eq!(encodes, 1);

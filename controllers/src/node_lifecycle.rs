@@ -471,11 +471,27 @@ pub fn plan(
     now: &Time,
     config: &NodeLifecycleConfig,
 ) -> NodeLifecyclePlan {
+    let nodes: Vec<&Node> = nodes.iter().collect();
+    let leases: Vec<&Lease> = leases.iter().collect();
+    let pods: Vec<&Pod> = pods.iter().collect();
+    plan_refs(&nodes, &leases, &pods, now, config)
+}
+
+/// [`plan`] over borrowed objects: the controller plans over its caches' shared objects
+/// without copying every node and pod each sync.
+pub fn plan_refs(
+    nodes: &[&Node],
+    leases: &[&Lease],
+    pods: &[&Pod],
+    now: &Time,
+    config: &NodeLifecycleConfig,
+) -> NodeLifecyclePlan {
     let now = truncate_to_second(now);
     let mut result = NodeLifecyclePlan::default();
     let mut requeue = Requeue::default();
     let leases: BTreeMap<&str, &Lease> = leases
         .iter()
+        .copied()
         .filter(|l| {
             l.metadata
                 .namespace
@@ -488,7 +504,7 @@ pub fn plan(
 
     // 1. Health.
     let mut views: Vec<NodeView<'_>> = Vec::new();
-    for node in nodes {
+    for &node in nodes {
         let name = node.metadata.name.clone().unwrap_or_default();
         let (conditions, changed) = node_health(
             node,
@@ -702,7 +718,7 @@ pub fn plan(
         .collect();
 
     // 4. MarkPodsNotReady.
-    for pod in pods {
+    for &pod in pods {
         let Some((view, _)) = pod_node(pod).and_then(|n| by_name.get(n)) else {
             continue;
         };
@@ -718,7 +734,7 @@ pub fn plan(
             result.pod_deletions.push(deletion);
         }
     };
-    for pod in pods {
+    for &pod in pods {
         let terminating = pod.metadata.deletion_timestamp.is_some();
         match pod_node(pod) {
             None if terminating => delete(
@@ -773,7 +789,11 @@ pub fn plan(
         }
     }
     if config.terminated_pod_gc_threshold > 0 {
-        let mut terminated: Vec<&Pod> = pods.iter().filter(|p| pod_state::is_terminal(p)).collect();
+        let mut terminated: Vec<&Pod> = pods
+            .iter()
+            .copied()
+            .filter(|p| pod_state::is_terminal(p))
+            .collect();
         if terminated.len() > config.terminated_pod_gc_threshold {
             // Evicted pods first, then the oldest (`byEvictionAndCreationTimestamp`).
             terminated.sort_by_key(|p| {

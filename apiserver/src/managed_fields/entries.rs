@@ -5,7 +5,7 @@
 use serde_json::{json, Map, Value};
 
 use super::path::FieldSet;
-use super::walk::json_equal;
+use super::walk::equal_without_managed_fields;
 
 /// The only `fieldsType` there is.
 pub const FIELDS_V1: &str = "FieldsV1";
@@ -304,7 +304,7 @@ pub(crate) fn cap_update_entries(entries: &mut Vec<ManagedFieldsEntry>, max: usi
 /// `old` apart from `metadata.managedFields`, and the entries are the same but for their
 /// times, `new` gets `old`'s managed fields back unchanged.
 pub(crate) fn keep_old_timestamps_if_unchanged(old: &Value, new: &mut Value) {
-    if !json_equal(&without_managed_fields(old), &without_managed_fields(new)) {
+    if !equal_without_managed_fields(old, new) {
         return;
     }
     let (before, after) = (recorded_entries(old), recorded_entries(new));

@@ -235,8 +235,8 @@ impl<S: Schema> FieldManager<S> {
     pub fn track_update(&self, old: Option<&Value>, new: &mut Value, options: &UpdateOptions<'_>) {
         let requested = take_managed_fields(new);
         let mut entries = starting_entries(old, requested.as_ref(), options.subresource);
-        let old_object = old.map(without_managed_fields);
-        let comparison = self.walker().compare(old_object.as_ref(), Some(new));
+        // The comparison leaves `metadata.managedFields` out of both sides.
+        let comparison = self.walker().compare(old, Some(new));
         let changed = comparison.changed();
         disown(&mut entries, &changed, &comparison.removed);
         let written = self.without_ignored(never_tracked_removed(changed));

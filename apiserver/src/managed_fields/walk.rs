@@ -104,6 +104,35 @@ pub(crate) fn json_equal(a: &Value, b: &Value) -> bool {
     }
 }
 
+/// Objects equal (as [`json_equal`]) once `metadata.managedFields` is left out of both,
+/// compared without copying either.
+pub(crate) fn equal_without_managed_fields(a: &Value, b: &Value) -> bool {
+    fn equal_skipping(
+        x: &Map<String, Value>,
+        y: &Map<String, Value>,
+        skip: Option<&str>,
+        equal: impl Fn(&str, &Value, &Value) -> bool,
+    ) -> bool {
+        let skipped = |k: &str| skip == Some(k);
+        let count =
+            |m: &Map<String, Value>| m.len() - usize::from(skip.is_some_and(|s| m.contains_key(s)));
+        count(x) == count(y)
+            && x.iter()
+                .all(|(k, v)| skipped(k) || y.get(k).is_some_and(|w| equal(k, v, w)))
+    }
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            equal_skipping(x, y, None, |key, v, w| match (v, w) {
+                (Value::Object(m), Value::Object(n)) if key == "metadata" => {
+                    equal_skipping(m, n, Some("managedFields"), |_, v, w| json_equal(v, w))
+                }
+                _ => json_equal(v, w),
+            })
+        }
+        _ => json_equal(a, b),
+    }
+}
+
 /// What an update did, path by path.
 #[derive(Debug, Default)]
 pub(crate) struct Comparison {
@@ -251,6 +280,11 @@ impl Walker<'_> {
             .filter(|(k, _)| !in_old(k))
             .map(|(k, _)| (k, None));
         for (name, old_value) in old_fields.chain(new_only) {
+            // As Kubernetes compares objects with their managed fields removed (without
+            // copying whole objects to remove them).
+            if name == "managedFields" && schema_path.as_slice() == ["metadata"] {
+                continue;
+            }
             path.push(PathElement::field(name.as_str()));
             schema_path.push(name);
             let new_value = new.and_then(|n| n.get(name));
@@ -468,5 +502,32 @@ mod tests {
         );
         let same = walker.compare(Some(&json!({"a": 1})), Some(&json!({"a": 1.0})));
         assert!(same.changed().is_empty());
+    }
+
+    #[test]
+    fn managed_fields_are_left_out_of_comparisons() {
+        let schema = BuiltinSchema::for_kind("Deployment");
+        let walker = Walker { schema: &schema };
+        let entries = json!([{"manager": "m", "operation": "Update", "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:spec": {"f:replicas": {}}}}]);
+        let old =
+            json!({"metadata": {"name": "d", "managedFields": entries}, "spec": {"replicas": 1}});
+        let new = json!({"metadata": {"name": "d"}, "spec": {"replicas": 1}});
+        assert!(walker.compare(Some(&old), Some(&new)).changed().is_empty());
+        assert!(walker.compare(Some(&old), Some(&new)).removed.is_empty());
+        assert!(equal_without_managed_fields(&old, &new));
+        assert!(equal_without_managed_fields(&new, &old));
+        let changed = json!({"metadata": {"name": "d"}, "spec": {"replicas": 2.0}});
+        assert!(!equal_without_managed_fields(&old, &changed));
+        let renamed =
+            json!({"metadata": {"name": "e", "managedFields": []}, "spec": {"replicas": 1}});
+        assert!(!equal_without_managed_fields(&old, &renamed));
+        // Elsewhere a `managedFields` key is an ordinary field.
+        let odd = json!({"metadata": {"name": "d"}, "spec": {"replicas": 1, "managedFields": 1}});
+        assert!(!equal_without_managed_fields(&new, &odd));
+        assert_eq!(
+            printed(&walker.compare(Some(&new), Some(&odd)).added),
+            [".spec.managedFields"]
+        );
     }
 }

@@ -202,6 +202,18 @@ pub fn plan(
     pods: &[Pod],
     now: &Time,
 ) -> Result<DeploymentPlan, DeploymentError> {
+    let pods: Vec<&Pod> = pods.iter().collect();
+    plan_refs(d, replica_sets, &pods, now)
+}
+
+/// [`plan`] over borrowed pods: the controller plans over its cache's shared pods without
+/// copying a large Deployment's every pod each sync.
+pub fn plan_refs(
+    d: &Deployment,
+    replica_sets: &[ReplicaSet],
+    pods: &[&Pod],
+    now: &Time,
+) -> Result<DeploymentPlan, DeploymentError> {
     let now = truncate_to_second(now);
     let params = Params::resolve(d)?;
     let selector_spec: Option<&LabelSelector> = d.spec.as_ref().map(|s| &s.selector);
@@ -251,7 +263,11 @@ pub fn plan(
         .filter_map(|rs| rs.metadata.uid.as_deref())
         .collect();
     let mut pods_by_owner: BTreeMap<String, Vec<&Pod>> = BTreeMap::new();
-    for pod in pods.iter().filter(|p| &p.metadata.namespace == namespace) {
+    for pod in pods
+        .iter()
+        .copied()
+        .filter(|p| &p.metadata.namespace == namespace)
+    {
         if !selector.matches(pod.metadata.labels.as_ref()) {
             continue;
         }

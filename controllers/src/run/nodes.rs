@@ -139,26 +139,18 @@ async fn monitor(lifecycle: &Lifecycle, changed: &Notify) {
 }
 
 fn plan(lifecycle: &Lifecycle) -> NodeLifecyclePlan {
-    let nodes: Vec<Node> = lifecycle
-        .nodes
-        .state()
-        .iter()
-        .map(|n| (**n).clone())
-        .collect();
-    let leases: Vec<Lease> = lifecycle
-        .leases
-        .state()
-        .iter()
-        .map(|l| (**l).clone())
-        .collect();
-    let pods: Vec<Pod> = lifecycle
-        .pods
-        .state()
-        .iter()
-        .map(|p| (**p).clone())
-        .collect();
+    // Borrowed from the caches' shared objects: copying 20,000 pods each sync was a fifth of
+    // the server's time while a large Deployment rolled out.
+    let (nodes, leases, pods) = (
+        lifecycle.nodes.state(),
+        lifecycle.leases.state(),
+        lifecycle.pods.state(),
+    );
+    let nodes: Vec<&Node> = nodes.iter().map(|n| &**n).collect();
+    let leases: Vec<&Lease> = leases.iter().map(|l| &**l).collect();
+    let pods: Vec<&Pod> = pods.iter().map(|p| &**p).collect();
     let now = Time(Timestamp::now());
-    node_lifecycle::plan(&nodes, &leases, &pods, &now, &lifecycle.config)
+    node_lifecycle::plan_refs(&nodes, &leases, &pods, &now, &lifecycle.config)
 }
 
 /// Executes the plan in its order; `Stale` when a write found the cache behind (the rest is

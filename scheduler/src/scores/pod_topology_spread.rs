@@ -7,10 +7,11 @@
 //! normalized as `100 × (max + min − score) / max`.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use super::MAX_NODE_SCORE;
 use crate::filters::pod_topology_spread::node_included;
+use crate::node_info::NodeInfo;
 use crate::pod_info::PodInfo;
 use crate::snapshot::{NodeId, Snapshot};
 use crate::spread::{SpreadConstraint, SpreadSelector, LABEL_HOSTNAME};
@@ -22,48 +23,53 @@ pub(crate) fn scores(snapshot: &Snapshot, pod: &PodInfo, feasible: &[NodeId]) ->
     }
     // Declared constraints need every topology key on a node; system defaults do not.
     let require_all_keys = pod.spread.declared;
-    let has_all_keys = |id: NodeId| {
-        snapshot.node(id).is_some_and(|node| {
-            constraints
-                .iter()
-                .all(|c| node.labels.contains_key(&c.topology_key))
-        })
-    };
-
-    let ignored: HashSet<NodeId> = if require_all_keys {
-        feasible
+    let has_all_keys = |node: &NodeInfo| {
+        constraints
             .iter()
-            .copied()
-            .filter(|&id| !has_all_keys(id))
-            .collect()
-    } else {
-        HashSet::new()
+            .all(|c| node.labels.contains_key(&c.topology_key))
     };
+    // This runs for every replica of a controller over hundreds of nodes: keys are compared
+    // and label values looked up once per node and constraint, and domains are counted under
+    // borrowed names.
+    let by_host: Vec<bool> = constraints
+        .iter()
+        .map(|c| c.topology_key == LABEL_HOSTNAME)
+        .collect();
+    let width = constraints.len();
+    let mut ignored = vec![false; feasible.len()];
+    let mut values: Vec<Option<&str>> = Vec::with_capacity(feasible.len() * width);
+    let mut nodes: Vec<Option<&NodeInfo>> = Vec::with_capacity(feasible.len());
+    for (k, &id) in feasible.iter().enumerate() {
+        let node = snapshot.node(id);
+        ignored[k] = require_all_keys && !node.is_some_and(&has_all_keys);
+        nodes.push(node);
+        values.extend(constraints.iter().map(|c| {
+            node.and_then(|n| n.labels.get(&c.topology_key))
+                .map(String::as_str)
+        }));
+    }
+    let ignored_count = ignored.iter().filter(|&&i| i).count();
 
     // Domains of the scored nodes, per constraint (hostname domains are the nodes themselves).
-    let mut domain_counts: Vec<HashMap<String, i64>> = vec![HashMap::new(); constraints.len()];
-    for &id in feasible.iter().filter(|id| !ignored.contains(id)) {
-        let Some(node) = snapshot.node(id) else {
+    let mut domain_counts: Vec<HashMap<&str, i64>> = vec![HashMap::new(); width];
+    for (k, node) in nodes.iter().enumerate() {
+        if ignored[k] || node.is_none() {
             continue;
-        };
-        for (i, constraint) in constraints.iter().enumerate() {
-            if constraint.topology_key == LABEL_HOSTNAME {
-                continue;
+        }
+        for (i, counts) in domain_counts.iter_mut().enumerate() {
+            if !by_host[i] {
+                counts
+                    .entry(values[k * width + i].unwrap_or_default())
+                    .or_insert(0);
             }
-            let value = node
-                .labels
-                .get(&constraint.topology_key)
-                .cloned()
-                .unwrap_or_default();
-            domain_counts[i].entry(value).or_insert(0);
         }
     }
-    let weights: Vec<f64> = constraints
+    let weights: Vec<f64> = domain_counts
         .iter()
-        .zip(&domain_counts)
-        .map(|(constraint, domains)| {
-            let size = if constraint.topology_key == LABEL_HOSTNAME {
-                feasible.len() - ignored.len()
+        .enumerate()
+        .map(|(i, domains)| {
+            let size = if by_host[i] {
+                feasible.len() - ignored_count
             } else {
                 domains.len()
             };
@@ -73,7 +79,7 @@ pub(crate) fn scores(snapshot: &Snapshot, pod: &PodInfo, feasible: &[NodeId]) ->
 
     // Matching pods per node, shared by constraints with the same selector.
     let mut per_node_cache: Vec<(&SpreadSelector, Cow<'_, HashMap<NodeId, i64>>)> = Vec::new();
-    let mut per_node_index = Vec::with_capacity(constraints.len());
+    let mut per_node_index = Vec::with_capacity(width);
     for constraint in constraints {
         let position = per_node_cache
             .iter()
@@ -88,14 +94,14 @@ pub(crate) fn scores(snapshot: &Snapshot, pod: &PodInfo, feasible: &[NodeId]) ->
 
     // Domain totals over every node that counts, as the PreScore does over all nodes.
     for (i, constraint) in constraints.iter().enumerate() {
-        if constraint.topology_key == LABEL_HOSTNAME {
+        if by_host[i] {
             continue;
         }
         for (&id, &count) in per_node_cache[per_node_index[i]].1.iter() {
             let Some(node) = snapshot.node(id) else {
                 continue;
             };
-            if require_all_keys && !has_all_keys(id) {
+            if require_all_keys && !has_all_keys(node) {
                 continue;
             }
             if !node_included(constraint, pod, node) {
@@ -114,17 +120,18 @@ pub(crate) fn scores(snapshot: &Snapshot, pod: &PodInfo, feasible: &[NodeId]) ->
 
     let raw: Vec<Option<i64>> = feasible
         .iter()
-        .map(|&id| {
-            if ignored.contains(&id) {
+        .enumerate()
+        .map(|(k, &id)| {
+            if ignored[k] {
                 return None;
             }
-            let node = snapshot.node(id)?;
+            nodes[k]?;
             let mut score = 0.0;
             for (i, constraint) in constraints.iter().enumerate() {
-                let Some(value) = node.labels.get(&constraint.topology_key) else {
+                let Some(value) = values[k * width + i] else {
                     continue;
                 };
-                let count = if constraint.topology_key == LABEL_HOSTNAME {
+                let count = if by_host[i] {
                     per_node_cache[per_node_index[i]]
                         .1
                         .get(&id)
