@@ -12,7 +12,9 @@
 //! Endpoints or one of the pods it selects (before or after a change) changes. A Service
 //! without a selector is left alone: users manage those Endpoints. When the Service is gone
 //! the loop deletes the Endpoints of the same name, as Kubernetes does; [`plan_service_gone`]
-//! gives that step as a plan. The helpers shared with the EndpointSlice controller
+//! gives that step as a plan. It decides on the API's live answer for the Service, not on
+//! the Endpoints cache: an Endpoints object written just before the Service went may not be
+//! in the cache yet, and Kubernetes deletes by name (a missing object is no error). The helpers shared with the EndpointSlice controller
 //! (`FindPort`, `ShouldPodBeInEndpoints`, `ShouldSetHostname`, IP families) live here.
 
 use std::collections::BTreeMap;
@@ -586,13 +588,14 @@ pub fn plan(service: &Service, pods: &[Pod], current: Option<&Endpoints>) -> End
 
 /// The Service is gone (not found in the API): delete its Endpoints, if any. Kubernetes
 /// does this whether or not the Service had a selector.
-pub fn plan_service_gone(current: Option<&Endpoints>) -> EndpointsPlan {
-    match current {
-        Some(e) => EndpointsPlan::Delete {
-            namespace: e.metadata.namespace.clone().unwrap_or_default(),
-            name: e.metadata.name.clone().unwrap_or_default(),
-        },
-        None => EndpointsPlan::Unchanged,
+pub fn plan_service_gone(namespace: &str, name: &str, service_exists: bool) -> EndpointsPlan {
+    if service_exists {
+        // Recreated meanwhile: the sync of the new Service owns its Endpoints.
+        return EndpointsPlan::Unchanged;
+    }
+    EndpointsPlan::Delete {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
     }
 }
 
@@ -828,16 +831,23 @@ mod tests {
         assert_eq!(plan(&svc, &pods, None), EndpointsPlan::NotManaged);
         svc.spec.as_mut().unwrap().selector = Some(BTreeMap::new());
         assert!(plan(&svc, &pods, None).is_noop());
+    }
 
-        let current = created(plan(&web_service(serde_json::json!({})), &pods, None));
+    #[test]
+    fn a_gone_service_deletes_its_endpoints_by_name_whatever_the_cache_holds() {
+        // Nothing about the Endpoints is an input: the cache may not show Endpoints written
+        // just before the Service's deletion, and they must go all the same.
         assert_eq!(
-            plan_service_gone(Some(&current)),
+            plan_service_gone("default", "web", false),
             EndpointsPlan::Delete {
                 namespace: "default".into(),
                 name: "web".into()
             }
         );
-        assert_eq!(plan_service_gone(None), EndpointsPlan::Unchanged);
+        assert_eq!(
+            plan_service_gone("default", "web", true),
+            EndpointsPlan::Unchanged
+        );
     }
 
     #[test]

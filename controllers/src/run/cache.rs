@@ -249,7 +249,8 @@ where
         + 'static,
 {
     /// Fills the cache from a watch of all `K` in a task of its own; `observe` sees each
-    /// event first (it must not block).
+    /// event once the cache holds it (it must not block), so that what it triggers reads a
+    /// cache at least as new as the event.
     pub fn drive_with(
         mut self,
         client: &kube::Client,
@@ -261,15 +262,22 @@ where
             futures::pin_mut!(stream);
             while let Some(event) = stream.next().await {
                 match event {
-                    Ok(event) => {
-                        observe(&event);
-                        self.apply(&event);
-                    }
+                    Ok(event) => self.apply_then_observe(&event, &mut observe),
                     Err(e) => tracing::warn!(error = %e, "watch"),
                 }
             }
             self.close();
         })
+    }
+
+    /// One event of [`Self::drive_with`]: the cache first, then the observer.
+    fn apply_then_observe(
+        &mut self,
+        event: &watcher::Event<K>,
+        observe: &mut impl FnMut(&watcher::Event<K>),
+    ) {
+        self.apply(event);
+        observe(event);
     }
 
     /// [`Self::drive_with`] without an observer.
@@ -430,6 +438,33 @@ mod tests {
             .store()
             .get(&ObjectRef::new("a").within("default"))
             .is_none());
+    }
+
+    /// The flake behind "the Endpoints of a deleted Service are never deleted": the observer
+    /// of a deletion looked at the cache, still holding the object, and concluded it had
+    /// been recreated.
+    #[test]
+    fn an_observer_sees_the_cache_as_of_the_event() {
+        let mut cache = SharedCache::<Pod>::new();
+        let store = cache.store();
+        let key = ObjectRef::new("a").within("default");
+        let mut seen = Vec::new();
+        let mut observe = |event: &watcher::Event<Pod>| {
+            let held = store.get(&key).map(|p| name_and_version(&p));
+            seen.push((matches!(event, watcher::Event::Delete(_)), held));
+        };
+        for event in [
+            watcher::Event::Init,
+            watcher::Event::InitDone,
+            watcher::Event::Apply(pod("a", "1")),
+            watcher::Event::Delete(pod("a", "2")),
+        ] {
+            cache.apply_then_observe(&event, &mut observe);
+        }
+        assert_eq!(
+            seen[2..],
+            [(false, Some(("a".into(), "1".into()))), (true, None)]
+        );
     }
 
     #[tokio::test]

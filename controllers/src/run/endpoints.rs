@@ -292,20 +292,15 @@ async fn delete_endpoints_if_service_gone(
     if context.services.get(&key).is_some() {
         return Ok(()); // recreated meanwhile: the Controller syncs it
     }
-    // The cache may lag a Service just created again: ask the API.
+    // The cache may lag a Service just created again, and the Endpoints cache may not yet
+    // show Endpoints written just before the deletion: ask the API, delete by name.
     let services: Api<Service> = Api::namespaced(context.client.clone(), namespace);
-    if services.get_opt(name).await?.is_some() {
-        return Ok(());
-    }
-    let current = context
-        .endpoints
-        .get(&ObjectRef::new(name).within(namespace));
+    let service_exists = services.get_opt(name).await?.is_some();
     if let EndpointsPlan::Delete { namespace, name } =
-        endpoints::plan_service_gone(current.as_deref())
+        endpoints::plan_service_gone(namespace, name, service_exists)
     {
         let api: Api<Endpoints> = Api::namespaced(context.client.clone(), &namespace);
-        let uid = current.as_ref().and_then(|e| e.metadata.uid.clone());
-        exec::delete(&api, &name, uid.as_deref()).await?;
+        exec::delete(&api, &name, None).await?;
     }
     Ok(())
 }
