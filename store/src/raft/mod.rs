@@ -35,7 +35,6 @@ mod server;
 mod sm;
 mod snapshots;
 mod space;
-mod thread;
 mod trace;
 mod wal;
 mod wire;
@@ -61,7 +60,6 @@ use crate::watch::{check_start, HistorySource, WatchStream};
 use self::cluster::{Core, Limits};
 use self::identity::{Identity, Parsed, FORMAT_FILE};
 use self::local::LocalMember;
-use self::thread::RaftThread;
 
 pub use self::client::NetworkFaults;
 pub use self::cluster::{Member, Members};
@@ -219,8 +217,6 @@ pub struct RaftStore {
     disk: Arc<DiskSync>,
     peer_addr: Option<SocketAddr>,
     stop: Arc<tokio_watch::Sender<bool>>,
-    /// Where Raft runs (`thread.rs`).
-    thread: Arc<RaftThread>,
 }
 
 impl std::fmt::Debug for RaftStore {
@@ -348,34 +344,7 @@ impl RaftStore {
     ///
     /// Fails with [`StoreError::Removed`] if this member was removed from its cluster, and
     /// with [`StoreError::Corrupt`] if the data directory is damaged.
-    ///
-    /// Raft runs on a thread of its own (`thread.rs`) until [`RaftStore::shutdown`], or until
-    /// the tokio runtime this is called on shuts down — a crash, as far as the store can tell.
     pub async fn open(config: RaftStoreConfig) -> Result<RaftStore> {
-        let thread = Arc::new(
-            RaftThread::start()
-                .map_err(|e| StoreError::Io(format!("starting the store's Raft thread: {e}")))?,
-        );
-        tokio::spawn(thread.lifeline());
-        let opened = thread
-            .handle()
-            .spawn(Self::open_on_thread(config, Arc::clone(&thread)))
-            .await;
-        match opened {
-            Ok(Ok(store)) => Ok(store),
-            Ok(Err(err)) => {
-                thread.stop_and_wait().await;
-                Err(err)
-            }
-            Err(err) => {
-                thread.stop_and_wait().await;
-                Err(StoreError::Unavailable(format!("opening the store: {err}")))
-            }
-        }
-    }
-
-    /// [`RaftStore::open`], on the Raft thread.
-    async fn open_on_thread(config: RaftStoreConfig, thread: Arc<RaftThread>) -> Result<RaftStore> {
         let found = check_data_dir(&config.dir)?;
         if let Some(why) = identity::read_removed(&config.dir)
             .map_err(|e| StoreError::Io(format!("reading {}: {e}", identity::REMOVED_FILE)))?
@@ -540,7 +509,6 @@ impl RaftStore {
             disk,
             peer_addr,
             stop: Arc::new(stop),
-            thread,
         };
         // Metrics show the stored membership shortly after Raft starts (at once when it was
         // just initialized here).
@@ -588,17 +556,14 @@ impl RaftStore {
     pub async fn shutdown(&self) -> Result<()> {
         self.stop.send_replace(true);
         let stopped = self.core.raft.shutdown().await;
-        let synced = self
-            .disk
-            .sync()
-            .await
-            .map_err(|e| StoreError::Io(format!("flushing the store: {e}")));
-        // What is left on the thread (the peer connections, idle tasks) goes with it.
-        self.thread.stop_and_wait().await;
         if self.core.local.removed_error().is_none() {
             stopped.map_err(|e| StoreError::Unavailable(format!("raft shutdown: {e}")))?;
         }
-        synced
+        self.disk
+            .sync()
+            .await
+            .map_err(|e| StoreError::Io(format!("flushing the store: {e}")))?;
+        Ok(())
     }
 
     /// This member's Raft node id (what [`RaftStore::add_member`] is given for it).
