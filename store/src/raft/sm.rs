@@ -594,7 +594,8 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        // Off the Raft thread: the whole state is read and a file written and synced.
+        // On the blocking pool, not a runtime worker: the whole state is read, then a file
+        // written and synced.
         let (shared, path) = (Arc::clone(&self.shared), self.path.clone());
         tokio::task::spawn_blocking(move || build_snapshot_blocking(&shared, &path))
             .await
@@ -679,7 +680,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
         let data = snapshot.into_inner();
-        // Off the Raft thread: the whole state is rewritten, then a file written and synced.
+        // On the blocking pool, not a runtime worker: the whole state is rewritten, then a
+        // file written and synced.
         let (shared, disk, path) = (
             Arc::clone(&self.shared),
             Arc::clone(&self.disk),
