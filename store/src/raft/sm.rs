@@ -538,26 +538,26 @@ impl StateMachine {
         }
         Ok(outcomes)
     }
+}
 
-    fn install(&mut self, meta: &SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> Result<()> {
-        let snapshot: SnapshotData = decode(data)?;
-        let shared = &*self.shared;
-        let mut batch = snapshot_batch(&shared.tree, &snapshot)?;
-        batch.insert(META_APPLIED, encode(&meta.last_log_id)?);
-        batch.insert(META_MEMBERSHIP, encode(&meta.last_membership)?);
-        {
-            let _guard = shared.apply_lock.write().unwrap_or_else(|e| e.into_inner());
-            shared.tree.apply_batch(batch)?;
-            shared.revision.store(snapshot.revision, Ordering::Release);
-            shared.compacted.store(snapshot.revision, Ordering::Release);
-            *shared.applied.lock().unwrap_or_else(|e| e.into_inner()) =
-                (meta.last_log_id, meta.last_membership.clone());
-        }
-        // The history before the snapshot is gone: watchers that still need it must get
-        // `Compacted` from the history read rather than a gap.
-        shared.hub.reset(snapshot.revision);
-        Ok(())
+/// Makes the state machine hold `data`, the snapshot `meta` describes.
+fn install(shared: &SmShared, meta: &SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> Result<()> {
+    let snapshot: SnapshotData = decode(data)?;
+    let mut batch = snapshot_batch(&shared.tree, &snapshot)?;
+    batch.insert(META_APPLIED, encode(&meta.last_log_id)?);
+    batch.insert(META_MEMBERSHIP, encode(&meta.last_membership)?);
+    {
+        let _guard = shared.apply_lock.write().unwrap_or_else(|e| e.into_inner());
+        shared.tree.apply_batch(batch)?;
+        shared.revision.store(snapshot.revision, Ordering::Release);
+        shared.compacted.store(snapshot.revision, Ordering::Release);
+        *shared.applied.lock().unwrap_or_else(|e| e.into_inner()) =
+            (meta.last_log_id, meta.last_membership.clone());
     }
+    // The history before the snapshot is gone: watchers that still need it must get
+    // `Compacted` from the history read rather than a gap.
+    shared.hub.reset(snapshot.revision);
+    Ok(())
 }
 
 /// Writes the snapshot file atomically: temp file, fsync, rename, fsync of the directory.
@@ -594,33 +594,41 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let captured = self
-            .shared
-            .capture()
-            .map_err(|e| StorageIOError::read_state_machine(any(e)))?;
-        let bytes = captured.payload();
-        let (revision, last_applied, membership) =
-            (captured.revision, captured.applied, captured.membership);
-        let snapshot_id = match last_applied {
-            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, revision),
-            None => format!("0-0-{revision}"),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: last_applied,
-            last_membership: membership,
-            snapshot_id,
-        };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data: bytes,
-        };
-        save_snapshot(&self.path, &stored)
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), any(e)))?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
-        })
+        // On the blocking pool, not a runtime worker: the whole state is read, then a file
+        // written and synced.
+        let (shared, path) = (Arc::clone(&self.shared), self.path.clone());
+        tokio::task::spawn_blocking(move || build_snapshot_blocking(&shared, &path))
+            .await
+            .map_err(|e| StorageIOError::read_state_machine(any(e)))?
     }
+}
+
+fn build_snapshot_blocking(shared: &SmShared, path: &Path) -> StorageResult<Snapshot<TypeConfig>> {
+    let captured = shared
+        .capture()
+        .map_err(|e| StorageIOError::read_state_machine(any(e)))?;
+    let bytes = captured.payload();
+    let (revision, last_applied, membership) =
+        (captured.revision, captured.applied, captured.membership);
+    let snapshot_id = match last_applied {
+        Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, revision),
+        None => format!("0-0-{revision}"),
+    };
+    let meta = SnapshotMeta {
+        last_log_id: last_applied,
+        last_membership: membership,
+        snapshot_id,
+    };
+    let stored = StoredSnapshot {
+        meta: meta.clone(),
+        data: bytes,
+    };
+    save_snapshot(path, &stored)
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), any(e)))?;
+    Ok(Snapshot {
+        meta,
+        snapshot: Box::new(Cursor::new(stored.data)),
+    })
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -672,22 +680,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
         let data = snapshot.into_inner();
-        self.install(meta, &data)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), any(e)))?;
-        // The installed state must be on disk before Raft purges the log it replaces.
-        self.disk
-            .sync()
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), any(e)))?;
-        save_snapshot(
-            &self.snapshot_path,
-            &StoredSnapshot {
-                meta: meta.clone(),
-                data,
-            },
-        )
-        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), any(e)))?;
-        Ok(())
+        // On the blocking pool, not a runtime worker: the whole state is rewritten, then a
+        // file written and synced.
+        let (shared, disk, path) = (
+            Arc::clone(&self.shared),
+            Arc::clone(&self.disk),
+            self.snapshot_path.clone(),
+        );
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || {
+            install(&shared, &meta, &data)
+                .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), any(e)))?;
+            // The installed state must be on disk before Raft purges the log it replaces.
+            disk.sync_blocking()
+                .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), any(e)))?;
+            let signature = meta.signature();
+            save_snapshot(&path, &StoredSnapshot { meta, data })
+                .map_err(|e| StorageIOError::write_snapshot(Some(signature), any(e)))?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(None, any(e)))?
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
