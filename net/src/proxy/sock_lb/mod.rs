@@ -57,6 +57,8 @@ pub enum SockLbError {
     Cgroup { path: PathBuf, source: io::Error },
     #[error("attaching to the cgroup {}: {source}", path.display())]
     Attach { path: PathBuf, source: io::Error },
+    #[error("the maps are in an unknown state after a failed write: a full sync is needed")]
+    NeedsFull,
     #[error("writing the {map} map: {source}")]
     Write {
         map: &'static str,
@@ -163,15 +165,21 @@ impl SockLb {
         self.sync(desired, &scope)
     }
 
+    /// Whether a write failed since the last full sync: only [`SockLb::sync_all`] then knows
+    /// what the maps must hold.
+    pub fn needs_full(&self) -> bool {
+        self.dirty
+    }
+
     /// Makes the frontends in `scope` hold what `desired` says, writing only what changed.
-    /// After a failure, the next call is a full sync whatever it is asked.
+    /// After a failure (see [`SockLb::needs_full`]) it refuses until a full sync.
     pub fn sync<'a>(
         &mut self,
         desired: &Desired,
         scope: impl IntoIterator<Item = &'a Frontend>,
     ) -> Result<(), SockLbError> {
         if self.dirty {
-            return self.sync_all(desired);
+            return Err(SockLbError::NeedsFull);
         }
         let ops = self.programmed.plan(desired, scope);
         for op in &ops {
