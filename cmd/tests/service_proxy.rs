@@ -30,7 +30,8 @@ impl Drop for ProxyTable {
     }
 }
 
-/// Removes the node's pod cgroup (`/shoal/<node>`, made by the agent and runc) from every
+/// Removes the node's pod cgroup (`/shoal/<node>`, made by the agent and runc; and `/shoal`
+/// when empty) from every
 /// cgroup hierarchy once the cluster — declared after this, so dropped before — is gone.
 struct PodCgroups(Option<String>);
 
@@ -41,7 +42,10 @@ impl Drop for PodCgroups {
         for line in mounts.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
             if fields.len() > 2 && (fields[2] == "cgroup" || fields[2] == "cgroup2") {
-                let _ = std::fs::remove_dir(Path::new(fields[1]).join("shoal").join(node));
+                let shoal = Path::new(fields[1]).join("shoal");
+                let _ = std::fs::remove_dir(shoal.join(node));
+                // Left while another node's pods are in it.
+                let _ = std::fs::remove_dir(shoal);
             }
         }
     }
