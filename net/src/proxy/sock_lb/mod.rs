@@ -71,7 +71,6 @@ pub enum SockLbError {
 pub struct SockLb {
     services: Map,
     endpoints: Map,
-    cgroup: PathBuf,
     /// The links; closing them detaches the programs.
     links: Vec<OwnedFd>,
     programmed: Programmed,
@@ -139,21 +138,10 @@ impl SockLb {
         Ok(SockLb {
             services,
             endpoints,
-            cgroup: cgroup.to_owned(),
             links,
             programmed: Programmed::default(),
             dirty: false,
         })
-    }
-
-    /// The cgroup the programs are attached to.
-    pub fn cgroup(&self) -> &Path {
-        &self.cgroup
-    }
-
-    /// What the maps hold, as planned.
-    pub fn programmed(&self) -> &Programmed {
-        &self.programmed
     }
 
     /// Makes the maps hold exactly `desired` (emptying them first after a failed write).

@@ -7,19 +7,17 @@
 
 use std::io;
 use std::mem::size_of;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use nix::libc;
 
 use super::asm::Insn;
 
 const BPF_MAP_CREATE: u32 = 0;
-const BPF_MAP_LOOKUP_ELEM: u32 = 1;
 const BPF_MAP_UPDATE_ELEM: u32 = 2;
 const BPF_MAP_DELETE_ELEM: u32 = 3;
 const BPF_MAP_GET_NEXT_KEY: u32 = 4;
 const BPF_PROG_LOAD: u32 = 5;
-const BPF_PROG_QUERY: u32 = 16;
 const BPF_LINK_CREATE: u32 = 28;
 
 /// `BPF_MAP_TYPE_HASH`.
@@ -92,23 +90,6 @@ struct LinkCreateAttr {
     attach_type: u32,
     flags: u32,
     _rest: [u64; 4],
-}
-
-/// `union bpf_attr` for `BPF_PROG_QUERY`.
-#[repr(C)]
-#[derive(Default)]
-struct ProgQueryAttr {
-    target_fd: u32,
-    attach_type: u32,
-    query_flags: u32,
-    attach_flags: u32,
-    prog_ids: u64,
-    prog_cnt: u32,
-    _pad: u32,
-    prog_attach_flags: u64,
-    link_ids: u64,
-    link_attach_flags: u64,
-    revision: u64,
 }
 
 /// Runs one `bpf(2)` command on `attr`.
@@ -229,18 +210,6 @@ impl Map {
         }
     }
 
-    /// The value under `key`, if any.
-    pub fn lookup(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
-        let mut value = vec![0u8; self.value_size];
-        let mut attr = self.elem_attr(key)?;
-        attr.value = value.as_mut_ptr() as u64;
-        match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
-            Ok(_) => Ok(Some(value)),
-            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            Err(err) => Err(err),
-        }
-    }
-
     /// Every key in the map (in the map's own order).
     pub fn keys(&self) -> io::Result<Vec<Vec<u8>>> {
         let mut keys: Vec<Vec<u8>> = Vec::new();
@@ -322,20 +291,4 @@ pub fn link_create(
         ..Default::default()
     };
     owned_fd(bpf(BPF_LINK_CREATE, &mut attr)?)
-}
-
-/// The ids of the programs attached to the cgroup `cgroup` at `attach_type` (its own, not
-/// inherited ones).
-pub fn prog_query(cgroup: impl AsFd, attach_type: u32) -> io::Result<Vec<u32>> {
-    let mut ids = vec![0u32; 64];
-    let mut attr = ProgQueryAttr {
-        target_fd: cgroup.as_fd().as_raw_fd() as u32,
-        attach_type,
-        prog_ids: ids.as_mut_ptr() as u64,
-        prog_cnt: ids.len() as u32,
-        ..Default::default()
-    };
-    bpf(BPF_PROG_QUERY, &mut attr)?;
-    ids.truncate(attr.prog_cnt as usize);
-    Ok(ids)
 }
