@@ -55,6 +55,8 @@ pub struct AgentConfig {
     pub log_limits: crate::kubelet::log_rotation::LogLimits,
     /// The whole pod network (`--cluster-cidr`): pod traffic leaving it is masqueraded.
     pub cluster_cidrs: Vec<Cidr>,
+    /// Translate pods' TCP ClusterIP connects at the socket (`--proxy-socket-lb`).
+    pub proxy_socket_lb: bool,
 }
 
 /// What stops a node from coming up.
@@ -167,6 +169,16 @@ pub async fn run(
         // The cluster DNS address (either family) is answered on the node itself, not
         // through a Service.
         proxy.node_local_ips.insert(config.cluster_dns);
+        if config.proxy_socket_lb {
+            use shoal_net::proxy::sock_lb::cgroup;
+            match cgroup::cgroup2_mount() {
+                Ok(mount) => {
+                    let parent = cgroup::pod_cgroup_parent(&config.node_name);
+                    proxy.socket_lb = Some(cgroup::v2_dir(&mount, &parent));
+                }
+                Err(err) => tracing::warn!(%err, "no socket LB: no cgroup v2 hierarchy"),
+            }
+        }
         tokio::spawn(shoal_net::proxy::run(
             client.clone(),
             proxy,
@@ -196,6 +208,8 @@ pub async fn run(
             cluster_domain: config.cluster_domain.clone(),
             host_dns_servers,
             host_dns_searches,
+            // The node's pods share a cgroup of their own (the socket LB attaches there).
+            cgroup_parent: shoal_net::proxy::sock_lb::cgroup::pod_cgroup_parent(&config.node_name),
         },
         service_env: vec![
             (

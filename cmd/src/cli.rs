@@ -199,6 +199,12 @@ pub struct NodeArgs {
     #[arg(long, env = "SHOAL_CONTAINER_RUNTIME_ENDPOINT")]
     pub container_runtime_endpoint: Option<PathBuf>,
 
+    /// Translate this node's pods' TCP connects to ClusterIPs at connect() (a cgroup BPF
+    /// program on the pods' cgroup, as Cilium's socket LB) instead of per packet; nftables
+    /// still handles everything else. `false`: nftables only.
+    #[arg(long, env = "SHOAL_PROXY_SOCKET_LB", default_value_t = true, action = clap::ArgAction::Set)]
+    pub proxy_socket_lb: bool,
+
     /// The node API's port (the kubelet's; 0 picks a free one).
     #[arg(long, env = "SHOAL_KUBELET_PORT", default_value_t = 10250)]
     pub kubelet_port: u16,

@@ -87,6 +87,7 @@ pub fn agent_config(
             max_files: usize::from(args.container_log_max_files),
         },
         cluster_cidrs: cluster_cidrs.to_vec(),
+        proxy_socket_lb: args.proxy_socket_lb,
     })
 }
 

@@ -1,5 +1,7 @@
-//! Services through the agent's nftables proxy, with real containers: two busybox httpd pods
-//! behind a NodePort Service answer a third pod's requests to the ClusterIP (both of them);
+//! Services through the agent's proxy, with real containers: two busybox httpd pods
+//! behind a NodePort Service answer a third pod's requests to the ClusterIP (both of them),
+//! translated at connect() by the socket LB (the client's socket is connected to a pod, not
+//! the ClusterIP), and a backend's requests to its own Service (hairpin);
 //! one turning unready (its readiness file emptied through `kubectl exec`) stops getting
 //! requests; the NodePort and a LoadBalancer Service (ServiceLB: the node's address as its
 //! ingress) answer from the host, which is the node; a Service without endpoints refuses at
@@ -24,6 +26,27 @@ impl Drop for ProxyTable {
             let _ = std::process::Command::new("nft")
                 .args(["delete", "table", family, "shoal-proxy"])
                 .status();
+        }
+    }
+}
+
+/// Removes the node's pod cgroup (`/shoal/<node>`, made by the agent and runc; and `/shoal`
+/// when empty) from every
+/// cgroup hierarchy once the cluster — declared after this, so dropped before — is gone.
+struct PodCgroups(Option<String>);
+
+impl Drop for PodCgroups {
+    fn drop(&mut self) {
+        let Some(node) = &self.0 else { return };
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        for line in mounts.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() > 2 && (fields[2] == "cgroup" || fields[2] == "cgroup2") {
+                let shoal = Path::new(fields[1]).join("shoal");
+                let _ = std::fs::remove_dir(shoal.join(node));
+                // Left while another node's pods are in it.
+                let _ = std::fs::remove_dir(shoal);
+            }
         }
     }
 }
@@ -94,12 +117,14 @@ fn services_reach_ready_pods() {
         "nodefs.available<1%",
     ];
     let _table = ProxyTable;
+    let mut pod_cgroups = PodCgroups(None);
     let cluster = Cluster::start_with_agent(binary, &node_flags);
     eventually("the node is Ready", Duration::from_secs(60), || {
         let nodes = cluster.items(&["get", "nodes"]);
         (nodes.len() == 1 && ready(&nodes[0])).then_some(())
     });
     let node = &cluster.items(&["get", "nodes"])[0];
+    pod_cgroups.0 = node["metadata"]["name"].as_str().map(String::from);
     let node_ip = node["status"]["addresses"]
         .as_array()
         .into_iter()
@@ -214,6 +239,60 @@ spec:
         },
     );
     assert_eq!(answers.lines().count(), 20, "{answers}");
+
+    // The socket LB (on by default) translated the client's connect: its socket is connected
+    // to a pod's address and port, never to the ClusterIP (which nftables would DNAT per
+    // packet, leaving the socket's peer the ClusterIP).
+    let pod_ip = |name: &str| -> std::net::Ipv4Addr {
+        cluster.json(&["get", "pod", name])["status"]["podIP"]
+            .as_str()
+            .and_then(|ip| ip.parse().ok())
+            .expect("podIP")
+    };
+    let hex = |ip: std::net::Ipv4Addr, port: u16| {
+        format!("{:08X}:{port:04X}", u32::from_le_bytes(ip.octets()))
+    };
+    let endpoints = [hex(pod_ip("web-a"), 8080), hex(pod_ip("web-b"), 8080)];
+    let service = hex(web_ip.parse().expect("ClusterIP"), 80);
+    let sockets = cluster.kubectl(&[
+        "exec",
+        "client",
+        "--",
+        "sh",
+        "-c",
+        &format!("(sleep 2 | nc {web_ip} 80 >/dev/null) & sleep 1; cat /proc/net/tcp"),
+    ]);
+    // `sl local remote st …`: the client's connection, established (01).
+    let peers: Vec<&str> = sockets
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 3 && f[3] == "01").then(|| f[2])
+        })
+        .collect();
+    assert!(
+        peers.iter().any(|p| endpoints.iter().any(|e| e == p))
+            && !peers.contains(&service.as_str()),
+        "the client's socket should be connected to {endpoints:?}, not {service}:\n{sockets}"
+    );
+
+    // Hairpin: a backend reaching its own Service (now a plain connect, maybe to itself).
+    let hairpin = cluster.kubectl(&[
+        "exec",
+        "web-a",
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "for i in 1 2 3 4 5 6 7 8 9 10; do \
+             printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {web_ip} 80 \
+             | {{ last=failed; while read -r l; do last=$l; done; echo \"$last\"; }}; done"
+        ),
+    ]);
+    assert!(
+        hairpin.lines().count() == 10 && hairpin.lines().all(|l| l == "web-a" || l == "web-b"),
+        "{hairpin}"
+    );
 
     // NodePort from the host (the node).
     let node_port = cluster.json(&["get", "service", "web"])["spec"]["ports"][0]["nodePort"]

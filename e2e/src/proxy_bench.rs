@@ -8,13 +8,16 @@
 //! - Incremental: one endpoint of one Service turns unready with N Services present, until
 //!   the kernel has committed the transaction (the rule is live then), repeated.
 //! - Per-connection cost: new TCP connections (connect, read a short reply, close) from the
-//!   client pod to the backend directly, through a ClusterIP, and through a peer's rule — a
+//!   client pod to the backend directly, through a ClusterIP (nftables), through the same
+//!   ClusterIP translated at `connect()` by the socket LB ([`sock_lb`]: the bench process in
+//!   a cgroup with the program attached, for this target only), and through a peer's rule — a
 //!   plain `dnat` to the backend in a table of its own, as kube-proxy programs a Service with
 //!   one endpoint (plus the masquerade kube-proxy would need without `br_netfilter`) —
 //!   alternating in rounds; then 1-byte round trips on a kept-alive connection each way.
 //! - HTTP ([`http`]): `hey` (a new connection per request) and `wrk` (a new connection per
 //!   request, then kept-alive connections) from the client pod against a small HTTP server
-//!   in the backend pod, directly, through the ClusterIP and through the peer, alternating
+//!   in the backend pod, directly, through the ClusterIP (nftables, then the socket LB) and
+//!   through the peer, alternating
 //!   in rounds: requests/s, p50/p99 and the cost per request over direct.
 //!
 //! The node's `bridge-nf-call-iptables` is off unless `--br-netfilter`: the direct path is
@@ -23,7 +26,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,6 +46,7 @@ use shoal_net::proxy::render::{self, Blocks, Change, TableConfig};
 use crate::latency::Latencies;
 
 mod http;
+mod sock_lb;
 
 /// Flags of `shoal-bench proxy`.
 #[derive(Debug, Clone, clap::Args)]
@@ -149,6 +153,9 @@ const HTTP_PORT: u16 = 8082;
 const HTTP_SERVICE_PORT: u16 = 82;
 /// The peer's Service address (a plain `dnat` rule in a table of its own).
 const PEER_VIP: &str = "10.97.0.1";
+/// Which of the targets (direct, ClusterIP, ClusterIP with the socket LB, peer) is measured
+/// from inside the socket LB's cgroup.
+const SOCKET_LB: usize = 2;
 
 fn vip(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 1)) + i as u32)
@@ -379,6 +386,8 @@ pub fn run(args: &ProxyArgs) -> Result<String> {
     }
     peer.push_str("}\n");
     Nft::in_netns(&node.name).apply(&peer)?;
+    // The socket LB: Service 0's ports translated at connect() for the processes of its cgroup.
+    let socket_lb = sock_lb::SocketLb::start(&service_ports(&services[0], [&slices[0]], &context))?;
 
     if args.connections > 0 {
         let stop = Arc::new(AtomicBool::new(false));
@@ -429,15 +438,18 @@ pub fn run(args: &ProxyArgs) -> Result<String> {
         let cluster_ip = SocketAddrV4::new(vip(0), 80);
         let peer_ip: Ipv4Addr = PEER_VIP.parse()?;
         let peer_vip = SocketAddrV4::new(peer_ip, 80);
+        let socket_lb = &socket_lb;
         let measured = client.enter(|| {
             let rounds = 10;
             let per_round = args.connections.div_ceil(rounds);
-            let mut conns: [Latencies; 3] = Default::default();
+            let mut conns: [Latencies; 4] = Default::default();
             for _ in 0..rounds {
-                for (target, out) in [direct, cluster_ip, peer_vip]
+                for (k, (target, out)) in [direct, cluster_ip, cluster_ip, peer_vip]
                     .into_iter()
                     .zip(conns.iter_mut())
+                    .enumerate()
                 {
+                    let _in_cgroup = socket_lb.inside(k == SOCKET_LB)?;
                     for _ in 0..per_round {
                         let started = Instant::now();
                         let mut conn = TcpStream::connect_timeout(
@@ -448,14 +460,24 @@ pub fn run(args: &ProxyArgs) -> Result<String> {
                         let mut reply = [0u8; 2];
                         conn.read_exact(&mut reply)?;
                         out.record(started.elapsed());
+                        // Translated at connect(): the socket's peer is the backend itself
+                        // (through nftables it stays the ClusterIP).
+                        let at_backend = conn.peer_addr()?.ip() == IpAddr::V4(*direct.ip());
+                        if at_backend != (k == SOCKET_LB || k == 0) {
+                            bail!("target {k} ({target}): connected to {}", conn.peer_addr()?);
+                        }
                     }
                 }
             }
             // Round trips of one byte on one kept-alive connection per target.
-            let mut echoes: [Latencies; 3] = Default::default();
+            let mut echoes: [Latencies; 4] = Default::default();
             let mut streams = [
                 TcpStream::connect((BACKEND, ECHO_PORT))?,
                 TcpStream::connect((vip(0), ECHO_SERVICE_PORT))?,
+                {
+                    let _in_cgroup = socket_lb.inside(true)?;
+                    TcpStream::connect((vip(0), ECHO_SERVICE_PORT))?
+                },
                 TcpStream::connect((peer_ip, ECHO_SERVICE_PORT))?,
             ];
             for stream in &streams {
@@ -479,17 +501,20 @@ pub fn run(args: &ProxyArgs) -> Result<String> {
         let (mut conns, mut echoes) = measured?;
         served?;
         let us = |d: Duration| d.as_secs_f64() * 1e6;
-        let line = |what: &str, all: &mut [Latencies; 3]| -> Result<String> {
-            let [Some(d), Some(v), Some(p)] = all.each_mut().map(|l| l.summary()) else {
+        let line = |what: &str, all: &mut [Latencies; 4]| -> Result<String> {
+            let [Some(d), Some(v), Some(s), Some(p)] = all.each_mut().map(|l| l.summary()) else {
                 bail!("nothing measured");
             };
             Ok(format!(
-                "{what}: direct p50 {:.0} µs p99 {:.0} µs; ClusterIP p50 {:.0} µs p99 {:.0} µs ({:+.1}% at p50); peer's plain DNAT p50 {:.0} µs p99 {:.0} µs ({:+.1}%)\n",
+                "{what}: direct p50 {:.0} µs p99 {:.0} µs; ClusterIP p50 {:.0} µs p99 {:.0} µs ({:+.1}% at p50); ClusterIP with the socket LB p50 {:.0} µs p99 {:.0} µs ({:+.1}%); peer's plain DNAT p50 {:.0} µs p99 {:.0} µs ({:+.1}%)\n",
                 us(d.p50),
                 us(d.p99),
                 us(v.p50),
                 us(v.p99),
                 (us(v.p50) / us(d.p50) - 1.0) * 100.0,
+                us(s.p50),
+                us(s.p99),
+                (us(s.p50) / us(d.p50) - 1.0) * 100.0,
                 us(p.p50),
                 us(p.p99),
                 (us(p.p50) / us(d.p50) - 1.0) * 100.0,
@@ -509,14 +534,19 @@ pub fn run(args: &ProxyArgs) -> Result<String> {
         )?);
     }
     if args.http_requests > 0 {
-        report.push_str(&http_figures(args, &backend, &client)?);
+        report.push_str(&http_figures(args, &backend, &client, &socket_lb)?);
     }
     Ok(report)
 }
 
 /// `hey` and `wrk` against the backend's HTTP server: each mode against each target in turn,
 /// for `--http-rounds` rounds.
-fn http_figures(args: &ProxyArgs, backend: &Netns, client: &Netns) -> Result<String> {
+fn http_figures(
+    args: &ProxyArgs,
+    backend: &Netns,
+    client: &Netns,
+    socket_lb: &sock_lb::SocketLb,
+) -> Result<String> {
     let tools = http::Tools::find()?;
     let cpu = match args.http_cpu.as_str() {
         "none" => None,
@@ -540,12 +570,14 @@ fn http_figures(args: &ProxyArgs, backend: &Netns, client: &Netns) -> Result<Str
     let targets = [
         SocketAddrV4::new(BACKEND.parse()?, HTTP_PORT),
         SocketAddrV4::new(vip(0), HTTP_SERVICE_PORT),
+        SocketAddrV4::new(vip(0), HTTP_SERVICE_PORT),
         SocketAddrV4::new(PEER_VIP.parse()?, HTTP_SERVICE_PORT),
     ];
     // Each target is reached from an address of its own: the backend sees the same address
     // and port pairs from all three otherwise (no masquerade), and a port reused across
     // targets would meet the previous connection's TIME_WAIT socket or conntrack entry.
-    for (address, target) in [("10.88.0.4", targets[1]), ("10.88.0.5", targets[2])] {
+    // (The socket LB's connections go to the backend's own address, as direct ones do.)
+    for (address, target) in [("10.88.0.4", targets[1]), ("10.88.0.5", targets[3])] {
         client.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
         let to = format!("{}/32", target.ip());
         client.ip(&["route", "add", &to, "via", "10.88.0.1", "src", address])?;
@@ -559,11 +591,13 @@ fn http_figures(args: &ProxyArgs, backend: &Netns, client: &Netns) -> Result<Str
         if let Some(cpu) = cpu {
             http::pin(cpu)?;
         }
-        let mut runs: Vec<[Vec<http::HttpRun>; 3]> =
+        let mut runs: Vec<[Vec<http::HttpRun>; 4]> =
             http::Mode::ALL.iter().map(|_| Default::default()).collect();
         for _ in 0..args.http_rounds.max(1) {
             for (mode, by_target) in http::Mode::ALL.into_iter().zip(runs.iter_mut()) {
-                for (target, out) in targets.into_iter().zip(by_target.iter_mut()) {
+                for (k, (target, out)) in targets.into_iter().zip(by_target.iter_mut()).enumerate()
+                {
+                    let _in_cgroup = socket_lb.inside(k == SOCKET_LB)?;
                     out.push(tools.run(mode, target, load)?);
                 }
             }
@@ -579,11 +613,11 @@ fn http_figures(args: &ProxyArgs, backend: &Netns, client: &Netns) -> Result<Str
         args.wrk_seconds
     );
     for (mode, by_target) in http::Mode::ALL.into_iter().zip(runs?) {
-        let [Some(d), Some(v), Some(p)] = by_target.map(|runs| http::figure(&runs)) else {
+        let [Some(d), Some(v), Some(s), Some(p)] = by_target.map(|runs| http::figure(&runs)) else {
             bail!("nothing measured for {}", mode.describe());
         };
         report.push_str("  ");
-        report.push_str(&http::line(mode, &[d, v, p]));
+        report.push_str(&http::line(mode, &[d, v, s, p]));
     }
     Ok(report)
 }

@@ -24,6 +24,9 @@ pub struct SandboxSettings {
     /// The node's resolv.conf search domains and servers, for `dnsPolicy: Default`.
     pub host_dns_servers: Vec<String>,
     pub host_dns_searches: Vec<String>,
+    /// The cgroup (path from a hierarchy's root) every pod's containers go under, as
+    /// `<parent>/<container id>` (the cgroupfs driver's layout): this node's pods only.
+    pub cgroup_parent: String,
 }
 
 fn pod_labels(pod: &Pod) -> HashMap<String, String> {
@@ -189,7 +192,7 @@ pub fn sandbox_config(pod: &Pod, attempt: u32, settings: &SandboxSettings) -> v1
         labels: pod_labels(pod),
         annotations,
         linux: Some(v1::LinuxPodSandboxConfig {
-            cgroup_parent: String::new(),
+            cgroup_parent: settings.cgroup_parent.clone(),
             security_context: Some(v1::LinuxSandboxSecurityContext {
                 namespace_options: Some(v1::NamespaceOption {
                     network: mode(spec.host_network),
@@ -413,6 +416,7 @@ mod tests {
             cluster_domain: "cluster.local".into(),
             host_dns_servers: vec!["1.1.1.1".into()],
             host_dns_searches: vec![],
+            cgroup_parent: "/shoal/n1".into(),
         }
     }
 
@@ -441,13 +445,9 @@ mod tests {
         assert_eq!(config.log_directory, "/var/log/pods/shop_web_u1");
         assert_eq!(config.port_mappings[0].host_port, 8080);
         assert_eq!(config.labels[LABEL_POD_UID], "u1");
-        let ns = config
-            .linux
-            .unwrap()
-            .security_context
-            .unwrap()
-            .namespace_options
-            .unwrap();
+        let linux = config.linux.unwrap();
+        assert_eq!(linux.cgroup_parent, "/shoal/n1");
+        let ns = linux.security_context.unwrap().namespace_options.unwrap();
         assert_eq!(ns.network, v1::NamespaceMode::Pod as i32);
         assert_eq!(ns.pid, v1::NamespaceMode::Container as i32);
     }

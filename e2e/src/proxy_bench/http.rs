@@ -1,6 +1,7 @@
 //! The HTTP figure of `shoal-bench proxy`: a small HTTP/1.1 server in the backend pod's
 //! namespace, and `hey` and `wrk` run from the client pod's namespace against the backend
-//! directly, a ClusterIP and the peer's plain DNAT, alternating in rounds.
+//! directly, a ClusterIP (through nftables, and translated at `connect()` by the socket LB)
+//! and the peer's plain DNAT, alternating in rounds.
 //!
 //! The server is a fixed pool of threads blocked in `accept`, each serving one connection at
 //! a time with a constant 2-byte body: a few microseconds per request, so neither its cost
@@ -405,11 +406,12 @@ pub fn figure(runs: &[HttpRun]) -> Option<Figure> {
     })
 }
 
-/// One report line: each target's figure, and the ClusterIP's and the peer's cost per
+/// One report line: each target's figure, and the ClusterIP's (nftables, socket LB) and the
+/// peer's cost per
 /// request over direct, from requests/s (the time per request, all of it counted) and at
 /// p50 (wrk's latency excludes the connection's handshake; hey's steps are 0.1 ms).
-pub fn line(mode: Mode, figures: &[Figure; 3]) -> String {
-    let [direct, cluster_ip, peer] = figures;
+pub fn line(mode: Mode, figures: &[Figure; 4]) -> String {
+    let [direct, cluster_ip, socket_lb, peer] = figures;
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let one = |name: &str, f: &Figure| {
         let mut s = format!(
@@ -429,12 +431,14 @@ pub fn line(mode: Mode, figures: &[Figure; 3]) -> String {
             (us(f.p50) / us(direct.p50) - 1.0) * 100.0,
         )
     };
-    let ((v_rate, v_p50), (p_rate, p_p50)) = (over(cluster_ip), over(peer));
+    let ((v_rate, v_p50), (s_rate, s_p50), (p_rate, p_p50)) =
+        (over(cluster_ip), over(socket_lb), over(peer));
     format!(
-        "{}: {}; {} ({v_rate:+.1}% per request, {v_p50:+.1}% at p50); {} ({p_rate:+.1}%, {p_p50:+.1}%)\n",
+        "{}: {}; {} ({v_rate:+.1}% per request, {v_p50:+.1}% at p50); {} ({s_rate:+.1}%, {s_p50:+.1}%); {} ({p_rate:+.1}%, {p_p50:+.1}%)\n",
         mode.describe(),
         one("direct", direct),
         one("ClusterIP", cluster_ip),
+        one("ClusterIP with the socket LB", socket_lb),
         one("peer's plain DNAT", peer),
     )
 }
@@ -505,7 +509,7 @@ mod tests {
         assert_eq!(direct.p50, Duration::from_micros(100));
         assert_eq!(direct.p99, Duration::from_micros(200));
         let slower = figure(&[run(9_000, 110)]).unwrap();
-        let text = line(Mode::WrkKeepAlive, &[direct, slower, direct]);
+        let text = line(Mode::WrkKeepAlive, &[direct, slower, direct, direct]);
         assert!(
             text.contains(
                 "ClusterIP 9000 req/s, p50 110 µs, p99 220 µs (+11.1% per request, +10.0% at p50)"

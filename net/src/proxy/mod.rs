@@ -19,6 +19,7 @@ pub mod nft;
 pub mod render;
 pub mod ruleset;
 pub mod run;
+pub mod sock_lb;
 pub mod wire;
 
 pub use run::{run, ProxyConfig};

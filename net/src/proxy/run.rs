@@ -2,10 +2,15 @@
 //! reflector caches; every event names the Service it concerns; after a short debounce the
 //! loop syncs. The first sync (and any after a failure or a re-list) writes the whole table;
 //! the others send only the difference for the Services named since the last sync.
+//!
+//! With the socket LB on ([`ProxyConfig::socket_lb`]), its maps follow the same model after
+//! each sync of the tables, full or incremental alike; a failure there leaves the tables alone
+//! (they handle every connection the program does not translate) and rewrites the maps whole
+//! at the next sync.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +28,7 @@ use super::model::{service_ports, Model, NodeContext, ServiceName, ServicePort};
 use super::netlink::{ApplyError, Nftables};
 use super::render::{self, Blocks, Change, TableConfig};
 use super::ruleset::Transaction;
+use super::sock_lb::{plan, SockLb};
 
 /// How the proxy runs on this node.
 #[derive(Debug, Clone)]
@@ -35,6 +41,10 @@ pub struct ProxyConfig {
     pub debounce: Duration,
     /// Where the tables are written.
     pub nftables: Nftables,
+    /// Translate TCP ClusterIP connects at the socket for the processes of this cgroup (a
+    /// directory of the cgroup v2 hierarchy, made if missing): this node's pods. `None`:
+    /// nftables only.
+    pub socket_lb: Option<PathBuf>,
 }
 
 impl ProxyConfig {
@@ -50,6 +60,7 @@ impl ProxyConfig {
             node_local_ips: BTreeSet::new(),
             debounce: Duration::from_millis(20),
             nftables: Nftables::current(),
+            socket_lb: None,
         }
     }
 }
@@ -136,7 +147,12 @@ pub async fn run(client: kube::Client, config: ProxyConfig, mut shutdown: watch:
         events(svc_watch, svc_writer, ServiceName::of_service, true).boxed(),
         events(slice_watch, slice_writer, ServiceName::of_slice, false).boxed(),
     );
+    let socket_lb = config
+        .socket_lb
+        .as_deref()
+        .and_then(|cgroup| attach_socket_lb(cgroup, config.table.ipv6));
     let mut proxy = Proxy {
+        socket_lb,
         config,
         services: svc_store,
         slices: slice_store,
@@ -177,8 +193,28 @@ pub async fn run(client: kube::Client, config: ProxyConfig, mut shutdown: watch:
     }
 }
 
+/// Attaches the socket LB to `cgroup`, or says why not (nftables then handles everything).
+fn attach_socket_lb(cgroup: &Path, ipv6: bool) -> Option<SockLb> {
+    if let Err(err) = std::fs::create_dir_all(cgroup) {
+        tracing::warn!(%err, cgroup = %cgroup.display(), "no socket LB: cannot make the pods' cgroup");
+        return None;
+    }
+    match SockLb::attach(cgroup, ipv6) {
+        Ok(lb) => {
+            tracing::info!(cgroup = %cgroup.display(), "socket LB attached: TCP ClusterIP connects of pods are translated at connect()");
+            Some(lb)
+        }
+        Err(err) => {
+            tracing::warn!(%err, "no socket LB; ClusterIPs go through nftables only");
+            None
+        }
+    }
+}
+
 struct Proxy {
     config: ProxyConfig,
+    /// The connect-time translation, when on and attached.
+    socket_lb: Option<SockLb>,
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     /// What the table holds; `None` when the next sync must be a full one.
@@ -262,8 +298,11 @@ impl Proxy {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "programmed all Services"
             );
-            self.applied = Some(model);
             self.changed.clear();
+            if let Some(lb) = self.socket_lb.as_mut() {
+                sync_socket_lb(lb, &model, None);
+            }
+            self.applied = Some(model);
             return Ok(());
         };
         let changed = std::mem::take(&mut self.changed);
@@ -292,6 +331,13 @@ impl Proxy {
                 return Err(err);
             }
         }
+        // The socket LB's part of the change: every frontend these Services had or have.
+        let lb_change = self.socket_lb.as_ref().map(|_| {
+            let desired = plan::frontends(new.iter().flat_map(|(_, ports)| ports));
+            let before = plan::frontends(changes.iter().flat_map(|c| c.old));
+            let scope: BTreeSet<_> = before.into_keys().chain(desired.keys().copied()).collect();
+            (desired, scope)
+        });
         for (name, ports) in new {
             if ports.is_empty() {
                 applied.remove(name);
@@ -299,7 +345,26 @@ impl Proxy {
                 applied.insert(name.clone(), ports);
             }
         }
+        if let (Some(lb), Some(change)) = (self.socket_lb.as_mut(), lb_change.as_ref()) {
+            sync_socket_lb(lb, applied, Some(change));
+        }
         Ok(())
+    }
+}
+
+/// Brings the socket LB's maps to `model` — only the frontends of `change` (what they should
+/// hold, and which to look at) when given and the maps are in a known state.
+fn sync_socket_lb(
+    lb: &mut SockLb,
+    model: &Model,
+    change: Option<&(plan::Desired, BTreeSet<super::sock_lb::Frontend>)>,
+) {
+    let result = match change {
+        Some((desired, scope)) if !lb.needs_full() => lb.sync(desired, scope),
+        _ => lb.sync_all(&plan::frontends(model.values().flatten())),
+    };
+    if let Err(err) = result {
+        tracing::warn!(%err, "socket LB maps: rewriting them at the next sync; nftables handles ClusterIPs meanwhile");
     }
 }
 
