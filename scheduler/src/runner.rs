@@ -719,10 +719,19 @@ fn start_explanations(
 /// What one decision asks of the loop's IO.
 #[derive(Debug)]
 enum Decision {
-    /// Bind the pod (already assumed on the node).
-    Bind { pod: Pod, node: String },
+    /// Bind the pod (already assumed on the node). What the bind and its event need, not
+    /// the pod: copying every pod decided would be the loop's largest allocation.
+    Bind {
+        key: PodKey,
+        uid: Option<String>,
+        reference: ObjectReference,
+        node: String,
+    },
     /// The pod fits nowhere and this is news: record a `FailedScheduling` event.
-    FailedScheduling { pod: Pod, message: String },
+    FailedScheduling {
+        reference: ObjectReference,
+        message: String,
+    },
     /// Nothing to do outside the loop (a repeated failure, a pod gone meanwhile).
     None,
 }
@@ -741,15 +750,16 @@ fn decide_next(state: &mut State) -> Option<Decision> {
         }
         None => state.backing_off.pop_earliest()?,
     };
-    let Some(pod) = state.pods.get(&key).cloned() else {
+    let Some(pod) = state.pods.get(&key) else {
         return Some(Decision::None);
     };
     // An assumed pod is bound or binding, whatever a stale update of it says
     // (kube-scheduler's `skipPodSchedule`).
-    if !needs_scheduling(&pod, DEFAULT_SCHEDULER_NAME) || state.assumed.contains_key(&key) {
+    if !needs_scheduling(pod, DEFAULT_SCHEDULER_NAME) || state.assumed.contains_key(&key) {
         return Some(Decision::None);
     }
-    let info = PodInfo::from_pod(&pod);
+    let info = PodInfo::from_pod(pod);
+    let reference = pod_reference(pod);
     match state.scheduler.schedule_info(&state.snapshot, &info, false) {
         Ok(placement) => {
             state.snapshot.assume_info(info, &placement.node_name);
@@ -759,9 +769,11 @@ fn decide_next(state: &mut State) -> Option<Decision> {
             state
                 .assumed
                 .insert(key.clone(), placement.node_name.clone());
-            state.binding.insert(key);
+            state.binding.insert(key.clone());
             Some(Decision::Bind {
-                pod,
+                key,
+                uid: reference.uid.clone(),
+                reference,
                 node: placement.node_name,
             })
         }
@@ -776,7 +788,7 @@ fn decide_next(state: &mut State) -> Option<Decision> {
             }
             state.park(key, info, unschedulable.failed_filters);
             Some(if news {
-                Decision::FailedScheduling { pod, message }
+                Decision::FailedScheduling { reference, message }
             } else {
                 Decision::None
             })
@@ -795,41 +807,58 @@ fn decide_queued(
     for _ in 0..DECISIONS_PER_TURN {
         match decide_next(state) {
             None => return false,
-            Some(Decision::Bind { pod, node }) => {
+            Some(Decision::Bind {
+                key,
+                uid,
+                reference,
+                node,
+            }) => {
                 tokio::spawn(bind(
                     client.clone(),
                     recorder.clone(),
-                    pod,
+                    Bound {
+                        key,
+                        uid,
+                        reference,
+                    },
                     node,
                     report.clone(),
                 ));
             }
-            Some(Decision::FailedScheduling { pod, message }) => recorder.record(
-                pod_reference(&pod),
-                EventType::Warning,
-                "FailedScheduling",
-                &message,
-            ),
+            Some(Decision::FailedScheduling { reference, message }) => {
+                recorder.record(reference, EventType::Warning, "FailedScheduling", &message)
+            }
             Some(Decision::None) => {}
         }
     }
     !state.queue.is_empty() || state.backing_off.next_due().is_some()
 }
 
+/// The pod a bind is for.
+struct Bound {
+    key: PodKey,
+    uid: Option<String>,
+    reference: ObjectReference,
+}
+
 async fn bind(
     client: kube::Client,
     recorder: Recorder,
-    pod: Pod,
+    pod: Bound,
     node: String,
     report: mpsc::UnboundedSender<Report>,
 ) {
-    let key = key_of(&pod);
+    let Bound {
+        key,
+        uid,
+        reference,
+    } = pod;
     let pods: Api<Pod> = Api::namespaced(client, &key.0);
     let binding = Binding {
         metadata: ObjectMeta {
             name: Some(key.1.clone()),
             namespace: Some(key.0.clone()),
-            uid: pod.metadata.uid.clone(),
+            uid,
             ..ObjectMeta::default()
         },
         target: ObjectReference {
@@ -848,7 +877,7 @@ async fn bind(
     };
     if result.is_ok() {
         recorder.record(
-            pod_reference(&pod),
+            reference,
             EventType::Normal,
             "Scheduled",
             &format!("Successfully assigned {}/{} to {node}", key.0, key.1),
@@ -964,11 +993,13 @@ mod tests {
         let (mut bound, mut failed) = (Vec::new(), Vec::new());
         while let Some(decision) = decide_next(state) {
             match decision {
-                Decision::Bind { pod, node } => {
-                    state.binding.remove(&key_of(&pod));
-                    bound.push((pod.name_any(), node));
+                Decision::Bind { key, node, .. } => {
+                    state.binding.remove(&key);
+                    bound.push((key.1, node));
                 }
-                Decision::FailedScheduling { pod, .. } => failed.push(pod.name_any()),
+                Decision::FailedScheduling { reference, .. } => {
+                    failed.push(reference.name.unwrap_or_default())
+                }
                 Decision::None => {}
             }
         }
@@ -1034,23 +1065,23 @@ mod tests {
             vec![ready_node("n1", "1", "8Gi", serde_json::json!({}))],
             vec![pending_pod("a", "1", "64Mi"), pending_pod("b", "1", "64Mi")],
         );
-        let Some(Decision::Bind { pod, node }) = decide_next(&mut state) else {
+        let Some(Decision::Bind { key: pod, node, .. }) = decide_next(&mut state) else {
             panic!("the first pod fits");
         };
-        let other = if pod.name_any() == "a" { "b" } else { "a" };
+        let other = if pod.1 == "a" { "b" } else { "a" };
         assert_eq!(
             decide_all(&mut state),
             (vec![], vec![other.into()]),
             "n1 is full"
         );
-        on_bound(&mut state, key_of(&pod), node, Err(api_error(500)));
+        on_bound(&mut state, pod.clone(), node, Err(api_error(500)));
         // The other pod was waiting for room on n1, which the forgotten assumption gave
         // back; the pod whose binding failed waits out its backoff, idle loop or not.
         assert_eq!(
             decide_all(&mut state),
             (vec![(other.into(), "n1".into())], vec![])
         );
-        assert!(state.erred.contains_key(&key_of(&pod)));
+        assert!(state.erred.contains_key(&pod));
         assert!(decide_next(&mut state).is_none());
         assert!(state.next_wakeup() <= Instant::now() + INITIAL_BACKOFF);
     }
@@ -1063,9 +1094,9 @@ mod tests {
     }
 
     /// The one pod `decide_next` binds now, with its node.
-    fn bind_one(state: &mut State) -> (Pod, String) {
+    fn bind_one(state: &mut State) -> (PodKey, String) {
         match decide_next(state) {
-            Some(Decision::Bind { pod, node }) => (pod, node),
+            Some(Decision::Bind { key, node, .. }) => (key, node),
             other => panic!("expected a bind, got {other:?}"),
         }
     }
@@ -1077,7 +1108,7 @@ mod tests {
             vec![pending_pod("a", "1", "64Mi"), pending_pod("b", "1", "64Mi")],
         );
         let (pod, node) = bind_one(&mut state);
-        let key = key_of(&pod);
+        let key = pod.clone();
         let other = if key.1 == "a" { "b" } else { "a" };
         assert_eq!(decide_all(&mut state), (vec![], vec![other.into()]));
 
@@ -1126,7 +1157,7 @@ mod tests {
             );
             let (pod, node) = bind_one(&mut state);
             let text = error.to_string();
-            on_bound(&mut state, key_of(&pod), node, Err(error));
+            on_bound(&mut state, pod.clone(), node, Err(error));
             assert!(state.erred.contains_key(&key("a")), "{text}");
             assert!(state.snapshot.pod_info("default", "a").is_none(), "{text}");
             // Past its backoff it is decided and bound again.
@@ -1149,7 +1180,7 @@ mod tests {
         );
         let (pod, node) = bind_one(&mut state);
         state.on_pod_event(watcher::Event::Apply(bound_pod("a", "n1", "1", "64Mi")));
-        on_bound(&mut state, key_of(&pod), node, Err(BindError::TimedOut));
+        on_bound(&mut state, pod.clone(), node, Err(BindError::TimedOut));
         assert!(
             state.snapshot.pod_info("default", "a").is_some(),
             "still on n1"
@@ -1163,13 +1194,13 @@ mod tests {
         );
         let (pod, node) = bind_one(&mut state);
         state.on_pod_event(watcher::Event::Delete(pending_pod("a", "1", "64Mi")));
-        on_bound(&mut state, key_of(&pod), node.clone(), Err(api_error(404)));
+        on_bound(&mut state, pod.clone(), node.clone(), Err(api_error(404)));
         assert!(!state.erred.contains_key(&key("a")));
         assert!(state.snapshot.pod_info("default", "a").is_none());
         let (pod, _) = bind_one_after(&mut state, pending_pod("a", "1", "64Mi"));
-        state.on_pod_event(watcher::Event::Delete(pod.clone()));
+        state.on_pod_event(watcher::Event::Delete(pending_pod("a", "1", "64Mi")));
         state.on_pod_event(watcher::Event::Apply(pending_pod("a", "1", "64Mi")));
-        on_bound(&mut state, key_of(&pod), node, Err(api_error(409)));
+        on_bound(&mut state, pod.clone(), node, Err(api_error(409)));
         assert!(
             state.erred.contains_key(&key("a")),
             "the new pod is retried"
@@ -1177,7 +1208,7 @@ mod tests {
     }
 
     /// Lets the watch show `pod` and binds it.
-    fn bind_one_after(state: &mut State, pod: Pod) -> (Pod, String) {
+    fn bind_one_after(state: &mut State, pod: Pod) -> (PodKey, String) {
         state.on_pod_event(watcher::Event::Apply(pod));
         bind_one(state)
     }
@@ -1189,7 +1220,7 @@ mod tests {
             vec![pending_pod("a", "1", "64Mi"), pending_pod("b", "1", "64Mi")],
         );
         let (pod, node) = bind_one(&mut state);
-        let key = key_of(&pod);
+        let key = pod.clone();
         on_bound(&mut state, key.clone(), node, Ok(()));
         // A stale update (the pod as it was before the bind) is not decided again, and the
         // node stays full for the other pod.
