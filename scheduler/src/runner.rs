@@ -1061,10 +1061,7 @@ mod tests {
 
     #[test]
     fn a_failed_binding_frees_its_node_and_waits_out_its_backoff() {
-        let mut state = listed(
-            vec![ready_node("n1", "1", "8Gi", serde_json::json!({}))],
-            vec![pending_pod("a", "1", "64Mi"), pending_pod("b", "1", "64Mi")],
-        );
+        let mut state = one_pod_per_node(&["a", "b"]);
         let Some(Decision::Bind { key: pod, node, .. }) = decide_next(&mut state) else {
             panic!("the first pod fits");
         };
@@ -1086,6 +1083,14 @@ mod tests {
         assert!(state.next_wakeup() <= Instant::now() + INITIAL_BACKOFF);
     }
 
+    /// A loop state that has listed one node `n1` with room for one of the pending `pods`.
+    fn one_pod_per_node(pods: &[&str]) -> State {
+        listed(
+            vec![ready_node("n1", "1", "8Gi", serde_json::json!({}))],
+            pods.iter().map(|p| pending_pod(p, "1", "64Mi")).collect(),
+        )
+    }
+
     fn api_error(code: u16) -> BindError {
         BindError::Api(kube::Error::Api(Box::new(kube::core::Status {
             code,
@@ -1103,12 +1108,8 @@ mod tests {
 
     #[test]
     fn a_conflicting_bind_forgets_the_assumption_and_requeues_until_the_watch_shows_it_bound() {
-        let mut state = listed(
-            vec![ready_node("n1", "1", "8Gi", serde_json::json!({}))],
-            vec![pending_pod("a", "1", "64Mi"), pending_pod("b", "1", "64Mi")],
-        );
-        let (pod, node) = bind_one(&mut state);
-        let key = pod.clone();
+        let mut state = one_pod_per_node(&["a", "b"]);
+        let (key, node) = bind_one(&mut state);
         let other = if key.1 == "a" { "b" } else { "a" };
         assert_eq!(decide_all(&mut state), (vec![], vec![other.into()]));
 
@@ -1151,10 +1152,7 @@ mod tests {
             api_error(504),
             BindError::TimedOut,
         ] {
-            let mut state = listed(
-                vec![ready_node("n1", "1", "8Gi", serde_json::json!({}))],
-                vec![pending_pod("a", "1", "64Mi")],
-            );
+            let mut state = one_pod_per_node(&["a"]);
             let (pod, node) = bind_one(&mut state);
             let text = error.to_string();
             on_bound(&mut state, pod.clone(), node, Err(error));
@@ -1174,10 +1172,7 @@ mod tests {
     #[test]
     fn a_failed_bind_of_a_pod_the_watch_shows_bound_or_gone_is_not_retried() {
         // Bound (by this bind, which then timed out): the watch's pod stays accounted.
-        let mut state = listed(
-            vec![ready_node("n1", "1", "8Gi", serde_json::json!({}))],
-            vec![pending_pod("a", "1", "64Mi")],
-        );
+        let mut state = one_pod_per_node(&["a"]);
         let (pod, node) = bind_one(&mut state);
         state.on_pod_event(watcher::Event::Apply(bound_pod("a", "n1", "1", "64Mi")));
         on_bound(&mut state, pod.clone(), node, Err(BindError::TimedOut));
@@ -1188,10 +1183,7 @@ mod tests {
         assert!(!state.erred.contains_key(&key("a")));
 
         // Deleted while binding: nothing to retry; created again: retried.
-        let mut state = listed(
-            vec![ready_node("n1", "1", "8Gi", serde_json::json!({}))],
-            vec![pending_pod("a", "1", "64Mi")],
-        );
+        let mut state = one_pod_per_node(&["a"]);
         let (pod, node) = bind_one(&mut state);
         state.on_pod_event(watcher::Event::Delete(pending_pod("a", "1", "64Mi")));
         on_bound(&mut state, pod.clone(), node.clone(), Err(api_error(404)));
@@ -1215,12 +1207,8 @@ mod tests {
 
     #[test]
     fn a_bound_pod_stays_assumed_until_the_watch_shows_it_bound() {
-        let mut state = listed(
-            vec![ready_node("n1", "1", "8Gi", serde_json::json!({}))],
-            vec![pending_pod("a", "1", "64Mi"), pending_pod("b", "1", "64Mi")],
-        );
-        let (pod, node) = bind_one(&mut state);
-        let key = pod.clone();
+        let mut state = one_pod_per_node(&["a", "b"]);
+        let (key, node) = bind_one(&mut state);
         on_bound(&mut state, key.clone(), node, Ok(()));
         // A stale update (the pod as it was before the bind) is not decided again, and the
         // node stays full for the other pod.
