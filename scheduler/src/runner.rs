@@ -348,14 +348,22 @@ impl State {
     /// Sends back to the queue the unschedulable pods `event` may help, as their rejecting
     /// filters' queueing hints say.
     fn cluster_event(&mut self, event: ClusterEvent<'_>) {
-        let candidates: Box<dyn Iterator<Item = &PodKey>> = if event.concerns_node_local_filters() {
-            Box::new(self.unschedulable.keys())
-        } else {
-            Box::new(self.wide.iter())
-        };
+        // Every parked pod is walked as it is stored rather than looked up again by key: an
+        // uncordon of 1,000 nodes with 10,000 pods parked is 20 million hashed lookups
+        // otherwise (SipHash was 4% of the server's samples during one).
+        let candidates: Box<dyn Iterator<Item = (&PodKey, &Parked)>> =
+            if event.concerns_node_local_filters() {
+                Box::new(self.unschedulable.iter())
+            } else {
+                let parked = &self.unschedulable;
+                Box::new(
+                    self.wide
+                        .iter()
+                        .filter_map(move |key| parked.get(key).map(|p| (key, p))),
+                )
+            };
         let decided: Vec<(PodKey, Requeue)> = candidates
-            .filter_map(|key| {
-                let parked = self.unschedulable.get(key)?;
+            .filter_map(|(key, parked)| {
                 match should_requeue(&self.snapshot, &parked.pod, &parked.rejected, &event) {
                     Requeue::No => None,
                     requeue => Some((key.clone(), requeue)),
