@@ -823,7 +823,8 @@ mod deletion_tests {
 
 /// Applies a `Binding` to a pod: sets `spec.nodeName` and the `PodScheduled` condition.
 /// Refuses (with the message Kubernetes gives) a pod that is already bound or being deleted.
-pub fn bind_pod(pod: &Value, binding: &Value, now: &str) -> Result<Value, String> {
+/// Takes the pod as read, so the bound pod is written without a copy of it.
+pub fn bind_pod(pod: Value, binding: &Value, now: &str) -> Result<Value, String> {
     let name = pod
         .pointer("/metadata/name")
         .and_then(Value::as_str)
@@ -855,7 +856,7 @@ pub fn bind_pod(pod: &Value, binding: &Value, now: &str) -> Result<Value, String
             "pod {name} is being deleted, cannot be assigned to a host"
         ));
     }
-    let mut bound = pod.clone();
+    let mut bound = pod;
     bound["spec"]["nodeName"] = json!(node);
     let condition = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now});
     let status = bound
@@ -883,7 +884,7 @@ mod binding_tests {
         let pod = json!({"metadata": {"name": "p", "resourceVersion": "5"}, "spec": {}, "status": {"phase": "Pending",
             "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]}});
         let bound = bind_pod(
-            &pod,
+            pod.clone(),
             &json!({"target": {"kind": "Node", "name": "n1"}}),
             "t",
         )
@@ -894,13 +895,13 @@ mod binding_tests {
             json!([{"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": "t"}])
         );
         assert!(bound["metadata"].get("resourceVersion").is_none());
-        let again = bind_pod(&bound, &json!({"target": {"name": "n2"}}), "t");
+        let again = bind_pod(bound, &json!({"target": {"name": "n2"}}), "t");
         assert_eq!(
             again,
             Err("pod p is already assigned to node \"n1\"".to_string())
         );
-        assert!(bind_pod(&pod, &json!({"target": {}}), "t").is_err());
-        assert!(bind_pod(&pod, &json!({"target": {"kind": "Pod", "name": "x"}}), "t").is_err());
+        assert!(bind_pod(pod.clone(), &json!({"target": {}}), "t").is_err());
+        assert!(bind_pod(pod, &json!({"target": {"kind": "Pod", "name": "x"}}), "t").is_err());
     }
 }
 

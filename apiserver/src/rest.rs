@@ -1035,9 +1035,11 @@ impl Api {
         if kind == PatchKind::Apply {
             return self.apply(target, name, query, body).await;
         }
-        for _attempt in 0..5 {
-            let current = self.existing(target, name).await?;
-            let stored = decode(target.def, &current)?;
+        self.guaranteed_update(target, name, move |current| async move {
+            let Current {
+                object: stored,
+                revision,
+            } = current;
             let mut patched = match target.subresource.as_deref() {
                 Some("scale") => scale_of(&stored),
                 _ => stored.clone(),
@@ -1065,15 +1067,13 @@ impl Api {
                     query,
                     &stored,
                     updated,
-                    current.mod_revision,
+                    revision,
                     Some(manager),
                 )
                 .await?;
-            if let Some(response) = written {
-                return Ok(response);
-            }
-        }
-        Err(conflict(target, name))
+            Ok(written.map_or(Attempt::Changed, Attempt::Done))
+        })
+        .await
     }
 
     async fn delete(
@@ -1096,19 +1096,19 @@ impl Api {
         // As Kubernetes' registry does, a delete without a resourceVersion precondition retries
         // when a controller's write lands between the read and the conditional delete: the
         // client asked to delete the object, whatever version it is now.
-        for _attempt in 0..5 {
-            let current = self.existing(target, name).await?;
-            let object = decode(target.def, &current)?;
-            preconditions.check(&object, current.mod_revision)?;
+        let (delete_options, preconditions) = (&delete_options, &preconditions);
+        self.guaranteed_update(target, name, move |current| async move {
+            let Current { object, revision } = current;
+            preconditions.check(&object, revision)?;
             let now = OffsetDateTime::now_utc().unix_timestamp();
             let action = if target.def.kind == "Namespace" {
                 objects::DeleteAction::Remove
             } else {
-                objects::plan_delete(target.def, &object, &delete_options, now)
+                objects::plan_delete(target.def, &object, delete_options, now)
                     .map_err(bad_request)?
             };
             if dry_run(query)? {
-                return Ok(Json(object).into_response());
+                return Ok(Attempt::Done(Json(object).into_response()));
             }
             let written = match action {
                 objects::DeleteAction::Remove => {
@@ -1119,9 +1119,9 @@ impl Api {
                         self.delete_custom_objects(&object).await?;
                     }
                     self.store
-                        .delete(&target.key(), Some(current.mod_revision))
+                        .delete(&target.key(), Some(revision))
                         .await
-                        .map(|_| (Json(object.clone()).into_response(), true))
+                        .map(|_| (Json(&object).into_response(), true))
                 }
                 objects::DeleteAction::Mark(mut marked) => {
                     if let Some(meta) = marked.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -1129,7 +1129,7 @@ impl Api {
                     }
                     let encoded = encode_stored(target.def, &marked)?;
                     self.store
-                        .update(&target.key(), encoded, current.mod_revision)
+                        .update(&target.key(), encoded, revision)
                         .await
                         .map(|kv| {
                             let marked = objects::with_resource_version(marked, kv.mod_revision);
@@ -1137,7 +1137,8 @@ impl Api {
                         })
                 }
                 objects::DeleteAction::Unchanged => {
-                    return Ok((StatusCode::ACCEPTED, Json(object)).into_response());
+                    let response = (StatusCode::ACCEPTED, Json(object)).into_response();
+                    return Ok(Attempt::Done(response));
                 }
             };
             match written {
@@ -1145,13 +1146,13 @@ impl Api {
                     if removed {
                         self.released(target, &object).await;
                     }
-                    return Ok(response);
+                    Ok(Attempt::Done(response))
                 }
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(store_error(target, name, e)),
+                Err(StoreError::Conflict { .. }) => Ok(Attempt::Changed),
+                Err(e) => Err(store_error(target, name, e)),
             }
-        }
-        Err(conflict(target, name))
+        })
+        .await
     }
 
     /// The field manager for writes to `target`: on the main resource of a kind with a status
@@ -1253,34 +1254,33 @@ impl Api {
             error.details = e.status().get("details").cloned();
             error
         };
-        for _attempt in 0..5 {
-            let current = self
-                .store
-                .get(&target.key())
-                .await
-                .map_err(|e| store_error(target, name, e))?;
-            let Some(current) = current else {
+        let (config, field_manager, options) = (&config, &field_manager, &options);
+        self.read_modify_write(target, name, move |current| async move {
+            let Some(Current {
+                object: stored,
+                revision,
+            }) = current
+            else {
                 if target.subresource.is_some() {
                     return Err(not_found(target, name));
                 }
                 let created = field_manager
-                    .apply(None, &config, &options)
+                    .apply(None, config, options)
                     .map_err(apply_error)?;
                 let collection = Target {
                     name: None,
                     ..target.clone()
                 };
-                match self.create_object(&collection, query, None, created).await {
-                    Err(e) if e.reason == "AlreadyExists" => continue,
-                    other => return other,
-                }
+                return match self.create_object(&collection, query, None, created).await {
+                    Err(e) if e.reason == "AlreadyExists" => Ok(Attempt::Changed),
+                    other => other.map(Attempt::Done),
+                };
             };
-            let stored = decode(target.def, &current)?;
             let merged = field_manager
-                .apply(Some(&stored), &config, &options)
+                .apply(Some(&stored), config, options)
                 .map_err(apply_error)?;
             if merged == stored {
-                return Ok(respond(target, stored));
+                return Ok(Attempt::Done(respond(target, stored)));
             }
             let updated = match target.subresource.as_deref() {
                 None => objects::prepare_update(target.def, &stored, merged)
@@ -1299,21 +1299,11 @@ impl Api {
             };
             // The apply recorded its own managed fields.
             let written = self
-                .write_back(
-                    target,
-                    name,
-                    query,
-                    &stored,
-                    updated,
-                    current.mod_revision,
-                    None,
-                )
+                .write_back(target, name, query, &stored, updated, revision, None)
                 .await?;
-            if let Some(response) = written {
-                return Ok(response);
-            }
-        }
-        Err(conflict(target, name))
+            Ok(written.map_or(Attempt::Changed, Attempt::Done))
+        })
+        .await
     }
 
     /// What writing a Service needs from the allocator (None for other kinds and for
@@ -1526,6 +1516,61 @@ impl Api {
             }
         }
         Ok((freed, restored))
+    }
+
+    /// Kubernetes' `GuaranteedUpdate`: reads the object at `target` (`None` when there is
+    /// none) and lets `attempt` decide from it — refuse with an error, answer without a
+    /// write, or write with a compare-and-swap on the revision read (`Attempt::Changed` when
+    /// that found the object changed since) — and reads it again after a change, up to
+    /// [`UPDATE_ATTEMPTS`] times, then answers 409. Every read-modify-write that a client
+    /// did not pin to a resourceVersion goes through here (PATCH, apply, DELETE, binding),
+    /// so a write landing between the read and the write is never the client's 409.
+    async fn read_modify_write<T, F>(
+        &self,
+        target: &Target,
+        name: &str,
+        mut attempt: impl FnMut(Option<Current>) -> F,
+    ) -> Result<T, ApiError>
+    where
+        F: std::future::Future<Output = Result<Attempt<T>, ApiError>>,
+    {
+        for _ in 0..UPDATE_ATTEMPTS {
+            let current = match self
+                .store
+                .get(&target.key())
+                .await
+                .map_err(|e| store_error(target, name, e))?
+            {
+                Some(kv) => Some(Current {
+                    object: decode(target.def, &kv)?,
+                    revision: kv.mod_revision,
+                }),
+                None => None,
+            };
+            if let Attempt::Done(answer) = attempt(current).await? {
+                return Ok(answer);
+            }
+        }
+        Err(conflict(target, name))
+    }
+
+    /// [`Api::read_modify_write`] of an object that must exist (404 otherwise).
+    async fn guaranteed_update<T, F>(
+        &self,
+        target: &Target,
+        name: &str,
+        mut attempt: impl FnMut(Current) -> F,
+    ) -> Result<T, ApiError>
+    where
+        F: std::future::Future<Output = Result<Attempt<T>, ApiError>>,
+    {
+        self.read_modify_write(target, name, |current| {
+            let next = current
+                .map(&mut attempt)
+                .ok_or_else(|| not_found(target, name));
+            async move { next?.await }
+        })
+        .await
     }
 
     /// The end of every read-modify-write (PUT, PATCH, apply): custom and field validation,
@@ -1783,15 +1828,9 @@ impl Api {
         // read and the bind (the scheduler's own `PodScheduled=False`, a label) is retried: a
         // binding is refused only when the pod is already bound or being deleted. A 409 for a
         // mere write race made the scheduler take the pod for bound elsewhere and drop it.
-        for _attempt in 0..5 {
-            let current = self
-                .store
-                .get(&pod_target.key())
-                .await
-                .map_err(|e| store_error(target, name, e))?;
-            let current = current.ok_or_else(|| not_found(&pod_target, name))?;
-            let pod = decode(pod_target.def, &current)?;
-            let bound = objects::bind_pod(&pod, &binding, &now()).map_err(|m| {
+        let (binding, pod_target) = (&binding, &pod_target);
+        self.guaranteed_update(pod_target, name, move |current| async move {
+            let bound = objects::bind_pod(current.object, binding, &now()).map_err(|m| {
                 ApiError::new(
                     StatusCode::CONFLICT,
                     "Conflict",
@@ -1800,17 +1839,15 @@ impl Api {
             })?;
             match self
                 .store
-                .update(&pod_target.key(), encode(&bound)?, current.mod_revision)
+                .update(&pod_target.key(), encode(&bound)?, current.revision)
                 .await
             {
-                Ok(_) => {
-                    return Ok((StatusCode::CREATED, Json(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}))).into_response());
-                }
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(store_error(&pod_target, name, e)),
+                Ok(_) => Ok(Attempt::Done((StatusCode::CREATED, Json(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}))).into_response())),
+                Err(StoreError::Conflict { .. }) => Ok(Attempt::Changed),
+                Err(e) => Err(store_error(pod_target, name, e)),
             }
-        }
-        Err(conflict(&pod_target, name))
+        })
+        .await
     }
 
     /// Server-side field validation of a built-in kind (see [`crate::typed`]): returns the
@@ -2009,6 +2046,25 @@ fn namespace_object(mut object: Value) -> Value {
     object["status"] = json!({"phase": "Active"});
     object
 }
+
+/// An object as a read-modify-write read it: its served form (with its resourceVersion) and
+/// the revision its compare-and-swap must find.
+struct Current {
+    object: Value,
+    revision: i64,
+}
+
+/// What one attempt of a read-modify-write came to.
+enum Attempt<T> {
+    /// Written, or nothing to write: the answer.
+    Done(T),
+    /// The compare-and-swap found the object changed since it was read: read it again.
+    Changed,
+}
+
+/// Attempts of a read-modify-write before it answers 409, as Kubernetes' registry bounds
+/// its retries.
+const UPDATE_ATTEMPTS: usize = 5;
 
 /// Why a store update failed: a refusal already phrased for the client, or a store error
 /// (kept apart so PATCH can retry on a conflict).

@@ -7,6 +7,7 @@
 //! plan it must not act on a cache that has not yet seen those creates and deletes, or it
 //! would create or delete the same pods twice.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -209,7 +210,12 @@ fn normalized(status: &ReplicaSetStatus) -> ReplicaSetStatus {
 
 /// Plans one sync of `rs` given the pods of its namespace (the loop passes the whole
 /// namespace: pods that stopped matching still carry a controller reference to release).
-pub fn plan(rs: &ReplicaSet, pods: &[Pod], now: &Time) -> Result<ReplicaSetPlan, ReplicaSetError> {
+/// The pods are borrowed (`Pod`, `&Pod` or the cache's `Arc<Pod>`): nothing is copied.
+pub fn plan<P: Borrow<Pod>>(
+    rs: &ReplicaSet,
+    pods: &[P],
+    now: &Time,
+) -> Result<ReplicaSetPlan, ReplicaSetError> {
     let now = truncate_to_second(now);
     let spec = rs.spec.as_ref();
     let selector = Selector::parse(spec.map(|s| &s.selector))?;
@@ -217,9 +223,9 @@ pub fn plan(rs: &ReplicaSet, pods: &[Pod], now: &Time) -> Result<ReplicaSetPlan,
     let desired = desired_replicas(rs).max(0);
 
     // Inactive pods are neither claimed nor counted (FilterActivePods before claimPods).
-    let candidates = pods
-        .iter()
-        .filter(|p| p.metadata.namespace == rs.metadata.namespace && pod_state::is_active(p));
+    let candidates = pods.iter().map(Borrow::borrow).filter(|p: &&Pod| {
+        p.metadata.namespace == rs.metadata.namespace && pod_state::is_active(p)
+    });
     let mut owned: Vec<&Pod> = Vec::new();
     let mut adopt = Vec::new();
     let mut release = Vec::new();
@@ -394,7 +400,7 @@ mod tests {
 
     #[test]
     fn creates_and_deletes_are_capped_by_the_burst() {
-        let plan = plan(&web_rs(2000, 0), &[], &time(100)).unwrap();
+        let plan = plan::<Pod>(&web_rs(2000, 0), &[], &time(100)).unwrap();
         assert_eq!(plan.create, BURST_REPLICAS);
         assert_eq!(slow_start_batches(10), [1, 2, 4, 3]);
         assert_eq!(slow_start_batches(0), Vec::<usize>::new());
@@ -512,7 +518,7 @@ mod tests {
     #[test]
     fn replica_failure_is_set_by_the_hook_and_cleared_by_a_clean_sync() {
         let rs = web_rs(3, 0);
-        let plan = plan(&rs, &[], &time(100)).unwrap();
+        let plan = plan::<Pod>(&rs, &[], &time(100)).unwrap();
         let failed =
             plan.status_after_failure("pods \"web-abc-x\" is forbidden: quota", &time(100));
         let condition = failed
@@ -528,7 +534,7 @@ mod tests {
 
         let mut failing = rs.clone();
         failing.status = Some(failed.clone());
-        let again = super::plan(&failing, &[], &time(130)).unwrap();
+        let again = super::plan::<Pod>(&failing, &[], &time(130)).unwrap();
         // A clean plan drops the condition; a second failure keeps the first one's time.
         assert!(again.status.conditions.is_none());
         let still = again.status_after_failure("other", &time(130));
@@ -560,7 +566,7 @@ mod tests {
         }))
         .unwrap();
         assert!(matches!(
-            plan(&rs, &[], &time(1)),
+            plan::<Pod>(&rs, &[], &time(1)),
             Err(ReplicaSetError::Selector(_))
         ));
     }

@@ -5,6 +5,14 @@
 //! condition and a `FailedScheduling` event. Unschedulable pods are retried, with backoff,
 //! only after a cluster change one of the filters that rejected them says can help
 //! (the `queueing` module), as kube-scheduler's queue does with queueing hints.
+//!
+//! A failed bind is handled as kube-scheduler's failure handler does, whatever the error
+//! (a conflict, a 5xx, a timeout): the assumption is forgotten (its node's resources given
+//! back) and the pod waits out a backoff, unless the pod watch already shows it bound or
+//! gone. A pod that was in fact bound (a conflict because somebody else bound it, a timeout
+//! whose write landed) leaves the backoff queue when the watch shows its `spec.nodeName`.
+//! A pod whose bind succeeded stays assumed until the watch shows it bound, so a stale
+//! update of it (still pending) is never decided again.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
@@ -40,11 +48,32 @@ const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Unschedulable pods are retried at least this often even if nothing seems to change.
 const UNSCHEDULABLE_FLUSH: Duration = Duration::from_secs(60);
+/// A bind that has not answered by then is taken as failed (the pod is retried after its
+/// backoff; if the write landed after all, the watch shows the pod bound).
+const BIND_TIMEOUT: Duration = Duration::from_secs(30);
 
 type PodKey = (String, String);
 
 fn key_of(pod: &Pod) -> PodKey {
     (pod.namespace().unwrap_or_default(), pod.name_any())
+}
+
+/// Why a bind failed. Every kind is handled alike (forget the assumption, retry after a
+/// backoff); the kind only sets how loudly it is logged.
+#[derive(Debug, thiserror::Error)]
+enum BindError {
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    #[error("no answer within {BIND_TIMEOUT:?}")]
+    TimedOut,
+}
+
+impl BindError {
+    /// A refusal that is part of normal operation: the pod was bound by somebody else,
+    /// deleted, or written meanwhile.
+    fn is_routine(&self) -> bool {
+        matches!(self, BindError::Api(kube::Error::Api(s)) if s.code == 404 || s.code == 409)
+    }
 }
 
 /// What the loop's tasks report back.
@@ -54,7 +83,7 @@ enum Report {
     Bound {
         key: PodKey,
         node: String,
-        result: Result<(), kube::Error>,
+        result: Result<(), BindError>,
     },
     /// A `PodScheduled=False` write is done (whatever its outcome).
     Explained(PodKey),
@@ -223,7 +252,12 @@ struct State {
     pods: HashMap<PodKey, Pod>,
     queue: VecDeque<PodKey>,
     queued: HashSet<PodKey>,
+    /// Binds in flight.
     binding: HashSet<PodKey>,
+    /// Pods accounted on a node in the snapshot before the watch showed them bound (kube-
+    /// scheduler's assumed pods), with that node: binding, or bound but not seen yet. Never
+    /// decided again while here; a failed bind forgets the assumption.
+    assumed: HashMap<PodKey, String>,
     /// Pods that fit nowhere, waiting for a change in the cluster.
     unschedulable: HashMap<PodKey, Parked>,
     /// Those of them a cluster-wide filter (PodTopologySpread, InterPodAffinity) rejected.
@@ -257,6 +291,7 @@ impl State {
             queue: VecDeque::new(),
             queued: HashSet::new(),
             binding: HashSet::new(),
+            assumed: HashMap::new(),
             unschedulable: HashMap::new(),
             wide: HashSet::new(),
             attempts: HashMap::new(),
@@ -272,6 +307,7 @@ impl State {
 
     fn enqueue(&mut self, key: PodKey) {
         if self.binding.contains(&key)
+            || self.assumed.contains_key(&key)
             || self.backing_off.contains_key(&key)
             || self.erred.contains_key(&key)
         {
@@ -312,14 +348,22 @@ impl State {
     /// Sends back to the queue the unschedulable pods `event` may help, as their rejecting
     /// filters' queueing hints say.
     fn cluster_event(&mut self, event: ClusterEvent<'_>) {
-        let candidates: Box<dyn Iterator<Item = &PodKey>> = if event.concerns_node_local_filters() {
-            Box::new(self.unschedulable.keys())
-        } else {
-            Box::new(self.wide.iter())
-        };
+        // Every parked pod is walked as it is stored rather than looked up again by key: an
+        // uncordon of 1,000 nodes with 10,000 pods parked is 20 million hashed lookups
+        // otherwise (SipHash was 4% of the server's samples during one).
+        let candidates: Box<dyn Iterator<Item = (&PodKey, &Parked)>> =
+            if event.concerns_node_local_filters() {
+                Box::new(self.unschedulable.iter())
+            } else {
+                let parked = &self.unschedulable;
+                Box::new(
+                    self.wide
+                        .iter()
+                        .filter_map(move |key| parked.get(key).map(|p| (key, p))),
+                )
+            };
         let decided: Vec<(PodKey, Requeue)> = candidates
-            .filter_map(|key| {
-                let parked = self.unschedulable.get(key)?;
+            .filter_map(|(key, parked)| {
                 match should_requeue(&self.snapshot, &parked.pod, &parked.rejected, &event) {
                     Requeue::No => None,
                     requeue => Some((key.clone(), requeue)),
@@ -367,6 +411,18 @@ impl State {
             .collect();
         let nodes: Vec<Node> = self.nodes.values().cloned().collect();
         self.snapshot = Snapshot::from_objects(&nodes, &bound);
+        // Assumptions the listed objects do not confirm yet still hold: a bind in flight,
+        // or done but not listed, keeps its node's resources.
+        let pods = &self.pods;
+        self.assumed.retain(|key, _| {
+            pods.get(key)
+                .is_some_and(|p| needs_scheduling(p, DEFAULT_SCHEDULER_NAME))
+        });
+        for (key, node) in &self.assumed {
+            if let Some(pod) = self.pods.get(key) {
+                self.snapshot.assume_info(PodInfo::from_pod(pod), node);
+            }
+        }
         let pending: Vec<PodKey> = self
             .pods
             .values()
@@ -387,6 +443,8 @@ impl State {
             .is_some();
         if bound {
             self.forget(&key);
+            // Confirmed: the snapshot's entry is the bound pod's from here on.
+            self.assumed.remove(&key);
             let old = self.snapshot.pod_info(&key.0, &key.1).cloned();
             self.snapshot.upsert_pod(&pod);
             let new = self.snapshot.pod_info(&key.0, &key.1).cloned();
@@ -424,6 +482,7 @@ impl State {
         let key = key_of(pod);
         self.pods.remove(&key);
         self.forget(&key);
+        self.assumed.remove(&key);
         if let Some(gone) = self.snapshot.take_pod(&key.0, &key.1) {
             self.cluster_event(ClusterEvent::AssignedPodRemoved(&gone));
         }
@@ -531,6 +590,41 @@ impl State {
         }
     }
 
+    /// A bind failed, for whatever reason: kube-scheduler's `handleBindingCycleError` —
+    /// forget the assumption (unless the watch has confirmed the pod bound meanwhile, or
+    /// seen it deleted, either of which ended it), then its failure handler — retry the pod
+    /// after a backoff if the watch still shows it pending, and drop it if the watch shows it
+    /// bound or gone. A pod the watch shows pending because the news has not arrived yet
+    /// (bound by somebody else, or by this very bind before it timed out) leaves the backoff
+    /// queue when the watch shows it bound ([`State::on_pod`] forgets it).
+    fn bind_failed(&mut self, key: PodKey) {
+        if self.assumed.remove(&key).is_some() {
+            if let Some(assumed) = self.snapshot.take_pod(&key.0, &key.1) {
+                self.cluster_event(ClusterEvent::AssignedPodRemoved(&assumed));
+            }
+        }
+        let pending = self
+            .pods
+            .get(&key)
+            .is_some_and(|p| needs_scheduling(p, DEFAULT_SCHEDULER_NAME));
+        if pending {
+            self.retry_later(key);
+        }
+    }
+
+    /// After a bind answered: a pod of the same name that the watch shows pending and that
+    /// is not assumed (deleted and created again while the bind was in flight) was kept out
+    /// of the queue by the bind; queue it now.
+    fn requeue_if_unassumed_pending(&mut self, key: PodKey) {
+        let pending = self
+            .pods
+            .get(&key)
+            .is_some_and(|p| needs_scheduling(p, DEFAULT_SCHEDULER_NAME));
+        if pending && !self.assumed.contains_key(&key) && !self.unschedulable.contains_key(&key) {
+            self.enqueue(key);
+        }
+    }
+
     /// Retries the pod after a backoff (its binding failed).
     fn retry_later(&mut self, key: PodKey) {
         let retry = self.next_retry(&key);
@@ -633,10 +727,19 @@ fn start_explanations(
 /// What one decision asks of the loop's IO.
 #[derive(Debug)]
 enum Decision {
-    /// Bind the pod (already assumed on the node).
-    Bind { pod: Pod, node: String },
+    /// Bind the pod (already assumed on the node). What the bind and its event need, not
+    /// the pod: copying every pod decided would be the loop's largest allocation.
+    Bind {
+        key: PodKey,
+        uid: Option<String>,
+        reference: ObjectReference,
+        node: String,
+    },
     /// The pod fits nowhere and this is news: record a `FailedScheduling` event.
-    FailedScheduling { pod: Pod, message: String },
+    FailedScheduling {
+        reference: ObjectReference,
+        message: String,
+    },
     /// Nothing to do outside the loop (a repeated failure, a pod gone meanwhile).
     None,
 }
@@ -655,22 +758,30 @@ fn decide_next(state: &mut State) -> Option<Decision> {
         }
         None => state.backing_off.pop_earliest()?,
     };
-    let Some(pod) = state.pods.get(&key).cloned() else {
+    let Some(pod) = state.pods.get(&key) else {
         return Some(Decision::None);
     };
-    if !needs_scheduling(&pod, DEFAULT_SCHEDULER_NAME) {
+    // An assumed pod is bound or binding, whatever a stale update of it says
+    // (kube-scheduler's `skipPodSchedule`).
+    if !needs_scheduling(pod, DEFAULT_SCHEDULER_NAME) || state.assumed.contains_key(&key) {
         return Some(Decision::None);
     }
-    let info = PodInfo::from_pod(&pod);
+    let info = PodInfo::from_pod(pod);
+    let reference = pod_reference(pod);
     match state.scheduler.schedule_info(&state.snapshot, &info, false) {
         Ok(placement) => {
             state.snapshot.assume_info(info, &placement.node_name);
             if let Some(assumed) = state.snapshot.pod_info(&key.0, &key.1).cloned() {
                 state.cluster_event(ClusterEvent::AssignedPodAdded(&assumed));
             }
-            state.binding.insert(key);
+            state
+                .assumed
+                .insert(key.clone(), placement.node_name.clone());
+            state.binding.insert(key.clone());
             Some(Decision::Bind {
-                pod,
+                key,
+                uid: reference.uid.clone(),
+                reference,
                 node: placement.node_name,
             })
         }
@@ -685,7 +796,7 @@ fn decide_next(state: &mut State) -> Option<Decision> {
             }
             state.park(key, info, unschedulable.failed_filters);
             Some(if news {
-                Decision::FailedScheduling { pod, message }
+                Decision::FailedScheduling { reference, message }
             } else {
                 Decision::None
             })
@@ -704,41 +815,58 @@ fn decide_queued(
     for _ in 0..DECISIONS_PER_TURN {
         match decide_next(state) {
             None => return false,
-            Some(Decision::Bind { pod, node }) => {
+            Some(Decision::Bind {
+                key,
+                uid,
+                reference,
+                node,
+            }) => {
                 tokio::spawn(bind(
                     client.clone(),
                     recorder.clone(),
-                    pod,
+                    Bound {
+                        key,
+                        uid,
+                        reference,
+                    },
                     node,
                     report.clone(),
                 ));
             }
-            Some(Decision::FailedScheduling { pod, message }) => recorder.record(
-                pod_reference(&pod),
-                EventType::Warning,
-                "FailedScheduling",
-                &message,
-            ),
+            Some(Decision::FailedScheduling { reference, message }) => {
+                recorder.record(reference, EventType::Warning, "FailedScheduling", &message)
+            }
             Some(Decision::None) => {}
         }
     }
     !state.queue.is_empty() || state.backing_off.next_due().is_some()
 }
 
+/// The pod a bind is for.
+struct Bound {
+    key: PodKey,
+    uid: Option<String>,
+    reference: ObjectReference,
+}
+
 async fn bind(
     client: kube::Client,
     recorder: Recorder,
-    pod: Pod,
+    pod: Bound,
     node: String,
     report: mpsc::UnboundedSender<Report>,
 ) {
-    let key = key_of(&pod);
+    let Bound {
+        key,
+        uid,
+        reference,
+    } = pod;
     let pods: Api<Pod> = Api::namespaced(client, &key.0);
     let binding = Binding {
         metadata: ObjectMeta {
             name: Some(key.1.clone()),
             namespace: Some(key.0.clone()),
-            uid: pod.metadata.uid.clone(),
+            uid,
             ..ObjectMeta::default()
         },
         target: ObjectReference {
@@ -748,18 +876,16 @@ async fn bind(
             ..ObjectReference::default()
         },
     };
-    let result = pods
-        .create_subresource::<Binding, serde_json::Value>(
-            "binding",
-            &key.1,
-            &PostParams::default(),
-            &binding,
-        )
-        .await
-        .map(|_| ());
+    let params = PostParams::default();
+    let request =
+        pods.create_subresource::<Binding, serde_json::Value>("binding", &key.1, &params, &binding);
+    let result = match tokio::time::timeout(BIND_TIMEOUT, request).await {
+        Ok(answer) => answer.map(|_| ()).map_err(BindError::from),
+        Err(_) => Err(BindError::TimedOut),
+    };
     if result.is_ok() {
         recorder.record(
-            pod_reference(&pod),
+            reference,
             EventType::Normal,
             "Scheduled",
             &format!("Successfully assigned {}/{} to {node}", key.0, key.1),
@@ -775,21 +901,21 @@ fn on_report(state: &mut State, report: Report) {
     }
 }
 
-fn on_bound(state: &mut State, key: PodKey, node: String, result: Result<(), kube::Error>) {
+fn on_bound(state: &mut State, key: PodKey, node: String, result: Result<(), BindError>) {
     state.binding.remove(&key);
     match result {
-        Ok(()) => state.forget(&key),
+        Ok(()) => {
+            // Stays assumed until the watch shows it bound.
+            state.forget(&key);
+            state.requeue_if_unassumed_pending(key);
+        }
         Err(e) => {
-            // The assumption did not hold: forget it and try again later (unless the pod is
-            // gone or somebody else bound it, which the watch will show).
-            if let Some(assumed) = state.snapshot.take_pod(&key.0, &key.1) {
-                state.cluster_event(ClusterEvent::AssignedPodRemoved(&assumed));
+            if e.is_routine() {
+                tracing::debug!(pod = ?key, node = %node, error = %e, "binding failed");
+            } else {
+                tracing::info!(pod = ?key, node = %node, error = %e, "binding failed");
             }
-            tracing::debug!(pod = ?key, node = %node, error = %e, "binding failed");
-            let gone = matches!(&e, kube::Error::Api(s) if s.code == 404 || s.code == 409);
-            if !gone {
-                state.retry_later(key);
-            }
+            state.bind_failed(key);
         }
     }
 }
@@ -875,11 +1001,13 @@ mod tests {
         let (mut bound, mut failed) = (Vec::new(), Vec::new());
         while let Some(decision) = decide_next(state) {
             match decision {
-                Decision::Bind { pod, node } => {
-                    state.binding.remove(&key_of(&pod));
-                    bound.push((pod.name_any(), node));
+                Decision::Bind { key, node, .. } => {
+                    state.binding.remove(&key);
+                    bound.push((key.1, node));
                 }
-                Decision::FailedScheduling { pod, .. } => failed.push(pod.name_any()),
+                Decision::FailedScheduling { reference, .. } => {
+                    failed.push(reference.name.unwrap_or_default())
+                }
                 Decision::None => {}
             }
         }
@@ -941,33 +1069,172 @@ mod tests {
 
     #[test]
     fn a_failed_binding_frees_its_node_and_waits_out_its_backoff() {
-        let mut state = listed(
-            vec![ready_node("n1", "1", "8Gi", serde_json::json!({}))],
-            vec![pending_pod("a", "1", "64Mi"), pending_pod("b", "1", "64Mi")],
-        );
-        let Some(Decision::Bind { pod, node }) = decide_next(&mut state) else {
+        let mut state = one_pod_per_node(&["a", "b"]);
+        let Some(Decision::Bind { key: pod, node, .. }) = decide_next(&mut state) else {
             panic!("the first pod fits");
         };
-        let other = if pod.name_any() == "a" { "b" } else { "a" };
+        let other = if pod.1 == "a" { "b" } else { "a" };
         assert_eq!(
             decide_all(&mut state),
             (vec![], vec![other.into()]),
             "n1 is full"
         );
-        let failure = kube::Error::Api(Box::new(kube::core::Status {
-            code: 500,
-            ..Default::default()
-        }));
-        on_bound(&mut state, key_of(&pod), node, Err(failure));
+        on_bound(&mut state, pod.clone(), node, Err(api_error(500)));
         // The other pod was waiting for room on n1, which the forgotten assumption gave
         // back; the pod whose binding failed waits out its backoff, idle loop or not.
         assert_eq!(
             decide_all(&mut state),
             (vec![(other.into(), "n1".into())], vec![])
         );
-        assert!(state.erred.contains_key(&key_of(&pod)));
+        assert!(state.erred.contains_key(&pod));
         assert!(decide_next(&mut state).is_none());
         assert!(state.next_wakeup() <= Instant::now() + INITIAL_BACKOFF);
+    }
+
+    /// A loop state that has listed one node `n1` with room for one of the pending `pods`.
+    fn one_pod_per_node(pods: &[&str]) -> State {
+        listed(
+            vec![ready_node("n1", "1", "8Gi", serde_json::json!({}))],
+            pods.iter().map(|p| pending_pod(p, "1", "64Mi")).collect(),
+        )
+    }
+
+    fn api_error(code: u16) -> BindError {
+        BindError::Api(kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            ..Default::default()
+        })))
+    }
+
+    /// The one pod `decide_next` binds now, with its node.
+    fn bind_one(state: &mut State) -> (PodKey, String) {
+        match decide_next(state) {
+            Some(Decision::Bind { key, node, .. }) => (key, node),
+            other => panic!("expected a bind, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_conflicting_bind_forgets_the_assumption_and_requeues_until_the_watch_shows_it_bound() {
+        let mut state = one_pod_per_node(&["a", "b"]);
+        let (key, node) = bind_one(&mut state);
+        let other = if key.1 == "a" { "b" } else { "a" };
+        assert_eq!(decide_all(&mut state), (vec![], vec![other.into()]));
+
+        // 409 (say, somebody else bound it, and the watch has not shown it yet).
+        on_bound(&mut state, key.clone(), node, Err(api_error(409)));
+        assert!(!state.assumed.contains_key(&key), "assumption forgotten");
+        assert!(state.snapshot.pod_info(&key.0, &key.1).is_none());
+        assert!(state.erred.contains_key(&key), "requeued with backoff");
+        assert!(state.next_wakeup() <= Instant::now() + INITIAL_BACKOFF);
+        // Its node's room went to the other pod; the pod itself waits out its backoff.
+        assert_eq!(
+            decide_all(&mut state),
+            (vec![(other.into(), "n1".into())], vec![])
+        );
+        assert!(decide_next(&mut state).is_none());
+
+        // The watch shows it bound (to n1, beside the other, say by another scheduler):
+        // out of every queue, accounted as bound, never decided again.
+        state.on_pod_event(watcher::Event::Apply(bound_pod(&key.1, "n1", "1", "64Mi")));
+        assert!(!state.erred.contains_key(&key));
+        assert!(!state.attempts.contains_key(&key));
+        assert_eq!(
+            state
+                .snapshot
+                .pod_info(&key.0, &key.1)
+                .and_then(|p| p.node_name.as_deref()),
+            Some("n1")
+        );
+        state.requeue_due();
+        assert!(state.erred.pop_earliest().is_none());
+        assert!(decide_next(&mut state).is_none());
+    }
+
+    #[test]
+    fn every_bind_error_retries_a_pod_the_watch_still_shows_pending() {
+        for error in [
+            api_error(409),
+            api_error(404),
+            api_error(500),
+            api_error(504),
+            BindError::TimedOut,
+        ] {
+            let mut state = one_pod_per_node(&["a"]);
+            let (pod, node) = bind_one(&mut state);
+            let text = error.to_string();
+            on_bound(&mut state, pod.clone(), node, Err(error));
+            assert!(state.erred.contains_key(&key("a")), "{text}");
+            assert!(state.snapshot.pod_info("default", "a").is_none(), "{text}");
+            // Past its backoff it is decided and bound again.
+            let due = state.erred.pop_earliest();
+            assert_eq!(due, Some(key("a")), "{text}");
+            state.enqueue(key("a"));
+            assert!(
+                matches!(decide_next(&mut state), Some(Decision::Bind { .. })),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_bind_of_a_pod_the_watch_shows_bound_or_gone_is_not_retried() {
+        // Bound (by this bind, which then timed out): the watch's pod stays accounted.
+        let mut state = one_pod_per_node(&["a"]);
+        let (pod, node) = bind_one(&mut state);
+        state.on_pod_event(watcher::Event::Apply(bound_pod("a", "n1", "1", "64Mi")));
+        on_bound(&mut state, pod.clone(), node, Err(BindError::TimedOut));
+        assert!(
+            state.snapshot.pod_info("default", "a").is_some(),
+            "still on n1"
+        );
+        assert!(!state.erred.contains_key(&key("a")));
+
+        // Deleted while binding: nothing to retry; created again: retried.
+        let mut state = one_pod_per_node(&["a"]);
+        let (pod, node) = bind_one(&mut state);
+        state.on_pod_event(watcher::Event::Delete(pending_pod("a", "1", "64Mi")));
+        on_bound(&mut state, pod.clone(), node.clone(), Err(api_error(404)));
+        assert!(!state.erred.contains_key(&key("a")));
+        assert!(state.snapshot.pod_info("default", "a").is_none());
+        let (pod, _) = bind_one_after(&mut state, pending_pod("a", "1", "64Mi"));
+        state.on_pod_event(watcher::Event::Delete(pending_pod("a", "1", "64Mi")));
+        state.on_pod_event(watcher::Event::Apply(pending_pod("a", "1", "64Mi")));
+        on_bound(&mut state, pod.clone(), node, Err(api_error(409)));
+        assert!(
+            state.erred.contains_key(&key("a")),
+            "the new pod is retried"
+        );
+    }
+
+    /// Lets the watch show `pod` and binds it.
+    fn bind_one_after(state: &mut State, pod: Pod) -> (PodKey, String) {
+        state.on_pod_event(watcher::Event::Apply(pod));
+        bind_one(state)
+    }
+
+    #[test]
+    fn a_bound_pod_stays_assumed_until_the_watch_shows_it_bound() {
+        let mut state = one_pod_per_node(&["a", "b"]);
+        let (key, node) = bind_one(&mut state);
+        on_bound(&mut state, key.clone(), node, Ok(()));
+        // A stale update (the pod as it was before the bind) is not decided again, and the
+        // node stays full for the other pod.
+        state.on_pod_event(watcher::Event::Apply(pending_pod(&key.1, "1", "64Mi")));
+        let other = if key.1 == "a" { "b" } else { "a" };
+        assert_eq!(decide_all(&mut state), (vec![], vec![other.into()]));
+        // A re-list that does not show the bind yet keeps the assumption too.
+        let pods = vec![pending_pod("a", "1", "64Mi"), pending_pod("b", "1", "64Mi")];
+        state.on_pod_event(watcher::Event::Init);
+        for pod in pods {
+            state.on_pod_event(watcher::Event::InitApply(pod));
+        }
+        state.on_pod_event(watcher::Event::InitDone);
+        assert!(state.snapshot.pod_info(&key.0, &key.1).is_some());
+        state.flush_unschedulable();
+        assert_eq!(decide_all(&mut state), (vec![], vec![]));
+        state.on_pod_event(watcher::Event::Apply(bound_pod(&key.1, "n1", "1", "64Mi")));
+        assert!(state.assumed.is_empty());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
 use super::exec;
-use super::{in_namespace, is_stale, requeue, Context, LoopError};
+use super::{is_stale, requeue, shared_in_namespace, Context, LoopError};
 use crate::events::EventType;
 use crate::replicaset::{self, slow_start_batches};
 
@@ -23,7 +23,7 @@ pub(super) async fn reconcile(
     super::caches_ready(&context).await?;
     let namespace = rs.namespace().unwrap_or_default();
     let owner = rs.uid().unwrap_or_default();
-    let pods = in_namespace(&context.pods, &namespace);
+    let pods = shared_in_namespace(&context.pods, &namespace);
     if super::waiting_on_pods(&context, &owner, &pods) {
         return super::stale();
     }
