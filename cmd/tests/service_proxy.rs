@@ -30,27 +30,6 @@ impl Drop for ProxyTable {
     }
 }
 
-/// Removes the node's pod cgroup (`/shoal/<node>`, made by the agent and runc; and `/shoal`
-/// when empty) from every
-/// cgroup hierarchy once the cluster — declared after this, so dropped before — is gone.
-struct PodCgroups(Option<String>);
-
-impl Drop for PodCgroups {
-    fn drop(&mut self) {
-        let Some(node) = &self.0 else { return };
-        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-        for line in mounts.lines() {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() > 2 && (fields[2] == "cgroup" || fields[2] == "cgroup2") {
-                let shoal = Path::new(fields[1]).join("shoal");
-                let _ = std::fs::remove_dir(shoal.join(node));
-                // Left while another node's pods are in it.
-                let _ = std::fs::remove_dir(shoal);
-            }
-        }
-    }
-}
-
 /// Waits until `probe` returns `Ok`; on timeout fails with its last answer, the proxy's
 /// table and the server's log lines about Services.
 fn wait_for<T>(
@@ -117,14 +96,12 @@ fn services_reach_ready_pods() {
         "nodefs.available<1%",
     ];
     let _table = ProxyTable;
-    let mut pod_cgroups = PodCgroups(None);
     let cluster = Cluster::start_with_agent(binary, &node_flags);
     eventually("the node is Ready", Duration::from_secs(60), || {
         let nodes = cluster.items(&["get", "nodes"]);
         (nodes.len() == 1 && ready(&nodes[0])).then_some(())
     });
     let node = &cluster.items(&["get", "nodes"])[0];
-    pod_cgroups.0 = node["metadata"]["name"].as_str().map(String::from);
     let node_ip = node["status"]["addresses"]
         .as_array()
         .into_iter()

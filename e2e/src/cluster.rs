@@ -372,6 +372,18 @@ impl Drop for Cluster {
             let _ = server.stop();
         }
         crate::process::kill_and_unmount_under(self.dir.path());
+        // The server's own agent is named after the host; agents after their directories.
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let agents = self
+            .agents
+            .iter()
+            .filter_map(|a| a.data_dir.file_name()?.to_str().map(String::from));
+        for node in std::iter::once(hostname.trim().to_string())
+            .filter(|_| self.with_agent)
+            .chain(agents)
+        {
+            crate::process::remove_pod_cgroups(&node);
+        }
     }
 }
 

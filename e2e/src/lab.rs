@@ -556,6 +556,7 @@ impl Drop for Lab {
             let _ = Command::new("ip")
                 .args(["netns", "delete", &node.netns])
                 .status();
+            crate::process::remove_pod_cgroups(&node.name);
         }
         let _ = Command::new("ip")
             .args(["link", "delete", &self.bridge])

@@ -13,6 +13,33 @@ pub fn is_root() -> bool {
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
 }
 
+/// Removes a node's pod cgroup (`/shoal/<node>`, which its agent gives every sandbox as
+/// parent; and `/shoal` once empty) with whatever empty container cgroups are left in it,
+/// from every cgroup hierarchy. Call it once the node's containers are gone: a cgroup that
+/// still holds a process stays.
+pub fn remove_pod_cgroups(node: &str) {
+    fn remove_tree(dir: &Path) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove_tree(&entry.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    for line in mounts.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() > 2 && (fields[2] == "cgroup" || fields[2] == "cgroup2") {
+            let shoal = Path::new(fields[1]).join("shoal");
+            remove_tree(&shoal.join(node));
+            // Stays while another node's pods are in it.
+            let _ = std::fs::remove_dir(shoal);
+        }
+    }
+}
+
 /// SIGTERM, then waits up to `timeout` before SIGKILL; the exit code.
 pub fn stop(mut child: Child, timeout: Duration) -> Option<i32> {
     let _ = Command::new("kill")
