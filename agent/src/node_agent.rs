@@ -57,6 +57,9 @@ pub struct AgentConfig {
     pub cluster_cidrs: Vec<Cidr>,
     /// Translate pods' TCP ClusterIP connects at the socket (`--proxy-socket-lb`).
     pub proxy_socket_lb: bool,
+    /// The cgroup this node's pods go under (and the socket LB attaches to); `None`:
+    /// `/shoal/<node name>`.
+    pub pod_cgroup_parent: Option<String>,
 }
 
 /// What stops a node from coming up.
@@ -152,6 +155,12 @@ pub async fn run(
         shutdown.clone(),
     ));
 
+    // The node's pods share a cgroup of their own (the socket LB attaches there).
+    let pod_cgroup_parent = config
+        .pod_cgroup_parent
+        .clone()
+        .unwrap_or_else(|| shoal_net::proxy::sock_lb::cgroup::pod_cgroup_parent(&config.node_name));
+
     // --- Service proxy (nftables): ClusterIP, NodePort, external and load-balancer addresses.
     {
         let mut proxy = shoal_net::proxy::ProxyConfig::new(config.node_name.clone());
@@ -173,8 +182,7 @@ pub async fn run(
             use shoal_net::proxy::sock_lb::cgroup;
             match cgroup::cgroup2_mount() {
                 Ok(mount) => {
-                    let parent = cgroup::pod_cgroup_parent(&config.node_name);
-                    proxy.socket_lb = Some(cgroup::v2_dir(&mount, &parent));
+                    proxy.socket_lb = Some(cgroup::v2_dir(&mount, &pod_cgroup_parent));
                 }
                 Err(err) => tracing::warn!(%err, "no socket LB: no cgroup v2 hierarchy"),
             }
@@ -208,8 +216,7 @@ pub async fn run(
             cluster_domain: config.cluster_domain.clone(),
             host_dns_servers,
             host_dns_searches,
-            // The node's pods share a cgroup of their own (the socket LB attaches there).
-            cgroup_parent: shoal_net::proxy::sock_lb::cgroup::pod_cgroup_parent(&config.node_name),
+            cgroup_parent: pod_cgroup_parent.clone(),
         },
         service_env: vec![
             (

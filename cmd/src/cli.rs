@@ -205,6 +205,12 @@ pub struct NodeArgs {
     #[arg(long, env = "SHOAL_PROXY_SOCKET_LB", default_value_t = true, action = clap::ArgAction::Set)]
     pub proxy_socket_lb: bool,
 
+    /// The cgroup (a path from the hierarchy's root) this node's pods go under, and the socket
+    /// LB attaches to; default `/shoal/<node name>`. It must hold this node's pods only: set
+    /// it when several nodes share one machine under the same name (test labs).
+    #[arg(long, env = "SHOAL_POD_CGROUP_PARENT", value_parser = parse_cgroup_path)]
+    pub pod_cgroup_parent: Option<String>,
+
     /// The node API's port (the kubelet's; 0 picks a free one).
     #[arg(long, env = "SHOAL_KUBELET_PORT", default_value_t = 10250)]
     pub kubelet_port: u16,
@@ -356,3 +362,33 @@ fn parse_mode(text: &str) -> Result<u32, String> {
 
 /// Names of the subcommands that read a config file.
 pub const CONFIGURABLE_SUBCOMMANDS: [&str; 2] = ["server", "agent"];
+
+/// A cgroup path for `--pod-cgroup-parent`: absolute, below the root, no `.` or `..` parts.
+fn parse_cgroup_path(value: &str) -> Result<String, String> {
+    let parts: Vec<&str> = value.split('/').skip(1).collect();
+    if !value.starts_with('/')
+        || parts.iter().all(|p| p.is_empty())
+        || parts.iter().any(|p| *p == "." || *p == "..")
+    {
+        return Err(format!(
+            "{value:?}: expected an absolute cgroup path below the root, such as /shoal/node-1"
+        ));
+    }
+    Ok(value.trim_end_matches('/').to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_cgroup_path;
+
+    #[test]
+    fn pod_cgroup_parents_are_absolute_paths_below_the_root() {
+        assert_eq!(
+            parse_cgroup_path("/shoal/node-1/"),
+            Ok("/shoal/node-1".to_string())
+        );
+        for bad in ["shoal/n1", "/", "//", "/shoal/../n1", "/shoal/./n1", ""] {
+            assert!(parse_cgroup_path(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -88,6 +88,7 @@ pub fn agent_config(
         },
         cluster_cidrs: cluster_cidrs.to_vec(),
         proxy_socket_lb: args.proxy_socket_lb,
+        pod_cgroup_parent: args.pod_cgroup_parent.clone(),
     })
 }
 

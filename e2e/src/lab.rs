@@ -90,6 +90,12 @@ fn require(tool: &str, args: &[&str], hint: &str) {
 }
 
 /// Runs a command that must succeed.
+/// The cgroup a lab node's pods go under: named after the node's network namespace, which is
+/// unique to the lab, where node names are not.
+fn pod_cgroup_parent(netns: &str) -> String {
+    format!("/shoal/{netns}")
+}
+
 fn sh(program: &str, args: &[&str]) {
     let out = Command::new(program)
         .args(args)
@@ -306,7 +312,11 @@ impl Lab {
             command.args(["agent", "--server", &server_url, "--token", token]);
         }
         command
-            .args(["--node-name", &node.name, "--node-ip", &node.ip, "--config"])
+            .args(["--node-name", &node.name, "--node-ip", &node.ip])
+            // Labs running side by side name their nodes alike; their pods' cgroups (where
+            // each node's socket LB attaches) must not be shared.
+            .args(["--pod-cgroup-parent", &pod_cgroup_parent(&node.netns)])
+            .arg("--config")
             .arg(&config)
             .arg("--data-dir")
             .arg(&node.data_dir)
@@ -556,7 +566,9 @@ impl Drop for Lab {
             let _ = Command::new("ip")
                 .args(["netns", "delete", &node.netns])
                 .status();
-            crate::process::remove_pod_cgroups(&node.name);
+            // Pods whose sandbox outlived their shim (a pause process in a netns of its own).
+            crate::process::kill_pod_cgroup_processes(&node.netns);
+            crate::process::remove_pod_cgroups(&node.netns);
         }
         let _ = Command::new("ip")
             .args(["link", "delete", &self.bridge])
@@ -602,6 +614,8 @@ pub fn sweep_stale_labs(markers: &Path) {
         }
         for ns in &namespaces {
             let _ = Command::new("ip").args(["netns", "delete", ns]).status();
+            crate::process::kill_pod_cgroup_processes(ns);
+            crate::process::remove_pod_cgroups(ns);
         }
         let _ = Command::new("ip")
             .args(["link", "delete", &format!("sl{id}")])

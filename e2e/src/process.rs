@@ -40,6 +40,46 @@ pub fn remove_pod_cgroups(node: &str) {
     }
 }
 
+/// SIGKILLs every process left in a node's pod cgroup (`/shoal/<node>`, all hierarchies)
+/// and waits up to 5 s for them to go. Only for nodes whose cgroup no other cluster shares.
+pub fn kill_pod_cgroup_processes(node: &str) {
+    fn pids_under(dir: &Path, pids: &mut Vec<String>) {
+        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            pids.extend(procs.split_whitespace().map(String::from));
+        }
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pids_under(&entry.path(), pids);
+            }
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let dirs: Vec<std::path::PathBuf> = mounts
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.len() > 2 && (fields[2] == "cgroup" || fields[2] == "cgroup2"))
+                .then(|| Path::new(fields[1]).join("shoal").join(node))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut pids = Vec::new();
+        for dir in &dirs {
+            pids_under(dir, &mut pids);
+        }
+        pids.sort();
+        pids.dedup();
+        if pids.is_empty() || Instant::now() > deadline {
+            return;
+        }
+        for pid in &pids {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// SIGTERM, then waits up to `timeout` before SIGKILL; the exit code.
 pub fn stop(mut child: Child, timeout: Duration) -> Option<i32> {
     let _ = Command::new("kill")
