@@ -28,16 +28,26 @@ pub fn remove_pod_cgroups(node: &str) {
         }
         let _ = std::fs::remove_dir(dir);
     }
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    for line in mounts.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() > 2 && (fields[2] == "cgroup" || fields[2] == "cgroup2") {
-            let shoal = Path::new(fields[1]).join("shoal");
-            remove_tree(&shoal.join(node));
-            // Stays while another node's pods are in it.
+    for dir in pod_cgroup_dirs(node) {
+        remove_tree(&dir);
+        // `/shoal` stays while another node's pods are in it.
+        if let Some(shoal) = dir.parent() {
             let _ = std::fs::remove_dir(shoal);
         }
     }
+}
+
+/// A node's pod cgroup (`/shoal/<node>`) in every mounted cgroup hierarchy.
+fn pod_cgroup_dirs(node: &str) -> Vec<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.len() > 2 && (fields[2] == "cgroup" || fields[2] == "cgroup2"))
+                .then(|| Path::new(fields[1]).join("shoal").join(node))
+        })
+        .collect()
 }
 
 /// SIGKILLs every process left in a node's pod cgroup (`/shoal/<node>`, all hierarchies)
@@ -53,15 +63,7 @@ pub fn kill_pod_cgroup_processes(node: &str) {
             }
         }
     }
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    let dirs: Vec<std::path::PathBuf> = mounts
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            (fields.len() > 2 && (fields[2] == "cgroup" || fields[2] == "cgroup2"))
-                .then(|| Path::new(fields[1]).join("shoal").join(node))
-        })
-        .collect();
+    let dirs = pod_cgroup_dirs(node);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let mut pids = Vec::new();

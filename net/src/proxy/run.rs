@@ -364,7 +364,7 @@ fn sync_socket_lb(
         _ => lb.sync_all(&plan::frontends(model.values().flatten())),
     };
     if let Err(err) = result {
-        tracing::warn!(%err, "socket LB maps: rewriting them at the next sync; nftables handles ClusterIPs meanwhile");
+        tracing::warn!(%err, "socket LB maps: rewriting them whole at the next sync (entries may be stale until then)");
     }
 }
 
