@@ -105,10 +105,14 @@ fn pending_pod(name: String, app: &str) -> Pod {
 }
 
 /// When a wait ended, and how often its watch expired (`410 Gone`) and was re-listed.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Waited {
     at: Instant,
     relists: usize,
+    /// When the wait started, and how many were done after each event that changed the
+    /// count: the shape of a run (a slow tail and a slow start give the same rate).
+    started: Instant,
+    timeline: Vec<(Instant, usize)>,
 }
 
 impl Waited {
@@ -118,6 +122,29 @@ impl Waited {
             0 => String::new(),
             n => format!(" (the bench's pod watch expired and re-listed {n}×)"),
         }
+    }
+
+    /// How many were done at `at`.
+    fn done_at(&self, at: Instant) -> usize {
+        let later = self.timeline.partition_point(|(t, _)| *t <= at);
+        later
+            .checked_sub(1)
+            .and_then(|i| self.timeline.get(i))
+            .map_or(0, |(_, done)| *done)
+    }
+
+    /// How many got done in each second of the wait ("0 120 2000 …").
+    fn done_each_second(&self) -> String {
+        let mut out = Vec::new();
+        let mut before = 0;
+        let mut second = self.started;
+        while second < self.at {
+            second += Duration::from_secs(1);
+            let done = self.done_at(second.min(self.at));
+            out.push(done.saturating_sub(before).to_string());
+            before = done;
+        }
+        out.join(" ")
     }
 }
 
@@ -147,6 +174,8 @@ async fn wait_for_pods(
     let mut stream = watcher(api, watcher::Config::default().labels(selector)).boxed();
     let mut satisfied = std::collections::HashSet::new();
     let mut relists = 0;
+    let mut timeline = Vec::new();
+    let started = Instant::now();
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let event = match tokio::time::timeout_at(deadline, stream.next()).await {
@@ -179,10 +208,15 @@ async fn wait_for_pods(
             watcher::Event::Init => satisfied.clear(),
             watcher::Event::InitDone => {}
         }
+        if timeline.last().map(|(_, done)| *done) != Some(satisfied.len()) {
+            timeline.push((Instant::now(), satisfied.len()));
+        }
         if satisfied.len() >= count {
             return Ok(Waited {
                 at: Instant::now(),
                 relists,
+                started,
+                timeline,
             });
         }
     }
@@ -324,13 +358,55 @@ async fn all_pending(
     });
     let uncordoned = uncordoned?;
     let all_bound = all_bound?;
+    eprintln!(
+        "pods bound in each second from the first uncordon: {}",
+        all_bound.done_each_second()
+    );
     let seconds = all_bound.at.duration_since(started).as_secs_f64();
+    // The scheduler's own pace once the uncordon's thousand writes (and their watch
+    // events) no longer share the server's cores with it.
+    let after_uncordon = all_bound
+        .at
+        .saturating_duration_since(uncordoned)
+        .as_secs_f64();
+    let left = count.saturating_sub(all_bound.done_at(uncordoned));
+    let pace = if after_uncordon > 0.5 {
+        format!(
+            "; {:.0} pods/s for the {left} bound after the last uncordon",
+            left as f64 / after_uncordon
+        )
+    } else {
+        String::new()
+    };
     Ok(format!(
-        "| {count} pods all pending on {nodes} cordoned nodes (created in {created:.1} s, all marked unschedulable after {marked_after:.1} s{}{early_note}), then every node uncordoned (in {:.1} s){} | pods bound/s (first uncordon → last bind) | {:.0} |",
+        "| {count} pods all pending on {nodes} cordoned nodes (created in {created:.1} s, all marked unschedulable after {marked_after:.1} s{}{early_note}), then every node uncordoned (in {:.1} s{pace}){} | pods bound/s (first uncordon → last bind) | {:.0} |",
         marked.note(),
         uncordoned.duration_since(started).as_secs_f64(),
         all_bound.note(),
         count.saturating_sub(early) as f64 / seconds
+    ))
+}
+
+/// A row with the scheduler's bind-failure summaries logged during `phase` (since the last
+/// look), if there were any. Waits out one summary period first: the scheduler sums up
+/// failures at most every 5 s, so the last ones of the phase may not be logged yet.
+async fn bind_failures(server: &ShoalServer, phase: &str) -> Option<String> {
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let summaries: Vec<String> = server
+        .unread_log()
+        .into_iter()
+        .filter_map(|line| {
+            line.split_once("binds failed in the last ")
+                .map(|(_, summary)| summary.to_owned())
+        })
+        .collect();
+    if summaries.is_empty() {
+        return None;
+    }
+    eprintln!("bind failures during {phase}: {}", summaries.join("; "));
+    Some(format!(
+        "| bind failures during {phase} (the scheduler's 5 s summaries) | codes | {} |",
+        summaries.join("; ")
     ))
 }
 
@@ -374,6 +450,7 @@ pub async fn run(args: ControlPlaneArgs) -> Result<String> {
     let mut replaced = None;
     if args.pending_pods > 0 {
         rows.push(all_pending(&client, args.nodes, args.pending_pods, args.clients).await?);
+        rows.extend(bind_failures(&server, "all pending").await);
         // Gone in one call, as `kubectl delete pods --all` does: the Deployment below starts
         // while the simulated nodes are still finishing these deletions.
         let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
@@ -446,6 +523,7 @@ pub async fn run(args: ControlPlaneArgs) -> Result<String> {
         all_bound.note(),
         args.pods as f64 / seconds
     ));
+    rows.extend(bind_failures(&server, "Deployment and unscheduled pods").await);
     let rss = std::fs::read_to_string(format!("/proc/{}/status", server.pid()))
         .ok()
         .and_then(|s| {

@@ -15,7 +15,7 @@
 //! update of it (still pending) is never decided again.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -41,6 +41,8 @@ const MAX_BINDS_IN_FLIGHT: usize = 256;
 /// costs a pass over every node, and ten thousand of them would keep the loop away from its
 /// events for seconds.
 const DECISIONS_PER_TURN: usize = 64;
+/// Events handled in a row, at most, before a slice of decisions is taken anyway.
+const EVENTS_PER_TURN: usize = 256;
 /// `PodScheduled=False` writes in flight at once.
 const MAX_EXPLANATIONS_IN_FLIGHT: usize = 128;
 /// kube-scheduler's pod backoff: 1 s doubling to 10 s.
@@ -51,6 +53,8 @@ const UNSCHEDULABLE_FLUSH: Duration = Duration::from_secs(60);
 /// A bind that has not answered by then is taken as failed (the pod is retried after its
 /// backoff; if the write landed after all, the watch shows the pod bound).
 const BIND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bind failures are summed up in one log line per this long at most.
+const BIND_FAILURE_SUMMARY: Duration = Duration::from_secs(5);
 
 type PodKey = (String, String);
 
@@ -73,6 +77,52 @@ impl BindError {
     /// deleted, or written meanwhile.
     fn is_routine(&self) -> bool {
         matches!(self, BindError::Api(kube::Error::Api(s)) if s.code == 404 || s.code == 409)
+    }
+
+    /// What the summary counts it as: the API's status code, or how it failed without one.
+    fn kind(&self) -> String {
+        match self {
+            BindError::Api(kube::Error::Api(status)) => status.code.to_string(),
+            BindError::Api(_) => "transport".into(),
+            BindError::TimedOut => "timeout".into(),
+        }
+    }
+}
+
+/// Bind failures counted by kind and logged as one line per [`BIND_FAILURE_SUMMARY`] at
+/// most: under a failing API every bind fails, and a line each would flood the log, while
+/// routine conflicts are logged only at debug level and would otherwise not show at all.
+#[derive(Debug, Default)]
+struct BindFailureTally {
+    counts: BTreeMap<String, u32>,
+    since: Option<Instant>,
+}
+
+impl BindFailureTally {
+    fn record(&mut self, kind: String, now: Instant) {
+        *self.counts.entry(kind).or_default() += 1;
+        self.since.get_or_insert(now);
+    }
+
+    /// When the summary of what is counted is due.
+    fn due(&self) -> Option<Instant> {
+        self.since.map(|since| since + BIND_FAILURE_SUMMARY)
+    }
+
+    /// The summary ("3× 409, 1× timeout") once due; counting then starts over.
+    fn take_due(&mut self, now: Instant) -> Option<String> {
+        if self.due()? > now {
+            return None;
+        }
+        self.since = None;
+        let counts = std::mem::take(&mut self.counts);
+        Some(
+            counts
+                .iter()
+                .map(|(kind, n)| format!("{n}× {kind}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
     }
 }
 
@@ -269,6 +319,7 @@ struct State {
     /// Pods whose binding failed, waiting out their backoff; never taken early, so an API
     /// that keeps failing is not retried as fast as it answers.
     erred: Backoff,
+    bind_failures: BindFailureTally,
     /// The message last written to each unschedulable pod (to avoid rewriting it).
     explained: HashMap<PodKey, String>,
     /// `PodScheduled=False` writes waiting or in flight.
@@ -297,6 +348,7 @@ impl State {
             attempts: HashMap::new(),
             backing_off: Backoff::default(),
             erred: Backoff::default(),
+            bind_failures: BindFailureTally::default(),
             explained: HashMap::new(),
             explanations: Explanations::default(),
             pod_init: None,
@@ -570,14 +622,24 @@ impl State {
             self.last_flush = now;
             self.flush_unschedulable();
         }
+        if let Some(summary) = self.bind_failures.take_due(now) {
+            tracing::info!(
+                "binds failed in the last {}s: {summary}",
+                BIND_FAILURE_SUMMARY.as_secs()
+            );
+        }
     }
 
     fn next_wakeup(&mut self) -> Instant {
         let flush = self.last_flush + UNSCHEDULABLE_FLUSH;
-        [self.backing_off.next_due(), self.erred.next_due()]
-            .into_iter()
-            .flatten()
-            .fold(flush, Instant::min)
+        [
+            self.backing_off.next_due(),
+            self.erred.next_due(),
+            self.bind_failures.due(),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(flush, Instant::min)
     }
 
     /// The backoff after one more failed attempt.
@@ -644,22 +706,39 @@ pub async fn run(client: kube::Client, mut drain: watch::Receiver<bool>) {
     let mut namespace_events = watch_all::<Namespace>(&client);
     let (report_tx, mut report_rx) = mpsc::unbounded_channel::<Report>();
     let mut state = State::new();
+    // Whether a slice of decisions may find work: after any event (it may have queued a pod
+    // or freed a bind slot), and while the last slice stopped short of the queue's end.
+    let mut may_decide = true;
+    let mut events_in_a_row = 0usize;
     loop {
-        let more = schedule_queued(&mut state, &client, &recorder, &report_tx);
+        // Waiting events first, then decisions: a decision made on a view the waiting events
+        // would change is wasted work at best. A burst of a thousand node uncordons, with 64
+        // decisions after each event, once kept pods being tried against nodes the scheduler
+        // still saw cordoned for seconds. After EVENTS_PER_TURN events in a row a slice is
+        // taken anyway, so a flood of events cannot starve the queue.
+        let turn_due = may_decide && events_in_a_row >= EVENTS_PER_TURN;
         let wakeup = state.next_wakeup();
-        // Events first, then more decisions: a long queue is worked through a slice at a
-        // time, so bind results and watch events keep flowing (a watch this loop stops
-        // reading backs up in the API server).
         tokio::select! {
             biased;
             _ = drain.wait_for(|d| *d) => break,
+            () = std::future::ready(()), if turn_due => {
+                events_in_a_row = 0;
+                may_decide = schedule_queued(&mut state, &client, &recorder, &report_tx);
+                continue;
+            }
             Some(report) = report_rx.recv() => on_report(&mut state, report),
             Some(event) = node_events.next() => state.on_node_event(event),
             Some(event) = pod_events.next() => state.on_pod_event(event),
             Some(event) = namespace_events.next() => state.on_namespace_event(event),
             _ = tokio::time::sleep_until(wakeup) => state.requeue_due(),
-            () = std::future::ready(()), if more => {}
+            () = std::future::ready(()), if may_decide => {
+                events_in_a_row = 0;
+                may_decide = schedule_queued(&mut state, &client, &recorder, &report_tx);
+                continue;
+            }
         }
+        events_in_a_row += 1;
+        may_decide = true;
     }
 }
 
@@ -915,6 +994,7 @@ fn on_bound(state: &mut State, key: PodKey, node: String, result: Result<(), Bin
             } else {
                 tracing::info!(pod = ?key, node = %node, error = %e, "binding failed");
             }
+            state.bind_failures.record(e.kind(), Instant::now());
             state.bind_failed(key);
         }
     }
@@ -1307,5 +1387,27 @@ mod tests {
             Duration::from_secs(1),
             "never below the initial backoff"
         );
+    }
+
+    #[test]
+    fn bind_failures_are_summed_up_once_per_period_by_kind() {
+        let start = Instant::now();
+        let mut tally = BindFailureTally::default();
+        assert_eq!(tally.due(), None, "nothing to say");
+        let conflict = BindError::Api(kube::Error::Api(Box::new(kube::core::Status {
+            code: 409,
+            ..Default::default()
+        })));
+        tally.record(conflict.kind(), start);
+        tally.record(BindError::TimedOut.kind(), start + Duration::from_secs(1));
+        tally.record(conflict.kind(), start + Duration::from_secs(2));
+        assert_eq!(tally.due(), Some(start + BIND_FAILURE_SUMMARY));
+        assert_eq!(tally.take_due(start + Duration::from_secs(4)), None);
+        assert_eq!(
+            tally.take_due(start + BIND_FAILURE_SUMMARY).as_deref(),
+            Some("2× 409, 1× timeout")
+        );
+        assert_eq!(tally.due(), None, "counting starts over");
+        assert_eq!(tally.take_due(start + Duration::from_secs(60)), None);
     }
 }
