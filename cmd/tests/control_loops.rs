@@ -526,6 +526,37 @@ fn new_namespaces_get_a_default_service_account() {
     }
 }
 
+/// The pod subnet node IPAM gives `node`, once it has one.
+fn pod_cidr_of(cluster: &Cluster, node: &str) -> String {
+    eventually(
+        &format!("a podCIDR on {node}"),
+        Duration::from_secs(20),
+        || {
+            let node = cluster.get(&["get", "node", node])?;
+            node["spec"]["podCIDR"].as_str().map(str::to_owned)
+        },
+    )
+}
+
+#[test]
+fn nodes_get_pod_subnets_also_when_they_join_after_a_server_restart() {
+    let mut cluster = start_cluster();
+    let node = |name: &str| format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n");
+    cluster.apply(&node("ipam-a"));
+    let first = pod_cidr_of(&cluster, "ipam-a");
+    // The restarted server's node IPAM starts from a list that already holds a node: the
+    // loop once waited there for its cache to fill, which only the loop itself could do.
+    cluster.restart(&[]);
+    cluster.apply(&node("ipam-b"));
+    let second = pod_cidr_of(&cluster, "ipam-b");
+    assert_ne!(first, second, "two nodes, two subnets");
+    assert_eq!(
+        pod_cidr_of(&cluster, "ipam-a"),
+        first,
+        "kept across the restart"
+    );
+}
+
 #[test]
 fn rfc3339_times_convert_to_epoch_seconds() {
     assert_eq!(epoch_seconds("1970-01-01T00:00:00Z"), Some(0));

@@ -3,7 +3,7 @@
 //! (the primary family's) and `spec.podCIDRs` (all), so a node never has one family without
 //! the other.
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
@@ -12,6 +12,16 @@ use shoal_common::Cidr;
 use tokio::sync::watch;
 
 use crate::node_ipam::{assign, NodeRange};
+
+/// Node updates taken in one go before a pass, at most.
+const MAX_BURST: usize = 4096;
+
+/// Whether `node` still waits for its pod subnets.
+fn lacks_pod_cidrs(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .is_none_or(|s| s.pod_cidr.is_none() && s.pod_cidrs.as_ref().is_none_or(Vec::is_empty))
+}
 
 /// Runs the loop until `drain` turns true.
 pub async fn run(client: kube::Client, cluster_cidrs: Vec<Cidr>, mut drain: watch::Receiver<bool>) {
@@ -22,13 +32,34 @@ pub async fn run(client: kube::Client, cluster_cidrs: Vec<Cidr>, mut drain: watc
         .reflect(writer)
         .touched_objects()
         .boxed();
+    // Whether a node seen since the last pass has no subnets: a pass reads every node, and
+    // most updates (heartbeats, cordons) are of nodes that have theirs.
+    let mut wanted = false;
     loop {
-        tokio::select! {
-            change = changes.next() => if change.is_none() { return },
+        let first = tokio::select! {
+            change = changes.next() => change,
             _ = drain.wait_for(|stop| *stop) => return,
+        };
+        // The rest of a burst is taken before the pass, as one change.
+        let burst = std::iter::once(first)
+            .chain(std::iter::from_fn(|| changes.next().now_or_never()))
+            .take(MAX_BURST);
+        for change in burst {
+            match change {
+                None => return,
+                Some(Ok(node)) => wanted |= lacks_pod_cidrs(&node),
+                Some(Err(_)) => {} // the watcher retries with its backoff
+            }
         }
-        if store.wait_until_ready().await.is_err() {
-            return;
+        // Not awaited: this loop is what drives the watch, so waiting here for the first
+        // list to finish would wait forever (it did, on a restart with nodes listed).
+        match store.wait_until_ready().now_or_never() {
+            Some(Ok(())) => {}
+            Some(Err(_)) => return,
+            None => continue,
+        }
+        if !std::mem::take(&mut wanted) {
+            continue;
         }
         let mut all: Vec<NodeRange> = store
             .state()
@@ -56,7 +87,10 @@ pub async fn run(client: kube::Client, cluster_cidrs: Vec<Cidr>, mut drain: watc
                 .await
             {
                 Ok(_) => tracing::info!(node = %name, %cidr, "assigned pod CIDR"),
-                Err(err) => tracing::warn!(node = %name, %err, "assigning pod CIDR"),
+                Err(err) => {
+                    tracing::warn!(node = %name, %err, "assigning pod CIDR");
+                    wanted = true; // tried again at the next node update
+                }
             }
         }
     }

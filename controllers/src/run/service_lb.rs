@@ -10,6 +10,18 @@ use tokio::sync::watch;
 
 use crate::service_lb::{node_addresses, plan};
 
+/// Changes taken in one go before a pass, at most.
+const MAX_BURST: usize = 4096;
+
+/// What a watch event changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Changed {
+    Service,
+    Node,
+    /// The watch stream ended.
+    Ended,
+}
+
 /// Runs the loop until `drain` turns true.
 pub async fn run(client: kube::Client, mut drain: watch::Receiver<bool>) {
     let (services, service_writer) = reflector::store();
@@ -21,17 +33,38 @@ pub async fn run(client: kube::Client, mut drain: watch::Receiver<bool>) {
     .default_backoff()
     .reflect(service_writer)
     .touched_objects()
-    .map(|_| ());
+    .map(|_| Changed::Service);
     let node_changes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .reflect(node_writer)
         .touched_objects()
-        .map(|_| ());
+        .map(|_| Changed::Node);
     let mut changes = futures::stream::select(service_changes.boxed(), node_changes.boxed());
+    // A pass plans every Service against every node's addresses: it runs when a Service
+    // changed (or a write failed), or when the ready nodes' addresses did — not on each of
+    // a thousand nodes' heartbeats.
+    let mut services_changed = true;
+    let mut planned_for: Option<Vec<String>> = None;
     loop {
-        tokio::select! {
-            change = changes.next() => if change.is_none() { return },
+        let first = tokio::select! {
+            change = changes.next() => change.unwrap_or(Changed::Ended),
             _ = drain.wait_for(|stop| *stop) => return,
+        };
+        // The rest of a burst is taken before the pass, as one change.
+        let burst = std::iter::once(first)
+            .chain(std::iter::from_fn(|| {
+                changes
+                    .next()
+                    .now_or_never()
+                    .map(|c| c.unwrap_or(Changed::Ended))
+            }))
+            .take(MAX_BURST);
+        for change in burst {
+            match change {
+                Changed::Ended => return,
+                Changed::Service => services_changed = true,
+                Changed::Node => {}
+            }
         }
         // Not awaited: this loop is what drives both watches, so waiting here for one of
         // them to finish its first list would wait forever.
@@ -44,6 +77,11 @@ pub async fn run(client: kube::Client, mut drain: watch::Receiver<bool>) {
             _ => continue,
         }
         let addresses = node_addresses(nodes.state().iter().map(|n| n.as_ref()));
+        if !services_changed && planned_for.as_ref() == Some(&addresses) {
+            continue;
+        }
+        services_changed = false;
+        planned_for = Some(addresses.clone());
         for service in services.state() {
             let Some(ingress) = plan(&service, &addresses) else {
                 continue;
@@ -64,7 +102,8 @@ pub async fn run(client: kube::Client, mut drain: watch::Receiver<bool>) {
                     tracing::info!(service = %format!("{namespace}/{name}"), ?addresses, "load balancer ingress set")
                 }
                 Err(err) => {
-                    tracing::warn!(service = %format!("{namespace}/{name}"), %err, "setting load balancer ingress")
+                    tracing::warn!(service = %format!("{namespace}/{name}"), %err, "setting load balancer ingress");
+                    services_changed = true; // tried again at the next change
                 }
             }
         }
