@@ -3,9 +3,8 @@
 //! file's size metadata — and never syncs the separate blob files it writes large items to
 //! (anything over about 128 KiB: big values, and tree nodes holding several of them). So every
 //! durability point of the state machine's database (installing a snapshot, before the Raft
-//! log is purged, shutdown) goes through [`DiskSync::sync`]: the state machine's write-behind
-//! writes out what was applied (`writebehind.rs`), then sled's flush, an fsync of each blob
-//! file not yet synced and of the blob directory, and `fdatasync` of the log file.
+//! log is purged, shutdown) goes through [`DiskSync::sync`]: sled's flush, then an fsync of
+//! each blob file not yet synced and of the blob directory, then `fdatasync` of the log file.
 //! (The Raft log has files of its own, `log.rs`.)
 
 use std::collections::HashSet;
@@ -13,9 +12,7 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
-
-use super::writebehind::WriteBehind;
+use std::sync::{Arc, Mutex};
 
 /// The sync step of the state machine's database.
 #[derive(Debug)]
@@ -26,8 +23,6 @@ pub struct DiskSync {
     /// Blob files already synced; sled never rewrites a blob in place (each is named by the
     /// log sequence number that wrote it), so one sync per file is enough.
     synced_blobs: Mutex<HashSet<OsString>>,
-    /// The state machine's applied writes not yet in sled, written out before each sync.
-    behind: Mutex<Weak<WriteBehind>>,
 }
 
 impl DiskSync {
@@ -38,26 +33,11 @@ impl DiskSync {
             log_file: File::open(path.join("db"))?,
             blob_dir: path.join("blobs"),
             synced_blobs: Mutex::new(HashSet::new()),
-            behind: Mutex::new(Weak::new()),
         }))
-    }
-
-    /// Makes every sync first wait until `behind` has written out what was applied.
-    pub(super) fn write_first(&self, behind: &Arc<WriteBehind>) {
-        *self.behind.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(behind);
     }
 
     /// Everything written to the database so far is on stable storage when this returns.
     pub fn sync_blocking(&self) -> io::Result<()> {
-        let behind = self
-            .behind
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .upgrade();
-        // Gone with its state machine, which wrote everything out when it went.
-        if let Some(behind) = behind {
-            behind.flush_blocking().map_err(io::Error::other)?;
-        }
         self.db.flush().map_err(io::Error::other)?;
         let mut synced = self.synced_blobs.lock().unwrap_or_else(|e| e.into_inner());
         let entries = match std::fs::read_dir(&self.blob_dir) {

@@ -38,7 +38,6 @@ mod space;
 mod trace;
 mod wal;
 mod wire;
-mod writebehind;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -807,53 +806,5 @@ impl Store for RaftStore {
 
     async fn compact(&self, revision: Revision) -> Result<()> {
         compacted(self.propose(Command::Compact { revision }).await?, revision)
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    /// Writes answered but not yet in sled when the member goes down are not lost: sled holds
-    /// a consistent prefix with its log position, and Raft applies the rest again from its log
-    /// on the next start — each once.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn writes_unflushed_at_a_crash_are_applied_again_from_the_log() {
-        let dir = tempfile::TempDir::new().unwrap();
-        let mut config = RaftStoreConfig::new(dir.path().join("store"));
-        config.reserved_disk_bytes = 0;
-        let store = RaftStore::open(config.clone()).await.unwrap();
-        let first = store.create("/kept", b"1".to_vec()).await.unwrap();
-        store.core.shared.flush_blocking().unwrap();
-
-        store.core.shared.behind.hold(true);
-        let created = store.create("/a", b"a".to_vec()).await.unwrap();
-        let updated = store
-            .update("/kept", b"2".to_vec(), first.mod_revision)
-            .await
-            .unwrap();
-        // Answered, and visible to the reads that follow.
-        assert_eq!(store.get("/a").await.unwrap().unwrap(), created);
-        assert_eq!(store.get("/kept").await.unwrap().unwrap(), updated);
-        let revision = store.current_revision().await.unwrap();
-        assert_eq!(revision, updated.mod_revision);
-
-        store.core.shared.behind.crash();
-        store.shutdown().await.unwrap();
-        drop(store);
-        {
-            // What the crash left in sled: the state before the two writes.
-            let db = open_db(&config.dir, config.cache_bytes).unwrap();
-            let tree = db.open_tree(STATE_TREE).unwrap();
-            assert_eq!(sm::revision(&tree).unwrap(), first.mod_revision);
-        }
-
-        let store = RaftStore::open(config).await.unwrap();
-        assert_eq!(store.get("/a").await.unwrap().unwrap(), created);
-        assert_eq!(store.get("/kept").await.unwrap().unwrap(), updated);
-        // Applied once: no revision was taken twice.
-        assert_eq!(store.current_revision().await.unwrap(), revision);
-        store.shutdown().await.unwrap();
     }
 }

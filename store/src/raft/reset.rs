@@ -245,8 +245,6 @@ fn build(
             let tail = log::entries_after(&config.dir, old_db, applied)?;
             let count = tail.len();
             machine.apply_entries(tail)?;
-            // The tree is read directly below.
-            machine.shared().flush_blocking()?;
             (Some(machine.shared().applied().1), count)
         }
         (None, _, _) => {

@@ -1,17 +1,14 @@
-//! The replicated state machine on sled. All of it lives in one tree so that what a batch of
-//! log entries changed lands in one atomic sled batch: `k<key>` holds current key-values,
-//! `h<revision>` the history events, `m<name>` the machine's own bookkeeping (revision,
-//! compaction point, last applied log id, membership). Applying computes each command's
-//! outcome, resolves the writers waiting for it and publishes its events to watchers in memory;
-//! the sled batch is written behind, by a flusher thread (`writebehind.rs`). Readers share
-//! [`SmShared`] with the Raft-owned [`StateMachine`] and see sled with the unflushed writes laid
-//! over it; a read lock keeps multi-key reads consistent with concurrent applies.
+//! The replicated state machine on sled. All of it lives in one tree so that applying a batch
+//! of log entries is one atomic sled batch: `k<key>` holds current key-values, `h<revision>`
+//! the history events, `m<name>` the machine's own bookkeeping (revision, compaction point,
+//! last applied log id, membership). Readers share [`SmShared`] with the Raft-owned
+//! [`StateMachine`]; a read lock keeps multi-key reads consistent with concurrent applies.
 
 use std::collections::HashMap;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::oneshot;
 
@@ -23,7 +20,6 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 
 use super::disk::DiskSync;
-use super::writebehind::{Flusher, View, WriteBehind, Writes, PENDING_LIMIT};
 use super::TypeConfig;
 use crate::error::{Result, StoreError};
 use crate::mvcc::{self, KvState, Outcome, RangeSource, Retention};
@@ -69,12 +65,12 @@ fn any(err: impl std::fmt::Display) -> AnyError {
 /// What readers and the state machine share.
 #[derive(Debug)]
 pub struct SmShared {
-    /// The tree, and the applied writes not yet in it.
-    pub(super) behind: Arc<WriteBehind>,
+    tree: sled::Tree,
     revision: AtomicI64,
     compacted: AtomicI64,
-    /// Last applied log id and membership, changed together with the data (while readers of
-    /// the write-behind are held off).
+    /// Held for writing while an applied batch lands, for reading while a range is scanned.
+    apply_lock: RwLock<()>,
+    /// Last applied log id and membership, changed together with the data under `apply_lock`.
     applied: Mutex<(Option<LogId<NodeId>>, Membership)>,
     pub(super) hub: Arc<WatchHub>,
     /// Members waiting to see their own tagged writes applied (see
@@ -92,25 +88,13 @@ impl SmShared {
     }
 
     pub fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        self.behind
-            .read()?
-            .get(&kv_key(key))?
-            .map(|b| decode(&b))
-            .transpose()
+        self.tree.get(kv_key(key))?.map(|b| decode(&b)).transpose()
     }
 
     /// Runs `read` with applies held off, so it sees one revision.
-    pub fn consistent<T>(&self, read: impl FnOnce(&dyn RangeSource) -> Result<T>) -> Result<T> {
-        let view = self.behind.read()?;
-        read(&Reading {
-            shared: self,
-            view: &view,
-        })
-    }
-
-    /// Waits until sled itself holds everything applied (see [`WriteBehind::flush_blocking`]).
-    pub(super) fn flush_blocking(&self) -> Result<()> {
-        self.behind.flush_blocking()
+    pub fn consistent<T>(&self, read: impl FnOnce(&dyn RangeSource) -> T) -> T {
+        let _guard = self.apply_lock.read().unwrap_or_else(|e| e.into_inner());
+        read(self)
     }
 
     /// Resolves with the outcome of the write tagged `tag` once this machine applies it.
@@ -145,12 +129,11 @@ impl SmShared {
     /// gathered, so only the stored bytes are taken then (cheap handles); decoding is left to
     /// whoever needs it.
     pub(super) fn capture(&self) -> Result<Captured> {
-        let view = self.behind.read()?;
+        let _guard = self.apply_lock.read().unwrap_or_else(|e| e.into_inner());
         let mut values = Vec::new();
-        view.range(&[KV], Some(&[KV + 1]), &mut |_, value| {
-            values.push(value.clone());
-            Ok(true)
-        })?;
+        for item in self.tree.scan_prefix([KV]) {
+            values.push(item?.1);
+        }
         let (applied, membership) = self.applied();
         Ok(Captured {
             revision: self.revision(),
@@ -191,18 +174,12 @@ impl Captured {
     }
 }
 
-/// Reads at one revision (see [`SmShared::consistent`]).
-struct Reading<'a> {
-    shared: &'a SmShared,
-    view: &'a View<'a>,
-}
-
-impl RangeSource for Reading<'_> {
+impl RangeSource for SmShared {
     fn revision(&self) -> Revision {
-        self.shared.revision()
+        SmShared::revision(self)
     }
     fn compacted(&self) -> Revision {
-        self.shared.compacted()
+        SmShared::compacted(self)
     }
     fn scan_current(
         &self,
@@ -219,55 +196,48 @@ impl RangeSource for Reading<'_> {
             None => kv_key(prefix),
         };
         let full_prefix = kv_key(prefix);
-        self.view.range(&start, None, &mut |key, bytes| {
-            Ok(key.starts_with(&full_prefix) && visit(decode(bytes)?))
-        })
+        for item in self.tree.range(start..) {
+            let (key, bytes) = item?;
+            if !key.starts_with(&full_prefix) || !visit(decode(&bytes)?) {
+                break;
+            }
+        }
+        Ok(())
     }
     fn events_after(&self, after: Revision) -> Result<Vec<Event>> {
-        events_after(self.shared, self.view, after, usize::MAX)
+        HistorySource::events_after(self, after, usize::MAX)
     }
 }
 
 impl HistorySource for SmShared {
     fn events_after(&self, after: Revision, limit: usize) -> Result<Vec<Event>> {
-        events_after(self, &self.behind.read()?, after, limit)
-    }
-}
-
-fn events_after(
-    shared: &SmShared,
-    view: &View<'_>,
-    after: Revision,
-    limit: usize,
-) -> Result<Vec<Event>> {
-    let mut out = Vec::new();
-    view.range(
-        &history_key(after + 1),
-        Some(&history_key(Revision::MAX)),
-        &mut |_, bytes| {
+        let mut out = Vec::new();
+        for item in self
+            .tree
+            .range(history_key(after + 1)..history_key(Revision::MAX))
+        {
             if out.len() >= limit {
-                return Ok(false);
+                break;
             }
-            out.push(decode(bytes)?);
-            Ok(true)
-        },
-    )?;
-    // Checked after reading: a compaction racing with the read may have removed some.
-    let compacted = shared.compacted();
-    if after < compacted {
-        return Err(StoreError::Compacted {
-            requested: after,
-            compacted,
-        });
+            let (_, bytes) = item?;
+            out.push(decode(&bytes)?);
+        }
+        // Checked after reading: a compaction racing with the read may have removed some.
+        let compacted = self.compacted();
+        if after < compacted {
+            return Err(StoreError::Compacted {
+                requested: after,
+                compacted,
+            });
+        }
+        Ok(out)
     }
-    Ok(out)
 }
 
-/// One apply batch: reads see the batch's own writes, writes are collected for the
-/// write-behind.
+/// One apply batch: reads see the batch's own writes, writes go into one sled batch.
 struct Pending<'a> {
     shared: &'a SmShared,
-    writes: Writes,
+    batch: sled::Batch,
     overlay: HashMap<String, Option<KeyValue>>,
     revision: Revision,
     compacted: Revision,
@@ -291,28 +261,25 @@ impl KvState for Pending<'_> {
         let key = kv_key(&event.kv.key);
         match event.kind {
             EventKind::Put => {
-                self.writes
-                    .insert(key.into(), Some(encode(&event.kv)?.into()));
+                self.batch.insert(key, encode(&event.kv)?);
                 self.overlay
                     .insert(event.kv.key.clone(), Some(event.kv.clone()));
             }
             EventKind::Delete => {
-                self.writes.insert(key.into(), None);
+                self.batch.remove(key);
                 self.overlay.insert(event.kv.key.clone(), None);
             }
         }
         self.revision = event.revision();
-        self.writes.insert(
-            history_key(self.revision).as_slice().into(),
-            Some(encode(&event)?.into()),
-        );
+        self.batch
+            .insert(&history_key(self.revision), encode(&event)?);
         self.events.push(event);
         Ok(())
     }
     fn drop_history_through(&mut self, revision: Revision) -> Result<()> {
         // Every revision has exactly one history entry, so the range is known without a scan.
         for r in (self.compacted + 1)..=revision {
-            self.writes.insert(history_key(r).as_slice().into(), None);
+            self.batch.remove(&history_key(r));
         }
         self.compacted = self.compacted.max(revision);
         Ok(())
@@ -431,8 +398,6 @@ struct StoredSnapshot {
 #[derive(Debug)]
 pub struct StateMachine {
     shared: Arc<SmShared>,
-    /// Stops the flusher (after it wrote everything) when the machine goes.
-    _flusher: Flusher,
     disk: Arc<DiskSync>,
     retention: Retention,
     snapshot_path: PathBuf,
@@ -472,20 +437,17 @@ impl StateMachine {
             .map(|b| decode(&b))
             .transpose()?
             .unwrap_or_default();
-        let (behind, flusher) = WriteBehind::start(tree)?;
-        // Whatever makes the database durable must write out what was applied first.
-        disk.write_first(&behind);
         let shared = Arc::new(SmShared {
-            behind,
+            tree,
             revision: AtomicI64::new(revision),
             compacted: AtomicI64::new(compacted),
+            apply_lock: RwLock::new(()),
             applied: Mutex::new((last_applied, membership)),
             hub: Arc::new(WatchHub::new(revision)),
             waiters: Mutex::new(HashMap::new()),
         });
         Ok(StateMachine {
             shared,
-            _flusher: flusher,
             disk,
             retention,
             snapshot_path: dir.join("snapshot.bin"),
@@ -505,7 +467,7 @@ impl StateMachine {
         let (mut last_applied, mut membership) = shared.applied();
         let mut pending = Pending {
             shared,
-            writes: Writes::new(),
+            batch: sled::Batch::default(),
             overlay: HashMap::new(),
             revision: shared.revision(),
             compacted: shared.compacted(),
@@ -542,28 +504,29 @@ impl StateMachine {
             outcomes.push(outcome);
         }
         let Pending {
-            mut writes,
+            mut batch,
             revision,
             compacted,
             events,
             ..
         } = pending;
-        // The log position goes with the data it describes (the flusher writes both in one
-        // sled batch), so sled is always a consistent prefix of the log.
-        let mut meta = |key: &[u8], value: Vec<u8>| writes.insert(key.into(), Some(value.into()));
-        meta(META_REVISION, encode(&revision)?);
+        // Only what changed: every key of a sled batch costs, and the usual batch is one
+        // write's two keys (its value and its history event) plus these.
+        batch.insert(META_REVISION, encode(&revision)?);
         if compacted != shared.compacted() {
-            meta(META_COMPACTED, encode(&compacted)?);
+            batch.insert(META_COMPACTED, encode(&compacted)?);
         }
-        meta(META_APPLIED, encode(&last_applied)?);
+        batch.insert(META_APPLIED, encode(&last_applied)?);
         if membership_changed {
-            meta(META_MEMBERSHIP, encode(&membership)?);
+            batch.insert(META_MEMBERSHIP, encode(&membership)?);
         }
-        shared.behind.apply(writes, || {
+        {
+            let _guard = shared.apply_lock.write().unwrap_or_else(|e| e.into_inner());
+            shared.tree.apply_batch(batch)?;
             shared.revision.store(revision, Ordering::Release);
             shared.compacted.store(compacted, Ordering::Release);
             *shared.applied.lock().unwrap_or_else(|e| e.into_inner()) = (last_applied, membership);
-        })?;
+        }
         shared.hub.publish(events);
         if !applied_tags.is_empty() {
             let mut waiters = shared.waiters.lock().unwrap_or_else(|e| e.into_inner());
@@ -580,19 +543,17 @@ impl StateMachine {
 /// Makes the state machine hold `data`, the snapshot `meta` describes.
 fn install(shared: &SmShared, meta: &SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> Result<()> {
     let snapshot: SnapshotData = decode(data)?;
-    // The whole tree is replaced: what was applied before must be in it first, or the
-    // flusher would write it over the snapshot later.
-    shared.behind.exclusive(|tree| {
-        let mut batch = snapshot_batch(tree, &snapshot)?;
-        batch.insert(META_APPLIED, encode(&meta.last_log_id)?);
-        batch.insert(META_MEMBERSHIP, encode(&meta.last_membership)?);
-        tree.apply_batch(batch)?;
+    let mut batch = snapshot_batch(&shared.tree, &snapshot)?;
+    batch.insert(META_APPLIED, encode(&meta.last_log_id)?);
+    batch.insert(META_MEMBERSHIP, encode(&meta.last_membership)?);
+    {
+        let _guard = shared.apply_lock.write().unwrap_or_else(|e| e.into_inner());
+        shared.tree.apply_batch(batch)?;
         shared.revision.store(snapshot.revision, Ordering::Release);
         shared.compacted.store(snapshot.revision, Ordering::Release);
         *shared.applied.lock().unwrap_or_else(|e| e.into_inner()) =
             (meta.last_log_id, meta.last_membership.clone());
-        Ok(())
-    })?;
+    }
     // The history before the snapshot is gone: watchers that still need it must get
     // `Compacted` from the history read rather than a gap.
     shared.hub.reset(snapshot.revision);
@@ -697,12 +658,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 })?;
         }
         super::trace::mark("sm.durable", traced);
-        // Bounded memory: a flusher far behind holds applying back.
-        self.shared
-            .behind
-            .wait_below(PENDING_LIMIT)
-            .await
-            .map_err(|e| StorageIOError::write_state_machine(any(e)))?;
         let applied = self.apply_entries(entries);
         super::trace::mark("sm.applied", traced);
         applied.map_err(|e| StorageIOError::write_state_machine(any(e)).into())
@@ -873,136 +828,6 @@ mod tests {
             Err(oneshot::error::TryRecvError::Empty)
         ));
         assert_eq!(shared.revision(), 4);
-    }
-
-    fn create(key: &str) -> Command {
-        Command::Create {
-            key: key.into(),
-            value: b"v".to_vec(),
-        }
-    }
-
-    #[test]
-    fn an_outcome_sees_earlier_writes_not_yet_flushed() {
-        let dir = tempfile::TempDir::new().unwrap();
-        let mut sm = machine(&dir, "state");
-        let shared = sm.shared();
-        shared.behind.hold(true);
-        sm.apply_entries(vec![entry(1, create("/a")), entry(2, create("/b"))])
-            .unwrap();
-        // Separate applies: the second sees the first only through the write-behind.
-        let outcomes = sm
-            .apply_entries(vec![
-                entry(3, create("/a")),
-                entry(
-                    4,
-                    Command::Update {
-                        key: "/b".into(),
-                        value: b"w".to_vec(),
-                        expected: 2,
-                    },
-                ),
-                entry(
-                    5,
-                    Command::Delete {
-                        key: "/a".into(),
-                        expected: Some(1),
-                    },
-                ),
-            ])
-            .unwrap();
-        assert!(matches!(&outcomes[0], Outcome::Rejected(_)), "{outcomes:?}");
-        assert!(matches!(&outcomes[1], Outcome::Written(e) if e.revision() == 3));
-        assert!(matches!(&outcomes[2], Outcome::Written(e) if e.revision() == 4));
-        let outcomes = sm.apply_entries(vec![entry(6, create("/a"))]).unwrap();
-        assert!(matches!(&outcomes[0], Outcome::Written(e) if e.kv.create_revision == 5));
-        shared.behind.hold(false);
-    }
-
-    #[test]
-    fn reads_see_every_applied_write_before_it_is_flushed() {
-        let dir = tempfile::TempDir::new().unwrap();
-        let mut sm = machine(&dir, "state");
-        let shared = sm.shared();
-        sm.apply_entries(vec![entry(1, create("/k/flushed"))])
-            .unwrap();
-        shared.flush_blocking().unwrap();
-        shared.behind.hold(true);
-        sm.apply_entries(vec![
-            entry(2, create("/k/new")),
-            entry(
-                3,
-                Command::Delete {
-                    key: "/k/flushed".into(),
-                    expected: None,
-                },
-            ),
-        ])
-        .unwrap();
-        assert_eq!(shared.get("/k/new").unwrap().unwrap().mod_revision, 2);
-        assert_eq!(shared.get("/k/flushed").unwrap(), None);
-        let listed = shared
-            .consistent(|source| {
-                mvcc::read_range(
-                    source,
-                    &crate::types::RangeRequest {
-                        prefix: "/k/".into(),
-                        ..Default::default()
-                    },
-                )
-            })
-            .unwrap();
-        let keys: Vec<_> = listed.kvs.iter().map(|kv| kv.key.as_str()).collect();
-        assert_eq!(keys, ["/k/new"]);
-        assert_eq!(listed.revision, 3);
-        let events = HistorySource::events_after(&*shared, 0, 10).unwrap();
-        let revisions: Vec<_> = events.iter().map(Event::revision).collect();
-        assert_eq!(revisions, [1, 2, 3]);
-        let captured = shared.capture().unwrap();
-        assert_eq!((captured.revision, captured.keys()), (3, 1));
-        assert_eq!(captured.applied.map(|id| id.index), Some(3));
-        shared.behind.hold(false);
-    }
-
-    #[test]
-    fn a_restart_after_unflushed_applies_resumes_from_the_last_flushed_entry() {
-        let dir = tempfile::TempDir::new().unwrap();
-        {
-            let mut sm = machine(&dir, "state");
-            sm.apply_entries(vec![entry(1, create("/a"))]).unwrap();
-            sm.shared().flush_blocking().unwrap();
-            sm.shared().behind.hold(true);
-            sm.apply_entries(vec![entry(2, create("/b"))]).unwrap();
-            sm.shared().behind.crash();
-        }
-        let mut sm = machine(&dir, "state");
-        let shared = sm.shared();
-        // sled holds entry 1 with its position: Raft applies entry 2 again from its log.
-        assert_eq!(shared.applied().0.map(|id| id.index), Some(1));
-        assert_eq!(shared.revision(), 1);
-        assert_eq!(shared.get("/b").unwrap(), None);
-        let outcomes = sm.apply_entries(vec![entry(2, create("/b"))]).unwrap();
-        assert!(matches!(&outcomes[0], Outcome::Written(e) if e.revision() == 2));
-    }
-
-    #[test]
-    fn a_failed_flush_fails_later_applies_and_reads() {
-        let dir = tempfile::TempDir::new().unwrap();
-        let mut sm = machine(&dir, "state");
-        let shared = sm.shared();
-        shared.behind.hold(true);
-        sm.apply_entries(vec![entry(1, create("/a"))]).unwrap();
-        shared.behind.fail_with("No space left on device");
-        let err = sm
-            .apply_entries(vec![entry(2, create("/b"))])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("No space left on device"), "{err}");
-        assert!(shared.get("/a").is_err());
-        assert!(shared.capture().is_err());
-        assert!(HistorySource::events_after(&*shared, 0, 10).is_err());
-        assert!(shared.consistent(|_| Ok(())).is_err());
-        assert!(shared.flush_blocking().is_err());
     }
 
     #[tokio::test]
