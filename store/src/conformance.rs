@@ -17,6 +17,14 @@ use crate::watch::WatchStream;
 pub trait Fixture: Send + Sync {
     type S: Store;
     fn store(&self) -> &Self::S;
+    /// Stops the store before what it needs goes (its directory: a durable store may still
+    /// write to it while it stops). Nothing by default.
+    fn close(self) -> impl Future<Output = ()> + Send
+    where
+        Self: Sized,
+    {
+        async {}
+    }
 }
 
 impl Fixture for crate::MemStore {
@@ -43,6 +51,7 @@ macro_rules! conformance_tests {
             async fn $case() {
                 let fixture = $make.await;
                 $crate::conformance::$case($crate::conformance::Fixture::store(&fixture)).await;
+                $crate::conformance::Fixture::close(fixture).await;
             }
         )*
     };

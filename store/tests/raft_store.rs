@@ -19,6 +19,9 @@ impl Fixture for RaftFixture {
     fn store(&self) -> &RaftStore {
         &self.store
     }
+    async fn close(self) {
+        self.store.shutdown().await.expect("shutdown");
+    }
 }
 
 async fn open(dir: &std::path::Path) -> RaftStore {
@@ -249,6 +252,7 @@ async fn concurrent_writes_share_log_entries() {
         entries < 32,
         "64 concurrent writes took {entries} log entries"
     );
+    fixture.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
