@@ -537,7 +537,16 @@ spec:
         assert!(files.len() <= 3, "more log files than allowed: {files:?}");
         files.iter().filter(|f| f.starts_with("0.log.")).count() == 2
     });
-    let tail = cluster.kubectl(&["logs", "chatty", "--tail=1"]);
+    // Right after a rotation the new 0.log may hold nothing yet, and the tail reads only the
+    // current file, as kubelet's does; the writer fills it within a tenth of a second.
+    let tail = eventually(
+        "a line of chatty's log after the rotation",
+        Duration::from_secs(10),
+        || {
+            let tail = cluster.kubectl(&["logs", "chatty", "--tail=1"]);
+            (!tail.trim().is_empty()).then_some(tail)
+        },
+    );
     assert!(
         tail.trim()
             .parse::<u32>()
