@@ -121,6 +121,21 @@ where
         .collect()
 }
 
+/// Watch events taken in one go, at most, by [`with_ready`].
+const MAX_BURST: usize = 4096;
+
+/// `first` (what a wait on `stream` gave) and whatever else `stream` has ready right now, at
+/// most [`MAX_BURST`] in all: a burst of watch events taken as one change by a loop whose pass
+/// reads every object. `None` is the stream's end.
+fn with_ready<S: futures::Stream + Unpin>(
+    first: Option<S::Item>,
+    stream: &mut S,
+) -> impl Iterator<Item = Option<S::Item>> + '_ {
+    std::iter::once(first)
+        .chain(std::iter::from_fn(|| stream.next().now_or_never()))
+        .take(MAX_BURST)
+}
+
 /// Resolves when `drain` turns true (or its sender is gone).
 async fn drained(mut drain: watch::Receiver<bool>) {
     let _ = drain.wait_for(|d| *d).await;

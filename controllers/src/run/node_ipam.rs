@@ -13,9 +13,6 @@ use tokio::sync::watch;
 
 use crate::node_ipam::{assign, NodeRange};
 
-/// Node updates taken in one go before a pass, at most.
-const MAX_BURST: usize = 4096;
-
 /// Whether `node` still waits for its pod subnets.
 fn lacks_pod_cidrs(node: &Node) -> bool {
     node.spec
@@ -41,10 +38,7 @@ pub async fn run(client: kube::Client, cluster_cidrs: Vec<Cidr>, mut drain: watc
             _ = drain.wait_for(|stop| *stop) => return,
         };
         // The rest of a burst is taken before the pass, as one change.
-        let burst = std::iter::once(first)
-            .chain(std::iter::from_fn(|| changes.next().now_or_never()))
-            .take(MAX_BURST);
-        for change in burst {
+        for change in super::with_ready(first, &mut changes) {
             match change {
                 None => return,
                 Some(Ok(node)) => wanted |= lacks_pod_cidrs(&node),

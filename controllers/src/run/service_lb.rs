@@ -10,16 +10,11 @@ use tokio::sync::watch;
 
 use crate::service_lb::{node_addresses, plan};
 
-/// Changes taken in one go before a pass, at most.
-const MAX_BURST: usize = 4096;
-
 /// What a watch event changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Changed {
     Service,
     Node,
-    /// The watch stream ended.
-    Ended,
 }
 
 /// Runs the loop until `drain` turns true.
@@ -47,23 +42,15 @@ pub async fn run(client: kube::Client, mut drain: watch::Receiver<bool>) {
     let mut planned_for: Option<Vec<String>> = None;
     loop {
         let first = tokio::select! {
-            change = changes.next() => change.unwrap_or(Changed::Ended),
+            change = changes.next() => change,
             _ = drain.wait_for(|stop| *stop) => return,
         };
         // The rest of a burst is taken before the pass, as one change.
-        let burst = std::iter::once(first)
-            .chain(std::iter::from_fn(|| {
-                changes
-                    .next()
-                    .now_or_never()
-                    .map(|c| c.unwrap_or(Changed::Ended))
-            }))
-            .take(MAX_BURST);
-        for change in burst {
+        for change in super::with_ready(first, &mut changes) {
             match change {
-                Changed::Ended => return,
-                Changed::Service => services_changed = true,
-                Changed::Node => {}
+                None => return,
+                Some(Changed::Service) => services_changed = true,
+                Some(Changed::Node) => {}
             }
         }
         // Not awaited: this loop is what drives both watches, so waiting here for one of
